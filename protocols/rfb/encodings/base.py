@@ -1,0 +1,107 @@
+"""The shape every rectangle encoding shares.
+
+Encoders turn a block of internal pixels (2-D ``uint32`` array, 0x00RRGGBB)
+into the payload that follows a rectangle header.  Decoders are generators:
+they yield the number of bytes they need next, receive exactly that many
+bytes, and finally return the decoded pixels (or a :class:`CopyFrom`).  The
+connection drives them, so a decoder never sees a socket and never needs all
+of a rectangle's bytes at once.
+
+Decoder generator protocol::
+
+    gen = decoder.decode(rect, codec)
+    need = next(gen)              # int, > 0, bounded by the decoder
+    need = gen.send(chunk)        # chunk has exactly `need` bytes
+    ...                           # StopIteration.value is the result
+
+Encoders and decoders are per connection: stateful ones (zlib streams) keep
+their state between rectangles, exactly as the peer's does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import ProtocolError
+from ..pixelformat import PixelCodec
+
+
+@dataclass(frozen=True)
+class Rect:
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def area(self) -> int:
+        return self.w * self.h
+
+
+@dataclass(frozen=True)
+class CopyFrom:
+    """Result of a CopyRect rectangle: copy from (src_x, src_y)."""
+
+    src_x: int
+    src_y: int
+
+
+DecodeResult = np.ndarray | CopyFrom
+DecodeGen = Generator[int, bytes, DecodeResult]
+
+
+class Encoder(Protocol):
+    encoding: int
+
+    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        """Payload for one rectangle of ``pixels`` (shape (h, w))."""
+        ...
+
+    def configure(self, quality: int | None, compression: int | None) -> None:
+        """Apply the peer's JPEG quality and compression level (0..9 or None)."""
+        ...
+
+
+class Decoder(Protocol):
+    encoding: int
+
+    def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
+        """Generator decoding one rectangle; see the module docstring."""
+        ...
+
+
+def read_exact(need: int) -> Generator[int, bytes, bytes]:
+    """Sub-generator: ``data = yield from read_exact(n)``."""
+    if need <= 0:
+        return b""
+    data = yield need
+    if len(data) != need:
+        raise ProtocolError("decoder was fed the wrong number of bytes")
+    return data
+
+
+def run_decoder(gen: DecodeGen, data: bytes) -> tuple[DecodeResult, int]:
+    """Drive a decoder over a complete buffer; return (result, bytes used).
+
+    Raises ProtocolError if the buffer ends before the decoder does.
+    """
+    offset = 0
+    try:
+        need = next(gen)
+        while True:
+            if offset + need > len(data):
+                raise ProtocolError("rectangle data ends early")
+            chunk = data[offset : offset + need]
+            offset += need
+            need = gen.send(chunk)
+    except StopIteration as stop:
+        return stop.value, offset
+
+
+def pixels_result(pixels: np.ndarray, rect: Rect) -> np.ndarray:
+    """Reshape decoded pixels to (h, w) uint32."""
+    return np.asarray(pixels, dtype=np.uint32).reshape(rect.h, rect.w)

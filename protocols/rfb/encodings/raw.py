@@ -1,0 +1,27 @@
+"""Raw encoding: pixels in the peer's format, left to right, top to bottom."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..constants import Encoding
+from ..pixelformat import PixelCodec
+from .base import DecodeGen, Rect, pixels_result, read_exact
+
+
+class RawEncoder:
+    encoding = Encoding.RAW
+
+    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        return codec.to_wire(pixels)
+
+    def configure(self, quality: int | None, compression: int | None) -> None:
+        pass
+
+
+class RawDecoder:
+    encoding = Encoding.RAW
+
+    def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
+        data = yield from read_exact(rect.area * codec.bytes_per_pixel)
+        return pixels_result(codec.from_wire(data, rect.area), rect)

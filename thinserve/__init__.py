@@ -1,0 +1,1 @@
+"""thinserve: thin-client terminal server."""

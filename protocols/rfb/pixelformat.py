@@ -143,15 +143,11 @@ class PixelCodec:
         """Wire pixel values (as uint32, host order) for internal pixels."""
         px = np.asarray(pixels, dtype=np.uint32)
         if not self.pf.true_colour:
-            return (
-                (px >> 16) & 0xE0 | ((px >> 11) & 0x1C) | ((px >> 6) & 0x03)
-            ).astype(np.uint32)
+            return ((px >> 16) & 0xE0 | ((px >> 11) & 0x1C) | ((px >> 6) & 0x03)).astype(np.uint32)
         if self.pf.is_native or self._same_layout_as_native:
             return px & 0x00FFFFFF
         r_lut, g_lut, b_lut = self._to_luts
-        return (
-            r_lut[(px >> 16) & 0xFF] | g_lut[(px >> 8) & 0xFF] | b_lut[px & 0xFF]
-        )
+        return r_lut[(px >> 16) & 0xFF] | g_lut[(px >> 8) & 0xFF] | b_lut[px & 0xFF]
 
     def from_words(self, words: np.ndarray) -> np.ndarray:
         """Internal pixels for wire pixel values (uint32, host order)."""
@@ -283,7 +279,7 @@ def rgb_to_words(rgb: np.ndarray) -> np.ndarray:
 def words_to_rgb(words: np.ndarray) -> np.ndarray:
     """Internal words to uint8 RGB with a trailing axis of 3."""
     w = np.asarray(words, dtype=np.uint32)
-    out = np.empty(w.shape + (3,), dtype=np.uint8)
+    out = np.empty((*w.shape, 3), dtype=np.uint8)
     out[..., 0] = w >> 16
     out[..., 1] = w >> 8
     out[..., 2] = w

@@ -1,0 +1,325 @@
+"""The server role of an RFB connection, sans I/O.
+
+Usage::
+
+    conn = ServerConnection([SecurityType.NONE])
+    transport.write(conn.data_to_send())          # the version string
+    for event in conn.receive_data(data):         # handshake and messages
+        ...                                       # ClientInit -> conn.server_init(...)
+    conn.send_update(framebuffer, [Rect(...)])    # after a FramebufferUpdateRequest
+    transport.write(conn.data_to_send())
+
+Extension acknowledgements (QEMU extended keys, continuous updates, fences,
+Extended Clipboard capabilities, desktop-size announcements) are handled
+here, so the caller sees only what it must act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import messages as m
+from .clipboard import ClipboardState
+from .constants import Encoding, FenceFlag
+from .encodings import Rect
+from .errors import ProtocolError
+from .handshake import HandshakeDone, HandshakeEvent, ServerHandshake
+from .limits import DEFAULT_LIMITS, Limits
+from .pixelformat import DEFAULT_COLOUR_MAP, NATIVE, PixelCodec, PixelFormat
+from .stream import StreamDriver
+from .updates import ClientSettings, RectEncoder
+
+FENCE_FLAGS_SUPPORTED = FenceFlag.BLOCK_BEFORE | FenceFlag.BLOCK_AFTER | FenceFlag.SYNC_NEXT
+
+
+@dataclass(frozen=True)
+class ClipboardText:
+    """Text the peer put on its clipboard (plain or Extended Clipboard)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Cursor:
+    hotspot_x: int
+    hotspot_y: int
+    pixels: np.ndarray  # (h, w) uint32 0x00RRGGBB
+    mask: np.ndarray  # (h, w) bool: True where the cursor is opaque
+
+
+ServerEvent = (
+    HandshakeEvent
+    | m.ClientInit
+    | m.SetPixelFormat
+    | m.SetEncodings
+    | m.FramebufferUpdateRequest
+    | m.KeyEvent
+    | m.PointerEvent
+    | m.QemuKeyEvent
+    | m.EnableContinuousUpdates
+    | m.SetDesktopSize
+    | m.Fence
+    | ClipboardText
+)
+
+ExtendedDesktopSizeStatus = int  # 0 ok, 1 prohibited, 2 out of resources, 3 invalid
+
+
+class ServerConnection:
+    def __init__(self, methods: Sequence[int], *, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._handshake = ServerHandshake(methods, limits=limits)
+        self._out = bytearray(self._handshake.data_to_send())
+        self._events: list[ServerEvent] = []
+        self._driver: StreamDriver | None = None
+        self.handshake_result: HandshakeDone | None = None
+        self.width = 0
+        self.height = 0
+        self.screens: tuple[m.Screen, ...] = ()
+        self.pixel_format: PixelFormat = NATIVE
+        self.codec = PixelCodec(NATIVE)
+        self.settings = ClientSettings()
+        self.rect_encoder = RectEncoder()
+        self.clipboard = ClipboardState(from_server=True, max_text=limits.max_cut_text)
+        self.continuous_updates = False
+        self._initialised = False
+        self._pending_pseudo: list[tuple[m.RectHeader, bytes]] = []
+        self._announced: set[int] = set()
+
+    # -- bytes in, bytes out -------------------------------------------------
+    def receive_data(self, data: bytes) -> list[ServerEvent]:
+        """Feed received bytes; returns the events they complete."""
+        if self._driver is None:
+            self._receive_handshake(data)
+        else:
+            self._driver.feed(data)
+        events, self._events = self._events, []
+        return events
+
+    def data_to_send(self) -> bytes:
+        if self._driver is None:
+            self._out += self._handshake.data_to_send()
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _receive_handshake(self, data: bytes) -> None:
+        for event in self._handshake.receive_data(data):
+            self._events.append(event)
+            if isinstance(event, HandshakeDone):
+                self._start_messages(event)
+
+    def _start_messages(self, done: HandshakeDone) -> None:
+        self.handshake_result = done
+        self._out += self._handshake.data_to_send()
+        self._driver = StreamDriver(self._reader, self._max_need())
+        leftover = self._handshake.leftover
+        if leftover:
+            self._driver.feed(leftover)
+
+    def _max_need(self) -> int:
+        return self.limits.max_cut_text + 64
+
+    # -- authentication (handshake) ---------------------------------------------
+    def accept_auth(self) -> list[ServerEvent]:
+        """Accept the credentials the last auth event carried; returns new events."""
+        self._handshake.accept_auth()
+        return self.receive_data(b"")
+
+    def reject_auth(self, reason: str) -> None:
+        """Refuse them; the failure (with reason on 3.8) is queued, then close."""
+        self._handshake.reject_auth(reason)
+        self._out += self._handshake.data_to_send()
+
+    # -- reading client messages --------------------------------------------------
+    def _reader(self) -> Generator[int, bytes, None]:
+        init = yield from m.read_client_init()
+        self._events.append(init)
+        while True:
+            msg = yield from m.read_client_message(self.limits)
+            self._handle(msg)
+
+    def _handle(self, msg: m.ClientMessage) -> None:
+        if isinstance(msg, m.SetPixelFormat):
+            self._set_pixel_format(msg.pixel_format)
+        elif isinstance(msg, m.SetEncodings):
+            self._set_encodings(msg.encodings)
+        elif isinstance(msg, m.FramebufferUpdateRequest):
+            msg = self._clip_request(msg)
+        elif isinstance(msg, m.Fence):
+            self._answer_fence(msg)
+            return
+        elif isinstance(msg, m.EnableContinuousUpdates):
+            self._set_continuous(msg)
+        elif isinstance(msg, m.CutText | m.ExtendedClipboard):
+            self._receive_clipboard(msg)
+            return
+        self._events.append(msg)
+
+    def _set_pixel_format(self, pf: PixelFormat) -> None:
+        self.pixel_format = pf
+        self.codec = PixelCodec(pf)
+        if not pf.true_colour:
+            colours = tuple(
+                (int(c >> 16 & 255) * 257, int(c >> 8 & 255) * 257, int(c & 255) * 257)
+                for c in DEFAULT_COLOUR_MAP
+            )
+            self._out += m.SetColourMapEntries(0, colours).pack()
+
+    def _set_encodings(self, encodings: tuple[int, ...]) -> None:
+        self.settings = ClientSettings.from_encodings(encodings)
+        self.rect_encoder.configure(self.settings)
+        fresh = self.settings.pseudo - self._announced
+        self._announced |= self.settings.pseudo
+        if Encoding.QEMU_EXTENDED_KEY_EVENT in fresh:
+            self._pending_pseudo.append(
+                (m.RectHeader(0, 0, 0, 0, Encoding.QEMU_EXTENDED_KEY_EVENT), b"")
+            )
+        if Encoding.EXTENDED_DESKTOP_SIZE in fresh and self._initialised:
+            self._queue_desktop_size(reason=0, status=0)
+        if Encoding.CONTINUOUS_UPDATES in fresh:
+            self._out += m.EndOfContinuousUpdates().pack()
+        if Encoding.FENCE in fresh:
+            self._out += m.Fence(int(FENCE_FLAGS_SUPPORTED | FenceFlag.REQUEST), b"", True).pack()
+        if Encoding.EXTENDED_CLIPBOARD in fresh:
+            self._out += self.clipboard.our_caps().pack()
+            self.clipboard.extended = True
+
+    def _clip_request(self, req: m.FramebufferUpdateRequest) -> m.FramebufferUpdateRequest:
+        x, y = min(req.x, self.width), min(req.y, self.height)
+        w = min(req.width, self.width - x)
+        h = min(req.height, self.height - y)
+        return m.FramebufferUpdateRequest(req.incremental, x, y, w, h)
+
+    def _answer_fence(self, fence: m.Fence) -> None:
+        if fence.flags & FenceFlag.REQUEST:
+            flags = fence.flags & FENCE_FLAGS_SUPPORTED
+            self._out += m.Fence(int(flags), fence.payload, True).pack()
+
+    def _set_continuous(self, msg: m.EnableContinuousUpdates) -> None:
+        if not self.settings.supports(Encoding.CONTINUOUS_UPDATES):
+            raise ProtocolError("continuous updates enabled without announcing support")
+        self.continuous_updates = msg.enable
+        if not msg.enable:
+            self._out += m.EndOfContinuousUpdates().pack()
+
+    def _receive_clipboard(self, msg: m.CutText | m.ExtendedClipboard) -> None:
+        replies, text = self.clipboard.receive(msg)
+        for reply in replies:
+            self._out += reply.pack()
+        if text is not None:
+            self._events.append(ClipboardText(text))
+
+    # -- sending --------------------------------------------------------------------
+    def server_init(
+        self,
+        width: int,
+        height: int,
+        name: str,
+        pixel_format: PixelFormat = NATIVE,
+    ) -> None:
+        """Answer ClientInit with the desktop's size, name and pixel format."""
+        self.width, self.height = width, height
+        self.screens = (m.Screen(0, 0, 0, width, height),)
+        self._set_pixel_format_silently(pixel_format)
+        self._out += m.ServerInit(width, height, pixel_format, name).pack()
+        self._initialised = True
+
+    def _set_pixel_format_silently(self, pf: PixelFormat) -> None:
+        self.pixel_format = pf
+        self.codec = PixelCodec(pf)
+
+    def send_update(
+        self,
+        fb: np.ndarray,
+        regions: Sequence[Rect],
+        copies: Sequence[tuple[Rect, int, int]] = (),
+    ) -> int:
+        """Send one FramebufferUpdate: queued pseudo-rects, copies, then regions.
+
+        ``copies`` are (destination, src_x, src_y) and go out first, as
+        CopyRect when the client accepts it.  Returns the bytes queued.
+        """
+        rects = list(self._pending_pseudo)
+        self._pending_pseudo.clear()
+        for dest, sx, sy in copies:
+            rects += self._copy_rects(fb, dest, sx, sy)
+        for region in regions:
+            rects += self.rect_encoder.encode(fb, region, self.codec)
+        data = m.FramebufferUpdate(rects).pack()
+        self._out += data
+        return len(data)
+
+    def _copy_rects(self, fb: np.ndarray, dest: Rect, sx: int, sy: int) -> list:
+        if self.settings.supports(Encoding.COPYRECT):
+            payload = self.rect_encoder.encoder(Encoding.COPYRECT).encode_copy(sx, sy)  # type: ignore[attr-defined]
+            return [(m.RectHeader(dest.x, dest.y, dest.w, dest.h, Encoding.COPYRECT), payload)]
+        return self.rect_encoder.encode(fb, dest, self.codec)
+
+    @property
+    def has_pending_pseudo(self) -> bool:
+        return bool(self._pending_pseudo)
+
+    def set_cursor(self, cursor: Cursor) -> bool:
+        """Queue a cursor shape for the next update; False if unsupported."""
+        if not self.settings.supports(Encoding.CURSOR):
+            return False
+        h, w = cursor.pixels.shape
+        payload = self.codec.to_wire(cursor.pixels) + pack_mask(cursor.mask)
+        header = m.RectHeader(cursor.hotspot_x, cursor.hotspot_y, w, h, Encoding.CURSOR)
+        self._pending_pseudo = [r for r in self._pending_pseudo if r[0].encoding != Encoding.CURSOR]
+        self._pending_pseudo.append((header, payload))
+        return True
+
+    @property
+    def can_resize(self) -> bool:
+        return self.settings.supports(Encoding.EXTENDED_DESKTOP_SIZE) or self.settings.supports(
+            Encoding.DESKTOP_SIZE
+        )
+
+    def resize(self, width: int, height: int, reason: int = 0) -> bool:
+        """Queue a framebuffer size change; False if the client cannot take it."""
+        if not self.can_resize:
+            return False
+        self.width, self.height = width, height
+        self.screens = (m.Screen(0, 0, 0, width, height),)
+        self._queue_desktop_size(reason=reason, status=0)
+        return True
+
+    def answer_set_desktop_size(self, status: ExtendedDesktopSizeStatus) -> None:
+        """Tell the client how its SetDesktopSize request went (reason 1)."""
+        self._queue_desktop_size(reason=1, status=status)
+
+    def _queue_desktop_size(self, reason: int, status: int) -> None:
+        self._pending_pseudo = [
+            r
+            for r in self._pending_pseudo
+            if r[0].encoding not in (Encoding.DESKTOP_SIZE, Encoding.EXTENDED_DESKTOP_SIZE)
+        ]
+        if self.settings.supports(Encoding.EXTENDED_DESKTOP_SIZE):
+            header = m.RectHeader(
+                reason, status, self.width, self.height, Encoding.EXTENDED_DESKTOP_SIZE
+            )
+            body = bytes([len(self.screens), 0, 0, 0]) + b"".join(s.pack() for s in self.screens)
+            self._pending_pseudo.insert(0, (header, body))
+        elif status == 0 and reason != 1:
+            header = m.RectHeader(0, 0, self.width, self.height, Encoding.DESKTOP_SIZE)
+            self._pending_pseudo.insert(0, (header, b""))
+
+    def send_clipboard(self, text: str) -> None:
+        for msg in self.clipboard.offer(text):
+            self._out += msg.pack()
+
+    def send_bell(self) -> None:
+        self._out += m.Bell().pack()
+
+    def send_fence(self, flags: int, payload: bytes = b"") -> None:
+        self._out += m.Fence(flags | FenceFlag.REQUEST, payload, True).pack()
+
+
+def pack_mask(mask: np.ndarray) -> bytes:
+    """A cursor bitmask: one bit per pixel, rows padded to whole bytes."""
+    return np.packbits(np.asarray(mask, dtype=bool), axis=1).tobytes()

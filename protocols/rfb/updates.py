@@ -1,0 +1,110 @@
+"""Server side: what a client said it supports, and how each rectangle is encoded.
+
+The client lists encodings in its order of preference.  The first rectangle
+encoding it lists that thinserve has becomes the preferred one; solid
+rectangles go out with the cheapest solid form the client accepts, and
+encoders with size limits (Tight) get their rectangles split first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .constants import Encoding, compress_level, jpeg_quality_level
+from .encodings import RECT_ENCODINGS, Encoder, Rect, make_encoder
+from .messages import RectHeader
+from .pixelformat import PixelCodec
+
+# Solid rectangles: cheapest form first (Tight fill, RRE with no subrects, ...).
+_SOLID_ORDER = (Encoding.TIGHT, Encoding.RRE, Encoding.HEXTILE, Encoding.ZRLE)
+# Encodings that make no sense for arbitrary rectangles.
+_NOT_PRIMARY = (Encoding.COPYRECT,)
+
+
+@dataclass
+class ClientSettings:
+    encodings: tuple[int, ...] = ()
+    rect_encodings: tuple[int, ...] = ()
+    quality: int | None = None
+    compression: int | None = None
+    pseudo: frozenset[int] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_encodings(cls, encodings: tuple[int, ...]) -> ClientSettings:
+        rect = tuple(dict.fromkeys(e for e in encodings if e in RECT_ENCODINGS))
+        quality = next((q for e in encodings if (q := jpeg_quality_level(e)) is not None), None)
+        level = next((c for e in encodings if (c := compress_level(e)) is not None), None)
+        return cls(encodings, rect, quality, level, frozenset(e for e in encodings if e < 0))
+
+    def supports(self, encoding: int) -> bool:
+        return encoding in self.pseudo or encoding in self.rect_encodings
+
+    @property
+    def preferred(self) -> int:
+        for encoding in self.rect_encodings:
+            if encoding not in _NOT_PRIMARY:
+                return encoding
+        return Encoding.RAW
+
+
+class RectEncoder:
+    """Per connection: chooses an encoding per rectangle and encodes it."""
+
+    def __init__(self) -> None:
+        self._encoders: dict[int, Encoder] = {}
+        self.settings = ClientSettings()
+
+    def configure(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        for encoder in self._encoders.values():
+            encoder.configure(settings.quality, settings.compression)
+
+    def encoder(self, encoding: int) -> Encoder:
+        if encoding not in self._encoders:
+            encoder = make_encoder(encoding)
+            encoder.configure(self.settings.quality, self.settings.compression)
+            self._encoders[encoding] = encoder
+        return self._encoders[encoding]
+
+    def encode(
+        self, fb: np.ndarray, rect: Rect, codec: PixelCodec
+    ) -> list[tuple[RectHeader, bytes]]:
+        """Headers and payloads for one damaged rectangle of ``fb``."""
+        out = []
+        for piece in self._split(rect, self.settings.preferred):
+            pixels = fb[piece.y : piece.y + piece.h, piece.x : piece.x + piece.w]
+            encoding = self._choose(pixels)
+            payload = self.encoder(encoding).encode(pixels, codec)
+            out.append((RectHeader(piece.x, piece.y, piece.w, piece.h, encoding), payload))
+        return out
+
+    def _choose(self, pixels: np.ndarray) -> int:
+        if pixels.size > 1 and _is_solid(pixels):
+            for encoding in _SOLID_ORDER:
+                if encoding in self.settings.rect_encodings:
+                    return encoding
+        return self.settings.preferred
+
+    def _split(self, rect: Rect, encoding: int) -> Iterator[Rect]:
+        encoder = self.encoder(encoding)
+        max_w = getattr(encoder, "max_width", 0) or rect.w
+        max_area = getattr(encoder, "max_area", 0) or rect.area
+        yield from split_rect(rect, max_w, max_area)
+
+
+def split_rect(rect: Rect, max_width: int, max_area: int) -> Iterator[Rect]:
+    """Cover ``rect`` with pieces at most max_width wide and max_area big."""
+    width = min(rect.w, max_width)
+    rows = max(1, max_area // max(width, 1))
+    for y in range(rect.y, rect.y + rect.h, rows):
+        h = min(rows, rect.y + rect.h - y)
+        for x in range(rect.x, rect.x + rect.w, width):
+            yield Rect(x, y, min(width, rect.x + rect.w - x), h)
+
+
+def _is_solid(pixels: np.ndarray) -> bool:
+    first = pixels.flat[0]
+    return bool((pixels == first).all())

@@ -1,0 +1,82 @@
+"""The ``thinserve`` command: runs the server (and, later, admin commands)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def install_reactor() -> None:
+    """Twisted on the asyncio event loop, before anything imports a reactor."""
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        return serve(args)
+    parser.print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thinserve", description="Thin-client terminal server")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command")
+    serve_p = sub.add_parser("serve", help="run the server")
+    serve_p.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
+    serve_p.add_argument(
+        "--listen",
+        action="append",
+        help="where terminals connect, as a Twisted endpoint (e.g. tcp:5900); repeatable",
+    )
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    install_reactor()
+    from dataclasses import replace
+
+    from twisted.internet import reactor
+
+    from .config import ConfigError, load
+    from .service import ThinServe
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"thinserve: {exc}", file=sys.stderr)
+        return 2
+    if args.listen:
+        config = replace(config, listen=tuple(args.listen))
+    logging.getLogger("thinserve").info("configuration: %s", config.source)
+    server = ThinServe(config, reactor)
+    failures: list[str] = []
+
+    def start() -> None:
+        d = server.startService()
+        d.addErrback(lambda f: (failures.append(f.getErrorMessage()), reactor.stop()))
+
+    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    if failures:
+        print(f"thinserve: could not start: {failures[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

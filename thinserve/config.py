@@ -1,0 +1,219 @@
+"""thinserve's configuration: a TOML file, validated, with embedded defaults.
+
+See docs/configuration.md for every key.  With no file, thinserve serves one
+local Xvnc desktop to terminals connecting to 127.0.0.1:5900.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocols.rfb.constants import Encoding
+
+from .relay.policy import MODES
+
+ENCODING_NAMES = {
+    "raw": Encoding.RAW,
+    "copyrect": Encoding.COPYRECT,
+    "rre": Encoding.RRE,
+    "hextile": Encoding.HEXTILE,
+    "zlib": Encoding.ZLIB,
+    "tight": Encoding.TIGHT,
+    "zrle": Encoding.ZRLE,
+}
+
+
+class ConfigError(Exception):
+    """A configuration problem, with what to change in the message."""
+
+
+@dataclass(frozen=True)
+class DesktopConfig:
+    """A desktop whose VNC console already exists somewhere."""
+
+    name: str
+    address: str  # host:port, [v6]:port or unix:/path
+    password: str | None = None
+    username: str | None = None
+    ca_file: str | None = None
+    encodings: tuple[int, ...] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return address_to_endpoint(self.address)
+
+
+@dataclass(frozen=True)
+class LocalDesktopConfig:
+    """An Xvnc desktop session thinserve starts on this machine."""
+
+    name: str
+    geometry: str = "1280x800"
+    command: str | None = None  # None: the first session program found
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[str, ...] = ("tcp:port=5900:interface=127.0.0.1",)
+    name: str = "thinserve"
+    password: str | None = None
+    policy: str = "first-free"
+    desktops: tuple[DesktopConfig, ...] = ()
+    local_desktops: tuple[LocalDesktopConfig, ...] = field(
+        default_factory=lambda: (LocalDesktopConfig("desktop-1"),)
+    )
+    source: str = "embedded defaults"
+
+
+def load(path: str | Path | None) -> Config:
+    """The configuration in ``path``, or the embedded defaults when None."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; see docs/configuration.md") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(data, str(path))
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    _only(data, {"server", "policy", "desktop", "local_desktop"}, source)
+    server = _table(data, "server", source)
+    _only(server, {"listen", "name", "password"}, f"{source} [server]")
+    policy = _table(data, "policy", source)
+    _only(policy, {"mode"}, f"{source} [policy]")
+    mode = _str(policy, "mode", "first-free", f"{source} [policy]")
+    if mode not in MODES:
+        raise ConfigError(f"{source} [policy] mode = {mode!r}: use one of {', '.join(MODES)}")
+    desktops = tuple(
+        _desktop(d, f"{source} [[desktop]] #{i + 1}")
+        for i, d in enumerate(_list(data, "desktop", source))
+    )
+    local = tuple(
+        _local(d, f"{source} [[local_desktop]] #{i + 1}")
+        for i, d in enumerate(_list(data, "local_desktop", source))
+    )
+    if not desktops and not local:
+        raise ConfigError(f"{source}: no desktops; add a [[desktop]] or [[local_desktop]] table")
+    _unique_names([d.name for d in desktops] + [d.name for d in local], source)
+    listen = server.get("listen", list(Config.listen))
+    if isinstance(listen, str):
+        listen = [listen]
+    if not (isinstance(listen, list) and listen and all(isinstance(x, str) for x in listen)):
+        raise ConfigError(f'{source} [server] listen: give endpoint strings, e.g. "tcp:5900"')
+    return Config(
+        listen=tuple(listen),
+        name=_str(server, "name", "thinserve", f"{source} [server]"),
+        password=_opt_str(server, "password", f"{source} [server]"),
+        policy=mode,
+        desktops=desktops,
+        local_desktops=local,
+        source=source,
+    )
+
+
+def _desktop(d: dict[str, Any], where: str) -> DesktopConfig:
+    _only(d, {"name", "address", "password", "username", "ca_file", "encodings"}, where)
+    names = d.get("encodings")
+    encodings = None
+    if names is not None:
+        if not isinstance(names, list) or not names:
+            raise ConfigError(f'{where} encodings: a list such as ["tight", "zrle"]')
+        unknown = [n for n in names if n not in ENCODING_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"{where} encodings: unknown {unknown}; known: {', '.join(ENCODING_NAMES)}"
+            )
+        encodings = tuple(ENCODING_NAMES[n] for n in names)
+    address = _str(d, "address", None, where)
+    address_to_endpoint(address, where)
+    return DesktopConfig(
+        name=_str(d, "name", None, where),
+        address=address,
+        password=_opt_str(d, "password", where),
+        username=_opt_str(d, "username", where),
+        ca_file=_opt_str(d, "ca_file", where),
+        encodings=encodings,
+    )
+
+
+def _local(d: dict[str, Any], where: str) -> LocalDesktopConfig:
+    _only(d, {"name", "geometry", "command"}, where)
+    geometry = _str(d, "geometry", "1280x800", where)
+    if not re.fullmatch(r"\d{2,5}x\d{2,5}", geometry):
+        raise ConfigError(f"{where} geometry = {geometry!r}: write WIDTHxHEIGHT, e.g. 1280x800")
+    return LocalDesktopConfig(
+        name=_str(d, "name", None, where),
+        geometry=geometry,
+        command=_opt_str(d, "command", where),
+    )
+
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
+
+
+def address_to_endpoint(address: str, where: str = "address") -> str:
+    """A Twisted client endpoint for ``host:port``, ``[v6]:port`` or ``unix:/path``."""
+    if address.startswith("unix:"):
+        path = address[5:]
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"{where}: unix sockets need an absolute path, e.g. unix:/run/vm.sock"
+            )
+        return "unix:path=" + path.replace(":", "\\:")
+    match = _HOST_PORT.match(address)
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise ConfigError(f"{where}: {address!r} is not host:port, [ipv6]:port or unix:/path")
+    host = match["v6"] or match["host"]
+    return f"tcp:host={host.replace(':', chr(92) + ':')}:port={match['port']}"
+
+
+def _only(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+
+
+def _table(d: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = d.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _list(d: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = d.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise ConfigError(f"{where}: write desktops as [[{key}]] tables")
+    return value
+
+
+def _str(d: dict[str, Any], key: str, default: str | None, where: str) -> str:
+    value = d.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key} must be a non-empty string")
+    return value
+
+
+def _opt_str(d: dict[str, Any], key: str, where: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: {key} must be a string")
+    return value
+
+
+def _unique_names(names: list[str], where: str) -> None:
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{where}: two desktops are named {name!r}; names must differ")
+        seen.add(name)

@@ -1,0 +1,116 @@
+"""Damage tracking on a grid of 16x16 tiles, with numpy.
+
+A region is kept as a boolean grid, so adding damage is a slice assignment
+and any number of small changes merge by themselves.  ``rects()`` turns the
+grid back into few rectangles: runs of dirty tiles per tile row, merged
+downwards when consecutive rows have the same runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocols.rfb.encodings import Rect
+
+TILE = 16
+
+
+class Damage:
+    def __init__(self, width: int, height: int) -> None:
+        self.width = width
+        self.height = height
+        rows, cols = -(-height // TILE), -(-width // TILE)
+        self.grid = np.zeros((rows, cols), dtype=bool)
+
+    def add(self, rect: Rect) -> None:
+        x0, y0 = max(rect.x, 0), max(rect.y, 0)
+        x1, y1 = min(rect.x + rect.w, self.width), min(rect.y + rect.h, self.height)
+        if x1 <= x0 or y1 <= y0:
+            return
+        self.grid[y0 // TILE : -(-y1 // TILE), x0 // TILE : -(-x1 // TILE)] = True
+
+    def add_all(self) -> None:
+        self.grid[:] = True
+
+    def add_grid(self, grid: np.ndarray) -> None:
+        self.grid |= grid
+
+    def clear(self) -> None:
+        self.grid[:] = False
+
+    def __bool__(self) -> bool:
+        return bool(self.grid.any())
+
+    def rects(self, clip: Rect | None = None) -> list[Rect]:
+        """Rectangles covering the damage (clipped to ``clip`` if given)."""
+        out = [self._to_pixels(r) for r in grid_rects(self.grid)]
+        if clip is not None:
+            out = [c for r in out if (c := intersect(r, clip)) is not None]
+        return out
+
+    def take(self, clip: Rect | None = None) -> list[Rect]:
+        """Rectangles covering the damage inside ``clip``; forget that part."""
+        rects = self.rects(clip)
+        if clip is None:
+            self.clear()
+        else:
+            for r in rects:
+                self._clear_inside(r)
+        return rects
+
+    def _clear_inside(self, rect: Rect) -> None:
+        # Only tiles wholly inside rect are forgotten; edge tiles stay dirty.
+        c0, r0 = -(-rect.x // TILE), -(-rect.y // TILE)
+        c1 = (rect.x + rect.w) // TILE if rect.x + rect.w < self.width else self.grid.shape[1]
+        r1 = (rect.y + rect.h) // TILE if rect.y + rect.h < self.height else self.grid.shape[0]
+        self.grid[r0:r1, c0:c1] = False
+
+    def _to_pixels(self, cells: Rect) -> Rect:
+        x, y = cells.x * TILE, cells.y * TILE
+        w = min(cells.w * TILE, self.width - x)
+        h = min(cells.h * TILE, self.height - y)
+        return Rect(x, y, w, h)
+
+
+def grid_rects(grid: np.ndarray) -> list[Rect]:
+    """Cover the True cells of a boolean grid with rectangles (in cells)."""
+    open_runs: dict[tuple[int, int], Rect] = {}
+    done: list[Rect] = []
+    for row in range(grid.shape[0]):
+        runs = _row_runs(grid[row])
+        still_open = {}
+        for start, length in runs:
+            prev = open_runs.pop((start, length), None)
+            if prev is not None:
+                still_open[(start, length)] = Rect(prev.x, prev.y, prev.w, prev.h + 1)
+            else:
+                still_open[(start, length)] = Rect(start, row, length, 1)
+        done.extend(open_runs.values())
+        open_runs = still_open
+    done.extend(open_runs.values())
+    return done
+
+
+def _row_runs(row: np.ndarray) -> list[tuple[int, int]]:
+    padded = np.concatenate(([False], row, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    starts, ends = edges[0::2], edges[1::2]
+    return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+
+
+def intersect(a: Rect, b: Rect) -> Rect | None:
+    x0, y0 = max(a.x, b.x), max(a.y, b.y)
+    x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return Rect(x0, y0, x1 - x0, y1 - y0)
+
+
+def changed_tiles(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Boolean tile grid of where two equal-shaped framebuffers differ."""
+    h, w = new.shape
+    diff = old != new
+    rows, cols = -(-h // TILE), -(-w // TILE)
+    padded = np.zeros((rows * TILE, cols * TILE), dtype=bool)
+    padded[:h, :w] = diff
+    return padded.reshape(rows, TILE, cols, TILE).any(axis=(1, 3))

@@ -1,0 +1,106 @@
+"""Screens thinserve draws itself (Pillow), at the terminal's resolution.
+
+Text is sized from the screen height so it stays readable from across a
+room on any terminal.  Each screen returns an internal framebuffer
+(2-D uint32, 0x00RRGGBB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from protocols.rfb.pixelformat import rgb_to_words
+
+BACKGROUND = (24, 44, 72)
+FOREGROUND = (240, 244, 248)
+ACCENT = (255, 196, 64)
+DIM = (150, 170, 195)
+
+
+@dataclass(frozen=True)
+class ScreenText:
+    """What a screen says: a title, lines under it, an optional highlight."""
+
+    title: str
+    lines: tuple[str, ...] = ()
+    highlight: str | None = None  # drawn big, e.g. a pairing code
+    footer: str = "thinserve"
+    progress: float | None = None  # 0..1 shows a progress bar
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    for path in (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ):
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:
+            continue
+    return ImageFont.load_default(size=size)
+
+
+def render(text: ScreenText, width: int, height: int) -> np.ndarray:
+    """Draw ``text`` centred on a plain background at width x height."""
+    image = Image.new("RGB", (max(width, 1), max(height, 1)), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    unit = max(height // 18, 10)
+    y = height // 4
+    y = _centred(draw, text.title, _font(unit * 2), FOREGROUND, width, y) + unit
+    if text.highlight:
+        y = _centred(draw, text.highlight, _font(unit * 4), ACCENT, width, y) + unit
+    for line in text.lines:
+        y = _centred(draw, line, _font(unit), FOREGROUND, width, y) + unit // 2
+    if text.progress is not None:
+        _progress_bar(draw, text.progress, width, y + unit, unit)
+    _centred(draw, text.footer, _font(max(unit * 2 // 3, 8)), DIM, width, height - unit * 2)
+    return rgb_to_words(np.asarray(image))
+
+
+def _centred(
+    draw: ImageDraw.ImageDraw,
+    line: str,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    colour: tuple[int, int, int],
+    width: int,
+    y: int,
+) -> int:
+    """Draw one centred line at y; return the y below it."""
+    left, _top, right, bottom = draw.textbbox((0, 0), line, font=font)
+    draw.text(((width - (right - left)) // 2, y), line, font=font, fill=colour)
+    return y + bottom
+
+
+def _progress_bar(
+    draw: ImageDraw.ImageDraw, fraction: float, width: int, y: int, unit: int
+) -> None:
+    left, right = width // 4, width * 3 // 4
+    draw.rectangle((left, y, right, y + unit), outline=FOREGROUND, width=max(unit // 8, 1))
+    filled = left + int((right - left) * min(max(fraction, 0.0), 1.0))
+    if filled > left:
+        draw.rectangle((left, y, filled, y + unit), fill=ACCENT)
+
+
+def connecting(desktop: str) -> ScreenText:
+    return ScreenText("Connecting", (f"to {desktop}",), progress=None)
+
+
+def unavailable(desktop: str, retry_in: float, reason: str = "") -> ScreenText:
+    lines = (
+        f"{desktop} is not available.",
+        f"Retrying in {retry_in:.0f} s" if retry_in >= 1 else "Retrying",
+    )
+    return ScreenText("Desktop unavailable", lines + ((reason,) if reason else ()))
+
+
+def no_desktop_free() -> ScreenText:
+    return ScreenText(
+        "No desktop free",
+        ("Every desktop is in use.", "This screen changes by itself when one is free."),
+    )

@@ -1,0 +1,230 @@
+"""One terminal's session: it shows one source at a time.
+
+The session sends only what changed since the terminal's last update, and
+only when the terminal asked (or enabled continuous updates) and its
+connection can take more: a slow terminal pauses the producer, its damage
+keeps merging in a tile grid, and when it resumes it gets the newest pixels.
+
+What the session shows is decided elsewhere (the broker calls ``show``).
+Input reaches the source only while the session is in control.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+
+from protocols.rfb import messages as m
+from protocols.rfb.encodings import Rect
+from protocols.rfb.server import ClipboardText, Cursor, ServerEvent
+
+from ..damage import Damage
+from ..rfbserver import RFBServerProtocol
+from .scaling import ScaledSource
+from .source import Source
+
+log = logging.getLogger(__name__)
+
+# ExtendedDesktopSize status codes
+RESIZE_OK, RESIZE_PROHIBITED = 0, 1
+
+
+class TerminalSession:
+    def __init__(
+        self,
+        on_attach: Callable[[TerminalSession], Source],
+        on_detach: Callable[[TerminalSession], None] = lambda s: None,
+    ) -> None:
+        self._on_attach = on_attach
+        self._on_detach = on_detach
+        self.proto: RFBServerProtocol | None = None
+        self.source: Source | None = None
+        self.view: Source | None = None  # source, or a scaled view of it
+        self.control = False
+        self.damage = Damage(0, 0)
+        self.requested: Rect | None = None
+        self.width = 0
+        self.height = 0
+        self.wanted_size: tuple[int, int] | None = None
+        self.bytes_sent = 0
+        self.updates_sent = 0
+
+    # -- Session interface (RFBServerProtocol) --------------------------------------
+    def attach(self, proto: RFBServerProtocol) -> None:
+        self.proto = proto
+        source = self._on_attach(self)
+        self.width, self.height = source.width, source.height
+        proto.conn.server_init(self.width, self.height, source.name)
+        self.damage = Damage(self.width, self.height)
+        if self.source is None:
+            self.show(source, control=self.control)
+
+    def detach(self) -> None:
+        self._unwatch()
+        self.proto = None
+        self._on_detach(self)
+
+    def resumed(self) -> None:
+        self.try_send()
+
+    def handle(self, event: ServerEvent) -> None:
+        if isinstance(event, m.FramebufferUpdateRequest):
+            self._request(event)
+        elif isinstance(event, m.SetEncodings):
+            self._encodings_changed()
+        elif isinstance(event, m.SetDesktopSize):
+            self._set_desktop_size(event)
+        elif isinstance(event, m.EnableContinuousUpdates | m.SetPixelFormat):
+            self.damage.add_all()
+            self.try_send()
+        else:
+            self._input(event)
+
+    # -- what is shown ---------------------------------------------------------------
+    def show(self, source: Source, control: bool) -> None:
+        """Watch ``source`` from now on (in control or view-only)."""
+        self.control = control
+        if source is self.source:
+            return
+        self._unwatch()
+        self.source = source
+        if self.proto is None:
+            return
+        self._fit_view()
+        self.damage.add_all()
+        if self.view is not None and self.view.cursor is not None:
+            self.on_cursor(self.view.cursor)
+        self.try_send()
+
+    def set_control(self, control: bool) -> None:
+        self.control = control
+
+    def _unwatch(self) -> None:
+        self._drop_view()
+        self.source = None
+
+    def _fit_view(self) -> None:
+        """Watch the source itself, or a scaled view when sizes cannot match."""
+        assert self.source is not None
+        self._drop_view()
+        source = self.source
+        target = self.wanted_size or (source.width, source.height)
+        if target != (self.width, self.height):
+            self._resize_terminal(*target)
+        if (source.width, source.height) == (self.width, self.height):
+            self.view = source
+        else:
+            self.view = ScaledSource(source, self.width, self.height)
+        self.view.subscribe(self)
+
+    def _drop_view(self) -> None:
+        if self.view is not None:
+            self.view.unsubscribe(self)
+            if isinstance(self.view, ScaledSource):
+                self.view.close()
+        self.view = None
+
+    def _resize_terminal(self, width: int, height: int) -> bool:
+        assert self.proto is not None
+        if (width, height) == (self.width, self.height):
+            return True
+        if not self.proto.conn.resize(width, height):
+            return False
+        self.width, self.height = width, height
+        self.damage = Damage(width, height)
+        return True
+
+    # -- terminal requests --------------------------------------------------------------
+    def _request(self, req: m.FramebufferUpdateRequest) -> None:
+        rect = Rect(req.x, req.y, req.width, req.height)
+        if not req.incremental:
+            self.damage.add(rect)
+        self.requested = rect
+        self.try_send()
+
+    def _encodings_changed(self) -> None:
+        # A terminal that now accepts resizes can get the source at its size.
+        if self.source is not None and self.view is not self.source:
+            self._fit_view()
+        if self.view is not None and self.view.cursor is not None:
+            self.on_cursor(self.view.cursor)
+        self.try_send()
+
+    def _set_desktop_size(self, req: m.SetDesktopSize) -> None:
+        assert self.proto is not None
+        sink = self.source.input if self.source is not None else None
+        if self.control and sink is not None and sink.set_desktop_size(req.width, req.height):
+            # The desktop resizes itself; its resize reaches every terminal.
+            self.wanted_size = None
+            return
+        self.wanted_size = (req.width, req.height)
+        self.proto.conn.answer_set_desktop_size(RESIZE_OK)
+        if self.source is not None:
+            self._fit_view()
+        self.damage.add_all()
+        self.try_send()
+
+    def _input(self, event: ServerEvent) -> None:
+        if not self.control or self.view is None or self.view.input is None:
+            return
+        sink = self.view.input
+        if isinstance(event, m.KeyEvent):
+            sink.key(event.down, event.key, None)
+        elif isinstance(event, m.QemuKeyEvent):
+            sink.key(event.down, event.keysym, event.keycode)
+        elif isinstance(event, m.PointerEvent):
+            sink.pointer(event.buttons, event.x, event.y)
+        elif isinstance(event, ClipboardText):
+            sink.clipboard(event.text)
+
+    # -- SourceListener -------------------------------------------------------------------
+    def on_damage(self, grid: np.ndarray) -> None:
+        if grid.shape == self.damage.grid.shape:
+            self.damage.add_grid(grid)
+        else:
+            self.damage.add_all()
+        self.try_send()
+
+    def on_resize(self) -> None:
+        if self.proto is None or self.source is None:
+            return
+        self._fit_view()
+        self.damage.add_all()
+        self.try_send()
+
+    def on_cursor(self, cursor: Cursor) -> None:
+        if self.proto is not None and self.proto.conn.set_cursor(cursor):
+            self.try_send()
+
+    def on_clipboard(self, text: str) -> None:
+        if self.proto is not None and self.control:
+            self.proto.conn.send_clipboard(text)
+            self.proto.flush()
+
+    def on_bell(self) -> None:
+        if self.proto is not None:
+            self.proto.conn.send_bell()
+            self.proto.flush()
+
+    # -- sending ------------------------------------------------------------------------------
+    def try_send(self) -> None:
+        proto = self.proto
+        if proto is None or proto.paused or self.view is None:
+            return
+        conn = proto.conn
+        if self.requested is None and not conn.continuous_updates:
+            return
+        if not self.damage and not conn.has_pending_pseudo:
+            return
+        clip = Rect(0, 0, self.width, self.height)
+        if not conn.continuous_updates and self.requested is not None:
+            clip = self.requested
+        rects = self.damage.take(clip)
+        if not rects and not conn.has_pending_pseudo:
+            return
+        self.requested = None
+        self.bytes_sent += conn.send_update(self.view.framebuffer, rects)
+        self.updates_sent += 1
+        proto.flush()

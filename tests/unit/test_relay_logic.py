@@ -1,0 +1,151 @@
+"""Damage tracking, scaled views and the config file: logic without sockets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.rfb.encodings import Rect
+from thinserve.config import ConfigError, address_to_endpoint, from_dict
+from thinserve.damage import Damage, changed_tiles, grid_rects
+from thinserve.relay.scaling import ScaledSource
+from thinserve.relay.screens import ScreenText, render
+from thinserve.relay.source import Source
+
+from .content import desktop_frame
+
+
+def _covered(rects: list[Rect], shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    for r in rects:
+        mask[r.y : r.y + r.h, r.x : r.x + r.w] = True
+    return mask
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 200), st.integers(1, 80), st.integers(1, 80)),
+        max_size=12,
+    )
+)
+def test_damage_rects_cover_every_damaged_pixel(boxes: list[tuple[int, int, int, int]]) -> None:
+    damage = Damage(300, 200)
+    wanted = np.zeros((200, 300), dtype=bool)
+    for x, y, w, h in boxes:
+        damage.add(Rect(x, y, w, h))
+        wanted[y : y + h, x : x + w] = True
+    rects = damage.rects()
+    covered = _covered(rects, (200, 300))
+    assert not (wanted & ~covered).any()
+    assert all(r.x + r.w <= 300 and r.y + r.h <= 200 for r in rects)
+    overlap = np.zeros((200, 300), dtype=np.int32)
+    for r in rects:
+        overlap[r.y : r.y + r.h, r.x : r.x + r.w] += 1
+    assert overlap.max(initial=0) <= 1  # no pixel is sent twice
+
+
+def test_damage_take_forgets_what_was_taken() -> None:
+    damage = Damage(100, 100)
+    damage.add(Rect(5, 5, 10, 10))
+    assert damage.take() == [Rect(0, 0, 16, 16)]
+    assert not damage and damage.take() == []
+
+
+def test_grid_rects_merges_rows_with_the_same_runs() -> None:
+    grid = np.zeros((4, 6), dtype=bool)
+    grid[1:3, 2:5] = True
+    assert grid_rects(grid) == [Rect(2, 1, 3, 2)]
+
+
+def test_changed_tiles_finds_single_pixel_changes() -> None:
+    old = desktop_frame(100, 50)
+    new = old.copy()
+    new[49, 99] ^= 1
+    grid = changed_tiles(old, new)
+    assert grid.sum() == 1 and grid[3, 6]
+
+
+def test_scaled_view_follows_damage_and_maps_pointer() -> None:
+    inner = Source(desktop_frame(320, 200))
+    view = ScaledSource(inner, 160, 100)
+    np.testing.assert_array_equal(view.framebuffer, inner.framebuffer[1::2, 1::2])
+    seen: list[np.ndarray] = []
+
+    class Listener:
+        def on_damage(self, grid: np.ndarray) -> None:
+            seen.append(grid.copy())
+
+    view.subscribe(Listener())  # type: ignore[arg-type]
+    changed = inner.framebuffer.copy()
+    changed[100:120, 200:240] = 0x00FF00FF
+    inner.set_frame(changed)
+    np.testing.assert_array_equal(view.framebuffer, changed[1::2, 1::2])
+    assert len(seen) == 1 and seen[0].any() and not seen[0].all()
+    assert view.to_inner(80, 50) == (161, 101)
+    view.close()
+    assert view not in inner.listeners
+
+
+def test_scaled_view_upscales_and_resizes() -> None:
+    inner = Source(desktop_frame(100, 80))
+    view = ScaledSource(inner, 250, 160)
+    assert view.framebuffer.shape == (160, 250)
+    assert (view.framebuffer[::2, ::5] == inner.framebuffer[:, ::2]).mean() > 0.95
+    inner.set_frame(desktop_frame(60, 40, seed=2))
+    assert view.framebuffer.shape == (160, 250)
+    assert set(np.unique(view.framebuffer)) <= set(np.unique(inner.framebuffer))
+
+
+def test_screens_render_at_any_size_with_visible_text() -> None:
+    for width, height in ((640, 480), (1920, 1080), (320, 200)):
+        fb = render(ScreenText("Pair this terminal", ("Code",), highlight="4711"), width, height)
+        assert fb.shape == (height, width)
+        assert len(np.unique(fb)) > 3  # background, text and highlight colours
+
+
+def test_config_defaults_and_full_file() -> None:
+    config = from_dict(
+        {
+            "server": {"listen": "tcp:5900", "password": "pw"},
+            "policy": {"mode": "shared"},
+            "desktop": [
+                {"name": "vm1", "address": "127.0.0.1:5901", "encodings": ["tight", "raw"]},
+                {"name": "vm2", "address": "[::1]:5902"},
+                {"name": "vm3", "address": "unix:/run/vm3.sock"},
+            ],
+        }
+    )
+    assert config.listen == ("tcp:5900",) and config.policy == "shared"
+    assert [d.endpoint for d in config.desktops] == [
+        "tcp:host=127.0.0.1:port=5901",
+        "tcp:host=\\:\\:1:port=5902",
+        "unix:path=/run/vm3.sock",
+    ]
+    assert config.desktops[0].encodings == (7, 0)
+    assert config.local_desktops == ()
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"desktop": [{"name": "a", "address": "nowhere"}]}, "host:port"),
+        ({"desktop": [{"name": "a", "address": "h:1", "colour": 1}]}, "unknown key"),
+        ({"desktop": [{"name": "a", "address": "h:1", "encodings": ["png"]}]}, "unknown"),
+        ({"policy": {"mode": "lottery"}, "local_desktop": [{"name": "x"}]}, "first-free"),
+        ({"local_desktop": [{"name": "x", "geometry": "big"}]}, "WIDTHxHEIGHT"),
+        ({"local_desktop": [{"name": "x"}, {"name": "x"}]}, "names must differ"),
+        ({"server": {"listen": 5900}, "local_desktop": [{"name": "x"}]}, "endpoint"),
+        ({}, "no desktops"),
+    ],
+)
+def test_config_errors_say_what_to_change(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(data)
+
+
+def test_unix_addresses_must_be_absolute() -> None:
+    with pytest.raises(ConfigError, match="absolute"):
+        address_to_endpoint("unix:relative.sock")

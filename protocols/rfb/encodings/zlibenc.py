@@ -1,0 +1,163 @@
+"""Zlib encoding: Raw pixels compressed through the connection's zlib stream.
+
+Zlib and ZRLE each keep ONE zlib stream per connection and direction for the
+whole connection.  Every rectangle's payload is ``u32 length`` followed by a
+sync-flushed (``Z_SYNC_FLUSH``) chunk of that stream, so the receiver must
+inflate rectangles strictly in order with the same inflater.
+
+:class:`DeflateStream` and :class:`InflateStream` hold the two halves of such
+a stream; ZRLE reuses them.
+
+Compression level: Python's ``zlib`` cannot change the level of a live
+compressor (there is no ``deflateParams``).  When the level changes after the
+stream has started, the sender keeps the *same* stream going for the peer:
+it starts a new raw-deflate compressor at the new level, primed with the last
+32 KiB of uncompressed input as its dictionary.  Its output continues the
+previous byte-aligned sync point as further deflate blocks, and its
+back-references only reach data the peer's inflater already holds in its
+window.  The peer therefore sees one continuous stream; nothing is reset.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Generator
+
+import numpy as np
+
+from ..constants import Encoding
+from ..errors import ProtocolError, require
+from ..limits import DEFAULT_LIMITS, Limits
+from ..pixelformat import PixelCodec
+from .base import DecodeGen, Rect, pixels_result, read_exact
+
+DEFAULT_LEVEL = 6
+WINDOW_BYTES = 1 << 15  # deflate's largest window, the peer's inflater history
+READ_CHUNK = 64 * 1024  # compressed bytes a decoder asks for at a time
+_LENGTH = struct.Struct(">I")
+
+
+def deflate_bound(size: int) -> int:
+    """Most compressed bytes a sane sender produces for ``size`` input bytes.
+
+    Stored blocks add 5 bytes per 64 KiB and fixed-Huffman blocks at most one
+    bit per byte; the allowance of one eighth plus 1 KiB also covers the
+    stream header and the sync-flush marker.
+    """
+    return size + (size >> 3) + 1024
+
+
+class DeflateStream:
+    """The sending half of a connection's zlib stream."""
+
+    def __init__(self) -> None:
+        self.level = DEFAULT_LEVEL
+        self._compressor: zlib._Compress | None = None
+        self._compressor_level = DEFAULT_LEVEL
+        self._history = b""
+
+    def set_level(self, level: int | None) -> None:
+        """Level 0..9 for data compressed from now on; None means the default."""
+        self.level = DEFAULT_LEVEL if level is None else min(max(level, 0), 9)
+
+    def compress(self, data: bytes) -> bytes:
+        """One sync-flushed chunk of the stream carrying ``data``."""
+        compressor = self._current()
+        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        self._remember(data)
+        return out
+
+    def _current(self) -> zlib._Compress:
+        if self._compressor is None:
+            self._compressor = zlib.compressobj(self.level, zlib.DEFLATED, 15)
+        elif self._compressor_level != self.level:
+            self._compressor = self._continuation()
+        self._compressor_level = self.level
+        return self._compressor
+
+    def _continuation(self) -> zlib._Compress:
+        """Raw-deflate compressor that continues the stream at a new level."""
+        if not self._history:
+            return zlib.compressobj(self.level, zlib.DEFLATED, -15)
+        return zlib.compressobj(self.level, zlib.DEFLATED, -15, zdict=self._history)
+
+    def _remember(self, data: bytes) -> None:
+        if len(data) >= WINDOW_BYTES:
+            self._history = bytes(data[-WINDOW_BYTES:])
+        else:
+            self._history = (self._history + data)[-WINDOW_BYTES:]
+
+
+class InflateStream:
+    """The receiving half of a connection's zlib stream.
+
+    After a ProtocolError the stream is unusable, like the connection.
+    """
+
+    def __init__(self) -> None:
+        self._inflater = zlib.decompressobj(15)
+
+    def read_rectangle(self, max_output: int, max_length: int) -> Generator[int, bytes, bytes]:
+        """Sub-generator: read ``u32 length`` + zlib data, return the inflated bytes.
+
+        ``max_length`` bounds the compressed length, ``max_output`` the
+        inflated size; compressed bytes are requested in bounded chunks.
+        """
+        header = yield from read_exact(_LENGTH.size)
+        (length,) = _LENGTH.unpack(header)
+        require(
+            length <= max_length,
+            f"zlib data length {length} exceeds the bound {max_length} for this rectangle",
+        )
+        pieces: list[bytes] = []
+        room = max_output
+        left = length
+        while left > 0:
+            chunk = yield from read_exact(min(left, READ_CHUNK))
+            left -= len(chunk)
+            pieces.append(self._inflate(chunk, room))
+            room -= len(pieces[-1])
+        return b"".join(pieces)
+
+    def _inflate(self, chunk: bytes, room: int) -> bytes:
+        try:
+            piece = self._inflater.decompress(chunk, room + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"corrupt zlib data: {exc}") from None
+        require(len(piece) <= room, "zlib data inflates to more than the rectangle needs")
+        require(not self._inflater.unused_data, "data after the end of the zlib stream")
+        return piece
+
+
+def frame(chunk: bytes) -> bytes:
+    """``u32 length`` + chunk, the payload shape of Zlib and ZRLE rectangles."""
+    return _LENGTH.pack(len(chunk)) + chunk
+
+
+class ZlibEncoder:
+    encoding = Encoding.ZLIB
+
+    def __init__(self) -> None:
+        self._stream = DeflateStream()
+
+    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        return frame(self._stream.compress(codec.to_wire(pixels)))
+
+    def configure(self, quality: int | None, compression: int | None) -> None:
+        self._stream.set_level(compression)
+
+
+class ZlibDecoder:
+    encoding = Encoding.ZLIB
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._stream = InflateStream()
+        self._limits = limits
+
+    def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
+        size = rect.area * codec.bytes_per_pixel
+        max_length = min(self._limits.max_compressed_rect, deflate_bound(size))
+        data = yield from self._stream.read_rectangle(size, max_length)
+        require(len(data) == size, "zlib rectangle inflates to fewer bytes than its pixels")
+        return pixels_result(codec.from_wire(data, rect.area), rect)

@@ -197,6 +197,8 @@ class PixelCodec:
         skip = self._cpixel_skip_byte
         if skip is None:
             return self.from_wire(data, count)
+        if len(data) < count * 3:
+            raise ProtocolError("pixel data shorter than announced")
         raw = np.frombuffer(data, dtype=np.uint8, count=count * 3).reshape(-1, 3)
         full = np.zeros((count, 4), dtype=np.uint8)
         full[:, [i for i in range(4) if i != skip]] = raw

@@ -1,0 +1,247 @@
+"""RRE encoding: a background pixel and a list of one-colour subrectangles.
+
+The subrectangle finder and painter here are vectorised and shared with
+Hextile, which is RRE applied to 16x16 tiles.  Both work on wire pixel
+values (``PixelCodec.to_words``), so what is compared and painted is exactly
+what travels.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Generator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..constants import Encoding
+from ..errors import require
+from ..pixelformat import PixelCodec
+from .base import DecodeGen, Rect, pixels_result, read_exact
+
+_COUNT = struct.Struct(">I")
+_BATCH = 1 << 16  # subrectangles read per yield
+
+
+@dataclass(frozen=True)
+class Subrects:
+    """Subrectangles of one colour, grouped by the block they belong to."""
+
+    block: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    h: np.ndarray
+    colour: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.block.size)
+
+
+def find_subrects(blocks: np.ndarray, backgrounds: np.ndarray) -> Subrects:
+    """Cover every non-background pixel of each block with one-colour rects.
+
+    ``blocks`` has shape (n, height, width); ``backgrounds`` one value per
+    block.  Horizontal runs are found per row; a run with the same x,
+    width and colour as the run directly above it extends that run's
+    rect downwards.  The result is grouped by block in increasing order.
+    """
+    b = np.ascontiguousarray(blocks)
+    starts = np.ones(b.shape, dtype=bool)
+    np.not_equal(b[:, :, 1:], b[:, :, :-1], out=starts[:, :, 1:])
+    length = _run_lengths(starts)
+    head = starts & (b != np.asarray(backgrounds, dtype=b.dtype)[:, None, None])
+    below = np.zeros(b.shape, dtype=bool)
+    below[:, 1:] = (
+        head[:, 1:] & head[:, :-1] & (length[:, 1:] == length[:, :-1]) & (b[:, 1:] == b[:, :-1])
+    )
+    # Column by column, a continuing run directly follows the run above it.
+    column_major = (0, 2, 1)
+    index = np.flatnonzero(head.transpose(column_major))
+    fresh = ~below.transpose(column_major).reshape(-1)[index]
+    block, x, y = np.unravel_index(index[fresh], (b.shape[0], b.shape[2], b.shape[1]))
+    heights = np.diff(np.flatnonzero(fresh), append=index.size)
+    return Subrects(block, x, y, length[block, y, x], heights, b[block, y, x])
+
+
+def _run_lengths(starts: np.ndarray) -> np.ndarray:
+    """Length of the horizontal run beginning at each start (0 elsewhere)."""
+    at = np.flatnonzero(starts)
+    length = np.zeros(starts.shape, dtype=np.int32)
+    length.reshape(-1)[at] = np.diff(at, append=starts.size)
+    return length
+
+
+def most_common(words: np.ndarray) -> int:
+    """The most frequent value in an array (the smallest one on ties)."""
+    values, counts = np.unique(words, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def paint_subrects(
+    out: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    x1: np.ndarray,
+    y1: np.ndarray,
+    colour: np.ndarray,
+) -> None:
+    """Fill out[y0:y1, x0:x1] = colour for each rect, later rects on top.
+
+    Rects that overlap no other are painted at once with summed-area
+    tables; only rects that overlap another are painted one by one, in
+    order.  Coordinates must already lie inside ``out``.
+    """
+    if x0.size == 0:
+        return
+    ones = np.ones(x0.size, dtype=np.int32)
+    cover = _accumulate(out.shape, x0, y0, x1, y1, ones)
+    if int(cover.max()) <= 1:
+        _paint_disjoint(out, x0, y0, x1, y1, colour, cover)
+        return
+    clash = _touches(cover > 1, x0, y0, x1, y1)
+    alone = ~clash
+    if alone.any():
+        sx0, sy0, sx1, sy1 = (a[alone] for a in (x0, y0, x1, y1))
+        solo_cover = _accumulate(out.shape, sx0, sy0, sx1, sy1, ones[alone])
+        _paint_disjoint(out, sx0, sy0, sx1, sy1, colour[alone], solo_cover)
+    for c, a, b, e, f in zip(
+        colour[clash].tolist(),
+        x0[clash].tolist(),
+        y0[clash].tolist(),
+        x1[clash].tolist(),
+        y1[clash].tolist(),
+        strict=True,
+    ):
+        out[b:f, a:e] = c
+
+
+def _paint_disjoint(
+    out: np.ndarray,
+    x0: np.ndarray,
+    y0: np.ndarray,
+    x1: np.ndarray,
+    y1: np.ndarray,
+    colour: np.ndarray,
+    cover: np.ndarray,
+) -> None:
+    values = np.asarray(colour, dtype=np.uint32)
+    total = _accumulate(out.shape, x0, y0, x1, y1, values)
+    np.copyto(out, total, where=cover > 0)
+
+
+def _accumulate(
+    shape: tuple[int, ...],
+    x0: np.ndarray,
+    y0: np.ndarray,
+    x1: np.ndarray,
+    y1: np.ndarray,
+    values: np.ndarray,
+) -> np.ndarray:
+    """Per pixel, the sum of ``values`` of the rects covering it.
+
+    Uses a 2-D difference array; with uint32 values the arithmetic wraps,
+    which is still exact wherever at most one rect covers a pixel.
+    """
+    h, w = shape
+    diff = np.zeros((h + 1, w + 1), dtype=values.dtype)
+    negated = np.negative(values)
+    np.add.at(diff, (y0, x0), values)
+    np.add.at(diff, (y0, x1), negated)
+    np.add.at(diff, (y1, x0), negated)
+    np.add.at(diff, (y1, x1), values)
+    np.cumsum(diff, axis=0, out=diff)
+    np.cumsum(diff, axis=1, out=diff)
+    return diff[:h, :w]
+
+
+def _touches(
+    mask: np.ndarray, x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray
+) -> np.ndarray:
+    """Per rect, whether any pixel of ``mask`` lies inside it."""
+    h, w = mask.shape
+    table = np.zeros((h + 1, w + 1), dtype=np.int32)
+    np.cumsum(mask, axis=0, dtype=np.int32, out=table[1:, 1:])
+    np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
+    inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+    return inside > 0
+
+
+def _subrect_dtype(codec: PixelCodec) -> np.dtype:
+    return np.dtype(
+        [
+            ("colour", codec.pf.wire_dtype),
+            ("x", ">u2"),
+            ("y", ">u2"),
+            ("w", ">u2"),
+            ("h", ">u2"),
+        ]
+    )
+
+
+def _pixel_bytes(word: int, codec: PixelCodec) -> bytes:
+    return np.array([word], dtype=np.uint32).astype(codec.pf.wire_dtype).tobytes()
+
+
+class RREEncoder:
+    encoding = Encoding.RRE
+
+    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        words = codec.to_words(pixels)
+        if words.size == 0:
+            return _COUNT.pack(0) + _pixel_bytes(0, codec)
+        background = most_common(words)
+        found = find_subrects(words[np.newaxis], np.array([background]))
+        records = np.empty(len(found), dtype=_subrect_dtype(codec))
+        records["colour"] = found.colour
+        records["x"] = found.x
+        records["y"] = found.y
+        records["w"] = found.w
+        records["h"] = found.h
+        header = _COUNT.pack(len(found)) + _pixel_bytes(background, codec)
+        return header + records.tobytes()
+
+    def configure(self, quality: int | None, compression: int | None) -> None:
+        pass
+
+
+class RREDecoder:
+    encoding = Encoding.RRE
+
+    def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
+        bpp = codec.bytes_per_pixel
+        header = yield from read_exact(_COUNT.size + bpp)
+        (count,) = _COUNT.unpack_from(header)
+        require(count <= rect.area, f"RRE announces {count} subrectangles for {rect.area} pixels")
+        background = np.frombuffer(header, dtype=codec.pf.wire_dtype, offset=_COUNT.size)
+        out = np.full((rect.h, rect.w), background[0], dtype=np.uint32)
+        records = yield from _read_subrects(count, codec, rect)
+        x = records["x"].astype(np.intp)
+        y = records["y"].astype(np.intp)
+        colour = records["colour"].astype(np.uint32)
+        paint_subrects(out, x, y, x + records["w"], y + records["h"], colour)
+        return pixels_result(codec.from_words(out), rect)
+
+
+def _read_subrects(count: int, codec: PixelCodec, rect: Rect) -> Generator[int, bytes, np.ndarray]:
+    """Read ``count`` subrectangle records in batches, checking each batch."""
+    dtype = _subrect_dtype(codec)
+    batches = []
+    remaining = count
+    while remaining > 0:
+        take = min(remaining, _BATCH)
+        data = yield from read_exact(take * dtype.itemsize)
+        batch = np.frombuffer(data, dtype=dtype)
+        _check_inside(batch, rect)
+        batches.append(batch)
+        remaining -= take
+    if not batches:
+        return np.empty(0, dtype=dtype)
+    return np.concatenate(batches)
+
+
+def _check_inside(batch: np.ndarray, rect: Rect) -> None:
+    right = batch["x"].astype(np.int64) + batch["w"]
+    bottom = batch["y"].astype(np.int64) + batch["h"]
+    inside = (right <= rect.w) & (bottom <= rect.h)
+    require(bool(inside.all()), "RRE subrectangle extends outside the rectangle")

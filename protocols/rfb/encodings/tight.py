@@ -1,0 +1,253 @@
+"""Tight encoding: Fill, JPEG, or zlib over copy, palette or gradient filters.
+
+Wire format (rfbproto, Tight): a compression-control byte, then
+
+* Fill: one TPIXEL for the whole rectangle;
+* JPEG: compact length + a JFIF stream of the rectangle;
+* Basic: [filter id] [palette], then the filtered data, as is when shorter
+  than 12 bytes, else compact length + a sync-flushed chunk of one of four
+  zlib streams that live as long as the connection.
+
+Streams used here: 0 full colour, 1 mono palette, 2 indexed palette,
+3 gradient filter.  The connection splits rectangles to at most
+:attr:`TightEncoder.max_width` by :attr:`TightEncoder.max_area` pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import numpy as np
+import simplejpeg
+
+from ..constants import Encoding
+from ..errors import ProtocolError, require
+from ..limits import DEFAULT_LIMITS, Limits
+from ..pixelformat import PixelCodec, rgb_to_words, words_to_rgb
+from .base import DecodeGen, Rect, pixels_result, read_exact
+from .tight_gradient import (
+    ChannelLayout,
+    channels_to_pixels,
+    channels_to_tpixels,
+    gradient_allowed,
+    gradient_filter,
+    gradient_unfilter,
+    pixel_channels,
+    tpixel_channels,
+)
+from .tight_select import TightSettings, find_palette, photo_like
+from .tight_wire import (
+    FILL,
+    FILTER_COPY,
+    FILTER_GRADIENT,
+    FILTER_PALETTE,
+    JPEG,
+    MAX_AREA,
+    MAX_COMPACT,
+    MAX_WIDTH,
+    MIN_TO_COMPRESS,
+    READ_FILTER_BIT,
+    RESET_MASK,
+    STREAM_BITS,
+    STREAM_FULL,
+    STREAM_GRADIENT,
+    STREAM_INDEXED,
+    STREAM_MONO,
+    DeflateStreams,
+    InflateStreams,
+    basic_control,
+    deflate_bound,
+    pack_compact,
+    read_compact,
+)
+
+
+def tpixels_from_words(words: np.ndarray, codec: PixelCodec) -> bytes:
+    """TPIXEL bytes for wire pixel values (as from ``codec.to_words``)."""
+    if codec.tight_pixel_bytes == 3:
+        return codec.pack_tpixels(codec.from_words(words))
+    return np.asarray(words, dtype=np.uint32).astype(codec.pf.wire_dtype).tobytes()
+
+
+class TightEncoder:
+    encoding = Encoding.TIGHT
+    max_width = MAX_WIDTH
+    max_area = MAX_AREA
+
+    def __init__(self) -> None:
+        self._settings = TightSettings()
+        self._streams = DeflateStreams()
+
+    def configure(self, quality: int | None, compression: int | None) -> None:
+        self._settings = TightSettings.of(quality, compression)
+
+    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        px = np.asarray(pixels, dtype=np.uint32)
+        if px.ndim != 2 or px.shape[1] > self.max_width or px.size > self.max_area:
+            raise ValueError(f"Tight rectangle of shape {px.shape} is too large or not 2-D")
+        if px.size == 0:
+            return bytes([FILL << 4]) + tpixels_from_words(np.zeros(1, np.uint32), codec)
+        words = codec.to_words(px)
+        if np.all(words == words.flat[0]):
+            return bytes([FILL << 4]) + tpixels_from_words(words.reshape(-1)[:1], codec)
+        jpeg = self._settings.jpeg_allowed(codec, px.size)
+        palette = find_palette(words, self._settings.palette_limit(px.size, codec, jpeg))
+        if palette is not None:
+            return self._palette(palette[0], palette[1], codec)
+        return self._full_colour(px, words, codec, jpeg)
+
+    def _palette(self, colours: np.ndarray, indices: np.ndarray, codec: PixelCodec) -> bytes:
+        header = bytes([FILTER_PALETTE, colours.size - 1]) + tpixels_from_words(colours, codec)
+        if colours.size == 2:
+            data = np.packbits(indices.astype(np.uint8), axis=1).tobytes()
+            return self._basic(STREAM_MONO, header, data, self._settings.palette_zlib)
+        data = indices.astype(np.uint8).tobytes()
+        return self._basic(STREAM_INDEXED, header, data, self._settings.palette_zlib)
+
+    def _full_colour(
+        self, px: np.ndarray, words: np.ndarray, codec: PixelCodec, jpeg: bool
+    ) -> bytes:
+        gradient = gradient_allowed(codec)
+        photo = (jpeg or gradient) and photo_like(px)
+        if jpeg and photo:
+            return self._jpeg(px)
+        if gradient and photo:
+            layout = ChannelLayout.of(codec)
+            residuals = gradient_filter(pixel_channels(px, codec, layout), layout.maxes)
+            data = channels_to_tpixels(residuals, codec, layout)
+            header = bytes([FILTER_GRADIENT])
+            return self._basic(STREAM_GRADIENT, header, data, self._settings.full_zlib)
+        if codec.tight_pixel_bytes == 3:
+            data = codec.pack_tpixels(px)
+        else:
+            data = tpixels_from_words(words, codec)
+        return self._basic(STREAM_FULL, b"", data, self._settings.full_zlib)
+
+    def _basic(self, stream: int, header: bytes, data: bytes, level: int) -> bytes:
+        """Control byte, filter header, then the data raw or zlib-compressed."""
+        if len(data) < MIN_TO_COMPRESS:
+            body, resets = data, 0
+        else:
+            chunk, resets = self._streams.compress(stream, data, level)
+            body = pack_compact(len(chunk)) + chunk
+        control = basic_control(stream, bool(header), resets)
+        return bytes([control]) + header + body
+
+    def _jpeg(self, px: np.ndarray) -> bytes:
+        quality, subsampling = self._settings.jpeg
+        rgb = np.ascontiguousarray(words_to_rgb(px))
+        data = simplejpeg.encode_jpeg(rgb, quality, "RGB", subsampling)
+        return bytes([JPEG << 4]) + pack_compact(len(data)) + data
+
+
+class TightDecoder:
+    encoding = Encoding.TIGHT
+
+    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+        self._limits = limits
+        self._streams = InflateStreams()
+
+    def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
+        control = (yield from read_exact(1))[0]
+        self._streams.reset(control & RESET_MASK)
+        method = control >> 4
+        if method == FILL:
+            tpixel = yield from read_exact(codec.tight_pixel_bytes)
+            colour = codec.unpack_tpixels(tpixel, 1)[0]
+            return np.full((rect.h, rect.w), colour, dtype=np.uint32)
+        if method == JPEG:
+            pixels = yield from self._jpeg(rect, codec)
+        elif method & 0x8:
+            raise ProtocolError(f"unknown Tight compression type {method:#x}")
+        else:
+            pixels = yield from self._basic(method, rect, codec)
+        return pixels_result(pixels, rect)
+
+    # -- BasicCompression ---------------------------------------------------
+    def _basic(
+        self, method: int, rect: Rect, codec: PixelCodec
+    ) -> Generator[int, bytes, np.ndarray]:
+        require(rect.w <= MAX_WIDTH, f"Tight rectangle {rect.w} pixels wide exceeds {MAX_WIDTH}")
+        stream = method & STREAM_BITS
+        filter_id = FILTER_COPY
+        if method & READ_FILTER_BIT:
+            filter_id = (yield from read_exact(1))[0]
+        if filter_id == FILTER_COPY:
+            data = yield from self._data(stream, rect.area * codec.tight_pixel_bytes)
+            return codec.unpack_tpixels(data, rect.area)
+        if filter_id == FILTER_PALETTE:
+            return (yield from self._palette(stream, rect, codec))
+        if filter_id == FILTER_GRADIENT:
+            return (yield from self._gradient(stream, rect, codec))
+        raise ProtocolError(f"unknown Tight filter id {filter_id}")
+
+    def _palette(
+        self, stream: int, rect: Rect, codec: PixelCodec
+    ) -> Generator[int, bytes, np.ndarray]:
+        count = (yield from read_exact(1))[0] + 1
+        tpixels = yield from read_exact(count * codec.tight_pixel_bytes)
+        colours = codec.unpack_tpixels(tpixels, count)
+        if count == 2:
+            row_bytes = (rect.w + 7) // 8
+            data = yield from self._data(stream, row_bytes * rect.h)
+            packed = np.frombuffer(data, dtype=np.uint8).reshape(rect.h, row_bytes)
+            return colours[np.unpackbits(packed, axis=1, count=rect.w)]
+        data = yield from self._data(stream, rect.area)
+        indices = np.frombuffer(data, dtype=np.uint8)
+        require(
+            indices.size == 0 or int(indices.max()) < count,
+            f"Tight palette index beyond the {count}-colour palette",
+        )
+        return colours[indices]
+
+    def _gradient(
+        self, stream: int, rect: Rect, codec: PixelCodec
+    ) -> Generator[int, bytes, np.ndarray]:
+        require(
+            gradient_allowed(codec), "Tight gradient filter needs a 16 or 32 bpp true-colour format"
+        )
+        data = yield from self._data(stream, rect.area * codec.tight_pixel_bytes)
+        layout = ChannelLayout.of(codec)
+        residuals = tpixel_channels(data, codec, layout, (rect.h, rect.w))
+        return channels_to_pixels(gradient_unfilter(residuals, layout.maxes), codec, layout)
+
+    def _data(self, stream: int, size: int) -> Generator[int, bytes, bytes]:
+        """``size`` bytes of filtered data: raw when short, else inflated."""
+        if size < MIN_TO_COMPRESS:
+            return (yield from read_exact(size))
+        bound = min(self._limits.max_compressed_rect, deflate_bound(size))
+        length = yield from read_compact(bound)
+        compressed = yield from read_exact(length)
+        return self._streams.inflate(stream, compressed, size)
+
+    # -- JpegCompression ----------------------------------------------------
+    def _jpeg(self, rect: Rect, codec: PixelCodec) -> Generator[int, bytes, np.ndarray]:
+        pf = codec.pf
+        require(
+            pf.true_colour and pf.bits_per_pixel in (16, 32),
+            "Tight JPEG is only allowed for 16 or 32 bpp true-colour formats",
+        )
+        length = yield from read_compact(min(self._limits.max_compressed_rect, MAX_COMPACT))
+        require(length > 0, "empty Tight JPEG data")
+        data = yield from read_exact(length)
+        pixels = rgb_to_words(decode_jpeg(data, rect))
+        return pixels if codec.tight_pixel_bytes == 3 else codec.quantize(pixels)
+
+
+def decode_jpeg(data: bytes, rect: Rect) -> np.ndarray:
+    """(h, w, 3) RGB of a JFIF stream that must be exactly the rectangle's size."""
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    except Exception as exc:  # the library raises several types
+        raise ProtocolError(f"bad Tight JPEG data: {exc}") from None
+    require(
+        (height, width) == (rect.h, rect.w),
+        f"Tight JPEG is {width}x{height}, the rectangle {rect.w}x{rect.h}",
+    )
+    out = np.empty((rect.h, rect.w, 3), dtype=np.uint8)
+    try:
+        rgb = simplejpeg.decode_jpeg(data, "RGB", buffer=out)
+    except Exception as exc:
+        raise ProtocolError(f"bad Tight JPEG data: {exc}") from None
+    require(rgb.shape == out.shape, "Tight JPEG decoded to an unexpected shape")
+    return rgb

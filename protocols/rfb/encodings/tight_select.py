@@ -1,0 +1,152 @@
+"""How the Tight encoder picks a method for a rectangle, and its tunables.
+
+The choice follows the content, as established Tight servers do:
+
+* one colour: Fill;
+* two colours: a 1-bit palette;
+* a few colours (up to a limit that grows with the area and the compression
+  level, and shrinks when JPEG is available): an 8-bit palette;
+* many colours, photo-like, with a JPEG quality level set and a pixel format
+  the spec allows JPEG for: JPEG;
+* otherwise full colour: gradient filter for smooth content, plain copy else.
+
+"Photo-like" (which is also when the gradient filter pays) is judged on
+sampled rows: few pixels repeat their left neighbour (screen content is
+mostly flat runs that zlib already handles best) and the gradient predictor
+guesses the pixels reasonably (mean squared error per 8-bit component), which
+rules out noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..pixelformat import PixelCodec, words_to_rgb
+
+DEFAULT_COMPRESSION = 2
+# JPEG quality and chroma subsampling per quality level 0..9 (the levels
+# TigerVNC-class servers use, so a viewer's setting means the same here).
+JPEG_LEVELS: tuple[tuple[int, str], ...] = (
+    (15, "420"),
+    (29, "420"),
+    (41, "420"),
+    (42, "422"),
+    (62, "422"),
+    (77, "422"),
+    (79, "444"),
+    (86, "444"),
+    (92, "444"),
+    (100, "444"),
+)
+# zlib level per compression level 0..9, for full-colour and palette data.
+FULL_ZLIB = (1, 1, 2, 3, 4, 5, 6, 6, 7, 9)
+PALETTE_ZLIB = (1, 2, 3, 5, 6, 7, 8, 9, 9, 9)
+# An 8-bit palette is used for at most area / divisor colours (and 256).
+PALETTE_DIVISOR = (16, 12, 8, 8, 6, 6, 4, 4, 4, 4)
+MAX_PALETTE = 256
+# With JPEG available, rectangles with more colours than this go to JPEG.
+JPEG_PALETTE_CAP_FAST = 24  # compression levels 0 and 1
+JPEG_PALETTE_CAP = 96
+JPEG_MIN_AREA = 256  # smaller rectangles cost less than a JPEG header losslessly
+PHOTO_MAX_REPEATS = 0.5  # share of pixels equal to their left neighbour
+PHOTO_MAX_ROUGHNESS = 2500.0  # mean squared prediction error, 8-bit components
+SAMPLE_ROWS = 32  # rows sampled to judge the content
+PALETTE_SAMPLE = 4096  # pixels sampled to reject many-colour rectangles early
+
+
+@dataclass(frozen=True)
+class TightSettings:
+    """What the peer asked for: JPEG quality level and compression level."""
+
+    quality: int | None = None
+    compression: int = DEFAULT_COMPRESSION
+
+    @classmethod
+    def of(cls, quality: int | None, compression: int | None) -> TightSettings:
+        level = DEFAULT_COMPRESSION if compression is None else _level(compression)
+        return cls(None if quality is None else _level(quality), level)
+
+    @property
+    def full_zlib(self) -> int:
+        return FULL_ZLIB[self.compression]
+
+    @property
+    def palette_zlib(self) -> int:
+        return PALETTE_ZLIB[self.compression]
+
+    @property
+    def jpeg(self) -> tuple[int, str]:
+        assert self.quality is not None
+        return JPEG_LEVELS[self.quality]
+
+    def jpeg_allowed(self, codec: PixelCodec, area: int) -> bool:
+        """JPEG needs a quality level and 16 or 32 bits per pixel (spec)."""
+        pf = codec.pf
+        return (
+            self.quality is not None
+            and pf.true_colour
+            and pf.bits_per_pixel in (16, 32)
+            and area >= JPEG_MIN_AREA
+        )
+
+    def palette_limit(self, area: int, codec: PixelCodec, jpeg: bool) -> int:
+        """Most colours worth an 8-bit palette (2 means: 1-bit palettes only)."""
+        if codec.tight_pixel_bytes == 1:
+            return 2  # 8-bit indices would be as large as the pixels
+        limit = area // PALETTE_DIVISOR[self.compression]
+        if jpeg:
+            cap = JPEG_PALETTE_CAP_FAST if self.compression < 2 else JPEG_PALETTE_CAP
+            limit = min(limit, cap)
+        return min(max(limit, 2), MAX_PALETTE)
+
+
+def _level(value: int) -> int:
+    return min(max(int(value), 0), 9)
+
+
+def find_palette(words: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(sorted colours, index per pixel) if there are 2..limit colours, else None."""
+    flat = words.reshape(-1)
+    if flat.size > PALETTE_SAMPLE:
+        sample = flat[:: flat.size // PALETTE_SAMPLE]
+        if np.unique(sample).size > limit:
+            return None
+    colours = np.unique(flat)
+    if colours.size > limit:
+        return None
+    return colours, np.searchsorted(colours, words)
+
+
+def photo_like(pixels: np.ndarray) -> bool:
+    """True for continuous-tone content: photographs, renderings, smooth noise."""
+    repeats, error = sample_statistics(pixels)
+    return repeats <= PHOTO_MAX_REPEATS and error <= PHOTO_MAX_ROUGHNESS
+
+
+def sample_statistics(pixels: np.ndarray) -> tuple[float, float]:
+    """(share of left-neighbour repeats, mean squared gradient-prediction error).
+
+    Measured on up to SAMPLE_ROWS rows and their upper neighbours, as 8-bit
+    RGB components; a single row or column is judged by its differences.
+    """
+    h, w = pixels.shape
+    if h < 2 or w < 2:
+        return _line_statistics(pixels.reshape(-1))
+    rows = np.unique(np.linspace(1, h - 1, num=min(h - 1, SAMPLE_ROWS)).astype(np.intp))
+    repeats = float(np.mean(pixels[rows, 1:] == pixels[rows, :-1]))
+    here = words_to_rgb(pixels[rows]).astype(np.int32)
+    above = words_to_rgb(pixels[rows - 1]).astype(np.int32)
+    prediction = here[:, :-1] + above[:, 1:] - above[:, :-1]
+    np.clip(prediction, 0, 255, out=prediction)
+    return repeats, float(np.mean(np.square(here[:, 1:] - prediction)))
+
+
+def _line_statistics(line: np.ndarray) -> tuple[float, float]:
+    """The same measures for a single row or column: left neighbour only."""
+    if line.size < 2:
+        return 1.0, 0.0
+    repeats = float(np.mean(line[1:] == line[:-1]))
+    rgb = words_to_rgb(line).astype(np.int32)
+    return repeats, float(np.mean(np.square(np.diff(rgb, axis=0))))

@@ -7,7 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from protocols.rfb.handshake import StartTLS
 from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.python.failure import Failure
 
@@ -15,6 +14,7 @@ from protocols.rfb.client import ClientConnection, ClientEvent, ServerInitReceiv
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
 from protocols.rfb.errors import ProtocolError
+from protocols.rfb.handshake import StartTLS
 from protocols.rfb.pixelformat import PixelFormat
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,18 @@ class RFBClientProtocol(protocol.Protocol):
     def _start_tls(self, event: StartTLS) -> None:
         from thinserve.tls import client_context_factory
 
-        self.flush()
+        clear = self.conn.data_to_send()  # the last bytes before TLS, only those
+        if clear:
+            self.transport.write(clear)  # type: ignore[union-attr]
         self.transport.startTLS(  # type: ignore[attr-defined]
             client_context_factory(event.anonymous, ca_file=self.options.ca_file)
         )
 
     def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.transport is not None:
+        """Write everything the connection has queued."""
+        if self.transport is None:
+            return
+        while data := self.conn.data_to_send():
             self.transport.write(data)
 
     def fail(self, reason: str) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from protocols.rfb.handshake import PlainCredentials, StartTLS, VncAuthResponse
 from twisted.internet import interfaces, protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -22,6 +21,7 @@ from zope.interface import implementer
 from protocols.rfb import messages as m
 from protocols.rfb.constants import SecurityType
 from protocols.rfb.errors import ProtocolError
+from protocols.rfb.handshake import PlainCredentials, StartTLS, VncAuthResponse
 from protocols.rfb.security.vncauth import check_response
 from protocols.rfb.server import ServerConnection, ServerEvent
 
@@ -103,7 +103,9 @@ class RFBServerProtocol(protocol.Protocol):
     def _start_tls(self, event: StartTLS) -> None:
         from thinserve.tls import server_context_factory
 
-        self.flush()
+        clear = self.conn.data_to_send()  # the last bytes before TLS, only those
+        if clear:
+            self.transport.write(clear)  # type: ignore[union-attr]
         factory = server_context_factory(
             event.anonymous, cert_file=self.options.cert_file, key_file=self.options.key_file
         )
@@ -131,8 +133,10 @@ class RFBServerProtocol(protocol.Protocol):
 
     # -- output -----------------------------------------------------------------------
     def flush(self) -> None:
-        data = self.conn.data_to_send()
-        if data and self.transport is not None:
+        """Write everything the connection has queued."""
+        if self.transport is None:
+            return
+        while data := self.conn.data_to_send():
             self.transport.write(data)
 
     def fail(self, reason: str) -> None:

@@ -149,15 +149,18 @@ class ClientConnection:
         return events
 
     def data_to_send(self) -> bytes:
-        if self._driver is None:
-            self._out += self._handshake.data_to_send()
+        """Bytes to write now; never spans a StartTLS (call again after it)."""
+        handshake = self._handshake.data_to_send()
+        if handshake:
+            # Handshake output comes first; it may be the last bytes before
+            # TLS starts, so nothing else goes with it in this call.
+            return handshake
         out = bytes(self._out)
         self._out.clear()
         return out
 
     def _start_messages(self, done: HandshakeDone) -> None:
         self.handshake_result = done
-        self._out += self._handshake.data_to_send()
         self._out += m.ClientInit(self.shared).pack()
         self._driver = StreamDriver(self._reader, self._max_need())
         if self._handshake.leftover:

@@ -100,8 +100,12 @@ class ServerConnection:
         return events
 
     def data_to_send(self) -> bytes:
-        if self._driver is None:
-            self._out += self._handshake.data_to_send()
+        """Bytes to write now; never spans a StartTLS (call again after it)."""
+        handshake = self._handshake.data_to_send()
+        if handshake:
+            # Handshake output comes first; it may be the last bytes before
+            # TLS starts, so nothing else goes with it in this call.
+            return handshake
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -114,7 +118,6 @@ class ServerConnection:
 
     def _start_messages(self, done: HandshakeDone) -> None:
         self.handshake_result = done
-        self._out += self._handshake.data_to_send()
         self._driver = StreamDriver(self._reader, self._max_need())
         leftover = self._handshake.leftover
         if leftover:
@@ -132,7 +135,6 @@ class ServerConnection:
     def reject_auth(self, reason: str) -> None:
         """Refuse them; the failure (with reason on 3.8) is queued, then close."""
         self._handshake.reject_auth(reason)
-        self._out += self._handshake.data_to_send()
 
     # -- reading client messages --------------------------------------------------
     def _reader(self) -> Generator[int, bytes, None]:

@@ -1,0 +1,1 @@
+"""The encoding benchmark: ``python -m bench`` (see docs/performance.md)."""

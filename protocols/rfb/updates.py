@@ -22,6 +22,10 @@ from .pixelformat import PixelCodec
 _SOLID_ORDER = (Encoding.TIGHT, Encoding.RRE, Encoding.HEXTILE, Encoding.ZRLE)
 # Encodings that make no sense for arbitrary rectangles.
 _NOT_PRIMARY = (Encoding.COPYRECT,)
+# Encoders without stream state: a payload of theirs may be thrown away (for
+# Raw, when Raw is smaller) without the peer's decoder noticing.  Zlib-based
+# encoders must never drop a payload: the peer's inflater would fall behind.
+_STATELESS = (Encoding.RRE, Encoding.HEXTILE)
 
 
 @dataclass
@@ -78,6 +82,8 @@ class RectEncoder:
             pixels = fb[piece.y : piece.y + piece.h, piece.x : piece.x + piece.w]
             encoding = self._choose(pixels)
             payload = self.encoder(encoding).encode(pixels, codec)
+            if encoding in _STATELESS and len(payload) > pixels.size * codec.bytes_per_pixel:
+                encoding, payload = Encoding.RAW, codec.to_wire(pixels)
             out.append((RectHeader(piece.x, piece.y, piece.w, piece.h, encoding), payload))
         return out
 

@@ -90,11 +90,16 @@ class TightEncoder:
         words = codec.to_words(px)
         if np.all(words == words.flat[0]):
             return bytes([FILL << 4]) + tpixels_from_words(words.reshape(-1)[:1], codec)
-        jpeg = self._settings.jpeg_allowed(codec, px.size)
-        palette = find_palette(words, self._settings.palette_limit(px.size, codec, jpeg))
+        jpeg_ok = self._settings.jpeg_allowed(codec, px.size)
+        gradient = gradient_allowed(codec)
+        photo = (jpeg_ok or gradient) and photo_like(px)
+        # The palette is capped only for rectangles that would otherwise go to
+        # JPEG; screen content keeps its lossless palette.
+        limit = self._settings.palette_limit(px.size, codec, jpeg_ok and photo)
+        palette = find_palette(words, limit)
         if palette is not None:
             return self._palette(palette[0], palette[1], codec)
-        return self._full_colour(px, words, codec, jpeg)
+        return self._full_colour(px, words, codec, jpeg_ok and photo, gradient and photo)
 
     def _palette(self, colours: np.ndarray, indices: np.ndarray, codec: PixelCodec) -> bytes:
         header = bytes([FILTER_PALETTE, colours.size - 1]) + tpixels_from_words(colours, codec)
@@ -105,13 +110,11 @@ class TightEncoder:
         return self._basic(STREAM_INDEXED, header, data, self._settings.palette_zlib)
 
     def _full_colour(
-        self, px: np.ndarray, words: np.ndarray, codec: PixelCodec, jpeg: bool
+        self, px: np.ndarray, words: np.ndarray, codec: PixelCodec, jpeg: bool, gradient: bool
     ) -> bytes:
-        gradient = gradient_allowed(codec)
-        photo = (jpeg or gradient) and photo_like(px)
-        if jpeg and photo:
+        if jpeg:
             return self._jpeg(px)
-        if gradient and photo:
+        if gradient:
             layout = ChannelLayout.of(codec)
             residuals = gradient_filter(pixel_channels(px, codec, layout), layout.maxes)
             data = channels_to_tpixels(residuals, codec, layout)

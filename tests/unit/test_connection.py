@@ -306,3 +306,33 @@ def test_messages_split_at_every_byte_give_the_same_result() -> None:
     for byte in range(len(data)):
         pair.client_events += pair.client.receive_data(data[byte : byte + 1])
     np.testing.assert_array_equal(pair.client.framebuffer, pair.frame)
+
+
+def test_rre_noise_goes_out_as_raw_not_bigger() -> None:
+    from protocols.rfb.updates import ClientSettings, RectEncoder
+
+    from .content import noise_frame
+
+    encoder = RectEncoder()
+    encoder.configure(ClientSettings.from_encodings((Encoding.RRE,)))
+    noise = noise_frame(64, 64)
+    ((header, payload),) = encoder.encode(noise, Rect(0, 0, 64, 64), PixelCodec(NATIVE))
+    assert header.encoding == Encoding.RAW and len(payload) == 64 * 64 * 4
+    pair = Pair(noise)
+    pair.client.set_encodings([Encoding.RRE])
+    pair.full_update()
+    np.testing.assert_array_equal(pair.client.framebuffer, noise)
+
+
+def test_tight_with_jpeg_quality_keeps_screen_content_lossless() -> None:
+    from protocols.rfb.updates import ClientSettings, RectEncoder
+
+    frame = desktop_frame(256, 256)[:128]  # windows and text, no photo part
+    sizes = []
+    for encodings in ((Encoding.TIGHT,), (Encoding.TIGHT, Encoding.JPEG_QUALITY_0 + 8)):
+        encoder = RectEncoder()
+        encoder.configure(ClientSettings.from_encodings(encodings))
+        sizes.append(
+            sum(len(p) for _, p in encoder.encode(frame, Rect(0, 0, 256, 128), PixelCodec(NATIVE)))
+        )
+    assert sizes[1] <= sizes[0]

@@ -1,0 +1,138 @@
+// thinserve browser terminal: noVNC's RFB client, full window, over the
+// WebSocket endpoint served next to this page.
+//
+// Settings come from the query string:
+//   resize=scale   fit the desktop into the window locally (default)
+//   resize=remote  ask the server to give this terminal the window's size
+//   resize=off     show the desktop 1:1, scrolling when it is larger
+//   view_only=1    send no keyboard or mouse input
+//   reconnect=0    do not reconnect after the connection drops
+//   quality=0..9, compression=0..9   hints for JPEG quality and compression
+
+import RFB from "./novnc/core/rfb.js";
+
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30000;
+
+const params = new URLSearchParams(window.location.search);
+const settings = {
+  resize: params.get("resize") || "scale",
+  viewOnly: params.get("view_only") === "1",
+  reconnect: params.get("reconnect") !== "0",
+  quality: levelParam("quality", 6),
+  compression: levelParam("compression", 2),
+};
+
+const screen = document.getElementById("screen");
+const statusLine = document.getElementById("status");
+const login = document.getElementById("login");
+const usernameInput = document.getElementById("username");
+const passwordInput = document.getElementById("password");
+
+let rfb = null;
+let retryMs = RETRY_FIRST_MS;
+let retryTimer = null;
+let lastFailure = "";
+
+function levelParam(name, fallback) {
+  const value = Number.parseInt(params.get(name) ?? "", 10);
+  return Number.isInteger(value) && value >= 0 && value <= 9 ? value : fallback;
+}
+
+function websocketUrl() {
+  const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+  return `${scheme}//${window.location.host}/websockify`;
+}
+
+function setStatus(state, text) {
+  document.body.dataset.state = state;
+  statusLine.textContent = text;
+}
+
+function applySettings(client) {
+  client.scaleViewport = settings.resize === "scale";
+  client.resizeSession = settings.resize === "remote";
+  client.clipViewport = false;
+  client.viewOnly = settings.viewOnly;
+  client.qualityLevel = settings.quality;
+  client.compressionLevel = settings.compression;
+  client.focusOnClick = true;
+}
+
+function connect() {
+  retryTimer = null;
+  lastFailure = "";
+  const url = websocketUrl();
+  setStatus("connecting", `Connecting to ${url}…`);
+  rfb = new RFB(screen, url, { shared: true, wsProtocols: ["binary"] });
+  applySettings(rfb);
+  rfb.addEventListener("connect", onConnect);
+  rfb.addEventListener("disconnect", onDisconnect);
+  rfb.addEventListener("credentialsrequired", onCredentialsRequired);
+  rfb.addEventListener("securityfailure", onSecurityFailure);
+  rfb.addEventListener("desktopname", onDesktopName);
+}
+
+function onConnect() {
+  retryMs = RETRY_FIRST_MS;
+  login.hidden = true;
+  setStatus("connected", `Connected${document.title ? ` to ${document.title}` : ""}`);
+  rfb.focus();
+}
+
+function onDesktopName(event) {
+  document.title = event.detail.name || "thinserve";
+  if (document.body.dataset.state === "connected") {
+    setStatus("connected", `Connected to ${document.title}`);
+  }
+}
+
+function onCredentialsRequired(event) {
+  const types = event.detail.types || [];
+  usernameInput.hidden = !types.includes("username");
+  login.hidden = false;
+  setStatus("login", "The server asks for a password");
+  (usernameInput.hidden ? passwordInput : usernameInput).focus();
+}
+
+function onSecurityFailure(event) {
+  lastFailure = event.detail.reason || `security failure (status ${event.detail.status})`;
+}
+
+function onDisconnect(event) {
+  rfb = null;
+  const why = lastFailure || (event.detail.clean ? "connection closed" : "connection lost");
+  if (!settings.reconnect) {
+    setStatus("disconnected", `Disconnected: ${why}. Reload the page to connect again.`);
+    return;
+  }
+  const seconds = Math.round(retryMs / 1000);
+  setStatus(lastFailure ? "failed" : "disconnected",
+    `Disconnected: ${why}. Reconnecting in ${seconds} s…`);
+  retryTimer = window.setTimeout(connect, retryMs);
+  retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+}
+
+login.addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (rfb === null) {
+    return;
+  }
+  const credentials = { password: passwordInput.value };
+  if (!usernameInput.hidden) {
+    credentials.username = usernameInput.value;
+  }
+  passwordInput.value = "";
+  login.hidden = true;
+  setStatus("connecting", "Checking credentials…");
+  rfb.sendCredentials(credentials);
+});
+
+window.addEventListener("online", () => {
+  if (retryTimer !== null) {
+    window.clearTimeout(retryTimer);
+    connect();
+  }
+});
+
+connect();

@@ -1,0 +1,610 @@
+"""Desktops that are QEMU virtual machines started by thinserve itself.
+
+Every desktop gets a private directory (mode 0700) holding its copy-on-write
+overlay over a shared read-only template and two Unix sockets: the VNC
+console (``-vnc unix:...``, reachable only by thinserve's user) and QMP,
+QEMU's control channel.  QEMU runs as a child process with ``-display none
+-nodefaults -vga std`` and a USB tablet so that absolute pointer positions
+map one to one.
+
+asyncio and Twisted.  Everything here is asyncio: the QEMU process is an
+asyncio subprocess and QMP is spoken with ``qemu.qmp.QMPClient``.  thinserve
+runs Twisted on the asyncio reactor, so both share one event loop.  The
+backend's coroutines must run as asyncio tasks (they await asyncio futures,
+which Twisted's coroutine driver cannot); from Twisted code call them as::
+
+    Deferred.fromFuture(asyncio.ensure_future(backend.ensure_running(name)))
+
+``as_deferred`` below does exactly that.  The reverse direction (awaiting a
+Deferred inside an asyncio coroutine) is ``await d.asFuture(loop)``.
+
+Lifecycle.  QEMU starts paused (``-S``) and connects to a QMP server socket
+the backend is already listening on, so no early event is missed and no
+polling for a socket file is needed.  The backend then resumes the guest and
+reports STARTING until QMP says "running" and the VNC socket answers with
+an RFB greeting; then RUNNING.  ``stop`` presses the ACPI power button
+(``system_powerdown``), waits ``shutdown_timeout`` seconds, then sends
+``quit`` and finally SIGKILL.  The guest powering itself off or a signal
+ending QEMU is STOPPED; QEMU dying any other way, or the guest panicking
+(``pvpanic``), is CRASHED.  Each change goes to ``on_status``.
+
+Acceleration: KVM when /dev/kvm opens read-write (``accel="auto"``), else
+TCG; ``accel`` forces either.  DesktopInfo.detail says which was used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+from collections import deque
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from qemu.qmp import QMPClient, Runstate
+from qemu.qmp.error import QMPError
+from twisted.internet.defer import Deferred
+
+from .base import BackendError, ConsoleAddress, DesktopInfo, DesktopStatus, StatusListener
+from .images import ImageError, create_overlay, image_format
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
+QUIT_TIMEOUT = 10.0
+PROBE_INTERVAL = 0.2
+
+
+def as_deferred(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
+    """Run an asyncio coroutine as a task and return a Deferred of its result."""
+    return Deferred.fromFuture(asyncio.ensure_future(coro))
+
+
+@dataclass(frozen=True)
+class QemuDesktopConfig:
+    """One QEMU desktop.  Changing memory or CPUs takes effect at the next start.
+
+    Boot either a disk ``template`` (qcow2 or raw; the desktop writes to its
+    own overlay) or a ``kernel`` with optional ``initrd`` and ``append``
+    (the tiny demo Linux), or both (direct kernel boot with a disk).
+    """
+
+    name: str
+    state_dir: Path
+    template: Path | None = None
+    template_format: str | None = None  # None: ask qemu-img
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = ""
+    memory_mib: int = 2048
+    cpus: int = 2
+    accel: str = "auto"
+    cpu_model: str | None = None  # None: "host" with KVM, QEMU's default with TCG
+    machine: str = "pc"
+    disk_interface: str = "virtio"
+    nic: str | None = "user,model=virtio-net-pci"  # value of -nic; None for no network
+    serial_log: Path | None = None
+    extra_args: tuple[str, ...] = ()
+    ephemeral: bool = False  # a fresh overlay at every start (kiosk)
+    boot_timeout: float = 120.0
+    shutdown_timeout: float = 60.0
+    qemu_binary: str = "qemu-system-x86_64"
+    qemu_img: str = "qemu-img"
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"desktop name {self.name!r}: use letters, digits, '.', '_', '-'")
+        if self.template is None and self.kernel is None:
+            raise ValueError(f"desktop {self.name}: set a template disk image or a kernel")
+        if self.accel not in ACCELERATORS:
+            raise ValueError(f"desktop {self.name}: accel must be one of {ACCELERATORS}")
+        if self.memory_mib < 16 or self.cpus < 1:
+            raise ValueError(f"desktop {self.name}: needs at least 16 MiB and 1 CPU")
+
+    @property
+    def directory(self) -> Path:
+        return self.state_dir / self.name
+
+    @property
+    def overlay(self) -> Path:
+        return self.directory / "overlay.qcow2"
+
+
+def pool(template: QemuDesktopConfig, count: int) -> list[QemuDesktopConfig]:
+    """``count`` desktops ``<name>-1`` .. ``<name>-<count>`` sharing one template."""
+    return [replace(template, name=f"{template.name}-{n}") for n in range(1, count + 1)]
+
+
+def kvm_usable(device: str = "/dev/kvm") -> bool:
+    """True when ``device`` exists and this process may open it read-write."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+def choose_accelerator(requested: str) -> str:
+    if requested == "auto":
+        return "kvm" if kvm_usable() else "tcg"
+    return requested
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-returncode).name}"
+        return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+async def rfb_greets(path: Path) -> bool:
+    """True once the Unix socket at ``path`` accepts and sends an RFB version."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+    except OSError:
+        return False
+    try:
+        greeting = await asyncio.wait_for(reader.readexactly(12), 5.0)
+    except (OSError, asyncio.IncompleteReadError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return greeting.startswith(b"RFB ")
+
+
+@dataclass
+class _Run:
+    """What one QEMU process left behind: how it ended and why."""
+
+    process: asyncio.subprocess.Process
+    qmp: QMPClient
+    accel: str
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    shutdown_reason: str | None = None
+    panicked: bool = False
+    stop_requested: bool = False
+    ready: bool = False  # started: from now on its exit is reported by the watcher
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    stderr_task: asyncio.Task[None] | None = None
+    events_task: asyncio.Task[None] | None = None
+    exit_task: asyncio.Task[None] | None = None
+
+
+class QemuVM:
+    """One desktop's VM: overlay, QEMU process, QMP session and status."""
+
+    def __init__(self, config: QemuDesktopConfig, report: StatusListener) -> None:
+        self.config = config
+        self.report = report
+        self.status = DesktopStatus.STOPPED
+        self.detail = ""
+        self.run: _Run | None = None
+        self._lock = asyncio.Lock()
+        self._start_task: asyncio.Task[None] | None = None
+        self._socket_dir: Path | None = None
+
+    def reconfigure(self, config: QemuDesktopConfig) -> None:
+        """New settings for the next start (a running VM keeps its own)."""
+        self.config = config
+        if self.run is None:
+            self._socket_dir = None
+
+    # --- paths -----------------------------------------------------------------
+
+    @property
+    def socket_dir(self) -> Path:
+        """The directory of the sockets: the desktop's directory unless too long."""
+        if self._socket_dir is None:
+            directory = self.config.directory
+            if len(str(directory / "vnc.sock")) > MAX_SOCKET_PATH:
+                directory = Path(tempfile.mkdtemp(prefix=f"thinserve-{self.config.name}-"))
+            self._socket_dir = directory
+        return self._socket_dir
+
+    @property
+    def vnc_socket(self) -> Path:
+        return self.socket_dir / "vnc.sock"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.socket_dir / "qmp.sock"
+
+    @property
+    def console(self) -> ConsoleAddress:
+        return ConsoleAddress(endpoint=f"unix:path={self.vnc_socket}")
+
+    def info(self) -> DesktopInfo:
+        return DesktopInfo(self.config.name, "qemu", self.status, self.detail)
+
+    def _set(self, status: DesktopStatus, detail: str) -> None:
+        changed = (status, detail) != (self.status, self.detail)
+        self.status, self.detail = status, detail
+        if changed:
+            self.report(self.config.name, status, detail)
+
+    def _summary(self, accel: str) -> str:
+        cfg = self.config
+        return f"{accel.upper()}, {cfg.cpus} CPUs, {cfg.memory_mib} MiB"
+
+    # --- starting ----------------------------------------------------------------
+
+    async def ensure_running(self) -> ConsoleAddress:
+        if self.status is DesktopStatus.RUNNING and self.run is not None:
+            return self.console
+        if self._start_task is None or self._start_task.done():
+            self._start_task = asyncio.ensure_future(self._start())
+        task = self._start_task
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise BackendError(
+                    f"desktop {self.config.name} was stopped while starting"
+                ) from None
+            raise
+        return self.console
+
+    async def _start(self) -> None:
+        async with self._lock:
+            if self.run is not None and self.status is DesktopStatus.RUNNING:
+                return
+            accel = choose_accelerator(self.config.accel)
+            self._set(DesktopStatus.STARTING, self._summary(accel))
+            try:
+                await self._prepare_disk()
+                run = await self._launch(accel)
+                await self._wait_until_ready(run)
+            except (asyncio.CancelledError, BackendError) as exc:
+                await self._abort_start(exc)
+                raise
+            except (OSError, QMPError) as exc:
+                error = BackendError(f"desktop {self.config.name}: could not start QEMU: {exc}")
+                await self._abort_start(error)
+                raise error from exc
+            run.ready = True
+            self._set(DesktopStatus.RUNNING, self._summary(accel))
+
+    async def _prepare_disk(self) -> None:
+        cfg = self.config
+        cfg.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(cfg.directory, 0o700)
+        if cfg.template is not None and (cfg.ephemeral or not cfg.overlay.exists()):
+            await self._new_overlay()
+
+    async def _new_overlay(self) -> None:
+        cfg = self.config
+        assert cfg.template is not None
+        try:
+            fmt = cfg.template_format or await image_format(cfg.template, cfg.qemu_img)
+            await create_overlay(cfg.template, fmt, cfg.overlay, cfg.qemu_img)
+        except (ImageError, OSError) as exc:
+            raise BackendError(f"desktop {cfg.name}: {exc}") from exc
+
+    async def _launch(self, accel: str) -> _Run:
+        if shutil.which(self.config.qemu_binary) is None:
+            raise BackendError(
+                f"{self.config.qemu_binary} not found: apt-get install qemu-system-x86 qemu-utils"
+            )
+        self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in (self.vnc_socket, self.qmp_socket):
+            stale.unlink(missing_ok=True)
+        qmp = QMPClient(self.config.name)
+        await qmp.start_server(str(self.qmp_socket))
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.command(accel),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except BaseException:
+            await qmp.disconnect()
+            raise
+        self.run = run = _Run(process=process, qmp=qmp, accel=accel)
+        run.stderr_task = asyncio.ensure_future(self._read_stderr(run))
+        run.exit_task = asyncio.ensure_future(self._watch_exit(run))
+        log.info("desktop %s: QEMU started, pid %d, %s", self.config.name, process.pid, accel)
+        await self._race_exit(run, qmp.accept(), "connect to QMP")
+        run.events_task = asyncio.ensure_future(self._read_events(run))
+        await self._race_exit(run, qmp.execute("cont"), "resume the guest")
+        return run
+
+    def command(self, accel: str) -> list[str]:
+        """The QEMU command line for this desktop with accelerator ``accel``."""
+        cfg = self.config
+        prefix = []
+        if shutil.which("setpriv"):
+            prefix = ["setpriv", "--pdeathsig", "TERM", "--"]  # QEMU ends with thinserve
+        args = [
+            cfg.qemu_binary,
+            "-name", f"{cfg.name},process=qemu-{cfg.name}",
+            "-machine", cfg.machine,
+            "-accel", accel,
+            "-m", str(cfg.memory_mib),
+            "-smp", str(cfg.cpus),
+            "-nodefaults", "-no-user-config",
+            "-display", "none",
+            "-vga", "std",
+            "-vnc", f"unix:{self.vnc_socket}",
+            "-usb", "-device", "usb-tablet",
+            "-device", "pvpanic",
+            "-action", "panic=shutdown",
+            "-chardev", f"socket,id=qmp,path={self.qmp_socket}",
+            "-mon", "chardev=qmp,mode=control",
+            "-S",
+        ]  # fmt: skip
+        cpu = cfg.cpu_model or ("host" if accel == "kvm" else None)
+        if cpu:
+            args += ["-cpu", cpu]
+        args += self._boot_args()
+        if cfg.nic:
+            args += ["-nic", cfg.nic]
+        if cfg.serial_log is not None:
+            args += ["-serial", f"file:{cfg.serial_log}"]
+        return prefix + args + list(cfg.extra_args)
+
+    def _boot_args(self) -> list[str]:
+        cfg = self.config
+        args: list[str] = []
+        if cfg.template is not None:
+            drive = f"file={cfg.overlay},format=qcow2,if={cfg.disk_interface},discard=unmap"
+            args += ["-drive", drive]
+        if cfg.kernel is not None:
+            args += ["-kernel", str(cfg.kernel)]
+            if cfg.initrd is not None:
+                args += ["-initrd", str(cfg.initrd)]
+            if cfg.append:
+                args += ["-append", cfg.append]
+        return args
+
+    async def _race_exit(self, run: _Run, step: Awaitable[object], what: str) -> None:
+        """Await ``step`` unless QEMU exits first; then fail with its last words."""
+        step_task = asyncio.ensure_future(step)
+        exit_task = asyncio.ensure_future(run.exited.wait())
+        try:
+            await asyncio.wait(
+                {step_task, exit_task},
+                timeout=self.config.boot_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            exit_task.cancel()
+        if not step_task.done():
+            step_task.cancel()
+            if run.exited.is_set():
+                raise BackendError(f"QEMU exited before it could {what}: {self._last_words(run)}")
+            raise BackendError(f"QEMU did not {what} within {self.config.boot_timeout:.0f} s")
+        try:
+            step_task.result()
+        except QMPError as exc:
+            raise BackendError(f"QEMU could not {what}: {exc}") from exc
+
+    async def _wait_until_ready(self, run: _Run) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.boot_timeout
+        while True:
+            if run.exited.is_set():
+                raise BackendError(f"QEMU exited while starting: {self._last_words(run)}")
+            if await self._guest_running(run) and await rfb_greets(self.vnc_socket):
+                return
+            if loop.time() > deadline:
+                raise BackendError(
+                    f"desktop {self.config.name}: console not ready within "
+                    f"{self.config.boot_timeout:.0f} s"
+                )
+            await asyncio.sleep(PROBE_INTERVAL)
+
+    @staticmethod
+    async def _guest_running(run: _Run) -> bool:
+        try:
+            status = await asyncio.wait_for(run.qmp.execute("query-status"), 5.0)
+        except (QMPError, OSError, TimeoutError):
+            return False
+        return isinstance(status, dict) and status.get("status") == "running"
+
+    async def _abort_start(self, exc: BaseException) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            run.stop_requested = True
+            await self._kill(run)
+        reason = str(exc) if isinstance(exc, BackendError) else "start cancelled"
+        status = DesktopStatus.CRASHED if isinstance(exc, BackendError) else DesktopStatus.STOPPED
+        self._set(status, reason)
+
+    # --- watching ------------------------------------------------------------------
+
+    async def _read_stderr(self, run: _Run) -> None:
+        assert run.process.stderr is not None
+        async for raw in run.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                run.stderr.append(line)
+                log.info("desktop %s: qemu: %s", self.config.name, line)
+
+    async def _read_events(self, run: _Run) -> None:
+        async for event in run.qmp.events:
+            self._note_event(run, event)
+
+    def _note_event(self, run: _Run, event: Mapping[str, Any]) -> None:
+        name = event.get("event")
+        data = event.get("data", {})
+        log.debug("desktop %s: QMP event %s %s", self.config.name, name, data)
+        if name == "SHUTDOWN":
+            run.shutdown_reason = str(data.get("reason", ""))
+        elif name == "GUEST_PANICKED":
+            run.panicked = True
+
+    async def _last_events(self, run: _Run) -> None:
+        """Read what QEMU said before it went (SHUTDOWN, GUEST_PANICKED), then hang up."""
+        qmp = run.qmp
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                while qmp.runstate is Runstate.RUNNING:
+                    await qmp.runstate_changed()
+        if run.events_task is not None:
+            run.events_task.cancel()
+        with contextlib.suppress(Exception):
+            await qmp.disconnect()
+        for event in qmp.events.clear():
+            self._note_event(run, event)
+
+    async def _watch_exit(self, run: _Run) -> None:
+        returncode = await run.process.wait()
+        if run.stderr_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(run.stderr_task, 2.0)  # the last error lines
+        await self._last_events(run)
+        status, detail = self._ending(run, returncode)
+        log.log(
+            logging.WARNING if status is DesktopStatus.CRASHED else logging.INFO,
+            "desktop %s: QEMU ended (%s): %s",
+            self.config.name,
+            describe_exit(returncode),
+            detail,
+        )
+        if self.run is run and run.ready:
+            self.run = None
+            self._set(status, detail)
+        run.exited.set()
+
+    def _ending(self, run: _Run, returncode: int) -> tuple[DesktopStatus, str]:
+        reason = run.shutdown_reason
+        if run.panicked or reason == "guest-panic":
+            return DesktopStatus.CRASHED, "the guest operating system panicked"
+        if reason == "guest-shutdown":
+            return DesktopStatus.STOPPED, "the guest powered off"
+        if run.stop_requested:
+            return DesktopStatus.STOPPED, "stopped"
+        if reason == "host-signal":
+            return DesktopStatus.STOPPED, "QEMU was ended by a signal"
+        if reason:
+            return DesktopStatus.STOPPED, f"QEMU shut down ({reason})"
+        why = f"QEMU ended unexpectedly ({describe_exit(returncode)})"
+        return DesktopStatus.CRASHED, f"{why}: {self._last_words(run)}" if run.stderr else why
+
+    @staticmethod
+    def _last_words(run: _Run) -> str:
+        return run.stderr[-1] if run.stderr else "no error message"
+
+    # --- stopping ---------------------------------------------------------------------
+
+    async def stop(self, force: bool = False) -> None:
+        task = self._start_task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        async with self._lock:
+            run = self.run
+            if run is None:
+                return
+            run.stop_requested = True
+            self._set(DesktopStatus.STOPPING, "powering off" if not force else "quitting")
+            if not force:
+                await self._power_down(run)
+            await self._kill(run)
+
+    async def _power_down(self, run: _Run) -> None:
+        with contextlib.suppress(QMPError, OSError):
+            await run.qmp.execute("system_powerdown")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.exited.wait(), self.config.shutdown_timeout)
+
+    async def _kill(self, run: _Run) -> None:
+        """End QEMU: ``quit`` over QMP, then SIGKILL; wait until it is reaped."""
+        if not run.exited.is_set():
+            with contextlib.suppress(QMPError, OSError, TimeoutError):
+                await asyncio.wait_for(run.qmp.execute("quit"), QUIT_TIMEOUT)
+        try:
+            await asyncio.wait_for(run.exited.wait(), QUIT_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                run.process.kill()
+            await run.exited.wait()
+
+    async def reset(self) -> None:
+        """Stop the VM at once and give it a fresh overlay over its template."""
+        await self.stop(force=True)
+        async with self._lock:
+            if self.config.template is not None:
+                await self._new_overlay()
+
+    async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
+        run = self.run
+        if run is None:
+            raise BackendError(f"desktop {self.config.name} is not running")
+        try:
+            return await run.qmp.execute(command, arguments)
+        except QMPError as exc:
+            raise BackendError(f"desktop {self.config.name}: QMP {command}: {exc}") from exc
+
+
+class QemuBackend:
+    """The desktops of one or more QemuDesktopConfig, each its own QEMU."""
+
+    name = "qemu"
+
+    def __init__(
+        self, desktops: Iterable[QemuDesktopConfig], on_status: StatusListener | None = None
+    ) -> None:
+        self.on_status = on_status
+        self.vms: dict[str, QemuVM] = {}
+        for config in desktops:
+            self.configure(config)
+
+    def _report(self, desktop: str, status: DesktopStatus, detail: str) -> None:
+        if self.on_status is not None:
+            self.on_status(desktop, status, detail)
+
+    def configure(self, config: QemuDesktopConfig) -> None:
+        """Add a desktop or change its settings (they apply at its next start)."""
+        vm = self.vms.get(config.name)
+        if vm is None:
+            self.vms[config.name] = QemuVM(config, self._report)
+        else:
+            vm.reconfigure(config)
+
+    def vm(self, desktop: str) -> QemuVM:
+        try:
+            return self.vms[desktop]
+        except KeyError:
+            raise BackendError(f"no QEMU desktop named {desktop!r}") from None
+
+    async def list_desktops(self) -> list[DesktopInfo]:
+        return [vm.info() for vm in self.vms.values()]
+
+    async def ensure_running(self, desktop: str) -> ConsoleAddress:
+        return await self.vm(desktop).ensure_running()
+
+    async def stop(self, desktop: str, force: bool = False) -> None:
+        await self.vm(desktop).stop(force)
+
+    async def reset(self, desktop: str) -> None:
+        """Back to the template: stop the desktop and recreate its overlay."""
+        await self.vm(desktop).reset()
+
+    async def execute(
+        self, desktop: str, command: str, arguments: dict[str, object] | None = None
+    ) -> object:
+        """Run a QMP command on a running desktop and return its result."""
+        return await self.vm(desktop).execute(command, arguments)
+
+    async def close(self) -> None:
+        """Power every VM down (each within its shutdown_timeout)."""
+        await asyncio.gather(*(vm.stop() for vm in self.vms.values()), return_exceptions=True)

@@ -62,6 +62,9 @@ class ScaledSource(Source):
     def on_bell(self) -> None:
         self.bell()
 
+    def on_resize_refused(self) -> None:
+        self.resize_refused()
+
     # -- drawing --------------------------------------------------------------------
     def _redraw_all(self) -> None:
         self._redraw(0, 0, self.height, self.width)

@@ -48,6 +48,7 @@ class TerminalSession:
         self.width = 0
         self.height = 0
         self.wanted_size: tuple[int, int] | None = None
+        self.pending_size: tuple[int, int] | None = None  # asked of the desktop
         self.bytes_sent = 0
         self.updates_sent = 0
 
@@ -158,11 +159,18 @@ class TerminalSession:
         if self.control and sink is not None and sink.set_desktop_size(req.width, req.height):
             # The desktop resizes itself; its resize reaches every terminal.
             self.wanted_size = None
+            self.pending_size = (req.width, req.height)
             return
-        self.wanted_size = (req.width, req.height)
-        self.proto.conn.answer_set_desktop_size(RESIZE_OK)
+        self._scale_to(req.width, req.height)
+
+    def _scale_to(self, width: int, height: int) -> None:
+        """Show the source scaled to the size the terminal asked for."""
+        assert self.proto is not None
+        self.wanted_size = (width, height)
         if self.source is not None:
             self._fit_view()
+        # Answered after the resize, so the reply (reason 1) carries the new size.
+        self.proto.conn.answer_set_desktop_size(RESIZE_OK)
         self.damage.add_all()
         self.try_send()
 
@@ -187,7 +195,14 @@ class TerminalSession:
             self.damage.add_all()
         self.try_send()
 
+    def on_resize_refused(self) -> None:
+        if self.pending_size is not None and self.proto is not None:
+            width, height = self.pending_size
+            self.pending_size = None
+            self._scale_to(width, height)
+
     def on_resize(self) -> None:
+        self.pending_size = None
         if self.proto is None or self.source is None:
             return
         self._fit_view()

@@ -24,6 +24,7 @@ class SourceListener(Protocol):
     def on_cursor(self, cursor: Cursor) -> None: ...
     def on_clipboard(self, text: str) -> None: ...
     def on_bell(self) -> None: ...
+    def on_resize_refused(self) -> None: ...
 
 
 class InputSink(Protocol):
@@ -100,6 +101,11 @@ class Source:
     def bell(self) -> None:
         for listener in list(self.listeners):
             listener.on_bell()
+
+    def resize_refused(self) -> None:
+        """The desktop turned down a size change a terminal asked for."""
+        for listener in list(self.listeners):
+            listener.on_resize_refused()
 
 
 def tile_grid_shape(width: int, height: int) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from protocols.rfb.client import (
     CursorShape,
     DesktopResized,
     ServerInitReceived,
+    SetDesktopSizeFailed,
     UpdateDone,
 )
 from protocols.rfb.constants import Encoding
@@ -205,6 +206,12 @@ class Upstream:
         elif isinstance(event, DesktopResized):
             self.can_set_size = self.can_set_size or event.screens != ()
             self.mirror.take_framebuffer(conn.framebuffer)
+        elif isinstance(event, SetDesktopSizeFailed):
+            log.info(
+                "desktop %s refused a size change (status %d)", self.address.name, event.status
+            )
+            self.can_set_size = False
+            self.mirror.resize_refused()
         elif isinstance(event, CursorShape):
             self.mirror.set_cursor(event.cursor)
         elif isinstance(event, ClipboardText):

@@ -1,0 +1,134 @@
+"""Helpers for relay tests: thinserve in-process, and terminals that watch it.
+
+A :class:`Terminal` is thinserve's own RFB client connected to thinserve as
+a terminal would be: it keeps asking for updates and records what arrives,
+so a test can wait until its screen shows something.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from twisted.internet import reactor, task
+
+from protocols.rfb.client import ClientEvent, ServerInitReceived, UpdateDone
+from protocols.rfb.constants import Encoding
+from protocols.rfb.server import ClipboardText
+from thinserve import rfbclient
+from thinserve.config import Config, DesktopConfig
+from thinserve.service import ThinServe
+
+TERMINAL_ENCODINGS = (
+    Encoding.ZRLE,
+    Encoding.HEXTILE,
+    Encoding.RAW,
+    Encoding.COPYRECT,
+    Encoding.CURSOR,
+    Encoding.DESKTOP_SIZE,
+    Encoding.EXTENDED_DESKTOP_SIZE,
+    Encoding.EXTENDED_CLIPBOARD,
+)
+
+
+async def start_thinserve(
+    desktops: Sequence[DesktopConfig], policy: str = "first-free"
+) -> ThinServe:
+    config = Config(
+        listen=("tcp:port=0:interface=127.0.0.1",),
+        policy=policy,
+        desktops=tuple(desktops),
+        local_desktops=(),
+        source="test",
+    )
+    server = ThinServe(config, reactor)
+    await server.startService()
+    return server
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await sleep(0.05)
+
+
+class Terminal:
+    """A terminal connected to thinserve: keeps its screen up to date."""
+
+    def __init__(self, encodings: Sequence[int] = TERMINAL_ENCODINGS) -> None:
+        self.encodings = tuple(encodings)
+        self.proto: rfbclient.RFBClientProtocol | None = None
+        self.updates = 0
+        self.clipboard: list[str] = []
+        self.closed = False
+
+    async def connect(self, port: int) -> Terminal:
+        self.proto = await rfbclient.connect(
+            rfbclient.tcp("127.0.0.1", port), rfbclient.ClientOptions(), self._on_event
+        )
+        self.proto.closed.addBoth(self._closed)
+        await wait_for(lambda: self.updates > 0, 20, "the first update")
+        return self
+
+    def _closed(self, reason: object) -> None:
+        self.closed = True
+
+    def _on_event(self, proto: rfbclient.RFBClientProtocol, event: ClientEvent) -> None:
+        conn = proto.conn
+        if isinstance(event, ServerInitReceived):
+            conn.set_encodings(self.encodings)
+            conn.request_update(incremental=False)
+        elif isinstance(event, UpdateDone):
+            self.updates += 1
+            conn.request_update(incremental=True)
+        elif isinstance(event, ClipboardText):
+            self.clipboard.append(event.text)
+
+    @property
+    def framebuffer(self) -> np.ndarray:
+        assert self.proto is not None
+        return self.proto.conn.framebuffer
+
+    async def wait_screen(self, want: np.ndarray, timeout: float = 20) -> None:
+        await wait_for(
+            lambda: self.framebuffer.shape == want.shape and np.array_equal(self.framebuffer, want),
+            timeout,
+            "the terminal to show the expected picture",
+        )
+
+    def type_text(self, text: str) -> None:
+        for char in text:
+            keysym = 0xFF0D if char == "\n" else ord(char)
+            self.key(keysym)
+
+    def key(self, keysym: int) -> None:
+        assert self.proto is not None
+        self.proto.conn.key_event(True, keysym)
+        self.proto.conn.key_event(False, keysym)
+        self.proto.flush()
+
+    def pointer(self, x: int, y: int, buttons: int = 0) -> None:
+        assert self.proto is not None
+        self.proto.conn.pointer_event(buttons, x, y)
+        self.proto.flush()
+
+    def send_clipboard(self, text: str) -> None:
+        assert self.proto is not None
+        self.proto.conn.send_clipboard(text)
+        self.proto.flush()
+
+    def close(self) -> None:
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Vanish without a goodbye, as a terminal whose cable is pulled."""
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.abortConnection()

@@ -1,0 +1,342 @@
+"""The relay end to end: real desktops (Xvnc, QEMU) seen through thinserve.
+
+What vncdotool and TigerVNC's viewer see through thinserve equals what they
+see connecting to the desktop directly; input, pointer and clipboard reach
+the desktop; terminals sharing a desktop, desktop restarts and vanishing
+terminals behave as users expect.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from tests.integration.relayparts import Terminal, sleep, start_thinserve, wait_for
+from tests.integration.test_rfb_interop import (
+    assert_same,
+    assert_same_but_blink,
+    blink_mask,
+    office_frame,
+)
+from tests.realparts import tigervnc_viewer_capture, vncdo, vncdo_capture, wait_until
+from tests.unit.content import desktop_frame, noise_frame
+from thinserve.config import DesktopConfig
+from thinserve.relay.scaling import _index_map
+
+pytestmark = pytest.mark.integration
+
+
+def desktop(name: str, server: object) -> DesktopConfig:
+    return DesktopConfig(name, f"{server.host}:{server.port}")  # type: ignore[attr-defined]
+
+
+async def live(ts: object, count: int = 1) -> None:
+    await wait_for(
+        lambda: sum(u.mirror.state == "live" for u in ts.upstreams) >= count,  # type: ignore[attr-defined]
+        30,
+        "thinserve to reach its desktops",
+    )
+
+
+# -- what terminals see ------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_vncdotool_through_thinserve_equals_direct(xvnc, tmp_path: Path) -> None:
+    server = xvnc(size=(800, 600))
+    server.paint(desktop_frame(800, 600))
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        await live(ts)
+        direct = await threads.deferToThread(
+            vncdo_capture, server.host, server.port, tmp_path / "d.png"
+        )
+        through = await threads.deferToThread(
+            vncdo_capture, "127.0.0.1", ts.port_numbers[0], tmp_path / "t.png"
+        )
+        assert_same(through, direct)
+        assert_same(direct, desktop_frame(800, 600))
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tigervnc_viewer_through_thinserve_equals_direct(xvnc, tmp_path: Path) -> None:
+    server = xvnc(size=(640, 480))
+    frame = office_frame(640, 480)
+    server.paint(frame)
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        await live(ts)
+
+        def capture(port: int, where: str) -> np.ndarray:
+            workdir = tmp_path / where
+            workdir.mkdir()
+            return tigervnc_viewer_capture(
+                "127.0.0.1", port, None, lambda img: np.array_equal(img, frame), 60.0, workdir
+            )
+
+        direct = await threads.deferToThread(capture, server.port, "direct")
+        through = await threads.deferToThread(capture, ts.port_numbers[0], "through")
+        assert_same(through, direct)
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_qemu_vm_through_thinserve_equals_its_screen(qemu_vm, tmp_path: Path) -> None:
+    vm = qemu_vm(linux=True)
+    await threads.deferToThread(
+        wait_until, lambda: vm.prompts() >= 1, 120, "the VM's shell prompt", vm.proc
+    )
+    ts = await start_thinserve([desktop("vm", vm)])
+    try:
+        await live(ts)
+        screen, blinking = await threads.deferToThread(blink_mask, vm)
+        through = await threads.deferToThread(
+            vncdo_capture, "127.0.0.1", ts.port_numbers[0], tmp_path / "t.png"
+        )
+        assert_same_but_blink(through, screen, blinking)
+        # Typing through thinserve reaches the VM's shell (once the capture's
+        # session has ended, so the desktop is free for the next terminal).
+        await wait_for(lambda: not ts.policy.sessions, 10, "the capture session to end")
+        await threads.deferToThread(
+            vncdo,
+            "127.0.0.1",
+            ts.port_numbers[0],
+            ["type", "echo relay-ok > /dev/ttyS0", "key", "enter"],
+        )
+        await threads.deferToThread(vm.wait_serial, "relay-ok", 1, 30)
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_updates_keep_flowing(xvnc) -> None:
+    server = xvnc(size=(320, 240))
+    server.paint(office_frame(320, 240))
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        term = await Terminal().connect(ts.port_numbers[0])
+        await term.wait_screen(office_frame(320, 240))
+        for seed in (1, 2, 3):
+            changed = desktop_frame(320, 240, seed=seed)
+            await threads.deferToThread(server.paint, changed)
+            await term.wait_screen(changed)
+        term.close()
+    finally:
+        await ts.stopService()
+
+
+# -- input -------------------------------------------------------------------------------------
+def _xterm_writing(server: object, out: Path) -> None:
+    server.run(["xterm", "-geometry", "80x10+0+0", "-e", "sh", "-c", f"cat > {out}"])  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_keys_and_pointer_reach_the_desktop(xvnc, tmp_path: Path) -> None:
+    server = xvnc(size=(640, 480))
+    out = tmp_path / "typed.txt"
+    _xterm_writing(server, out)
+    await threads.deferToThread(wait_until, out.exists, 20, "xterm to start", None)
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        term = await Terminal().connect(ts.port_numbers[0])
+        term.pointer(60, 40)  # over the xterm: no window manager, focus follows the pointer
+        await sleep(0.3)
+        term.type_text("hello through thinserve\n")
+        await wait_for(lambda: out.read_text() == "hello through thinserve\n", 20, "typed text")
+        term.pointer(123, 234)
+        await sleep(0.3)
+        where = await threads.deferToThread(server.call, ["xdotool", "getmouselocation", "--shell"])
+        assert "X=123" in where and "Y=234" in where
+        term.close()
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_clipboard_crosses_both_ways_in_utf8(xvnc) -> None:
+    server = xvnc(size=(320, 240))
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        term = await Terminal().connect(ts.port_numbers[0])
+        await sleep(0.5)
+        term.send_clipboard("from the terminal: Grüße ✓")
+
+        def desktop_clipboard() -> str:
+            return server.call(["xclip", "-o", "-selection", "clipboard"], timeout=5)
+
+        await wait_for_thread(lambda: desktop_clipboard() == "from the terminal: Grüße ✓", 20)
+        text = "from the desktop: café ☕"
+        subprocess.run(
+            ["xclip", "-i", "-selection", "clipboard"],
+            input=text.encode(),
+            env=server.env,
+            check=True,
+            timeout=10,
+        )
+        await wait_for(
+            lambda: text in term.clipboard, 20, "the desktop's clipboard on the terminal"
+        )
+        term.close()
+    finally:
+        await ts.stopService()
+
+
+async def wait_for_thread(check, timeout: float) -> None:
+    def safe() -> bool:
+        try:
+            return check()
+        except Exception:
+            return False
+
+    await threads.deferToThread(wait_until, safe, timeout, "the desktop's clipboard", None)
+
+
+# -- several terminals ------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_two_terminals_share_a_desktop_only_one_types(xvnc, tmp_path: Path) -> None:
+    server = xvnc(size=(640, 480))
+    out = tmp_path / "typed.txt"
+    _xterm_writing(server, out)
+    await threads.deferToThread(wait_until, out.exists, 20, "xterm to start", None)
+    ts = await start_thinserve([desktop("d1", server)], policy="shared")
+    try:
+        first = await Terminal().connect(ts.port_numbers[0])
+        second = await Terminal().connect(ts.port_numbers[0])
+        first.pointer(60, 40)
+        await sleep(0.3)
+        second.type_text("ignored\n")  # view-only: dropped
+        first.type_text("typed by the first\n")
+        await wait_for(lambda: out.read_text() == "typed by the first\n", 20, "typed text")
+        await threads.deferToThread(server.paint, noise_frame(640, 480))
+        shown = await threads.deferToThread(server.grab)  # the painted root under the xterm
+        await first.wait_screen(shown)
+        await second.wait_screen(shown)
+        # When the terminal in control leaves, control passes on.
+        first.close()
+        await wait_for(lambda: len(ts.policy.sessions) == 1, 10, "the first session to end")
+        second.pointer(60, 40)
+        await sleep(0.3)
+        second.type_text("now the second\n")
+        await wait_for(lambda: out.read_text().endswith("now the second\n"), 20, "second's text")
+        assert "ignored" not in out.read_text()
+        second.close()
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_first_free_policy_gives_each_terminal_its_own_desktop(xvnc) -> None:
+    one, two = xvnc(size=(320, 240)), xvnc(size=(320, 240))
+    one.paint(desktop_frame(320, 240, seed=1))
+    two.paint(desktop_frame(320, 240, seed=2))
+    ts = await start_thinserve([desktop("one", one), desktop("two", two)])
+    try:
+        await live(ts, 2)
+        a = await Terminal().connect(ts.port_numbers[0])
+        b = await Terminal().connect(ts.port_numbers[0])
+        await a.wait_screen(desktop_frame(320, 240, seed=1))
+        await b.wait_screen(desktop_frame(320, 240, seed=2))
+        c = await Terminal().connect(ts.port_numbers[0])  # nothing free: a drawn screen
+        await wait_for(lambda: c.framebuffer.shape == (768, 1024), 10, "the no-desktop screen")
+        assert not np.array_equal(c.framebuffer[:240, :320], one.grab())
+        a.close()  # desktop one frees up and goes to the waiting terminal
+        await c.wait_screen(desktop_frame(320, 240, seed=1))
+        b.close()
+        c.close()
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_vanishing_terminal_does_not_disturb_others(xvnc) -> None:
+    server = xvnc(size=(800, 600))
+    ts = await start_thinserve([desktop("d1", server)], policy="shared")
+    try:
+        doomed = await Terminal().connect(ts.port_numbers[0])
+        survivor = await Terminal().connect(ts.port_numbers[0])
+        await threads.deferToThread(server.paint, noise_frame(800, 600, seed=5))
+        await sleep(0.02)
+        doomed.abort()  # mid-stream: a large update is on its way
+        for seed in (6, 7):
+            frame = noise_frame(800, 600, seed=seed)
+            await threads.deferToThread(server.paint, frame)
+            await survivor.wait_screen(frame)
+        await wait_for(lambda: len(ts.policy.sessions) == 1, 10, "the vanished session to end")
+        session = ts.policy.sessions[0]
+        assert session.view is not None and session.view.listeners == [session]
+        survivor.close()
+    finally:
+        await ts.stopService()
+
+
+# -- faults and sizes ------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_desktop_restart_recovers_without_user_action(xvnc, tmp_path: Path) -> None:
+    sock = tmp_path / "desk.sock"
+    server = xvnc(size=(320, 240), extra_args=["-rfbunixpath", str(sock)])
+    frame = office_frame(320, 240)
+    server.paint(frame)
+    ts = await start_thinserve([DesktopConfig("d1", f"unix:{sock}")])
+    try:
+        term = await Terminal().connect(ts.port_numbers[0])
+        await term.wait_screen(frame)
+        server.stop()
+        mirror = ts.upstreams[0].mirror
+        await wait_for(lambda: mirror.state == "down", 20, "thinserve to notice the desktop went")
+        await wait_for(
+            lambda: not np.array_equal(term.framebuffer, frame), 20, "the unavailable screen"
+        )
+        again = xvnc(size=(320, 240), extra_args=["-rfbunixpath", str(sock)])
+        changed = desktop_frame(320, 240, seed=9)
+        again.paint(changed)
+        await term.wait_screen(changed, timeout=40)
+        assert not term.closed and ts.upstreams[0].connections == 2
+        term.close()
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminal_size_resizes_a_resizable_desktop(xvnc) -> None:
+    server = xvnc(size=(640, 480))
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        term = await Terminal().connect(ts.port_numbers[0])
+        await live(ts)
+        await wait_for(lambda: ts.upstreams[0].can_set_size, 10, "the desktop to offer resizing")
+        term.proto.conn.set_desktop_size(800, 500)
+        term.proto.flush()
+        await wait_for(lambda: term.framebuffer.shape == (500, 800), 20, "the desktop resize")
+        await wait_for(lambda: np.array_equal(term.framebuffer, server.grab()), 20, "new pixels")
+        term.close()
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminal_size_scales_a_fixed_desktop(qemu_vm) -> None:
+    vm = qemu_vm(linux=False)
+    ts = await start_thinserve([desktop("vm", vm)])
+    try:
+        await live(ts)
+        term = await Terminal().connect(ts.port_numbers[0])
+        term.proto.conn.set_desktop_size(360, 200)
+        term.proto.flush()
+        await wait_for(lambda: term.framebuffer.shape == (200, 360), 20, "the scaled size")
+
+        def scaled(dump: np.ndarray) -> np.ndarray:
+            rows, cols = _index_map(200, dump.shape[0]), _index_map(360, dump.shape[1])
+            return dump[np.ix_(rows, cols)]
+
+        await wait_for(
+            lambda: np.array_equal(term.framebuffer, scaled(vm.screendump())), 20, "scaled pixels"
+        )
+        term.close()
+    finally:
+        await ts.stopService()

@@ -59,6 +59,9 @@ class LocalDesktopConfig:
 @dataclass(frozen=True)
 class Config:
     listen: tuple[str, ...] = ("tcp:port=5900:interface=127.0.0.1",)
+    # The browser terminal (noVNC over WebSocket); () turns it off.
+    web_listen: tuple[str, ...] = ("tcp:port=5800:interface=127.0.0.1",)
+    web_allowed_origins: tuple[str, ...] = ()
     name: str = "thinserve"
     password: str | None = None
     policy: str = "first-free"
@@ -86,7 +89,11 @@ def load(path: str | Path | None) -> Config:
 def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     _only(data, {"server", "policy", "desktop", "local_desktop"}, source)
     server = _table(data, "server", source)
-    _only(server, {"listen", "name", "password"}, f"{source} [server]")
+    _only(
+        server,
+        {"listen", "name", "password", "web_listen", "web_allowed_origins"},
+        f"{source} [server]",
+    )
     policy = _table(data, "policy", source)
     _only(policy, {"mode"}, f"{source} [policy]")
     mode = _str(policy, "mode", "first-free", f"{source} [policy]")
@@ -173,6 +180,18 @@ def address_to_endpoint(address: str, where: str = "address") -> str:
         raise ConfigError(f"{where}: {address!r} is not host:port, [ipv6]:port or unix:/path")
     host = match["v6"] or match["host"]
     return f"tcp:host={host.replace(':', chr(92) + ':')}:port={match['port']}"
+
+
+def _endpoints(
+    d: dict[str, Any], key: str, default: tuple[str, ...], where: str, allow_empty: bool
+) -> tuple[str, ...]:
+    value = d.get(key, list(default))
+    if isinstance(value, str):
+        value = [value]
+    ok = isinstance(value, list) and all(isinstance(x, str) and x for x in value)
+    if not ok or (not value and not allow_empty):
+        raise ConfigError(f'{where} {key}: give a list of strings, e.g. ["tcp:5900"]')
+    return tuple(value)
 
 
 def _only(d: dict[str, Any], allowed: set[str], where: str) -> None:

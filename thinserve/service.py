@@ -48,10 +48,32 @@ class ThinServe(service.Service):
         self.policy = SimplePolicy(mirrors, self.config.policy)
         factory = RFBServerFactory(self._terminal_options(), self.policy.new_session)
         for description in self.config.listen:
-            endpoint = endpoints.serverFromString(self.reactor, description)
-            port = await endpoint.listen(factory)
-            self.ports.append(port)
+            port = await self._listen(description, factory)
             log.info("terminals connect to %s", _describe(port))
+        await self._start_web(factory)
+
+    async def _listen(self, description: str, factory: object) -> IListeningPort:
+        endpoint = endpoints.serverFromString(self.reactor, description)
+        port = await endpoint.listen(factory)
+        self.ports.append(port)
+        return port
+
+    async def _start_web(self, factory: RFBServerFactory) -> None:
+        """The browser terminal, on the same sessions as the RFB listener."""
+        if not self.config.web_listen:
+            return
+        from .web import NoVNCMissing, WebOptions, WebSocketOptions, terminal_site
+
+        origins = self.config.web_allowed_origins
+        options = WebOptions(WebSocketOptions(same_origin=not origins, allowed_origins=origins))
+        try:
+            site = terminal_site(factory, options)
+        except NoVNCMissing as exc:
+            log.warning("browser terminal off: %s", exc)
+            return
+        for description in self.config.web_listen:
+            port = await self._listen(description, site)
+            log.info("browser terminal at http://%s/", _describe(port))
 
     def _start_local(self, config: object) -> DesktopAddress:
         desktop = LocalXvncDesktop(config, self.reactor)  # type: ignore[arg-type]

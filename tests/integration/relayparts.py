@@ -33,10 +33,11 @@ TERMINAL_ENCODINGS = (
 
 
 async def start_thinserve(
-    desktops: Sequence[DesktopConfig], policy: str = "first-free"
+    desktops: Sequence[DesktopConfig], policy: str = "first-free", web: bool = False
 ) -> ThinServe:
     config = Config(
         listen=("tcp:port=0:interface=127.0.0.1",),
+        web_listen=("tcp:port=0:interface=127.0.0.1",) if web else (),
         policy=policy,
         desktops=tuple(desktops),
         local_desktops=(),

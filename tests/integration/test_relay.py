@@ -340,3 +340,38 @@ async def test_terminal_size_scales_a_fixed_desktop(qemu_vm) -> None:
         term.close()
     finally:
         await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_browser_terminal_shows_the_desktop_through_thinserve(xvnc, tmp_path: Path) -> None:
+    from tests.support_browser import (
+        as_deferred,
+        browser_page,
+        canvas_pixels,
+        eventually,
+        require_browser,
+    )
+
+    require_browser()
+    server = xvnc(size=(320, 240))
+    frame = office_frame(320, 240)
+    server.paint(frame)
+    ts = await start_thinserve([desktop("d1", server)], web=True)
+    try:
+        await live(ts)
+        url = f"http://127.0.0.1:{ts.port_numbers[1]}/?resize=off"
+
+        async def scenario() -> bool:
+            async with browser_page(tmp_path / "profile") as page:
+                await page.goto(url)
+                await page.wait_for_selector("body[data-state=connected]", timeout=15_000)
+
+                async def shows_desktop() -> bool:
+                    shown = await canvas_pixels(page)
+                    return shown is not None and np.array_equal(shown, frame)
+
+                return await eventually(shows_desktop, 20)
+
+        assert await as_deferred(scenario()), "the browser canvas never showed the desktop"
+    finally:
+        await ts.stopService()

@@ -1,0 +1,71 @@
+# thinserve: set up a Debian 12 machine (as root), run the server, run the tests.
+#   make run    install what is missing, then run the server on its embedded defaults
+#   make test   install what is missing, then run the whole test suite
+#   make lint   ruff check + ruff format --check
+#   make bench  the benchmarks
+#   make deps   only the Debian packages (touches nothing when all are there)
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# What the integration tests drive, plus python3-venv for Debian's own python3.
+DEBIAN_PACKAGES := \
+	tigervnc-standalone-server tigervnc-tools tigervnc-viewer \
+	xvfb xterm xdotool x11-apps x11-utils x11-xserver-utils imagemagick \
+	qemu-system-x86 qemu-utils busybox-static cpio linux-image-amd64 \
+	avahi-daemon avahi-utils libnss-mdns python3-venv
+
+# Never ask anything: no terminal, keep existing config files, wait for a busy dpkg lock.
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -y \
+	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+	-o DPkg::Lock::Timeout=600
+
+.PHONY: help deps venv run test lint bench
+
+help:
+	@sed -n '2,7s/^# \{0,1\}//p' Makefile
+
+deps:
+	@missing=$$(for package in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Abbrev}' "$$package" 2>/dev/null | grep -q '^ii' \
+			|| echo "$$package"; \
+	done); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	echo "make deps: installing" $$missing; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "make deps: run as root to install them (apt-get install $$missing)" >&2; exit 1; \
+	fi; \
+	$(APT_GET) update </dev/null && \
+	$(APT_GET) install --no-install-recommends $$missing </dev/null
+
+venv: $(STAMP)
+
+$(BIN)/python: | deps
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "make: $(PYTHON) is older than 3.11; set PYTHON=python3.11 or newer" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the package metadata changed.
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: deps $(STAMP)
+	$(BIN)/thinserve serve
+
+# pytest takes its options from setup.cfg; add more with PYTEST_ARGS="-k name".
+test: deps $(STAMP)
+	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
+	exit $$status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: deps $(STAMP)
+	$(BIN)/python -m bench

@@ -1,0 +1,1 @@
+"""Integration tests: they drive real external programs (Xvnc, QEMU, vncviewer)."""

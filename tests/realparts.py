@@ -1,0 +1,191 @@
+"""Fixtures and helpers that run REAL external programs for integration tests.
+
+Everything listens on loopback only, on ports and X displays found at run time,
+waits for readiness with bounded timeouts, and is stopped (whole process group)
+when the test ends, pass or fail.  A missing program fails the test in CI and
+skips it elsewhere (see :func:`need`).
+
+Fixtures (factories: call them, as often as needed, to start things):
+
+- ``xvnc(size=(640, 480), password=None, extra_args=())`` -> :class:`XvncServer`
+- ``qemu_vm(linux=False, memory_mb=128, extra_args=())`` -> :class:`QemuVM`
+- ``tigervnc_viewer(server=None, listen_port=None, password=None)`` -> :class:`TigerViewer`
+- ``tiny_linux`` (session): the kernel + busybox initramfs :class:`TinyLinux`
+- ``qemu_accel`` (session): "kvm:tcg" when KVM really boots Linux here, else "tcg"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import numpy as np
+import pytest
+
+from tests.support import tinylinux
+from tests.support import viewer as _viewer
+from tests.support.need import in_ci, need
+from tests.support.pixels import diff_summary, read_image, rgb_to_u32, u32_to_rgb
+from tests.support.ports import free_display, free_tcp_port
+from tests.support.procs import wait_until
+from tests.support.qemu import QemuVM, choose_accel, start_qemu
+from tests.support.tinylinux import PROMPT_MARK, TinyLinux
+from tests.support.viewer import TigerViewer, start_viewer
+from tests.support.vncauth import make_password_file
+from tests.support.vncdo import vncdo, vncdo_capture
+from tests.support.xvnc import XvncServer, start_xvnc
+
+__all__ = [
+    "PROMPT_MARK",
+    "QemuVM",
+    "TigerViewer",
+    "TinyLinux",
+    "XvncServer",
+    "diff_summary",
+    "free_display",
+    "free_tcp_port",
+    "in_ci",
+    "need",
+    "qemu_accel",
+    "qemu_vm",
+    "read_image",
+    "rgb_to_u32",
+    "tigervnc_viewer",
+    "tigervnc_viewer_capture",
+    "tiny_linux",
+    "u32_to_rgb",
+    "vncdo",
+    "vncdo_capture",
+    "wait_until",
+    "xvnc",
+]
+
+
+def need_xvnc() -> None:
+    need("Xvnc", "to run a real VNC server")
+    need("vncpasswd", "to make VNC password files")
+
+
+def need_viewer() -> None:
+    need("Xvfb", "to give vncviewer a screen")
+    need("vncviewer", "to see what a real VNC viewer shows")
+    need("vncpasswd", "to make VNC password files")
+
+
+def tigervnc_viewer_capture(
+    host: str,
+    port: int,
+    password: str | None = None,
+    until: Callable[[np.ndarray], bool] | None = None,
+    timeout: float = 30.0,
+    workdir: Path | None = None,
+) -> np.ndarray:
+    """What TigerVNC's vncviewer (on a private Xvfb) shows of host:port, 0x00RRGGBB."""
+    need_viewer()
+    return _viewer.tigervnc_viewer_capture(host, port, password, until, timeout, workdir)
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Stoppable)
+
+
+class _Started:
+    """Things a factory fixture started, stopped in reverse order at teardown."""
+
+    def __init__(self) -> None:
+        self.items: list[Stoppable] = []
+
+    def add(self, item: S) -> S:
+        self.items.append(item)
+        return item
+
+    def stop_all(self) -> None:
+        errors: list[BaseException] = []
+        for item in reversed(self.items):
+            try:
+                item.stop()
+            except Exception as error:
+                errors.append(error)
+        self.items.clear()
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def xvnc(tmp_path: Path) -> Iterator[Callable[..., XvncServer]]:
+    """Factory: start a TigerVNC Xvnc on a free display and loopback port."""
+    need_xvnc()
+    started = _Started()
+
+    def start(
+        size: tuple[int, int] = (640, 480),
+        password: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> XvncServer:
+        workdir = tmp_path / f"xvnc-{len(started.items)}"
+        return started.add(start_xvnc(workdir, size, password, extra_args))
+
+    yield start
+    started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def tiny_linux(tmp_path_factory: pytest.TempPathFactory) -> TinyLinux:
+    """The host kernel plus a busybox-only initramfs, built once per test session."""
+    need(
+        tinylinux.find_kernel() is not None,
+        "no Linux kernel at /boot/vmlinuz-*; apt-get install -y linux-image-amd64",
+    )
+    need(
+        tinylinux.busybox_ok(),
+        "no static /bin/busybox; apt-get install -y busybox-static",
+    )
+    return tinylinux.build(tmp_path_factory.mktemp("tinylinux"))
+
+
+@pytest.fixture(scope="session")
+def qemu_accel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """QEMU's accelerator for this session: KVM only if it really boots Linux here."""
+    need("qemu-system-x86_64", "to run a real virtual machine")
+    tiny = request.getfixturevalue("tiny_linux") if tinylinux.available() else None
+    return choose_accel(tmp_path_factory.mktemp("kvmprobe"), tiny)
+
+
+@pytest.fixture
+def qemu_vm(
+    request: pytest.FixtureRequest, tmp_path: Path, qemu_accel: str
+) -> Iterator[Callable[..., QemuVM]]:
+    """Factory: start QEMU with its VGA console on VNC (SeaBIOS, or the tiny Linux)."""
+    started = _Started()
+
+    def start(linux: bool = False, memory_mb: int = 128, extra_args: Sequence[str] = ()) -> QemuVM:
+        tiny = request.getfixturevalue("tiny_linux") if linux else None
+        workdir = tmp_path / f"qemu-{len(started.items)}"
+        return started.add(start_qemu(workdir, qemu_accel, tiny, memory_mb, extra_args))
+
+    yield start
+    started.stop_all()
+
+
+@pytest.fixture
+def tigervnc_viewer(tmp_path: Path) -> Iterator[Callable[..., TigerViewer]]:
+    """Factory: vncviewer on its own Xvfb, connecting to a server or listening."""
+    need_viewer()
+    started = _Started()
+
+    def start(
+        server: str | None = None,
+        listen_port: int | None = None,
+        password: str | None = None,
+    ) -> TigerViewer:
+        workdir = tmp_path / f"viewer-{len(started.items)}"
+        workdir.mkdir(parents=True)
+        passwd = make_password_file(workdir, password) if password is not None else None
+        return started.add(start_viewer(workdir, server, listen_port, passwd))
+
+    yield start
+    started.stop_all()

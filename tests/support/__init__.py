@@ -1,0 +1,1 @@
+"""Helpers that start and drive real external programs for the integration tests."""

@@ -12,19 +12,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-# What the integration tests drive, plus python3-venv for Debian's own python3.
+# What the server and the integration tests drive, plus python3-venv for
+# Debian's own python3, libvirt-dev/pkg-config to build libvirt-python, and
+# npm (installed only when missing: Node.js builds often carry their own) fetches
+# the pinned noVNC release for the browser terminal.
 DEBIAN_PACKAGES := \
 	tigervnc-standalone-server tigervnc-tools tigervnc-viewer \
-	xvfb xterm xdotool x11-apps x11-utils x11-xserver-utils imagemagick \
+	xvfb xterm xdotool xclip x11-apps x11-utils x11-xserver-utils imagemagick \
+	fonts-dejavu-core \
 	qemu-system-x86 qemu-utils busybox-static cpio linux-image-amd64 \
-	avahi-daemon avahi-utils libnss-mdns python3-venv
+	libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu \
+	libvirt-clients libvirt-daemon-system \
+	avahi-daemon avahi-utils libnss-mdns \
+	chromium python3-venv
+NOVNC := clients/web/node_modules/@novnc/novnc/core/rfb.js
 
 # Never ask anything: no terminal, keep existing config files, wait for a busy dpkg lock.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -y \
 	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 	-o DPkg::Lock::Timeout=600
 
-.PHONY: help deps venv run test lint bench
+.PHONY: help deps venv novnc run test lint bench
 
 help:
 	@sed -n '2,7s/^# \{0,1\}//p' Makefile
@@ -54,11 +62,19 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-run: deps $(STAMP)
+# The browser terminal's noVNC, pinned in clients/web/package-lock.json.
+novnc: $(NOVNC)
+
+$(NOVNC): clients/web/package.json clients/web/package-lock.json | deps
+	command -v npm >/dev/null || $(APT_GET) install --no-install-recommends npm </dev/null
+	npm ci --prefix clients/web --no-audit --no-fund
+	touch $@
+
+run: deps $(STAMP) $(NOVNC)
 	$(BIN)/thinserve serve
 
 # pytest takes its options from setup.cfg; add more with PYTEST_ARGS="-k name".
-test: deps $(STAMP)
+test: deps $(STAMP) $(NOVNC)
 	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status

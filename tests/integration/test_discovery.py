@@ -1,0 +1,490 @@
+"""Terminal discovery and reverse connections, over real sockets.
+
+Everything runs on loopback: zeroconf between this process and a publisher
+child on 127.0.0.1, and Avahi inside a network namespace the test creates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_twisted
+from twisted.internet import error, protocol, reactor
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import deferLater
+
+from protocols.rfb.client import ServerInitReceived, UpdateDone
+from protocols.rfb.constants import Encoding
+from protocols.terminal import SERVICE_TYPE, TerminalAdvert
+from tests.support_netns import (
+    AVAHI_PACKAGES,
+    Child,
+    NetNamespace,
+    PrivateAvahi,
+    avahi_problem,
+    missing,
+    resolved_services,
+    run,
+)
+from thinserve.discovery import ServerAdvertiser, TerminalBrowser
+from thinserve.relay.session import TerminalSession
+from thinserve.relay.source import Source
+from thinserve.reverse import Backoff, ReverseConnector, connect_to_terminal
+from thinserve.rfbclient import ClientOptions, RFBClientProtocol
+from thinserve.rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
+
+pytestmark = pytest.mark.integration
+
+LOOPBACK = "127.0.0.1"
+DESKTOP_NAME = "fixed picture"
+
+
+def fixed_frame() -> np.ndarray:
+    ys, xs = np.mgrid[0:48, 0:64].astype(np.uint32)
+    return (xs * 4) << 16 | (ys * 5) << 8 | ((xs ^ ys) & 0xFF)
+
+
+def rfb_server_factory() -> RFBServerFactory:
+    """thinserve's RFB server showing one fixed framebuffer to every terminal."""
+    return RFBServerFactory(
+        ServerOptions(),
+        lambda: TerminalSession(on_attach=lambda s: Source(fixed_frame(), DESKTOP_NAME)),
+    )
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await deferLater(reactor, 0.02)
+
+
+class ListeningViewer:
+    """A terminal's listening viewer: accepts TCP, then speaks RFB as the client."""
+
+    def __init__(self) -> None:
+        self.inits: list[ServerInitReceived] = []
+        self.frames: list[np.ndarray] = []
+        self.protocols: list[RFBClientProtocol] = []
+        self.port: IListeningPort | None = None
+
+    def listen(self, port: int = 0) -> int:
+        factory = protocol.Factory.forProtocol(lambda: self._new_protocol())
+        self.port = reactor.listenTCP(port, factory, interface=LOOPBACK)  # type: ignore[attr-defined]
+        return self.port.getHost().port  # type: ignore[no-any-return, attr-defined]
+
+    def _new_protocol(self) -> RFBClientProtocol:
+        proto = RFBClientProtocol(ClientOptions(), self._event)
+        self.protocols.append(proto)
+        return proto
+
+    def _event(self, proto: RFBClientProtocol, event: object) -> None:
+        if isinstance(event, ServerInitReceived):
+            self.inits.append(event)
+            proto.conn.set_encodings([Encoding.RAW])
+            proto.conn.request_update(incremental=False)
+        elif isinstance(event, UpdateDone):
+            self.frames.append(proto.conn.framebuffer.copy())
+
+    async def close(self) -> None:
+        for proto in self.protocols:
+            if proto.transport is not None:
+                proto.transport.loseConnection()
+        if self.port is not None:
+            await self.port.stopListening()
+
+
+def assert_saw_the_fixed_desktop(viewer: ListeningViewer, sessions: int = 1) -> None:
+    assert len(viewer.inits) >= sessions
+    for init in viewer.inits:
+        assert (init.width, init.height, init.name) == (64, 48, DESKTOP_NAME)
+    assert np.array_equal(viewer.frames[-1], fixed_frame())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def advert_for(port: int, instance: str = "Test terminal") -> TerminalAdvert:
+    return TerminalAdvert(instance, "test-terminal", "Test", 64, 48, port, (LOOPBACK,))
+
+
+# -- one reverse connection ---------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_connect_to_terminal_runs_the_rfb_server_over_an_outgoing_connection() -> None:
+    viewer = ListeningViewer()
+    port = viewer.listen()
+    try:
+        proto = await connect_to_terminal(reactor, LOOPBACK, port, rfb_server_factory())
+        assert isinstance(proto, RFBServerProtocol)
+        await wait_until(lambda: bool(viewer.frames), 5, "the first framebuffer update")
+        assert_saw_the_fixed_desktop(viewer)
+    finally:
+        await viewer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_to_terminal_times_out_when_nothing_answers() -> None:
+    # A listening socket that never accepts, with its queue full: SYNs are dropped.
+    silent = socket.socket()
+    silent.bind((LOOPBACK, 0))
+    silent.listen(0)
+    fillers = [socket.socket() for _ in range(4)]
+    try:
+        for filler in fillers:
+            filler.setblocking(False)
+            filler.connect_ex(silent.getsockname())
+        await deferLater(reactor, 0.1)
+        started = time.monotonic()
+        with pytest.raises(error.TimeoutError):
+            await connect_to_terminal(
+                reactor, LOOPBACK, silent.getsockname()[1], rfb_server_factory(), timeout=0.5
+            )
+        assert 0.4 < time.monotonic() - started < 3
+    finally:
+        for s in [*fillers, silent]:
+            s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connect_to_terminal_reports_a_refused_connection() -> None:
+    with pytest.raises(error.ConnectionRefusedError):
+        await connect_to_terminal(reactor, LOOPBACK, free_port(), rfb_server_factory())
+
+
+# -- the connector ---------------------------------------------------------------------------------
+def test_backoff_doubles_up_to_its_maximum_and_resets() -> None:
+    backoff = Backoff(initial=0.5, maximum=3.0, jitter=0.0)
+    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.reset()
+    assert backoff.next() == 0.5
+    jittery = Backoff(initial=1.0, maximum=1.0, jitter=0.1)
+    assert all(0.9 <= jittery.next() <= 1.1 for _ in range(50))
+
+
+@pytest_twisted.ensureDeferred
+async def test_connector_retries_until_the_terminal_listens_and_stops_when_it_goes() -> None:
+    port = free_port()
+    advert = advert_for(port)
+    connected: list[TerminalAdvert] = []
+    disconnected: list[TerminalAdvert] = []
+    connector = ReverseConnector(
+        reactor,
+        rfb_server_factory(),
+        connect_timeout=2,
+        initial_delay=0.05,
+        max_delay=0.2,
+        stable_after=60,
+        on_connected=lambda a, p: connected.append(a),
+        on_disconnected=disconnected.append,
+    )
+    viewer = ListeningViewer()
+    try:
+        connector.terminal_added(advert)
+        link = connector.links[advert.service_name.lower()]
+        await wait_until(lambda: link.attempts >= 3, 5, "three refused attempts")
+        assert not connected
+
+        viewer.listen(port)
+        await wait_until(lambda: bool(viewer.frames), 5, "a connection once the viewer listens")
+        assert_saw_the_fixed_desktop(viewer)
+        assert connected == [advert]
+
+        # The terminal ends the session; it is still advertised, so thinserve dials again.
+        viewer.protocols[0].transport.loseConnection()
+        await wait_until(lambda: len(viewer.frames) >= 2, 5, "a second connection")
+        assert_saw_the_fixed_desktop(viewer, sessions=2)
+        assert disconnected == [advert] and len(connected) == 2
+
+        # Withdrawn: the live connection stays, but once it ends nobody dials again.
+        connector.terminal_removed(advert)
+        viewer.protocols[1].transport.loseConnection()
+        await wait_until(lambda: len(disconnected) == 2, 5, "the second disconnection")
+        attempts = link.attempts
+        await deferLater(reactor, 0.6)
+        assert link.attempts == attempts
+        assert len(viewer.protocols) == 2
+        assert connector.links == {}
+    finally:
+        connector.stop(disconnect=True)
+        await viewer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_connector_follows_an_advert_to_its_new_port_at_once() -> None:
+    connector = ReverseConnector(reactor, rfb_server_factory(), initial_delay=30, max_delay=30)
+    viewer = ListeningViewer()
+    try:
+        old = advert_for(free_port())
+        connector.terminal_added(old)
+        link = connector.links[old.service_name.lower()]
+        await wait_until(lambda: link.attempts == 1 and link.timer is not None, 5, "a refusal")
+
+        new = advert_for(viewer.listen())
+        started = time.monotonic()
+        connector.terminal_updated(new)  # no 30 s wait: a new address is tried now
+        await wait_until(lambda: bool(viewer.frames), 5, "a connection to the new port")
+        assert time.monotonic() - started < 5
+        assert link.attempts == 2
+    finally:
+        connector.stop(disconnect=True)
+        await viewer.close()
+
+
+# -- zeroconf between two processes on loopback ---------------------------------------------------
+PUBLISHER = r"""
+import asyncio, json, sys
+from zeroconf import IPVersion, ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+
+TYPE = sys.argv[1]
+
+def info_for(cmd):
+    return ServiceInfo(
+        TYPE, cmd["name"] + "." + TYPE, port=cmd["port"], properties=cmd["properties"],
+        parsed_addresses=cmd["addresses"], server=cmd["name"] + ".local.",
+    )
+
+async def main():
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        cmd = json.loads(line)
+        if cmd["op"] == "register":
+            await (await zc.async_register_service(info_for(cmd)))
+        elif cmd["op"] == "update":
+            # Announce twice, a second apart, as RFC 6762 (8.3, 8.4) asks of an
+            # update, so the cache-flush also covers records refreshed just
+            # before the change (python-zeroconf's own repeats come 225 ms apart).
+            await (await zc.async_update_service(info_for(cmd)))
+            await asyncio.sleep(1.1)
+            await (await zc.async_update_service(info_for(cmd)))
+        elif cmd["op"] == "unregister":
+            await (await zc.async_unregister_service(info_for(cmd)))
+        print("done", cmd["seq"], flush=True)
+    await zc.async_close()
+
+asyncio.run(main())
+"""
+
+
+class Publisher:
+    """A terminal in another process, publishing with python-zeroconf on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.child = Child.spawn([sys.executable, "-c", PUBLISHER, SERVICE_TYPE])
+        self.seq = 0
+
+    async def send(self, op: str, name: str, port: int, address: str, **props: str) -> None:
+        self.seq += 1
+        command = {"op": op, "seq": self.seq, "name": name, "port": port}
+        command.update(addresses=[address], properties=props)
+        self.child.write(json.dumps(command))
+        await self.child.wait_for(rf"done {self.seq}\n", timeout=15)
+
+
+class Events:
+    """What a TerminalBrowser reported, for this test's terminals only."""
+
+    def __init__(self, prefix: str, connector: ReverseConnector | None = None) -> None:
+        self.prefix = prefix
+        self.connector = connector
+        self.log: list[tuple[str, TerminalAdvert]] = []
+
+    def callbacks(self, kind: str) -> Callable[[TerminalAdvert], None]:
+        def record(advert: TerminalAdvert) -> None:
+            if advert.instance.startswith(self.prefix):
+                self.log.append((kind, advert))
+            if self.connector is not None:
+                getattr(self.connector, f"terminal_{kind}")(advert)
+
+        return record
+
+    def browser(self, **options: object) -> TerminalBrowser:
+        return TerminalBrowser(
+            self.callbacks("added"),
+            self.callbacks("updated"),
+            self.callbacks("removed"),
+            **options,  # type: ignore[arg-type]
+        )
+
+    def kinds(self, instance: str) -> list[str]:
+        return [kind for kind, advert in self.log if advert.instance == instance]
+
+    def last(self, instance: str) -> TerminalAdvert:
+        return [advert for _kind, advert in self.log if advert.instance == instance][-1]
+
+
+VALID = {"id": "00:1A:2B:3C:4D:5E", "model": "Test terminal", "screen": "1280x1024", "proto": "1"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_browser_follows_a_terminal_published_by_another_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="thinserve.discovery")
+    prefix = f"ts-{secrets.token_hex(4)}"
+    name, newer, broken = f"{prefix}-term", f"{prefix}-newer", f"{prefix}-broken"
+    events = Events(prefix)
+    browser = events.browser(interfaces=[LOOPBACK], ipv4_only=True, settle_delay=1.2)
+    await browser.start()
+    publisher = Publisher()
+    try:
+        await publisher.child.wait_for("ready")
+        await publisher.send("register", name, 5901, LOOPBACK, **VALID)
+        await publisher.send("register", newer, 5901, LOOPBACK, **{**VALID, "proto": "2"})
+        await publisher.send("register", broken, 5901, LOOPBACK, **{**VALID, "screen": "huge"})
+        await wait_until(lambda: events.kinds(name) == ["added"], 10, "the terminal")
+        found = events.last(name)
+        assert found.terminal_id == VALID["id"].lower()
+        assert (found.model, found.screen) == (VALID["model"], VALID["screen"])
+        assert (found.port, found.addresses, found.proto) == (5901, (LOOPBACK,), 1)
+
+        # The terminal moves to another address: an update with only the new address.
+        await publisher.send("update", name, 5901, "127.0.0.2", **VALID)
+        await wait_until(
+            lambda: (
+                events.kinds(name)[-1:] == ["updated"]
+                and events.last(name).addresses == ("127.0.0.2",)
+            ),
+            10,
+            "the new address",
+        )
+
+        # It goes, and comes back on another port.
+        await publisher.send("unregister", name, 5901, "127.0.0.2", **VALID)
+        await wait_until(lambda: events.kinds(name)[-1:] == ["removed"], 10, "the removal")
+        await publisher.send("register", name, 5902, "127.0.0.2", **VALID)
+        await wait_until(lambda: events.kinds(name)[-1:] == ["added"], 10, "the comeback")
+        assert events.last(name).port == 5902
+
+        # A new port while advertised is an update.
+        await publisher.send("update", name, 5903, "127.0.0.2", **VALID)
+        await wait_until(
+            lambda: events.last(name).port == 5903 and events.kinds(name)[-1] == "updated",
+            10,
+            "the new port",
+        )
+
+        # An update that breaks the contract makes it go away; a fix brings it back.
+        await publisher.send("update", name, 5903, "127.0.0.2", **{**VALID, "screen": "0x0"})
+        await wait_until(lambda: events.kinds(name)[-1:] == ["removed"], 10, "the broken update")
+        await publisher.send("update", name, 5903, "127.0.0.2", **VALID)
+        await wait_until(lambda: events.kinds(name)[-1:] == ["added"], 10, "the fixed advert")
+
+        assert events.kinds(newer) == [] and events.kinds(broken) == []
+        messages = [r.getMessage() for r in caplog.records]
+        assert any(newer in m and "contract version 2" in m for m in messages)
+        assert any(broken in m and "screen is not WIDTHxHEIGHT" in m for m in messages)
+        assert sum(broken in m for m in messages) == 1  # once, though resolved again
+    finally:
+        await publisher.child.stop()
+        await browser.stop()
+
+
+# -- Avahi, in a network namespace ---------------------------------------------------------------
+@pytest.fixture
+def avahi(tmp_path: Path) -> Iterator[PrivateAvahi]:
+    problem = avahi_problem()
+    if problem is not None:
+        missing(f"the Avahi test cannot run: {problem}", AVAHI_PACKAGES)
+    netns = NetNamespace()
+    daemons = PrivateAvahi(netns, tmp_path)
+    try:
+        netns.create()
+        daemons.start()
+        yield daemons
+    finally:
+        daemons.stop()
+        netns.delete()
+
+
+@pytest_twisted.ensureDeferred
+async def test_avahi_sees_thinserve_and_thinserve_dials_an_avahi_terminal(
+    avahi: PrivateAvahi,
+) -> None:
+    token = secrets.token_hex(4)
+    server_name = f"thinserve test {token}"
+    with avahi.netns.entered():
+        # Every socket below (mDNS, RFB listener, viewer, reverse connection) is in the namespace.
+        rfb_port = reactor.listenTCP(0, rfb_server_factory(), interface=LOOPBACK)  # type: ignore[attr-defined]
+        advertiser = ServerAdvertiser(
+            rfb_port.getHost().port, server_name, interfaces=[LOOPBACK], ipv4_only=True
+        )
+        connector = ReverseConnector(reactor, rfb_server_factory(), initial_delay=0.2)
+        events = Events(f"avahi term {token}", connector)
+        browser = events.browser(interfaces=[LOOPBACK], ipv4_only=True)
+        viewer = ListeningViewer()
+        publish: Child | None = None
+        try:
+            await advertiser.start()
+            listing = await run(["avahi-browse", "-rptk", "_rfb._tcp"], avahi.env)
+            found = resolved_services(listing)
+            assert server_name in found, listing
+            _host, address, port, _txt = found[server_name]
+            assert (address, int(port)) == (LOOPBACK, rfb_port.getHost().port)
+
+            await browser.start()
+            viewer_port = viewer.listen()
+            terminal = f"avahi term {token}"
+            publish = Child.spawn(
+                [
+                    "avahi-publish",
+                    "-s",
+                    terminal,
+                    "_thinserve-term._tcp",
+                    str(viewer_port),
+                    f"id=term-{token}",
+                    "model=Avahi test",
+                    "screen=64x48",
+                    "proto=1",
+                ],
+                avahi.env,
+            )
+            await publish.wait_for("Established under name")
+            await wait_until(lambda: events.kinds(terminal) == ["added"], 10, "the terminal")
+            advert = events.last(terminal)
+            assert (advert.terminal_id, advert.model, advert.screen) == (
+                f"term-{token}",
+                "Avahi test",
+                "64x48",
+            )
+            assert (advert.port, advert.addresses) == (viewer_port, (LOOPBACK,))
+            await wait_until(lambda: bool(viewer.frames), 10, "the reverse connection")
+            assert_saw_the_fixed_desktop(viewer)
+
+            # avahi-publish ends: Avahi says goodbye, thinserve forgets the terminal.
+            await publish.stop()
+            await wait_until(lambda: events.kinds(terminal)[-1:] == ["removed"], 10, "removal")
+            assert not connector.links[advert.service_name.lower()].active
+
+            await advertiser.stop()
+            await wait_until_withdrawn(avahi, server_name)
+        finally:
+            if publish is not None:
+                await publish.stop()
+            connector.stop(disconnect=True)
+            await browser.stop()
+            await advertiser.stop()
+            await viewer.close()
+            await rfb_port.stopListening()
+
+
+async def wait_until_withdrawn(avahi: PrivateAvahi, name: str) -> None:
+    deadline = time.monotonic() + 10
+    while name in resolved_services(await run(["avahi-browse", "-rptk", "_rfb._tcp"], avahi.env)):
+        assert time.monotonic() < deadline, f"{name!r} still listed after unregistering"
+        await deferLater(reactor, 0.3)

@@ -27,6 +27,8 @@ from protocols.rfb.server import ServerConnection, ServerEvent
 
 log = logging.getLogger(__name__)
 
+HANDSHAKE_TIMEOUT = 30.0  # seconds a peer has to get through the handshake
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -55,10 +57,16 @@ class RFBServerProtocol(protocol.Protocol):
         self.paused = False
         self.error: str | None = None
         self._attached = False
+        self._deadline: object | None = None
 
     # -- Twisted callbacks --------------------------------------------------------
     def connectionMade(self) -> None:
+        from twisted.internet import reactor
+
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._deadline = reactor.callLater(  # type: ignore[attr-defined]
+            HANDSHAKE_TIMEOUT, self.fail, "no handshake within the time allowed"
+        )
         self.flush()
 
     def dataReceived(self, data: bytes) -> None:
@@ -71,6 +79,7 @@ class RFBServerProtocol(protocol.Protocol):
         self.flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._cancel_deadline()
         if self._attached:
             self._attached = False
             self.session.detach()
@@ -95,6 +104,7 @@ class RFBServerProtocol(protocol.Protocol):
         elif isinstance(event, PlainCredentials):
             self._answer_auth(self._plain_ok(event))
         elif isinstance(event, m.ClientInit):
+            self._cancel_deadline()
             self._attached = True
             self.session.attach(self)
         elif self._attached:
@@ -130,6 +140,11 @@ class RFBServerProtocol(protocol.Protocol):
             self.conn.reject_auth("Authentication failed")
             self.flush()
             self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():  # type: ignore[attr-defined]
+            self._deadline.cancel()  # type: ignore[attr-defined]
+        self._deadline = None
 
     # -- output -----------------------------------------------------------------------
     def flush(self) -> None:

@@ -13,7 +13,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from twisted.internet import reactor, task
 
-from protocols.rfb.client import ClientEvent, ServerInitReceived, UpdateDone
+from protocols.rfb.client import (
+    ClientEvent,
+    ContinuousUpdatesSupported,
+    ServerInitReceived,
+    UpdateDone,
+)
 from protocols.rfb.constants import Encoding
 from protocols.rfb.server import ClipboardText
 from thinserve import rfbclient
@@ -63,8 +68,12 @@ async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None
 class Terminal:
     """A terminal connected to thinserve: keeps its screen up to date."""
 
-    def __init__(self, encodings: Sequence[int] = TERMINAL_ENCODINGS) -> None:
-        self.encodings = tuple(encodings)
+    def __init__(
+        self, encodings: Sequence[int] = TERMINAL_ENCODINGS, continuous: bool = False
+    ) -> None:
+        """``continuous``: let the server push updates (Continuous Updates)."""
+        self.continuous = continuous
+        self.encodings = tuple(encodings) + ((Encoding.CONTINUOUS_UPDATES,) if continuous else ())
         self.proto: rfbclient.RFBClientProtocol | None = None
         self.updates = 0
         self.clipboard: list[str] = []
@@ -86,9 +95,12 @@ class Terminal:
         if isinstance(event, ServerInitReceived):
             conn.set_encodings(self.encodings)
             conn.request_update(incremental=False)
+        elif isinstance(event, ContinuousUpdatesSupported):
+            conn.enable_continuous_updates(True)
         elif isinstance(event, UpdateDone):
             self.updates += 1
-            conn.request_update(incremental=True)
+            if not self.continuous:
+                conn.request_update(incremental=True)
         elif isinstance(event, ClipboardText):
             self.clipboard.append(event.text)
 

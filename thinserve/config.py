@@ -14,7 +14,8 @@ from typing import Any
 
 from protocols.rfb.constants import Encoding
 
-from .relay.policy import MODES
+from .broker import BrokerConfig, BrokerConfigError
+from .broker.config import from_mapping as broker_from_mapping
 
 ENCODING_NAMES = {
     "raw": Encoding.RAW,
@@ -64,7 +65,10 @@ class Config:
     web_allowed_origins: tuple[str, ...] = ()
     name: str = "thinserve"
     password: str | None = None
-    policy: str = "first-free"
+    database: str | None = None  # None: the default path (see thinserve.store)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    discovery: bool = True  # browse for terminals, advertise _rfb._tcp
+    discovery_interfaces: tuple[str, ...] = ()  # () = all
     desktops: tuple[DesktopConfig, ...] = ()
     local_desktops: tuple[LocalDesktopConfig, ...] = field(
         default_factory=lambda: (LocalDesktopConfig("desktop-1"),)
@@ -87,18 +91,18 @@ def load(path: str | Path | None) -> Config:
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> Config:
-    _only(data, {"server", "policy", "desktop", "local_desktop"}, source)
+    _only(data, {"server", "broker", "discovery", "desktop", "local_desktop"}, source)
     server = _table(data, "server", source)
     _only(
         server,
-        {"listen", "name", "password", "web_listen", "web_allowed_origins"},
+        {"listen", "name", "password", "web_listen", "web_allowed_origins", "database"},
         f"{source} [server]",
     )
-    policy = _table(data, "policy", source)
-    _only(policy, {"mode"}, f"{source} [policy]")
-    mode = _str(policy, "mode", "first-free", f"{source} [policy]")
-    if mode not in MODES:
-        raise ConfigError(f"{source} [policy] mode = {mode!r}: use one of {', '.join(MODES)}")
+    discovery = _table(data, "discovery", source)
+    _only(discovery, {"enabled", "interfaces"}, f"{source} [discovery]")
+    enabled = discovery.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{source} [discovery] enabled: true or false")
     desktops = tuple(
         _desktop(d, f"{source} [[desktop]] #{i + 1}")
         for i, d in enumerate(_list(data, "desktop", source))
@@ -109,7 +113,16 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     )
     if not desktops and not local:
         raise ConfigError(f"{source}: no desktops; add a [[desktop]] or [[local_desktop]] table")
-    _unique_names([d.name for d in desktops] + [d.name for d in local], source)
+    names = [d.name for d in desktops] + [d.name for d in local]
+    _unique_names(names, source)
+    broker = _broker(data, source)
+    for pool, members in broker.pools.items():
+        unknown = [m for m in members if m not in names]
+        if unknown:
+            raise ConfigError(
+                f"{source} [broker] pool {pool!r} names unknown desktops {unknown}; "
+                f"configured: {', '.join(names)}"
+            )
     listen = server.get("listen", list(Config.listen))
     if isinstance(listen, str):
         listen = [listen]
@@ -119,11 +132,25 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         listen=tuple(listen),
         name=_str(server, "name", "thinserve", f"{source} [server]"),
         password=_opt_str(server, "password", f"{source} [server]"),
-        policy=mode,
+        database=_opt_str(server, "database", f"{source} [server]"),
+        broker=broker,
+        discovery=enabled,
+        discovery_interfaces=_endpoints(
+            discovery, "interfaces", (), f"{source} [discovery]", allow_empty=True
+        ),
         desktops=desktops,
         local_desktops=local,
         source=source,
     )
+
+
+def _broker(data: dict[str, Any], source: str) -> BrokerConfig:
+    where = f"{source} [broker]"
+    try:
+        return broker_from_mapping(_table(data, "broker", source), where)
+    except BrokerConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
 
 
 def _desktop(d: dict[str, Any], where: str) -> DesktopConfig:

@@ -1,21 +1,31 @@
-"""Wires thinserve together as a Twisted service: desktops, relay, listeners."""
+"""Wires thinserve together as a Twisted service.
+
+Desktops (local Xvnc sessions, configured VNC endpoints) each get a mirror
+fed by an upstream link; the broker, over the store, decides what each
+terminal shows; the hub applies its decisions to terminal sessions.
+Terminals arrive three ways: connecting in over RFB, connecting in from a
+browser (WebSocket), or being discovered over zeroconf and connected to.
+"""
 
 from __future__ import annotations
 
 import logging
 
 from twisted.application import service
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, protocol
 from twisted.internet import reactor as default_reactor
 from twisted.internet.interfaces import IListeningPort
 
 from protocols.rfb.constants import SecurityType
+from protocols.terminal import TerminalAdvert
 
 from .backends.xvnc import LocalXvncDesktop
-from .config import Config, address_to_endpoint
-from .relay.policy import SimplePolicy
+from .broker import Broker, TerminalInfo
+from .config import Config, LocalDesktopConfig, address_to_endpoint
+from .hub import Hub
 from .relay.upstream import DesktopAddress, Mirror, Upstream
-from .rfbserver import RFBServerFactory, ServerOptions
+from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
+from .store.sqlite import SqliteStore, default_path
 
 log = logging.getLogger(__name__)
 
@@ -27,32 +37,60 @@ class ThinServe(service.Service):
         self.local: list[LocalXvncDesktop] = []
         self.upstreams: list[Upstream] = []
         self.ports: list[IListeningPort] = []
-        self.policy: SimplePolicy | None = None
+        self.store: SqliteStore | None = None
+        self.hub: Hub | None = None
+        self.discovery: object | None = None
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         super().startService()
         return defer.ensureDeferred(self._start())
 
     async def _start(self) -> None:
+        self.store = SqliteStore(self.config.database or default_path())
+        broker = Broker(self.store, self.config.broker)
+        mirrors = self._start_desktops()
+        self.hub = Hub(broker, mirrors, self.reactor)
+        for upstream in self.upstreams:
+            broker.register_desktop(upstream.address.name, self._backend_of(upstream))
+        self.hub.start()
+        factory = RFBServerFactory(self._terminal_options(), self.hub.new_session)
+        for description in self.config.listen:
+            port = await self._listen(description, factory)
+            log.info("terminals connect to %s", _describe(port))
+        await self._start_web(factory)
+        if self.config.discovery:
+            await self._start_discovery()
+
+    def _start_desktops(self) -> dict[str, Mirror]:
         addresses = [self._start_local(c) for c in self.config.local_desktops]
         addresses += [
             DesktopAddress(d.name, d.endpoint, d.password, d.username, d.ca_file, d.encodings)
             for d in self.config.desktops
         ]
-        mirrors = []
+        mirrors = {}
         for address in addresses:
             upstream = Upstream(address, Mirror(address.name), clock=self.reactor)  # type: ignore[arg-type]
             upstream.start()
             self.upstreams.append(upstream)
-            mirrors.append(upstream.mirror)
-        self.policy = SimplePolicy(mirrors, self.config.policy)
-        factory = RFBServerFactory(self._terminal_options(), self.policy.new_session)
-        for description in self.config.listen:
-            port = await self._listen(description, factory)
-            log.info("terminals connect to %s", _describe(port))
-        await self._start_web(factory)
+            mirrors[address.name] = upstream.mirror
+        return mirrors
 
-    async def _listen(self, description: str, factory: object) -> IListeningPort:
+    def _backend_of(self, upstream: Upstream) -> str:
+        local = {d.config.name for d in self.local}
+        return "xvnc" if upstream.address.name in local else "vnc"
+
+    def _start_local(self, config: LocalDesktopConfig) -> DesktopAddress:
+        desktop = LocalXvncDesktop(config, self.reactor)
+        desktop.start()
+        self.local.append(desktop)
+        return DesktopAddress(desktop.config.name, address_to_endpoint(desktop.address))
+
+    def _terminal_options(self) -> ServerOptions:
+        if self.config.password:
+            return ServerOptions(methods=(SecurityType.VNC_AUTH,), password=self.config.password)
+        return ServerOptions(methods=(SecurityType.NONE,))
+
+    async def _listen(self, description: str, factory: protocol.Factory) -> IListeningPort:
         endpoint = endpoints.serverFromString(self.reactor, description)
         port = await endpoint.listen(factory)
         self.ports.append(port)
@@ -75,30 +113,87 @@ class ThinServe(service.Service):
             port = await self._listen(description, site)
             log.info("browser terminal at http://%s/", _describe(port))
 
-    def _start_local(self, config: object) -> DesktopAddress:
-        desktop = LocalXvncDesktop(config, self.reactor)  # type: ignore[arg-type]
-        desktop.start()
-        self.local.append(desktop)
-        return DesktopAddress(desktop.config.name, address_to_endpoint(desktop.address))
+    async def _start_discovery(self) -> None:
+        from .discovery import ServerAdvertiser, TerminalBrowser
+        from .reverse import ReverseConnector
 
-    def _terminal_options(self) -> ServerOptions:
-        if self.config.password:
-            return ServerOptions(methods=(SecurityType.VNC_AUTH,), password=self.config.password)
-        return ServerOptions(methods=(SecurityType.NONE,))
+        assert self.hub is not None
+        interfaces = list(self.config.discovery_interfaces) or None
+        reverse_factory = ReverseFactory(self._terminal_options(), self.hub)
+        connector = ReverseConnector(self.reactor, reverse_factory)
+        browser = TerminalBrowser(
+            on_added=reverse_factory.wrap(connector.terminal_added),
+            on_updated=reverse_factory.wrap(connector.terminal_updated),
+            on_removed=connector.terminal_removed,
+            interfaces=interfaces,
+        )
+        await browser.start()
+        advertisers = []
+        for port in self.ports[: len(self.config.listen)]:
+            advertiser = ServerAdvertiser(
+                port.getHost().port, name=self.config.name, interfaces=interfaces
+            )
+            await advertiser.start()
+            advertisers.append(advertiser)
+        self.discovery = (browser, connector, advertisers)
+        log.info("looking for terminals over zeroconf")
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.discovery is not None:
+            browser, connector, advertisers = self.discovery  # type: ignore[misc]
+            connector.stop(disconnect=True)
+            for advertiser in advertisers:
+                await advertiser.stop()
+            await browser.stop()
+        if self.hub is not None:
+            self.hub.stop()
         for upstream in self.upstreams:
             upstream.stop()
         for desktop in self.local:
             desktop.stop()
-        return defer.gatherResults(
-            [defer.maybeDeferred(p.stopListening) for p in self.ports]
-        ).addCallback(lambda _: None)
+        await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        if self.store is not None:
+            self.store.close()
 
     @property
     def port_numbers(self) -> list[int]:
         return [p.getHost().port for p in self.ports]
+
+
+class ReverseFactory(protocol.Factory):
+    """Builds server protocols for terminals thinserve dialled after discovery.
+
+    The peer's address says which advert it answered, so the session gets
+    the terminal's advertised id (recorded, never trusted: the broker still
+    decides what it sees).
+    """
+
+    def __init__(self, options: ServerOptions, hub: Hub) -> None:
+        self.options = options
+        self.hub = hub
+        self.adverts: dict[tuple[str, int], TerminalAdvert] = {}
+
+    def wrap(self, callback):  # type: ignore[no-untyped-def]
+        def remember(advert: TerminalAdvert) -> None:
+            for host in advert.addresses:
+                self.adverts[(host, advert.port)] = advert
+            callback(advert)
+
+        return remember
+
+    def buildProtocol(self, addr: object) -> RFBServerProtocol:
+        key = (str(getattr(addr, "host", "")), int(getattr(addr, "port", 0)))
+        advert = self.adverts.get(key)
+        if advert is None:
+            session = self.hub.new_session()
+        else:
+            info = TerminalInfo(advert.instance, advert.model, key[0], advert.width, advert.height)
+            session = self.hub.new_session(advert.terminal_id, info)
+        return RFBServerProtocol(self.options, session)
 
 
 def _describe(port: IListeningPort) -> str:

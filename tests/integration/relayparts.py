@@ -22,6 +22,7 @@ from protocols.rfb.client import (
 from protocols.rfb.constants import Encoding
 from protocols.rfb.server import ClipboardText
 from thinserve import rfbclient
+from thinserve.broker import BrokerConfig
 from thinserve.config import Config, DesktopConfig
 from thinserve.service import ThinServe
 
@@ -37,13 +38,28 @@ TERMINAL_ENCODINGS = (
 )
 
 
+def first_free(desktops: Sequence[DesktopConfig]) -> BrokerConfig:
+    """Every terminal gets the first free desktop (a pool of them all)."""
+    names = tuple(d.name for d in desktops)
+    return BrokerConfig(unknown_terminal="pool", pools={"all": names}, default_pool="all")
+
+
 async def start_thinserve(
-    desktops: Sequence[DesktopConfig], policy: str = "first-free", web: bool = False
+    desktops: Sequence[DesktopConfig],
+    broker: BrokerConfig | None = None,
+    web: bool = False,
+    database: str = ":memory:",
+    discovery_interfaces: tuple[str, ...] | None = None,
 ) -> ThinServe:
+    """thinserve in this process; terminals get desktops by ``broker`` (default:
+    first free).  Discovery runs only when interfaces are given."""
     config = Config(
         listen=("tcp:port=0:interface=127.0.0.1",),
         web_listen=("tcp:port=0:interface=127.0.0.1",) if web else (),
-        policy=policy,
+        broker=broker or first_free(desktops),
+        database=database,
+        discovery=discovery_interfaces is not None,
+        discovery_interfaces=discovery_interfaces or (),
         desktops=tuple(desktops),
         local_desktops=(),
         source="test",
@@ -79,10 +95,11 @@ class Terminal:
         self.clipboard: list[str] = []
         self.closed = False
 
-    async def connect(self, port: int) -> Terminal:
-        self.proto = await rfbclient.connect(
-            rfbclient.tcp("127.0.0.1", port), rfbclient.ClientOptions(), self._on_event
-        )
+    async def connect(self, port: int, source: str = "127.0.0.1") -> Terminal:
+        """Connect from loopback address ``source``: thinserve tells plain
+        viewers apart by address, as it would tell apart PCs on a LAN."""
+        endpoint = f"{rfbclient.tcp('127.0.0.1', port)}:bindAddress={source}"
+        self.proto = await rfbclient.connect(endpoint, rfbclient.ClientOptions(), self._on_event)
         self.proto.closed.addBoth(self._closed)
         await wait_for(lambda: self.updates > 0, 20, "the first update")
         return self

@@ -102,7 +102,7 @@ async def test_qemu_vm_through_thinserve_equals_its_screen(qemu_vm, tmp_path: Pa
         assert_same_but_blink(through, screen, blinking)
         # Typing through thinserve reaches the VM's shell (once the capture's
         # session has ended, so the desktop is free for the next terminal).
-        await wait_for(lambda: not ts.policy.sessions, 10, "the capture session to end")
+        await wait_for(lambda: not ts.hub.terminals, 10, "the capture session to end")
         await threads.deferToThread(
             vncdo,
             "127.0.0.1",
@@ -204,10 +204,11 @@ async def test_two_terminals_share_a_desktop_only_one_types(xvnc, tmp_path: Path
     out = tmp_path / "typed.txt"
     _xterm_writing(server, out)
     await threads.deferToThread(wait_until, out.exists, 20, "xterm to start", None)
-    ts = await start_thinserve([desktop("d1", server)], policy="shared")
+    ts = await start_thinserve([desktop("d1", server)])
     try:
-        first = await Terminal().connect(ts.port_numbers[0])
-        second = await Terminal().connect(ts.port_numbers[0])
+        first = await Terminal().connect(ts.port_numbers[0], "127.0.0.2")
+        second = await Terminal().connect(ts.port_numbers[0], "127.0.0.3")
+        ts.hub.shadow("viewer-127.0.0.3", "d1", actor="admin")  # watch, view-only
         first.pointer(60, 40)
         await sleep(0.3)
         second.type_text("ignored\n")  # view-only: dropped
@@ -217,14 +218,12 @@ async def test_two_terminals_share_a_desktop_only_one_types(xvnc, tmp_path: Path
         shown = await threads.deferToThread(server.grab)  # the painted root under the xterm
         await first.wait_screen(shown)
         await second.wait_screen(shown)
-        # When the terminal in control leaves, control passes on.
-        first.close()
-        await wait_for(lambda: len(ts.policy.sessions) == 1, 10, "the first session to end")
         second.pointer(60, 40)
-        await sleep(0.3)
-        second.type_text("now the second\n")
-        await wait_for(lambda: out.read_text().endswith("now the second\n"), 20, "second's text")
+        second.type_text("still ignored\n")
+        first.type_text("and again\n")
+        await wait_for(lambda: out.read_text().endswith("and again\n"), 20, "more text")
         assert "ignored" not in out.read_text()
+        first.close()
         second.close()
     finally:
         await ts.stopService()
@@ -238,11 +237,11 @@ async def test_first_free_policy_gives_each_terminal_its_own_desktop(xvnc) -> No
     ts = await start_thinserve([desktop("one", one), desktop("two", two)])
     try:
         await live(ts, 2)
-        a = await Terminal().connect(ts.port_numbers[0])
-        b = await Terminal().connect(ts.port_numbers[0])
+        a = await Terminal().connect(ts.port_numbers[0], "127.0.0.2")
+        b = await Terminal().connect(ts.port_numbers[0], "127.0.0.3")
         await a.wait_screen(desktop_frame(320, 240, seed=1))
         await b.wait_screen(desktop_frame(320, 240, seed=2))
-        c = await Terminal().connect(ts.port_numbers[0])  # nothing free: a drawn screen
+        c = await Terminal().connect(ts.port_numbers[0], "127.0.0.4")  # nothing free
         await wait_for(lambda: c.framebuffer.shape == (768, 1024), 10, "the no-desktop screen")
         assert not np.array_equal(c.framebuffer[:240, :320], one.grab())
         a.close()  # desktop one frees up and goes to the waiting terminal
@@ -256,10 +255,11 @@ async def test_first_free_policy_gives_each_terminal_its_own_desktop(xvnc) -> No
 @pytest_twisted.ensureDeferred
 async def test_vanishing_terminal_does_not_disturb_others(xvnc) -> None:
     server = xvnc(size=(800, 600))
-    ts = await start_thinserve([desktop("d1", server)], policy="shared")
+    ts = await start_thinserve([desktop("d1", server)])
     try:
-        doomed = await Terminal().connect(ts.port_numbers[0])
-        survivor = await Terminal().connect(ts.port_numbers[0])
+        doomed = await Terminal().connect(ts.port_numbers[0], "127.0.0.2")
+        survivor = await Terminal().connect(ts.port_numbers[0], "127.0.0.3")
+        ts.hub.shadow("viewer-127.0.0.3", "d1", actor="admin")
         await threads.deferToThread(server.paint, noise_frame(800, 600, seed=5))
         await sleep(0.02)
         doomed.abort()  # mid-stream: a large update is on its way
@@ -267,8 +267,8 @@ async def test_vanishing_terminal_does_not_disturb_others(xvnc) -> None:
             frame = noise_frame(800, 600, seed=seed)
             await threads.deferToThread(server.paint, frame)
             await survivor.wait_screen(frame)
-        await wait_for(lambda: len(ts.policy.sessions) == 1, 10, "the vanished session to end")
-        session = ts.policy.sessions[0]
+        await wait_for(lambda: len(ts.hub.terminals) == 1, 10, "the vanished session to end")
+        session = ts.hub.terminals["viewer-127.0.0.3"].session
         assert session.view is not None and session.view.listeners == [session]
         survivor.close()
     finally:

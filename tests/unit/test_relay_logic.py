@@ -109,8 +109,13 @@ def test_screens_render_at_any_size_with_visible_text() -> None:
 def test_config_defaults_and_full_file() -> None:
     config = from_dict(
         {
-            "server": {"listen": "tcp:5900", "password": "pw"},
-            "policy": {"mode": "shared"},
+            "server": {"listen": "tcp:5900", "password": "pw", "database": "/tmp/x.db"},
+            "broker": {
+                "unknown_terminal": "pool",
+                "default_pool": "vms",
+                "pools": {"vms": ["vm1", "vm2"]},
+            },
+            "discovery": {"interfaces": ["127.0.0.1"]},
             "desktop": [
                 {"name": "vm1", "address": "127.0.0.1:5901", "encodings": ["tight", "raw"]},
                 {"name": "vm2", "address": "[::1]:5902"},
@@ -118,7 +123,10 @@ def test_config_defaults_and_full_file() -> None:
             ],
         }
     )
-    assert config.listen == ("tcp:5900",) and config.policy == "shared"
+    assert config.listen == ("tcp:5900",) and config.database == "/tmp/x.db"
+    assert config.broker.pools["vms"] == ("vm1", "vm2") and config.discovery_interfaces == (
+        "127.0.0.1",
+    )
     assert [d.endpoint for d in config.desktops] == [
         "tcp:host=127.0.0.1:port=5901",
         "tcp:host=\\:\\:1:port=5902",
@@ -134,7 +142,15 @@ def test_config_defaults_and_full_file() -> None:
         ({"desktop": [{"name": "a", "address": "nowhere"}]}, "host:port"),
         ({"desktop": [{"name": "a", "address": "h:1", "colour": 1}]}, "unknown key"),
         ({"desktop": [{"name": "a", "address": "h:1", "encodings": ["png"]}]}, "unknown"),
-        ({"policy": {"mode": "lottery"}, "local_desktop": [{"name": "x"}]}, "first-free"),
+        (
+            {"broker": {"unknown_terminal": "lottery"}, "local_desktop": [{"name": "x"}]},
+            "unknown_terminal",
+        ),
+        (
+            {"broker": {"pools": {"p": ["ghost"]}}, "local_desktop": [{"name": "x"}]},
+            "unknown desktops",
+        ),
+        ({"discovery": {"enabled": "yes"}, "local_desktop": [{"name": "x"}]}, "true or false"),
         ({"local_desktop": [{"name": "x", "geometry": "big"}]}, "WIDTHxHEIGHT"),
         ({"local_desktop": [{"name": "x"}, {"name": "x"}]}, "names must differ"),
         ({"server": {"listen": 5900}, "local_desktop": [{"name": "x"}]}, "endpoint"),

@@ -104,3 +104,36 @@ def no_desktop_free() -> ScreenText:
         "No desktop free",
         ("Every desktop is in use.", "This screen changes by itself when one is free."),
     )
+
+
+def pairing(terminal_id: str, code: str, message: str = "") -> ScreenText:
+    lines = (
+        f"Terminal {terminal_id}",
+        "To use this terminal, an administrator pairs it with:",
+    )
+    footer = f"thinserve pair --code {code} DESKTOP"
+    return ScreenText("Pair this terminal", lines + ((message,) if message else ()), code, footer)
+
+
+def starting(desktop: str, progress: float | None) -> ScreenText:
+    return ScreenText("Starting your desktop", (desktop, "This takes a moment."), progress=progress)
+
+
+def in_use(desktop: str) -> ScreenText:
+    return ScreenText("Desktop in use", (f"{desktop} is in use at another terminal.",))
+
+
+def kicked(message: str = "") -> ScreenText:
+    return ScreenText("Disconnected", (message or "An administrator ended this session.",))
+
+
+def login_form(
+    user: str, secret_length: int, field: str, message: str = "", terminal_id: str = ""
+) -> ScreenText:
+    cursor = "_"
+    user_line = f"User:  {user}{cursor if field == 'user' else ''}"
+    secret_line = f"PIN:  {'*' * secret_length}{cursor if field == 'secret' else ''}"
+    lines = (user_line, secret_line, "Tab: next field   Enter: log in")
+    if message:
+        lines += (message,)
+    return ScreenText("Log in", lines, footer=f"thinserve  {terminal_id}".rstrip())

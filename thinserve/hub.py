@@ -1,0 +1,236 @@
+"""Joins terminal sessions to the broker's decisions.
+
+Every terminal session asks the hub what to show when it attaches; the hub
+tells the broker the terminal connected and turns the broker's Assignment
+into a source: a desktop's mirror (only for a ShowDesktop, which only the
+broker can make) or a screen thinserve draws (pairing code, login form,
+starting, unavailable, in use, kicked).  Later changes from the broker
+(pairings, logins elsewhere, kicks) are applied to the live sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from twisted.internet import reactor as default_reactor
+from twisted.internet import task
+
+from .broker import (
+    SYSTEM,
+    Assignment,
+    Broker,
+    Change,
+    ScreenKind,
+    ShowDesktop,
+    ShowScreen,
+    TerminalInfo,
+    viewer_terminal_id,
+)
+from .broker.core import AlreadyConnectedError
+from .relay import screens
+from .relay.login import LoginScreen
+from .relay.session import TerminalSession
+from .relay.source import Source
+from .relay.upstream import DEFAULT_SIZE, Mirror
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 5.0
+KICK_GRACE = 3.0  # seconds the "disconnected" screen shows before the connection closes
+
+
+@dataclass
+class Terminal:
+    """A connected terminal: its id, what it said, and its session."""
+
+    terminal_id: str
+    info: TerminalInfo
+    session: TerminalSession
+
+
+class Hub:
+    def __init__(
+        self,
+        broker: Broker,
+        mirrors: dict[str, Mirror],
+        reactor: object | None = None,
+        on_desktop_wanted: Callable[[str], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.mirrors = mirrors
+        self.reactor = reactor or default_reactor
+        self.terminals: dict[str, Terminal] = {}
+        self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
+        self._ticker = task.LoopingCall(self.tick)
+        self._ticker.clock = self.reactor
+
+    def start(self) -> None:
+        self._ticker.start(TICK_SECONDS, now=False)
+
+    def stop(self) -> None:
+        if self._ticker.running:
+            self._ticker.stop()
+
+    def tick(self) -> None:
+        self.apply(self.broker.tick())
+
+    # -- sessions --------------------------------------------------------------------
+    def new_session(
+        self, terminal_id: str | None = None, info: TerminalInfo | None = None
+    ) -> TerminalSession:
+        """A session for one connection; ``terminal_id`` for discovered terminals."""
+        session = TerminalSession(self._attach, self._detach)
+        session.terminal_id = terminal_id  # type: ignore[attr-defined]
+        session.info = info or TerminalInfo()  # type: ignore[attr-defined]
+        return session
+
+    def _attach(self, session: TerminalSession) -> Source:
+        assert session.proto is not None
+        info: TerminalInfo = session.info  # type: ignore[attr-defined]
+        terminal_id = session.terminal_id or viewer_terminal_id(_peer_host(session))  # type: ignore[attr-defined]
+        session.terminal_id = terminal_id  # type: ignore[attr-defined]
+        if not info.address:
+            info = TerminalInfo(
+                info.name, info.model, _peer_host(session), info.screen_width, info.screen_height
+            )
+        self._replace_old_connection(terminal_id)
+        self.terminals[terminal_id] = Terminal(terminal_id, info, session)
+        assignment = self.broker.terminal_connected(terminal_id, info, connection=id(session))
+        log.info(
+            "terminal %s connected from %s: %s", terminal_id, info.address, _describe(assignment)
+        )
+        return self._source_for(terminal_id, assignment, session)
+
+    def _replace_old_connection(self, terminal_id: str) -> None:
+        old = self.terminals.pop(terminal_id, None)
+        if old is None or not self.broker.is_connected(terminal_id):
+            return
+        log.info("terminal %s connected again; closing its old connection", terminal_id)
+        self.apply(self.broker.terminal_disconnected(terminal_id, id(old.session)))
+        if old.session.proto is not None and old.session.proto.transport is not None:
+            old.session.proto.transport.loseConnection()
+
+    def _detach(self, session: TerminalSession) -> None:
+        terminal_id = session.terminal_id  # type: ignore[attr-defined]
+        current = self.terminals.get(terminal_id)
+        if current is not None and current.session is session:
+            del self.terminals[terminal_id]
+        try:
+            changes = self.broker.terminal_disconnected(terminal_id, id(session))
+        except AlreadyConnectedError:
+            changes = []
+        self.apply(changes)
+
+    # -- applying decisions -----------------------------------------------------------
+    def apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            terminal = self.terminals.get(change.terminal_id)
+            if terminal is None or terminal.session.proto is None:
+                continue
+            session = terminal.session
+            source = self._source_for(change.terminal_id, change.assignment, session)
+            session.show(source, control=session.control)
+            log.info("terminal %s now shows %s", change.terminal_id, _describe(change.assignment))
+
+    def _source_for(
+        self, terminal_id: str, assignment: Assignment, session: TerminalSession
+    ) -> Source:
+        if isinstance(assignment, ShowDesktop):
+            session.control = assignment.control
+            mirror = self.mirrors[assignment.desktop]
+            self.on_desktop_wanted(assignment.desktop)
+            return mirror
+        session.control = False
+        return self._screen(terminal_id, assignment, session)
+
+    def _screen(self, terminal_id: str, screen: ShowScreen, session: TerminalSession) -> Source:
+        width, height = self._screen_size(terminal_id, session)
+        if screen.kind is ScreenKind.LOGIN:
+            form = LoginScreen(
+                width,
+                height,
+                lambda user, secret: self._login(terminal_id, user, secret),
+                screen.message,
+                terminal_id,
+            )
+            session.control = True  # keys go to the form, never to a desktop
+            return form
+        if screen.kind is ScreenKind.KICKED:
+            self._close_later(session)
+        return Source(screens.render(_screen_text(screen), width, height), "thinserve")
+
+    def _screen_size(self, terminal_id: str, session: TerminalSession) -> tuple[int, int]:
+        terminal = self.terminals.get(terminal_id)
+        if session.width and session.height:
+            return session.width, session.height
+        if terminal is not None and terminal.info.screen_width and terminal.info.screen_height:
+            return terminal.info.screen_width, terminal.info.screen_height
+        return DEFAULT_SIZE
+
+    def _login(self, terminal_id: str, user: str, secret: str) -> None:
+        self.apply(self.broker.login(terminal_id, user, secret))
+
+    def _close_later(self, session: TerminalSession) -> None:
+        def close() -> None:
+            if session.proto is not None and session.proto.transport is not None:
+                session.proto.transport.loseConnection()
+
+        self.reactor.callLater(KICK_GRACE, close)  # type: ignore[attr-defined]
+
+    # -- desktops ------------------------------------------------------------------------
+    def desktop_starting(self, name: str, progress: float | None = None) -> None:
+        self.apply(self.broker.desktop_starting(name, progress))
+
+    def desktop_available(self, name: str) -> None:
+        self.apply(self.broker.desktop_available(name))
+
+    def desktop_unavailable(self, name: str) -> None:
+        self.apply(self.broker.desktop_unavailable(name))
+
+    # -- admin actions (the admin API calls these) ------------------------------------------
+    def pair(self, terminal_id: str, desktop: str, actor: str = SYSTEM) -> None:
+        self.apply(self.broker.pair(terminal_id, desktop, actor))
+
+    def pair_code(self, code: str, desktop: str, actor: str = SYSTEM) -> None:
+        self.apply(self.broker.pair_code(code, desktop, actor))
+
+    def unpair(self, terminal_id: str, actor: str = SYSTEM) -> None:
+        self.apply(self.broker.unpair(terminal_id, actor))
+
+    def kick(self, terminal_id: str, actor: str = SYSTEM) -> None:
+        self.apply(self.broker.kick(terminal_id, actor))
+
+    def shadow(self, terminal_id: str, desktop: str, actor: str = SYSTEM) -> None:
+        self.apply(self.broker.shadow(terminal_id, desktop, actor))
+
+    def unshadow(self, terminal_id: str, actor: str = SYSTEM) -> None:
+        self.apply(self.broker.unshadow(terminal_id, actor))
+
+
+def _screen_text(screen: ShowScreen) -> screens.ScreenText:
+    kind = screen.kind
+    if kind is ScreenKind.PAIRING:
+        return screens.pairing(screen.terminal_id or "", screen.code or "", screen.message)
+    if kind is ScreenKind.NO_DESKTOP_FREE:
+        return screens.no_desktop_free()
+    if kind is ScreenKind.STARTING:
+        return screens.starting(screen.desktop or "", screen.progress)
+    if kind is ScreenKind.IN_USE:
+        return screens.in_use(screen.desktop or "")
+    if kind is ScreenKind.KICKED:
+        return screens.kicked(screen.message)
+    return screens.unavailable(screen.desktop or "the desktop", 0, screen.message)
+
+
+def _describe(assignment: Assignment) -> str:
+    if isinstance(assignment, ShowDesktop):
+        return f"desktop {assignment.desktop} ({'control' if assignment.control else 'view-only'})"
+    return f"the {assignment.kind.value} screen"
+
+
+def _peer_host(session: TerminalSession) -> str:
+    assert session.proto is not None
+    peer = session.proto.transport.getPeer()  # type: ignore[union-attr]
+    return str(getattr(peer, "host", "") or getattr(peer, "name", "") or "local")

@@ -21,6 +21,7 @@ from .broker import (
     SYSTEM,
     Assignment,
     Broker,
+    BrokerError,
     Change,
     ScreenKind,
     ShowDesktop,
@@ -65,13 +66,20 @@ class Hub:
         self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
         self._ticker = task.LoopingCall(self.tick)
         self._ticker.clock = self.reactor
+        self.stopped = False
 
     def start(self) -> None:
         self._ticker.start(TICK_SECONDS, now=False)
 
     def stop(self) -> None:
+        """Stop deciding; close every terminal (the store may close next)."""
+        self.stopped = True
         if self._ticker.running:
             self._ticker.stop()
+        for terminal in list(self.terminals.values()):
+            proto = terminal.session.proto
+            if proto is not None and proto.transport is not None:
+                proto.transport.loseConnection()
 
     def tick(self) -> None:
         self.apply(self.broker.tick())
@@ -113,6 +121,8 @@ class Hub:
             old.session.proto.transport.loseConnection()
 
     def _detach(self, session: TerminalSession) -> None:
+        if self.stopped:
+            return
         terminal_id = session.terminal_id  # type: ignore[attr-defined]
         current = self.terminals.get(terminal_id)
         if current is not None and current.session is session:
@@ -170,7 +180,10 @@ class Hub:
         return DEFAULT_SIZE
 
     def _login(self, terminal_id: str, user: str, secret: str) -> None:
-        self.apply(self.broker.login(terminal_id, user, secret))
+        try:
+            self.apply(self.broker.login(terminal_id, user, secret))
+        except BrokerError as exc:
+            log.warning("login at terminal %s refused: %s", terminal_id, exc)
 
     def _close_later(self, session: TerminalSession) -> None:
         def close() -> None:

@@ -104,6 +104,20 @@ class Terminal:
         await wait_for(lambda: self.updates > 0, 20, "the first update")
         return self
 
+    def listen(self) -> int:
+        """Listen like a VNC "listening viewer"; thinserve connects to us."""
+        from twisted.internet import protocol
+
+        def build() -> rfbclient.RFBClientProtocol:
+            proto = rfbclient.RFBClientProtocol(rfbclient.ClientOptions(), self._on_event)
+            self.proto = proto
+            proto.closed.addBoth(self._closed)
+            return proto
+
+        factory = protocol.Factory.forProtocol(build)
+        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        return self.listening.getHost().port
+
     def _closed(self, reason: object) -> None:
         self.closed = True
 
@@ -134,9 +148,9 @@ class Terminal:
         )
 
     def type_text(self, text: str) -> None:
+        special = {"\n": 0xFF0D, "\t": 0xFF09}  # X keysyms Return and Tab
         for char in text:
-            keysym = 0xFF0D if char == "\n" else ord(char)
-            self.key(keysym)
+            self.key(special.get(char, ord(char)))
 
     def key(self, keysym: int) -> None:
         assert self.proto is not None

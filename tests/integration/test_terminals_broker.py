@@ -1,0 +1,113 @@
+"""Who sees what, end to end: discovery, pairing codes, hot-desking.
+
+Terminals here are real RFB clients on loopback; desktops are real Xvnc
+servers; a discovered terminal is published over mDNS by another process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from tests.integration.relayparts import Terminal, sleep, start_thinserve, wait_for
+from tests.integration.test_discovery import Publisher
+from tests.integration.test_relay import _xterm_writing, desktop
+from tests.integration.test_rfb_interop import office_frame
+from tests.realparts import wait_until
+from thinserve.broker import BrokerConfig, ScreenKind, ShowDesktop, ShowScreen
+from thinserve.relay import screens
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_twisted.ensureDeferred
+async def test_discovered_terminal_shows_its_code_is_paired_and_sees_its_desktop(xvnc) -> None:
+    server = xvnc(size=(800, 600))
+    frame = office_frame(800, 600)
+    server.paint(frame)
+    ts = await start_thinserve(
+        [desktop("d1", server)], broker=BrokerConfig(), discovery_interfaces=("127.0.0.1",)
+    )
+    publisher = Publisher()
+    term = Terminal()
+    try:
+        port = term.listen()
+        await publisher.send(
+            "register", "Front desk", port, "127.0.0.1",
+            id="desk-7", model="Nivo", screen="800x600", proto="1",
+        )  # fmt: skip
+        await wait_for(lambda: "desk-7" in ts.hub.terminals, 40, "thinserve to dial the terminal")
+        shown = ts.hub.broker.assignment("desk-7")
+        assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.PAIRING
+        # The code is on the terminal's screen, drawn at its advertised size.
+        pairing = screens.render(
+            screens.pairing("desk-7", shown.code or "", shown.message), 800, 600
+        )
+        await term.wait_screen(pairing)
+        assert not np.array_equal(term.framebuffer, frame)  # not one pixel of a desktop
+        ts.hub.pair_code(shown.code or "", "d1", actor="admin:test")
+        await term.wait_screen(frame)
+        assert isinstance(ts.hub.broker.assignment("desk-7"), ShowDesktop)
+    finally:
+        term.close()
+        publisher.child.stop()
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: Path) -> None:
+    server = xvnc(size=(640, 480))
+    out = tmp_path / "typed.txt"
+    _xterm_writing(server, out)
+    await threads.deferToThread(wait_until, out.exists, 20, "xterm to start", None)
+    config = BrokerConfig(unknown_terminal="login", hot_desk=True)
+    ts = await start_thinserve([desktop("d1", server)], broker=config)
+    try:
+        ts.hub.broker.add_user("alice", "4711", actor="admin:test", desktop="d1")
+        a = await Terminal().connect(ts.port_numbers[0], "127.0.0.2")
+        assert ts.hub.broker.assignment("viewer-127.0.0.2").kind is ScreenKind.LOGIN
+        a.type_text("alice\t4711\n")
+        await wait_for(
+            lambda: isinstance(ts.hub.broker.assignment("viewer-127.0.0.2"), ShowDesktop),
+            10,
+            "login at A",
+        )
+        a.pointer(60, 40)
+        await sleep(0.3)
+        a.type_text("work done at A\n")  # the desktop's state: text in its xterm
+        await wait_for(lambda: out.read_text() == "work done at A\n", 20, "typed text")
+        b = await Terminal().connect(ts.port_numbers[0], "127.0.0.3")
+        b.type_text("alice\t4711\n")
+        await wait_for(
+            lambda: isinstance(ts.hub.broker.assignment("viewer-127.0.0.3"), ShowDesktop),
+            10,
+            "login at B",
+        )
+        desk = await threads.deferToThread(server.grab)
+        await b.wait_screen(desk)  # the same desktop, xterm text and all
+        left = ts.hub.broker.assignment("viewer-127.0.0.2")
+        assert isinstance(left, ShowScreen) and left.kind is ScreenKind.LOGIN
+        form = screens.login_form("", 0, "user", left.message, "viewer-127.0.0.2")
+        await a.wait_screen(screens.render(form, 640, 480))  # drawn at A's current size
+        # Typing at A no longer reaches the desktop; B types into it.
+        a.type_text("nobody\t0000\n")
+        b.pointer(60, 40)
+        await sleep(0.3)
+        b.type_text("and at B\n")
+        await wait_for(lambda: out.read_text() == "work done at A\nand at B\n", 20, "B's text")
+        # A wrong PIN keeps the login screen and says so.
+        c = await Terminal().connect(ts.port_numbers[0], "127.0.0.4")
+        c.type_text("alice\twrong\n")
+        await sleep(0.5)
+        refused = ts.hub.broker.assignment("viewer-127.0.0.4")
+        assert (
+            isinstance(refused, ShowScreen) and refused.kind is ScreenKind.LOGIN and refused.message
+        )
+        for t in (a, b, c):
+            t.close()
+    finally:
+        await ts.stopService()

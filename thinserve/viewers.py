@@ -17,7 +17,9 @@ from protocols.terminal import TerminalAdvert
 from .broker import viewer_terminal_id
 
 LISTEN_PORT = 5500
-_ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?$")
+_ADDRESS = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?$"
+)
 
 
 class ViewerAddressError(ValueError):

@@ -1,0 +1,1044 @@
+"""The broker: every policy, their combinations, and invariants under random events."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from thinserve.broker import (
+    ALPHABET,
+    FALLBACK_SCREENS,
+    AlreadyConnectedError,
+    Assignment,
+    Broker,
+    BrokerConfig,
+    BrokerConfigError,
+    BrokerError,
+    Change,
+    DesktopState,
+    NotConnectedError,
+    PairingCodeError,
+    RateLimit,
+    ScreenKind,
+    ShowDesktop,
+    ShowScreen,
+    TerminalInfo,
+    format_code,
+    from_mapping,
+    normalise_code,
+    viewer_terminal_id,
+)
+from thinserve.broker.codes import new_code
+from thinserve.broker.ratelimit import FailureLimiter
+from thinserve.secrets import SecretHasher
+from thinserve.store import Pairing, SqliteStore, User
+
+CHEAP = SecretHasher(time_cost=1, memory_cost=8, parallelism=1)
+OWN_DESKTOPS = ("d1", "d2", "d3")
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Site:
+    """A broker over an in-memory store, and the screens a relay would show."""
+
+    def __init__(self, config: BrokerConfig, store: SqliteStore | None = None) -> None:
+        self.clock = Clock()
+        self.store = store or SqliteStore()
+        self.broker = Broker(self.store, config, clock=self.clock, hasher=CHEAP)
+        for name in OWN_DESKTOPS:
+            self.broker.register_desktop(name, "xvnc")
+        for desktops in config.pools.values():
+            for name in desktops:
+                self.broker.register_desktop(name, "qemu")
+        self.screens: dict[str, Assignment] = {}
+
+    def connect(self, terminal_id: str, connection: object = None) -> Assignment:
+        shown = self.broker.terminal_connected(terminal_id, TerminalInfo(model="tb"), connection)
+        self.screens[terminal_id] = shown
+        return shown
+
+    def apply(self, changes: Iterable[Change]) -> list[Change]:
+        changes = list(changes)
+        for terminal_id, assignment in changes:
+            assert terminal_id in self.screens, f"change for unconnected {terminal_id}"
+            if isinstance(assignment, ShowScreen) and assignment.kind is ScreenKind.KICKED:
+                del self.screens[terminal_id]
+            else:
+                self.screens[terminal_id] = assignment
+        return changes
+
+    def disconnect(self, terminal_id: str) -> list[Change]:
+        self.screens.pop(terminal_id, None)
+        return self.apply(self.broker.terminal_disconnected(terminal_id))
+
+    def actions(self) -> list[str]:
+        return [e.action for e in self.store.list_audit()]
+
+    def desktop(self, name: str, control: bool = True) -> Assignment:
+        """What a terminal showing ``name`` has, for comparisons."""
+        return next(
+            a
+            for a in [*self.screens.values(), *self.broker.snapshot().shown.values()]
+            if isinstance(a, ShowDesktop) and a.desktop == name and a.control == control
+        )
+
+
+def _is_desktop(assignment: Assignment, desktop: str, control: bool = True) -> bool:
+    return (
+        isinstance(assignment, ShowDesktop)
+        and assignment.desktop == desktop
+        and assignment.control == control
+    )
+
+
+def _kind(assignment: Assignment) -> ScreenKind | None:
+    return assignment.kind if isinstance(assignment, ShowScreen) else None
+
+
+def _code(site: Site, terminal_id: str) -> str:
+    shown = site.broker.assignment(terminal_id)
+    assert isinstance(shown, ShowScreen) and shown.code is not None
+    return shown.code
+
+
+PAIRING = BrokerConfig()
+LOGIN = BrokerConfig(unknown_terminal="login", hot_desk=True, pairing_codes=False)
+POOL = BrokerConfig(
+    unknown_terminal="pool", pools={"lab": ("p1", "p2")}, default_pool="lab", pairing_codes=False
+)
+
+
+# Assignments, codes, configuration, limiter.
+
+
+def test_only_the_broker_makes_desktop_assignments() -> None:
+    with pytest.raises(TypeError):
+        ShowDesktop("d1", True)
+    with pytest.raises(TypeError):
+        ShowDesktop("d1", True, _key=object())
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    shown = site.connect("t1")
+    assert _is_desktop(shown, "d1")
+    with pytest.raises(AttributeError):
+        shown.desktop = "d2"  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        ShowScreen(ScreenKind.PAIRING)  # a pairing screen without a code
+    with pytest.raises(ValueError):
+        ShowScreen(ScreenKind.STARTING, code="ABC-DEF")
+
+
+def test_codes_avoid_ambiguous_characters_and_parse_leniently() -> None:
+    assert not set("0O1I") & set(ALPHABET)
+    assert len(set(ALPHABET)) == len(ALPHABET) == 32
+    made = {new_code(6) for _ in range(200)}
+    assert len(made) == 200 and all(len(c) == 6 and set(c) <= set(ALPHABET) for c in made)
+    assert format_code("K7DQ2M") == "K7D-Q2M"
+    assert normalise_code(" k7d-q2m ", 6) == "K7DQ2M"
+    assert normalise_code("K7D Q2M", 6) == "K7DQ2M"
+    assert normalise_code("K7D-Q2O", 6) is None  # O is never in a code
+    assert normalise_code("K7DQ2", 6) is None
+    assert normalise_code("K" * 1000, 6) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"unknown_terminal": "everything"},
+        {"unknown_terminal": "login"},  # needs hot_desk
+        {"unknown_terminal": "pool"},  # needs default_pool
+        {"pairing_codes": False},  # the pairing screen needs codes
+        {"pools": {"a": ("x",), "b": ("x",)}},  # one desktop, two pools
+        {"pools": {"a": ()}},
+        {"pools": {"a": ("x",)}, "user_pool": "b"},
+        {"code_lifetime": 5.0},
+        {"code_tries": 0},
+    ],
+)
+def test_contradictory_configurations_are_refused(kwargs: dict) -> None:
+    with pytest.raises(BrokerConfigError):
+        BrokerConfig(**kwargs)
+
+
+def test_configuration_from_a_toml_table() -> None:
+    text = """
+    unknown_terminal = "pool"
+    default_pool = "lab"
+    hot_desk = true
+    user_pool = "roam"
+    code_lifetime = 300
+    login_failures_per_user = [8, 600]
+    [pools]
+    lab = ["vm-1", "vm-2"]
+    roam = ["vm-3"]
+    """
+    config = from_mapping(tomllib.loads(text))
+    assert config.pools == {"lab": ("vm-1", "vm-2"), "roam": ("vm-3",)}
+    assert config.pool_of("vm-3") == "roam" and config.pool_of("d1") is None
+    assert config.login_failures_per_user == RateLimit(8, 600.0)
+    assert (config.unknown_terminal, config.hot_desk, config.code_lifetime) == ("pool", True, 300)
+    for bad in (
+        {"colour": "blue"},
+        {"hot_desk": "yes"},
+        {"code_tries": True},
+        {"login_failures_per_user": [0, 60]},
+        {"login_failures_per_user": "5/min"},
+        {"pools": {"lab": "vm-1"}},
+        {"unknown_terminal": "pool"},
+    ):
+        with pytest.raises(BrokerConfigError, match=r"\[broker\]"):
+            from_mapping(bad)
+
+
+def test_failure_limiter_blocks_after_n_failures_in_a_sliding_window() -> None:
+    limiter = FailureLimiter(RateLimit(3, 60.0), max_keys=5)
+    for t in (0.0, 10.0, 20.0):
+        assert limiter.retry_after("k", t) == 0.0
+        limiter.failed("k", t)
+    assert limiter.retry_after("k", 30.0) == pytest.approx(30.0)  # first failure + 60
+    assert limiter.retry_after("other", 30.0) == 0.0
+    assert limiter.retry_after("k", 60.0) == 0.0  # the first left the window
+    limiter.failed("k", 61.0)
+    assert limiter.retry_after("k", 61.0) == pytest.approx(9.0)  # 10 + 60 - 61
+    limiter.clear("k")
+    assert limiter.retry_after("k", 61.0) == 0.0
+    for i in range(20):
+        limiter.failed(f"key{i}", 100.0)
+    assert len(limiter._failures) == 5  # bounded memory
+
+
+def test_viewer_ids_come_from_the_peer_address() -> None:
+    assert viewer_terminal_id("192.168.1.20") == "viewer-192.168.1.20"
+    assert viewer_terminal_id("::ffff:192.168.1.20") == "viewer-192.168.1.20"
+    assert viewer_terminal_id("[2001:DB8:0:0::1]") == "viewer-2001:db8::1"
+    assert viewer_terminal_id("fe80::1%eth0") == "viewer-fe80::1"
+
+
+# Pairing codes and explicit pairing.
+
+
+def test_unknown_terminal_sees_its_id_and_a_code_then_admin_pairs_by_code() -> None:
+    site = Site(PAIRING)
+    shown = site.connect("tb-0042")
+    assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.PAIRING
+    assert shown.terminal_id == "tb-0042"
+    assert shown.code is not None and set(shown.code.replace("-", "")) <= set(ALPHABET)
+    site.disconnect("tb-0042")
+    assert site.connect("tb-0042") == shown  # the same code after a reboot, until it expires
+    changes = site.apply(site.broker.pair_code(shown.code.lower(), "d2", "admin:ann"))
+    assert [(c.terminal_id, c.assignment) for c in changes] == [
+        ("tb-0042", site.broker.assignment("tb-0042"))
+    ]
+    assert _is_desktop(site.screens["tb-0042"], "d2")
+    assert site.store.pairing_for("tb-0042").desktop == "d2"
+    assert site.store.pairing_code_for("tb-0042") is None
+    pair = site.store.list_audit()[-1]
+    assert (pair.actor, pair.action, pair.subject) == ("admin:ann", "pair", "tb-0042")
+
+
+def test_pairing_codes_are_single_use() -> None:
+    site = Site(PAIRING)
+    code = _code(site, "t1") if site.connect("t1") else ""
+    site.apply(site.broker.pair_code(code, "d1", "admin"))
+    site.apply(site.broker.unpair("t1", "admin"))
+    fresh = _code(site, "t1")
+    assert normalise_code(fresh, 6) != normalise_code(code, 6)
+    with pytest.raises(PairingCodeError):
+        site.broker.pair_code(code, "d2", "admin")
+    assert site.store.pairing_for("t1") is None
+    assert site.actions()[-1] == "pair-code-failed"
+
+
+def test_pairing_codes_expire_and_the_screen_gets_a_new_one() -> None:
+    site = Site(PAIRING)
+    site.connect("t1")
+    code = _code(site, "t1")
+    assert site.broker.next_deadline() == site.clock.now + PAIRING.code_lifetime
+    site.clock.advance(PAIRING.code_lifetime + 1)
+    with pytest.raises(PairingCodeError):
+        site.broker.pair_code(code, "d1", "admin")
+    assert site.store.pairing_for("t1") is None
+    changes = site.apply(site.broker.tick())
+    assert [c.terminal_id for c in changes] == ["t1"]
+    assert _code(site, "t1") != code
+    site.apply(site.broker.pair_code(_code(site, "t1"), "d1", "admin"))
+    assert _is_desktop(site.screens["t1"], "d1")
+
+
+def test_wrong_codes_are_rate_limited_per_actor_and_in_total() -> None:
+    config = BrokerConfig(
+        code_failures_per_actor=RateLimit(3, 600.0),
+        code_failures_total=RateLimit(5, 600.0),
+        code_lifetime=3600.0,
+    )
+    site = Site(config)
+    site.connect("t1")
+    good = _code(site, "t1")
+    wrong = next(c for c in (new_code(6) for _ in range(99)) if c != normalise_code(good, 6))
+    for _ in range(3):
+        with pytest.raises(PairingCodeError, match="no such"):
+            site.broker.pair_code(wrong, "d1", "mallory")
+    with pytest.raises(PairingCodeError, match="try again in 600 seconds"):
+        site.broker.pair_code(good, "d1", "mallory")  # even the right code is refused
+    assert site.actions()[-1] == "pair-code-refused"
+    for _ in range(2):
+        with pytest.raises(PairingCodeError, match="no such"):
+            site.broker.pair_code(wrong, "d1", "eve")
+    with pytest.raises(PairingCodeError, match="try again"):
+        site.broker.pair_code(good, "d1", "ann")  # the total limit holds for everyone
+    site.clock.advance(601)
+    site.apply(site.broker.pair_code(good, "d1", "ann"))
+    assert _is_desktop(site.screens["t1"], "d1")
+
+
+def test_wrong_tries_at_one_terminal_replace_its_code() -> None:
+    site = Site(BrokerConfig(code_tries=3))
+    site.connect("t1")
+    site.connect("t2")
+    good = _code(site, "t1")
+    for tries in range(1, 4):
+        with pytest.raises(PairingCodeError) as caught:
+            site.broker.pair_code(_code(site, "t2"), "d1", "admin", terminal_id="t1")
+        site.apply(caught.value.changes)
+        if tries < 3:
+            assert caught.value.changes == [] and _code(site, "t1") == good
+    assert [c.terminal_id for c in caught.value.changes] == ["t1"]
+    assert _code(site, "t1") != good
+    assert "pair-code-locked" in site.actions()
+    with pytest.raises(PairingCodeError):
+        site.broker.pair_code(good, "d1", "admin")
+    assert site.store.pairing_for("t2") is None  # t2's code named with t1 paired nothing
+    site.apply(site.broker.pair_code(_code(site, "t1"), "d1", "admin", terminal_id="t1"))
+    assert _is_desktop(site.screens["t1"], "d1")
+
+
+def test_a_bad_desktop_name_does_not_burn_the_code() -> None:
+    site = Site(PAIRING)
+    site.connect("t1")
+    code = _code(site, "t1")
+    with pytest.raises(BrokerError, match="not registered"):
+        site.broker.pair_code(code, "nope", "admin")
+    site.apply(site.broker.pair_code(code, "d1", "admin"))
+    assert _is_desktop(site.screens["t1"], "d1")
+
+
+def test_explicit_pairing_moves_a_desktop_and_unpair_falls_back() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")  # pairing before the terminal was ever seen
+    assert _is_desktop(site.connect("t1"), "d1")
+    site.connect("t2")
+    changes = site.apply(site.broker.pair("t2", "d1", "admin"))
+    assert [c.terminal_id for c in changes] == ["t1", "t2"]  # control leaves first
+    assert _kind(site.screens["t1"]) is ScreenKind.PAIRING
+    assert _is_desktop(site.screens["t2"], "d1")
+    site.apply(site.broker.unpair("t2", "admin"))
+    assert _kind(site.screens["t2"]) is ScreenKind.PAIRING
+    assert site.broker.unpair("t2", "admin") == []
+    assert site.actions().count("unpair") == 2  # the move and the unpair
+
+
+def test_pool_and_user_desktops_cannot_be_paired() -> None:
+    site = Site(BrokerConfig(hot_desk=True, pools={"lab": ("p1",)}))
+    site.broker.add_user("alice", "pw", "admin", desktop="d1")
+    with pytest.raises(BrokerError, match="pool"):
+        site.broker.pair("t1", "p1", "admin")
+    with pytest.raises(BrokerError, match="alice"):
+        site.broker.pair("t1", "d1", "admin")
+    with pytest.raises(BrokerError, match="not registered"):
+        site.broker.pair("t1", "nope", "admin")
+    site.broker.pair("t1", "d2", "admin")
+    with pytest.raises(BrokerError, match="paired"):
+        site.broker.set_user_desktop("alice", "d2", "admin")
+    with pytest.raises(BrokerError, match="alice"):
+        site.broker.add_user("bob", "pw", "admin", desktop="d1")
+
+
+# Pools.
+
+
+def test_pool_exhaustion_and_a_freed_desktop_goes_to_the_first_waiting_terminal() -> None:
+    site = Site(POOL)
+    assert _is_desktop(site.connect("t1"), "p1")
+    assert _is_desktop(site.connect("t2"), "p2")
+    assert _kind(site.connect("t3")) is ScreenKind.NO_DESKTOP_FREE
+    assert _kind(site.connect("t4")) is ScreenKind.NO_DESKTOP_FREE
+    changes = site.disconnect("t2")
+    assert changes == [Change("t3", site.broker.assignment("t3"))]
+    assert _is_desktop(site.screens["t3"], "p2")
+    site.disconnect("t1")
+    assert _is_desktop(site.screens["t4"], "p1")
+
+
+def test_pool_desktop_states_starting_and_unavailable() -> None:
+    site = Site(POOL)
+    site.apply(site.broker.desktop_starting("p1", 0.25))
+    shown = site.connect("t1")
+    assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.STARTING
+    assert (shown.desktop, shown.progress) == ("p1", 0.25)
+    site.apply(site.broker.desktop_available("p1"))
+    assert _is_desktop(site.screens["t1"], "p1")
+    site.connect("t2")
+    site.apply(site.broker.desktop_unavailable("p1"))  # t1 loses p1; p2 is taken: t1 waits
+    assert _kind(site.screens["t1"]) is ScreenKind.NO_DESKTOP_FREE
+    site.apply(site.broker.desktop_available("p1"))
+    assert _is_desktop(site.screens["t1"], "p1")
+
+
+# Hot-desking.
+
+
+def _hot_desk_site(config: BrokerConfig = LOGIN) -> Site:
+    site = Site(config)
+    site.broker.add_user("alice", "1234", "admin", desktop="d1")
+    site.broker.add_user("bob", "4321", "admin", desktop="d2")
+    return site
+
+
+def test_hot_desk_desktop_follows_the_user_and_the_old_terminal_returns_to_login() -> None:
+    site = _hot_desk_site()
+    assert _kind(site.connect("A")) is ScreenKind.LOGIN
+    assert _kind(site.connect("B")) is ScreenKind.LOGIN
+    site.apply(site.broker.login("A", "alice", "1234"))
+    assert _is_desktop(site.screens["A"], "d1")
+    changes = site.apply(site.broker.login("B", "alice", "1234"))
+    assert [c.terminal_id for c in changes] == ["A", "B"]
+    assert _kind(site.screens["A"]) is ScreenKind.LOGIN
+    assert _is_desktop(site.screens["B"], "d1")
+    assert site.actions()[-3:] == ["login", "takeover", "login"]
+    sessions = site.store.list_sessions()
+    assert [(s.terminal_id, s.user, s.ended is None) for s in sessions] == [
+        ("B", "alice", True),
+        ("A", "alice", False),
+    ]
+    site.apply(site.broker.logout("B"))
+    assert _kind(site.screens["B"]) is ScreenKind.LOGIN
+    assert site.store.list_sessions()[0].ended == site.clock.now
+
+
+def test_failed_login_shows_why_and_is_audited() -> None:
+    site = _hot_desk_site()
+    site.connect("A")
+    changes = site.apply(site.broker.login("A", "alice", "9999"))
+    assert changes[0].assignment == ShowScreen(ScreenKind.LOGIN, "Wrong user name or password.")
+    entry = site.store.list_audit()[-1]
+    assert (entry.actor, entry.action, entry.subject) == ("user:alice", "login-failed", "A")
+    site.apply(site.broker.login("A", "nobody", "1234"))
+    assert site.actions()[-1] == "login-failed"
+    site.apply(site.broker.login("A", "alice", "1234"))
+    assert _is_desktop(site.screens["A"], "d1")
+
+
+def test_failed_logins_are_rate_limited_per_terminal() -> None:
+    config = BrokerConfig(
+        unknown_terminal="login",
+        hot_desk=True,
+        pairing_codes=False,
+        login_failures_per_terminal=RateLimit(3, 60.0),
+    )
+    site = _hot_desk_site(config)
+    site.connect("A")
+    site.connect("B")
+    for _ in range(3):
+        site.apply(site.broker.login("A", "bob", "0000"))
+    site.apply(site.broker.login("A", "alice", "1234"))  # right secret, but A is locked
+    shown = site.screens["A"]
+    assert _kind(shown) is ScreenKind.LOGIN and "60 seconds" in shown.message
+    assert site.actions()[-1] == "login-refused"
+    site.apply(site.broker.login("B", "alice", "1234"))  # another terminal is not locked
+    assert _is_desktop(site.screens["B"], "d1")
+    site.clock.advance(61)
+    site.apply(site.broker.login("A", "alice", "1234"))
+    assert _is_desktop(site.screens["A"], "d1")
+
+
+def test_failed_logins_are_rate_limited_per_user_across_terminals() -> None:
+    config = BrokerConfig(
+        unknown_terminal="login",
+        hot_desk=True,
+        pairing_codes=False,
+        login_failures_per_user=RateLimit(4, 900.0),
+    )
+    site = _hot_desk_site(config)
+    for i in range(4):
+        site.connect(f"T{i}")
+        site.apply(site.broker.login(f"T{i}", "alice", "0000"))
+    site.connect("fresh")
+    site.apply(site.broker.login("fresh", "alice", "1234"))
+    assert _kind(site.screens["fresh"]) is ScreenKind.LOGIN
+    assert site.actions()[-1] == "login-refused"
+    site.apply(site.broker.login("fresh", "bob", "4321"))  # other users are unaffected
+    assert _is_desktop(site.screens["fresh"], "d2")
+    site.clock.advance(901)
+    site.apply(site.broker.login("T0", "alice", "1234"))
+    assert _is_desktop(site.screens["T0"], "d1")
+
+
+def test_users_without_a_desktop_borrow_from_the_user_pool_which_follows_them() -> None:
+    config = BrokerConfig(
+        unknown_terminal="login",
+        hot_desk=True,
+        pairing_codes=False,
+        pools={"roam": ("r1",)},
+        user_pool="roam",
+    )
+    site = Site(config)
+    site.broker.add_user("carol", "pw", "admin")
+    site.broker.add_user("dave", "pw", "admin")
+    for t in ("A", "B", "C"):
+        site.connect(t)
+    site.apply(site.broker.login("A", "carol", "pw"))
+    assert _is_desktop(site.screens["A"], "r1")
+    site.apply(site.broker.login("C", "dave", "pw"))
+    assert _kind(site.screens["C"]) is ScreenKind.NO_DESKTOP_FREE
+    site.apply(site.broker.login("B", "carol", "pw"))
+    assert _is_desktop(site.screens["B"], "r1")  # the borrowed desktop follows carol
+    assert _kind(site.screens["A"]) is ScreenKind.LOGIN
+    site.apply(site.broker.logout("B"))
+    assert _is_desktop(site.screens["C"], "r1")  # and goes to dave when she logs out
+
+
+def test_users_without_any_desktop_cannot_log_in() -> None:
+    site = Site(LOGIN)
+    site.broker.add_user("erin", "pw", "admin")
+    site.connect("A")
+    site.apply(site.broker.login("A", "erin", "pw"))
+    assert _kind(site.screens["A"]) is ScreenKind.LOGIN
+    assert "erin" in site.screens["A"].message
+    assert site.broker.snapshot().logins == {}
+
+
+def test_login_rehashes_secrets_made_with_old_parameters() -> None:
+    site = Site(LOGIN)
+    old = SecretHasher(time_cost=2, memory_cost=8, parallelism=1).hash("pw")
+    site.store.add_user(User("frank", "d3", 0.0), old)
+    site.connect("A")
+    site.apply(site.broker.login("A", "frank", "pw"))
+    assert _is_desktop(site.screens["A"], "d3")
+    new = site.store.user_secret_hash("frank")
+    assert new != old and not CHEAP.needs_rehash(new) and CHEAP.verify(new, "pw")
+
+
+def test_login_needs_hot_desk_and_a_connected_terminal() -> None:
+    site = Site(PAIRING)
+    site.connect("A")
+    with pytest.raises(BrokerError, match="hot-desking is off"):
+        site.broker.login("A", "alice", "pw")
+    with pytest.raises(NotConnectedError):
+        _hot_desk_site().broker.login("nowhere", "alice", "1234")
+
+
+def test_deleting_a_logged_in_user_sends_their_terminal_back() -> None:
+    site = _hot_desk_site()
+    site.connect("A")
+    site.apply(site.broker.login("A", "alice", "1234"))
+    site.apply(site.broker.delete_user("alice", "admin"))
+    assert _kind(site.screens["A"]) is ScreenKind.LOGIN
+    assert site.store.get_user("alice") is None
+
+
+# Combinations.
+
+
+def test_login_screen_carries_a_pairing_code_and_login_overrides_a_pairing() -> None:
+    config = BrokerConfig(unknown_terminal="login", hot_desk=True, pairing_codes=True)
+    site = _hot_desk_site(config)
+    shown = site.connect("A")
+    assert _kind(shown) is ScreenKind.LOGIN and shown.code is not None
+    site.apply(site.broker.pair_code(shown.code, "d3", "admin"))
+    assert _is_desktop(site.screens["A"], "d3")
+    site.apply(site.broker.login("A", "bob", "4321"))
+    assert _is_desktop(site.screens["A"], "d2")
+    site.apply(site.broker.logout("A"))
+    assert _is_desktop(site.screens["A"], "d3")  # back to the terminal's own pairing
+
+
+def test_pool_terminals_can_be_paired_and_log_in() -> None:
+    config = BrokerConfig(
+        unknown_terminal="pool",
+        pools={"lab": ("p1",)},
+        default_pool="lab",
+        hot_desk=True,
+        pairing_codes=False,
+    )
+    site = _hot_desk_site(config)
+    assert _is_desktop(site.connect("A"), "p1")
+    assert _kind(site.connect("B")) is ScreenKind.NO_DESKTOP_FREE
+    site.apply(site.broker.login("A", "alice", "1234"))  # A no longer needs p1: B gets it
+    assert _is_desktop(site.screens["A"], "d1") and _is_desktop(site.screens["B"], "p1")
+    site.apply(site.broker.pair("B", "d3", "admin"))
+    assert _is_desktop(site.screens["B"], "d3")
+    site.apply(site.broker.logout("A"))
+    assert _is_desktop(site.screens["A"], "p1")
+
+
+def test_a_corrupt_store_still_gives_a_desktop_one_controller() -> None:
+    site = _hot_desk_site()
+    site.store.pair(Pairing("B", "d1", 0.0, "test"))  # behind the broker's back: d1 is alice's
+    site.connect("A")
+    site.apply(site.broker.login("A", "alice", "1234"))
+    shown = site.connect("B")
+    assert _is_desktop(site.screens["A"], "d1")
+    assert _kind(shown) is ScreenKind.IN_USE
+
+
+# Control, kicking, watching, reconnecting.
+
+
+def test_kick_disconnects_and_a_pairing_survives_it() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    site.connect("t1")
+    changes = site.apply(site.broker.kick("t1", "admin:ann"))
+    assert changes[0].terminal_id == "t1" and _kind(changes[0].assignment) is ScreenKind.KICKED
+    with pytest.raises(NotConnectedError):
+        site.broker.assignment("t1")
+    entry = site.store.list_audit()[-1]
+    assert (entry.actor, entry.action, entry.subject) == ("admin:ann", "kick", "t1")
+    assert site.store.list_sessions()[0].ended is not None
+    assert site.broker.kick("t1", "admin") == []
+    assert site.broker.terminal_disconnected("t1") == []
+    assert _is_desktop(site.connect("t1"), "d1")
+
+
+def test_kicking_a_pool_terminal_frees_its_desktop_for_the_next() -> None:
+    site = Site(POOL)
+    for t in ("t1", "t2", "t3"):
+        site.connect(t)
+    changes = site.apply(site.broker.kick("t1", "admin"))
+    assert [c.terminal_id for c in changes] == ["t1", "t3"]
+    assert _is_desktop(site.screens["t3"], "p1")
+
+
+def test_kicking_a_hot_desk_user_logs_them_out() -> None:
+    site = _hot_desk_site()
+    site.connect("A")
+    site.apply(site.broker.login("A", "alice", "1234"))
+    site.apply(site.broker.kick("A", "admin"))
+    assert site.broker.snapshot().logins == {}
+    assert _kind(site.connect("A")) is ScreenKind.LOGIN
+
+
+def test_shadowing_is_view_only_and_leaves_control_alone() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    site.connect("t1")
+    site.connect("dash-1")
+    changes = site.apply(site.broker.shadow("dash-1", "d1", "admin:ann"))
+    assert changes == [Change("dash-1", site.broker.assignment("dash-1"))]
+    assert _is_desktop(site.screens["dash-1"], "d1", control=False)
+    assert _is_desktop(site.screens["t1"], "d1", control=True)
+    site.apply(site.broker.unshadow("dash-1", "admin:ann"))
+    assert _kind(site.screens["dash-1"]) is ScreenKind.PAIRING
+    assert site.actions()[-2:] == ["shadow", "unshadow"]
+
+
+def test_a_new_connection_for_a_connected_id_needs_the_old_one_closed_first() -> None:
+    site = _hot_desk_site()
+    site.connect("A", connection="conn-1")
+    site.apply(site.broker.login("A", "alice", "1234"))
+    with pytest.raises(AlreadyConnectedError):
+        site.broker.terminal_connected("A", TerminalInfo(), "conn-2")
+    assert _is_desktop(site.broker.assignment("A"), "d1")  # nothing changed
+    assert site.broker.is_connected("A")
+    site.broker.terminal_disconnected("A", "conn-1")  # what the relay does first
+    assert not site.broker.is_connected("A")
+    assert _kind(site.connect("A", connection="conn-2")) is ScreenKind.LOGIN  # login ended
+    assert site.broker.terminal_disconnected("A", "conn-1") == []  # old one reported late
+    assert _kind(site.broker.assignment("A")) is ScreenKind.LOGIN
+    site.broker.terminal_disconnected("A", "conn-2")
+    with pytest.raises(NotConnectedError):
+        site.broker.assignment("A")
+
+
+def test_paired_desktop_not_running_shows_progress_then_the_desktop() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    site.apply(site.broker.desktop_unavailable("d1"))
+    assert _kind(site.connect("t1")) is ScreenKind.UNAVAILABLE
+    site.apply(site.broker.desktop_starting("d1", 0.5))
+    assert site.screens["t1"] == ShowScreen(
+        ScreenKind.STARTING, "Starting the desktop.", desktop="d1", progress=0.5
+    )
+    site.apply(site.broker.desktop_available("d1"))
+    assert _is_desktop(site.screens["t1"], "d1")
+
+
+def test_desktops_not_registered_in_this_run_are_unavailable(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "db")
+    site = Site(PAIRING, store)
+    site.broker.pair("t1", "d1", "admin")
+    store_again = store  # the same database, a new broker that registered nothing
+    broker = Broker(store_again, PAIRING, clock=site.clock, hasher=CHEAP)
+    assert _kind(broker.terminal_connected("t1")) is ScreenKind.UNAVAILABLE
+    broker.register_desktop("d1", "xvnc")
+    assert _is_desktop(broker.assignment("t1"), "d1")
+
+
+# Random sequences of every event, with invariants checked after each step.
+
+TERMINALS = ("t1", "t2", "t3", "t4")
+USERS = {
+    "alice": ("1111", "d1"),
+    "bob": ("2222", None),
+    "carol": ("3333", "d2"),
+    "dave": ("4444", None),
+}
+SECRETS = {name: secret for name, (secret, _) in USERS.items()}
+ALL_DESKTOPS = (*OWN_DESKTOPS, "p1", "p2", "r1")
+
+
+class BrokerMachine(RuleBasedStateMachine):
+    """A relay's view of a site, driven by random events.
+
+    The machine keeps its own model of what justifies a desktop (pairings,
+    logins, shadow grants, user desktops) from the broker's answers and the
+    audit log, and checks each assignment against it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="thinserve-broker-"))
+        self.path = self.dir / "thinserve.db"
+        self.screens: dict[str, Assignment] = {}
+
+    @initialize(unknown=st.sampled_from(["pairing", "login", "pool"]), codes=st.booleans())
+    def start(self, unknown: str, codes: bool) -> None:
+        self.config = BrokerConfig(
+            unknown_terminal=unknown,
+            pairing_codes=codes or unknown == "pairing",
+            hot_desk=True,
+            pools={"lab": ("p1",), "roam": ("r1", "p2")},  # scarce, so terminals wait
+            default_pool="lab",
+            user_pool="roam",
+            login_failures_per_terminal=RateLimit(3, 60.0),
+            login_failures_per_user=RateLimit(4, 300.0),
+            code_failures_per_actor=RateLimit(3, 300.0),
+        )
+        self.clock = Clock()
+        self._open()
+        for name, (secret, desktop) in USERS.items():
+            self.broker.add_user(name, secret, "admin", desktop=desktop)
+        self.pairings: dict[str, str] = {}
+        self.user_desktops = {name: desktop for name, (_, desktop) in USERS.items()}
+
+    def _open(self) -> None:
+        self.store = SqliteStore(self.path)
+        self.broker = Broker(self.store, self.config, clock=self.clock, hasher=CHEAP)
+        for name in ALL_DESKTOPS:
+            self.broker.register_desktop(name, "test")
+        self.screens: dict[str, Assignment] = {}
+        self.logins: dict[str, str] = {}
+        self.watching: dict[str, str] = {}
+
+    def teardown(self) -> None:
+        if hasattr(self, "store"):
+            self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _apply(self, changes: list[Change]) -> None:
+        for terminal_id, assignment in changes:
+            assert terminal_id in self.screens, f"change for unconnected {terminal_id}"
+            if _kind(assignment) is ScreenKind.KICKED:
+                del self.screens[terminal_id]
+            else:
+                self.screens[terminal_id] = assignment
+
+    def _last_action(self) -> str:
+        return self.store.list_audit()[-1].action
+
+    def _forget(self, terminal_id: str) -> None:
+        self.logins.pop(terminal_id, None)
+        self.watching.pop(terminal_id, None)
+
+    def _owned(self, desktop: str) -> bool:
+        return self.config.pool_of(desktop) is not None or desktop in self.user_desktops.values()
+
+    # Terminal events.
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def connect(self, terminal: str) -> None:
+        """A connection arrives; as the relay does, close an old one for the id first."""
+        if terminal in self.screens:
+            with pytest.raises(AlreadyConnectedError):
+                self.broker.terminal_connected(terminal, TerminalInfo())
+            self.disconnect(terminal)
+        self.screens[terminal] = self.broker.terminal_connected(terminal, TerminalInfo())
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def disconnect(self, terminal: str) -> None:
+        self.screens.pop(terminal, None)
+        self._forget(terminal)
+        self._apply(self.broker.terminal_disconnected(terminal))
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def login_needs_a_connection(self, terminal: str) -> None:
+        if terminal not in self.screens:
+            with pytest.raises(NotConnectedError):
+                self.broker.login(terminal, "alice", SECRETS["alice"])
+
+    @rule(
+        terminal=st.sampled_from(TERMINALS),
+        user=st.sampled_from(sorted(USERS)),
+        right=st.sampled_from([True] * 3 + [False]),
+    )
+    def login(self, terminal: str, user: str, right: bool) -> None:
+        """A user logs in (the terminal connects first if it has not)."""
+        if terminal not in self.screens:
+            self.connect(terminal)
+        secret = SECRETS[user] if right else "bad"
+        written = len(self.store.list_audit(limit=100_000))
+        self._apply(self.broker.login(terminal, user, secret))
+        actions = [e.action for e in self.store.list_audit(after_id=0, limit=100_000)[written:]]
+        for action in actions:
+            event(f"login: {action}")
+        if "login" not in actions:
+            # refused while rate-limited (audited once per lockout) or a wrong secret
+            assert set(actions) <= {"login-failed", "login-refused"}
+            if right:
+                assert "login-failed" not in actions
+                shown = self.screens[terminal]
+                fallback = isinstance(shown, ShowScreen) and shown.kind in FALLBACK_SCREENS
+                if fallback and terminal not in self.logins:
+                    assert "Too many" in shown.message  # type: ignore[union-attr]
+            return
+        assert right and actions[-1] == "login"
+        self.logins = {t: u for t, u in self.logins.items() if u != user}
+        self.logins[terminal] = user
+        self.watching.pop(terminal, None)
+
+    @rule(
+        user=st.sampled_from(sorted(USERS)),
+        first=st.sampled_from(TERMINALS),
+        second=st.sampled_from(TERMINALS),
+    )
+    def walk_to_another_terminal(self, user: str, first: str, second: str) -> None:
+        """Hot-desking: log in at one terminal, then at another."""
+        self.login(first, user, True)
+        self.login(second, user, True)
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def logout(self, terminal: str) -> None:
+        self._apply(self.broker.logout(terminal))
+        self.logins.pop(terminal, None)
+
+    # Administration.
+
+    @rule(terminal=st.sampled_from(TERMINALS), desktop=st.sampled_from(ALL_DESKTOPS))
+    def pair(self, terminal: str, desktop: str) -> None:
+        if self._owned(desktop):
+            with pytest.raises(BrokerError):
+                self.broker.pair(terminal, desktop, "admin")
+            return
+        self._apply(self.broker.pair(terminal, desktop, "admin"))
+        event("paired")
+        self.pairings = {t: d for t, d in self.pairings.items() if d != desktop}
+        self.pairings[terminal] = desktop
+
+    def _showing_codes(self) -> list[str]:
+        return sorted(t for t, a in self.screens.items() if isinstance(a, ShowScreen) and a.code)
+
+    @precondition(lambda self: self._showing_codes())
+    @rule(data=st.data(), desktop=st.sampled_from(OWN_DESKTOPS), right=st.booleans())
+    def pair_code(self, data: st.DataObject, desktop: str, right: bool) -> None:
+        terminal = data.draw(st.sampled_from(self._showing_codes()), label="terminal")
+        shown = self.screens[terminal]
+        assert isinstance(shown, ShowScreen) and shown.code is not None
+        code = shown.code if right else "ZZZ-ZZZ"
+        if self._owned(desktop):
+            with pytest.raises(BrokerError):
+                self.broker.pair_code(code, desktop, "admin", terminal_id=terminal)
+            return
+        try:
+            self._apply(self.broker.pair_code(code, desktop, "admin", terminal_id=terminal))
+        except PairingCodeError as failed:
+            self._apply(failed.changes)
+            assert not right or self._last_action() == "pair-code-refused"
+            event(f"pair code: {self._last_action()}")
+            return
+        assert right
+        event("pair code: paired")
+        self.pairings = {t: d for t, d in self.pairings.items() if d != desktop}
+        self.pairings[terminal] = desktop
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def unpair(self, terminal: str) -> None:
+        self._apply(self.broker.unpair(terminal, "admin"))
+        self.pairings.pop(terminal, None)
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def kick(self, terminal: str) -> None:
+        connected = terminal in self.screens
+        changes = self.broker.kick(terminal, "admin")
+        if connected:
+            assert changes[0].terminal_id == terminal
+            assert _kind(changes[0].assignment) is ScreenKind.KICKED
+        else:
+            assert changes == []
+        self._apply(changes)
+        self._forget(terminal)
+
+    @rule(terminal=st.sampled_from(TERMINALS), desktop=st.sampled_from(ALL_DESKTOPS))
+    def shadow(self, terminal: str, desktop: str) -> None:
+        if terminal not in self.screens:
+            self.connect(terminal)
+        self._apply(self.broker.shadow(terminal, desktop, "admin"))
+        self.logins.pop(terminal, None)
+        self.watching[terminal] = desktop
+
+    @rule(terminal=st.sampled_from(TERMINALS))
+    def unshadow(self, terminal: str) -> None:
+        self._apply(self.broker.unshadow(terminal, "admin"))
+        self.watching.pop(terminal, None)
+
+    @rule(user=st.sampled_from(sorted(USERS)), desktop=st.sampled_from((None, *OWN_DESKTOPS)))
+    def set_user_desktop(self, user: str, desktop: str | None) -> None:
+        others = {d for u, d in self.user_desktops.items() if u != user}
+        if desktop is not None and (desktop in others or desktop in self.pairings.values()):
+            with pytest.raises(BrokerError):
+                self.broker.set_user_desktop(user, desktop, "admin")
+            return
+        self._apply(self.broker.set_user_desktop(user, desktop, "admin"))
+        self.user_desktops[user] = desktop
+
+    @rule(desktop=st.sampled_from(ALL_DESKTOPS), state=st.sampled_from(DesktopState))
+    def desktop_state(self, desktop: str, state: DesktopState) -> None:
+        report = {
+            DesktopState.READY: self.broker.desktop_available,
+            DesktopState.STARTING: self.broker.desktop_starting,
+            DesktopState.UNAVAILABLE: self.broker.desktop_unavailable,
+        }[state]
+        self._apply(report(desktop))
+
+    @rule(seconds=st.sampled_from([1.0, 30.0, 400.0, 700.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self._apply(self.broker.tick())
+
+    @rule()
+    def restart(self) -> None:
+        """Close and reopen the database: what persists must come back equal."""
+        before = self._persistent()
+        self.store.close()
+        self._open()
+        assert self._persistent() == before
+        assert all(s.ended is not None for s in self.store.list_sessions(limit=10_000))
+
+    def _persistent(self) -> tuple:
+        users = self.store.list_users()
+        return (
+            self.store.list_pairings(),
+            users,
+            [self.store.user_secret_hash(u.name) for u in users],
+            self.store.list_audit(limit=100_000),
+            self.store.list_terminals(),
+        )
+
+    # Invariants.
+
+    @invariant()
+    def relay_view_matches_the_broker(self) -> None:
+        if not hasattr(self, "broker"):
+            return
+        assert set(self.broker.snapshot().connected) == set(self.screens)
+        for terminal, shown in self.screens.items():
+            assert self.broker.assignment(terminal) == shown
+
+    @invariant()
+    def note_screens(self) -> None:
+        for shown in self.screens.values():
+            kind = _kind(shown)
+            event(f"shown: {kind.value if kind else 'desktop'}")
+
+    @invariant()
+    def nothing_is_left_unsaid(self) -> None:
+        """Every event returned all its changes: recomputing now changes nothing."""
+        if hasattr(self, "broker"):
+            assert self.broker.tick() == []
+
+    @invariant()
+    def one_controller_per_desktop(self) -> None:
+        controlled = [
+            a.desktop for a in self.screens.values() if isinstance(a, ShowDesktop) and a.control
+        ]
+        assert len(controlled) == len(set(controlled))
+
+    @invariant()
+    def every_desktop_shown_is_justified(self) -> None:
+        if not hasattr(self, "broker"):
+            return
+        leases = self.broker.snapshot().leases
+        for terminal, shown in self.screens.items():
+            if not isinstance(shown, ShowDesktop):
+                continue
+            assert self._justified(terminal, shown, leases), (terminal, shown)
+
+    def _justified(self, terminal: str, shown: ShowDesktop, leases: dict) -> bool:
+        if not shown.control:
+            return self.watching.get(terminal) == shown.desktop
+        if terminal in self.watching:
+            return False
+        user = self.logins.get(terminal)
+        if user is not None:
+            own = self.user_desktops[user]
+            if own is not None:
+                return shown.desktop == own
+            return (
+                leases.get(shown.desktop) == ("user", user)
+                and self.config.pool_of(shown.desktop) == "roam"
+            )
+        if terminal in self.pairings:
+            return shown.desktop == self.pairings[terminal]
+        return (
+            self.config.unknown_terminal == "pool"
+            and leases.get(shown.desktop) == ("terminal", terminal)
+            and self.config.pool_of(shown.desktop) == "lab"
+        )
+
+    @invariant()
+    def model_matches_the_store(self) -> None:
+        if not hasattr(self, "broker"):
+            return
+        assert {p.terminal_id: p.desktop for p in self.store.list_pairings()} == self.pairings
+        assert {u.name: u.desktop for u in self.store.list_users()} == self.user_desktops
+        assert self.broker.snapshot().logins == self.logins
+
+    @invariant()
+    def pairing_codes_on_screen_are_the_stored_ones(self) -> None:
+        for terminal, shown in self.screens.items():
+            if isinstance(shown, ShowScreen) and shown.code is not None:
+                stored = self.store.pairing_code_for(terminal)
+                assert stored is not None
+                assert stored.code == normalise_code(shown.code, self.config.code_length)
+
+
+BrokerMachine.TestCase.settings = settings(
+    max_examples=250,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
+test_broker_invariants_hold_under_random_events = BrokerMachine.TestCase

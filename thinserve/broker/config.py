@@ -1,0 +1,164 @@
+"""Which policies a site runs, and their limits."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .ratelimit import RateLimit
+
+UNKNOWN_TERMINAL_CHOICES = ("pairing", "login", "pool")
+
+CODE_FAILURES_PER_ACTOR = RateLimit(10, 600.0)
+CODE_FAILURES_TOTAL = RateLimit(30, 600.0)
+LOGIN_FAILURES_PER_TERMINAL = RateLimit(5, 60.0)
+LOGIN_FAILURES_PER_USER = RateLimit(10, 900.0)
+
+
+class BrokerConfigError(ValueError):
+    """The broker configuration contradicts itself; the message says how."""
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """The broker's policies.  Explicit pairings made by an administrator are
+    always honoured; everything else is switched here.
+
+    unknown_terminal: what a terminal with no pairing (and nobody logged in)
+      sees: "pairing" (its id and a pairing code), "login" (the hot-desk
+      login screen) or "pool" (the first free desktop of ``default_pool``).
+    pools: pool name -> desktop names, in the order they are handed out.
+    hot_desk: users may log in at any terminal and their desktop follows them.
+    user_pool: the pool that lends a desktop to a logged-in user who has no
+      desktop of their own (None: such users cannot log in).
+    """
+
+    unknown_terminal: str = "pairing"
+    pairing_codes: bool = True
+    code_lifetime: float = 600.0
+    code_length: int = 6
+    code_tries: int = 3  # wrong tries aimed at one terminal before its code is replaced
+    code_failures_per_actor: RateLimit = CODE_FAILURES_PER_ACTOR
+    code_failures_total: RateLimit = CODE_FAILURES_TOTAL
+    pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    default_pool: str | None = None
+    hot_desk: bool = False
+    user_pool: str | None = None
+    login_failures_per_terminal: RateLimit = LOGIN_FAILURES_PER_TERMINAL
+    login_failures_per_user: RateLimit = LOGIN_FAILURES_PER_USER
+
+    def __post_init__(self) -> None:
+        pools = MappingProxyType({str(k): tuple(v) for k, v in self.pools.items()})
+        object.__setattr__(self, "pools", pools)
+        self._check_choice()
+        self._check_pools()
+        if not 60.0 <= self.code_lifetime <= 86400.0:
+            raise BrokerConfigError("code_lifetime: between 60 and 86400 seconds")
+        if not 5 <= self.code_length <= 12:
+            raise BrokerConfigError("code_length: between 5 and 12 characters")
+        if self.code_tries < 1:
+            raise BrokerConfigError("code_tries: at least 1")
+
+    def _check_choice(self) -> None:
+        if self.unknown_terminal not in UNKNOWN_TERMINAL_CHOICES:
+            raise BrokerConfigError(
+                f"unknown_terminal {self.unknown_terminal!r}: use one of "
+                + ", ".join(UNKNOWN_TERMINAL_CHOICES)
+            )
+        if self.unknown_terminal == "pairing" and not self.pairing_codes:
+            raise BrokerConfigError('unknown_terminal = "pairing" needs pairing_codes on')
+        if self.unknown_terminal == "login" and not self.hot_desk:
+            raise BrokerConfigError('unknown_terminal = "login" needs hot_desk on')
+        if self.unknown_terminal == "pool" and self.default_pool is None:
+            raise BrokerConfigError('unknown_terminal = "pool" needs default_pool')
+
+    def _check_pools(self) -> None:
+        seen: dict[str, str] = {}
+        for pool, desktops in self.pools.items():
+            if not desktops:
+                raise BrokerConfigError(f"pool {pool!r} has no desktops")
+            for desktop in desktops:
+                if desktop in seen:
+                    raise BrokerConfigError(
+                        f"desktop {desktop!r} is in pools {seen[desktop]!r} and {pool!r}"
+                    )
+                seen[desktop] = pool
+        for name, pool in (("default_pool", self.default_pool), ("user_pool", self.user_pool)):
+            if pool is not None and pool not in self.pools:
+                raise BrokerConfigError(f"{name} {pool!r} is not one of the pools")
+
+    def pool_of(self, desktop: str) -> str | None:
+        """The pool ``desktop`` belongs to, or None."""
+        for pool, desktops in self.pools.items():
+            if desktop in desktops:
+                return pool
+        return None
+
+
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "unknown_terminal": (str,),
+    "pairing_codes": (bool,),
+    "code_lifetime": (int, float),
+    "code_length": (int,),
+    "code_tries": (int,),
+    "default_pool": (str,),
+    "hot_desk": (bool,),
+    "user_pool": (str,),
+}
+_LIMITS = (
+    "code_failures_per_actor",
+    "code_failures_total",
+    "login_failures_per_terminal",
+    "login_failures_per_user",
+)
+
+
+def from_mapping(data: Mapping[str, object], where: str = "[broker]") -> BrokerConfig:
+    """A BrokerConfig from a parsed TOML table (see docs/broker.md).
+
+    Rate limits are written ``[failures, window_seconds]``; pools as a table
+    of name = [desktop names].
+    """
+    unknown = set(data) - set(_SCALARS) - set(_LIMITS) - {"pools"}
+    if unknown:
+        raise BrokerConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    kwargs: dict[str, object] = {}
+    for key, types in _SCALARS.items():
+        if key in data:
+            value = data[key]
+            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+                raise BrokerConfigError(f"{where} {key}: expected {types[0].__name__}")
+            kwargs[key] = value
+    for key in _LIMITS:
+        if key in data:
+            kwargs[key] = _limit(data[key], f"{where} {key}")
+    if "pools" in data:
+        kwargs["pools"] = _pools(data["pools"], f"{where} pools")
+    try:
+        return BrokerConfig(**kwargs)  # type: ignore[arg-type]
+    except BrokerConfigError as exc:
+        raise BrokerConfigError(f"{where}: {exc}") from None
+
+
+def _limit(value: object, where: str) -> RateLimit:
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and isinstance(value[1], int | float)
+        and not any(isinstance(v, bool) for v in value)
+    ):
+        try:
+            return RateLimit(value[0], float(value[1]))
+        except ValueError:
+            pass
+    raise BrokerConfigError(f"{where}: write [failures, window_seconds], e.g. [5, 60]")
+
+
+def _pools(value: object, where: str) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(v, list) and all(isinstance(d, str) for d in v) for v in value.values()
+    ):
+        raise BrokerConfigError(f'{where}: a table of name = ["desktop", ...]')
+    return {str(k): tuple(v) for k, v in value.items()}

@@ -1,0 +1,868 @@
+"""The broker: which desktop, or which screen, each terminal shows.
+
+Events come in (a terminal connects, a user logs in, an administrator
+pairs); decisions go out as ``Change(terminal_id, assignment)`` values for
+the relay to apply in order.  After every event the broker recomputes what
+every connected terminal should show from what justifies it, in this order:
+
+1. an administrator's shadow grant: the desktop, view-only;
+2. a user logged in at the terminal (hot-desking): the user's desktop;
+3. the terminal's pairing;
+4. the terminal's pool lease;
+5. otherwise the site's fallback screen (pairing code, login, or waiting
+   for a pool desktop).
+
+A desktop has one owner (a pairing, a user, or a pool), so at most one
+terminal can claim control of it; a guard still refuses a second claim
+should the store ever say otherwise.  See docs/broker.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Collection, Hashable, Sequence
+from dataclasses import dataclass, field
+
+from ..secrets import SecretHasher
+from ..store.base import ConflictError, Desktop, Pairing, PairingCode, Store, Terminal, User
+from . import codes
+from .assignment import Assignment, Change, ScreenKind, ShowDesktop, ShowScreen, _grant
+from .config import BrokerConfig
+from .ratelimit import FailureLimiter
+from .states import DesktopState
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "thinserve"  # the actor for what the broker does on its own
+MAX_ID = 128
+_USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+Holder = tuple[str, str]  # ("terminal", id) or ("user", name): who holds a pool lease
+
+
+class BrokerError(Exception):
+    """A request the broker refuses; the message says why."""
+
+
+class NotConnectedError(BrokerError):
+    """The terminal named is not connected."""
+
+
+class AlreadyConnectedError(BrokerError):
+    """terminal_connected for a terminal that is still connected."""
+
+
+class PairingCodeError(BrokerError):
+    """A pairing code was wrong, expired, used, or tried too often.
+
+    ``changes`` must still be applied: a terminal whose code was locked
+    shows a new one.
+    """
+
+    def __init__(self, message: str, changes: Sequence[Change] = ()) -> None:
+        super().__init__(message)
+        self.changes = list(changes)
+
+
+@dataclass(frozen=True)
+class TerminalInfo:
+    """What a terminal says about itself.  Recorded, never trusted."""
+
+    name: str = ""
+    model: str = ""
+    address: str = ""
+    screen_width: int = 0
+    screen_height: int = 0
+
+
+@dataclass
+class _Connection:
+    handle: Hashable | None
+    notice: str = ""  # a line for the fallback screen, e.g. why a login failed
+    refusal_noted_until: float = 0.0  # rate-limited logins are audited once until then
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """A read-only picture of the broker's live state (dashboards, tests)."""
+
+    connected: tuple[str, ...]
+    logins: dict[str, str]  # terminal -> user
+    leases: dict[str, Holder]  # desktop -> holder
+    watchers: dict[str, str]  # terminal -> desktop watched
+    desktops: dict[str, DesktopState]
+    shown: dict[str, Assignment] = field(default_factory=dict)
+
+
+class Broker:
+    """Decides what each terminal shows.  Single-threaded: call from one thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: BrokerConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        hasher: SecretHasher | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config or BrokerConfig()
+        self._clock = clock
+        self._hasher = hasher or SecretHasher()
+        self._conns: dict[str, _Connection] = {}
+        self._logins: dict[str, str] = {}
+        self._watch: dict[str, str] = {}
+        self._leases: dict[str, Holder] = {}
+        self._waiting: list[Holder] = []
+        self._states: dict[str, DesktopState] = {}
+        self._progress: dict[str, float | None] = {}
+        self._shown: dict[str, Assignment] = {}
+        self._controller: dict[str, str] = {}  # desktop -> terminal in control
+        self._sessions: dict[str, int] = {}  # terminal -> open session record
+        self._code_expiry: dict[str, float] = {}
+        self._pending: list[Change] = []
+        self._login_by_terminal = FailureLimiter(self.config.login_failures_per_terminal)
+        self._login_by_user = FailureLimiter(self.config.login_failures_per_user)
+        self._codes_by_actor = FailureLimiter(self.config.code_failures_per_actor)
+        self._codes_total = FailureLimiter(self.config.code_failures_total)
+        ended = store.end_open_sessions(self._clock())
+        if ended:
+            log.info("closed %d session records left open by the last run", ended)
+
+    # Desktops: the relay registers its desktops and reports their state.
+
+    def register_desktop(
+        self, name: str, backend: str, state: DesktopState = DesktopState.READY
+    ) -> list[Change]:
+        """Make ``name`` known (call for every configured desktop at startup).
+
+        Desktops not registered in this run are unavailable to everyone.
+        """
+        _check_text(name, "desktop name")
+        self.store.upsert_desktop(Desktop(name, backend, self.config.pool_of(name)))
+        self._states[name] = state
+        self._progress[name] = None
+        return self._settle()
+
+    def desktop_available(self, desktop: str) -> list[Change]:
+        """``desktop`` is running and can be shown."""
+        return self._set_state(desktop, DesktopState.READY, None)
+
+    def desktop_starting(self, desktop: str, progress: float | None = None) -> list[Change]:
+        """``desktop`` is starting; its terminals show progress (0..1) if known."""
+        if progress is not None:
+            progress = min(max(float(progress), 0.0), 1.0)
+        return self._set_state(desktop, DesktopState.STARTING, progress)
+
+    def desktop_unavailable(self, desktop: str) -> list[Change]:
+        """``desktop`` cannot be used; a pool lease on it is given up."""
+        return self._set_state(desktop, DesktopState.UNAVAILABLE, None)
+
+    def _set_state(self, desktop: str, state: DesktopState, progress: float | None) -> list[Change]:
+        if desktop not in self._states:
+            raise BrokerError(f"desktop {desktop!r} is not registered")
+        self._states[desktop] = state
+        self._progress[desktop] = progress
+        return self._settle()
+
+    # Terminals.
+
+    def terminal_connected(
+        self,
+        terminal_id: str,
+        info: TerminalInfo | None = None,
+        connection: Hashable | None = None,
+    ) -> Assignment:
+        """A terminal connected; return what it must show.
+
+        A new terminal never changes what another terminal shows, so this
+        returns one assignment rather than a list of changes.  If
+        ``terminal_id`` is still connected (a reboot the old TCP connection
+        has not noticed, or another device using the same id), this raises
+        AlreadyConnectedError: the relay closes the old connection and calls
+        ``terminal_disconnected(terminal_id, old_handle)`` first, applying
+        what that returns.  Pass ``connection`` handles so that an old
+        connection reported closed late cannot disconnect a newer one.
+        """
+        _check_text(terminal_id, "terminal id")
+        if terminal_id in self._conns:
+            raise AlreadyConnectedError(
+                f"terminal {terminal_id!r} is already connected; "
+                "call terminal_disconnected for the old connection first"
+            )
+        info = info or TerminalInfo()
+        now = self._clock()
+        with self.store.atomic():
+            if self.store.get_terminal(terminal_id) is None:
+                self._audit(SYSTEM, "terminal-new", terminal_id, _describe(info))
+            self.store.upsert_terminal(_terminal(terminal_id, info, now))
+        self._conns[terminal_id] = _Connection(connection)
+        others = [c for c in self._settle(refresh=(terminal_id,)) if c.terminal_id != terminal_id]
+        if others:  # cannot happen by the rules above; never lose a change if it does
+            log.error("connecting %s changed other terminals: %s", terminal_id, others)
+            self._pending.extend(others)
+        return self._shown[terminal_id]
+
+    def is_connected(self, terminal_id: str) -> bool:
+        return terminal_id in self._conns
+
+    def terminal_disconnected(
+        self, terminal_id: str, connection: Hashable | None = None
+    ) -> list[Change]:
+        """A terminal went away: its login ends, its pool lease is freed."""
+        conn = self._conns.get(terminal_id)
+        if conn is None or (connection is not None and conn.handle != connection):
+            return self._take([])
+        self._drop(terminal_id, "terminal disconnected")
+        return self._settle()
+
+    def assignment(self, terminal_id: str) -> Assignment:
+        """What a connected terminal shows now (NotConnectedError otherwise)."""
+        if terminal_id not in self._shown:
+            raise NotConnectedError(f"terminal {terminal_id!r} is not connected")
+        return self._shown[terminal_id]
+
+    def tick(self) -> list[Change]:
+        """Expire pairing codes and refresh the screens showing them.
+
+        Call every few seconds, or at ``next_deadline()``.
+        """
+        now = self._clock()
+        self.store.delete_expired_pairing_codes(now)
+        for limiter in self._limiters():
+            limiter.prune(now)
+        return self._settle()
+
+    def next_deadline(self) -> float | None:
+        """When the earliest pairing code on screen expires, if any."""
+        return min(self._code_expiry.values(), default=None)
+
+    def snapshot(self) -> BrokerState:
+        return BrokerState(
+            connected=tuple(self._conns),
+            logins=dict(self._logins),
+            leases=dict(self._leases),
+            watchers=dict(self._watch),
+            desktops=dict(self._states),
+            shown=dict(self._shown),
+        )
+
+    # Hot-desking.
+
+    def login(self, terminal_id: str, user: str, secret: str) -> list[Change]:
+        """A user logs in at a terminal.
+
+        Success: the user's desktop moves to this terminal; the terminal
+        that had it falls back to its login (or pairing) screen.  Failure:
+        the login screen says why.  Failures are rate-limited per terminal
+        and per user name, and every attempt is audited.
+        """
+        conn = self._connected(terminal_id)
+        if not self.config.hot_desk:
+            raise BrokerError("hot-desking is off")
+        now = self._clock()
+        actor = f"user:{_printable(user, 64)}"
+        wait = self._login_wait(terminal_id, user, now)
+        if wait > 0:
+            if now >= conn.refusal_noted_until:  # one audit line per lockout, not per try
+                self._audit(actor, "login-refused", terminal_id, f"rate limited for {wait} s")
+                conn.refusal_noted_until = now + wait
+            conn.notice = f"Too many failed attempts. Try again in {wait} seconds."
+            return self._settle()
+        if not self._check_secret(user, secret):
+            self._login_failed(conn, terminal_id, user, now)
+            return self._settle()
+        return self._login_ok(conn, terminal_id, user)
+
+    def logout(self, terminal_id: str) -> list[Change]:
+        """The user at ``terminal_id`` logs out; the terminal falls back."""
+        user = self._logins.pop(terminal_id, None)
+        if user is None:
+            return self._take([])
+        self._audit(f"user:{user}", "logout", terminal_id)
+        self._conns[terminal_id].notice = ""
+        return self._settle()
+
+    def _login_wait(self, terminal_id: str, user: str, now: float) -> int:
+        wait = max(
+            self._login_by_terminal.retry_after(terminal_id, now),
+            self._login_by_user.retry_after(_user_key(user), now),
+        )
+        return math.ceil(wait)
+
+    def _check_secret(self, user: str, secret: str) -> bool:
+        stored = self.store.user_secret_hash(user) if _USER_NAME.fullmatch(user) else None
+        if not self._hasher.verify(stored, secret):
+            return False
+        if stored is not None and self._hasher.needs_rehash(stored):
+            self.store.set_user_secret_hash(user, self._hasher.hash(secret))
+        return True
+
+    def _login_failed(self, conn: _Connection, terminal_id: str, user: str, now: float) -> None:
+        self._login_by_terminal.failed(terminal_id, now)
+        self._login_by_user.failed(_user_key(user), now)
+        self._audit(f"user:{_printable(user, 64)}", "login-failed", terminal_id, "wrong secret")
+        conn.notice = "Wrong user name or password."
+
+    def _login_ok(self, conn: _Connection, terminal_id: str, user: str) -> list[Change]:
+        actor = f"user:{user}"
+        if self._own_desktop(user) is None and self.config.user_pool is None:
+            self._audit(actor, "login-failed", terminal_id, "no desktop for this user")
+            conn.notice = f"No desktop is set up for {user}; ask the administrator."
+            return self._settle()
+        self._login_by_user.clear(_user_key(user))
+        with self.store.atomic():
+            self._end_login_elsewhere(terminal_id, user)
+            self._watch.pop(terminal_id, None)
+            self._logins[terminal_id] = user
+            conn.notice = ""
+            self._audit(actor, "login", terminal_id)
+        return self._settle()
+
+    def _end_login_elsewhere(self, terminal_id: str, user: str) -> None:
+        previous = self._terminal_of(user)
+        if previous is not None and previous != terminal_id:
+            del self._logins[previous]
+            self._conns[previous].notice = "The session moved to another terminal."
+            self._audit(f"user:{user}", "takeover", terminal_id, f"from terminal {previous}")
+        replaced = self._logins.get(terminal_id)
+        if replaced is not None and replaced != user:
+            self._audit(f"user:{replaced}", "logout", terminal_id, f"replaced by {user}")
+
+    # Users (administration).
+
+    def add_user(
+        self, name: str, secret: str, actor: str, desktop: str | None = None
+    ) -> list[Change]:
+        """Create a hot-desking user, optionally with their own desktop."""
+        _check_user_name(name)
+        _check_text(actor, "actor")
+        with self.store.atomic():
+            if self.store.get_user(name) is not None:
+                raise BrokerError(f"user {name!r} exists already")
+            if desktop is not None:
+                self._check_owner_free(desktop, user=name)
+            hashed = self._hasher.hash(secret)
+            self.store.add_user(User(name, desktop, self._clock()), hashed)
+            self._audit(actor, "user-add", name, f"desktop {desktop}" if desktop else "")
+        return self._settle()
+
+    def set_user_secret(self, name: str, secret: str, actor: str) -> None:
+        _check_text(actor, "actor")
+        hashed = self._hasher.hash(secret)
+        with self.store.atomic():
+            self._user(name)
+            self.store.set_user_secret_hash(name, hashed)
+            self._audit(actor, "user-secret", name)
+
+    def set_user_desktop(self, name: str, desktop: str | None, actor: str) -> list[Change]:
+        """Give ``name`` their own desktop (None: none; they borrow from user_pool)."""
+        _check_text(actor, "actor")
+        with self.store.atomic():
+            self._user(name)
+            if desktop is not None:
+                self._check_owner_free(desktop, user=name)
+            self.store.set_user_desktop(name, desktop)
+            self._audit(actor, "user-desktop", name, f"desktop {desktop}")
+        return self._settle()
+
+    def delete_user(self, name: str, actor: str) -> list[Change]:
+        """Remove a user; if logged in, their terminal falls back."""
+        _check_text(actor, "actor")
+        with self.store.atomic():
+            self._user(name)
+            terminal = self._terminal_of(name)
+            if terminal is not None:
+                del self._logins[terminal]
+                self._audit(actor, "logout", terminal, f"user {name} deleted")
+            self.store.delete_user(name)
+            self._audit(actor, "user-delete", name)
+        return self._settle()
+
+    def _user(self, name: str) -> User:
+        user = self.store.get_user(name)
+        if user is None:
+            raise BrokerError(f"no user {name!r}")
+        return user
+
+    # Pairing (administration).
+
+    def pair(self, terminal_id: str, desktop: str, actor: str) -> list[Change]:
+        """Pair a terminal (connected or not) with a desktop.
+
+        The terminal's previous pairing and the desktop's previous terminal
+        are released.  Pool desktops and users' desktops cannot be paired.
+        """
+        _check_text(terminal_id, "terminal id")
+        _check_text(actor, "actor")
+        with self.store.atomic():
+            self._check_owner_free(desktop)
+            self._pair(terminal_id, desktop, actor, "")
+        return self._settle()
+
+    def pair_code(
+        self, code: str, desktop: str, actor: str, terminal_id: str | None = None
+    ) -> list[Change]:
+        """Pair the terminal showing ``code`` with ``desktop``.
+
+        Codes are single use and expire.  Wrong codes are rate-limited per
+        actor and in total; with ``terminal_id`` (the dashboard row the code
+        was typed into) wrong tries also count against that terminal's code,
+        which is replaced after ``code_tries`` of them.  Raises
+        PairingCodeError on any wrong, expired or used code.
+        """
+        if not self.config.pairing_codes:
+            raise BrokerError("pairing codes are off")
+        _check_text(actor, "actor")
+        now = self._clock()
+        wait = self._code_wait(actor, now)
+        if wait > 0:
+            self._audit(actor, "pair-code-refused", terminal_id or "", f"rate limited for {wait} s")
+            raise PairingCodeError(f"too many wrong codes; try again in {wait} seconds")
+        paired = False
+        with self.store.atomic():
+            self._check_owner_free(desktop)
+            record = self._valid_code(code, terminal_id, now)
+            if record is not None and self.store.consume_pairing_code(record.code, now):
+                self._pair(record.terminal_id, desktop, actor, " with a pairing code")
+                paired = True
+        if paired:
+            return self._settle()
+        raise PairingCodeError(
+            "no such pairing code, or it expired or was used",
+            self._code_failed(code, terminal_id, actor, now),
+        )
+
+    def unpair(self, terminal_id: str, actor: str) -> list[Change]:
+        """Remove a terminal's pairing; if connected it falls back."""
+        _check_text(actor, "actor")
+        with self.store.atomic():
+            old = self.store.unpair(terminal_id)
+            if old is None:
+                return self._take([])
+            self._audit(actor, "unpair", terminal_id, f"desktop {old.desktop}")
+        return self._settle()
+
+    def _pair(self, terminal_id: str, desktop: str, actor: str, how: str) -> None:
+        old = self.store.pairing_for(terminal_id)
+        moved = self.store.pairing_for_desktop(desktop)
+        if moved is not None and moved.terminal_id != terminal_id:
+            self._audit(actor, "unpair", moved.terminal_id, f"desktop {desktop} moved")
+        self.store.pair(Pairing(terminal_id, desktop, self._clock(), actor))
+        code = self.store.pairing_code_for(terminal_id)
+        if code is not None:
+            self.store.delete_pairing_code(code.code)
+        replaced = f" (was {old.desktop})" if old and old.desktop != desktop else ""
+        self._audit(actor, "pair", terminal_id, f"desktop {desktop}{how}{replaced}")
+
+    def _code_wait(self, actor: str, now: float) -> int:
+        wait = max(
+            self._codes_by_actor.retry_after(actor, now),
+            self._codes_total.retry_after("", now),
+        )
+        return math.ceil(wait)
+
+    def _valid_code(self, text: str, terminal_id: str | None, now: float) -> PairingCode | None:
+        code = codes.normalise_code(text, self.config.code_length)
+        record = self.store.get_pairing_code(code) if code else None
+        if record is None or record.expires <= now or record.failures >= self.config.code_tries:
+            return None
+        if terminal_id is not None and record.terminal_id != terminal_id:
+            return None
+        return record
+
+    def _code_failed(
+        self, text: str, terminal_id: str | None, actor: str, now: float
+    ) -> list[Change]:
+        self._codes_by_actor.failed(actor, now)
+        self._codes_total.failed("", now)
+        shown = codes.normalise_code(text, self.config.code_length) or "(malformed)"
+        target = terminal_id or ""
+        self._audit(actor, "pair-code-failed", target, f"code {shown}")
+        refresh: tuple[str, ...] = ()
+        aimed = self.store.pairing_code_for(terminal_id) if terminal_id else None
+        if (
+            aimed is not None
+            and terminal_id is not None
+            and self.store.record_code_failure(aimed.code) >= self.config.code_tries
+        ):
+            self.store.delete_pairing_code(aimed.code)
+            self._audit(actor, "pair-code-locked", terminal_id, "a new code is shown")
+            refresh = (terminal_id,)
+        return self._settle(refresh=refresh)
+
+    # Control and watching.
+
+    def kick(self, terminal_id: str, actor: str) -> list[Change]:
+        """Disconnect a terminal: it shows KICKED, then the relay closes it.
+
+        Its login ends and its pool lease is freed; a pairing stays (unpair
+        for that).  A terminal that is not connected gives no changes.
+        """
+        _check_text(actor, "actor")
+        if terminal_id not in self._conns:
+            return self._take([])
+        user = self._logins.get(terminal_id)
+        shown = self._shown.get(terminal_id)
+        what = f"desktop {shown.desktop}" if isinstance(shown, ShowDesktop) else "no desktop"
+        self._audit(actor, "kick", terminal_id, what + (f", user {user}" if user else ""))
+        self._drop(terminal_id, f"kicked by {actor}")
+        kicked = ShowScreen(ScreenKind.KICKED, "Disconnected by the administrator.")
+        return [Change(terminal_id, kicked), *self._settle()]
+
+    def shadow(self, terminal_id: str, desktop: str, actor: str) -> list[Change]:
+        """Let a connected terminal (e.g. the dashboard's viewer) watch a desktop
+        view-only.  Anyone logged in there is logged out."""
+        self._connected(terminal_id)
+        _check_text(actor, "actor")
+        if desktop not in self._states:
+            raise BrokerError(f"desktop {desktop!r} is not registered")
+        user = self._logins.pop(terminal_id, None)
+        if user is not None:
+            self._audit(actor, "logout", terminal_id, f"user {user}, for shadowing")
+        self._watch[terminal_id] = desktop
+        self._audit(actor, "shadow", terminal_id, f"desktop {desktop} view-only")
+        return self._settle()
+
+    def unshadow(self, terminal_id: str, actor: str) -> list[Change]:
+        _check_text(actor, "actor")
+        desktop = self._watch.pop(terminal_id, None)
+        if desktop is None:
+            return self._take([])
+        self._audit(actor, "unshadow", terminal_id, f"desktop {desktop}")
+        return self._settle()
+
+    # Who owns what.
+
+    def _check_owner_free(self, desktop: str, user: str | None = None) -> None:
+        """Refuse to give ``desktop`` a second owner: a pool, a user other than
+        ``user``, or (when giving it to a user) a pairing.  A paired desktop
+        may be paired again: the pairing moves."""
+        if self.store.get_desktop(desktop) is None:
+            raise BrokerError(f"desktop {desktop!r} is not registered")
+        pool = self.config.pool_of(desktop)
+        if pool is not None:
+            raise BrokerError(f"desktop {desktop!r} belongs to pool {pool!r}")
+        owners = [u.name for u in self.store.users_with_desktop(desktop) if u.name != user]
+        if owners:
+            raise BrokerError(f"desktop {desktop!r} belongs to user {owners[0]!r}")
+        paired = self.store.pairing_for_desktop(desktop)
+        if user is not None and paired is not None:
+            raise BrokerError(f"desktop {desktop!r} is paired with {paired.terminal_id!r}")
+
+    def _own_desktop(self, user: str) -> str | None:
+        record = self.store.get_user(user)
+        if record is None or record.desktop is None:
+            return None
+        return None if self.config.pool_of(record.desktop) else record.desktop
+
+    def _terminal_of(self, user: str) -> str | None:
+        return next((t for t, u in self._logins.items() if u == user), None)
+
+    def _connected(self, terminal_id: str) -> _Connection:
+        conn = self._conns.get(terminal_id)
+        if conn is None:
+            raise NotConnectedError(f"terminal {terminal_id!r} is not connected")
+        return conn
+
+    def _drop(self, terminal_id: str, why: str) -> None:
+        del self._conns[terminal_id]
+        self._watch.pop(terminal_id, None)
+        user = self._logins.pop(terminal_id, None)
+        if user is not None:
+            self._audit(f"user:{user}", "logout", terminal_id, why)
+
+    # Recomputing what everyone shows.
+
+    def _settle(self, refresh: Collection[str] | None = None) -> list[Change]:
+        """Recompute every connected terminal's assignment; return what changed.
+
+        ``refresh`` names the terminals whose pairing code may be replaced
+        (None: all); the others keep the code already on their screen.
+        """
+        now = self._clock()
+        pairings = {p.terminal_id: p for p in self.store.list_pairings()}
+        self._reconcile_leases(pairings)
+        wanted: dict[str, Assignment] = {}
+        claims: dict[str, list[str]] = {}
+        for terminal_id in self._conns:
+            assignment, claim = self._decide(terminal_id, pairings, now, refresh)
+            wanted[terminal_id] = assignment
+            if claim is not None:
+                claims.setdefault(claim, []).append(terminal_id)
+        self._resolve_conflicts(claims, wanted)
+        return self._take(self._publish(wanted, now))
+
+    def _decide(
+        self,
+        terminal_id: str,
+        pairings: dict[str, Pairing],
+        now: float,
+        refresh: Collection[str] | None,
+    ) -> tuple[Assignment, str | None]:
+        """What ``terminal_id`` should show, and which desktop it claims control of."""
+        watched = self._watch.get(terminal_id)
+        if watched is not None:
+            return self._view(watched, control=False), None
+        user = self._logins.get(terminal_id)
+        if user is not None:
+            desktop = self._own_desktop(user) or self._lease_of(("user", user))
+            if desktop is None:
+                message = f"Waiting for a free desktop for {user}."
+                return ShowScreen(ScreenKind.NO_DESKTOP_FREE, message), None
+            return self._view(desktop, control=True), desktop
+        pairing = pairings.get(terminal_id)
+        if pairing is not None and self.config.pool_of(pairing.desktop) is None:
+            return self._view(pairing.desktop, control=True), pairing.desktop
+        leased = self._lease_of(("terminal", terminal_id))
+        if leased is not None:
+            return self._view(leased, control=True), leased
+        return self._fallback(terminal_id, now, refresh), None
+
+    def _view(self, desktop: str, control: bool) -> Assignment:
+        state = self._states.get(desktop, DesktopState.UNAVAILABLE)
+        if state is DesktopState.READY:
+            return _grant(desktop, control)
+        if state is DesktopState.STARTING:
+            progress = self._progress.get(desktop)
+            message = "Starting the desktop."
+            return ShowScreen(ScreenKind.STARTING, message, desktop=desktop, progress=progress)
+        message = "The desktop is not available. Please wait or ask the administrator."
+        return ShowScreen(ScreenKind.UNAVAILABLE, message, desktop=desktop)
+
+    def _fallback(
+        self, terminal_id: str, now: float, refresh: Collection[str] | None
+    ) -> ShowScreen:
+        notice = self._conns[terminal_id].notice
+        code = None
+        if self.config.pairing_codes:
+            code = self._code_for(terminal_id, now, refresh is None or terminal_id in refresh)
+        kind = {
+            "pairing": ScreenKind.PAIRING,
+            "login": ScreenKind.LOGIN,
+            "pool": ScreenKind.NO_DESKTOP_FREE,
+        }[self.config.unknown_terminal]
+        if kind is ScreenKind.NO_DESKTOP_FREE and not notice:
+            notice = "All desktops are in use. This terminal will get the next free one."
+        shown_id = terminal_id if code is not None else None
+        return ShowScreen(kind, notice, code, shown_id)
+
+    def _code_for(self, terminal_id: str, now: float, refresh: bool) -> str:
+        """The formatted pairing code ``terminal_id`` shows, made if needed."""
+        shown = self._shown.get(terminal_id)
+        if not refresh and isinstance(shown, ShowScreen) and shown.code is not None:
+            return shown.code
+        record = self.store.pairing_code_for(terminal_id)
+        valid = (
+            record is not None and record.expires > now and record.failures < self.config.code_tries
+        )
+        if not valid or record is None:
+            record = self._new_code(terminal_id, now)
+        self._code_expiry[terminal_id] = record.expires
+        return codes.format_code(record.code)
+
+    def _new_code(self, terminal_id: str, now: float) -> PairingCode:
+        for _ in range(16):
+            code = codes.new_code(self.config.code_length)
+            record = PairingCode(code, terminal_id, now, now + self.config.code_lifetime)
+            if self.store.get_pairing_code(code) is not None:
+                continue
+            try:
+                self.store.put_pairing_code(record)
+            except ConflictError:
+                continue
+            return record
+        raise BrokerError("could not make a unique pairing code")
+
+    def _resolve_conflicts(
+        self, claims: dict[str, list[str]], wanted: dict[str, Assignment]
+    ) -> None:
+        """Leave control of each desktop with one terminal, whatever the store says.
+
+        The terminal already in control keeps it; the others show IN_USE.
+        """
+        controller: dict[str, str] = {}
+        for desktop, claimants in claims.items():
+            keeper = self._controller.get(desktop)
+            if keeper not in claimants:
+                keeper = claimants[0]
+            for terminal_id in claimants:
+                if terminal_id != keeper:
+                    log.warning("desktop %s is claimed by %s and %s", desktop, keeper, terminal_id)
+                    message = "This desktop is in use at another terminal."
+                    wanted[terminal_id] = ShowScreen(ScreenKind.IN_USE, message, desktop=desktop)
+            controller[desktop] = keeper
+        self._controller = controller
+
+    def _publish(self, wanted: dict[str, Assignment], now: float) -> list[Change]:
+        """Record sessions and what is shown; return the changes, those that
+        take control away first."""
+        for terminal_id in [t for t in self._shown if t not in wanted]:
+            self._end_session(terminal_id, now)
+            del self._shown[terminal_id]
+            self._code_expiry.pop(terminal_id, None)
+        changes = []
+        for terminal_id, new in wanted.items():
+            old = self._shown.get(terminal_id)
+            if new == old:
+                continue
+            self._end_session(terminal_id, now)
+            if _controls(new):
+                self._start_session(terminal_id, new, now)
+            if not (isinstance(new, ShowScreen) and new.code is not None):
+                self._code_expiry.pop(terminal_id, None)
+            self._shown[terminal_id] = new
+            changes.append(Change(terminal_id, new))
+        changes.sort(key=lambda change: _controls(change.assignment))
+        return changes
+
+    def _start_session(self, terminal_id: str, shown: Assignment, now: float) -> None:
+        assert isinstance(shown, ShowDesktop)
+        user = self._logins.get(terminal_id)
+        self._sessions[terminal_id] = self.store.start_session(
+            terminal_id, shown.desktop, user, now
+        )
+
+    def _end_session(self, terminal_id: str, now: float) -> None:
+        session = self._sessions.pop(terminal_id, None)
+        if session is not None:
+            self.store.end_session(session, now)
+
+    def _take(self, changes: list[Change]) -> list[Change]:
+        """Changes held back from terminal_connected, then ``changes``."""
+        pending, self._pending = self._pending, []
+        return pending + changes
+
+    # Pool leases.
+
+    def _reconcile_leases(self, pairings: dict[str, Pairing]) -> None:
+        """Free leases nobody needs any more; lend free desktops to those waiting."""
+        needs = self._lease_needs(pairings)
+        for desktop, holder in list(self._leases.items()):
+            if (
+                needs.get(holder) != self.config.pool_of(desktop)
+                or self._states.get(desktop, DesktopState.UNAVAILABLE) is DesktopState.UNAVAILABLE
+            ):
+                del self._leases[desktop]
+        held = set(self._leases.values())
+        waiting = [h for h in self._waiting if h in needs and h not in held]
+        waiting += [h for h in needs if h not in held and h not in waiting]
+        self._waiting = []
+        for holder in waiting:
+            free = self._free_desktop(needs[holder])
+            if free is None:
+                self._waiting.append(holder)
+            else:
+                self._leases[free] = holder
+
+    def _lease_needs(self, pairings: dict[str, Pairing]) -> dict[Holder, str]:
+        """Who needs a pool desktop, from which pool, in the order they asked."""
+        needs: dict[Holder, str] = {}
+        default_pool = self.config.default_pool
+        user_pool = self.config.user_pool
+        for terminal_id in self._conns:
+            user = self._logins.get(terminal_id)
+            if terminal_id in self._watch:
+                continue
+            if user is not None:
+                if user_pool is not None and self._own_desktop(user) is None:
+                    needs[("user", user)] = user_pool
+                continue
+            pairing = pairings.get(terminal_id)
+            if pairing is not None and self.config.pool_of(pairing.desktop) is None:
+                continue
+            if self.config.unknown_terminal == "pool" and default_pool is not None:
+                needs[("terminal", terminal_id)] = default_pool
+        return needs
+
+    def _free_desktop(self, pool: str) -> str | None:
+        for desktop in self.config.pools[pool]:
+            state = self._states.get(desktop, DesktopState.UNAVAILABLE)
+            if state is not DesktopState.UNAVAILABLE and desktop not in self._leases:
+                return desktop
+        return None
+
+    def _lease_of(self, holder: Holder) -> str | None:
+        return next((d for d, h in self._leases.items() if h == holder), None)
+
+    # Audit and limits.
+
+    def _audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
+        self.store.append_audit(
+            self._clock(), _printable(actor, 160), action, _printable(subject, 160), detail
+        )
+
+    def _limiters(self) -> tuple[FailureLimiter, ...]:
+        return (
+            self._login_by_terminal,
+            self._login_by_user,
+            self._codes_by_actor,
+            self._codes_total,
+        )
+
+
+def viewer_terminal_id(host: str) -> str:
+    """The id thinserve gives a plain VNC viewer that connects from ``host``.
+
+    Only the address counts (not the port), so a viewer keeps its id, and
+    its pairing, across reconnections; IPv4-mapped IPv6 addresses map to
+    their IPv4 form.  Viewers on one host share an id: the newest connection
+    replaces the older.
+    """
+    text = host.strip().strip("[]")
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return "viewer-" + _printable(text.lower(), MAX_ID - 7)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return f"viewer-{address.compressed}"
+
+
+def _controls(assignment: Assignment | None) -> bool:
+    return isinstance(assignment, ShowDesktop) and assignment.control
+
+
+def _user_key(user: str) -> str:
+    return user if _USER_NAME.fullmatch(user) else "(invalid user name)"
+
+
+def _check_text(text: str, what: str) -> None:
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_ID or _CONTROL_CHARS.search(text):
+        raise BrokerError(f"{what} must be 1 to {MAX_ID} printable characters")
+
+
+def _check_user_name(name: str) -> None:
+    if not _USER_NAME.fullmatch(name):
+        raise BrokerError(
+            "a user name is 1 to 64 letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` made safe for a log line: no control characters, bounded."""
+    text = _CONTROL_CHARS.sub("?", str(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _terminal(terminal_id: str, info: TerminalInfo, now: float) -> Terminal:
+    return Terminal(
+        id=terminal_id,
+        name=_printable(info.name, 128),
+        model=_printable(info.model, 128),
+        address=_printable(info.address, 128),
+        screen_width=min(max(int(info.screen_width), 0), 65535),
+        screen_height=min(max(int(info.screen_height), 0), 65535),
+        last_seen=now,
+    )
+
+
+def _describe(info: TerminalInfo) -> str:
+    parts = [f"{k} {v}" for k, v in (("model", info.model), ("address", info.address)) if v]
+    return _printable(", ".join(parts), 300)

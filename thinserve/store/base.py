@@ -1,0 +1,252 @@
+"""The storage interface: what the broker keeps across restarts.
+
+A ``Store`` holds terminals, desktops, pairings, pairing codes, users (with
+an opaque secret hash), session history and the audit log.  It holds no
+policy: the broker decides, the store remembers.  ``SqliteStore`` is the
+implementation shipped; another database (PostgreSQL) fills the same
+Protocol with the same semantics, which docs/broker.md spells out.
+
+Times are seconds since the epoch as floats.  Every method is atomic on its
+own; ``atomic()`` groups several calls into one transaction.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; the message says why."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer thinserve than this one."""
+
+
+class ConflictError(StoreError):
+    """A write would break a uniqueness or reference rule."""
+
+
+class NotFoundError(StoreError):
+    """A write named a row that does not exist."""
+
+
+@dataclass(frozen=True)
+class Terminal:
+    """A terminal as last seen.  Nothing here grants it anything."""
+
+    id: str
+    name: str = ""
+    model: str = ""
+    address: str = ""
+    screen_width: int = 0
+    screen_height: int = 0
+    last_seen: float = 0.0
+
+
+@dataclass(frozen=True)
+class Desktop:
+    """A desktop the relay can show; ``pool`` names its pool, if any."""
+
+    name: str
+    backend: str
+    pool: str | None = None
+
+
+@dataclass(frozen=True)
+class Pairing:
+    """An administrator's decision: this terminal shows this desktop.
+
+    A terminal has at most one pairing and a desktop at most one.
+    """
+
+    terminal_id: str
+    desktop: str
+    created: float
+    actor: str
+
+
+@dataclass(frozen=True)
+class PairingCode:
+    """A short code an unknown terminal shows so an administrator can pair it."""
+
+    code: str  # normalised: no separators, upper case
+    terminal_id: str
+    created: float
+    expires: float
+    failures: int = 0  # wrong tries aimed at this terminal's code
+
+
+@dataclass(frozen=True)
+class User:
+    """A hot-desking user; ``desktop`` is their own desktop, if they have one."""
+
+    name: str
+    desktop: str | None
+    created: float
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A period during which a terminal controlled a desktop."""
+
+    id: int
+    terminal_id: str
+    desktop: str
+    user: str | None
+    started: float
+    ended: float | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log; ``id`` increases in the order of writing."""
+
+    id: int
+    time: float
+    actor: str
+    action: str
+    subject: str
+    detail: str
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Everything the broker needs to remember, and nothing more."""
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """A transaction around several calls; nesting joins the outer one."""
+        ...
+
+    def close(self) -> None: ...
+
+    # Terminals: what each terminal said about itself when it last connected.
+
+    def upsert_terminal(self, terminal: Terminal) -> None: ...
+
+    def get_terminal(self, terminal_id: str) -> Terminal | None: ...
+
+    def list_terminals(self) -> list[Terminal]:
+        """Ordered by id."""
+        ...
+
+    # Desktops: registered by the relay from its configuration.
+
+    def upsert_desktop(self, desktop: Desktop) -> None: ...
+
+    def get_desktop(self, name: str) -> Desktop | None: ...
+
+    def list_desktops(self) -> list[Desktop]:
+        """Ordered by name."""
+        ...
+
+    # Pairings.
+
+    def pair(self, pairing: Pairing) -> None:
+        """Store ``pairing``, replacing the terminal's and the desktop's previous
+        pairings.  The desktop must exist (ConflictError otherwise)."""
+        ...
+
+    def unpair(self, terminal_id: str) -> Pairing | None:
+        """Remove the terminal's pairing; return it, or None if there was none."""
+        ...
+
+    def pairing_for(self, terminal_id: str) -> Pairing | None: ...
+
+    def pairing_for_desktop(self, desktop: str) -> Pairing | None: ...
+
+    def list_pairings(self) -> list[Pairing]:
+        """Ordered by terminal id."""
+        ...
+
+    # Pairing codes: one per terminal at most.
+
+    def put_pairing_code(self, code: PairingCode) -> None:
+        """Store ``code``, replacing the terminal's previous code.  ConflictError
+        if another terminal holds the same code."""
+        ...
+
+    def get_pairing_code(self, code: str) -> PairingCode | None:
+        """The code as stored, expired or not."""
+        ...
+
+    def pairing_code_for(self, terminal_id: str) -> PairingCode | None: ...
+
+    def consume_pairing_code(self, code: str, now: float) -> PairingCode | None:
+        """Delete and return ``code`` if it exists and has not expired at ``now``.
+
+        Atomic: of two callers racing for one code, one gets it."""
+        ...
+
+    def record_code_failure(self, code: str) -> int:
+        """Count a wrong try aimed at ``code``; return the new count (0 if gone)."""
+        ...
+
+    def delete_pairing_code(self, code: str) -> None: ...
+
+    def delete_expired_pairing_codes(self, now: float) -> int:
+        """Delete codes whose expiry is at or before ``now``; return how many."""
+        ...
+
+    # Users.  The store keeps an opaque hash; thinserve.secrets makes and checks it.
+
+    def add_user(self, user: User, secret_hash: str) -> None:
+        """ConflictError if the name is taken or the desktop does not exist."""
+        ...
+
+    def get_user(self, name: str) -> User | None: ...
+
+    def list_users(self) -> list[User]:
+        """Ordered by name."""
+        ...
+
+    def user_secret_hash(self, name: str) -> str | None: ...
+
+    def set_user_secret_hash(self, name: str, secret_hash: str) -> None:
+        """NotFoundError if there is no such user."""
+        ...
+
+    def set_user_desktop(self, name: str, desktop: str | None) -> None:
+        """NotFoundError if there is no such user; ConflictError for an
+        unknown desktop."""
+        ...
+
+    def users_with_desktop(self, desktop: str) -> list[User]: ...
+
+    def delete_user(self, name: str) -> bool:
+        """True if the user existed."""
+        ...
+
+    # Session history.
+
+    def start_session(
+        self, terminal_id: str, desktop: str, user: str | None, started: float
+    ) -> int:
+        """Record a session start; return its id."""
+        ...
+
+    def end_session(self, session_id: int, ended: float) -> None: ...
+
+    def end_open_sessions(self, ended: float) -> int:
+        """End every session still open (after a restart); return how many."""
+        ...
+
+    def list_sessions(
+        self, limit: int = 100, terminal_id: str | None = None
+    ) -> list[SessionRecord]:
+        """Newest first."""
+        ...
+
+    # Audit log: append only.
+
+    def append_audit(
+        self, time: float, actor: str, action: str, subject: str, detail: str = ""
+    ) -> AuditEntry: ...
+
+    def list_audit(
+        self, after_id: int = 0, limit: int = 1000, subject: str | None = None
+    ) -> list[AuditEntry]:
+        """Entries with id > ``after_id``, oldest first, at most ``limit``."""
+        ...

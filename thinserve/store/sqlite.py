@@ -1,0 +1,352 @@
+"""The Store on SQLite (standard library sqlite3).
+
+One connection, WAL journal, foreign keys on, every write in a transaction.
+Opening a database runs the migrations it has not seen yet; a database
+written by a newer thinserve is refused rather than guessed at.  Use
+":memory:" for a throwaway store.  The connection belongs to the thread
+that opened the store, as the relay runs on one reactor thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    AuditEntry,
+    ConflictError,
+    Desktop,
+    NotFoundError,
+    Pairing,
+    PairingCode,
+    SchemaTooNewError,
+    SessionRecord,
+    StoreError,
+    Terminal,
+    User,
+)
+from .migrations import MIGRATIONS, Migration
+
+MEMORY = ":memory:"
+
+
+def default_path(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
+    """Where the database lives unless configured otherwise.
+
+    Root (a system service): /var/lib/thinserve/thinserve.db.  Anyone else:
+    $XDG_DATA_HOME/thinserve/thinserve.db, else
+    ~/.local/share/thinserve/thinserve.db.
+    """
+    environ = os.environ if environ is None else environ
+    euid = os.geteuid() if euid is None else euid
+    if euid == 0:
+        return Path("/var/lib/thinserve/thinserve.db")
+    base = environ.get("XDG_DATA_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path(environ.get("HOME", "~")) / ".local/share"
+    return root.expanduser() / "thinserve" / "thinserve.db"
+
+
+class SqliteStore:
+    """See thinserve.store.base.Store for what each method promises."""
+
+    def __init__(
+        self, path: str | os.PathLike[str] = MEMORY, migrations: Sequence[Migration] = MIGRATIONS
+    ) -> None:
+        self.path = str(path)
+        if self.path != MEMORY:
+            _create_private(Path(self.path))
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._depth = 0
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            if self.path != MEMORY:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(migrations)
+        except BaseException:
+            self._db.close()
+            raise
+
+    # Connection and schema.
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
+        version = self.schema_version
+        if version > len(migrations):
+            raise SchemaTooNewError(
+                f"{self.path}: database schema version {version} is newer than the "
+                f"{len(migrations)} this thinserve knows; run a newer thinserve or "
+                "restore a backup made for this version"
+            )
+        for number, migration in enumerate(migrations[version:], start=version + 1):
+            with self.atomic():
+                for statement in migration.statements:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {int(number)}")
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            with self.atomic():
+                return self._db.execute(sql, params)
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(str(exc)) from None
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        return self._db.execute(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, params).fetchall()
+
+    # Terminals.
+
+    def upsert_terminal(self, terminal: Terminal) -> None:
+        self._write(
+            "INSERT INTO terminals (id, name, model, address, screen_width, screen_height,"
+            " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET name = excluded.name, model = excluded.model,"
+            " address = excluded.address, screen_width = excluded.screen_width,"
+            " screen_height = excluded.screen_height, last_seen = excluded.last_seen",
+            (
+                terminal.id,
+                terminal.name,
+                terminal.model,
+                terminal.address,
+                terminal.screen_width,
+                terminal.screen_height,
+                terminal.last_seen,
+            ),
+        )
+
+    def get_terminal(self, terminal_id: str) -> Terminal | None:
+        row = self._one(f"SELECT {_TERMINAL} FROM terminals WHERE id = ?", (terminal_id,))
+        return Terminal(*row) if row else None
+
+    def list_terminals(self) -> list[Terminal]:
+        return [Terminal(*r) for r in self._all(f"SELECT {_TERMINAL} FROM terminals ORDER BY id")]
+
+    # Desktops.
+
+    def upsert_desktop(self, desktop: Desktop) -> None:
+        self._write(
+            "INSERT INTO desktops (name, backend, pool) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET backend = excluded.backend, pool = excluded.pool",
+            (desktop.name, desktop.backend, desktop.pool),
+        )
+
+    def get_desktop(self, name: str) -> Desktop | None:
+        row = self._one("SELECT name, backend, pool FROM desktops WHERE name = ?", (name,))
+        return Desktop(*row) if row else None
+
+    def list_desktops(self) -> list[Desktop]:
+        rows = self._all("SELECT name, backend, pool FROM desktops ORDER BY name")
+        return [Desktop(*r) for r in rows]
+
+    # Pairings.
+
+    def pair(self, pairing: Pairing) -> None:
+        with self.atomic():
+            self._write(
+                "DELETE FROM pairings WHERE terminal_id = ? OR desktop = ?",
+                (pairing.terminal_id, pairing.desktop),
+            )
+            self._write(
+                "INSERT INTO pairings (terminal_id, desktop, created, actor) VALUES (?, ?, ?, ?)",
+                (pairing.terminal_id, pairing.desktop, pairing.created, pairing.actor),
+            )
+
+    def unpair(self, terminal_id: str) -> Pairing | None:
+        with self.atomic():
+            old = self.pairing_for(terminal_id)
+            if old is not None:
+                self._write("DELETE FROM pairings WHERE terminal_id = ?", (terminal_id,))
+            return old
+
+    def pairing_for(self, terminal_id: str) -> Pairing | None:
+        row = self._one(f"SELECT {_PAIRING} FROM pairings WHERE terminal_id = ?", (terminal_id,))
+        return Pairing(*row) if row else None
+
+    def pairing_for_desktop(self, desktop: str) -> Pairing | None:
+        row = self._one(f"SELECT {_PAIRING} FROM pairings WHERE desktop = ?", (desktop,))
+        return Pairing(*row) if row else None
+
+    def list_pairings(self) -> list[Pairing]:
+        rows = self._all(f"SELECT {_PAIRING} FROM pairings ORDER BY terminal_id")
+        return [Pairing(*r) for r in rows]
+
+    # Pairing codes.
+
+    def put_pairing_code(self, code: PairingCode) -> None:
+        with self.atomic():
+            self._write("DELETE FROM pairing_codes WHERE terminal_id = ?", (code.terminal_id,))
+            self._write(
+                "INSERT INTO pairing_codes (code, terminal_id, created, expires, failures)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (code.code, code.terminal_id, code.created, code.expires, code.failures),
+            )
+
+    def get_pairing_code(self, code: str) -> PairingCode | None:
+        row = self._one(f"SELECT {_CODE} FROM pairing_codes WHERE code = ?", (code,))
+        return PairingCode(*row) if row else None
+
+    def pairing_code_for(self, terminal_id: str) -> PairingCode | None:
+        row = self._one(f"SELECT {_CODE} FROM pairing_codes WHERE terminal_id = ?", (terminal_id,))
+        return PairingCode(*row) if row else None
+
+    def consume_pairing_code(self, code: str, now: float) -> PairingCode | None:
+        with self.atomic():
+            found = self.get_pairing_code(code)
+            if found is None or found.expires <= now:
+                return None
+            self._write("DELETE FROM pairing_codes WHERE code = ?", (code,))
+            return found
+
+    def record_code_failure(self, code: str) -> int:
+        with self.atomic():
+            self._write("UPDATE pairing_codes SET failures = failures + 1 WHERE code = ?", (code,))
+            row = self._one("SELECT failures FROM pairing_codes WHERE code = ?", (code,))
+            return int(row[0]) if row else 0
+
+    def delete_pairing_code(self, code: str) -> None:
+        self._write("DELETE FROM pairing_codes WHERE code = ?", (code,))
+
+    def delete_expired_pairing_codes(self, now: float) -> int:
+        return self._write("DELETE FROM pairing_codes WHERE expires <= ?", (now,)).rowcount
+
+    # Users.
+
+    def add_user(self, user: User, secret_hash: str) -> None:
+        self._write(
+            "INSERT INTO users (name, secret_hash, desktop, created) VALUES (?, ?, ?, ?)",
+            (user.name, secret_hash, user.desktop, user.created),
+        )
+
+    def get_user(self, name: str) -> User | None:
+        row = self._one(f"SELECT {_USER} FROM users WHERE name = ?", (name,))
+        return User(*row) if row else None
+
+    def list_users(self) -> list[User]:
+        return [User(*r) for r in self._all(f"SELECT {_USER} FROM users ORDER BY name")]
+
+    def user_secret_hash(self, name: str) -> str | None:
+        row = self._one("SELECT secret_hash FROM users WHERE name = ?", (name,))
+        return str(row[0]) if row else None
+
+    def set_user_secret_hash(self, name: str, secret_hash: str) -> None:
+        cursor = self._write("UPDATE users SET secret_hash = ? WHERE name = ?", (secret_hash, name))
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"no user {name!r}")
+
+    def set_user_desktop(self, name: str, desktop: str | None) -> None:
+        cursor = self._write("UPDATE users SET desktop = ? WHERE name = ?", (desktop, name))
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"no user {name!r}")
+
+    def users_with_desktop(self, desktop: str) -> list[User]:
+        rows = self._all(f"SELECT {_USER} FROM users WHERE desktop = ? ORDER BY name", (desktop,))
+        return [User(*r) for r in rows]
+
+    def delete_user(self, name: str) -> bool:
+        return self._write("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
+
+    # Sessions.
+
+    def start_session(
+        self, terminal_id: str, desktop: str, user: str | None, started: float
+    ) -> int:
+        cursor = self._write(
+            "INSERT INTO sessions (terminal_id, desktop, user_name, started) VALUES (?, ?, ?, ?)",
+            (terminal_id, desktop, user, started),
+        )
+        if cursor.lastrowid is None:
+            raise StoreError("session insert returned no id")
+        return cursor.lastrowid
+
+    def end_session(self, session_id: int, ended: float) -> None:
+        self._write(
+            "UPDATE sessions SET ended = ? WHERE id = ? AND ended IS NULL", (ended, session_id)
+        )
+
+    def end_open_sessions(self, ended: float) -> int:
+        return self._write("UPDATE sessions SET ended = ? WHERE ended IS NULL", (ended,)).rowcount
+
+    def list_sessions(
+        self, limit: int = 100, terminal_id: str | None = None
+    ) -> list[SessionRecord]:
+        where, params = "", []
+        if terminal_id is not None:
+            where, params = "WHERE terminal_id = ?", [terminal_id]
+        rows = self._all(
+            f"SELECT {_SESSION} FROM sessions {where} ORDER BY id DESC LIMIT ?", [*params, limit]
+        )
+        return [SessionRecord(*r) for r in rows]
+
+    # Audit.
+
+    def append_audit(
+        self, time: float, actor: str, action: str, subject: str, detail: str = ""
+    ) -> AuditEntry:
+        cursor = self._write(
+            "INSERT INTO audit (time, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+            (time, actor, action, subject, detail),
+        )
+        if cursor.lastrowid is None:
+            raise StoreError("audit insert returned no id")
+        return AuditEntry(cursor.lastrowid, time, actor, action, subject, detail)
+
+    def list_audit(
+        self, after_id: int = 0, limit: int = 1000, subject: str | None = None
+    ) -> list[AuditEntry]:
+        where, params = "WHERE id > ?", [after_id]
+        if subject is not None:
+            where, params = where + " AND subject = ?", [*params, subject]
+        rows = self._all(
+            f"SELECT {_AUDIT} FROM audit {where} ORDER BY id LIMIT ?", [*params, limit]
+        )
+        return [AuditEntry(*r) for r in rows]
+
+
+_TERMINAL = "id, name, model, address, screen_width, screen_height, last_seen"
+_PAIRING = "terminal_id, desktop, created, actor"
+_CODE = "code, terminal_id, created, expires, failures"
+_USER = "name, desktop, created"
+_SESSION = "id, terminal_id, desktop, user_name, started, ended"
+_AUDIT = "id, time, actor, action, subject, detail"
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file readable by its owner only (it holds secret hashes)."""
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))

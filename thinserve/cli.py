@@ -1,10 +1,14 @@
-"""The ``thinserve`` command: runs the server (and, later, admin commands)."""
+"""The ``thinserve`` command: ``thinserve serve`` runs the server; the admin
+commands (``thinserve terminals``, ``pair``, ``users`` ...) talk to it
+(thinserve.admin.commands, docs/admin.md)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+
+from .admin import commands
 
 
 def install_reactor() -> None:
@@ -25,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         return serve(args)
+    if getattr(args, "admin", None) is not None:
+        return commands.run(args)
     parser.print_help()
     return 2
 
@@ -42,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         help="where terminals connect, as a Twisted endpoint (e.g. tcp:5900); repeatable",
     )
+    commands.add_commands(sub)
     return parser
 
 

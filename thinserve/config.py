@@ -6,6 +6,7 @@ local Xvnc desktop to terminals connecting to 127.0.0.1:5900.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -66,6 +67,9 @@ class Config:
     name: str = "thinserve"
     password: str | None = None
     database: str | None = None  # None: the default path (see thinserve.store)
+    # The admin API's Unix socket: None for the runtime directory's admin.sock,
+    # "" for no admin API (see docs/admin.md).
+    admin_socket: str | None = None
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     discovery: bool = True  # browse for terminals, advertise _rfb._tcp
     discovery_interfaces: tuple[str, ...] = ()  # () = all
@@ -95,7 +99,15 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
     server = _table(data, "server", source)
     _only(
         server,
-        {"listen", "name", "password", "web_listen", "web_allowed_origins", "database"},
+        {
+            "listen",
+            "name",
+            "password",
+            "web_listen",
+            "web_allowed_origins",
+            "database",
+            "admin_socket",
+        },
         f"{source} [server]",
     )
     discovery = _table(data, "discovery", source)
@@ -133,6 +145,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         name=_str(server, "name", "thinserve", f"{source} [server]"),
         password=_opt_str(server, "password", f"{source} [server]"),
         database=_opt_str(server, "database", f"{source} [server]"),
+        admin_socket=_admin_socket(server, f"{source} [server]"),
         broker=broker,
         discovery=enabled,
         discovery_interfaces=_endpoints(
@@ -151,6 +164,25 @@ def _broker(data: dict[str, Any], source: str) -> BrokerConfig:
     except BrokerConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
+
+
+MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+
+
+def _admin_socket(server: dict[str, Any], where: str) -> str | None:
+    path = _opt_str(server, "admin_socket", where)
+    if not path:
+        return path
+    if not path.startswith("/"):
+        raise ConfigError(
+            f'{where} admin_socket = {path!r}: give an absolute path, e.g. "/run/thinserve/'
+            'admin.sock", or "" to turn the admin API off'
+        )
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"{where} admin_socket: at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)"
+        )
+    return path
 
 
 def _desktop(d: dict[str, Any], where: str) -> DesktopConfig:

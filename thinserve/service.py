@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 from protocols.rfb.constants import SecurityType
 from protocols.terminal import TerminalAdvert
 
+from .admin import api as admin_api
 from .backends.xvnc import LocalXvncDesktop
 from .broker import Broker, TerminalInfo
 from .config import Config, LocalDesktopConfig, address_to_endpoint
@@ -40,6 +41,7 @@ class ThinServe(service.Service):
         self.store: SqliteStore | None = None
         self.hub: Hub | None = None
         self.discovery: object | None = None
+        self.admin_port: IListeningPort | None = None
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         super().startService()
@@ -53,6 +55,9 @@ class ThinServe(service.Service):
         for upstream in self.upstreams:
             broker.register_desktop(upstream.address.name, self._backend_of(upstream))
         self.hub.start()
+        self.admin_port = await admin_api.start(
+            self.reactor, self.hub, self.config.admin_socket, self._admin_info
+        )
         factory = RFBServerFactory(self._terminal_options(), self.hub.new_session)
         for description in self.config.listen:
             port = await self._listen(description, factory)
@@ -143,6 +148,9 @@ class ThinServe(service.Service):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        if self.admin_port is not None:
+            await self.admin_port.stopListening()
+            self.admin_port = None
         if self.discovery is not None:
             browser, connector, advertisers = self.discovery  # type: ignore[misc]
             connector.stop(disconnect=True)
@@ -158,6 +166,9 @@ class ThinServe(service.Service):
         await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
         if self.store is not None:
             self.store.close()
+
+    def _admin_info(self) -> dict[str, object]:
+        return {"name": self.config.name, "listening": [_describe(p) for p in self.ports]}
 
     @property
     def port_numbers(self) -> list[int]:

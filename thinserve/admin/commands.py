@@ -1,0 +1,460 @@
+"""The ``thinserve`` admin commands: they call the running server's admin API.
+
+People get aligned tables and one-line confirmations; ``--json`` prints the
+API's JSON instead (errors too, as ``{"error": ..., "hint": ...}``), for
+scripts.  Exit codes: 0 done, 1 error, 2 usage.  See docs/admin.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import re
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import SOCKET_ENV, client_socket_path
+from .client import AdminClient, AdminError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+MAX_SECRET_LINE = 4096
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+Command = Callable[[AdminClient, argparse.Namespace], Any]
+
+
+# -- the parser -------------------------------------------------------------------------------
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add every admin command to the ``thinserve`` parser's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--socket",
+        metavar="PATH",
+        help=f"the admin socket (default: ${SOCKET_ENV}, else {client_socket_path()})",
+    )
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    _add(sub, common, "terminals", "list terminals and what each shows", terminals)
+    _add(sub, common, "desktops", "list desktops, their link and who uses them", desktops)
+    _add(sub, common, "state", "summarise what the broker decided", state)
+    _add_pairing(sub, common)
+    _terminal_command(sub, common, "unpair", "remove a terminal's pairing", unpair)
+    shadow_p = _add(sub, common, "shadow", "let a terminal watch a desktop, view-only", shadow)
+    shadow_p.add_argument("terminal", metavar="TERMINAL")
+    shadow_p.add_argument("desktop", metavar="DESKTOP")
+    _terminal_command(sub, common, "unshadow", "stop a terminal watching a desktop", unshadow)
+    _terminal_command(sub, common, "kick", "disconnect a terminal", kick)
+    _add_users(sub, common)
+    sessions_p = _add(sub, common, "sessions", "who used which desktop, newest first", sessions)
+    sessions_p.add_argument("--limit", type=int, default=50, help="at most N (default 50)")
+    sessions_p.add_argument("--terminal", metavar="TERMINAL", help="only this terminal")
+    audit_p = _add(sub, common, "audit", "the newest audit log entries", audit)
+    audit_p.add_argument("--limit", type=int, default=50, help="at most N (default 50)")
+    audit_p.add_argument("--subject", metavar="NAME", help="only entries about this")
+    snap = _add(sub, common, "snapshot", "save what a terminal shows now as PNG", snapshot)
+    snap.add_argument("terminal", metavar="TERMINAL")
+    snap.add_argument("file", metavar="FILE.png", help="where to write ('-': standard output)")
+
+
+def _add(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+    name: str,
+    what: str,
+    func: Command,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=what, description=what, parents=[common], **kwargs)
+    parser.set_defaults(admin=func, parser=parser)
+    return parser
+
+
+def _terminal_command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: argparse.ArgumentParser,
+    name: str,
+    what: str,
+    func: Command,
+) -> None:
+    _add(sub, common, name, what, func).add_argument("terminal", metavar="TERMINAL")
+
+
+def _add_pairing(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    pair_p = _add(
+        sub,
+        common,
+        "pair",
+        "pair a terminal with a desktop, by id or by the code on its screen",
+        pair,
+        usage="thinserve pair [--new] TERMINAL DESKTOP\n       thinserve pair --code CODE DESKTOP",
+    )
+    pair_p.add_argument("--code", help="the pairing code the terminal shows, e.g. K7D-Q2M")
+    pair_p.add_argument(
+        "--new", action="store_true", help="pair a terminal id that has never connected yet"
+    )
+    pair_p.add_argument("names", nargs="+", metavar="TERMINAL DESKTOP")
+
+
+def _add_users(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    users_p = sub.add_parser("users", help="hot-desking users", description="hot-desking users")
+    users_sub = users_p.add_subparsers(dest="users_command", metavar="{add,list,delete}")
+    users_sub.required = True
+    add_p = _add(users_sub, common, "add", "add a user (asks for the PIN or password)", add_user)
+    add_p.add_argument("name", metavar="NAME")
+    add_p.add_argument("--desktop", metavar="DESKTOP", help="the user's own desktop")
+    add_p.add_argument(
+        "--secret-stdin",
+        action="store_true",
+        help="read the PIN or password from the first line of standard input",
+    )
+    _add(users_sub, common, "list", "list users", list_users)
+    _add(users_sub, common, "delete", "delete a user", delete_user).add_argument("name")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the admin command ``args`` names; return the exit code."""
+    client = AdminClient(args.socket or client_socket_path())
+    try:
+        args.admin(client, args)
+    except AdminError as exc:
+        _print_error(exc, args.json)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _print_error(exc: AdminError, as_json: bool) -> None:
+    if as_json:
+        payload = dict(exc.payload)
+        payload.setdefault("error", exc.message)
+        payload.setdefault("hint", exc.hint)
+        _print_json(payload)
+        return
+    print(f"thinserve: {clean(exc.message)}", file=sys.stderr)
+    if exc.hint:
+        print(f"  {clean(exc.hint)}", file=sys.stderr)
+
+
+# -- reading ----------------------------------------------------------------------------------
+def terminals(client: AdminClient, args: argparse.Namespace) -> None:
+    rows = client.terminals()
+    if _json_out(args, rows):
+        return
+    if not rows:
+        print("no terminals known yet: they appear here when they first connect")
+        return
+    headers = ("TERMINAL", "CONNECTED", "ADDRESS", "MODEL", "SCREEN", "SHOWS", "CODE", "PAIRED")
+    print(
+        table(
+            (*headers, "USER", "LAST SEEN"),
+            (
+                (
+                    t["id"],
+                    t["connected"],
+                    t["address"],
+                    t["model"],
+                    size_text(t["screen"]),
+                    shows_text(t["shows"]),
+                    t["pairing_code"],
+                    t["paired_desktop"],
+                    t["user"],
+                    "now" if t["connected"] else when(t["last_seen"]),
+                )
+                for t in rows
+            ),
+        )
+    )
+
+
+def desktops(client: AdminClient, args: argparse.Namespace) -> None:
+    rows = client.desktops()
+    if _json_out(args, rows):
+        return
+    if not rows:
+        print("no desktops registered")
+        return
+    headers = ("DESKTOP", "BACKEND", "LINK", "STATE", "SIZE", "CONTROLLED BY", "USER")
+    print(
+        table(
+            (*headers, "WATCHERS", "PAIRED WITH", "OWNER", "POOL"),
+            (
+                (
+                    d["name"],
+                    d["backend"],
+                    d["mirror"] or "not configured",
+                    d["state"],
+                    size_text(d["size"]),
+                    d["controlled_by"],
+                    d["controlling_user"],
+                    ", ".join(d["watchers"]) or None,
+                    d["paired_terminal"],
+                    d["owner"],
+                    d["pool"],
+                )
+                for d in rows
+            ),
+        )
+    )
+
+
+def state(client: AdminClient, args: argparse.Namespace) -> None:
+    data = client.state()
+    if _json_out(args, data):
+        return
+    server = data.get("server") or {}
+    lines = [
+        ("server", f"{server.get('name', '?')} on {', '.join(server.get('listening', []))}"),
+        ("connected", f"{len(data['connected'])}: {', '.join(data['connected']) or '-'}"),
+        ("desktops", ", ".join(f"{k} {v}" for k, v in sorted(data["desktops"].items())) or "-"),
+        ("logins", ", ".join(f"{u} at {t}" for t, u in sorted(data["logins"].items())) or "-"),
+        ("watching", ", ".join(f"{t} -> {d}" for t, d in sorted(data["watchers"].items())) or "-"),
+        ("pool leases", ", ".join(f"{d} -> {h}" for d, h in sorted(data["leases"].items())) or "-"),
+        ("pairings", str(len(data["pairings"]))),
+    ]
+    print(table(("WHAT", "NOW"), lines, header=False))
+
+
+def list_users(client: AdminClient, args: argparse.Namespace) -> None:
+    rows = client.users()
+    if _json_out(args, rows):
+        return
+    if not rows:
+        print("no users yet: add one with `thinserve users add NAME`")
+        return
+    print(
+        table(
+            ("USER", "DESKTOP", "LOGGED IN AT", "CREATED"),
+            ((u["name"], u["desktop"], u["logged_in_at"], when(u["created"])) for u in rows),
+        )
+    )
+
+
+def sessions(client: AdminClient, args: argparse.Namespace) -> None:
+    _positive(args, args.limit)
+    rows = client.sessions(args.limit, args.terminal)
+    if _json_out(args, rows):
+        return
+    if not rows:
+        print("no sessions recorded yet")
+        return
+    print(
+        table(
+            ("ID", "TERMINAL", "DESKTOP", "USER", "STARTED", "ENDED", "DURATION"),
+            (
+                (
+                    s["id"],
+                    s["terminal"],
+                    s["desktop"],
+                    s["user"],
+                    when(s["started"]),
+                    when(s["ended"]) if s["ended"] else "running",
+                    duration(s["started"], s["ended"]),
+                )
+                for s in rows
+            ),
+        )
+    )
+
+
+def audit(client: AdminClient, args: argparse.Namespace) -> None:
+    _positive(args, args.limit)
+    rows = client.audit(args.limit, args.subject)
+    if _json_out(args, rows):
+        return
+    if not rows:
+        print("the audit log is empty")
+        return
+    print(
+        table(
+            ("TIME", "ACTOR", "ACTION", "SUBJECT", "DETAIL"),
+            ((when(e["time"]), e["actor"], e["action"], e["subject"], e["detail"]) for e in rows),
+        )
+    )
+
+
+def snapshot(client: AdminClient, args: argparse.Namespace) -> None:
+    png = client.snapshot(args.terminal)
+    width, height = png_size(png)
+    if args.file == "-":
+        sys.stdout.buffer.write(png)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        Path(args.file).write_bytes(png)
+    except OSError as exc:
+        raise AdminError(
+            f"cannot write {args.file}: {exc.strerror}", "choose another file"
+        ) from None
+    result = {"terminal": args.terminal, "file": args.file, "bytes": len(png)}
+    if not _json_out(args, {**result, "width": width, "height": height}):
+        print(f"wrote {args.file}: what {clean(args.terminal)} shows, {width}x{height}")
+
+
+# -- acting -----------------------------------------------------------------------------------
+def pair(client: AdminClient, args: argparse.Namespace) -> None:
+    if args.code is not None:
+        if len(args.names) != 1 or args.new:
+            args.parser.error("with --code give only the DESKTOP (and no --new)")
+        result = client.pair_code(args.code, args.names[0])
+    else:
+        if len(args.names) != 2:
+            args.parser.error("give TERMINAL and DESKTOP, or --code CODE and DESKTOP")
+        result = client.pair(args.names[0], args.names[1], args.new)
+    desktop = args.names[-1]
+    _confirm(args, result, lambda t: f"paired {t} with {desktop}; {_now_shows(result)}")
+
+
+def unpair(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.unpair(args.terminal)
+    if not result["changed"]:
+        _confirm(args, result, lambda t: f"{t} was not paired; nothing changed")
+        return
+    _confirm(args, result, lambda t: f"unpaired {t}; {_now_shows(result)}")
+
+
+def kick(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.kick(args.terminal)
+    _confirm(args, result, lambda t: f"kicked {t}: it shows a notice, then its connection closes")
+
+
+def shadow(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.shadow(args.terminal, args.desktop)
+    _confirm(args, result, lambda t: f"{t} watches {args.desktop}; {_now_shows(result)}")
+
+
+def unshadow(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.unshadow(args.terminal)
+    if not result["changed"]:
+        _confirm(args, result, lambda t: f"{t} was not watching a desktop; nothing changed")
+        return
+    _confirm(args, result, lambda t: f"{t} stopped watching; {_now_shows(result)}")
+
+
+def add_user(client: AdminClient, args: argparse.Namespace) -> None:
+    secret = read_secret(args)
+    result = client.add_user(args.name, secret, args.desktop)
+    if not _json_out(args, result):
+        own = f" with desktop {args.desktop}" if args.desktop else ""
+        print(f"added user {clean(args.name)}{own}")
+
+
+def delete_user(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.delete_user(args.name)
+    if not _json_out(args, result):
+        print(f"deleted user {clean(args.name)}")
+
+
+def read_secret(args: argparse.Namespace) -> str:
+    """The new user's PIN or password: from stdin's first line, or asked twice."""
+    if args.secret_stdin:
+        line = sys.stdin.readline(MAX_SECRET_LINE)
+        secret = line.rstrip("\r\n")
+        if not secret:
+            raise AdminError("no PIN or password on standard input", "pipe one line, e.g. printf")
+        return secret
+    if not sys.stdin.isatty():
+        args.parser.error(
+            "standard input is not a terminal: use --secret-stdin and pipe the secret"
+        )
+    first = getpass.getpass(f"PIN or password for {clean(args.name)}: ")
+    second = getpass.getpass("The same again: ")
+    if first != second:
+        raise AdminError("the two entries differ; nothing was changed", "run the command again")
+    return first
+
+
+# -- output helpers ---------------------------------------------------------------------------
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], header: bool = True) -> str:
+    """Columns aligned with two spaces between them; None shows as "-"."""
+    cells = [[cell(value) for value in row] for row in rows]
+    widths = [len(h) if header else 0 for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ([list(headers)] if header else []) + cells
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def cell(value: object) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return clean(str(value))
+
+
+def clean(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escapes) become "?"."""
+    return _CONTROL.sub("?", text)
+
+
+def when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def duration(started: float, ended: float | None) -> str:
+    seconds = int((ended or time.time()) - started)
+    hours, rest = divmod(max(seconds, 0), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def size_text(size: dict[str, int] | None) -> str | None:
+    return f"{size['width']}x{size['height']}" if size else None
+
+
+def shows_text(shows: dict[str, Any] | None) -> str | None:
+    """What a terminal shows, in a few words."""
+    if shows is None:
+        return None
+    if shows["kind"] == "desktop":
+        return f"{shows['desktop']} ({'control' if shows['control'] else 'view-only'})"
+    if shows["kind"] == "pairing":
+        return "pairing screen"
+    screen = f"{shows['kind']} screen"
+    return f"{screen} ({shows['desktop']})" if shows.get("desktop") else screen
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    if len(png) < 24 or not png.startswith(PNG_SIGNATURE):
+        raise AdminError("thinserve sent something that is not a PNG", "check thinserve's log")
+    width, height = struct.unpack(">II", png[16:24])
+    return width, height
+
+
+def _now_shows(result: dict[str, Any]) -> str:
+    row = result.get("terminal")
+    if row is None or not row["connected"]:
+        return "it shows that when it connects"
+    return f"it now shows {shows_text(row['shows'])}"
+
+
+def _confirm(args: argparse.Namespace, result: dict[str, Any], text: Callable[[str], str]) -> None:
+    if _json_out(args, result):
+        return
+    row = result.get("terminal")
+    print(text(clean(row["id"] if row else str(getattr(args, "terminal", "")))))
+
+
+def _json_out(args: argparse.Namespace, data: Any) -> bool:
+    if args.json:
+        _print_json(data)
+    return bool(args.json)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _positive(args: argparse.Namespace, value: int) -> None:
+    if not 1 <= value <= 1000:
+        args.parser.error("--limit: give a number from 1 to 1000")

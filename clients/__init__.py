@@ -1,0 +1,1 @@
+"""thinserve's clients: terminals that show a thinserve screen."""

@@ -1,0 +1,135 @@
+"""Connect and find modes: the terminal dials the server, and dials again.
+
+``DialMode`` connects to the first target its ``targets`` function names (a
+fixed ``--connect HOST:PORT``, or what ``--find`` saw with mDNS), and after
+a failure or the end of a session tries again after 1 s, 2 s, 4 s, ... up
+to 30 s (varied by ±10 %); a session that lasted 10 s starts the delays
+over.  When there is no target yet it looks again every second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from thinserve.reverse import Backoff, connect_to_terminal
+
+log = logging.getLogger(__name__)
+
+Target = tuple[str, int]
+CONNECT_TIMEOUT = 10.0
+STABLE_AFTER = 10.0  # a session this long resets the backoff
+LOOK_AGAIN = 1.0  # seconds between looks for a target when there is none
+WAITING = "Waiting for thinserve..."
+
+
+class DialMode:
+    def __init__(
+        self,
+        reactor: Any,
+        factory: Factory,
+        targets: Callable[[], list[Target]],
+        terminal_id: str,
+        addresses: Callable[[], list[str]],
+        searching: str,
+        initial_delay: float = 1.0,
+        max_delay: float = 30.0,
+    ) -> None:
+        self.reactor = reactor
+        self.factory = factory
+        self.targets = targets
+        self.terminal_id = terminal_id
+        self.addresses = addresses
+        self.searching = searching  # status text while there is no target
+        self.backoff = Backoff(initial_delay, max_delay)
+        self.state = "idle"  # idle, searching, connecting, connected, waiting
+        self.target: Target | None = None
+        self.attempts = 0
+        self.last_error = ""
+        self.retry_at = 0.0
+        self._timer: IDelayedCall | None = None
+        self._attempt: defer.Deferred[Any] | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        self._dial()
+
+    def stop(self) -> defer.Deferred[None]:
+        self._stopped = True
+        self._cancel()
+        return defer.succeed(None)
+
+    def _cancel(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.cancel()
+
+    # -- attempts -------------------------------------------------------------------------
+    def _dial(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
+        targets = self.targets()
+        if not targets:
+            self.state = "searching"
+            self._timer = self.reactor.callLater(LOOK_AGAIN, self._dial)
+            return
+        self.target = host, port = targets[self.attempts % len(targets)]
+        self.attempts += 1
+        self.state = "connecting"
+        log.info("connecting to %s:%d", host, port)
+        attempt = connect_to_terminal(self.reactor, host, port, self.factory, CONNECT_TIMEOUT)
+        self._attempt = attempt
+        attempt.addCallbacks(self._connected, self._failed, errbackArgs=(attempt,))
+
+    def _connected(self, proto: Any) -> None:
+        self._attempt = None
+        self.state = "connected" if getattr(proto, "accepted", True) else "idle"
+
+    def _failed(self, failure: Failure, attempt: defer.Deferred[Any]) -> None:
+        if attempt is not self._attempt or failure.check(defer.CancelledError):
+            return
+        self._attempt = None
+        self.last_error = failure.getErrorMessage()
+        log.info("cannot connect: %s", self.last_error)
+        self._retry_later()
+
+    def session_ended(self, lasted: float) -> None:
+        if lasted >= STABLE_AFTER:
+            self.backoff.reset()
+        self.last_error = "the session ended"
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self._stopped or self._timer is not None:
+            return
+        delay = self.backoff.next()
+        self.state = "waiting"
+        self.retry_at = self.reactor.seconds() + delay
+        self._timer = self.reactor.callLater(delay, self._dial)
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self) -> tuple[str, list[str]]:
+        lines = [f"Terminal id: {self.terminal_id}"]
+        lines.append("This terminal: " + (", ".join(self.addresses()) or "no network address"))
+        if self.state == "searching" or self.target is None:
+            lines.append(self.searching)
+            return WAITING, lines
+        host, port = self.target
+        lines.append(f"Server: {host}:{port}")
+        if self.state == "waiting":
+            seconds = max(0, math.ceil(self.retry_at - self.reactor.seconds()))
+            lines.append(f"Retrying in {seconds} s ({self.last_error})")
+        else:
+            lines.append("Connecting...")
+        return WAITING, lines

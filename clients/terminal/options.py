@@ -1,0 +1,178 @@
+"""Command-line options of thinserve-terminal."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocols.terminal import DEFAULT_PORT, MAX_SCREEN_SIDE
+
+from .identity import checked_id
+
+MODEL = "thinserve-terminal"
+RFB_PORT = 5900
+HEADLESS_SIZE = (1024, 768)
+
+
+@dataclass(frozen=True)
+class Options:
+    mode: str  # "listen", "connect" or "find"
+    host: str | None = None  # --connect
+    port: int = DEFAULT_PORT  # where to listen, or where to connect
+    interfaces: tuple[str, ...] = ()
+    ipv4_only: bool = False
+    name: str | None = None  # DNS-SD instance name
+    terminal_id: str | None = None  # --id
+    id_file: Path | None = None
+    window: tuple[int, int] | None = None  # None: full screen
+    headless: bool = False
+    record: Path | None = None
+    script: str | None = None  # a file name, or "-" for standard input
+    clipboard_file: Path | None = None
+    quality: int | None = None  # JPEG quality level 0-9; None: lossless
+    password_file: Path | None = None
+    ca_file: str | None = None
+    find_name: str = "thinserve"
+    show_id: bool = False
+    verbose: bool = False
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1280x800")
+    width, height = int(match.group(1)), int(match.group(2))
+    if width > MAX_SCREEN_SIDE or height > MAX_SCREEN_SIDE:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {MAX_SCREEN_SIDE} a side")
+    return width, height
+
+
+def parse_host_port(text: str, default_port: int = RFB_PORT) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT``, ``[IPv6]:PORT`` or a bare IPv6 address."""
+    host, port = text, default_port
+    if text.startswith("["):
+        match = re.fullmatch(r"\[([^\]]+)\](?::([0-9]+))?", text)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not [ADDRESS]:PORT")
+        host, port = match.group(1), int(match.group(2) or default_port)
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        if not number.isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r}: the port is not a number")
+        port = int(number)
+    if not host or not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST[:PORT] with a port 1-65535")
+    return host, port
+
+
+def parse_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port 0-65535")
+    return int(text)
+
+
+def parse_quality(text: str) -> int:
+    if text not in {str(n) for n in range(10)}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a quality level 0-9")
+    return int(text)
+
+
+def parse_id(text: str) -> str:
+    try:
+        return checked_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thinserve-terminal",
+        description="A thinserve terminal: shows one remote screen full-screen and sends "
+        "keyboard, pointer and clipboard. By default it advertises itself and waits for "
+        "thinserve to connect.",
+    )
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--connect", metavar="HOST[:PORT]", help="connect to this server")
+    how.add_argument("--find", action="store_true", help="find thinserve with mDNS (_rfb._tcp)")
+    parser.add_argument(
+        "--port", type=parse_port, help=f"port to listen on (default {DEFAULT_PORT}; 0: any)"
+    )
+    parser.add_argument(
+        "--interfaces",
+        type=parse_address,
+        nargs="+",
+        default=[],
+        metavar="ADDRESS",
+        help="local addresses to listen and use mDNS on (default: all)",
+    )
+    parser.add_argument("--ipv4-only", action="store_true", help="IPv4 only, for mDNS too")
+    parser.add_argument("--name", help="the name thinserve shows for this terminal")
+    parser.add_argument(
+        "--id", type=parse_id, dest="terminal_id", metavar="ID", help="use this terminal id"
+    )
+    parser.add_argument("--id-file", type=Path, metavar="FILE", help="where the id is kept")
+    parser.add_argument("--show-id", action="store_true", help="print the terminal id and exit")
+    parser.add_argument("--window", type=parse_size, metavar="WxH", help="a window of this size")
+    parser.add_argument("--headless", action="store_true", help="no window (for tests and demos)")
+    parser.add_argument("--record", type=Path, metavar="DIR", help="save each update as a PNG")
+    parser.add_argument("--script", metavar="FILE", help="scripted input from FILE ('-': stdin)")
+    parser.add_argument("--clipboard-file", type=Path, metavar="FILE", help="headless clipboard")
+    parser.add_argument("--quality", type=parse_quality, metavar="N", help="allow JPEG, level 0-9")
+    parser.add_argument("--password-file", type=Path, metavar="FILE", help="VNC password")
+    parser.add_argument("--ca-file", metavar="FILE", help="CA certificates for VeNCrypt X509")
+    parser.add_argument(
+        "--find-name",
+        default="thinserve",
+        metavar="TEXT",
+        help="--find: a server whose name holds TEXT",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    mode, host, port = "listen", None, DEFAULT_PORT if args.port is None else args.port
+    if args.connect is not None:
+        try:
+            host, port = parse_host_port(args.connect)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+        mode = "connect"
+    elif args.find:
+        mode = "find"
+    interfaces = tuple(args.interfaces)
+    all_ipv4 = bool(interfaces) and all(":" not in a for a in interfaces)
+    window = args.window or (HEADLESS_SIZE if args.headless else None)
+    return Options(
+        mode=mode,
+        host=host,
+        port=port,
+        interfaces=interfaces,
+        ipv4_only=args.ipv4_only or all_ipv4,
+        name=args.name,
+        terminal_id=args.terminal_id,
+        id_file=args.id_file,
+        window=window,
+        headless=args.headless,
+        record=args.record,
+        script=args.script,
+        clipboard_file=args.clipboard_file,
+        quality=args.quality,
+        password_file=args.password_file,
+        ca_file=args.ca_file,
+        find_name=args.find_name,
+        show_id=args.show_id,
+        verbose=args.verbose,
+    )

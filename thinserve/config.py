@@ -135,13 +135,11 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
                 f"{source} [broker] pool {pool!r} names unknown desktops {unknown}; "
                 f"configured: {', '.join(names)}"
             )
-    listen = server.get("listen", list(Config.listen))
-    if isinstance(listen, str):
-        listen = [listen]
-    if not (isinstance(listen, list) and listen and all(isinstance(x, str) for x in listen)):
-        raise ConfigError(f'{source} [server] listen: give endpoint strings, e.g. "tcp:5900"')
+    where = f"{source} [server]"
     return Config(
-        listen=tuple(listen),
+        listen=_endpoints(server, "listen", Config.listen, where, allow_empty=False),
+        web_listen=_endpoints(server, "web_listen", Config.web_listen, where, allow_empty=True),
+        web_allowed_origins=_endpoints(server, "web_allowed_origins", (), where, allow_empty=True),
         name=_str(server, "name", "thinserve", f"{source} [server]"),
         password=_opt_str(server, "password", f"{source} [server]"),
         database=_opt_str(server, "database", f"{source} [server]"),

@@ -58,6 +58,7 @@ async def start_thinserve(
         web_listen=("tcp:port=0:interface=127.0.0.1",) if web else (),
         broker=broker or first_free(desktops),
         database=database,
+        admin_socket="",  # no admin API unless a test asks for one
         discovery=discovery_interfaces is not None,
         discovery_interfaces=discovery_interfaces or (),
         desktops=tuple(desktops),

@@ -54,7 +54,7 @@ async def test_discovered_terminal_shows_its_code_is_paired_and_sees_its_desktop
         assert isinstance(ts.hub.broker.assignment("desk-7"), ShowDesktop)
     finally:
         term.close()
-        publisher.child.stop()
+        await publisher.child.stop()
         await ts.stopService()
 
 

@@ -153,13 +153,27 @@ def test_config_defaults_and_full_file() -> None:
         ({"discovery": {"enabled": "yes"}, "local_desktop": [{"name": "x"}]}, "true or false"),
         ({"local_desktop": [{"name": "x", "geometry": "big"}]}, "WIDTHxHEIGHT"),
         ({"local_desktop": [{"name": "x"}, {"name": "x"}]}, "names must differ"),
-        ({"server": {"listen": 5900}, "local_desktop": [{"name": "x"}]}, "endpoint"),
+        ({"server": {"listen": 5900}, "local_desktop": [{"name": "x"}]}, "listen: give a list"),
         ({}, "no desktops"),
     ],
 )
 def test_config_errors_say_what_to_change(data: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_dict(data)
+
+
+def test_web_terminal_settings_are_read_from_the_file() -> None:
+    config = from_dict(
+        {
+            "server": {"web_listen": ["tcp:9999"], "web_allowed_origins": ["https://a.example"]},
+            "local_desktop": [{"name": "x"}],
+        }
+    )
+    assert config.web_listen == ("tcp:9999",)
+    assert config.web_allowed_origins == ("https://a.example",)
+    assert (
+        from_dict({"server": {"web_listen": []}, "local_desktop": [{"name": "x"}]}).web_listen == ()
+    )
 
 
 def test_unix_addresses_must_be_absolute() -> None:

@@ -64,6 +64,7 @@ class Config:
     # The browser terminal (noVNC over WebSocket); () turns it off.
     web_listen: tuple[str, ...] = ("tcp:port=5800:interface=127.0.0.1",)
     web_allowed_origins: tuple[str, ...] = ()
+    dial: tuple[str, ...] = ()  # listening viewers thinserve connects to (host[:port])
     name: str = "thinserve"
     password: str | None = None
     database: str | None = None  # None: the default path (see thinserve.store)
@@ -105,6 +106,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
             "password",
             "web_listen",
             "web_allowed_origins",
+            "dial",
             "database",
             "admin_socket",
         },
@@ -140,6 +142,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         listen=_endpoints(server, "listen", Config.listen, where, allow_empty=False),
         web_listen=_endpoints(server, "web_listen", Config.web_listen, where, allow_empty=True),
         web_allowed_origins=_endpoints(server, "web_allowed_origins", (), where, allow_empty=True),
+        dial=_dial(server, where),
         name=_str(server, "name", "thinserve", f"{source} [server]"),
         password=_opt_str(server, "password", f"{source} [server]"),
         database=_opt_str(server, "database", f"{source} [server]"),
@@ -153,6 +156,18 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         local_desktops=local,
         source=source,
     )
+
+
+def _dial(server: dict[str, Any], where: str) -> tuple[str, ...]:
+    from .viewers import ViewerAddressError, listening_viewer
+
+    addresses = _endpoints(server, "dial", (), where, allow_empty=True)
+    for address in addresses:
+        try:
+            listening_viewer(address)
+        except ViewerAddressError as exc:
+            raise ConfigError(f"{where} dial: {exc}") from None
+    return addresses
 
 
 def _broker(data: dict[str, Any], source: str) -> BrokerConfig:

@@ -27,6 +27,7 @@ from .hub import Hub
 from .relay.upstream import DesktopAddress, Mirror, Upstream
 from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 from .store.sqlite import SqliteStore, default_path
+from .viewers import listening_viewer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class ThinServe(service.Service):
         self.store: SqliteStore | None = None
         self.hub: Hub | None = None
         self.discovery: object | None = None
+        self.connector: object | None = None
         self.admin_port: IListeningPort | None = None
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
@@ -63,8 +65,20 @@ class ThinServe(service.Service):
             port = await self._listen(description, factory)
             log.info("terminals connect to %s", _describe(port))
         await self._start_web(factory)
+        self._start_reverse()
         if self.config.discovery:
             await self._start_discovery()
+        for address in self.config.dial:
+            self.reverse_factory.wrap(self.connector.terminal_added)(listening_viewer(address))
+            log.info("dialling the listening viewer at %s", address)
+
+    def _start_reverse(self) -> None:
+        """Outgoing connections: discovered terminals and listening viewers."""
+        from .reverse import ReverseConnector
+
+        assert self.hub is not None
+        self.reverse_factory = ReverseFactory(self._terminal_options(), self.hub)
+        self.connector = ReverseConnector(self.reactor, self.reverse_factory)
 
     def _start_desktops(self) -> dict[str, Mirror]:
         addresses = [self._start_local(c) for c in self.config.local_desktops]
@@ -120,16 +134,12 @@ class ThinServe(service.Service):
 
     async def _start_discovery(self) -> None:
         from .discovery import ServerAdvertiser, TerminalBrowser
-        from .reverse import ReverseConnector
 
-        assert self.hub is not None
         interfaces = list(self.config.discovery_interfaces) or None
-        reverse_factory = ReverseFactory(self._terminal_options(), self.hub)
-        connector = ReverseConnector(self.reactor, reverse_factory)
         browser = TerminalBrowser(
-            on_added=reverse_factory.wrap(connector.terminal_added),
-            on_updated=reverse_factory.wrap(connector.terminal_updated),
-            on_removed=connector.terminal_removed,
+            on_added=self.reverse_factory.wrap(self.connector.terminal_added),
+            on_updated=self.reverse_factory.wrap(self.connector.terminal_updated),
+            on_removed=self.connector.terminal_removed,
             interfaces=interfaces,
         )
         await browser.start()
@@ -140,7 +150,7 @@ class ThinServe(service.Service):
             )
             await advertiser.start()
             advertisers.append(advertiser)
-        self.discovery = (browser, connector, advertisers)
+        self.discovery = (browser, advertisers)
         log.info("looking for terminals over zeroconf")
 
     def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
@@ -151,9 +161,10 @@ class ThinServe(service.Service):
         if self.admin_port is not None:
             await self.admin_port.stopListening()
             self.admin_port = None
+        if self.connector is not None:
+            self.connector.stop(disconnect=True)
         if self.discovery is not None:
-            browser, connector, advertisers = self.discovery  # type: ignore[misc]
-            connector.stop(disconnect=True)
+            browser, advertisers = self.discovery  # type: ignore[misc]
             for advertiser in advertisers:
                 await advertiser.stop()
             await browser.stop()

@@ -304,7 +304,9 @@ class ClientConnection:
         assert self.codec is not None
         pixels = yield from m.read(rect.area * self.codec.bytes_per_pixel)
         mask = yield from m.read(((rect.w + 7) // 8) * rect.h)
-        if rect.area == 0:
+        if rect.area == 0:  # the server hides the cursor
+            empty = np.zeros((rect.h, rect.w), dtype=np.uint32)
+            self._events.append(CursorShape(Cursor(rect.x, rect.y, empty, empty.astype(bool))))
             return
         image = self.codec.from_wire(pixels, rect.area).reshape(rect.h, rect.w)
         bits = np.unpackbits(np.frombuffer(mask, dtype=np.uint8).reshape(rect.h, -1), axis=1)

@@ -50,6 +50,7 @@ async def start_thinserve(
     web: bool = False,
     database: str = ":memory:",
     discovery_interfaces: tuple[str, ...] | None = None,
+    dial: tuple[str, ...] = (),
 ) -> ThinServe:
     """thinserve in this process; terminals get desktops by ``broker`` (default:
     first free).  Discovery runs only when interfaces are given."""
@@ -61,6 +62,7 @@ async def start_thinserve(
         admin_socket="",  # no admin API unless a test asks for one
         discovery=discovery_interfaces is not None,
         discovery_interfaces=discovery_interfaces or (),
+        dial=dial,
         desktops=tuple(desktops),
         local_desktops=(),
         source="test",

@@ -111,3 +111,27 @@ async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: 
             t.close()
     finally:
         await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tigervnc_viewer_in_listen_mode_is_dialled_and_shows_the_desktop(
+    xvnc, tigervnc_viewer
+) -> None:
+    from tests.integration.relayparts import first_free
+    from tests.realparts import free_tcp_port
+
+    server = xvnc(size=(640, 480))
+    frame = office_frame(640, 480)
+    server.paint(frame)
+    port = free_tcp_port()
+    viewer = tigervnc_viewer(listen_port=port)
+    desktops = [desktop("d1", server)]
+    ts = await start_thinserve(desktops, broker=first_free(desktops), dial=(f"127.0.0.1:{port}",))
+    try:
+        shown = await threads.deferToThread(
+            viewer.wait_for_frame, lambda img: np.array_equal(img, frame), 60.0
+        )
+        assert np.array_equal(shown, frame)
+        assert "viewer-127.0.0.1" in ts.hub.terminals
+    finally:
+        await ts.stopService()

@@ -336,3 +336,14 @@ def test_tight_with_jpeg_quality_keeps_screen_content_lossless() -> None:
             sum(len(p) for _, p in encoder.encode(frame, Rect(0, 0, 256, 128), PixelCodec(NATIVE)))
         )
     assert sizes[1] <= sizes[0]
+
+
+def test_invisible_cursor_is_reported() -> None:
+    pair = Pair()
+    pair.client.set_encodings([Encoding.RAW, Encoding.CURSOR])
+    pair.pump()
+    empty = np.zeros((0, 0), dtype=np.uint32)
+    assert pair.server.set_cursor(Cursor(0, 0, empty, empty.astype(bool)))
+    pair.full_update()
+    (shape,) = pair.take_client(CursorShape)
+    assert shape.cursor.pixels.size == 0

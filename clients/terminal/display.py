@@ -170,6 +170,10 @@ class Display:
         cursor, layout = self._cursor, self.layout
         if cursor is None or layout is None:
             return
+        if cursor.pixels.size == 0:  # the server hides the pointer
+            with contextlib.suppress(pygame.error):
+                pygame.mouse.set_visible(False)
+            return
         surface = cursor_surface(cursor)
         hx, hy = cursor.hotspot_x, cursor.hotspot_y
         if layout.scale != 1.0:

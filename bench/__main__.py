@@ -1,39 +1,53 @@
-"""``python -m bench``: thinserve's encodings measured next to TigerVNC's Xvnc.
+"""``python -m bench``: thinserve measured next to TigerVNC's Xvnc.
 
-Prints the machine, then one table per content; progress goes to stderr.
-docs/performance.md explains the columns.
+``python -m bench encodings``: encode/decode speed and bytes per frame of
+each encoding on still contents; ``python -m bench relay``: real workloads
+replayed on Xvnc desktops and watched directly, through a byte relay and
+through thinserve; ``python -m bench``: both.  Tables go to stdout,
+progress to stderr; docs/performance.md explains every column.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
 from .content import CONTENTS
-from .options import Options
+from .options import RELAY_WORKLOADS, Options, RelayOptions
 from .xvnc import INSTALL_HINT, xvnc_path, xvnc_version
+
+COMMANDS = ("all", "encodings", "relay")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Encode/decode speed and bytes per frame of thinserve's RFB "
-        "encodings, next to TigerVNC's Xvnc serving the same screen.",
+        description="thinserve's benchmarks: 'encodings' (speed and bytes of each encoding "
+        "next to TigerVNC's Xvnc), 'relay' (latency, frames, bytes, CPU, memory and scale "
+        "of real workloads: direct, byte relay, thinserve); no command runs both.",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="1280x720 frames, 3 repetitions, all rows"
-    )
-    parser.add_argument(
+    parser.add_argument("command", nargs="?", choices=COMMANDS, default="all")
+    parser.add_argument("--quick", action="store_true", help="the short run (see docs)")
+    encodings = parser.add_argument_group("encodings")
+    encodings.add_argument(
         "--content",
         choices=list(CONTENTS),
         action="append",
         help="measure only this content (repeatable; default: all)",
     )
-    parser.add_argument(
-        "--no-xvnc", action="store_true", help="leave out Xvnc (for machines without it)"
+    encodings.add_argument("--no-xvnc", action="store_true", help="leave out Xvnc (encodings only)")
+    encodings.add_argument("--repeat", type=int, help="repetitions per measurement (median)")
+    relay = parser.add_argument_group("relay")
+    relay.add_argument(
+        "--workload",
+        choices=list(RELAY_WORKLOADS),
+        action="append",
+        help="replay only this workload (repeatable; default: all)",
     )
-    parser.add_argument("--repeat", type=int, help="repetitions per measurement (median)")
+    relay.add_argument("--no-scale", action="store_true", help="skip the scale test")
+    relay.add_argument("--no-footprint", action="store_true", help="skip memory and idle CPU")
     return parser.parse_args(argv)
 
 
@@ -46,44 +60,94 @@ def install_reactor() -> None:
     asyncioreactor.install()
 
 
-def peer_description(options: Options) -> str:
-    if options.xvnc:
+def peer_description(xvnc: bool) -> str:
+    if xvnc:
         return xvnc_version()
     if xvnc_path() is None:
         return f"Xvnc not measured: not installed ({INSTALL_HINT}); its columns show '-'"
     return "Xvnc not measured: --no-xvnc was given; its columns show '-'"
 
 
-async def run_and_print(options: Options) -> int:
+async def encodings(options: Options) -> int:
     from .report import load, machine_lines, render
     from .runner import run
     from .xvnc import XvncError
 
-    machine = machine_lines(peer_description(options))
+    machine = machine_lines(peer_description(options.xvnc))
     started = time.monotonic()
     try:
         results = await run(options)
     except (XvncError, ConnectionError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(render(options, machine, results)))
+    print("\n".join(render(options, machine, results)), flush=True)
     print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
     return 0
 
 
+async def relay(options: RelayOptions) -> int:
+    from . import footprint, processes, relayreport, scale
+    from . import relay as relay_suite
+    from .report import load, machine_lines
+    from .xvnc import XvncError
+
+    pinned = processes.pin_benchmark()
+    machine = machine_lines(peer_description(True))
+    started = time.monotonic()
+    try:
+        runs = await relay_suite.run(options)
+        scaled = await scale.run(options) if options.scale_counts else None
+        rest = await footprint.run(options) if options.footprint else None
+    except (XvncError, ConnectionError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = ["", "## thinserve relay benchmark", ""]
+    out += [f"- {line}" for line in machine]
+    core = "the relay on core 0, the rest on the others" if pinned else "no pinning (one core)"
+    out.append(f"- Relay processes: thinserve and the byte relay as separate processes; {core}")
+    out.append(f"- Workloads of {options.seconds:.0f} s; see docs/performance.md")
+    out += relayreport.runs_section(runs)
+    if scaled is not None:
+        out += relayreport.scale_section(scaled)
+    if rest is not None:
+        out += relayreport.footprint_section(rest)
+    out += relayreport.targets_section(runs, scaled, rest)
+    print("\n".join(out))
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
+    return 0
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    status = 0
+    if args.command in ("all", "encodings"):
+        contents = tuple(args.content or CONTENTS)
+        options = Options.of(args.quick, contents, not args.no_xvnc, args.repeat)
+        status = await encodings(options)
+    if args.command in ("all", "relay") and status == 0:
+        relay_options = RelayOptions.of(args.quick, tuple(args.workload or ()) or None)
+        if args.no_scale:
+            relay_options = dataclasses.replace(relay_options, scale_counts=())
+        if args.no_footprint:
+            relay_options = dataclasses.replace(relay_options, footprint=False)
+        status = await relay(relay_options)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.no_xvnc and xvnc_path() is None:
+    if args.command == "all" and args.no_xvnc:
+        args.command = "encodings"  # the relay suite needs Xvnc
+    needs_xvnc = args.command == "relay" or not args.no_xvnc
+    if needs_xvnc and xvnc_path() is None:
         print(f"error: Xvnc is not installed: {INSTALL_HINT} (or pass --no-xvnc)", file=sys.stderr)
         return 2
-    options = Options.of(args.quick, tuple(args.content or CONTENTS), not args.no_xvnc, args.repeat)
     install_reactor()
     from twisted.internet import defer, task
 
     status = [1]
 
     async def body() -> None:
-        status[0] = await run_and_print(options)
+        status[0] = await run_command(args)
 
     try:
         task.react(lambda _reactor: defer.Deferred.fromCoroutine(body()))

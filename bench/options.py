@@ -25,3 +25,49 @@ class Options:
         width, height = QUICK_SIZE if quick else FULL_SIZE
         repetitions = repeat or (QUICK_REPETITIONS if quick else FULL_REPETITIONS)
         return cls(width, height, max(1, repetitions), contents, xvnc)
+
+
+RELAY_SIZES = ((1280, 1024), (1920, 1080))
+RELAY_WORKLOADS = ("typing", "scrolling", "dragging", "clock", "video")
+PATHS = ("direct", "relay", "thinserve")
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """What ``python -m bench relay`` measures and for how long."""
+
+    sizes: tuple[tuple[int, int], ...]
+    workloads: tuple[str, ...]
+    profiles: tuple[str, ...]  # keys of bench.terminal.PROFILES
+    seconds: float  # length of each workload replay
+    scale_counts: tuple[int, ...]  # terminals per step of the scale test; () skips it
+    scale_seconds: float
+    scale_size: tuple[int, int]
+    idle_seconds: float
+    footprint: bool  # memory and idle CPU
+
+    @classmethod
+    def of(cls, quick: bool, workloads: tuple[str, ...] | None = None) -> RelayOptions:
+        if quick:
+            return cls(
+                sizes=(RELAY_SIZES[0],),
+                workloads=workloads or RELAY_WORKLOADS,
+                profiles=("tight",),
+                seconds=3.0,
+                scale_counts=(20, 50),
+                scale_seconds=6.0,
+                scale_size=RELAY_SIZES[0],
+                idle_seconds=4.0,
+                footprint=True,
+            )
+        return cls(
+            sizes=RELAY_SIZES,
+            workloads=workloads or RELAY_WORKLOADS,
+            profiles=("tight", "zrle"),
+            seconds=5.0,
+            scale_counts=(10, 20, 30, 40, 50, 60),
+            scale_seconds=12.0,
+            scale_size=RELAY_SIZES[0],
+            idle_seconds=10.0,
+            footprint=True,
+        )

@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -62,9 +63,10 @@ def _port_open(port: int) -> bool:
 class Xvnc:
     """One Xvnc process of a given size, and an X connection to draw on it."""
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, name: str = "bench") -> None:
         self.width = width
         self.height = height
+        self.name = name  # the desktop name Xvnc announces in ServerInit
         self.display_number = 0
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -72,27 +74,30 @@ class Xvnc:
         self.version = ""
         self._draws = 0
 
-    def start(self, attempts: int = 3) -> None:
+    def start(self, attempts: int = 3, display: int | None = None, port: int | None = None) -> None:
+        """Start Xvnc; ``display`` and ``port`` when the caller has reserved them."""
         path = xvnc_path()
         if path is None:
             raise XvncError(f"Xvnc is not installed: {INSTALL_HINT}")
         self.version = xvnc_version(path)
-        for _ in range(attempts):
-            if self._try_start(path):
+        for attempt in range(attempts):
+            if attempt or display is None or port is None:
+                display, port = free_display(), free_port()
+            if self._try_start(path, display, port):
                 atexit.register(self.stop)  # also when the run is interrupted
                 self.x = xdisplay.Display(f":{self.display_number}")
                 self._hide_pointer()
                 return
         raise XvncError(f"Xvnc did not start after {attempts} attempts")
 
-    def _try_start(self, path: str) -> bool:
-        self.display_number, self.port = free_display(), free_port()
+    def _try_start(self, path: str, display: int, port: int) -> bool:
+        self.display_number, self.port = display, port
         args = [
             path, f":{self.display_number}",
             "-localhost", "-rfbport", str(self.port),
             "-SecurityTypes", "None",
             "-geometry", f"{self.width}x{self.height}", "-depth", "24",
-            "-nolisten", "tcp", "-s", "0", "-AlwaysShared", "-desktop", "bench",
+            "-nolisten", "tcp", "-s", "0", "-AlwaysShared", "-desktop", self.name,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -126,20 +131,28 @@ class Xvnc:
         if (width, height) != (self.width, self.height):
             screen = f"{self.width}x{self.height}"
             raise XvncError(f"frame {width}x{height} does not fit the {screen} screen")
-        info = self.x.display.info
-        order = "<" if info.image_byte_order == X.LSBFirst else ">"
-        words = frame.astype(f"{order}u4")
-        max_bytes = info.max_request_length * 4 - PUT_IMAGE_OVERHEAD
-        rows = max(1, max_bytes // (width * 4))
         root = self.x.screen().root
         gc = root.create_gc()
-        for y in range(0, height, rows):
-            chunk = words[y : y + rows]
-            root.put_image(gc, 0, y, width, chunk.shape[0], X.ZPixmap, 24, 0, chunk.tobytes())
+        self.put(gc, 0, 0, frame)
         gc.free()
         self._draws += 1
         root.warp_pointer(self._draws % 2, 0)  # renews Xvnc's cursor composite
         self.x.sync()
+
+    def put(self, gc: object, x: int, y: int, pixels: np.ndarray) -> None:
+        """PutImage ``pixels`` at (x, y) on the root window, in request-sized chunks."""
+        assert self.x is not None
+        info = self.x.display.info
+        order = "<" if info.image_byte_order == X.LSBFirst else ">"
+        words = pixels.astype(f"{order}u4")
+        height, width = pixels.shape
+        max_bytes = info.max_request_length * 4 - PUT_IMAGE_OVERHEAD
+        rows = max(1, max_bytes // (width * 4))
+        root = self.x.screen().root
+        for top in range(0, height, rows):
+            chunk = words[top : top + rows]
+            data = chunk.tobytes()
+            root.put_image(gc, x, y + top, width, chunk.shape[0], X.ZPixmap, 24, 0, data)
 
     def stop(self) -> None:
         atexit.unregister(self.stop)
@@ -158,6 +171,25 @@ class Xvnc:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def start_many(servers: list[Xvnc]) -> None:
+    """Start several Xvnc at once, on distinct displays and ports."""
+    displays: list[int] = []
+    ports: set[int] = set()
+    plan = []
+    for _server in servers:
+        display = free_display(displays[-1] + 1 if displays else 40)
+        displays.append(display)
+        port = free_port()
+        while port in ports:
+            port = free_port()
+        ports.add(port)
+        plan.append((display, port))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = [pool.submit(s.start, 3, d, p) for s, (d, p) in zip(servers, plan, strict=True)]
+        for job in jobs:
+            job.result()
 
 
 def xvnc_version(path: str | None = None) -> str:

@@ -1,0 +1,154 @@
+"""The relays as separate processes, and what /proc says they cost.
+
+Both relays (thinserve, the byte relay) run as their own process, so
+their CPU time (``utime + stime`` from /proc/PID/stat, all threads) and
+resident memory (``VmRSS`` from /proc/PID/status) are theirs alone.  On a
+machine with two or more cores the relay is pinned to core 0 and the
+benchmark's own process (painting, terminals, and the Xvnc desktops it
+starts) to the other cores, so the relay is measured on one core of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .xvnc import XvncError, _port_open, free_port
+
+START_TIMEOUT = 30.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RELAY_CORE = 0
+
+
+def pin_benchmark() -> bool:
+    """Keep this process (and what it starts later) off the relay's core."""
+    cores = os.sched_getaffinity(0)
+    others = cores - {RELAY_CORE}
+    if RELAY_CORE not in cores or not others:
+        return False
+    os.sched_setaffinity(0, others)
+    return True
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class Meter:
+    """CPU seconds of a process over an interval of wall time."""
+
+    pid: int
+    cpu: float = 0.0
+    wall: float = 0.0
+
+    def start(self) -> Meter:
+        self.cpu, self.wall = cpu_seconds(self.pid), time.perf_counter()
+        return self
+
+    def read(self) -> tuple[float, float]:
+        """(CPU seconds, wall seconds) since ``start``."""
+        return cpu_seconds(self.pid) - self.cpu, time.perf_counter() - self.wall
+
+
+class ServerProcess:
+    """A relay process listening on a loopback port, pinned to the relay core."""
+
+    def __init__(self, args: list[str], port: int) -> None:
+        self.args = args
+        self.port = port
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (its stderr, kept open while it runs)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log
+        )
+        atexit.register(self.stop)
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(self.process.pid, {RELAY_CORE})
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _port_open(self.port):
+            if self.process.poll() is not None:
+                raise XvncError(f"{self.args[2]} exited: {self.errors()[-500:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise XvncError(f"{self.args[2]} did not listen within {START_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+
+    def errors(self) -> str:
+        """What the process wrote to standard error so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace").strip()
+
+    def stop(self) -> None:
+        atexit.unregister(self.stop)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def byte_relay(target_port: int) -> ServerProcess:
+    port = free_port()
+    args = [sys.executable, "-m", "bench.byterelay", str(port), str(target_port)]
+    return ServerProcess(args, port)
+
+
+def thinserve(desktops: list[tuple[str, int]], workdir: Path | None = None) -> ServerProcess:
+    """thinserve serving ``desktops`` ((name, Xvnc port) each), every terminal
+    getting the first free one."""
+    port = free_port()
+    folder = workdir or Path(tempfile.mkdtemp(prefix="thinserve-bench-"))
+    config = folder / "thinserve.toml"
+    config.write_text(config_toml(port, desktops))
+    args = [sys.executable, "-m", "bench.serverproc", str(config)]
+    return ServerProcess(args, port)
+
+
+def config_toml(port: int, desktops: list[tuple[str, int]]) -> str:
+    names = ", ".join(f'"{name}"' for name, _ in desktops)
+    lines = [
+        "[server]",
+        f'listen = ["tcp:port={port}:interface=127.0.0.1"]',
+        'database = ":memory:"',
+        "",
+        "[discovery]",
+        "enabled = false",
+        "",
+        "[broker]",
+        'unknown_terminal = "pool"',
+        'default_pool = "all"',
+        "",
+        "[broker.pools]",
+        f"all = [{names}]",
+    ]
+    for name, desktop_port in desktops:
+        lines += ["", "[[desktop]]", f'name = "{name}"', f'address = "127.0.0.1:{desktop_port}"']
+    return "\n".join(lines) + "\n"

@@ -179,3 +179,14 @@ def test_web_terminal_settings_are_read_from_the_file() -> None:
 def test_unix_addresses_must_be_absolute() -> None:
     with pytest.raises(ConfigError, match="absolute"):
         address_to_endpoint("unix:relative.sock")
+
+
+def test_the_packaged_configuration_loads() -> None:
+    from pathlib import Path
+
+    from thinserve.config import load
+
+    config = load(Path(__file__).parents[2] / "packaging" / "thinserve.toml")
+    assert config.listen == ("tcp:port=5900",)
+    assert config.broker.unknown_terminal == "pairing"
+    assert [d.name for d in config.local_desktops] == ["desktop-1"]

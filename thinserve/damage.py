@@ -38,6 +38,18 @@ class Damage:
     def clear(self) -> None:
         self.grid[:] = False
 
+    def intersects(self, rect: Rect) -> bool:
+        """Whether any damaged tile overlaps ``rect``."""
+        x0, y0 = max(rect.x, 0), max(rect.y, 0)
+        x1, y1 = min(rect.x + rect.w, self.width), min(rect.y + rect.h, self.height)
+        if x1 <= x0 or y1 <= y0:
+            return False
+        return bool(self.grid[y0 // TILE : -(-y1 // TILE), x0 // TILE : -(-x1 // TILE)].any())
+
+    def forget_inside(self, rect: Rect) -> None:
+        """Forget the damage of the tiles wholly inside ``rect``."""
+        self._clear_inside(rect)
+
     def __bool__(self) -> bool:
         return bool(self.grid.any())
 

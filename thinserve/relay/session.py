@@ -17,10 +17,11 @@ from collections.abc import Callable
 import numpy as np
 
 from protocols.rfb import messages as m
+from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardText, Cursor, ServerEvent
 
-from ..damage import Damage
+from ..damage import Damage, intersect
 from ..rfbserver import RFBServerProtocol
 from .scaling import ScaledSource
 from .source import Source
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # ExtendedDesktopSize status codes
 RESIZE_OK, RESIZE_PROHIBITED = 0, 1
+MAX_COPIES = 16  # CopyRects waiting for one update; more go out as damage
+Copy = tuple[Rect, int, int]  # destination, src_x, src_y
 
 
 class TerminalSession:
@@ -44,6 +47,7 @@ class TerminalSession:
         self.view: Source | None = None  # source, or a scaled view of it
         self.control = False
         self.damage = Damage(0, 0)
+        self.copies: list[Copy] = []  # go out before the damage, as CopyRect
         self.requested: Rect | None = None
         self.width = 0
         self.height = 0
@@ -58,7 +62,7 @@ class TerminalSession:
         source = self._on_attach(self)
         self.width, self.height = source.width, source.height
         proto.conn.server_init(self.width, self.height, source.name)
-        self.damage = Damage(self.width, self.height)
+        self._new_damage(self.width, self.height)
         if self.source is None:
             self.show(source, control=self.control)
 
@@ -78,7 +82,7 @@ class TerminalSession:
         elif isinstance(event, m.SetDesktopSize):
             self._set_desktop_size(event)
         elif isinstance(event, m.EnableContinuousUpdates | m.SetPixelFormat):
-            self.damage.add_all()
+            self._damage_all()
             self.try_send()
         else:
             self._input(event)
@@ -94,7 +98,7 @@ class TerminalSession:
         if self.proto is None:
             return
         self._fit_view()
-        self.damage.add_all()
+        self._damage_all()
         if self.view is not None and self.view.cursor is not None:
             self.on_cursor(self.view.cursor)
         self.try_send()
@@ -134,7 +138,7 @@ class TerminalSession:
         if not self.proto.conn.resize(width, height):
             return False
         self.width, self.height = width, height
-        self.damage = Damage(width, height)
+        self._new_damage(width, height)
         return True
 
     # -- terminal requests --------------------------------------------------------------
@@ -171,7 +175,7 @@ class TerminalSession:
             self._fit_view()
         # Answered after the resize, so the reply (reason 1) carries the new size.
         self.proto.conn.answer_set_desktop_size(RESIZE_OK)
-        self.damage.add_all()
+        self._damage_all()
         self.try_send()
 
     def _input(self, event: ServerEvent) -> None:
@@ -189,11 +193,48 @@ class TerminalSession:
 
     # -- SourceListener -------------------------------------------------------------------
     def on_damage(self, grid: np.ndarray) -> None:
+        self._add_grid(grid)
+        self.try_send()
+
+    def on_copy(self, copies: list[Copy], grid: np.ndarray) -> None:
+        """The source copied blocks (in order), then changed ``grid``."""
+        for dest, sx, sy in copies:
+            if self._can_copy(dest, sx, sy):
+                self.copies.append((dest, sx, sy))
+                self.damage.forget_inside(dest)  # the copy brings these tiles up to date
+            else:
+                self.damage.add(dest)
+        self._add_grid(grid)
+        self.try_send()
+
+    def _can_copy(self, dest: Rect, sx: int, sy: int) -> bool:
+        """A copy can go out as CopyRect if the terminal has its source up to date."""
+        if self.proto is None or self.view is None or self.view is not self.source:
+            return False
+        inside = Rect(0, 0, self.width, self.height)
+        source = Rect(sx, sy, dest.w, dest.h)
+        return (
+            self.proto.conn.settings.supports(Encoding.COPYRECT)
+            and len(self.copies) < MAX_COPIES
+            and intersect(source, inside) == source
+            and intersect(dest, inside) == dest
+            and not self.damage.intersects(source)
+        )
+
+    def _add_grid(self, grid: np.ndarray) -> None:
         if grid.shape == self.damage.grid.shape:
             self.damage.add_grid(grid)
         else:
-            self.damage.add_all()
-        self.try_send()
+            self._damage_all()
+
+    def _damage_all(self) -> None:
+        """Everything goes out again: waiting copies are pointless."""
+        self.copies = []
+        self.damage.add_all()
+
+    def _new_damage(self, width: int, height: int) -> None:
+        self.copies = []
+        self.damage = Damage(width, height)
 
     def on_resize_refused(self) -> None:
         if self.pending_size is not None and self.proto is not None:
@@ -206,7 +247,7 @@ class TerminalSession:
         if self.proto is None or self.source is None:
             return
         self._fit_view()
-        self.damage.add_all()
+        self._damage_all()
         self.try_send()
 
     def on_cursor(self, cursor: Cursor) -> None:
@@ -231,15 +272,16 @@ class TerminalSession:
         conn = proto.conn
         if self.requested is None and not conn.continuous_updates:
             return
-        if not self.damage and not conn.has_pending_pseudo:
+        if not self.damage and not self.copies and not conn.has_pending_pseudo:
             return
         clip = Rect(0, 0, self.width, self.height)
         if not conn.continuous_updates and self.requested is not None:
             clip = self.requested
         rects = self.damage.take(clip)
-        if not rects and not conn.has_pending_pseudo:
+        if not rects and not self.copies and not conn.has_pending_pseudo:
             return
         self.requested = None
-        self.bytes_sent += conn.send_update(self.view.framebuffer, rects)
+        copies, self.copies = self.copies, []
+        self.bytes_sent += conn.send_update(self.view.framebuffer, rects, copies)
         self.updates_sent += 1
         proto.flush()

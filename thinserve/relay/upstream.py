@@ -28,8 +28,11 @@ from protocols.rfb.client import (
     UpdateDone,
 )
 from protocols.rfb.constants import Encoding
+from protocols.rfb.encodings import CopyFrom, Rect
+from protocols.rfb.encodings.base import DecodeGen
+from protocols.rfb.encodings.copyrect import CopyRectDecoder
 from protocols.rfb.handshake import AuthenticationFailed
-from protocols.rfb.pixelformat import NATIVE
+from protocols.rfb.pixelformat import NATIVE, PixelCodec
 from protocols.rfb.server import ClipboardText
 
 from .. import rfbclient
@@ -96,6 +99,26 @@ def _endpoint_host(endpoint: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+Copy = tuple[Rect, int, int]  # destination, src_x, src_y
+
+
+class CopyLog(CopyRectDecoder):
+    """The upstream's CopyRect decoder: decodes as usual and keeps every copy."""
+
+    def __init__(self) -> None:
+        self.copies: list[Copy] = []
+
+    def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
+        result = yield from super().decode(rect, codec)
+        assert isinstance(result, CopyFrom)
+        self.copies.append((rect, result.src_x, result.src_y))
+        return result
+
+    def take(self) -> list[Copy]:
+        copies, self.copies = self.copies, []
+        return copies
+
+
 class Mirror(Source):
     """A desktop's picture as thinserve has it, and the state of its link."""
 
@@ -108,6 +131,30 @@ class Mirror(Source):
 
     def show_screen(self, text: screens.ScreenText) -> None:
         self.set_frame(screens.render(text, self.width, self.height))
+
+    def updated(self, copies: list[Copy], others: list[Rect]) -> None:
+        """One upstream update: ``copies`` (done first) and other changed rectangles.
+
+        Listeners that take copies (``on_copy``) get them with the damage of
+        the rest; the others get everything as damage.
+        """
+        if not copies:
+            self.damaged(others)
+            return
+        grid = self._grid(others)
+        everything = grid | self._grid([dest for dest, _, _ in copies])
+        for listener in list(self.listeners):
+            on_copy = getattr(listener, "on_copy", None)
+            if on_copy is not None:
+                on_copy(copies, grid)
+            else:
+                listener.on_damage(everything)
+
+    def _grid(self, rects: list[Rect]) -> np.ndarray:
+        grid = np.zeros(_grid_shape(self.framebuffer), dtype=bool)
+        for r in rects:
+            grid[r.y // 16 : -(-(r.y + r.h) // 16), r.x // 16 : -(-(r.x + r.w) // 16)] = True
+        return grid
 
     def take_framebuffer(self, framebuffer: np.ndarray) -> None:
         """Show the upstream connection's framebuffer from now on."""
@@ -145,6 +192,7 @@ class Upstream:
         self.running = False
         self.can_set_size = False
         self.connections = 0
+        self.copy_log = CopyLog()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -201,7 +249,7 @@ class Upstream:
         if isinstance(event, ServerInitReceived):
             self._live(proto)
         elif isinstance(event, UpdateDone):
-            self.mirror.damaged(event.rects)
+            self._updated(event)
             conn.request_update(incremental=True)
         elif isinstance(event, DesktopResized):
             self.can_set_size = self.can_set_size or event.screens != ()
@@ -219,12 +267,27 @@ class Upstream:
         elif isinstance(event, m.Bell):
             self.mirror.bell()
 
+    def _updated(self, event: UpdateDone) -> None:
+        """Tell the mirror what changed: copies apart when they came first."""
+        copies = self.copy_log.take()
+        kinds = event.encodings
+        copies_first = Encoding.COPYRECT not in kinds[kinds.count(Encoding.COPYRECT) :]
+        if not copies or not copies_first or len(copies) != kinds.count(Encoding.COPYRECT):
+            self.mirror.damaged(event.rects)  # a copy after other rectangles: all as damage
+            return
+        others = [r for r, e in zip(event.rects, kinds, strict=True) if e != Encoding.COPYRECT]
+        self.mirror.updated(copies, others)
+
     def _live(self, proto: rfbclient.RFBClientProtocol) -> None:
         conn = proto.conn
         self.connections += 1
         self.delay = self.first_delay
         conn.set_pixel_format(NATIVE)
         conn.set_encodings(self.address.wanted_encodings())
+        # The connection keeps one decoder per encoding (set_encodings resets
+        # them); this CopyRect decoder also records the copies.
+        self.copy_log = CopyLog()
+        conn._decoders[Encoding.COPYRECT] = self.copy_log
         conn.request_update(incremental=False)
         self.mirror.name = conn.name or self.address.name
         self.mirror.state, self.mirror.detail = "live", ""

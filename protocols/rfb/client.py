@@ -24,14 +24,14 @@ import numpy as np
 
 from . import messages as m
 from .clipboard import ClipboardState
+from .connection import Connection
 from .constants import Encoding, FenceFlag, ServerMsg
 from .encodings import RECT_ENCODINGS, CopyFrom, Decoder, Rect, make_decoder
 from .errors import ProtocolError, require
-from .handshake import ClientHandshake, HandshakeDone, HandshakeEvent
+from .handshake import ClientHandshake, HandshakeEvent
 from .limits import DEFAULT_LIMITS, Limits
 from .pixelformat import DEFAULT_COLOUR_MAP, PixelCodec, PixelFormat
 from .server import FENCE_FLAGS_SUPPORTED, ClipboardText, Cursor
-from .stream import StreamDriver
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ ClientEvent = (
 )
 
 
-class ClientConnection:
+class ClientConnection(Connection):
     def __init__(
         self,
         *,
@@ -106,15 +106,11 @@ class ClientConnection:
         shared: bool = True,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        self.limits = limits
-        self.shared = shared
-        self._handshake = ClientHandshake(
+        handshake = ClientHandshake(
             password=password, username=username, methods=methods, limits=limits
         )
-        self._out = bytearray(self._handshake.data_to_send())
-        self._events: list[ClientEvent] = []
-        self._driver: StreamDriver | None = None
-        self.handshake_result: HandshakeDone | None = None
+        super().__init__(handshake, limits)
+        self.shared = shared
         self.framebuffer = np.zeros((0, 0), dtype=np.uint32)
         self.name = ""
         self.server_pixel_format: PixelFormat | None = None
@@ -136,35 +132,8 @@ class ClientConnection:
     def height(self) -> int:
         return self.framebuffer.shape[0]
 
-    # -- bytes in, bytes out -------------------------------------------------
-    def receive_data(self, data: bytes) -> list[ClientEvent]:
-        if self._driver is None:
-            for event in self._handshake.receive_data(data):
-                self._events.append(event)
-                if isinstance(event, HandshakeDone):
-                    self._start_messages(event)
-        else:
-            self._driver.feed(data)
-        events, self._events = self._events, []
-        return events
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write now; never spans a StartTLS (call again after it)."""
-        handshake = self._handshake.data_to_send()
-        if handshake:
-            # Handshake output comes first; it may be the last bytes before
-            # TLS starts, so nothing else goes with it in this call.
-            return handshake
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def _start_messages(self, done: HandshakeDone) -> None:
-        self.handshake_result = done
+    def _handshake_done(self) -> None:
         self._out += m.ClientInit(self.shared).pack()
-        self._driver = StreamDriver(self._reader, self._max_need())
-        if self._handshake.leftover:
-            self._driver.feed(self._handshake.leftover)
 
     def _max_need(self) -> int:
         biggest_rect = self.limits.max_pixels * 4

@@ -23,13 +23,13 @@ import numpy as np
 
 from . import messages as m
 from .clipboard import ClipboardState
+from .connection import Connection
 from .constants import Encoding, FenceFlag
 from .encodings import Rect
 from .errors import ProtocolError
-from .handshake import HandshakeDone, HandshakeEvent, ServerHandshake
+from .handshake import HandshakeEvent, ServerHandshake
 from .limits import DEFAULT_LIMITS, Limits
 from .pixelformat import DEFAULT_COLOUR_MAP, NATIVE, PixelCodec, PixelFormat
-from .stream import StreamDriver
 from .updates import ClientSettings, RectEncoder
 
 FENCE_FLAGS_SUPPORTED = FenceFlag.BLOCK_BEFORE | FenceFlag.BLOCK_AFTER | FenceFlag.SYNC_NEXT
@@ -68,14 +68,9 @@ ServerEvent = (
 ExtendedDesktopSizeStatus = int  # 0 ok, 1 prohibited, 2 out of resources, 3 invalid
 
 
-class ServerConnection:
+class ServerConnection(Connection):
     def __init__(self, methods: Sequence[int], *, limits: Limits = DEFAULT_LIMITS) -> None:
-        self.limits = limits
-        self._handshake = ServerHandshake(methods, limits=limits)
-        self._out = bytearray(self._handshake.data_to_send())
-        self._events: list[ServerEvent] = []
-        self._driver: StreamDriver | None = None
-        self.handshake_result: HandshakeDone | None = None
+        super().__init__(ServerHandshake(methods, limits=limits), limits)
         self.width = 0
         self.height = 0
         self.screens: tuple[m.Screen, ...] = ()
@@ -88,40 +83,6 @@ class ServerConnection:
         self._initialised = False
         self._pending_pseudo: list[tuple[m.RectHeader, bytes]] = []
         self._announced: set[int] = set()
-
-    # -- bytes in, bytes out -------------------------------------------------
-    def receive_data(self, data: bytes) -> list[ServerEvent]:
-        """Feed received bytes; returns the events they complete."""
-        if self._driver is None:
-            self._receive_handshake(data)
-        else:
-            self._driver.feed(data)
-        events, self._events = self._events, []
-        return events
-
-    def data_to_send(self) -> bytes:
-        """Bytes to write now; never spans a StartTLS (call again after it)."""
-        handshake = self._handshake.data_to_send()
-        if handshake:
-            # Handshake output comes first; it may be the last bytes before
-            # TLS starts, so nothing else goes with it in this call.
-            return handshake
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def _receive_handshake(self, data: bytes) -> None:
-        for event in self._handshake.receive_data(data):
-            self._events.append(event)
-            if isinstance(event, HandshakeDone):
-                self._start_messages(event)
-
-    def _start_messages(self, done: HandshakeDone) -> None:
-        self.handshake_result = done
-        self._driver = StreamDriver(self._reader, self._max_need())
-        leftover = self._handshake.leftover
-        if leftover:
-            self._driver.feed(leftover)
 
     def _max_need(self) -> int:
         return self.limits.max_cut_text + 64

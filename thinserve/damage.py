@@ -85,29 +85,43 @@ class Damage:
 
 
 def grid_rects(grid: np.ndarray) -> list[Rect]:
-    """Cover the True cells of a boolean grid with rectangles (in cells)."""
-    open_runs: dict[tuple[int, int], Rect] = {}
+    """Cover the True cells of a boolean grid with rectangles (in cells).
+
+    Runs of True cells are found for all rows at once; a run continues the
+    rectangle above it when the row above had a run at the same columns.
+    """
     done: list[Rect] = []
-    for row in range(grid.shape[0]):
-        runs = _row_runs(grid[row])
+    open_runs: dict[tuple[int, int], Rect] = {}
+    previous = -2
+    for row, runs in _runs_by_row(grid).items():
+        if row != previous + 1:
+            done.extend(open_runs.values())
+            open_runs = {}
         still_open = {}
-        for start, length in runs:
-            prev = open_runs.pop((start, length), None)
-            if prev is not None:
-                still_open[(start, length)] = Rect(prev.x, prev.y, prev.w, prev.h + 1)
+        for run in runs:
+            above = open_runs.pop(run, None)
+            if above is not None:
+                still_open[run] = Rect(above.x, above.y, above.w, above.h + 1)
             else:
-                still_open[(start, length)] = Rect(start, row, length, 1)
+                still_open[run] = Rect(run[0], row, run[1], 1)
         done.extend(open_runs.values())
         open_runs = still_open
+        previous = row
     done.extend(open_runs.values())
     return done
 
 
-def _row_runs(row: np.ndarray) -> list[tuple[int, int]]:
-    padded = np.concatenate(([False], row, [False])).astype(np.int8)
-    edges = np.flatnonzero(np.diff(padded))
-    starts, ends = edges[0::2], edges[1::2]
-    return [(int(s), int(e - s)) for s, e in zip(starts, ends, strict=True)]
+def _runs_by_row(grid: np.ndarray) -> dict[int, list[tuple[int, int]]]:
+    """(start, length) of every run of True cells, by row, rows in order."""
+    padded = np.zeros((grid.shape[0], grid.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = grid
+    edges = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(edges == 1)
+    ends = np.nonzero(edges == -1)[1]
+    out: dict[int, list[tuple[int, int]]] = {}
+    for row, start, end in zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        out.setdefault(row, []).append((start, end - start))
+    return out
 
 
 def intersect(a: Rect, b: Rect) -> Rect | None:

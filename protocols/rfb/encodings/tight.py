@@ -35,7 +35,7 @@ from .tight_gradient import (
     pixel_channels,
     tpixel_channels,
 )
-from .tight_select import TightSettings, find_palette, photo_like
+from .tight_select import MAX_PALETTE, TightSettings, find_palette, photo_like
 from .tight_wire import (
     FILL,
     FILTER_COPY,
@@ -92,12 +92,15 @@ class TightEncoder:
             return bytes([FILL << 4]) + tpixels_from_words(words.reshape(-1)[:1], codec)
         jpeg_ok = self._settings.jpeg_allowed(codec, px.size)
         gradient = gradient_allowed(codec)
-        photo = (jpeg_ok or gradient) and photo_like(px)
         # The palette is capped only for rectangles that would otherwise go to
-        # JPEG; screen content keeps its lossless palette.
-        limit = self._settings.palette_limit(px.size, codec, jpeg_ok and photo)
-        palette = find_palette(words, limit)
-        if palette is not None:
+        # JPEG; screen content keeps its lossless palette.  The uncapped palette
+        # is tried first: within the cap, judging the content changes nothing.
+        palette = find_palette(words, self._settings.palette_limit(px.size, codec, False))
+        capped = self._settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
+        if palette is not None and palette[0].size <= capped:
+            return self._palette(palette[0], palette[1], codec)
+        photo = (jpeg_ok or gradient) and photo_like(px)
+        if palette is not None and not (jpeg_ok and photo):
             return self._palette(palette[0], palette[1], codec)
         return self._full_colour(px, words, codec, jpeg_ok and photo, gradient and photo)
 

@@ -17,6 +17,8 @@ from protocols.rfb.errors import ProtocolError
 from protocols.rfb.handshake import StartTLS
 from protocols.rfb.pixelformat import PixelFormat
 
+from .rfbproto import RFBProtocolBase
+
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[["RFBClientProtocol", ClientEvent], None]
@@ -31,8 +33,10 @@ class ClientOptions:
     shared: bool = True
 
 
-class RFBClientProtocol(protocol.Protocol):
+class RFBClientProtocol(RFBProtocolBase):
     """Feeds bytes to a ClientConnection and hands its events to ``on_event``."""
+
+    peer_kind = "RFB server"
 
     def __init__(self, options: ClientOptions, on_event: EventHandler) -> None:
         self.options = options
@@ -65,31 +69,10 @@ class RFBClientProtocol(protocol.Protocol):
     def _start_tls(self, event: StartTLS) -> None:
         from thinserve.tls import client_context_factory
 
-        clear = self.conn.data_to_send()  # the last bytes before TLS, only those
-        if clear:
-            self.transport.write(clear)  # type: ignore[union-attr]
+        self.write_before_tls()
         self.transport.startTLS(  # type: ignore[attr-defined]
             client_context_factory(event.anonymous, ca_file=self.options.ca_file)
         )
-
-    def flush(self) -> None:
-        """Write everything the connection has queued."""
-        if self.transport is None:
-            return
-        while data := self.conn.data_to_send():
-            self.transport.write(data)
-
-    def fail(self, reason: str) -> None:
-        """Close this connection because of a protocol error."""
-        log.warning("RFB server %s: %s; closing", self._peer(), reason)
-        self.error = reason
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def _peer(self) -> str:
-        try:
-            return str(self.transport.getPeer())  # type: ignore[union-attr]
-        except Exception:
-            return "?"
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         if not self.closed.called:

@@ -25,6 +25,8 @@ from protocols.rfb.handshake import PlainCredentials, StartTLS, VncAuthResponse
 from protocols.rfb.security.vncauth import check_response
 from protocols.rfb.server import ServerConnection, ServerEvent
 
+from .rfbproto import RFBProtocolBase
+
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 30.0  # seconds a peer has to get through the handshake
@@ -49,7 +51,9 @@ class Session(Protocol):
 
 
 @implementer(interfaces.IPushProducer)
-class RFBServerProtocol(protocol.Protocol):
+class RFBServerProtocol(RFBProtocolBase):
+    peer_kind = "terminal"
+
     def __init__(self, options: ServerOptions, session: Session) -> None:
         self.options = options
         self.conn = ServerConnection(options.methods)
@@ -113,9 +117,7 @@ class RFBServerProtocol(protocol.Protocol):
     def _start_tls(self, event: StartTLS) -> None:
         from thinserve.tls import server_context_factory
 
-        clear = self.conn.data_to_send()  # the last bytes before TLS, only those
-        if clear:
-            self.transport.write(clear)  # type: ignore[union-attr]
+        self.write_before_tls()
         factory = server_context_factory(
             event.anonymous, cert_file=self.options.cert_file, key_file=self.options.key_file
         )
@@ -145,27 +147,6 @@ class RFBServerProtocol(protocol.Protocol):
         if self._deadline is not None and self._deadline.active():  # type: ignore[attr-defined]
             self._deadline.cancel()  # type: ignore[attr-defined]
         self._deadline = None
-
-    # -- output -----------------------------------------------------------------------
-    def flush(self) -> None:
-        """Write everything the connection has queued."""
-        if self.transport is None:
-            return
-        while data := self.conn.data_to_send():
-            self.transport.write(data)
-
-    def fail(self, reason: str) -> None:
-        """Close this one connection because of a protocol error, with a log line."""
-        log.warning("terminal %s: %s; closing", self.peer(), reason)
-        self.error = reason
-        self.flush()  # a handshake failure carries its reason to the peer
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def peer(self) -> str:
-        try:
-            return str(self.transport.getPeer())  # type: ignore[union-attr]
-        except Exception:
-            return "?"
 
 
 class RFBServerFactory(protocol.Factory):

@@ -73,7 +73,7 @@ async def test_malformed_message_closes_only_that_terminal(caplog, garbage: byte
     try:
         good = await Terminal().connect(number)
         bad = await Terminal().connect(number)
-        with caplog.at_level(logging.WARNING, logger="thinserve.rfbserver"):
+        with caplog.at_level(logging.WARNING, logger="thinserve.rfbproto"):
             bad.proto.transport.write(garbage)
             await wait_for(lambda: bad.closed, 10, "the bad terminal to be closed")
         assert any("closing" in r.getMessage() for r in caplog.records)

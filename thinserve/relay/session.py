@@ -11,6 +11,7 @@ Input reaches the source only while the session is in control.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -59,6 +60,7 @@ class TerminalSession:
     # -- Session interface (RFBServerProtocol) --------------------------------------
     def attach(self, proto: RFBServerProtocol) -> None:
         self.proto = proto
+        _no_delay(proto.transport)
         source = self._on_attach(self)
         self.width, self.height = source.width, source.height
         proto.conn.server_init(self.width, self.height, source.name)
@@ -285,3 +287,11 @@ class TerminalSession:
         self.bytes_sent += conn.send_update(self.view.framebuffer, rects, copies)
         self.updates_sent += 1
         proto.flush()
+
+
+def _no_delay(transport: object) -> None:
+    """Updates go out at once: no waiting to coalesce small writes (Nagle)."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        with contextlib.suppress(OSError):  # not a TCP socket after all
+            set_no_delay(True)

@@ -8,6 +8,7 @@ desktop's last size, and the link retries with exponential backoff.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import random
@@ -218,6 +219,10 @@ class Upstream:
 
     def _connected(self, proto: rfbclient.RFBClientProtocol) -> None:
         self.proto = proto
+        set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:  # requests and input go out at once
+            with contextlib.suppress(OSError):
+                set_no_delay(True)
         proto.closed.addBoth(lambda reason: self._lost(proto, reason))
 
     def _failed(self, failure: Failure) -> None:

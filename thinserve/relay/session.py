@@ -22,7 +22,7 @@ from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardText, Cursor, ServerEvent
 
-from ..damage import Damage, intersect
+from ..damage import TILE, Damage, intersect
 from ..rfbserver import RFBServerProtocol
 from .scaling import ScaledSource
 from .source import Source
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # ExtendedDesktopSize status codes
 RESIZE_OK, RESIZE_PROHIBITED = 0, 1
 MAX_COPIES = 16  # CopyRects waiting for one update; more go out as damage
+MAX_EXACT = 64  # rectangles kept exactly as the source reported them
 Copy = tuple[Rect, int, int]  # destination, src_x, src_y
 
 
@@ -49,6 +50,10 @@ class TerminalSession:
         self.control = False
         self.damage = Damage(0, 0)
         self.copies: list[Copy] = []  # go out before the damage, as CopyRect
+        # The damage exactly as the source's rectangles, while that is known
+        # (None: only the tile grid knows); sent instead of tile-aligned
+        # rectangles when smaller.
+        self.exact: list[Rect] | None = []
         self.requested: Rect | None = None
         self.width = 0
         self.height = 0
@@ -148,6 +153,7 @@ class TerminalSession:
         rect = Rect(req.x, req.y, req.width, req.height)
         if not req.incremental:
             self.damage.add(rect)
+            self._add_exact([rect])
         self.requested = rect
         self.try_send()
 
@@ -196,18 +202,29 @@ class TerminalSession:
     # -- SourceListener -------------------------------------------------------------------
     def on_damage(self, grid: np.ndarray) -> None:
         self._add_grid(grid)
+        self.exact = None
         self.try_send()
 
-    def on_copy(self, copies: list[Copy], grid: np.ndarray) -> None:
-        """The source copied blocks (in order), then changed ``grid``."""
+    def on_update(self, copies: list[Copy], rects: list[Rect], grid: np.ndarray) -> None:
+        """The source copied blocks (in order), then changed ``rects`` (tiles ``grid``)."""
         for dest, sx, sy in copies:
             if self._can_copy(dest, sx, sy):
                 self.copies.append((dest, sx, sy))
                 self.damage.forget_inside(dest)  # the copy brings these tiles up to date
+                if self.exact is not None:
+                    self.exact = [r for r in self.exact if intersect(r, dest) != r]
             else:
                 self.damage.add(dest)
+                self._add_exact([dest])
         self._add_grid(grid)
+        self._add_exact(rects)
         self.try_send()
+
+    def _add_exact(self, rects: list[Rect]) -> None:
+        if self.exact is not None:
+            self.exact.extend(rects)
+            if len(self.exact) > MAX_EXACT:
+                self.exact = None
 
     def _can_copy(self, dest: Rect, sx: int, sy: int) -> bool:
         """A copy can go out as CopyRect if the terminal has its source up to date."""
@@ -232,10 +249,12 @@ class TerminalSession:
     def _damage_all(self) -> None:
         """Everything goes out again: waiting copies are pointless."""
         self.copies = []
+        self.exact = None
         self.damage.add_all()
 
     def _new_damage(self, width: int, height: int) -> None:
         self.copies = []
+        self.exact = []
         self.damage = Damage(width, height)
 
     def on_resize_refused(self) -> None:
@@ -279,7 +298,7 @@ class TerminalSession:
         clip = Rect(0, 0, self.width, self.height)
         if not conn.continuous_updates and self.requested is not None:
             clip = self.requested
-        rects = self.damage.take(clip)
+        rects = self._take(clip)
         if not rects and not self.copies and not conn.has_pending_pseudo:
             return
         self.requested = None
@@ -287,6 +306,21 @@ class TerminalSession:
         self.bytes_sent += conn.send_update(self.view.framebuffer, rects, copies)
         self.updates_sent += 1
         proto.flush()
+
+    def _take(self, clip: Rect) -> list[Rect]:
+        """The rectangles to send inside ``clip``: the source's own when known
+        and smaller than the tile-aligned ones."""
+        exact = self.exact
+        if exact and clip == Rect(0, 0, self.width, self.height):
+            inside = [c for r in exact if (c := intersect(r, clip)) is not None]
+            tiles = int(self.damage.grid.sum()) * TILE * TILE
+            if sum(r.area for r in inside) <= tiles:
+                self.damage.clear()
+                self.exact = []
+                return inside
+        rects = self.damage.take(clip)
+        self.exact = None if self.damage else []
+        return rects
 
 
 def _no_delay(transport: object) -> None:

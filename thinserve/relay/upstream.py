@@ -136,20 +136,23 @@ class Mirror(Source):
     def updated(self, copies: list[Copy], others: list[Rect]) -> None:
         """One upstream update: ``copies`` (done first) and other changed rectangles.
 
-        Listeners that take copies (``on_copy``) get them with the damage of
-        the rest; the others get everything as damage.
+        Listeners that take updates as they came (``on_update``) get the
+        copies and the rectangles with their tile damage; the others get
+        everything as tile damage.
         """
-        if not copies:
-            self.damaged(others)
+        if not copies and not others:
             return
         grid = self._grid(others)
-        everything = grid | self._grid([dest for dest, _, _ in copies])
+        everything = grid | self._grid([dest for dest, _, _ in copies]) if copies else grid
         for listener in list(self.listeners):
-            on_copy = getattr(listener, "on_copy", None)
-            if on_copy is not None:
-                on_copy(copies, grid)
+            on_update = getattr(listener, "on_update", None)
+            if on_update is not None:
+                on_update(copies, others, grid)
             else:
                 listener.on_damage(everything)
+
+    def damaged(self, rects: list[Rect] | tuple[Rect, ...]) -> None:
+        self.updated([], list(rects))
 
     def _grid(self, rects: list[Rect]) -> np.ndarray:
         grid = np.zeros(_grid_shape(self.framebuffer), dtype=bool)
@@ -277,7 +280,7 @@ class Upstream:
         copies = self.copy_log.take()
         kinds = event.encodings
         copies_first = Encoding.COPYRECT not in kinds[kinds.count(Encoding.COPYRECT) :]
-        if not copies or not copies_first or len(copies) != kinds.count(Encoding.COPYRECT):
+        if not copies_first or len(copies) != kinds.count(Encoding.COPYRECT):
             self.mirror.damaged(event.rects)  # a copy after other rectangles: all as damage
             return
         others = [r for r, e in zip(event.rects, kinds, strict=True) if e != Encoding.COPYRECT]

@@ -15,6 +15,7 @@ Streams used here: 0 full colour, 1 mono palette, 2 indexed palette,
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Generator
 
 import numpy as np
@@ -23,7 +24,7 @@ import simplejpeg
 from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..limits import DEFAULT_LIMITS, Limits
-from ..pixelformat import PixelCodec, rgb_to_words, words_to_rgb
+from ..pixelformat import PixelCodec, rgb_to_words
 from .base import DecodeGen, Rect, pixels_result, read_exact
 from .tight_gradient import (
     ChannelLayout,
@@ -141,8 +142,12 @@ class TightEncoder:
 
     def _jpeg(self, px: np.ndarray) -> bytes:
         quality, subsampling = self._settings.jpeg
-        rgb = np.ascontiguousarray(words_to_rgb(px))
-        data = simplejpeg.encode_jpeg(rgb, quality, "RGB", subsampling)
+        # The words' own bytes, no conversion: 0x00RRGGBB is B, G, R, 0 in
+        # memory on little-endian machines and 0, R, G, B on big-endian ones.
+        quads = np.ascontiguousarray(px, dtype=np.uint32).view(np.uint8)
+        quads = quads.reshape(px.shape[0], px.shape[1], 4)
+        layout = "BGRX" if sys.byteorder == "little" else "XRGB"
+        data = simplejpeg.encode_jpeg(quads, quality, layout, subsampling)
         return bytes([JPEG << 4]) + pack_compact(len(data)) + data
 
 

@@ -53,6 +53,7 @@ JPEG_MIN_AREA = 256  # smaller rectangles cost less than a JPEG header losslessl
 PHOTO_MAX_REPEATS = 0.5  # share of pixels equal to their left neighbour
 PHOTO_MAX_ROUGHNESS = 2500.0  # mean squared prediction error, 8-bit components
 SAMPLE_ROWS = 32  # rows sampled to judge the content
+SAMPLE_PIXELS = 16384  # ... fewer on wide rectangles, about this many pixels
 PALETTE_SAMPLE = 4096  # pixels sampled to reject many-colour rectangles early
 
 
@@ -109,9 +110,8 @@ def _level(value: int) -> int:
 def find_palette(words: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(sorted colours, index per pixel) if there are 2..limit colours, else None."""
     flat = words.reshape(-1)
-    if flat.size > PALETTE_SAMPLE:
-        sample = flat[:: flat.size // PALETTE_SAMPLE]
-        if np.unique(sample).size > limit:
+    for size in (PALETTE_SAMPLE // 8, PALETTE_SAMPLE):  # a small sample rejects most photos
+        if flat.size > size and np.unique(flat[:: flat.size // size]).size > limit:
             return None
     colours = np.unique(flat)
     if colours.size > limit:
@@ -128,13 +128,15 @@ def photo_like(pixels: np.ndarray) -> bool:
 def sample_statistics(pixels: np.ndarray) -> tuple[float, float]:
     """(share of left-neighbour repeats, mean squared gradient-prediction error).
 
-    Measured on up to SAMPLE_ROWS rows and their upper neighbours, as 8-bit
+    Measured on up to SAMPLE_ROWS rows (fewer on rectangles wider than
+    SAMPLE_PIXELS / SAMPLE_ROWS) and their upper neighbours, as 8-bit
     RGB components; a single row or column is judged by its differences.
     """
     h, w = pixels.shape
     if h < 2 or w < 2:
         return _line_statistics(pixels.reshape(-1))
-    rows = np.unique(np.linspace(1, h - 1, num=min(h - 1, SAMPLE_ROWS)).astype(np.intp))
+    count = min(h - 1, SAMPLE_ROWS, max(2, SAMPLE_PIXELS // w))
+    rows = np.unique(np.linspace(1, h - 1, num=count).astype(np.intp))
     repeats = float(np.mean(pixels[rows, 1:] == pixels[rows, :-1]))
     here = words_to_rgb(pixels[rows]).astype(np.int32)
     above = words_to_rgb(pixels[rows - 1]).astype(np.int32)

@@ -65,7 +65,7 @@ class RelayOptions:
             workloads=workloads or RELAY_WORKLOADS,
             profiles=("tight", "zrle"),
             seconds=5.0,
-            scale_counts=(10, 20, 30, 40, 50, 60),
+            scale_counts=(10, 25, 50, 65, 80),
             scale_seconds=12.0,
             scale_size=RELAY_SIZES[0],
             idle_seconds=10.0,

@@ -138,6 +138,7 @@ SCALE_COLUMNS = (
     "steps",
     "missed",
     "painter late p99 ms",
+    "generator core share",
 )
 
 
@@ -154,6 +155,7 @@ def scale_section(result: ScaleResult) -> list[str]:
             str(s.steps),
             str(s.missed),
             _ms(s.late_p99 * 1000.0),
+            f"{s.generator_share:.0%}",
         ]
         for s in result.steps
     ]

@@ -15,6 +15,7 @@ Call only with the asyncio reactor installed and running.
 
 from __future__ import annotations
 
+import os
 import statistics
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class ScaleStep:
     seconds: float
     server_cpu: float  # seconds
     late_p99: float  # the painter's own lateness, seconds
+    generator_share: float  # CPU of this process and the Xvncs, per core they may use
 
     def latency_ms(self, quantile: float) -> float:
         if not self.latencies:
@@ -125,8 +127,11 @@ class Fleet:
             desktop.trackers.append(terminal.tracker)
         assert self.server is not None
         meter = processes.Meter(self.server.pid).start()
+        generator = [processes.Meter(os.getpid()).start()]
+        generator += [processes.Meter(x.process.pid).start() for x in self.xvncs if x.process]
         late = await replay(list(desktops.values()))
         cpu, seconds = meter.read()
+        generator_cpu = sum(m.read()[0] for m in generator)
         trackers = [t.tracker for t in self.terminals if t.tracker is not None]
         for terminal in self.terminals:
             terminal.tracker = None
@@ -138,6 +143,7 @@ class Fleet:
             seconds,
             cpu,
             sorted(late)[int(0.99 * (len(late) - 1))] if late else 0.0,
+            generator_cpu / seconds / len(os.sched_getaffinity(0)),
         )
 
 

@@ -79,13 +79,21 @@ class RectEncoder:
         """Headers and payloads for one damaged rectangle of ``fb``."""
         out = []
         for piece in self._split(rect, self.settings.preferred):
-            pixels = fb[piece.y : piece.y + piece.h, piece.x : piece.x + piece.w]
-            encoding = self._choose(pixels)
-            payload = self.encoder(encoding).encode(pixels, codec)
-            if encoding in _STATELESS and len(payload) > pixels.size * codec.bytes_per_pixel:
-                encoding, payload = Encoding.RAW, codec.to_wire(pixels)
-            out.append((RectHeader(piece.x, piece.y, piece.w, piece.h, encoding), payload))
+            encoding = self._choose(_view(fb, piece))
+            # A solid piece may go to an encoder with tighter size limits
+            # (Tight) than the preferred one: split again by its limits.
+            for part in self._split(piece, encoding):
+                out.append(self._encode_part(fb, part, encoding, codec))
         return out
+
+    def _encode_part(
+        self, fb: np.ndarray, part: Rect, encoding: int, codec: PixelCodec
+    ) -> tuple[RectHeader, bytes]:
+        pixels = _view(fb, part)
+        payload = self.encoder(encoding).encode(pixels, codec)
+        if encoding in _STATELESS and len(payload) > pixels.size * codec.bytes_per_pixel:
+            encoding, payload = Encoding.RAW, codec.to_wire(pixels)
+        return RectHeader(part.x, part.y, part.w, part.h, encoding), payload
 
     def _choose(self, pixels: np.ndarray) -> int:
         if pixels.size > 1 and _is_solid(pixels):
@@ -109,6 +117,10 @@ def split_rect(rect: Rect, max_width: int, max_area: int) -> Iterator[Rect]:
         h = min(rows, rect.y + rect.h - y)
         for x in range(rect.x, rect.x + rect.w, width):
             yield Rect(x, y, min(width, rect.x + rect.w - x), h)
+
+
+def _view(fb: np.ndarray, rect: Rect) -> np.ndarray:
+    return fb[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]
 
 
 def _is_solid(pixels: np.ndarray) -> bool:

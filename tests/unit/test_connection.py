@@ -347,3 +347,18 @@ def test_invisible_cursor_is_reported() -> None:
     pair.full_update()
     (shape,) = pair.take_client(CursorShape)
     assert shape.cursor.pixels.size == 0
+
+
+def test_large_solid_area_under_zrle_with_tight_listed_is_split_for_tight() -> None:
+    from protocols.rfb.updates import ClientSettings, RectEncoder
+
+    encoder = RectEncoder()
+    encoder.configure(ClientSettings.from_encodings((Encoding.ZRLE, Encoding.TIGHT)))
+    solid = np.full((480, 640), 0x00123456, dtype=np.uint32)
+    rects = encoder.encode(solid, Rect(0, 0, 640, 480), PixelCodec(NATIVE))
+    assert {h.encoding for h, _ in rects} == {Encoding.TIGHT}
+    assert all(h.width * h.height <= 65536 for h, _ in rects)
+    pair = Pair(solid)
+    pair.client.set_encodings([Encoding.ZRLE, Encoding.TIGHT])
+    pair.full_update()
+    np.testing.assert_array_equal(pair.client.framebuffer, solid)

@@ -190,3 +190,11 @@ def test_the_packaged_configuration_loads() -> None:
     assert config.listen == ("tcp:port=5900",)
     assert config.broker.unknown_terminal == "pairing"
     assert [d.name for d in config.local_desktops] == ["desktop-1"]
+
+
+def test_screen_text_always_fits_the_screen() -> None:
+    text = ScreenText("A title", ("a line too long for this screen " * 3,), highlight="K7D-Q2M")
+    fb = render(text, 640, 480)
+    background = fb[0, 0]
+    # Nothing is drawn in the outermost columns: every line was shrunk to fit.
+    assert (fb[:, :3] == background).all() and (fb[:, -3:] == background).all()

@@ -71,10 +71,28 @@ def _centred(
     width: int,
     y: int,
 ) -> int:
-    """Draw one centred line at y; return the y below it."""
+    """Draw one centred line at y, shrunk to fit the width; return the y below it."""
+    font = _fitting(draw, line, font, width * 0.94)
     left, _top, right, bottom = draw.textbbox((0, 0), line, font=font)
     draw.text(((width - (right - left)) // 2, y), line, font=font, fill=colour)
     return y + bottom
+
+
+def _fitting(
+    draw: ImageDraw.ImageDraw,
+    line: str,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    room: float,
+) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The largest size of ``font`` (down to 8 px) whose rendering of ``line`` fits."""
+    size = int(getattr(font, "size", 0))
+    while size > 8:
+        left, _top, right, _bottom = draw.textbbox((0, 0), line, font=font)
+        if right - left <= room:
+            break
+        size = max(8, int(size * 0.9))
+        font = _font(size)
+    return font
 
 
 def _progress_bar(
@@ -109,7 +127,7 @@ def no_desktop_free() -> ScreenText:
 def pairing(terminal_id: str, code: str, message: str = "") -> ScreenText:
     lines = (
         f"Terminal {terminal_id}",
-        "To use this terminal, an administrator pairs it with:",
+        "An administrator pairs it with this code:",
     )
     footer = f"thinserve pair --code {code} DESKTOP"
     return ScreenText("Pair this terminal", lines + ((message,) if message else ()), code, footer)

@@ -17,6 +17,8 @@ from protocols.rfb.constants import Encoding
 
 from .broker import BrokerConfig, BrokerConfigError
 from .broker.config import from_mapping as broker_from_mapping
+from .desktop_config import TABLES, DesktopConfigError, DesktopSetup
+from .desktop_config import parse as parse_desktops
 
 ENCODING_NAMES = {
     "raw": Encoding.RAW,
@@ -75,6 +77,7 @@ class Config:
     discovery: bool = True  # browse for terminals, advertise _rfb._tcp
     discovery_interfaces: tuple[str, ...] = ()  # () = all
     desktops: tuple[DesktopConfig, ...] = ()
+    setup: DesktopSetup = field(default_factory=DesktopSetup)  # VMs, sessions, pools
     local_desktops: tuple[LocalDesktopConfig, ...] = field(
         default_factory=lambda: (LocalDesktopConfig("desktop-1"),)
     )
@@ -96,7 +99,11 @@ def load(path: str | Path | None) -> Config:
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> Config:
-    _only(data, {"server", "broker", "discovery", "desktop", "local_desktop"}, source)
+    _only(data, {"server", "broker", "discovery", "desktop", "local_desktop", *TABLES}, source)
+    try:
+        setup = parse_desktops(data, source)
+    except DesktopConfigError as exc:
+        raise ConfigError(str(exc)) from None
     server = _table(data, "server", source)
     _only(
         server,
@@ -125,14 +132,17 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         _local(d, f"{source} [[local_desktop]] #{i + 1}")
         for i, d in enumerate(_list(data, "local_desktop", source))
     )
-    if not desktops and not local:
-        raise ConfigError(f"{source}: no desktops; add a [[desktop]] or [[local_desktop]] table")
-    names = [d.name for d in desktops] + [d.name for d in local]
+    if not desktops and not local and not setup.names and not setup.libvirt:
+        raise ConfigError(
+            f"{source}: no desktops; add [[desktop]], [[local_desktop]], [[xvnc_desktop]], "
+            "[[qemu_desktop]] or [[libvirt]]"
+        )
+    names = [d.name for d in desktops] + [d.name for d in local] + setup.names
     _unique_names(names, source)
     broker = _broker(data, source)
     for pool, members in broker.pools.items():
         unknown = [m for m in members if m not in names]
-        if unknown:
+        if unknown and not any(not lc.domains for lc in setup.libvirt):
             raise ConfigError(
                 f"{source} [broker] pool {pool!r} names unknown desktops {unknown}; "
                 f"configured: {', '.join(names)}"
@@ -154,6 +164,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         ),
         desktops=desktops,
         local_desktops=local,
+        setup=setup,
         source=source,
     )
 

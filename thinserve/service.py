@@ -20,11 +20,13 @@ from protocols.rfb.constants import SecurityType
 from protocols.terminal import TerminalAdvert
 
 from .admin import api as admin_api
-from .backends.xvnc import LocalXvncDesktop
+from .backends.qemu import QemuBackend
+from .backends.xvnc import LocalXvncDesktop, XvncBackend
 from .broker import Broker, TerminalInfo
 from .config import Config, LocalDesktopConfig, address_to_endpoint
+from .desktops import DesktopManager, desktops_in_use
 from .hub import Hub
-from .relay.upstream import DesktopAddress, Mirror, Upstream
+from .relay.upstream import DesktopAddress, Upstream
 from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 from .store.sqlite import SqliteStore, default_path
 from .viewers import listening_viewer
@@ -37,7 +39,7 @@ class ThinServe(service.Service):
         self.config = config
         self.reactor = reactor or default_reactor
         self.local: list[LocalXvncDesktop] = []
-        self.upstreams: list[Upstream] = []
+        self.desktops: DesktopManager | None = None
         self.ports: list[IListeningPort] = []
         self.store: SqliteStore | None = None
         self.hub: Hub | None = None
@@ -52,10 +54,11 @@ class ThinServe(service.Service):
     async def _start(self) -> None:
         self.store = SqliteStore(self.config.database or default_path())
         broker = Broker(self.store, self.config.broker)
-        mirrors = self._start_desktops()
-        self.hub = Hub(broker, mirrors, self.reactor)
-        for upstream in self.upstreams:
-            broker.register_desktop(upstream.address.name, self._backend_of(upstream))
+        manager = await self._desktop_manager()
+        self.hub = Hub(broker, manager.mirrors, self.reactor, on_desktop_wanted=manager.want)
+        for name, backend in manager.backend_names().items():
+            broker.register_desktop(name, backend)
+        manager.start(self.hub, lambda: desktops_in_use(broker.snapshot()))
         self.hub.start()
         self.admin_port = await admin_api.start(
             self.reactor, self.hub, self.config.admin_socket, self._admin_info
@@ -80,23 +83,40 @@ class ThinServe(service.Service):
         self.reverse_factory = ReverseFactory(self._terminal_options(), self.hub)
         self.connector = ReverseConnector(self.reactor, self.reverse_factory)
 
-    def _start_desktops(self) -> dict[str, Mirror]:
-        addresses = [self._start_local(c) for c in self.config.local_desktops]
-        addresses += [
-            DesktopAddress(d.name, d.endpoint, d.password, d.username, d.ca_file, d.encodings)
-            for d in self.config.desktops
-        ]
-        mirrors = {}
-        for address in addresses:
-            upstream = Upstream(address, Mirror(address.name), clock=self.reactor)  # type: ignore[arg-type]
-            upstream.start()
-            self.upstreams.append(upstream)
-            mirrors[address.name] = upstream.mirror
-        return mirrors
+    async def _desktop_manager(self) -> DesktopManager:
+        """Every configured desktop, under one manager (docs/desktops.md)."""
+        setup = self.config.setup
+        pools = self.config.broker.pools
+        manager = DesktopManager(setup.manager, pools=pools, reactor=self.reactor)
+        self.desktops = manager
+        for local in self.config.local_desktops:
+            manager.add_static(self._start_local(local))
+        for d in self.config.desktops:
+            manager.add_static(
+                DesktopAddress(d.name, d.endpoint, d.password, d.username, d.ca_file, d.encodings)
+            )
+        if setup.xvnc_desktops:
+            configs = [c for c, _ in setup.xvnc_desktops]
+            xvnc = XvncBackend(configs, options=setup.xvnc, reactor=self.reactor)
+            for config, estimate in setup.xvnc_desktops:
+                manager.add(config.name, xvnc, boot_estimate=estimate)
+        if setup.qemu_desktops:
+            qemu = QemuBackend([c for c, _ in setup.qemu_desktops])
+            for config, estimate in setup.qemu_desktops:
+                manager.add(config.name, qemu, boot_estimate=estimate)
+        if setup.libvirt:  # libvirt-python is optional: imported only when used
+            from .backends.libvirt_backend import LibvirtBackend
 
-    def _backend_of(self, upstream: Upstream) -> str:
-        local = {d.config.name for d in self.local}
-        return "xvnc" if upstream.address.name in local else "vnc"
+            for libvirt in setup.libvirt:
+                await manager.add_backend(LibvirtBackend(libvirt))
+        return manager
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        """The live links to desktops, in configuration order."""
+        if self.desktops is None:
+            return []
+        return [md.upstream for md in self.desktops.desktops.values() if md.upstream is not None]
 
     def _start_local(self, config: LocalDesktopConfig) -> DesktopAddress:
         desktop = LocalXvncDesktop(config, self.reactor)
@@ -170,8 +190,8 @@ class ThinServe(service.Service):
             await browser.stop()
         if self.hub is not None:
             self.hub.stop()
-        for upstream in self.upstreams:
-            upstream.stop()
+        if self.desktops is not None:
+            await self.desktops.close()
         for desktop in self.local:
             desktop.stop()
         await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])

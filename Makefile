@@ -24,7 +24,7 @@ DEBIAN_PACKAGES := \
 	libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system \
 	avahi-daemon avahi-utils libnss-mdns \
-	chromium python3-venv
+	chromium remmina remmina-plugin-vnc python3-venv
 NOVNC := clients/web/node_modules/@novnc/novnc/core/rfb.js
 
 # Never ask anything: no terminal, keep existing config files, wait for a busy dpkg lock.

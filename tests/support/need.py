@@ -26,6 +26,8 @@ PACKAGES = {
     "cpio": "cpio",
     "avahi-browse": "avahi-utils",
     "avahi-daemon": "avahi-daemon",
+    "remmina": "remmina remmina-plugin-vnc",
+    "xclip": "xclip",
 }
 
 

@@ -23,7 +23,7 @@ DEBIAN_PACKAGES := \
 	qemu-system-x86 qemu-utils busybox-static cpio linux-image-amd64 \
 	libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system \
-	avahi-daemon avahi-utils libnss-mdns \
+	avahi-daemon avahi-utils libnss-mdns dbus iproute2 \
 	chromium remmina remmina-plugin-vnc python3-venv
 NOVNC := clients/web/node_modules/@novnc/novnc/core/rfb.js
 

@@ -54,6 +54,7 @@ from twisted.internet.defer import Deferred
 
 from .base import BackendError, ConsoleAddress, DesktopInfo, DesktopStatus, StatusListener
 from .images import ImageError, create_overlay, image_format
+from .lifecycle import DesktopLifecycle
 
 log = logging.getLogger(__name__)
 
@@ -185,17 +186,13 @@ class _Run:
     exit_task: asyncio.Task[None] | None = None
 
 
-class QemuVM:
+class QemuVM(DesktopLifecycle):
     """One desktop's VM: overlay, QEMU process, QMP session and status."""
 
     def __init__(self, config: QemuDesktopConfig, report: StatusListener) -> None:
+        super().__init__(report)
         self.config = config
-        self.report = report
-        self.status = DesktopStatus.STOPPED
-        self.detail = ""
         self.run: _Run | None = None
-        self._lock = asyncio.Lock()
-        self._start_task: asyncio.Task[None] | None = None
         self._socket_dir: Path | None = None
 
     def reconfigure(self, config: QemuDesktopConfig) -> None:
@@ -231,33 +228,11 @@ class QemuVM:
     def info(self) -> DesktopInfo:
         return DesktopInfo(self.config.name, "qemu", self.status, self.detail)
 
-    def _set(self, status: DesktopStatus, detail: str) -> None:
-        changed = (status, detail) != (self.status, self.detail)
-        self.status, self.detail = status, detail
-        if changed:
-            self.report(self.config.name, status, detail)
-
     def _summary(self, accel: str) -> str:
         cfg = self.config
         return f"{accel.upper()}, {cfg.cpus} CPUs, {cfg.memory_mib} MiB"
 
     # --- starting ----------------------------------------------------------------
-
-    async def ensure_running(self) -> ConsoleAddress:
-        if self.status is DesktopStatus.RUNNING and self.run is not None:
-            return self.console
-        if self._start_task is None or self._start_task.done():
-            self._start_task = asyncio.ensure_future(self._start())
-        task = self._start_task
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise BackendError(
-                    f"desktop {self.config.name} was stopped while starting"
-                ) from None
-            raise
-        return self.console
 
     async def _start(self) -> None:
         async with self._lock:

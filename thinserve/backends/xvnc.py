@@ -54,6 +54,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.python.failure import Failure
 
 from .base import BackendError, ConsoleAddress, DesktopInfo, DesktopStatus, StatusListener
+from .lifecycle import DesktopLifecycle
 
 if TYPE_CHECKING:
     from ..config import LocalDesktopConfig
@@ -308,7 +309,7 @@ class _Run:
     session_exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class XvncSession:
+class XvncSession(DesktopLifecycle):
     """One desktop's Xvnc and session program, and its status."""
 
     def __init__(
@@ -318,15 +319,11 @@ class XvncSession:
         report: StatusListener,
         reactor: Any,
     ) -> None:
+        super().__init__(report)
         self.config = config
         self.options = options
-        self.report = report
         self.reactor = reactor
-        self.status = DesktopStatus.STOPPED
-        self.detail = ""
         self.run: _Run | None = None
-        self._lock = asyncio.Lock()
-        self._start_task: asyncio.Task[None] | None = None
         self._endings: set[asyncio.Task[None]] = set()
 
     # --- paths --------------------------------------------------------------------
@@ -354,33 +351,11 @@ class XvncSession:
     def info(self) -> DesktopInfo:
         return DesktopInfo(self.config.name, "xvnc", self.status, self.detail)
 
-    def _set(self, status: DesktopStatus, detail: str) -> None:
-        changed = (status, detail) != (self.status, self.detail)
-        self.status, self.detail = status, detail
-        if changed:
-            self.report(self.config.name, status, detail)
-
     def _summary(self, run: _Run) -> str:
         cfg = self.config
         return f"user {run.account.name}, display :{run.display}, {cfg.geometry}x{cfg.depth}"
 
     # --- starting -----------------------------------------------------------------------
-
-    async def ensure_running(self) -> ConsoleAddress:
-        if self.status is DesktopStatus.RUNNING and self.run is not None:
-            return self.console
-        if self._start_task is None or self._start_task.done():
-            self._start_task = asyncio.ensure_future(self._start())
-        task = self._start_task
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.cancelled():
-                raise BackendError(
-                    f"desktop {self.config.name} was stopped while starting"
-                ) from None
-            raise
-        return self.console
 
     async def _start(self) -> None:
         async with self._lock:

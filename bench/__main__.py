@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     relay.add_argument("--no-scale", action="store_true", help="skip the scale test")
     relay.add_argument("--no-footprint", action="store_true", help="skip memory and idle CPU")
+    relay.add_argument("--no-qemu", action="store_true", help="skip the QEMU peer")
     return parser.parse_args(argv)
 
 
@@ -86,7 +87,7 @@ async def encodings(options: Options) -> int:
 
 
 async def relay(options: RelayOptions) -> int:
-    from . import footprint, processes, relayreport, scale
+    from . import footprint, processes, qemu, relayreport, scale
     from . import relay as relay_suite
     from .report import load, machine_lines
     from .xvnc import XvncError
@@ -98,6 +99,7 @@ async def relay(options: RelayOptions) -> int:
         runs = await relay_suite.run(options)
         scaled = await scale.run(options) if options.scale_counts else None
         rest = await footprint.run(options) if options.footprint else None
+        qemu_peer, echo = await qemu.run(relay_suite.stderr_progress) if options.qemu else ("", [])
     except (XvncError, ConnectionError, TimeoutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -111,7 +113,9 @@ async def relay(options: RelayOptions) -> int:
         out += relayreport.scale_section(scaled)
     if rest is not None:
         out += relayreport.footprint_section(rest)
-    out += relayreport.targets_section(runs, scaled, rest)
+    if echo:
+        out += relayreport.qemu_section(qemu_peer, echo)
+    out += relayreport.targets_section(runs, scaled, rest, echo)
     print("\n".join(out))
     print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
     return 0
@@ -129,6 +133,8 @@ async def run_command(args: argparse.Namespace) -> int:
             relay_options = dataclasses.replace(relay_options, scale_counts=())
         if args.no_footprint:
             relay_options = dataclasses.replace(relay_options, footprint=False)
+        if args.no_qemu:
+            relay_options = dataclasses.replace(relay_options, qemu=False)
         status = await relay(relay_options)
     return status
 

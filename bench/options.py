@@ -45,6 +45,7 @@ class RelayOptions:
     scale_size: tuple[int, int]
     idle_seconds: float
     footprint: bool  # memory and idle CPU
+    qemu: bool = True  # the QEMU peer (typed characters echoed by a tiny Linux VM)
 
     @classmethod
     def of(cls, quick: bool, workloads: tuple[str, ...] | None = None) -> RelayOptions:
@@ -54,11 +55,12 @@ class RelayOptions:
                 workloads=workloads or RELAY_WORKLOADS,
                 profiles=("tight",),
                 seconds=3.0,
-                scale_counts=(20, 50),
+                scale_counts=(50,),
                 scale_seconds=6.0,
                 scale_size=RELAY_SIZES[0],
-                idle_seconds=4.0,
+                idle_seconds=3.0,
                 footprint=True,
+                qemu=False,
             )
         return cls(
             sizes=RELAY_SIZES,

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 
 from .footprint import Footprint
+from .qemu import EchoRun
 from .relay import Run
 from .scale import LATENCY_LIMIT_MS, ScaleResult
 
@@ -194,14 +195,62 @@ def footprint_section(f: Footprint) -> list[str]:
     return out + markdown(("measure", "value"), rows)
 
 
+def qemu_section(peer: str, runs: Sequence[EchoRun]) -> list[str]:
+    out = ["", "### QEMU peer: a typed character echoed by the guest's console", ""]
+    out += [f"- {peer}", ""]
+    direct = next((r for r in runs if r.path == "direct"), None)
+    rows = []
+    for r in runs:
+        added = "-"
+        if direct is not None and r is not direct:
+            added = f"{r.latency_ms(0.5) - direct.latency_ms(0.5):+.1f}"
+        cpu = "-" if r.server_cpu is None else f"{r.server_cpu:.2f}"
+        rows.append(
+            [
+                r.path,
+                _ms(r.latency_ms(0.5)),
+                _ms(r.latency_ms(0.99)),
+                added,
+                str(r.keys),
+                str(r.missed),
+                _bytes(r.bytes / max(1, r.keys)),
+                cpu,
+            ]
+        )
+    headers = (
+        "path",
+        "p50 ms",
+        "p99 ms",
+        "added p50 ms",
+        "keys",
+        "missed",
+        "bytes/key",
+        "relay CPU s",
+    )
+    return out + markdown(headers, rows)
+
+
 def _find(runs: Sequence[Run], workload: str, path: str) -> list[Run]:
     return [r for r in runs if r.workload == workload and r.path == path]
 
 
 def targets_section(
-    runs: Sequence[Run], scale: ScaleResult | None, footprint: Footprint | None
+    runs: Sequence[Run],
+    scale: ScaleResult | None,
+    footprint: Footprint | None,
+    echo: Sequence[EchoRun] = (),
 ) -> list[str]:
     rows: list[list[str]] = []
+    by_path = {r.path: r for r in echo}
+    if "direct" in by_path and "thinserve" in by_path:
+        added = by_path["thinserve"].latency_ms(0.5) - by_path["direct"].latency_ms(0.5)
+        rows.append(
+            [
+                "typed character: added p50 <= 2 ms (QEMU echo)",
+                f"{added:+.1f} ms",
+                _yes(added <= 2.0),
+            ]
+        )
     groups = _by_path(runs)
     for (workload, size, profile), paths in groups.items():
         ts, direct = paths.get("thinserve"), paths.get("direct")

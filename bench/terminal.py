@@ -21,7 +21,7 @@ Call only with the asyncio reactor installed and running.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +138,7 @@ class MeasuringTerminal(rfbclient.RFBClientProtocol):
         self.profile = profile
         self.desktop_name = ""
         self.tracker: Tracker | None = None
+        self.on_update: Callable[[float], None] | None = None  # called with the time
         self.bytes = 0
         self.updates = 0
         self.ready: defer.Deferred[MeasuringTerminal] = defer.Deferred()
@@ -159,6 +160,8 @@ class MeasuringTerminal(rfbclient.RFBClientProtocol):
             self.flush()
             if self.tracker is not None:
                 self.tracker.check(self.conn.framebuffer, now, event.rects)
+            if self.on_update is not None:
+                self.on_update(now)
             if not self.ready.called:
                 self.ready.callback(self)
 

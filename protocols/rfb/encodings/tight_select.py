@@ -53,7 +53,7 @@ JPEG_MIN_AREA = 256  # smaller rectangles cost less than a JPEG header losslessl
 PHOTO_MAX_REPEATS = 0.5  # share of pixels equal to their left neighbour
 PHOTO_MAX_ROUGHNESS = 2500.0  # mean squared prediction error, 8-bit components
 SAMPLE_ROWS = 32  # rows sampled to judge the content
-SAMPLE_PIXELS = 16384  # ... fewer on wide rectangles, about this many pixels
+SAMPLE_PIXELS = 4096  # ... fewer on wide rectangles, about this many pixels
 PALETTE_SAMPLE = 4096  # pixels sampled to reject many-colour rectangles early
 
 

@@ -375,3 +375,24 @@ async def test_browser_terminal_shows_the_desktop_through_thinserve(xvnc, tmp_pa
         assert await as_deferred(scenario()), "the browser canvas never showed the desktop"
     finally:
         await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_scrolling_through_forwarded_copyrects_stays_exact(xvnc, tmp_path: Path) -> None:
+    server = xvnc(size=(640, 480))
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        term = await Terminal().connect(ts.port_numbers[0])  # offers CopyRect
+        direct = await Terminal().connect(server.port)  # the same client, straight to Xvnc
+        done = tmp_path / "done"
+        script = f"seq 1 3000; touch {done}; sleep 60"
+        server.run(["xterm", "-geometry", "80x24+0+0", "-e", "sh", "-c", script])
+        await threads.deferToThread(wait_until, done.exists, 30, "the xterm to scroll", None)
+        await sleep(1)
+        await term.wait_screen(direct.framebuffer.copy())
+        inside = term.framebuffer[4:300, 4:470]  # the xterm: black text on white
+        assert 1000 < int((inside == 0).sum()) < inside.size // 2
+        term.close()
+        direct.close()
+    finally:
+        await ts.stopService()

@@ -14,30 +14,11 @@ import sys
 
 
 def main(path: str) -> int:
-    from thinserve.cli import install_reactor
-
-    install_reactor()
-    from twisted.internet import reactor
-
+    from thinserve.cli import run_server
     from thinserve.config import load
-    from thinserve.service import ThinServe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    config = dataclasses.replace(load(path), web_listen=(), discovery=False)
-    server = ThinServe(config, reactor)
-    failures: list[str] = []
-
-    def start() -> None:
-        d = server.startService()
-        d.addErrback(lambda f: (failures.append(f.getErrorMessage()), reactor.stop()))
-
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
-    if failures:
-        print(f"thinserve: could not start: {failures[0]}", file=sys.stderr)
-        return 1
-    return 0
+    return run_server(dataclasses.replace(load(path), web_listen=(), discovery=False))
 
 
 if __name__ == "__main__":

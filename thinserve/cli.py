@@ -7,8 +7,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from .admin import commands
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def install_reactor() -> None:
@@ -56,10 +60,7 @@ def serve(args: argparse.Namespace) -> int:
     install_reactor()
     from dataclasses import replace
 
-    from twisted.internet import reactor
-
     from .config import ConfigError, load
-    from .service import ThinServe
 
     try:
         config = load(args.config)
@@ -69,6 +70,16 @@ def serve(args: argparse.Namespace) -> int:
     if args.listen:
         config = replace(config, listen=tuple(args.listen))
     logging.getLogger("thinserve").info("configuration: %s", config.source)
+    return run_server(config)
+
+
+def run_server(config: Config) -> int:
+    """Run thinserve on ``config`` until the reactor stops; the exit status."""
+    install_reactor()
+    from twisted.internet import reactor
+
+    from .service import ThinServe
+
     server = ThinServe(config, reactor)
     failures: list[str] = []
 

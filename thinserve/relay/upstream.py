@@ -32,13 +32,12 @@ from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import CopyFrom, Rect
 from protocols.rfb.encodings.base import DecodeGen
 from protocols.rfb.encodings.copyrect import CopyRectDecoder
-from protocols.rfb.handshake import AuthenticationFailed
 from protocols.rfb.pixelformat import NATIVE, PixelCodec
 from protocols.rfb.server import ClipboardText
 
 from .. import rfbclient
 from . import screens
-from .source import Source
+from .source import Source, tile_grid_shape
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ class Mirror(Source):
         self.updated([], list(rects))
 
     def _grid(self, rects: list[Rect]) -> np.ndarray:
-        grid = np.zeros(_grid_shape(self.framebuffer), dtype=bool)
+        grid = np.zeros(tile_grid_shape(self.width, self.height), dtype=bool)
         for r in rects:
             grid[r.y // 16 : -(-(r.y + r.h) // 16), r.x // 16 : -(-(r.x + r.w) // 16)] = True
         return grid
@@ -165,13 +164,9 @@ class Mirror(Source):
         same_size = framebuffer.shape == self.framebuffer.shape
         self.framebuffer = framebuffer
         if same_size:
-            self.damaged_grid(np.ones(_grid_shape(framebuffer), dtype=bool))
+            self.damaged_grid(np.ones(tile_grid_shape(self.width, self.height), dtype=bool))
         else:
             self.resized()
-
-
-def _grid_shape(fb: np.ndarray) -> tuple[int, int]:
-    return -(-fb.shape[0] // 16), -(-fb.shape[1] // 16)
 
 
 class Upstream:
@@ -338,4 +333,4 @@ def _short(why: str) -> str:
     return why if len(why) <= 80 else why[:77] + "..."
 
 
-__all__ = ["AuthenticationFailed", "DesktopAddress", "Mirror", "Upstream"]
+__all__ = ["DesktopAddress", "Mirror", "Upstream"]

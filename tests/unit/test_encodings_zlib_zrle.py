@@ -16,8 +16,14 @@ from hypothesis.extra import numpy as hnp
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import make_decoder, make_encoder
 from protocols.rfb.encodings.base import Rect, run_decoder
-from protocols.rfb.encodings.zlibenc import READ_CHUNK, ZlibDecoder, ZlibEncoder
-from protocols.rfb.encodings.zrle import ZRLEDecoder, ZRLEEncoder, encode_tiles
+from protocols.rfb.encodings.zlibenc import (
+    READ_CHUNK,
+    DeflateStream,
+    ZlibDecoder,
+    ZlibEncoder,
+)
+from protocols.rfb.encodings.zlibenc import frame as frame_payload
+from protocols.rfb.encodings.zrle import TRIAL_AREA, ZRLEDecoder, ZRLEEncoder, encode_tiles
 from protocols.rfb.errors import ProtocolError
 from protocols.rfb.pixelformat import (
     BGR233,
@@ -125,7 +131,8 @@ def spec_length(run: int) -> bytes:
 
 
 def one_tile(codec: PixelCodec, pixels: np.ndarray) -> bytes:
-    return first_tile_data(ZRLEEncoder().encode(pixels, codec))
+    """A tile's data as the size estimate chooses it (before any zlib trial)."""
+    return encode_tiles(pixels, codec)
 
 
 def feed(decoder: ZlibDecoder | ZRLEDecoder, rect: Rect, codec: PixelCodec, payload: bytes) -> None:
@@ -354,6 +361,48 @@ def test_colours_equal_on_the_wire_share_one_palette_entry() -> None:
     pixels = np.full((64, 64), 0x000000, dtype=np.uint32)
     pixels[:, ::2] = 0x000001  # the same 3-3-2 pixel as black
     assert one_tile(codec, pixels)[0] == 1
+
+
+def glyph_tile(rng: np.random.Generator) -> np.ndarray:
+    """A 12x21 anti-aliased glyph cell: 24 greys in short runs."""
+    shades = rng.integers(0, 24, size=(21, 12)).astype(np.uint32) * 10
+    shades[:, ::3] = 255  # background columns
+    return shades * 0x010101
+
+
+def test_small_rectangles_pick_each_tile_by_compressed_size() -> None:
+    """A glyph the stream carried raw before costs little when sent raw again.
+
+    The estimate before zlib picks a palette for the glyph alone; trying every
+    subencoding on the live stream finds the raw form, which repeats history.
+    """
+    codec = CODECS["native"]
+    rng = np.random.default_rng(3)
+    glyph = glyph_tile(rng)
+    earlier = np.vstack([glyph, noise(rng, 21, 12)])  # > 127 colours: sent raw
+    tried, estimated = ZRLEEncoder(), DeflateStream()
+    history = tried.encode(earlier, codec)
+    estimated.compress(encode_tiles(earlier, codec))
+    assert encode_tiles(glyph, codec)[0] > 128  # the estimate's choice: palette RLE
+    again_tried = tried.encode(glyph, codec)
+    again_estimated = frame_payload(estimated.compress(encode_tiles(glyph, codec)))
+    assert len(again_tried) < len(again_estimated)
+    decoder = ZRLEDecoder()
+    np.testing.assert_array_equal(decode(decoder, Rect(0, 0, 12, 42), codec, history), earlier)
+    np.testing.assert_array_equal(decode(decoder, Rect(0, 0, 12, 21), codec, again_tried), glyph)
+
+
+def test_largest_tried_rectangle_round_trips_through_one_stream() -> None:
+    """Every compressed byte of the tried tiles reaches the peer, however many."""
+    codec = CODECS["native"]
+    rng = np.random.default_rng(11)
+    side = int(TRIAL_AREA**0.5)
+    encoder, decoder = ZRLEEncoder(), ZRLEDecoder()
+    for _ in range(3):
+        pixels = noise(rng, side, side)
+        payload = encoder.encode(pixels, codec)
+        decoded = decode(decoder, Rect(0, 0, side, side), codec, payload)
+        np.testing.assert_array_equal(decoded, pixels)
 
 
 # -- ZRLE decoder rejects malformed tile data -----------------------------------

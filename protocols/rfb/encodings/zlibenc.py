@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Sequence
 
 import numpy as np
 
@@ -68,6 +68,31 @@ class DeflateStream:
         self._remember(data)
         return out
 
+    def compress_smallest(self, choices: Iterable[Sequence[bytes]]) -> bytes:
+        """One sync-flushed chunk carrying, of each group of alternatives, the smallest.
+
+        Alternatives are judged by what they add to *this* stream (its history
+        included), not by their length: each is compressed and sync-flushed,
+        the last on the live compressor and the others on copies of it, and
+        the compressor that produced the smallest piece carries on.  A group
+        of several alternatives therefore ends with a sync flush of its own.
+        """
+        compressor = self._current()
+        out = []
+        for alternatives in choices:
+            if len(alternatives) == 1:
+                out.append(compressor.compress(alternatives[0]))
+                self._remember(alternatives[0])
+                continue
+            last = len(alternatives) - 1
+            trials = [_flushed(compressor, data, i < last) for i, data in enumerate(alternatives)]
+            piece, compressor, data = min(trials, key=lambda trial: len(trial[0]))
+            out.append(piece)
+            self._remember(data)
+        self._compressor = compressor
+        out.append(compressor.flush(zlib.Z_SYNC_FLUSH))  # b"" right after a flush
+        return b"".join(out)
+
     def _current(self) -> zlib._Compress:
         if self._compressor is None:
             self._compressor = zlib.compressobj(self.level, zlib.DEFLATED, 15)
@@ -87,6 +112,15 @@ class DeflateStream:
             self._history = bytes(data[-WINDOW_BYTES:])
         else:
             self._history = (self._history + data)[-WINDOW_BYTES:]
+
+
+def _flushed(
+    compressor: zlib._Compress, data: bytes, copy: bool
+) -> tuple[bytes, zlib._Compress, bytes]:
+    """(``data`` compressed and sync-flushed, the compressor that did it, data)."""
+    if copy:
+        compressor = compressor.copy()
+    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH), compressor, data
 
 
 class InflateStream:

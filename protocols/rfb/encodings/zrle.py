@@ -13,12 +13,14 @@ to right, top to bottom.  Each tile starts with a subencoding byte:
 
 Run lengths are ``length - 1`` written as 255-bytes followed by a final byte
 below 255.  Runs flow across row ends.  The encoder picks, per tile, the
-subencoding with the fewest bytes, estimated from run counts and palette size.
+subencoding with the fewest bytes, estimated from run counts and palette size;
+on small rectangles it also tries raw on the live zlib stream and keeps
+whichever compresses smaller (see :class:`ZRLEEncoder`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -36,6 +38,7 @@ MAX_PACKED = 16
 RLE_FLAG = 128  # top bit of the subencoding: run-length encoded
 PLAIN_RLE = RLE_FLAG
 MAX_PALETTE = 127
+TRIAL_AREA = 8 * TILE * TILE  # up to this many pixels tiles are tried in every subencoding
 
 
 def tile_grid(width: int, height: int) -> list[tuple[int, int, int, int]]:
@@ -133,10 +136,10 @@ class TilePlan:
         if self.starts.size > 1:
             self.palette = palette_of_runs(words.reshape(-1)[self.starts])
 
-    def choose(self) -> tuple[int, int]:
-        """(estimated bytes, subencoding) of the smallest encoding."""
+    def options(self) -> list[tuple[int, int]]:
+        """(estimated bytes, subencoding) of every encoding that fits the tile."""
         if self.starts.size == 1:
-            return self.cpixel, SOLID
+            return [(self.cpixel, SOLID)]
         length_bytes = run_length_bytes(self.lengths)
         options = [
             (self.width * self.height * self.cpixel, RAW),
@@ -150,10 +153,28 @@ class TilePlan:
             if size <= MAX_PACKED:
                 rows = self.height * packed_row_bytes(self.width, index_bits(size))
                 options.append((table + rows, size))
-        return min(options)
+        return options
 
-    def encode(self) -> bytes:
+    def choose(self) -> tuple[int, int]:
+        """(estimated bytes, subencoding) of the smallest encoding before zlib."""
+        return min(self.options())
+
+    def alternatives(self) -> list[bytes]:
+        """The tile as the estimate chooses it, and raw if that is another choice.
+
+        Raw is the form zlib's history most often holds already (whole
+        frames of varied content go raw); the other forms rarely beat the
+        estimate's choice once compressed.
+        """
         _, sub = self.choose()
+        if sub in (SOLID, RAW):
+            return [self.encode(sub)]
+        return [self.encode(sub), self.encode(RAW)]
+
+    def encode(self, sub: int | None = None) -> bytes:
+        """The tile in subencoding ``sub`` (by default the smallest before zlib)."""
+        if sub is None:
+            _, sub = self.choose()
         if sub == SOLID:
             body = self.cpixels(self.pixels[:1])
         elif sub == RAW:
@@ -191,25 +212,40 @@ class TilePlan:
         return pack_indexes(indexes.reshape(self.height, self.width), index_bits(size))
 
 
-def encode_tiles(pixels: np.ndarray, codec: PixelCodec) -> bytes:
-    """The inflated ZRLE data (all tiles) for a rectangle of internal pixels."""
+def tile_plans(pixels: np.ndarray, codec: PixelCodec) -> Iterator[TilePlan]:
+    """A plan for every tile of a rectangle of internal pixels, in wire order."""
     px = np.asarray(pixels, dtype=np.uint32)
     height, width = px.shape
     words = codec.to_words(px).reshape(height, width)
-    parts = [
-        TilePlan(px[y : y + h, x : x + w], words[y : y + h, x : x + w], codec).encode()
-        for x, y, w, h in tile_grid(width, height)
-    ]
-    return b"".join(parts)
+    for x, y, w, h in tile_grid(width, height):
+        yield TilePlan(px[y : y + h, x : x + w], words[y : y + h, x : x + w], codec)
+
+
+def encode_tiles(pixels: np.ndarray, codec: PixelCodec) -> bytes:
+    """The inflated ZRLE data (all tiles) for a rectangle of internal pixels."""
+    return b"".join(plan.encode() for plan in tile_plans(pixels, codec))
 
 
 class ZRLEEncoder:
+    """ZRLE with one zlib stream per connection.
+
+    Small rectangles (typed characters, a clock, a status bar) pick each
+    tile's subencoding by what it adds to the compressed stream: the
+    estimate's choice and raw are both tried on the live stream, whose
+    history often makes the longer raw form the cheaper one (a glyph repeats
+    pixels sent raw before).  Larger rectangles go by the sizes before zlib,
+    which costs one pass.
+    """
+
     encoding = Encoding.ZRLE
 
     def __init__(self) -> None:
         self._stream = DeflateStream()
 
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        if pixels.size <= TRIAL_AREA:
+            alternatives = (plan.alternatives() for plan in tile_plans(pixels, codec))
+            return frame(self._stream.compress_smallest(alternatives))
         return frame(self._stream.compress(encode_tiles(pixels, codec)))
 
     def configure(self, quality: int | None, compression: int | None) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 
 from .content import CONTENTS
-from .options import RELAY_WORKLOADS, Options, RelayOptions
+from .options import RELAY_SIZES, RELAY_WORKLOADS, Options, RelayOptions
 from .xvnc import INSTALL_HINT, xvnc_path, xvnc_version
 
 COMMANDS = ("all", "encodings", "relay")
@@ -45,6 +45,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=list(RELAY_WORKLOADS),
         action="append",
         help="replay only this workload (repeatable; default: all)",
+    )
+    relay.add_argument(
+        "--profile",
+        choices=["tight", "zrle"],
+        action="append",
+        help="terminal profile (repeatable; default: both, quick: tight)",
+    )
+    relay.add_argument(
+        "--size",
+        choices=[f"{w}x{h}" for w, h in RELAY_SIZES],
+        action="append",
+        help="screen size (repeatable; default: both, quick: 1280x1024)",
     )
     relay.add_argument("--no-scale", action="store_true", help="skip the scale test")
     relay.add_argument("--no-footprint", action="store_true", help="skip memory and idle CPU")
@@ -129,6 +141,11 @@ async def run_command(args: argparse.Namespace) -> int:
         status = await encodings(options)
     if args.command in ("all", "relay") and status == 0:
         relay_options = RelayOptions.of(args.quick, tuple(args.workload or ()) or None)
+        if args.profile:
+            relay_options = dataclasses.replace(relay_options, profiles=tuple(args.profile))
+        if args.size:
+            sizes = tuple(tuple(int(n) for n in size.split("x")) for size in args.size)
+            relay_options = dataclasses.replace(relay_options, sizes=sizes)
         if args.no_scale:
             relay_options = dataclasses.replace(relay_options, scale_counts=())
         if args.no_footprint:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from . import processes
 from .options import PATHS, RelayOptions
 from .painter import Painter
-from .replay import Desktop, replay, wait_showing
+from .replay import Desktop, replay, settled, wait_showing
 from .terminal import PROFILES, Profile, Tracker, connect
 from .workloads import WORKLOADS, Workload
 from .xvnc import Xvnc
@@ -124,6 +124,7 @@ async def measure(
     terminal = await connect(paths.port(path), profile, TERMINAL_ADDRESS)
     try:
         await wait_showing(terminal, workload.initial)
+        await settled(terminal)
         tracker = Tracker(workload.steps)
         terminal.tracker = tracker
         terminal.reset_counters()

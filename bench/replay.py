@@ -68,6 +68,9 @@ async def replay(desktops: list[Desktop]) -> list[float]:
     return late
 
 
+QUIET = 0.25  # seconds without an update that count as settled
+
+
 async def wait_showing(terminal: MeasuringTerminal, frame: np.ndarray, timeout: float = 15) -> None:
     """Wait until the terminal shows ``frame`` (near enough for lossy encodings)."""
 
@@ -77,3 +80,20 @@ async def wait_showing(terminal: MeasuringTerminal, frame: np.ndarray, timeout: 
 
     if not await wait_for(close, timeout):
         raise TimeoutError(f"the terminal did not show the first frame within {timeout:.0f} s")
+
+
+async def settled(terminal: MeasuringTerminal, quiet: float = QUIET, most: float = 3.0) -> None:
+    """Wait until no update has come for ``quiet`` seconds (at most ``most`` seconds).
+
+    A server may still be sending the last of the first frame (thinserve's
+    copy of the desktop can trail the desktop by an update): those bytes
+    belong to no step and must not be counted.
+    """
+    deadline = time.perf_counter() + most
+    seen, since = terminal.updates, time.perf_counter()
+    while time.perf_counter() < deadline:
+        await sleep(quiet / 5)
+        if terminal.updates != seen:
+            seen, since = terminal.updates, time.perf_counter()
+        elif time.perf_counter() - since >= quiet:
+            return

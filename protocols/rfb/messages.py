@@ -301,12 +301,18 @@ class FramebufferUpdate:
 
     def pack(self) -> bytes:
         count = 0xFFFF if self.last_rect else len(self.rects)
+        last = RectHeader(0, 0, 0, 0, -224).pack() if self.last_rect else b""
+        return self.pack_head(count) + last
+
+    def pack_head(self, count: int) -> bytes:
+        """The message header announcing ``count`` rectangles, then these.
+
+        ``count - len(rects)`` further rectangles must follow it.
+        """
         parts = [struct.pack(">BxH", ServerMsg.FRAMEBUFFER_UPDATE, count)]
         for header, payload in self.rects:
             parts.append(header.pack())
             parts.append(payload)
-        if self.last_rect:
-            parts.append(RectHeader(0, 0, 0, 0, -224).pack())
         return b"".join(parts)
 
 

@@ -16,6 +16,7 @@ here, so the caller sees only what it must act on.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ from .errors import ProtocolError
 from .handshake import HandshakeEvent, ServerHandshake
 from .limits import DEFAULT_LIMITS, Limits
 from .pixelformat import DEFAULT_COLOUR_MAP, NATIVE, PixelCodec, PixelFormat
-from .updates import ClientSettings, RectEncoder
+from .updates import ClientSettings, Part, RectEncoder
 
 FENCE_FLAGS_SUPPORTED = FenceFlag.BLOCK_BEFORE | FenceFlag.BLOCK_AFTER | FenceFlag.SYNC_NEXT
 
@@ -83,6 +84,8 @@ class ServerConnection(Connection):
         self._initialised = False
         self._pending_pseudo: list[tuple[m.RectHeader, bytes]] = []
         self._announced: set[int] = set()
+        self._stream: UpdateStream | None = None
+        self._held = bytearray()  # messages queued while an update goes out
 
     def _max_need(self) -> int:
         return self.limits.max_cut_text + 64
@@ -130,7 +133,7 @@ class ServerConnection(Connection):
                 (int(c >> 16 & 255) * 257, int(c >> 8 & 255) * 257, int(c & 255) * 257)
                 for c in DEFAULT_COLOUR_MAP
             )
-            self._out += m.SetColourMapEntries(0, colours).pack()
+            self._queue(m.SetColourMapEntries(0, colours).pack())
 
     def _set_encodings(self, encodings: tuple[int, ...]) -> None:
         self.settings = ClientSettings.from_encodings(encodings)
@@ -144,11 +147,11 @@ class ServerConnection(Connection):
         if Encoding.EXTENDED_DESKTOP_SIZE in fresh and self._initialised:
             self._queue_desktop_size(reason=0, status=0)
         if Encoding.CONTINUOUS_UPDATES in fresh:
-            self._out += m.EndOfContinuousUpdates().pack()
+            self._queue(m.EndOfContinuousUpdates().pack())
         if Encoding.FENCE in fresh:
-            self._out += m.Fence(int(FENCE_FLAGS_SUPPORTED | FenceFlag.REQUEST), b"", True).pack()
+            self._queue(m.Fence(int(FENCE_FLAGS_SUPPORTED | FenceFlag.REQUEST), b"", True).pack())
         if Encoding.EXTENDED_CLIPBOARD in fresh:
-            self._out += self.clipboard.our_caps().pack()
+            self._queue(self.clipboard.our_caps().pack())
             self.clipboard.extended = True
 
     def _clip_request(self, req: m.FramebufferUpdateRequest) -> m.FramebufferUpdateRequest:
@@ -160,19 +163,19 @@ class ServerConnection(Connection):
     def _answer_fence(self, fence: m.Fence) -> None:
         if fence.flags & FenceFlag.REQUEST:
             flags = fence.flags & FENCE_FLAGS_SUPPORTED
-            self._out += m.Fence(int(flags), fence.payload, True).pack()
+            self._queue(m.Fence(int(flags), fence.payload, True).pack())
 
     def _set_continuous(self, msg: m.EnableContinuousUpdates) -> None:
         if not self.settings.supports(Encoding.CONTINUOUS_UPDATES):
             raise ProtocolError("continuous updates enabled without announcing support")
         self.continuous_updates = msg.enable
         if not msg.enable:
-            self._out += m.EndOfContinuousUpdates().pack()
+            self._queue(m.EndOfContinuousUpdates().pack())
 
     def _receive_clipboard(self, msg: m.CutText | m.ExtendedClipboard) -> None:
         replies, text = self.clipboard.receive(msg)
         for reply in replies:
-            self._out += reply.pack()
+            self._queue(reply.pack())
         if text is not None:
             self._events.append(ClipboardText(text))
 
@@ -188,7 +191,7 @@ class ServerConnection(Connection):
         self.width, self.height = width, height
         self.screens = (m.Screen(0, 0, 0, width, height),)
         self._set_pixel_format_silently(pixel_format)
-        self._out += m.ServerInit(width, height, pixel_format, name).pack()
+        self._queue(m.ServerInit(width, height, pixel_format, name).pack())
         self._initialised = True
 
     def _set_pixel_format_silently(self, pf: PixelFormat) -> None:
@@ -201,26 +204,68 @@ class ServerConnection(Connection):
         regions: Sequence[Rect],
         copies: Sequence[tuple[Rect, int, int]] = (),
     ) -> int:
-        """Send one FramebufferUpdate: queued pseudo-rects, copies, then regions.
+        """Send one whole FramebufferUpdate (see :meth:`begin_update`); returns its bytes."""
+        stream = self.begin_update(fb, regions, copies)
+        stream.send()
+        return stream.bytes
+
+    def begin_update(
+        self,
+        fb: np.ndarray,
+        regions: Sequence[Rect],
+        copies: Sequence[tuple[Rect, int, int]] = (),
+    ) -> UpdateStream:
+        """Start a FramebufferUpdate: queued pseudo-rects, copies, then regions.
 
         ``copies`` are (destination, src_x, src_y) and go out first, as
-        CopyRect when the client accepts it.  Returns the bytes queued.
+        CopyRect when the client accepts it.  The update's header, pseudo
+        rectangles and CopyRects are queued at once; the regions' pixels are
+        encoded as the returned stream is sent, so the first rectangles can
+        be on their way while later ones are encoded.  Until the stream is
+        done, other messages wait behind it.
         """
-        rects = list(self._pending_pseudo)
+        if self._stream is not None:
+            raise RuntimeError("the previous FramebufferUpdate is still being sent")
+        ready = list(self._pending_pseudo)
         self._pending_pseudo.clear()
+        parts: list[Part] = []
         for dest, sx, sy in copies:
-            rects += self._copy_rects(fb, dest, sx, sy)
+            if self.settings.supports(Encoding.COPYRECT):
+                ready.append(self._copy_rect(dest, sx, sy))
+            else:
+                parts += self.rect_encoder.plan(fb, dest)
         for region in regions:
-            rects += self.rect_encoder.encode(fb, region, self.codec)
-        data = m.FramebufferUpdate(rects).pack()
-        self._out += data
-        return len(data)
+            parts += self.rect_encoder.plan(fb, region)
+        head = m.FramebufferUpdate(ready).pack_head(len(ready) + len(parts))
+        self._out += head
+        stream = self._stream = UpdateStream(self, fb, parts, self.codec, len(head))
+        if not parts:
+            stream.send()  # nothing to encode: done at once
+        return stream
 
-    def _copy_rects(self, fb: np.ndarray, dest: Rect, sx: int, sy: int) -> list:
-        if self.settings.supports(Encoding.COPYRECT):
-            payload = self.rect_encoder.encoder(Encoding.COPYRECT).encode_copy(sx, sy)  # type: ignore[attr-defined]
-            return [(m.RectHeader(dest.x, dest.y, dest.w, dest.h, Encoding.COPYRECT), payload)]
-        return self.rect_encoder.encode(fb, dest, self.codec)
+    def _copy_rect(self, dest: Rect, sx: int, sy: int) -> tuple[m.RectHeader, bytes]:
+        payload = self.rect_encoder.encoder(Encoding.COPYRECT).encode_copy(sx, sy)  # type: ignore[attr-defined]
+        return m.RectHeader(dest.x, dest.y, dest.w, dest.h, Encoding.COPYRECT), payload
+
+    def _stream_out(self, data: bytes) -> None:
+        self._out += data
+
+    def _stream_done(self) -> None:
+        self._stream = None
+        self._out += self._held
+        self._held.clear()
+
+    def _queue(self, data: bytes) -> None:
+        """Any message but an update's rectangles: after the update going out."""
+        if self._stream is None:
+            self._out += data
+        else:
+            self._held += data
+
+    @property
+    def sending_update(self) -> bool:
+        """Whether a FramebufferUpdate is still being sent (its stream not done)."""
+        return self._stream is not None
 
     @property
     def has_pending_pseudo(self) -> bool:
@@ -274,13 +319,56 @@ class ServerConnection(Connection):
 
     def send_clipboard(self, text: str) -> None:
         for msg in self.clipboard.offer(text):
-            self._out += msg.pack()
+            self._queue(msg.pack())
 
     def send_bell(self) -> None:
-        self._out += m.Bell().pack()
+        self._queue(m.Bell().pack())
 
     def send_fence(self, flags: int, payload: bytes = b"") -> None:
-        self._out += m.Fence(flags | FenceFlag.REQUEST, payload, True).pack()
+        self._queue(m.Fence(flags | FenceFlag.REQUEST, payload, True).pack())
+
+
+class UpdateStream:
+    """The rectangles of one FramebufferUpdate, encoded as they are sent."""
+
+    def __init__(
+        self,
+        conn: ServerConnection,
+        fb: np.ndarray,
+        parts: list[Part],
+        codec: PixelCodec,
+        head: int,
+    ) -> None:
+        self._conn = conn
+        self._fb = fb
+        self._parts = deque(parts)
+        self._codec = codec
+        self.bytes = head  # queued so far, the header included
+
+    @property
+    def done(self) -> bool:
+        return not self._parts
+
+    def send(self, pixels: int | None = None) -> bool:
+        """Encode and queue rectangles: all, or about ``pixels`` pixels' worth.
+
+        At least one rectangle goes each call.  Returns whether more remain.
+        """
+        budget = pixels
+        while self._parts and (budget is None or budget > 0):
+            part = self._parts.popleft()
+            header, payload = self._conn.rect_encoder.encode_part(self._fb, part, self._codec)
+            self._conn._stream_out(header.pack() + payload)
+            self.bytes += 12 + len(payload)
+            if budget is not None:
+                budget -= part.rect.area
+        if not self._parts and self._conn._stream is self:
+            self._conn._stream_done()
+        return bool(self._parts)
+
+    def blank(self) -> None:
+        """Send the rest black: what it showed is no longer the client's to see."""
+        self._fb = np.zeros_like(self._fb)
 
 
 def pack_mask(mask: np.ndarray) -> bytes:

@@ -28,6 +28,14 @@ _NOT_PRIMARY = (Encoding.COPYRECT,)
 _STATELESS = (Encoding.RRE, Encoding.HEXTILE)
 
 
+@dataclass(frozen=True)
+class Part:
+    """One rectangle of an update and the encoding chosen for it."""
+
+    rect: Rect
+    encoding: int
+
+
 @dataclass
 class ClientSettings:
     encodings: tuple[int, ...] = ()
@@ -77,14 +85,27 @@ class RectEncoder:
         self, fb: np.ndarray, rect: Rect, codec: PixelCodec
     ) -> list[tuple[RectHeader, bytes]]:
         """Headers and payloads for one damaged rectangle of ``fb``."""
-        out = []
+        return [self.encode_part(fb, part, codec) for part in self.plan(fb, rect)]
+
+    def plan(self, fb: np.ndarray, rect: Rect) -> list[Part]:
+        """The pieces ``rect`` goes out as, each with its encoding, before encoding.
+
+        Cheap (splitting and a solid check per piece), so the number of
+        rectangles of an update is known before any is encoded.
+        """
+        parts = []
         for piece in self._split(rect, self.settings.preferred):
             encoding = self._choose(_view(fb, piece))
             # A solid piece may go to an encoder with tighter size limits
             # (Tight) than the preferred one: split again by its limits.
-            for part in self._split(piece, encoding):
-                out.append(self._encode_part(fb, part, encoding, codec))
-        return out
+            parts += [Part(sub, encoding) for sub in self._split(piece, encoding)]
+        return parts
+
+    def encode_part(
+        self, fb: np.ndarray, part: Part, codec: PixelCodec
+    ) -> tuple[RectHeader, bytes]:
+        """Header and payload of one planned piece."""
+        return self._encode_part(fb, part.rect, part.encoding, codec)
 
     def _encode_part(
         self, fb: np.ndarray, part: Rect, encoding: int, codec: PixelCodec

@@ -1,0 +1,121 @@
+"""A FramebufferUpdate sent piece by piece (ServerConnection.begin_update)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protocols.rfb import messages as m
+from protocols.rfb.client import UpdateDone
+from protocols.rfb.constants import Encoding
+from protocols.rfb.encodings import Rect
+
+from .content import desktop_frame
+from .test_connection import H, Pair, W
+
+ENCODINGS = [Encoding.TIGHT, Encoding.ZRLE, Encoding.HEXTILE, Encoding.RAW]
+BANDS = [Rect(0, y, W, 40) for y in range(0, H, 40)]  # five rectangles
+
+
+def ready_pair(encoding: int) -> Pair:
+    pair = Pair()
+    pair.client.set_encodings([encoding, Encoding.COPYRECT])
+    pair.full_update()
+    pair.take_client(UpdateDone)
+    pair.client.request_update(incremental=True)
+    pair.pump()
+    pair.take_server(m.FramebufferUpdateRequest)
+    return pair
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_update_sent_in_pieces_equals_update_sent_whole(encoding: int) -> None:
+    whole, pieces = ready_pair(encoding), ready_pair(encoding)
+    changed = desktop_frame(W, H, seed=5)
+    sent = whole.server.send_update(changed, BANDS)
+    expected = whole.server.data_to_send()
+    stream = pieces.server.begin_update(changed, BANDS)
+    chunks = []
+    while stream.send(pixels=W * 40):
+        chunks.append(pieces.server.data_to_send())
+    chunks.append(pieces.server.data_to_send())
+    assert len(chunks) == len(BANDS)
+    assert b"".join(chunks) == expected
+    assert stream.bytes == sent == len(expected)
+
+
+def test_client_shows_each_rectangle_as_it_arrives() -> None:
+    pair = ready_pair(Encoding.ZRLE)
+    changed = desktop_frame(W, H, seed=6)
+    stream = pair.server.begin_update(changed, BANDS)
+    stream.send(pixels=1)  # at least one rectangle goes
+    pair.client_events += pair.client.receive_data(pair.server.data_to_send())
+    fb = pair.client.framebuffer
+    np.testing.assert_array_equal(fb[:40], changed[:40])
+    assert not np.array_equal(fb[40:], changed[40:])
+    assert not pair.take_client(UpdateDone)
+    stream.send()
+    pair.pump()
+    (done,) = pair.take_client(UpdateDone)
+    assert done.rects == tuple(BANDS)
+    np.testing.assert_array_equal(pair.client.framebuffer, changed)
+
+
+def test_other_messages_wait_behind_the_update() -> None:
+    pair = ready_pair(Encoding.RAW)
+    pair.client.set_encodings([Encoding.RAW, Encoding.FENCE])
+    pair.pump()
+    pair.take_client(m.Fence)
+    changed = desktop_frame(W, H, seed=7)
+    stream = pair.server.begin_update(changed, BANDS)
+    stream.send(pixels=1)
+    first = pair.server.data_to_send()
+    pair.server.send_bell()
+    pair.server.send_clipboard("after the update")
+    pair.client.send_fence(0, b"ping")  # answered by the server's core at once
+    pair.server.receive_data(pair.client.data_to_send())
+    assert pair.server.sending_update
+    stream.send()
+    assert not pair.server.sending_update
+    rest = pair.server.data_to_send()
+    order = [type(e) for e in pair.client.receive_data(first + rest)]
+    assert order[0] is UpdateDone
+    assert set(order[1:]) >= {m.Bell, m.Fence}
+    np.testing.assert_array_equal(pair.client.framebuffer, changed)
+
+
+def test_second_update_cannot_start_before_the_first_is_sent() -> None:
+    pair = ready_pair(Encoding.RAW)
+    stream = pair.server.begin_update(pair.frame, BANDS)
+    with pytest.raises(RuntimeError):
+        pair.server.begin_update(pair.frame, BANDS)
+    stream.send()
+    pair.server.begin_update(pair.frame, [Rect(0, 0, 8, 8)]).send()
+    pair.pump()
+    assert len(pair.take_client(UpdateDone)) == 2
+
+
+def test_blanked_stream_sends_the_rest_black() -> None:
+    pair = ready_pair(Encoding.HEXTILE)
+    changed = desktop_frame(W, H, seed=8)
+    stream = pair.server.begin_update(changed, BANDS)
+    stream.send(pixels=1)
+    stream.blank()
+    stream.send()
+    pair.pump()
+    fb = pair.client.framebuffer
+    np.testing.assert_array_equal(fb[:40], changed[:40])
+    assert not fb[40:].any()
+
+
+def test_copies_without_copyrect_are_encoded_in_the_stream() -> None:
+    pair = Pair()
+    pair.client.set_encodings([Encoding.ZRLE])
+    pair.full_update()
+    moved = pair.frame.copy()
+    moved[100:150, 10:90] = pair.frame[20:70, 30:110]
+    stream = pair.server.begin_update(moved, [], copies=[(Rect(10, 100, 80, 50), 30, 20)])
+    assert not stream.done
+    stream.send()
+    pair.pump()
+    np.testing.assert_array_equal(pair.client.framebuffer, moved)

@@ -16,6 +16,7 @@ from protocols.rfb.encodings import make_decoder, make_encoder, tight_gradient
 from protocols.rfb.encodings.base import Rect, run_decoder
 from protocols.rfb.encodings.tight import TightDecoder, TightEncoder
 from protocols.rfb.encodings.tight_gradient import gradient_filter, gradient_unfilter
+from protocols.rfb.encodings.tight_select import MAX_PALETTE, find_palette
 from protocols.rfb.encodings.tight_wire import pack_compact, read_compact
 from protocols.rfb.errors import ProtocolError
 from protocols.rfb.limits import Limits
@@ -238,6 +239,62 @@ def test_256_colour_palette(name: str) -> None:
     np.testing.assert_array_equal(decoded, codec.quantize(px))
     if name in RGB24:
         assert method(payload) == "indexed" and payload[2] == 255  # 256 colours
+
+
+# -- palette detection against a plain reference ------------------------------
+def reference_palette(words: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
+    colours, inverse = np.unique(words, return_inverse=True)
+    if colours.size > limit:
+        return None
+    return colours, inverse.reshape(words.shape)
+
+
+def runs_image(rng: np.random.Generator, h: int, w: int, colours: int, longest: int) -> np.ndarray:
+    """Row-major runs of random length (1..longest) in up to ``colours`` colours."""
+    palette = rng.integers(0, 1 << 24, colours, dtype=np.uint32)
+    lengths = rng.integers(1, longest + 1, h * w)
+    runs = np.repeat(palette[rng.integers(0, colours, h * w)], lengths)
+    return runs[: h * w].reshape(h, w)
+
+
+def assert_same_palette(words: np.ndarray, limit: int) -> None:
+    found, expected = find_palette(words, limit), reference_palette(words, limit)
+    if expected is None:
+        assert found is None
+        return
+    assert found is not None
+    np.testing.assert_array_equal(found[0], expected[0])
+    assert found[1].dtype == np.uint8 and found[1].shape == words.shape
+    np.testing.assert_array_equal(found[1], expected[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    colours=st.integers(1, 400),
+    longest=st.integers(1, 60),
+    w=st.integers(1, 300),
+    h=st.integers(1, 120),
+    limit=st.integers(2, MAX_PALETTE),
+)
+def test_find_palette_matches_unique(
+    seed: int, colours: int, longest: int, w: int, h: int, limit: int
+) -> None:
+    assert_same_palette(runs_image(rng_for(seed), h, w, colours, longest), limit)
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+@pytest.mark.parametrize("shape", [(34, 1920), (256, 256), (1, 2048)])
+def test_find_palette_sees_colours_the_samples_miss(shape: tuple[int, int], extra: int) -> None:
+    """Few colours everywhere but in one corner, where exactly enough are added
+    to reach the limit (extra 0) or pass it (extra 1)."""
+    h, w = shape
+    limit = 200
+    words = runs_image(rng_for(h), h, w, 8, 30)
+    base = np.unique(words).size
+    words.reshape(-1)[-(limit - base + extra) :] = np.arange(limit - base + extra) + (1 << 24)
+    assert_same_palette(words, limit)
+    assert (find_palette(words, limit) is None) == bool(extra)
 
 
 # -- JPEG ---------------------------------------------------------------------

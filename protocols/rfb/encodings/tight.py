@@ -108,9 +108,9 @@ class TightEncoder:
     def _palette(self, colours: np.ndarray, indices: np.ndarray, codec: PixelCodec) -> bytes:
         header = bytes([FILTER_PALETTE, colours.size - 1]) + tpixels_from_words(colours, codec)
         if colours.size == 2:
-            data = np.packbits(indices.astype(np.uint8), axis=1).tobytes()
+            data = np.packbits(indices, axis=1).tobytes()
             return self._basic(STREAM_MONO, header, data, self._settings.palette_zlib)
-        data = indices.astype(np.uint8).tobytes()
+        data = indices.tobytes()
         return self._basic(STREAM_INDEXED, header, data, self._settings.palette_zlib)
 
     def _full_colour(

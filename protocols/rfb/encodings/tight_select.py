@@ -54,7 +54,11 @@ PHOTO_MAX_REPEATS = 0.5  # share of pixels equal to their left neighbour
 PHOTO_MAX_ROUGHNESS = 2500.0  # mean squared prediction error, 8-bit components
 SAMPLE_ROWS = 32  # rows sampled to judge the content
 SAMPLE_PIXELS = 4096  # ... fewer on wide rectangles, about this many pixels
-PALETTE_SAMPLE = 4096  # pixels sampled to reject many-colour rectangles early
+PALETTE_SAMPLE = 4096  # values sampled to reject many-colour rectangles early
+# Palette indices: a table of 2**HASH_BITS slots, keyed by the top bits of the
+# colour times one of these odd constants (multiplicative hashing).
+HASH_BITS = 16
+HASH_MULTIPLIERS = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D, 0x27D4EB2F)
 
 
 @dataclass(frozen=True)
@@ -107,16 +111,83 @@ def _level(value: int) -> int:
     return min(max(int(value), 0), 9)
 
 
-def find_palette(words: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(sorted colours, index per pixel) if there are 2..limit colours, else None."""
+@dataclass(frozen=True)
+class Palette:
+    """A rectangle's colours and its runs of equal pixels (row-major order).
+
+    ``colours`` are the sorted wire values; ``starts`` the index of each run's
+    first pixel and ``values`` its value.  Palette detection and index
+    building both work on the runs, which screen content has few of.
+    """
+
+    colours: np.ndarray
+    shape: tuple[int, int]
+    starts: np.ndarray
+    values: np.ndarray
+
+    def indices(self) -> np.ndarray:
+        """(h, w) index of each pixel's colour: uint8, or bool for two colours."""
+        if self.colours.size == 2:
+            per_run = self.values == self.colours[1]
+        else:
+            per_run = colour_indices(self.colours, self.values)
+        lengths = np.diff(self.starts, append=self.shape[0] * self.shape[1])
+        return np.repeat(per_run, lengths).reshape(self.shape)
+
+
+def find_palette(words: np.ndarray, limit: int) -> Palette | None:
+    """The palette of a (h, w) block of wire values, or None beyond ``limit`` colours.
+
+    Sampled pixels, then sampled run values, reject many-colour content
+    before the exact count over all runs; a sample only rejects when it
+    alone has too many colours, so the outcome is exact.
+    """
     flat = words.reshape(-1)
-    for size in (PALETTE_SAMPLE // 8, PALETTE_SAMPLE):  # a small sample rejects most photos
-        if flat.size > size and np.unique(flat[:: flat.size // size]).size > limit:
-            return None
-    colours = np.unique(flat)
+    if _too_many(flat, limit, PALETTE_SAMPLE // 8):  # rejects most photos at once
+        return None
+    starts = run_starts(flat)
+    values = flat[starts]
+    if _too_many(values, limit, PALETTE_SAMPLE):
+        return None
+    colours = np.unique(values)
     if colours.size > limit:
         return None
-    return colours, np.searchsorted(colours, words)
+    return Palette(colours, words.shape, starts, values)
+
+
+def _too_many(values: np.ndarray, limit: int, size: int) -> bool:
+    """True if about ``size`` evenly spaced ``values`` hold more than ``limit`` colours."""
+    if values.size <= 2 * size:
+        return False  # as cheap to count them all
+    return np.unique(values[:: values.size // size]).size > limit
+
+
+def run_starts(flat: np.ndarray) -> np.ndarray:
+    """Index of the first element of each run of equal values in ``flat``."""
+    changes = np.flatnonzero(flat[1:] != flat[:-1])
+    starts = np.empty(changes.size + 1, dtype=np.intp)
+    starts[0] = 0
+    np.add(changes, 1, out=starts[1:])
+    return starts
+
+
+def colour_indices(colours: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """uint8 index into ``colours`` (sorted, at most 256) of each of ``values``.
+
+    Every value must be one of the colours.  A multiplicative hash of the
+    colours into a small table is tried with a few multipliers; the first
+    that gives every colour its own slot maps the values with one lookup.
+    Otherwise a binary search does it.
+    """
+    shift = np.uint32(32 - HASH_BITS)
+    for multiplier in HASH_MULTIPLIERS:
+        factor = np.uint32(multiplier)
+        keys = (colours * factor) >> shift
+        if np.unique(keys).size == keys.size:
+            table = np.zeros(1 << HASH_BITS, dtype=np.uint8)
+            table[keys] = np.arange(colours.size)
+            return table[(values * factor) >> shift]
+    return np.searchsorted(colours, values).astype(np.uint8)
 
 
 def photo_like(pixels: np.ndarray) -> bool:

@@ -405,6 +405,19 @@ def test_largest_tried_rectangle_round_trips_through_one_stream() -> None:
         np.testing.assert_array_equal(decoded, pixels)
 
 
+def test_photo_and_screen_rectangles_share_one_stream_across_levels() -> None:
+    """Mostly-raw rectangles go at another zlib level; the peer sees one stream."""
+    codec = CODECS["native"]
+    rng = np.random.default_rng(12)
+    side = int(TRIAL_AREA**0.5) + 8  # past the tried sizes
+    encoder, decoder = ZRLEEncoder(), ZRLEDecoder()
+    for content in (text, noise, windows, noise, gradient, text):
+        pixels = content(rng, side, side + 40)
+        payload = encoder.encode(pixels, codec)
+        decoded = decode(decoder, Rect(0, 0, side + 40, side), codec, payload)
+        np.testing.assert_array_equal(decoded, pixels)
+
+
 # -- ZRLE decoder rejects malformed tile data -----------------------------------
 
 

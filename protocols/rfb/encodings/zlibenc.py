@@ -33,6 +33,10 @@ from ..pixelformat import PixelCodec
 from .base import DecodeGen, Rect, pixels_result, read_exact
 
 DEFAULT_LEVEL = 6
+# zlib's memory level (internal buffer and hash sizes): 7 rather than zlib's
+# default 8 gives smaller output on screen and photo content alike (shorter
+# Huffman blocks adapt better), and only the sender chooses it.
+MEM_LEVEL = 7
 WINDOW_BYTES = 1 << 15  # deflate's largest window, the peer's inflater history
 READ_CHUNK = 64 * 1024  # compressed bytes a decoder asks for at a time
 _LENGTH = struct.Struct(">I")
@@ -61,9 +65,12 @@ class DeflateStream:
         """Level 0..9 for data compressed from now on; None means the default."""
         self.level = DEFAULT_LEVEL if level is None else min(max(level, 0), 9)
 
-    def compress(self, data: bytes) -> bytes:
-        """One sync-flushed chunk of the stream carrying ``data``."""
-        compressor = self._current()
+    def compress(self, data: bytes, level: int | None = None) -> bytes:
+        """One sync-flushed chunk of the stream carrying ``data``.
+
+        ``level`` overrides the stream's level for this chunk only.
+        """
+        compressor = self._current(level)
         out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
         self._remember(data)
         return out
@@ -93,19 +100,20 @@ class DeflateStream:
         out.append(compressor.flush(zlib.Z_SYNC_FLUSH))  # b"" right after a flush
         return b"".join(out)
 
-    def _current(self) -> zlib._Compress:
+    def _current(self, level: int | None = None) -> zlib._Compress:
+        level = self.level if level is None else level
         if self._compressor is None:
-            self._compressor = zlib.compressobj(self.level, zlib.DEFLATED, 15)
-        elif self._compressor_level != self.level:
-            self._compressor = self._continuation()
-        self._compressor_level = self.level
+            self._compressor = zlib.compressobj(level, zlib.DEFLATED, 15, MEM_LEVEL)
+        elif self._compressor_level != level:
+            self._compressor = self._continuation(level)
+        self._compressor_level = level
         return self._compressor
 
-    def _continuation(self) -> zlib._Compress:
+    def _continuation(self, level: int) -> zlib._Compress:
         """Raw-deflate compressor that continues the stream at a new level."""
         if not self._history:
-            return zlib.compressobj(self.level, zlib.DEFLATED, -15)
-        return zlib.compressobj(self.level, zlib.DEFLATED, -15, zdict=self._history)
+            return zlib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL)
+        return zlib.compressobj(level, zlib.DEFLATED, -15, MEM_LEVEL, zdict=self._history)
 
     def _remember(self, data: bytes) -> None:
         if len(data) >= WINDOW_BYTES:

@@ -1,0 +1,139 @@
+"""How fast a terminal's link is, and the JPEG quality level it can carry.
+
+The meter times what the session already does.  A classic viewer asks for
+its next update right after it has taken in the previous one, so the time
+from sending an update to the next FramebufferUpdateRequest is the time the
+update took to cross the link (and be decoded) plus one round trip.  Tiny
+updates (a cursor move, a typed letter) take about one round trip: their
+times give the minimum round-trip time.  Updates of at least
+``MIN_SAMPLE_BYTES`` give a rate, bytes over (time - minimum round trip),
+smoothed with an exponentially weighted moving average.
+
+The policy maps the smoothed rate to a JPEG quality level with the
+thresholds of ``LEVEL_KBPS`` (each level needs about twice the rate of the
+one below), with hysteresis: a level is kept until the rate falls under
+``KEEP_MARGIN`` of its threshold, and a higher level is taken only when the
+rate clears its threshold by ``RAISE_MARGIN`` and the level has not changed
+for ``RAISE_HOLD`` seconds.  The terminal's own request is the ceiling, and
+a terminal that asked for no JPEG quality level gets no JPEG.
+
+Pure logic: the caller passes the times in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MAX_LEVEL = 9
+# The least rate (kbit/s) each JPEG quality level 0..9 needs.
+LEVEL_KBPS = (0, 128, 256, 512, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000)
+KEEP_MARGIN = 0.75  # a level stays while the rate is above this share of its need
+RAISE_MARGIN = 1.25  # a higher level needs this much more than its need ...
+RAISE_HOLD = 2.0  # ... and this many seconds since the last change
+MIN_SAMPLE_BYTES = 8 * 1024  # smaller updates are timed by latency, not bandwidth
+PROBE_MAX_BYTES = 1024  # updates this small time a round trip
+SMOOTHING = 0.3  # weight of the newest sample in the moving average
+MIN_TRANSFER = 0.001  # seconds: a floor for the transfer time of one sample
+
+
+@dataclass
+class LinkMeter:
+    """Throughput of one terminal's link, from updates and the requests that follow."""
+
+    rate: float | None = None  # smoothed bytes per second; None until measured
+    min_rtt: float | None = None  # seconds, from the smallest updates
+    samples: int = 0
+    _pending: tuple[int, float] | None = None  # (bytes, sent at) awaiting a request
+
+    def update_sent(self, size: int, now: float) -> None:
+        """An update of ``size`` bytes went out at ``now``, answering a request."""
+        self._pending = (size, now)
+
+    def request_arrived(self, now: float) -> bool:
+        """The terminal asked for more at ``now``; True if that gave a new rate sample."""
+        if self._pending is None:
+            return False
+        size, sent = self._pending
+        self._pending = None
+        elapsed = now - sent
+        if elapsed < 0:
+            return False
+        if size <= PROBE_MAX_BYTES:
+            self.min_rtt = elapsed if self.min_rtt is None else min(self.min_rtt, elapsed)
+        if size < MIN_SAMPLE_BYTES:
+            return False
+        self._add(size / max(elapsed - (self.min_rtt or 0.0), MIN_TRANSFER))
+        return True
+
+    def _add(self, sample: float) -> None:
+        self.rate = sample if self.rate is None else self.rate + SMOOTHING * (sample - self.rate)
+        self.samples += 1
+
+    @property
+    def kbps(self) -> float | None:
+        """The smoothed rate in kbit/s."""
+        return None if self.rate is None else self.rate * 8 / 1000
+
+
+def level_for(kbps: float) -> int:
+    """The highest JPEG quality level a link of ``kbps`` kbit/s carries."""
+    return max(level for level, need in enumerate(LEVEL_KBPS) if kbps >= need)
+
+
+@dataclass
+class QualityPolicy:
+    """The link's JPEG quality level, moved by the measured rate with hysteresis."""
+
+    level: int = MAX_LEVEL  # until measured, the link is taken to carry everything
+    changed_at: float = -math.inf
+
+    def decide(self, kbps: float, now: float) -> int:
+        """The link's level after a new rate of ``kbps`` at ``now``."""
+        if kbps < LEVEL_KBPS[self.level] * KEEP_MARGIN:
+            self._move(level_for(kbps), now)
+        elif now - self.changed_at >= RAISE_HOLD:
+            higher = level_for(kbps / RAISE_MARGIN)
+            if higher > self.level:
+                self._move(higher, now)
+        return self.level
+
+    def _move(self, level: int, now: float) -> None:
+        self.level = level
+        self.changed_at = now
+
+
+def effective_quality(requested: int | None, link_level: int) -> int | None:
+    """The quality level to encode with: never above the terminal's, None stays None."""
+    return None if requested is None else min(requested, link_level)
+
+
+class LinkQuality:
+    """One terminal's meter and policy together, as a session uses them."""
+
+    def __init__(self) -> None:
+        self.meter = LinkMeter()
+        self.policy = QualityPolicy()
+
+    def update_sent(self, size: int, now: float) -> None:
+        self.meter.update_sent(size, now)
+
+    def request_arrived(self, now: float) -> bool:
+        """Note a request at ``now``; True if the link's level changed."""
+        kbps = self.meter.kbps if self.meter.request_arrived(now) else None
+        if kbps is None:
+            return False
+        before = self.policy.level
+        return self.policy.decide(kbps, now) != before
+
+    def quality(self, requested: int | None) -> int | None:
+        """The quality level for a terminal that asked for ``requested``."""
+        return effective_quality(requested, self.policy.level)
+
+    @property
+    def level(self) -> int:
+        return self.policy.level
+
+    @property
+    def kbps(self) -> float | None:
+        return self.meter.kbps

@@ -12,7 +12,9 @@ Input reaches the source only while the session is in control.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -24,6 +26,7 @@ from protocols.rfb.server import ClipboardText, Cursor, ServerEvent
 
 from ..damage import TILE, Damage, intersect
 from ..rfbserver import RFBServerProtocol
+from .bandwidth import LinkQuality
 from .scaling import ScaledSource
 from .source import Source
 
@@ -61,6 +64,7 @@ class TerminalSession:
         self.pending_size: tuple[int, int] | None = None  # asked of the desktop
         self.bytes_sent = 0
         self.updates_sent = 0
+        self.link = LinkQuality()  # the JPEG quality the terminal's link carries
 
     # -- Session interface (RFBServerProtocol) --------------------------------------
     def attach(self, proto: RFBServerProtocol) -> None:
@@ -155,15 +159,34 @@ class TerminalSession:
             self.damage.add(rect)
             self._add_exact([rect])
         self.requested = rect
+        if self.link.request_arrived(time.monotonic()):
+            self._adapt_quality()
         self.try_send()
 
     def _encodings_changed(self) -> None:
+        self._adapt_quality()  # the terminal's new quality level is the new ceiling
         # A terminal that now accepts resizes can get the source at its size.
         if self.source is not None and self.view is not self.source:
             self._fit_view()
         if self.view is not None and self.view.cursor is not None:
             self.on_cursor(self.view.cursor)
         self.try_send()
+
+    def _adapt_quality(self) -> None:
+        """Encode with the JPEG quality the link carries, at most the terminal's."""
+        assert self.proto is not None
+        conn = self.proto.conn
+        quality = self.link.quality(conn.settings.quality)
+        if quality == conn.rect_encoder.settings.quality:
+            return
+        log.info(
+            "terminal %s: JPEG quality %s -> %s (link %.0f kbit/s)",
+            self.proto.peer(),
+            conn.rect_encoder.settings.quality,
+            quality,
+            self.link.kbps or 0.0,
+        )
+        conn.rect_encoder.configure(dataclasses.replace(conn.settings, quality=quality))
 
     def _set_desktop_size(self, req: m.SetDesktopSize) -> None:
         assert self.proto is not None
@@ -303,9 +326,12 @@ class TerminalSession:
             return
         self.requested = None
         copies, self.copies = self.copies, []
-        self.bytes_sent += conn.send_update(self.view.framebuffer, rects, copies)
+        size = conn.send_update(self.view.framebuffer, rects, copies)
+        self.bytes_sent += size
         self.updates_sent += 1
         proto.flush()
+        if not conn.continuous_updates:  # requests pace the updates: they time the link
+            self.link.update_sent(size, time.monotonic())
 
     def _take(self, clip: Rect) -> list[Rect]:
         """The rectangles to send inside ``clip``: the source's own when known

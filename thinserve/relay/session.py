@@ -159,12 +159,10 @@ class TerminalSession:
             self.damage.add(rect)
             self._add_exact([rect])
         self.requested = rect
-        if self.link.request_arrived(time.monotonic()):
-            self._adapt_quality()
+        self.link.request_arrived(time.monotonic())
         self.try_send()
 
     def _encodings_changed(self) -> None:
-        self._adapt_quality()  # the terminal's new quality level is the new ceiling
         # A terminal that now accepts resizes can get the source at its size.
         if self.source is not None and self.view is not self.source:
             self._fit_view()
@@ -173,7 +171,11 @@ class TerminalSession:
         self.try_send()
 
     def _adapt_quality(self) -> None:
-        """Encode with the JPEG quality the link carries, at most the terminal's."""
+        """Encode with the JPEG quality the link carries, at most the terminal's.
+
+        Checked before each update: a SetEncodings resets the encoders to the
+        terminal's own level, which is then the new ceiling.
+        """
         assert self.proto is not None
         conn = self.proto.conn
         quality = self.link.quality(conn.settings.quality)
@@ -326,6 +328,7 @@ class TerminalSession:
             return
         self.requested = None
         copies, self.copies = self.copies, []
+        self._adapt_quality()
         size = conn.send_update(self.view.framebuffer, rects, copies)
         self.bytes_sent += size
         self.updates_sent += 1

@@ -26,6 +26,9 @@ _NOT_PRIMARY = (Encoding.COPYRECT,)
 # Raw, when Raw is smaller) without the peer's decoder noticing.  Zlib-based
 # encoders must never drop a payload: the peer's inflater would fall behind.
 _STATELESS = (Encoding.RRE, Encoding.HEXTILE)
+# Encoders without size limits get large rectangles in bands of about this many pixels.
+BAND_PIXELS = 1 << 17
+BAND_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,24 @@ class RectEncoder:
 
     def _split(self, rect: Rect, encoding: int) -> Iterator[Rect]:
         encoder = self.encoder(encoding)
+        max_area = getattr(encoder, "max_area", 0)
+        if not max_area:
+            yield from bands(rect)
+            return
         max_w = getattr(encoder, "max_width", 0) or rect.w
-        max_area = getattr(encoder, "max_area", 0) or rect.area
         yield from split_rect(rect, max_w, max_area)
+
+
+def bands(rect: Rect) -> Iterator[Rect]:
+    """``rect`` in full-width bands of about BAND_PIXELS, a multiple of 64 rows.
+
+    An update made of bands can be sent band by band (the terminal decodes
+    the first while the next is encoded); 64 rows keep ZRLE's 64x64 and
+    Hextile's 16x16 tiles where they would be in the whole rectangle.
+    """
+    rows = max(BAND_ROWS, BAND_PIXELS // max(rect.w, 1) // BAND_ROWS * BAND_ROWS)
+    for y in range(rect.y, rect.y + rect.h, rows):
+        yield Rect(rect.x, y, rect.w, min(rows, rect.y + rect.h - y))
 
 
 def split_rect(rect: Rect, max_width: int, max_area: int) -> Iterator[Rect]:

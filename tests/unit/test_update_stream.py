@@ -9,6 +9,7 @@ from protocols.rfb import messages as m
 from protocols.rfb.client import UpdateDone
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
+from protocols.rfb.updates import BAND_PIXELS, BAND_ROWS, ClientSettings, RectEncoder
 
 from .content import desktop_frame
 from .test_connection import H, Pair, W
@@ -119,3 +120,19 @@ def test_copies_without_copyrect_are_encoded_in_the_stream() -> None:
     stream.send()
     pair.pump()
     np.testing.assert_array_equal(pair.client.framebuffer, moved)
+
+
+@pytest.mark.parametrize("width", [1, 100, 1280, 1920, 5000])
+def test_large_rectangles_are_planned_as_full_width_bands(width: int) -> None:
+    encoder = RectEncoder()
+    encoder.configure(ClientSettings.from_encodings((Encoding.ZRLE,)))
+    rect = Rect(3, 5, width, 1000)
+    fb = desktop_frame(width + 3, 1005)
+    parts = encoder.plan(fb, rect)
+    assert all(p.rect.x == 3 and p.rect.w == width for p in parts)
+    assert [p.rect.y for p in parts] == sorted(p.rect.y for p in parts)
+    assert sum(p.rect.h for p in parts) == 1000
+    assert all(p.rect.h % BAND_ROWS == 0 for p in parts[:-1])
+    assert all(p.rect.area <= max(BAND_PIXELS, width * BAND_ROWS) for p in parts)
+    if width * 1000 > 2 * BAND_PIXELS:
+        assert len(parts) > 1

@@ -36,7 +36,7 @@ from .tight_gradient import (
     pixel_channels,
     tpixel_channels,
 )
-from .tight_select import MAX_PALETTE, TightSettings, find_palette, photo_like
+from .tight_select import MAX_PALETTE, Palette, TightSettings, find_palette, photo_like
 from .tight_wire import (
     FILL,
     FILTER_COPY,
@@ -89,28 +89,29 @@ class TightEncoder:
         if px.size == 0:
             return bytes([FILL << 4]) + tpixels_from_words(np.zeros(1, np.uint32), codec)
         words = codec.to_words(px)
-        if np.all(words == words.flat[0]):
-            return bytes([FILL << 4]) + tpixels_from_words(words.reshape(-1)[:1], codec)
         jpeg_ok = self._settings.jpeg_allowed(codec, px.size)
         gradient = gradient_allowed(codec)
         # The palette is capped only for rectangles that would otherwise go to
         # JPEG; screen content keeps its lossless palette.  The uncapped palette
         # is tried first: within the cap, judging the content changes nothing.
         palette = find_palette(words, self._settings.palette_limit(px.size, codec, False))
+        if palette is not None and palette.colours.size == 1:
+            return bytes([FILL << 4]) + tpixels_from_words(palette.colours, codec)
         capped = self._settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
-        if palette is not None and palette[0].size <= capped:
-            return self._palette(palette[0], palette[1], codec)
+        if palette is not None and palette.colours.size <= capped:
+            return self._palette(palette, codec)
         photo = (jpeg_ok or gradient) and photo_like(px)
         if palette is not None and not (jpeg_ok and photo):
-            return self._palette(palette[0], palette[1], codec)
+            return self._palette(palette, codec)
         return self._full_colour(px, words, codec, jpeg_ok and photo, gradient and photo)
 
-    def _palette(self, colours: np.ndarray, indices: np.ndarray, codec: PixelCodec) -> bytes:
+    def _palette(self, palette: Palette, codec: PixelCodec) -> bytes:
+        colours = palette.colours
         header = bytes([FILTER_PALETTE, colours.size - 1]) + tpixels_from_words(colours, codec)
         if colours.size == 2:
-            data = np.packbits(indices, axis=1).tobytes()
+            data = np.packbits(palette.indices(), axis=1).tobytes()
             return self._basic(STREAM_MONO, header, data, self._settings.palette_zlib)
-        data = indices.tobytes()
+        data = palette.indices().tobytes()
         return self._basic(STREAM_INDEXED, header, data, self._settings.palette_zlib)
 
     def _full_colour(

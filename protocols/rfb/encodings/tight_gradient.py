@@ -21,6 +21,7 @@ memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,9 +60,12 @@ def gradient_allowed(codec: PixelCodec) -> bool:
 
 # -- pixels <-> channels ----------------------------------------------------
 def pixel_channels(pixels: np.ndarray, codec: PixelCodec, layout: ChannelLayout) -> np.ndarray:
-    """(h, w, 3) int32 component values of internal pixels in the peer's format."""
+    """(h, w, 3) component values of internal pixels in the peer's format.
+
+    uint8 for R, G, B TPIXELs, else int32.
+    """
     if layout.shifts is None:
-        return words_to_rgb(pixels).astype(np.int32)
+        return words_to_rgb(pixels)
     return _word_channels(codec.to_words(pixels), layout)
 
 
@@ -111,13 +115,40 @@ def _channel_words(channels: np.ndarray, layout: ChannelLayout) -> np.ndarray:
 
 # -- the filter -------------------------------------------------------------
 def gradient_filter(channels: np.ndarray, maxes: np.ndarray) -> np.ndarray:
-    """Prediction residuals (h, w, 3), each modulo its channel's max + 1."""
-    h, w, _ = channels.shape
-    padded = np.zeros((h + 1, w + 1, 3), dtype=np.int32)
-    padded[1:, 1:] = channels
-    prediction = padded[1:, :-1] + padded[:-1, 1:] - padded[:-1, :-1]
-    np.clip(prediction, 0, maxes, out=prediction)
-    return (channels - prediction) & maxes
+    """Prediction residuals (h, w, 3), each modulo its channel's max + 1.
+
+    ``channels`` may have any integer type that holds the components; the
+    residuals have the same type.  Predictions are computed in the narrowest
+    signed type that holds ``-max..2 * max``; the residual is a wrapping
+    subtraction in the channels' type, masked, which is the same modulo a
+    power of two.
+    """
+    values = channels.astype(np.int16 if int(maxes.max()) < 1 << 14 else np.int32)
+    prediction = np.empty_like(values)
+    prediction[0] = 0
+    prediction[1:] = values[:-1]  # up
+    prediction[:, 1:] += values[:, :-1]  # + left
+    prediction[1:, 1:] -= values[:-1, :-1]  # - upper left
+    _per_channel(np.clip, prediction, 0, maxes)
+    residuals = np.subtract(channels, prediction.astype(channels.dtype))
+    _per_channel(np.bitwise_and, residuals, maxes)
+    return residuals
+
+
+def _per_channel(ufunc: Callable[..., np.ndarray], values: np.ndarray, *args: object) -> None:
+    """``ufunc(values, *args, out=values)``, the last argument being per channel.
+
+    numpy is many times faster with a scalar than with a broadcast (3,)
+    array, so channels that share a max are done in one call.
+    """
+    *rest, maxes = args
+    tops = [int(top) for top in np.asarray(maxes).reshape(-1)]
+    if len(set(tops)) == 1:
+        ufunc(values, *rest, tops[0], out=values)
+        return
+    for index, top in enumerate(tops):
+        channel = values[..., index]
+        ufunc(channel, *rest, top, out=channel)
 
 
 def gradient_unfilter(residuals: np.ndarray, maxes: np.ndarray) -> np.ndarray:
@@ -127,6 +158,7 @@ def gradient_unfilter(residuals: np.ndarray, maxes: np.ndarray) -> np.ndarray:
     per four columns); content that clamps more is finished by sweeping
     anti-diagonals, so the worst case stays a small multiple of a sweep.
     """
+    residuals = np.asarray(residuals, dtype=np.int32)
     h, w, _ = residuals.shape
     planar = np.ascontiguousarray(residuals.transpose(0, 2, 1))  # (h, 3, w)
     out = np.empty_like(planar)

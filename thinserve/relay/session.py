@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from twisted.internet import reactor as default_reactor
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from protocols.rfb import messages as m
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
-from protocols.rfb.server import ClipboardText, Cursor, ServerEvent
+from protocols.rfb.server import ClipboardText, Cursor, ServerEvent, UpdateStream
+from protocols.rfb.updates import BAND_PIXELS
 
 from ..damage import TILE, Damage, intersect
 from ..rfbserver import RFBServerProtocol
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 RESIZE_OK, RESIZE_PROHIBITED = 0, 1
 MAX_COPIES = 16  # CopyRects waiting for one update; more go out as damage
 MAX_EXACT = 64  # rectangles kept exactly as the source reported them
+# A large update goes out this many pixels (about one band) per turn of the
+# reactor: the terminal decodes the first bands while the next are encoded,
+# and other terminals are served in between.
+SLICE_PIXELS = BAND_PIXELS
 Copy = tuple[Rect, int, int]  # destination, src_x, src_y
 
 
@@ -44,9 +51,11 @@ class TerminalSession:
         self,
         on_attach: Callable[[TerminalSession], Source],
         on_detach: Callable[[TerminalSession], None] = lambda s: None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._on_attach = on_attach
         self._on_detach = on_detach
+        self.clock: IReactorTime = clock or default_reactor  # type: ignore[assignment]
         self.proto: RFBServerProtocol | None = None
         self.source: Source | None = None
         self.view: Source | None = None  # source, or a scaled view of it
@@ -65,6 +74,9 @@ class TerminalSession:
         self.bytes_sent = 0
         self.updates_sent = 0
         self.link = LinkQuality()  # the JPEG quality the terminal's link carries
+        self.stream: UpdateStream | None = None  # the update going out, slice by slice
+        self.stream_started = 0.0
+        self._next_slice: IDelayedCall | None = None
 
     # -- Session interface (RFBServerProtocol) --------------------------------------
     def attach(self, proto: RFBServerProtocol) -> None:
@@ -79,6 +91,7 @@ class TerminalSession:
 
     def detach(self) -> None:
         self._unwatch()
+        self._drop_stream()
         self.proto = None
         self._on_detach(self)
 
@@ -118,6 +131,8 @@ class TerminalSession:
         self.control = control
 
     def _unwatch(self) -> None:
+        if self.stream is not None:
+            self.stream.blank()  # the rest of its picture is no longer this terminal's
         self._drop_view()
         self.source = None
 
@@ -257,8 +272,11 @@ class TerminalSession:
             return False
         inside = Rect(0, 0, self.width, self.height)
         source = Rect(sx, sy, dest.w, dest.h)
+        # While an update goes out, the terminal's copy of the source area may
+        # be older or newer than the source: only after it is known exactly.
         return (
-            self.proto.conn.settings.supports(Encoding.COPYRECT)
+            self.stream is None
+            and self.proto.conn.settings.supports(Encoding.COPYRECT)
             and len(self.copies) < MAX_COPIES
             and intersect(source, inside) == source
             and intersect(dest, inside) == dest
@@ -315,6 +333,9 @@ class TerminalSession:
         proto = self.proto
         if proto is None or proto.paused or self.view is None:
             return
+        if self.stream is not None:
+            self._send_slice()
+            return
         conn = proto.conn
         if self.requested is None and not conn.continuous_updates:
             return
@@ -329,12 +350,37 @@ class TerminalSession:
         self.requested = None
         copies, self.copies = self.copies, []
         self._adapt_quality()
-        size = conn.send_update(self.view.framebuffer, rects, copies)
-        self.bytes_sent += size
+        self.stream_started = time.monotonic()
+        self.stream = conn.begin_update(self.view.framebuffer, rects, copies)
+        self._send_slice()
+
+    def _send_slice(self) -> None:
+        """Send the next slice of the update going out; the rest on a later turn."""
+        assert self.proto is not None and self.stream is not None
+        stream = self.stream
+        more = stream.send(SLICE_PIXELS)
+        self.proto.flush()
+        if more:
+            if self._next_slice is None:
+                self._next_slice = self.clock.callLater(0, self._later_slice)
+            return
+        self.stream = None
+        self.bytes_sent += stream.bytes
         self.updates_sent += 1
-        proto.flush()
-        if not conn.continuous_updates:  # requests pace the updates: they time the link
-            self.link.update_sent(size, time.monotonic())
+        if not self.proto.conn.continuous_updates:  # requests pace the updates: they time the link
+            self.link.update_sent(stream.bytes, self.stream_started)
+        self.try_send()  # asked for more meanwhile, or continuous updates
+
+    def _later_slice(self) -> None:
+        self._next_slice = None
+        if self.stream is not None and self.proto is not None and not self.proto.paused:
+            self._send_slice()
+
+    def _drop_stream(self) -> None:
+        self.stream = None
+        if self._next_slice is not None and self._next_slice.active():
+            self._next_slice.cancel()
+        self._next_slice = None
 
     def _take(self, clip: Rect) -> list[Rect]:
         """The rectangles to send inside ``clip``: the source's own when known

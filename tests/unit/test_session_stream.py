@@ -1,0 +1,157 @@
+"""A terminal session sends large updates slice by slice, on turns of its clock."""
+
+from __future__ import annotations
+
+import numpy as np
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+
+from protocols.rfb import messages as m
+from protocols.rfb.client import ClientConnection, UpdateDone
+from protocols.rfb.constants import Encoding
+from thinserve.relay.session import TerminalSession
+from thinserve.relay.source import Source
+from thinserve.rfbserver import RFBServerProtocol, ServerOptions
+
+from .content import desktop_frame
+
+W, H = 1280, 1024  # a full update is several bands
+
+
+class TurnClock(task.Clock):
+    """A clock whose turn runs only what was due when the turn began, like a reactor's."""
+
+    def turn(self) -> None:
+        due = [call for call in self.calls if call.getTime() <= self.seconds()]
+        for call in due:
+            self.calls.remove(call)
+            call.called = 1
+            call.func(*call.args, **call.kw)
+
+
+class Wire:
+    """A session behind thinserve's server protocol, and a client, over a string transport."""
+
+    def __init__(self, source: Source) -> None:
+        self.clock = TurnClock()
+        self.source = source
+        self.session = TerminalSession(lambda s: self.source, clock=self.clock)
+        self.session.control = True
+        self.proto = RFBServerProtocol(ServerOptions(), self.session)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.client = ClientConnection()
+        self.events: list[object] = []
+        self.pump()
+        self.client.set_encodings([Encoding.ZRLE, Encoding.COPYRECT])
+        self.pump()
+
+    def pump(self) -> None:
+        """Exchange bytes until both sides are quiet (the clock does not move)."""
+        for _ in range(100):
+            to_client = self.transport.value()
+            self.transport.clear()
+            to_server = self.client.data_to_send()
+            if not to_client and not to_server:
+                return
+            if to_client:
+                self.events += self.client.receive_data(to_client)
+            if to_server:
+                self.proto.dataReceived(to_server)
+        raise AssertionError("the connection did not settle")
+
+    def turn(self) -> None:
+        """One turn of the reactor: the next slice goes."""
+        self.clock.turn()
+        self.pump()
+
+    def take(self, kind: type) -> list:
+        found = [e for e in self.events if isinstance(e, kind)]
+        self.events = [e for e in self.events if not isinstance(e, kind)]
+        return found
+
+
+def full_request(wire: Wire) -> None:
+    wire.client.request_update(incremental=False)
+    wire.pump()
+
+
+def test_full_update_goes_out_band_by_band_and_arrives_whole() -> None:
+    frame = desktop_frame(W, H, seed=4)
+    wire = Wire(Source(frame.copy(), "desk"))
+    full_request(wire)
+    assert wire.session.stream is not None  # one slice went; the rest waits for a turn
+    assert not wire.take(UpdateDone)
+    shown = wire.client.framebuffer
+    first_band = shown[:64]
+    np.testing.assert_array_equal(first_band, frame[:64])
+    assert not np.array_equal(shown[-64:], frame[-64:])
+    turns = 0
+    while wire.session.stream is not None:
+        wire.turn()
+        turns += 1
+    assert turns >= 3
+    (done,) = wire.take(UpdateDone)
+    np.testing.assert_array_equal(wire.client.framebuffer, frame)
+    assert wire.session.updates_sent == 1
+    assert done.rects
+
+
+def test_messages_during_a_streamed_update_come_after_it() -> None:
+    frame = desktop_frame(W, H, seed=5)
+    wire = Wire(Source(frame.copy(), "desk"))
+    full_request(wire)
+    wire.session.on_bell()
+    wire.session.on_clipboard("sent while the update was going out")
+    wire.pump()
+    assert not wire.take(m.Bell)
+    while wire.session.stream is not None:
+        wire.turn()
+    kinds = [type(e) for e in wire.events]
+    assert kinds.index(UpdateDone) < kinds.index(m.Bell)
+    np.testing.assert_array_equal(wire.client.framebuffer, frame)
+
+
+def test_desktop_changes_during_a_streamed_update_reach_the_terminal() -> None:
+    frame = desktop_frame(W, H, seed=6)
+    source = Source(frame.copy(), "desk")
+    wire = Wire(source)
+    full_request(wire)
+    changed = desktop_frame(W, H, seed=9)
+    source.set_frame(changed)  # the whole desktop changes mid-update
+    while wire.session.stream is not None:
+        wire.turn()
+    wire.client.request_update(incremental=True)
+    wire.pump()
+    while wire.session.stream is not None:
+        wire.turn()
+    np.testing.assert_array_equal(wire.client.framebuffer, changed)
+
+
+def test_switching_desktops_mid_update_sends_no_more_of_the_old_one() -> None:
+    secret = desktop_frame(W, H, seed=7)
+    wire = Wire(Source(secret.copy(), "first desktop"))
+    full_request(wire)
+    not_yet = wire.client.framebuffer != secret  # what the terminal has not seen
+    assert not_yet.any()
+    other = Source(np.full((H, W), 0x00336699, dtype=np.uint32), "second desktop")
+    wire.session.show(other, control=False)
+    wire.pump()
+    while wire.session.stream is not None:
+        wire.turn()
+    assert len(wire.take(UpdateDone)) == 1
+    assert not wire.client.framebuffer[not_yet].any()  # black, never the old desktop
+    wire.client.request_update(incremental=True)
+    wire.pump()
+    while wire.session.stream is not None:
+        wire.turn()
+    assert (wire.client.framebuffer == 0x00336699).all()
+
+
+def test_terminal_leaving_mid_update_stops_the_stream() -> None:
+    wire = Wire(Source(desktop_frame(W, H, seed=8), "desk"))
+    full_request(wire)
+    assert wire.clock.getDelayedCalls()
+    wire.proto.connectionLost(None)  # type: ignore[arg-type]
+    assert wire.session.stream is None
+    assert not [c for c in wire.clock.getDelayedCalls() if c.active()]

@@ -208,12 +208,15 @@ def sample_statistics(pixels: np.ndarray) -> tuple[float, float]:
         return _line_statistics(pixels.reshape(-1))
     count = min(h - 1, SAMPLE_ROWS, max(2, SAMPLE_PIXELS // w))
     rows = np.unique(np.linspace(1, h - 1, num=count).astype(np.intp))
-    repeats = float(np.mean(pixels[rows, 1:] == pixels[rows, :-1]))
-    here = words_to_rgb(pixels[rows]).astype(np.int32)
-    above = words_to_rgb(pixels[rows - 1]).astype(np.int32)
-    prediction = here[:, :-1] + above[:, 1:] - above[:, :-1]
+    sampled = pixels[np.concatenate((rows - 1, rows))]
+    here = sampled[rows.size :]
+    repeats = np.count_nonzero(here[:, 1:] == here[:, :-1]) / (rows.size * (w - 1))
+    rgb = words_to_rgb(sampled).astype(np.int16)  # predictions fit: -255..510
+    rgb_above, rgb_here = rgb[: rows.size], rgb[rows.size :]
+    prediction = rgb_here[:, :-1] + rgb_above[:, 1:] - rgb_above[:, :-1]
     np.clip(prediction, 0, 255, out=prediction)
-    return repeats, float(np.mean(np.square(here[:, 1:] - prediction)))
+    error = (rgb_here[:, 1:] - prediction).astype(np.int32)
+    return repeats, float(np.mean(np.square(error, out=error)))
 
 
 def _line_statistics(line: np.ndarray) -> tuple[float, float]:

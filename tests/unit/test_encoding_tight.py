@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols.rfb.constants import Encoding
-from protocols.rfb.encodings import make_decoder, make_encoder, tight_gradient
+from protocols.rfb.encodings import make_decoder, make_encoder, tight_gradient, tight_select
 from protocols.rfb.encodings.base import Rect, run_decoder
 from protocols.rfb.encodings.tight import TightDecoder, TightEncoder
 from protocols.rfb.encodings.tight_gradient import gradient_filter, gradient_unfilter
@@ -296,6 +296,40 @@ def test_find_palette_sees_colours_the_samples_miss(shape: tuple[int, int], extr
     words.reshape(-1)[-(limit - base + extra) :] = np.arange(limit - base + extra) + (1 << 24)
     assert_same_palette(words, limit)
     assert (find_palette(words, limit) is None) == bool(extra)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    count=st.integers(3, MAX_PALETTE),
+    size=st.integers(1, 3000),
+    forced_search=st.booleans(),
+)
+def test_colour_indices_match_binary_search(
+    seed: int, count: int, size: int, forced_search: bool
+) -> None:
+    """The hashed lookup, and the binary search it falls back to when every
+    multiplier collides (forced with a multiplier of 0), index like searchsorted."""
+    rng = rng_for(seed)
+    colours = np.unique(rng.integers(0, 1 << 24, count, dtype=np.uint32))
+    values = colours[rng.integers(0, colours.size, size)]
+    multipliers = (0,) if forced_search else tight_select.HASH_MULTIPLIERS
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tight_select, "HASH_MULTIPLIERS", multipliers)
+        found = tight_select.colour_indices(colours, values)
+    assert found.dtype == np.uint8
+    np.testing.assert_array_equal(found, np.searchsorted(colours, values))
+
+
+def test_colour_indices_survive_colliding_multipliers() -> None:
+    """Colours that differ only above the bits a multiplier of 1 << 16 keeps
+    all land in slot 0; the next multiplier must be tried."""
+    colours = np.arange(200, dtype=np.uint32) << 16
+    values = colours[rng_for(3).integers(0, 200, 5000)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tight_select, "HASH_MULTIPLIERS", (1 << 16, 0x9E3779B1))
+        found = tight_select.colour_indices(colours, values)
+    np.testing.assert_array_equal(found, np.searchsorted(colours, values))
 
 
 # -- JPEG ---------------------------------------------------------------------
@@ -639,6 +673,40 @@ def test_gradient_matches_reference(
     np.testing.assert_array_equal(
         gradient_unfilter(arbitrary, top), reference_unfilter(arbitrary, top)
     )
+
+
+def reference_filter(values: np.ndarray, maxes: np.ndarray) -> np.ndarray:
+    h, w, _ = values.shape
+    padded = np.zeros((h + 1, w + 1, 3), dtype=np.int64)
+    padded[1:, 1:] = values
+    out = np.zeros((h, w, 3), dtype=np.int64)
+    for i in range(h):
+        for j in range(w):
+            for c in range(3):
+                guess = padded[i + 1, j, c] + padded[i, j + 1, c] - padded[i, j, c]
+                guess = min(max(guess, 0), int(maxes[c]))
+                out[i, j, c] = (padded[i + 1, j + 1, c] - guess) % (maxes[c] + 1)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 19), (17, 1), (11, 23)])
+@pytest.mark.parametrize(
+    "maxes", [(255, 255, 255), (31, 63, 31), (7, 7, 3), (1023, 1023, 1023), (65535, 255, 1)]
+)
+def test_gradient_filter_matches_reference_for_every_type(
+    shape: tuple[int, int], maxes: tuple[int, int, int]
+) -> None:
+    """Same residuals from int32 and from the narrowest unsigned components,
+    with shared or per-channel maxes and channels too wide for int16 sums."""
+    top = np.array(maxes, dtype=np.int32)
+    values = rng_for(sum(shape) + int(top.sum())).integers(0, 1 << 16, (*shape, 3)) & top
+    expected = reference_filter(values, top)
+    unsigned = np.uint8 if top.max() <= 255 else np.uint16
+    for dtype in (np.int32, unsigned):
+        residuals = gradient_filter(values.astype(dtype), top)
+        assert residuals.dtype == dtype
+        np.testing.assert_array_equal(residuals, expected)
+    np.testing.assert_array_equal(gradient_unfilter(expected.astype(np.int32), top), values)
 
 
 def test_gradient_decoder_paths(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -112,6 +112,8 @@ class ClientConnection(Connection):
         super().__init__(handshake, limits)
         self.shared = shared
         self.framebuffer = np.zeros((0, 0), dtype=np.uint32)
+        # Inside a FramebufferUpdate: part of its rectangles are in the framebuffer.
+        self.in_update = False
         self.name = ""
         self.server_pixel_format: PixelFormat | None = None
         self.codec: PixelCodec | None = None
@@ -209,6 +211,7 @@ class ClientConnection(Connection):
     def _read_update(self) -> Generator[int, bytes, None]:
         head = yield 3
         (count,) = struct.unpack_from(">H", head, 1)
+        self.in_update = True
         changed: list[Rect] = []
         encodings: list[int] = []
         for _ in range(count):
@@ -223,6 +226,7 @@ class ClientConnection(Connection):
                 encodings.append(encoding)
             else:
                 yield from self._read_pseudo(rect, encoding)
+        self.in_update = False
         self._events.append(UpdateDone(tuple(changed), tuple(encodings)))
 
     def _read_rect(self, rect: Rect, encoding: int) -> Generator[int, bytes, None]:

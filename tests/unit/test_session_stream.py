@@ -9,6 +9,7 @@ from twisted.internet.testing import StringTransport
 from protocols.rfb import messages as m
 from protocols.rfb.client import ClientConnection, UpdateDone
 from protocols.rfb.constants import Encoding
+from protocols.rfb.encodings import Rect
 from thinserve.relay.session import TerminalSession
 from thinserve.relay.source import Source
 from thinserve.rfbserver import RFBServerProtocol, ServerOptions
@@ -155,3 +156,36 @@ def test_terminal_leaving_mid_update_stops_the_stream() -> None:
     wire.proto.connectionLost(None)  # type: ignore[arg-type]
     assert wire.session.stream is None
     assert not [c for c in wire.clock.getDelayedCalls() if c.active()]
+
+
+class HalfwaySource(Source):
+    """A source whose own update can be caught half-applied."""
+
+    halfway = False
+
+    @property
+    def settled(self) -> bool:
+        return not self.halfway
+
+
+def test_no_update_is_cut_from_a_source_halfway_through_its_own() -> None:
+    frame = np.zeros((H, W), dtype=np.uint32)
+    source = HalfwaySource(frame, "desk")
+    wire = Wire(source)
+    full_request(wire)
+    while wire.session.stream is not None:
+        wire.turn()
+    wire.take(UpdateDone)
+    wire.client.request_update(incremental=True)
+    wire.pump()
+    source.halfway = True
+    source.framebuffer[:64] = 0x00FF0000  # the first half of the source's update
+    source.damaged([Rect(0, 0, W, 64)])
+    wire.pump()
+    assert not wire.take(UpdateDone)  # nothing goes while the source is halfway
+    source.framebuffer[64:128] = 0x0000FF00
+    source.halfway = False
+    source.damaged([Rect(0, 64, W, 64)])
+    wire.pump()
+    assert len(wire.take(UpdateDone)) == 1
+    np.testing.assert_array_equal(wire.client.framebuffer, source.framebuffer)

@@ -136,3 +136,16 @@ def test_large_rectangles_are_planned_as_full_width_bands(width: int) -> None:
     assert all(p.rect.area <= max(BAND_PIXELS, width * BAND_ROWS) for p in parts)
     if width * 1000 > 2 * BAND_PIXELS:
         assert len(parts) > 1
+
+
+def test_client_says_when_it_is_halfway_through_an_update() -> None:
+    pair = ready_pair(Encoding.RAW)
+    changed = desktop_frame(W, H, seed=9)
+    pair.server.send_update(changed, BANDS)
+    data = pair.server.data_to_send()
+    assert not pair.client.in_update
+    pair.client.receive_data(data[: len(data) // 2])
+    assert pair.client.in_update
+    events = pair.client.receive_data(data[len(data) // 2 :])
+    assert not pair.client.in_update
+    assert any(isinstance(e, UpdateDone) for e in events)

@@ -25,6 +25,10 @@ class ScaledSource(Source):
         self._redraw_all()
         inner.subscribe(self)
 
+    @property
+    def settled(self) -> bool:
+        return self.inner.settled
+
     def close(self) -> None:
         self.inner.unsubscribe(self)
 

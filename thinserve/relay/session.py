@@ -272,11 +272,8 @@ class TerminalSession:
             return False
         inside = Rect(0, 0, self.width, self.height)
         source = Rect(sx, sy, dest.w, dest.h)
-        # While an update goes out, the terminal's copy of the source area may
-        # be older or newer than the source: only after it is known exactly.
         return (
-            self.stream is None
-            and self.proto.conn.settings.supports(Encoding.COPYRECT)
+            self.proto.conn.settings.supports(Encoding.COPYRECT)
             and len(self.copies) < MAX_COPIES
             and intersect(source, inside) == source
             and intersect(dest, inside) == dest
@@ -339,6 +336,8 @@ class TerminalSession:
         conn = proto.conn
         if self.requested is None and not conn.continuous_updates:
             return
+        if not self.view.settled:
+            return  # the rest of the source's update is on its way; it calls again
         if not self.damage and not self.copies and not conn.has_pending_pseudo:
             return
         clip = Rect(0, 0, self.width, self.height)
@@ -351,8 +350,19 @@ class TerminalSession:
         copies, self.copies = self.copies, []
         self._adapt_quality()
         self.stream_started = time.monotonic()
-        self.stream = conn.begin_update(self.view.framebuffer, rects, copies)
+        self.stream = conn.begin_update(self._picture(rects), rects, copies)
         self._send_slice()
+
+    def _picture(self, rects: list[Rect]) -> np.ndarray:
+        """What an update of ``rects`` shows: a still copy if it takes several slices.
+
+        The source keeps changing while a long update goes out; encoding its
+        later slices from the live picture would tear it (and leave the
+        terminal's pixels matching no moment of the source's).
+        """
+        assert self.view is not None
+        live = self.view.framebuffer
+        return live.copy() if sum(r.area for r in rects) > SLICE_PIXELS else live
 
     def _send_slice(self) -> None:
         """Send the next slice of the update going out; the rest on a later turn."""

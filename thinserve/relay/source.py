@@ -50,6 +50,11 @@ class Source:
     def height(self) -> int:
         return int(self.framebuffer.shape[0])
 
+    @property
+    def settled(self) -> bool:
+        """Whether the picture is whole: not halfway through one of the source's updates."""
+        return True
+
     def subscribe(self, listener: SourceListener) -> None:
         if listener not in self.listeners:
             self.listeners.append(listener)

@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +128,12 @@ class Mirror(Source):
         super().__init__(np.zeros((height, width), dtype=np.uint32), name)
         self.state = "connecting"
         self.detail = ""
+        self.in_update: Callable[[], bool] = lambda: False  # the desktop's update half-applied
         self.show_screen(screens.connecting(name))
+
+    @property
+    def settled(self) -> bool:
+        return not self.in_update()
 
     def show_screen(self, text: screens.ScreenText) -> None:
         self.set_frame(screens.render(text, self.width, self.height))
@@ -137,10 +143,9 @@ class Mirror(Source):
 
         Listeners that take updates as they came (``on_update``) get the
         copies and the rectangles with their tile damage; the others get
-        everything as tile damage.
+        everything as tile damage.  An update that changed nothing is passed
+        on too: listeners may have held back while it was half-applied.
         """
-        if not copies and not others:
-            return
         grid = self._grid(others)
         everything = grid | self._grid([dest for dest, _, _ in copies]) if copies else grid
         for listener in list(self.listeners):
@@ -230,6 +235,7 @@ class Upstream:
         if proto is not self.proto:
             return
         self.proto = None
+        self.mirror.in_update = lambda: False  # its half-applied update will never end
         why = proto.error or (reason.getErrorMessage() if reason else "connection closed")
         self._went_down(why)
 
@@ -295,6 +301,7 @@ class Upstream:
         self.mirror.name = conn.name or self.address.name
         self.mirror.state, self.mirror.detail = "live", ""
         self.mirror.take_framebuffer(conn.framebuffer)
+        self.mirror.in_update = lambda: conn.in_update
         log.info("desktop %s live at %dx%d", self.address.name, conn.width, conn.height)
 
     # -- InputSink ------------------------------------------------------------------

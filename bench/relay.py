@@ -80,7 +80,9 @@ class Run:
 
     @property
     def bytes_per_frame(self) -> float:
-        return self.bytes / max(1, self.steps)
+        """Bytes per frame shown: a path that shows more of the painted frames
+        (when not all fit) is not charged for them as if they were extra."""
+        return self.bytes / max(1, self.shown)
 
     @property
     def cpu_per_terminal_minute(self) -> float | None:

@@ -44,10 +44,15 @@ class ServerInitReceived:
 
 @dataclass(frozen=True)
 class UpdateDone:
-    """A FramebufferUpdate was applied; ``rects`` lists what changed."""
+    """A FramebufferUpdate was applied; ``rects`` lists what changed.
+
+    ``copies`` are the CopyRects among them, in order, as (destination,
+    src_x, src_y).
+    """
 
     rects: tuple[Rect, ...]
     encodings: tuple[int, ...]
+    copies: tuple[tuple[Rect, int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class ClientConnection(Connection):
         self.framebuffer = np.zeros((0, 0), dtype=np.uint32)
         # Inside a FramebufferUpdate: part of its rectangles are in the framebuffer.
         self.in_update = False
+        self._copies: list[tuple[Rect, int, int]] = []  # CopyRects of the update being read
         self.name = ""
         self.server_pixel_format: PixelFormat | None = None
         self.codec: PixelCodec | None = None
@@ -214,6 +220,7 @@ class ClientConnection(Connection):
         self.in_update = True
         changed: list[Rect] = []
         encodings: list[int] = []
+        self._copies: list[tuple[Rect, int, int]] = []
         for _ in range(count):
             header = yield 12
             x, y, w, h, encoding = struct.unpack(">HHHHi", header)
@@ -227,7 +234,7 @@ class ClientConnection(Connection):
             else:
                 yield from self._read_pseudo(rect, encoding)
         self.in_update = False
-        self._events.append(UpdateDone(tuple(changed), tuple(encodings)))
+        self._events.append(UpdateDone(tuple(changed), tuple(encodings), tuple(self._copies)))
 
     def _read_rect(self, rect: Rect, encoding: int) -> Generator[int, bytes, None]:
         require(
@@ -248,6 +255,7 @@ class ClientConnection(Connection):
                 "CopyRect source outside the framebuffer",
             )
             target[:] = self.framebuffer[sy : sy + rect.h, sx : sx + rect.w].copy()
+            self._copies.append((rect, sx, sy))
         else:
             target[:] = result
 

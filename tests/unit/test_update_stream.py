@@ -149,3 +149,17 @@ def test_client_says_when_it_is_halfway_through_an_update() -> None:
     events = pair.client.receive_data(data[len(data) // 2 :])
     assert not pair.client.in_update
     assert any(isinstance(e, UpdateDone) for e in events)
+
+
+def test_update_done_lists_the_copies_in_order() -> None:
+    pair = ready_pair(Encoding.RAW)
+    moved = pair.frame.copy()
+    moved[100:150, 10:90] = pair.frame[20:70, 30:110]
+    moved[0:10, 0:10] = moved[150:160, 200:210]
+    copies = [(Rect(10, 100, 80, 50), 30, 20), (Rect(0, 0, 10, 10), 200, 150)]
+    pair.server.send_update(moved, [Rect(300, 0, 20, 20)], copies=copies)
+    pair.pump()
+    (done,) = pair.take_client(UpdateDone)
+    assert done.copies == tuple(copies)
+    assert done.encodings == (Encoding.COPYRECT, Encoding.COPYRECT, Encoding.RAW)
+    np.testing.assert_array_equal(pair.client.framebuffer, moved)

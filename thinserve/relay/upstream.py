@@ -30,10 +30,8 @@ from protocols.rfb.client import (
     UpdateDone,
 )
 from protocols.rfb.constants import Encoding
-from protocols.rfb.encodings import CopyFrom, Rect
-from protocols.rfb.encodings.base import DecodeGen
-from protocols.rfb.encodings.copyrect import CopyRectDecoder
-from protocols.rfb.pixelformat import NATIVE, PixelCodec
+from protocols.rfb.encodings import Rect
+from protocols.rfb.pixelformat import NATIVE
 from protocols.rfb.server import ClipboardText
 
 from .. import rfbclient
@@ -101,23 +99,6 @@ def _endpoint_host(endpoint: str) -> str:
 
 
 Copy = tuple[Rect, int, int]  # destination, src_x, src_y
-
-
-class CopyLog(CopyRectDecoder):
-    """The upstream's CopyRect decoder: decodes as usual and keeps every copy."""
-
-    def __init__(self) -> None:
-        self.copies: list[Copy] = []
-
-    def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
-        result = yield from super().decode(rect, codec)
-        assert isinstance(result, CopyFrom)
-        self.copies.append((rect, result.src_x, result.src_y))
-        return result
-
-    def take(self) -> list[Copy]:
-        copies, self.copies = self.copies, []
-        return copies
 
 
 class Mirror(Source):
@@ -196,7 +177,6 @@ class Upstream:
         self.running = False
         self.can_set_size = False
         self.connections = 0
-        self.copy_log = CopyLog()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -278,7 +258,7 @@ class Upstream:
 
     def _updated(self, event: UpdateDone) -> None:
         """Tell the mirror what changed: copies apart when they came first."""
-        copies = self.copy_log.take()
+        copies = list(event.copies)
         kinds = event.encodings
         copies_first = Encoding.COPYRECT not in kinds[kinds.count(Encoding.COPYRECT) :]
         if not copies_first or len(copies) != kinds.count(Encoding.COPYRECT):
@@ -293,10 +273,6 @@ class Upstream:
         self.delay = self.first_delay
         conn.set_pixel_format(NATIVE)
         conn.set_encodings(self.address.wanted_encodings())
-        # The connection keeps one decoder per encoding (set_encodings resets
-        # them); this CopyRect decoder also records the copies.
-        self.copy_log = CopyLog()
-        conn._decoders[Encoding.COPYRECT] = self.copy_log
         conn.request_update(incremental=False)
         self.mirror.name = conn.name or self.address.name
         self.mirror.state, self.mirror.detail = "live", ""

@@ -252,7 +252,59 @@ class TerminalBrowser:
             _call(self.on_removed, old)
 
 
-class ServerAdvertiser:
+class ServiceAdvertiser:
+    """One DNS-SD service, registered in the reactor's loop and withdrawn on stop.
+
+    Zeroconf renames the instance on a clash (``registered_name`` says how);
+    ``stop`` sends the goodbye.  The zeroconf instance is shared if given,
+    else opened on ``interfaces`` and closed on stop.
+    """
+
+    def __init__(
+        self,
+        info: ServiceInfo,
+        interfaces: Sequence[str] | None = None,
+        ipv4_only: bool = False,
+        zeroconf: AsyncZeroconf | None = None,
+    ) -> None:
+        self.info = info
+        self._stack = _Stack(interfaces, ipv4_only, zeroconf)
+        self._registered: ServiceInfo | None = None
+
+    @property
+    def registered_name(self) -> str | None:
+        """The full service name, once registered (zeroconf renames it on a clash)."""
+        return self._registered.name if self._registered is not None else None
+
+    def start(self) -> defer.Deferred[None]:
+        return as_deferred(self.async_start())
+
+    def stop(self) -> defer.Deferred[None]:
+        return as_deferred(self.async_stop())
+
+    async def async_start(self) -> None:
+        if self._registered is not None:
+            return
+        info = self.info
+        if not info.parsed_addresses():
+            log.warning("advertising %r without addresses: peers cannot resolve it", info.name)
+        zc = self._stack.open()
+        announced = await zc.async_register_service(info, allow_name_change=True)
+        self._registered = info
+        await announced
+        log.info("advertised %r on port %d at %s", info.name, info.port, info.parsed_addresses())
+
+    async def async_stop(self) -> None:
+        info, self._registered = self._registered, None
+        zc = self._stack.zc
+        try:
+            if info is not None and zc is not None:
+                await (await zc.async_unregister_service(info))
+        finally:
+            await self._stack.release()
+
+
+class ServerAdvertiser(ServiceAdvertiser):
     """Registers thinserve's RFB listening port as ``_rfb._tcp``."""
 
     def __init__(
@@ -273,48 +325,17 @@ class ServerAdvertiser:
             raise ValueError(f"cannot advertise as {name!r}: {exc.reason}") from None
         self.port = port
         self.name = name
-        self.addresses = list(addresses or interfaces or _local_addresses(ipv4_only))
+        self.addresses = list(addresses or interfaces or local_addresses(ipv4_only))
         self.host = host or default_host()
-        self._stack = _Stack(interfaces, ipv4_only, zeroconf)
-        self._info: ServiceInfo | None = None
-
-    @property
-    def registered_name(self) -> str | None:
-        """The full service name, once registered (zeroconf renames it on a clash)."""
-        return self._info.name if self._info is not None else None
-
-    def start(self) -> defer.Deferred[None]:
-        return as_deferred(self.async_start())
-
-    def stop(self) -> defer.Deferred[None]:
-        return as_deferred(self.async_stop())
-
-    async def async_start(self) -> None:
-        if self._info is not None:
-            return
         info = ServiceInfo(
             RFB_SERVICE_TYPE,
-            f"{self.name}.{RFB_SERVICE_TYPE}",
-            port=self.port,
+            f"{name}.{RFB_SERVICE_TYPE}",
+            port=port,
             parsed_addresses=self.addresses,
             server=self.host,
             properties={},
         )
-        if not self.addresses:
-            log.warning("advertising %r without addresses: viewers cannot resolve it", info.name)
-        zc = self._stack.open()
-        announced = await zc.async_register_service(info, allow_name_change=True)
-        self._info = info
-        await announced
-        log.info("advertised %r on port %d at %s", info.name, self.port, self.addresses)
-
-    async def async_stop(self) -> None:
-        info, self._info = self._info, None
-        zc = self._stack.zc
-        if info is not None and zc is not None:
-            goodbye = await zc.async_unregister_service(info)
-            await goodbye
-        await self._stack.release()
+        super().__init__(info, interfaces, ipv4_only, zeroconf)
 
 
 def drop_superseded_records(zeroconf: Zeroconf, name: str) -> None:
@@ -349,18 +370,16 @@ def default_host() -> str:
     return f"{label[:40] or 'host'}-thinserve.local."
 
 
-def _local_addresses(ipv4_only: bool) -> list[str]:
-    """This host's addresses to publish: no loopback, no link-local IPv6."""
-    found = []
+def local_addresses(ipv4_only: bool = False) -> list[str]:
+    """This host's addresses to publish: no loopback, link-local or multicast ones."""
+    found: list[str] = []
     for adapter in ifaddr.get_adapters():
         for ip in adapter.ips:
-            if isinstance(ip.ip, str):
-                address = ipaddress.ip_address(ip.ip)
-            elif ipv4_only:
+            if not isinstance(ip.ip, str) and ipv4_only:
                 continue
-            else:
-                address = ipaddress.ip_address(ip.ip[0])
-            if not (address.is_loopback or address.is_link_local):
+            address = ipaddress.ip_address(ip.ip if isinstance(ip.ip, str) else ip.ip[0])
+            usable = not (address.is_loopback or address.is_link_local or address.is_multicast)
+            if usable and str(address) not in found:
                 found.append(str(address))
     return found
 

@@ -21,9 +21,10 @@ from twisted.internet import defer, stdio, task
 from twisted.python.failure import Failure
 
 from protocols.rfb.client import ClientEvent
+from thinserve.discovery import local_addresses
 from thinserve.rfbclient import ClientOptions, RFBClientProtocol
 
-from .advert import default_instance_name, local_addresses
+from .advert import default_instance_name
 from .clipboard import FileClipboard, LocalClipboard, SDLClipboard
 from .connection import TerminalFactory, TerminalProtocol
 from .dialer import DialMode

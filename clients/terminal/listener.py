@@ -18,8 +18,9 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory
 
 from protocols.terminal import TerminalAdvert
+from thinserve.discovery import local_addresses
 
-from .advert import TerminalAdvertiser, local_addresses
+from .advert import TerminalAdvertiser
 
 log = logging.getLogger(__name__)
 

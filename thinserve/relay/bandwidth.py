@@ -6,16 +6,22 @@ from sending an update to the next FramebufferUpdateRequest is the time the
 update took to cross the link (and be decoded) plus one round trip.  Tiny
 updates (a cursor move, a typed letter) take about one round trip: their
 times give the minimum round-trip time.  Updates of at least
-``MIN_SAMPLE_BYTES`` give a rate, bytes over (time - minimum round trip),
-smoothed with an exponentially weighted moving average.
+``MIN_SAMPLE_BYTES`` are samples: bytes over (time - minimum round trip).
+The smoothed rate is a moving average of the samples in which the newest
+weighs at least ``SMOOTHING``, and more the longer it took (a sample of
+``t`` seconds weighs ``1 - exp(-t / SMOOTHING_TIME)``): a two-second update
+over a slow link outweighs any number of quick ones before it.
 
 The policy maps the smoothed rate to a JPEG quality level with the
-thresholds of ``LEVEL_KBPS`` (each level needs about twice the rate of the
-one below), with hysteresis: a level is kept until the rate falls under
-``KEEP_MARGIN`` of its threshold, and a higher level is taken only when the
-rate clears its threshold by ``RAISE_MARGIN`` and the level has not changed
-for ``RAISE_HOLD`` seconds.  The terminal's own request is the ceiling, and
-a terminal that asked for no JPEG quality level gets no JPEG.
+thresholds of ``LEVEL_KBPS``, with hysteresis both ways.  Down: a level is
+kept until the smoothed rate falls under ``KEEP_MARGIN`` of its threshold
+*and* the samples below that took ``SLOW_EVIDENCE`` seconds in a row, so a
+hiccup (a busy moment of the server or of the terminal) is not taken for a
+slow link, while one slow full-screen update is enough.  Up: a higher level
+needs the smoothed rate above ``RAISE_MARGIN`` times its threshold and
+``RAISE_HOLD`` seconds since the last change.  The terminal's own request is
+the ceiling, and a terminal that asked for no JPEG quality level gets no
+JPEG.
 
 Pure logic: the caller passes the times in.
 """
@@ -26,15 +32,31 @@ import math
 from dataclasses import dataclass
 
 MAX_LEVEL = 9
-# The least rate (kbit/s) each JPEG quality level 0..9 needs.
-LEVEL_KBPS = (0, 128, 256, 512, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000)
-KEEP_MARGIN = 0.75  # a level stays while the rate is above this share of its need
+# The least rate (kbit/s) each JPEG quality level 0..9 needs: about what a
+# full 1280x1024 screen of photo-like content at that level takes to go out
+# in half a second; level 9 (JPEG quality 100) only on LAN-class links.
+LEVEL_KBPS = (0, 1_000, 1_200, 1_500, 1_800, 2_500, 3_000, 4_000, 6_000, 30_000)
+KEEP_MARGIN = 0.75  # a level stays while the rate is above this share of its need ...
+SLOW_EVIDENCE = 0.25  # ... or slower samples took less than this many seconds in a row
 RAISE_MARGIN = 1.25  # a higher level needs this much more than its need ...
 RAISE_HOLD = 2.0  # ... and this many seconds since the last change
 MIN_SAMPLE_BYTES = 8 * 1024  # smaller updates are timed by latency, not bandwidth
 PROBE_MAX_BYTES = 1024  # updates this small time a round trip
-SMOOTHING = 0.3  # weight of the newest sample in the moving average
+SMOOTHING = 0.3  # least weight of the newest sample in the moving average
+SMOOTHING_TIME = 0.5  # seconds: longer samples weigh more
 MIN_TRANSFER = 0.001  # seconds: a floor for the transfer time of one sample
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One update big enough to time the link: its bytes and transfer seconds."""
+
+    size: int
+    seconds: float
+
+    @property
+    def kbps(self) -> float:
+        return self.size * 8 / 1000 / self.seconds
 
 
 @dataclass
@@ -50,24 +72,27 @@ class LinkMeter:
         """An update of ``size`` bytes went out at ``now``, answering a request."""
         self._pending = (size, now)
 
-    def request_arrived(self, now: float) -> bool:
-        """The terminal asked for more at ``now``; True if that gave a new rate sample."""
+    def request_arrived(self, now: float) -> Sample | None:
+        """The terminal asked for more at ``now``: the sample this makes, if any."""
         if self._pending is None:
-            return False
+            return None
         size, sent = self._pending
         self._pending = None
         elapsed = now - sent
         if elapsed < 0:
-            return False
+            return None
         if size <= PROBE_MAX_BYTES:
             self.min_rtt = elapsed if self.min_rtt is None else min(self.min_rtt, elapsed)
         if size < MIN_SAMPLE_BYTES:
-            return False
-        self._add(size / max(elapsed - (self.min_rtt or 0.0), MIN_TRANSFER))
-        return True
+            return None
+        sample = Sample(size, max(elapsed - (self.min_rtt or 0.0), MIN_TRANSFER))
+        self._add(sample)
+        return sample
 
-    def _add(self, sample: float) -> None:
-        self.rate = sample if self.rate is None else self.rate + SMOOTHING * (sample - self.rate)
+    def _add(self, sample: Sample) -> None:
+        rate = sample.size / sample.seconds
+        weight = max(SMOOTHING, 1 - math.exp(-sample.seconds / SMOOTHING_TIME))
+        self.rate = rate if self.rate is None else self.rate + weight * (rate - self.rate)
         self.samples += 1
 
     @property
@@ -87,11 +112,15 @@ class QualityPolicy:
 
     level: int = MAX_LEVEL  # until measured, the link is taken to carry everything
     changed_at: float = -math.inf
+    slow_seconds: float = 0.0  # samples below the level's keep rate, in a row
 
-    def decide(self, kbps: float, now: float) -> int:
-        """The link's level after a new rate of ``kbps`` at ``now``."""
-        if kbps < LEVEL_KBPS[self.level] * KEEP_MARGIN:
-            self._move(level_for(kbps), now)
+    def decide(self, sample: Sample, kbps: float, now: float) -> int:
+        """The link's level after ``sample``, with ``kbps`` the smoothed rate, at ``now``."""
+        keep = LEVEL_KBPS[self.level] * KEEP_MARGIN
+        self.slow_seconds = self.slow_seconds + sample.seconds if sample.kbps < keep else 0.0
+        if kbps < keep:
+            if self.slow_seconds >= SLOW_EVIDENCE:
+                self._move(level_for(kbps), now)
         elif now - self.changed_at >= RAISE_HOLD:
             higher = level_for(kbps / RAISE_MARGIN)
             if higher > self.level:
@@ -101,6 +130,7 @@ class QualityPolicy:
     def _move(self, level: int, now: float) -> None:
         self.level = level
         self.changed_at = now
+        self.slow_seconds = 0.0
 
 
 def effective_quality(requested: int | None, link_level: int) -> int | None:
@@ -120,11 +150,11 @@ class LinkQuality:
 
     def request_arrived(self, now: float) -> bool:
         """Note a request at ``now``; True if the link's level changed."""
-        kbps = self.meter.kbps if self.meter.request_arrived(now) else None
-        if kbps is None:
+        sample = self.meter.request_arrived(now)
+        if sample is None or self.meter.kbps is None:
             return False
         before = self.policy.level
-        return self.policy.decide(kbps, now) != before
+        return self.policy.decide(sample, self.meter.kbps, now) != before
 
     def quality(self, requested: int | None) -> int | None:
         """The quality level for a terminal that asked for ``requested``."""

@@ -197,10 +197,10 @@ class TerminalSession:
         if quality == conn.rect_encoder.settings.quality:
             return
         log.info(
-            "terminal %s: JPEG quality %s -> %s (link %.0f kbit/s)",
+            "terminal %s: JPEG quality level %s (asked for %s, link %.0f kbit/s)",
             self.proto.peer(),
-            conn.rect_encoder.settings.quality,
             quality,
+            conn.settings.quality,
             self.link.kbps or 0.0,
         )
         conn.rect_encoder.configure(dataclasses.replace(conn.settings, quality=quality))

@@ -44,6 +44,7 @@ ENCODINGS = (*BASE_ENCODINGS, Encoding.JPEG_QUALITY_9)
 FAST, SLOW = "127.0.0.2", "127.0.0.3"  # thinserve tells the terminals apart by address
 TILE = 16
 TOLERANCE = 12.0  # mean difference per 8-bit channel allowed in every 16x16 tile
+SESSION_LOG = "thinserve.relay.session"
 MAX_FRAMES = 60  # pictures painted at most while waiting for the quality to move
 
 
@@ -122,6 +123,11 @@ class Desk:
         raise AssertionError(f"{what}: not after {MAX_FRAMES} pictures")
 
 
+def quality_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """What the sessions logged about JPEG quality."""
+    return [r for r in caplog.records if r.name == SESSION_LOG and "JPEG" in r.getMessage()]
+
+
 async def set_quality(term: Terminal, session: TerminalSession, level: int | None) -> None:
     """The terminal asks for another JPEG quality level, or none (SetEncodings
     again); returns once thinserve has read it."""
@@ -139,8 +145,10 @@ async def set_quality(term: Terminal, session: TerminalSession, level: int | Non
 
 
 @pytest_twisted.ensureDeferred
-async def test_jpeg_quality_follows_each_terminals_link(xvnc, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="thinserve.relay.session")
+async def test_jpeg_quality_follows_each_terminals_link(
+    xvnc, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=SESSION_LOG)
     server = xvnc(size=SIZE)
     server.paint(photo_frame(*SIZE, seed=0))
     ts = await start_thinserve([DesktopConfig("d1", f"{server.host}:{server.port}")])
@@ -165,7 +173,8 @@ async def test_jpeg_quality_follows_each_terminals_link(xvnc, caplog) -> None:
         assert received >= sent[SLOW]  # all of it went through the slow link
         assert received * 4 < sent[FAST]
         assert any(
-            f"-> {low}" in r.getMessage() and "kbit/s" in r.getMessage() for r in caplog.records
+            f"quality level {low} (asked for 9" in r.getMessage() and "kbit/s" in r.getMessage()
+            for r in quality_logs(caplog)
         )
 
         # The terminal's own level stays the ceiling, also after it changes.
@@ -198,7 +207,7 @@ async def test_jpeg_quality_follows_each_terminals_link(xvnc, caplog) -> None:
         sent = await desk.show()
         assert sent[SLOW] > sent[FAST] * 0.8
         assert quality(fast_session) == MAX_LEVEL
-        assert not any(FAST in r.getMessage() for r in caplog.records)  # never adapted
+        assert not any(FAST in r.getMessage() for r in quality_logs(caplog))  # never adapted
         fast.close()
         slow.close()
     finally:

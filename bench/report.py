@@ -27,6 +27,9 @@ COLUMNS = (
     "Xvnc bytes/frame",
     "ts/Xvnc bytes",
     "Xvnc req->decoded ms",
+    "Xvnc req->last byte ms",
+    "Xvnc enc MPix/s >=",
+    "ts/Xvnc speed <=",
     "dec MPix/s of Xvnc",
 )
 
@@ -34,7 +37,10 @@ COLUMNS = (
 @dataclass(frozen=True)
 class PeerResult:
     frame_bytes: int
-    request_ms: float
+    request_ms: float  # request to the update decoded by thinserve's client
+    last_byte_ms: float  # request to the arrival of the update's last byte
+    encode_mpix_bound: float  # frame pixels / last_byte_ms: Xvnc's encoding speed at least
+    unhindered: bool  # Xvnc never had to wait for the last-byte client's socket
     decode_mpix: float
     psnr: float  # of the decoded frame against the content; inf when exact
     shares: dict[int, float]  # encoding -> share of the pixels it carried
@@ -89,22 +95,26 @@ def machine_lines(peer: str) -> list[str]:
     ]
 
 
-def _speed(value: float) -> str:
+def _figure(value: float) -> str:
+    """One decimal below 100, none from 100 on."""
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
 def _cells(result: RowResult) -> list[str]:
     own, peer = result.own, result.peer
-    cells = [result.row.name, _speed(own.encode_mpix), _speed(own.decode_mpix)]
+    cells = [result.row.name, _figure(own.encode_mpix), _figure(own.decode_mpix)]
     cells.append(f"{own.frame_bytes:,}")
     if peer is None:
-        return [*cells, "-", "-", "-", "-"]
+        return cells + ["-"] * (len(COLUMNS) - len(cells))
     return [
         *cells,
         f"{peer.frame_bytes:,}",
         f"{own.frame_bytes / peer.frame_bytes:.2f}",
         f"{peer.request_ms:.0f}",
-        _speed(peer.decode_mpix),
+        _figure(peer.last_byte_ms),
+        _figure(peer.encode_mpix_bound),
+        f"{own.encode_mpix / peer.encode_mpix_bound:.2f}",
+        _figure(peer.decode_mpix),
     ]
 
 
@@ -151,6 +161,8 @@ def notes(rows: list[RowResult]) -> list[str]:
             continue
         if row.lossless and not math.isinf(peer.psnr):
             out.append(f"{row.name}: WARNING Xvnc's frame decoded inexactly")
+        if not peer.unhindered:
+            out.append(f"{row.name}: WARNING Xvnc may have waited for the last-byte client")
         wanted = row.encodings[0]
         if peer.shares.get(wanted, 0.0) < 0.999:
             parts = sorted(peer.shares.items(), key=lambda item: -item[1])

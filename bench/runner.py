@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
+from twisted.internet import threads
 
 from .content import make_content
 from .encodings import (
@@ -22,7 +23,7 @@ from .encodings import (
     psnr,
 )
 from .options import Options
-from .peer import capture_update, screen_pixels, share_by_encoding
+from .peer import LastByte, capture_update, screen_pixels, share_by_encoding, time_last_byte
 from .report import ContentResult, PeerResult, RowResult
 from .xvnc import Xvnc, XvncError
 
@@ -33,19 +34,30 @@ def stderr_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+async def last_byte_times(port: int, row: Row, repetitions: int) -> list[LastByte]:
+    """Request-to-last-byte captures on fresh connections, after one warm-up."""
+    await threads.deferToThread(time_last_byte, port, row)
+    return [await threads.deferToThread(time_last_byte, port, row) for _ in range(repetitions)]
+
+
 async def measure_peer(xvnc: Xvnc, frame: np.ndarray, row: Row, repetitions: int) -> PeerResult:
-    """Xvnc's bytes and request-to-decoded time, and our decode of its bytes."""
+    """Xvnc's bytes, request-to-decoded and request-to-last-byte times, our decode of it."""
     height, width = frame.shape
     await capture_update(xvnc.port, row)  # warm-up
     captures = [await capture_update(xvnc.port, row) for _ in range(repetitions)]
+    arrivals = await last_byte_times(xvnc.port, row, repetitions)
     first = captures[0]
     decode_s = median_seconds(
         lambda: decode_update(width, height, row, first.message).seconds, repetitions
     )
+    last_byte_s = statistics.median(a.seconds for a in arrivals)
     assert first.update is not None
     return PeerResult(
         frame_bytes=int(statistics.median(len(c.message) for c in captures)),
         request_ms=statistics.median(c.seconds for c in captures) * 1000.0,
+        last_byte_ms=last_byte_s * 1000.0,
+        encode_mpix_bound=mpix_per_second(frame.size, last_byte_s),
+        unhindered=all(a.unhindered for a in arrivals),
         decode_mpix=mpix_per_second(frame.size, decode_s),
         psnr=psnr(first.framebuffer, frame),
         shares=share_by_encoding(first.update),

@@ -325,8 +325,9 @@ class ClientConnection(Connection):
         self._send(m.SetPixelFormat(pf))
 
     def set_encodings(self, encodings: Sequence[int]) -> None:
+        # Decoders are kept: the server's zlib streams (Zlib, ZRLE, Tight)
+        # live as long as the connection, whatever encodings are asked later.
         self.encodings = tuple(encodings)
-        self._decoders = {}
         self._send(m.SetEncodings(self.encodings))
 
     def request_update(self, incremental: bool = True, rect: Rect | None = None) -> None:

@@ -133,12 +133,8 @@ async def set_quality(term: Terminal, session: TerminalSession, level: int | Non
     again); returns once thinserve has read it."""
     assert term.proto is not None and session.proto is not None
     conn = term.proto.conn
-    # The client starts new decoders on SetEncodings, but the server's Tight
-    # zlib streams go on: keep the decoders, as a viewer keeps its inflaters.
-    decoders = conn._decoders
     jpeg = () if level is None else (Encoding.JPEG_QUALITY_0 + level,)
     conn.set_encodings((*BASE_ENCODINGS, *jpeg))
-    conn._decoders = decoders
     term.proto.flush()
     server_side = session.proto.conn
     await wait_for(lambda: server_side.settings.quality == level, 10, "the new encodings")

@@ -163,3 +163,18 @@ def test_update_done_lists_the_copies_in_order() -> None:
     assert done.copies == tuple(copies)
     assert done.encodings == (Encoding.COPYRECT, Encoding.COPYRECT, Encoding.RAW)
     np.testing.assert_array_equal(pair.client.framebuffer, moved)
+
+
+@pytest.mark.parametrize("encoding", [Encoding.TIGHT, Encoding.ZRLE, Encoding.ZLIB])
+def test_asking_for_encodings_again_keeps_the_zlib_streams(encoding: int) -> None:
+    """The server's zlib streams go on across SetEncodings; so must the client's."""
+    pair = ready_pair(encoding)
+    for seed in (10, 11):
+        pair.client.set_encodings([encoding, Encoding.RAW, Encoding.COPYRECT])
+        pair.client.request_update(incremental=True)
+        pair.pump()
+        pair.take_server(m.FramebufferUpdateRequest)
+        changed = desktop_frame(W, H, seed=seed)
+        pair.server.send_update(changed, [Rect(0, 0, W, H)])
+        pair.pump()
+        np.testing.assert_array_equal(pair.client.framebuffer, changed)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from protocols.rfb.constants import Encoding
-from protocols.rfb.encodings import make_decoder, make_encoder
+from protocols.rfb.encodings import make_decoder, make_encoder, rre
 from protocols.rfb.encodings.base import CopyFrom, DecodeGen, DecodeResult, Rect, run_decoder
 from protocols.rfb.encodings.copyrect import CopyRectDecoder, CopyRectEncoder
 from protocols.rfb.errors import ProtocolError
@@ -26,6 +26,7 @@ from protocols.rfb.pixelformat import (
     PixelCodec,
     PixelFormat,
 )
+from protocols.rfb.updates import ClientSettings, RectEncoder
 
 NATIVE_BE = dataclasses.replace(NATIVE, big_endian=True)
 RGB555_BE = PixelFormat(16, 15, True, True, 31, 31, 31, 10, 5, 0)
@@ -118,8 +119,25 @@ def decode_all(encoding: int, rect: Rect, codec: PixelCodec, data: bytes) -> Dec
     return result
 
 
+def reference_rre(px: np.ndarray, codec: PixelCodec) -> bytes:
+    """RRE as specified: the most common colour as background (smallest on ties)."""
+    words = codec.to_words(px)
+    values, counts = np.unique(words, return_counts=True)
+    background = int(values[np.argmax(counts)])
+    return rre._pack(words, background, codec)
+
+
 def round_trip(encoding: int, px: np.ndarray, codec: PixelCodec) -> bytes:
+    """Encode, decode and compare; a 'send Raw' answer is checked instead of decoded."""
     data = make_encoder(encoding).encode(px, codec)
+    raw_size = px.size * codec.bytes_per_pixel
+    if encoding == Encoding.RRE and px.size:
+        expected = reference_rre(px, codec)
+        if len(data) > raw_size:
+            assert data == rre.raw_is_smaller(raw_size)
+            assert len(expected) > raw_size
+            return data
+        assert data == expected
     h, w = px.shape
     result = decode_all(encoding, Rect(5, 7, w, h), codec, data)
     assert isinstance(result, np.ndarray)
@@ -173,6 +191,8 @@ def test_one_encoder_many_rectangles(encoding: int) -> None:
     for make in CONTENT.values():
         px = make(20, 45, rng)
         data = encoder.encode(px, codec)
+        if data == rre.raw_is_smaller(px.size * codec.bytes_per_pixel):
+            continue
         result, used = run_decoder(decoder.decode(Rect(0, 0, 45, 20), codec), data)
         assert used == len(data)
         np.testing.assert_array_equal(result, codec.quantize(px))
@@ -274,6 +294,58 @@ def test_rre_later_subrects_paint_over_earlier_ones() -> None:
     expected[2:5, 2:6] = 0x22
     expected[0:1, 5:6] = 0x33
     np.testing.assert_array_equal(result, codec.from_words(expected))
+
+
+def smooth(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Photo-like gradients with grain: many colours, few repeats."""
+    y, x = np.mgrid[0:h, 0:w]
+    red = (x * 255 // max(w - 1, 1)).astype(np.uint32)
+    green = (y * 255 // max(h - 1, 1)).astype(np.uint32)
+    blue = rng.integers(0, 256, (h, w), dtype=np.uint32)
+    return (red << 16) | (green << 8) | blue
+
+
+def encode_through_rect_encoder(encoding: int, px: np.ndarray, codec: PixelCodec) -> list:
+    encoder = RectEncoder()
+    encoder.configure(ClientSettings.from_encodings((encoding,)))
+    fb = np.ascontiguousarray(px)
+    return encoder.encode(fb, Rect(0, 0, px.shape[1], px.shape[0]), codec)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("make", [noise, smooth], ids=["noise", "smooth"])
+def test_rre_many_colours_go_raw_without_subrects(
+    fmt: str, make: Callable[[int, int, np.random.Generator], np.ndarray]
+) -> None:
+    codec = PixelCodec(FORMATS[fmt])
+    px = make(64, 200, np.random.default_rng(5))
+    raw_size = px.size * codec.bytes_per_pixel
+    data = make_encoder(Encoding.RRE).encode(px, codec)
+    assert len(reference_rre(px, codec)) > raw_size
+    assert data == rre.raw_is_smaller(raw_size)
+    [(header, payload)] = encode_through_rect_encoder(Encoding.RRE, px, codec)
+    assert header.encoding == Encoding.RAW
+    assert payload == codec.to_wire(px)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("content", ["text", "windows"])
+def test_rre_payload_is_the_specified_one_when_it_wins(fmt: str, content: str) -> None:
+    codec = PixelCodec(FORMATS[fmt])
+    px = CONTENT[content](64, 200, np.random.default_rng(6))
+    data = round_trip(Encoding.RRE, px, codec)
+    assert data == reference_rre(px, codec)
+    assert len(data) <= px.size * codec.bytes_per_pixel
+
+
+def test_rre_background_ties_go_to_the_smallest_colour() -> None:
+    codec = PixelCodec(NATIVE)
+    px = np.zeros((8, 8), dtype=np.uint32)
+    px[:, :4] = 0x00FF00
+    px[:, 4:] = 0x0000FF
+    data = round_trip(Encoding.RRE, px, codec)
+    count, background = rre_header(data, codec)
+    assert (count, background[0]) == (1, 0x0000FF)
 
 
 @pytest.mark.parametrize(
@@ -524,3 +596,38 @@ def test_rre_paints_in_order_like_the_specification(
         expected[y : y + rh, x : x + rw] = colour
     result = decode_all(Encoding.RRE, Rect(0, 0, w, h), codec, payload)
     np.testing.assert_array_equal(result, codec.from_words(expected))
+
+
+@st.composite
+def word_arrays(draw: st.DrawFn) -> tuple[np.ndarray, int]:
+    """Values of 8, 16 or 32 bits, from a few values (ties, majorities) to many."""
+    bits = draw(st.sampled_from((8, 16, 32)))
+    top = (1 << min(bits, 24)) - 1
+    values = draw(
+        st.lists(st.integers(0, top), min_size=1, max_size=draw(st.sampled_from((3, 50))))
+    )
+    n = draw(st.integers(1, 3000))
+    index = draw(hnp.arrays(np.uint16, n, elements=st.integers(0, len(values) - 1)))
+    return np.array(values, dtype=np.uint32)[index], bits
+
+
+@FUZZ
+@given(case=word_arrays())
+def test_most_common_is_the_mode_with_the_smallest_on_ties(case: tuple[np.ndarray, int]) -> None:
+    words, bits = case
+    values, counts = np.unique(words, return_counts=True)
+    assert rre.most_common(words, bits) == int(values[np.argmax(counts)])
+    assert rre.most_common(words.reshape(1, -1)) == int(values[np.argmax(counts)])
+
+
+@FUZZ
+@given(px=palette_images())
+def test_corner_pixels_bound_the_subrect_count(px: np.ndarray) -> None:
+    """Each non-background corner pixel starts a subrect of its own."""
+    background = rre.most_common(px)
+    found = rre.find_subrects(px[np.newaxis], np.array([background]))
+    corners = rre.corner_mask(px) & (px != background)
+    assert np.count_nonzero(corners) <= len(found)
+    assert set(zip(found.y.tolist(), found.x.tolist(), strict=True)) >= set(
+        zip(*np.nonzero(corners), strict=True)
+    )

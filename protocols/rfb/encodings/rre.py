@@ -21,6 +21,7 @@ from .base import DecodeGen, Rect, pixels_result, read_exact
 
 _COUNT = struct.Struct(">I")
 _BATCH = 1 << 16  # subrectangles read per yield
+_SAMPLE = 1024  # pixels sampled when guessing the background
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,60 @@ def _run_lengths(starts: np.ndarray) -> np.ndarray:
     return length
 
 
-def most_common(words: np.ndarray) -> int:
-    """The most frequent value in an array (the smallest one on ties)."""
-    values, counts = np.unique(words, return_counts=True)
+def most_common(words: np.ndarray, bits: int = 32) -> int:
+    """The most frequent value in an array (the smallest one on ties).
+
+    ``bits`` bounds the values (the wire pixel size): up to 16 bits a
+    histogram answers directly.  Wider values are first tried against a
+    sampled guess, which wins if it holds a strict majority or if a
+    histogram of the low bits shows no other value can reach its count;
+    only otherwise are the values sorted.
+    """
+    flat = words.reshape(-1)
+    if bits <= 16:
+        return int(np.argmax(_low_bits_histogram(flat, bits)))
+    guess = _sample_mode(flat)
+    count = int(np.count_nonzero(flat == guess))
+    if 2 * count > flat.size or _unrivalled(flat, guess, count):
+        return guess
+    values, counts = np.unique(flat, return_counts=True)
     return int(values[np.argmax(counts)])
+
+
+def _low_bits_histogram(flat: np.ndarray, bits: int) -> np.ndarray:
+    """How many values share each pattern of their low 8 (or 16) bits."""
+    low = flat.astype(np.uint8 if bits <= 8 else np.uint16)
+    return np.bincount(low, minlength=1 << min(bits, 16))
+
+
+def _sample_mode(flat: np.ndarray) -> int:
+    """The most frequent value among about _SAMPLE evenly spaced ones."""
+    sample = flat[:: max(1, flat.size // _SAMPLE)]
+    values, counts = np.unique(sample, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def _unrivalled(flat: np.ndarray, value: int, count: int) -> bool:
+    """Whether no other value can occur ``count`` times, judged by low 16 bits."""
+    buckets = _low_bits_histogram(flat, 16)
+    own = value & 0xFFFF
+    rival = int(buckets[own]) - count
+    buckets[own] = 0
+    return count > max(rival, int(buckets.max()))
+
+
+def corner_mask(words: np.ndarray) -> np.ndarray:
+    """Pixels that differ from their left and upper neighbours (or lie on the edge).
+
+    Such a pixel is the top-left corner of whichever one-colour rect
+    covers it, so a cover of the non-background pixels needs at least one
+    rect per non-background corner pixel.
+    """
+    corner = np.empty(words.shape, dtype=bool)
+    corner[..., :, 0] = True
+    np.not_equal(words[..., :, 1:], words[..., :, :-1], out=corner[..., :, 1:])
+    corner[..., 1:, :] &= words[..., 1:, :] != words[..., :-1, :]
+    return corner
 
 
 def paint_subrects(
@@ -183,26 +234,67 @@ def _pixel_bytes(word: int, codec: PixelCodec) -> bytes:
     return np.array([word], dtype=np.uint32).astype(codec.pf.wire_dtype).tobytes()
 
 
+def rre_size(count: int, bpp: int) -> int:
+    """Payload bytes of an RRE rectangle with ``count`` subrectangles."""
+    return _COUNT.size + bpp + count * (bpp + 8)
+
+
+def raw_is_smaller(raw_size: int) -> bytes:
+    """The payload that tells the caller to send Raw: longer than Raw, all zeros."""
+    return bytes(raw_size + 1)
+
+
+def _most_of_one_value(words: np.ndarray) -> int:
+    """An upper bound on how often any single value occurs in ``words``."""
+    return int(_low_bits_histogram(words.reshape(-1), 8).max())
+
+
 class RREEncoder:
+    """RRE payloads, or a placeholder when RRE provably cannot beat Raw.
+
+    Non-background corner pixels (see :func:`corner_mask`) bound the
+    number of subrectangles from below.  When even that bound makes the
+    payload longer than Raw, ``encode`` returns :func:`raw_is_smaller`
+    at once instead of finding the subrectangles: a payload longer than
+    Raw, which the caller replaces by Raw (as ``RectEncoder`` does for
+    every stateless encoding).  Whenever RRE could win the payload is the
+    full RRE encoding.
+    """
+
     encoding = Encoding.RRE
 
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
         words = codec.to_words(pixels)
         if words.size == 0:
             return _COUNT.pack(0) + _pixel_bytes(0, codec)
-        background = most_common(words)
-        found = find_subrects(words[np.newaxis], np.array([background]))
-        records = np.empty(len(found), dtype=_subrect_dtype(codec))
-        records["colour"] = found.colour
-        records["x"] = found.x
-        records["y"] = found.y
-        records["w"] = found.w
-        records["h"] = found.h
-        header = _COUNT.pack(len(found)) + _pixel_bytes(background, codec)
-        return header + records.tobytes()
+        bpp = codec.bytes_per_pixel
+        raw_size = words.size * bpp
+        corner = corner_mask(words)
+        corners = int(np.count_nonzero(corner))
+        many = rre_size(corners, bpp) > raw_size
+        if many and rre_size(corners - _most_of_one_value(words), bpp) > raw_size:
+            return raw_is_smaller(raw_size)
+        background = most_common(words, 8 * bpp)
+        if many:
+            background_corners = int(np.count_nonzero(corner & (words == background)))
+            if rre_size(corners - background_corners, bpp) > raw_size:
+                return raw_is_smaller(raw_size)
+        return _pack(words, background, codec)
 
     def configure(self, quality: int | None, compression: int | None) -> None:
         pass
+
+
+def _pack(words: np.ndarray, background: int, codec: PixelCodec) -> bytes:
+    found = find_subrects(words[np.newaxis], np.array([background]))
+    records = np.empty(len(found), dtype=_subrect_dtype(codec))
+    records["colour"] = found.colour
+    records["x"] = found.x
+    records["y"] = found.y
+    records["w"] = found.w
+    records["h"] = found.h
+    header = _COUNT.pack(len(found)) + _pixel_bytes(background, codec)
+    return header + records.tobytes()
 
 
 class RREDecoder:

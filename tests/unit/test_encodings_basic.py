@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from protocols.rfb.constants import Encoding
-from protocols.rfb.encodings import make_decoder, make_encoder, rre
+from protocols.rfb.encodings import hextile, make_decoder, make_encoder, rre
 from protocols.rfb.encodings.base import CopyFrom, DecodeGen, DecodeResult, Rect, run_decoder
 from protocols.rfb.encodings.copyrect import CopyRectDecoder, CopyRectEncoder
 from protocols.rfb.errors import ProtocolError
@@ -127,6 +127,16 @@ def reference_rre(px: np.ndarray, codec: PixelCodec) -> bytes:
     return rre._pack(words, background, codec)
 
 
+def full_hextile(px: np.ndarray, codec: PixelCodec) -> bytes:
+    """Hextile without the early 'send Raw' answer."""
+    a = hextile._analyse(codec.to_words(px), codec.bytes_per_pixel)
+    table = hextile._subrect_table(a, codec)
+    plan = hextile._plan(a, table.counts, codec.bytes_per_pixel)
+    wire = codec.pf.wire_dtype
+    head, head_at = hextile._headers(a, plan, table.counts, wire)
+    return hextile._assemble(head, head_at, *hextile._bodies(a, plan, table, wire))
+
+
 def round_trip(encoding: int, px: np.ndarray, codec: PixelCodec) -> bytes:
     """Encode, decode and compare; a 'send Raw' answer is checked instead of decoded."""
     data = make_encoder(encoding).encode(px, codec)
@@ -138,6 +148,9 @@ def round_trip(encoding: int, px: np.ndarray, codec: PixelCodec) -> bytes:
             assert len(expected) > raw_size
             return data
         assert data == expected
+    if encoding == Encoding.HEXTILE and data == rre.raw_is_smaller(raw_size):
+        assert len(full_hextile(px, codec)) > raw_size
+        return data
     h, w = px.shape
     result = decode_all(encoding, Rect(5, 7, w, h), codec, data)
     assert isinstance(result, np.ndarray)
@@ -192,7 +205,7 @@ def test_one_encoder_many_rectangles(encoding: int) -> None:
         px = make(20, 45, rng)
         data = encoder.encode(px, codec)
         if data == rre.raw_is_smaller(px.size * codec.bytes_per_pixel):
-            continue
+            continue  # Raw goes out instead
         result, used = run_decoder(decoder.decode(Rect(0, 0, 45, 20), codec), data)
         assert used == len(data)
         np.testing.assert_array_equal(result, codec.quantize(px))
@@ -631,3 +644,72 @@ def test_corner_pixels_bound_the_subrect_count(px: np.ndarray) -> None:
     assert set(zip(found.y.tolist(), found.x.tolist(), strict=True)) >= set(
         zip(*np.nonzero(corners), strict=True)
     )
+
+
+def sequential_hextile_plan(
+    px: np.ndarray, codec: PixelCodec
+) -> tuple[list[bool], list[bool], list[bool]]:
+    """Raw choice, background sent, foreground sent: tile by tile, as the spec reads."""
+    bpp = codec.bytes_per_pixel
+    a = hextile._analyse(codec.to_words(px), bpp)
+    counts = hextile._subrect_table(a, codec).counts.tolist()
+    carry_bg: int | None = None
+    carry_fg: int | None = None
+    raw, send_bg, send_fg = [], [], []
+    for i, kind in enumerate(a.kind.tolist()):
+        bg, fg = int(a.background[i]), int(a.foreground[i])
+        two = kind == hextile._TWO
+        size = 2 + bpp * (bg != carry_bg) + (bpp * (fg != carry_fg) + 2 * counts[i] if two else 0)
+        size += 0 if two else (bpp + 2) * counts[i]
+        possible = bool(a.candidate[i]) and counts[i] <= 255
+        goes_raw = kind != hextile._SOLID and (
+            not possible or size >= 1 + int(a.heights[i] * a.widths[i]) * bpp
+        )
+        raw.append(goes_raw)
+        send_bg.append(not goes_raw and bg != carry_bg)
+        send_fg.append(not goes_raw and two and fg != carry_fg)
+        if goes_raw:
+            carry_bg = carry_fg = None
+            continue
+        carry_bg = bg
+        if two:
+            carry_fg = fg
+        elif kind != hextile._SOLID:
+            carry_fg = None
+    return raw, send_bg, send_fg
+
+
+@st.composite
+def tiled_scenes(draw: st.DrawFn) -> np.ndarray:
+    """Up to 4x4 tiles, each solid, of two colours, of a few colours or noise."""
+    rows, cols = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    h = 16 * rows - draw(st.integers(0, 15))
+    w = 16 * cols - draw(st.integers(0, 15))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    px = np.empty((16 * rows, 16 * cols), dtype=np.uint32)
+    palette = rng.integers(0, 1 << 24, 4, dtype=np.uint32)
+    for y in range(rows):
+        for x in range(cols):
+            colours = draw(st.sampled_from((1, 2, 3, 4, 0)))
+            if colours:
+                tile = palette[rng.integers(0, colours, (16, 16))]
+                tile[rng.random((16, 16)) < draw(st.sampled_from((0.0, 0.7)))] = palette[0]
+            else:
+                tile = rng.integers(0, 1 << 24, (16, 16), dtype=np.uint32)
+            px[16 * y : 16 * y + 16, 16 * x : 16 * x + 16] = tile
+    return px[:h, :w]
+
+
+@FUZZ
+@given(px=tiled_scenes(), fmt=fmt_names)
+def test_hextile_choices_match_a_tile_by_tile_writer(px: np.ndarray, fmt: str) -> None:
+    codec = PixelCodec(FORMATS[fmt])
+    a = hextile._analyse(codec.to_words(px), codec.bytes_per_pixel)
+    plan = hextile._plan(a, hextile._subrect_table(a, codec).counts, codec.bytes_per_pixel)
+    raw, send_bg, send_fg = sequential_hextile_plan(px, codec)
+    assert plan.raw.tolist() == raw
+    assert plan.send_bg.tolist() == send_bg
+    assert plan.send_fg.tolist() == send_fg
+    data = round_trip(Encoding.HEXTILE, px, codec)
+    if data != rre.raw_is_smaller(px.size * codec.bytes_per_pixel):
+        assert data == full_hextile(px, codec)

@@ -24,7 +24,7 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..pixelformat import PixelCodec
 from .base import DecodeGen, Rect, pixels_result, read_exact
-from .rre import find_subrects, paint_subrects
+from .rre import corner_mask, find_subrects, paint_subrects, raw_is_smaller
 
 TILE = 16
 RAW = 1
@@ -64,6 +64,7 @@ class _Analysis:
     background: np.ndarray
     foreground: np.ndarray  # the other colour of _TWO tiles
     candidate: np.ndarray  # tiles whose subrectangles are worth finding
+    floor: np.ndarray  # a lower bound on each tile's encoded size
 
 
 def _to_blocks(words: np.ndarray) -> np.ndarray:
@@ -84,7 +85,7 @@ def _margin_mask(h: int, w: int) -> np.ndarray:
 
 
 def _most_common_per_row(values: np.ndarray) -> np.ndarray:
-    """Most frequent value of each row of a 2-D array."""
+    """Most frequent value of each row of a 2-D array (the smallest on ties)."""
     ordered = np.sort(values, axis=1)
     count = ordered.shape[1]
     index = np.arange(count)
@@ -95,53 +96,71 @@ def _most_common_per_row(values: np.ndarray) -> np.ndarray:
     return ordered[np.arange(ordered.shape[0]), best]
 
 
+def _most_of_one_value_per_row(values: np.ndarray) -> np.ndarray:
+    """Per row, an upper bound on how often any one value occurs: a low-byte histogram."""
+    rows = values.shape[0]
+    keys = np.bitwise_and(values, 0xFF, dtype=np.intp)
+    keys += np.arange(0, 256 * rows, 256)[:, None]
+    return np.bincount(keys.reshape(-1), minlength=256 * rows).reshape(rows, 256).max(axis=1)
+
+
 def _classify(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per tile: kind, background (most common colour), other colour."""
+    """Per tile: kind, background (for _MANY tiles: the first pixel), other colour.
+
+    A tile has two colours when its lowest and highest values cover it.
+    """
+    high = blocks.max(axis=1)
+    low = blocks.min(axis=1)
+    n_low = np.count_nonzero(blocks == low[:, None], axis=1)
+    n_high = np.count_nonzero(blocks == high[:, None], axis=1)
+    kind = np.full(high.shape, _MANY, dtype=np.int8)
+    kind[n_low + n_high == blocks.shape[1]] = _TWO
+    kind[high == low] = _SOLID
     first = blocks[:, 0]
-    same = blocks == first[:, None]
-    n_first = same.sum(axis=1)
-    high = np.where(same, 0, blocks).max(axis=1)
-    low = np.where(same, np.iinfo(np.uint32).max, blocks).min(axis=1)
-    kind = np.full(first.shape, _MANY, dtype=np.int8)
-    kind[high == low] = _TWO
-    kind[n_first == blocks.shape[1]] = _SOLID
+    n_first = np.where(first == low, n_low, n_high)
+    other = np.where(first == low, high, low)
     first_wins = 2 * n_first >= blocks.shape[1]
-    background = np.where(first_wins, first, high)
-    foreground = np.where(first_wins, high, first)
-    many = kind == _MANY
-    if many.any():
-        background[many] = _most_common_per_row(blocks[many])
+    background = np.where(first_wins, first, other)
+    foreground = np.where(first_wins, other, first)
     return kind, background, foreground
 
 
-def _corner_count(blocks: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Lower bound on subrectangles per tile.
-
-    A non-background pixel whose left and upper neighbours (or tile edge)
-    differ from it is the top-left corner of whichever one-colour rect
-    covers it, so each such pixel needs a rect of its own.
-    """
-    fresh = blocks != background[:, None, None]
-    fresh[:, :, 1:] &= blocks[:, :, 1:] != blocks[:, :, :-1]
-    fresh[:, 1:, :] &= blocks[:, 1:, :] != blocks[:, :-1, :]
-    return fresh.sum(axis=(1, 2))
+def _subrect_bytes(count: np.ndarray, bpp: int) -> np.ndarray:
+    """Bytes of a coloured-subrect tile with ``count`` subrects, background carried."""
+    return 2 + count * (bpp + 2)
 
 
 def _analyse(words: np.ndarray, bpp: int) -> _Analysis:
+    """Classify every tile; find backgrounds only where subrects might beat Raw.
+
+    A _MANY tile needs a subrect per corner pixel (see ``corner_mask``)
+    not of its background; bounding the background's share by a low-byte
+    histogram rules most noisy tiles out before their colours are sorted.
+    """
     h, w = words.shape
     flat = _to_blocks(words)
     kind, background, foreground = _classify(flat)
-    if h % TILE or w % TILE:
-        flat = np.where(_margin_mask(h, w), background[:, None], flat)
-    blocks = flat.reshape(-1, TILE, TILE)
     heights, widths = _tile_sizes(h, w)
     raw_size = heights * widths * bpp
     candidate = kind == _TWO
-    many = kind == _MANY
-    if many.any():
-        corners = _corner_count(blocks[many], background[many])
-        candidate[many] = 1 + corners * (bpp + 2) < raw_size[many]
-    return _Analysis(blocks, heights, widths, kind, background, foreground, candidate)
+    floor = np.where(kind == _SOLID, 1, np.minimum(1 + raw_size, 4))
+    many = np.flatnonzero(kind == _MANY)
+    if many.size:
+        corners = corner_mask(flat[many].reshape(-1, TILE, TILE)).reshape(many.size, -1)
+        total = corners.sum(axis=1)
+        spare = _most_of_one_value_per_row(flat[many])
+        hopeful = _subrect_bytes(total - spare, bpp) < 1 + raw_size[many]
+        tiles = many[hopeful]
+        background[tiles] = _most_common_per_row(flat[tiles])
+        own = corners[hopeful] & (flat[tiles] == background[tiles, None])
+        needed = total[hopeful] - own.sum(axis=1)
+        floor[many] = 1 + raw_size[many]
+        floor[tiles] = np.minimum(floor[tiles], _subrect_bytes(needed, bpp))
+        candidate[tiles] = 1 + needed * (bpp + 2) < raw_size[tiles]
+    if h % TILE or w % TILE:
+        flat = np.where(_margin_mask(h, w), background[:, None], flat)
+    blocks = flat.reshape(-1, TILE, TILE)
+    return _Analysis(blocks, heights, widths, kind, background, foreground, candidate, floor)
 
 
 @dataclass
@@ -156,106 +175,67 @@ class _Carry:
 class _SubrectTable:
     """Packed subrects of candidate tiles; tile i owns entries offsets[i]..+counts[i]."""
 
-    counts: list[int]
-    offsets: list[int]
+    counts: np.ndarray
+    offsets: np.ndarray
     mono: bytes  # 2 bytes each
     coloured: bytes  # pixel + 2 bytes each
 
 
-class _TileWriter:
-    """Assembles tiles one by one, tracking what carries over."""
+@dataclass(frozen=True)
+class _Plan:
+    """Per tile, what goes out: Raw or not, and which colours are sent."""
 
-    def __init__(self, analysis: _Analysis, codec: PixelCodec, table: _SubrectTable) -> None:
-        self.analysis = analysis
-        self.codec = codec
-        self.bpp = codec.bytes_per_pixel
-        self.counts = table.counts
-        self.offsets = table.offsets
-        self.mono = table.mono
-        self.coloured = table.coloured
-        self.carry = _Carry()
-        self.parts: list[bytes] = []
-        self.kinds: list[int] = analysis.kind.tolist()
-        self.backgrounds: list[int] = analysis.background.tolist()
-        self.foregrounds: list[int] = analysis.foreground.tolist()
-        self.candidates: list[bool] = analysis.candidate.tolist()
-        self.areas: list[int] = (analysis.heights * analysis.widths).tolist()
-        wire = codec.pf.wire_dtype
-        self.bg_bytes = analysis.background.astype(wire).tobytes()
-        self.fg_bytes = analysis.foreground.astype(wire).tobytes()
+    raw: np.ndarray
+    mono: np.ndarray  # subrects in the foreground colour
+    coloured: np.ndarray  # subrects with their own colours
+    send_bg: np.ndarray
+    send_fg: np.ndarray
 
-    def write_all(self) -> bytes:
-        for i in range(len(self.kinds)):
-            self.write(i)
-        return b"".join(self.parts)
 
-    def write(self, i: int) -> None:
-        if self.kinds[i] == _SOLID:
-            self._solid(i)
-            return
-        size = self._subrect_size(i)
-        if size is None or size >= 1 + self.areas[i] * self.bpp:
-            self._raw(i)
-        elif self.kinds[i] == _TWO:
-            self._mono(i)
-        else:
-            self._coloured(i)
+def _plan(a: _Analysis, counts: np.ndarray, bpp: int) -> _Plan:
+    """Choose Raw or subrects per tile exactly as a tile-by-tile writer would.
 
-    def _subrect_size(self, i: int) -> int | None:
-        """Bytes the tile needs as subrects, or None if that form is ruled out."""
-        count = self.counts[i]
-        if not self.candidates[i] or count > _MAX_SUBRECTS:
-            return None
-        if self.kinds[i] == _TWO:
-            return 2 + self._bg_cost(i) + self._fg_cost(i) + 2 * count
-        return 2 + self._bg_cost(i) + count * (self.bpp + 2)
+    A tile's size depends on what the previous tiles left the peer
+    assuming, which depends on whether they went Raw.  Each round
+    recomputes every choice from the previous round's; round k gets at
+    least the first k tiles right, so a round that changes nothing has
+    every tile right.  Real content settles in two or three rounds.
+    """
+    two = a.kind == _TWO
+    solid = a.kind == _SOLID
+    possible = a.candidate & (counts <= _MAX_SUBRECTS)
+    base = 2 + counts * np.where(two, 2, bpp + 2)
+    limit = 1 + a.heights * a.widths * bpp
+    raw = ~solid & (~possible | (base + bpp + two * bpp >= limit))
+    for _ in range(raw.size + 1):
+        bg_cost, fg_cost = _costs(a, raw, two, bpp)
+        again = ~solid & (~possible | (base + bg_cost + two * fg_cost >= limit))
+        if np.array_equal(again, raw):
+            break
+        raw = again
+    mono = two & ~raw
+    return _Plan(raw, mono, (a.kind == _MANY) & ~raw, ~raw & (bg_cost > 0), mono & (fg_cost > 0))
 
-    def _bg_cost(self, i: int) -> int:
-        return 0 if self.carry.background == self.backgrounds[i] else self.bpp
 
-    def _fg_cost(self, i: int) -> int:
-        return 0 if self.carry.foreground == self.foregrounds[i] else self.bpp
+def _costs(
+    a: _Analysis, raw: np.ndarray, two: np.ndarray, bpp: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per tile, the bytes its background and foreground cost given the Raw choices.
 
-    def _pixel(self, table: bytes, i: int) -> bytes:
-        return table[i * self.bpp : (i + 1) * self.bpp]
-
-    def _head(self, i: int, flags: int) -> list[bytes]:
-        """Subencoding byte and background, sending the latter if needed."""
-        if self._bg_cost(i):
-            self.carry.background = self.backgrounds[i]
-            return [bytes([flags | BACKGROUND]), self._pixel(self.bg_bytes, i)]
-        return [bytes([flags])]
-
-    def _solid(self, i: int) -> None:
-        self.parts += self._head(i, 0)
-
-    def _mono(self, i: int) -> None:
-        count = self.counts[i]
-        send_fg = self._fg_cost(i) > 0
-        head = self._head(i, ANY_SUBRECTS | (FOREGROUND if send_fg else 0))
-        if send_fg:
-            head.append(self._pixel(self.fg_bytes, i))
-            self.carry.foreground = self.foregrounds[i]
-        start = self.offsets[i]
-        head.append(bytes([count]))
-        head.append(self.mono[2 * start : 2 * (start + count)])
-        self.parts += head
-
-    def _coloured(self, i: int) -> None:
-        count = self.counts[i]
-        head = self._head(i, ANY_SUBRECTS | COLOURED)
-        self.carry.foreground = None
-        size = self.bpp + 2
-        start = self.offsets[i]
-        head.append(bytes([count]))
-        head.append(self.coloured[size * start : size * (start + count)])
-        self.parts += head
-
-    def _raw(self, i: int) -> None:
-        a = self.analysis
-        tile = a.blocks[i, : a.heights[i], : a.widths[i]]
-        self.parts += [bytes([RAW]), tile.astype(self.codec.pf.wire_dtype).tobytes()]
-        self.carry = _Carry()
+    The background carries over any tile but a Raw one; the foreground
+    is the one of the last tile with foreground subrects, unless a Raw
+    tile or a tile with coloured subrects came after it.
+    """
+    n = raw.size
+    kept_before = np.zeros(n, dtype=bool)
+    kept_before[1:] = ~raw[:-1] & (a.background[1:] == a.background[:-1])
+    mono = two & ~raw
+    sets_fg = raw | ~(two | (a.kind == _SOLID))
+    last = np.maximum.accumulate(np.where(sets_fg | mono, np.arange(n), -1))
+    before = np.concatenate(([-1], last[:-1]))
+    source = np.maximum(before, 0)
+    fg_kept = (before >= 0) & mono[source] & (a.foreground[source] == a.foreground)
+    return np.where(kept_before, 0, bpp), np.where(fg_kept, 0, bpp)
 
 
 def _subrect_table(analysis: _Analysis, codec: PixelCodec) -> _SubrectTable:
@@ -275,19 +255,102 @@ def _subrect_table(analysis: _Analysis, codec: PixelCodec) -> _SubrectTable:
     coloured["colour"] = found.colour
     coloured["xy"] = mono[:, 0]
     coloured["wh"] = mono[:, 1]
-    return _SubrectTable(counts.tolist(), offsets.tolist(), mono.tobytes(), coloured.tobytes())
+    return _SubrectTable(counts, offsets, mono.tobytes(), coloured.tobytes())
+
+
+def _headers(
+    a: _Analysis, plan: _Plan, counts: np.ndarray, wire: np.dtype
+) -> tuple[bytes, np.ndarray]:
+    """Every tile's subencoding byte, colours and subrect count, and where each starts."""
+    bpp = wire.itemsize
+    subrects = plan.mono | plan.coloured
+    flags = (
+        np.where(plan.raw, RAW, 0)
+        | np.where(plan.send_bg, BACKGROUND, 0)
+        | np.where(plan.send_fg, FOREGROUND, 0)
+        | np.where(subrects, ANY_SUBRECTS, 0)
+        | np.where(plan.coloured, COLOURED, 0)
+    )
+    length = 1 + bpp * plan.send_bg + bpp * plan.send_fg + subrects
+    ends = np.cumsum(length)
+    starts = ends - length
+    out = np.empty(int(ends[-1]), dtype=np.uint8)
+    out[starts] = flags
+    span = np.arange(bpp)
+    pixels = a.background.astype(wire).view(np.uint8).reshape(-1, bpp)
+    out[(starts + 1)[plan.send_bg, None] + span] = pixels[plan.send_bg]
+    pixels = a.foreground.astype(wire).view(np.uint8).reshape(-1, bpp)
+    out[(starts + 1 + bpp * plan.send_bg)[plan.send_fg, None] + span] = pixels[plan.send_fg]
+    out[(ends - 1)[subrects]] = counts[subrects]
+    return out.tobytes(), np.append(starts, ends[-1])
+
+
+def _raw_pixels(a: _Analysis, tiles: np.ndarray, wire: np.dtype) -> bytes:
+    """The pixels of ``tiles``, tile after tile, row by row, in wire form."""
+    blocks = a.blocks[tiles]
+    heights, widths = a.heights[tiles], a.widths[tiles]
+    if (heights < TILE).any() or (widths < TILE).any():
+        index = np.arange(TILE)
+        inside = (index[:, None] < heights[:, None, None]) & (index < widths[:, None, None])
+        blocks = blocks[inside]
+    return blocks.astype(wire).tobytes()
+
+
+def _bodies(
+    a: _Analysis, plan: _Plan, table: _SubrectTable, wire: np.dtype
+) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Every tile's subrects or raw pixels in one buffer, and where each starts and ends."""
+    bpp = wire.itemsize
+    raw_lengths = a.heights * a.widths * bpp * plan.raw
+    raw_starts = np.cumsum(raw_lengths) - raw_lengths
+    raw_at = len(table.mono) + len(table.coloured)
+    starts = np.where(plan.raw, raw_at + raw_starts, 0)
+    starts = np.where(plan.mono, 2 * table.offsets, starts)
+    starts = np.where(plan.coloured, len(table.mono) + (bpp + 2) * table.offsets, starts)
+    lengths = raw_lengths + table.counts * (2 * plan.mono + (bpp + 2) * plan.coloured)
+    body = table.mono + table.coloured + _raw_pixels(a, np.flatnonzero(plan.raw), wire)
+    return body, starts, starts + lengths
+
+
+def _assemble(
+    head: bytes, head_at: np.ndarray, body: bytes, starts: np.ndarray, ends: np.ndarray
+) -> bytes:
+    """Interleave each tile's header with its body."""
+    pieces = np.empty((2, starts.size, 2), dtype=np.intp)
+    pieces[0, :, 0] = head_at[:-1]
+    pieces[0, :, 1] = head_at[1:]
+    pieces[1, :, 0] = starts + len(head)
+    pieces[1, :, 1] = ends + len(head)
+    pieces = pieces.swapaxes(0, 1).reshape(-1, 2)
+    pieces = pieces[pieces[:, 1] > pieces[:, 0]]
+    source = head + body
+    return b"".join([source[a:b] for a, b in pieces.tolist()])
 
 
 class HextileEncoder:
+    """Hextile payloads, or a placeholder when Hextile provably cannot beat Raw.
+
+    When the tiles' size bounds already add up to more than Raw, ``encode``
+    returns ``raw_is_smaller`` (a payload longer than Raw, which the
+    caller replaces by Raw) without finding any subrects.
+    """
+
     encoding = Encoding.HEXTILE
 
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
         words = codec.to_words(pixels)
         if words.size == 0:
             return b""
-        analysis = _analyse(words, codec.bytes_per_pixel)
+        bpp = codec.bytes_per_pixel
+        analysis = _analyse(words, bpp)
+        if int(analysis.floor.sum()) > words.size * bpp:
+            return raw_is_smaller(words.size * bpp)
         table = _subrect_table(analysis, codec)
-        return _TileWriter(analysis, codec, table).write_all()
+        plan = _plan(analysis, table.counts, bpp)
+        wire = codec.pf.wire_dtype
+        head, head_at = _headers(analysis, plan, table.counts, wire)
+        body, starts, ends = _bodies(analysis, plan, table, wire)
+        return _assemble(head, head_at, body, starts, ends)
 
     def configure(self, quality: int | None, compression: int | None) -> None:
         pass

@@ -148,8 +148,10 @@ def _analyse(words: np.ndarray, bpp: int) -> _Analysis:
     if many.size:
         corners = corner_mask(flat[many].reshape(-1, TILE, TILE)).reshape(many.size, -1)
         total = corners.sum(axis=1)
-        spare = _most_of_one_value_per_row(flat[many])
-        hopeful = _subrect_bytes(total - spare, bpp) < 1 + raw_size[many]
+        hopeful = _subrect_bytes(total, bpp) < 1 + raw_size[many]
+        busy = np.flatnonzero(~hopeful)
+        spare = _most_of_one_value_per_row(flat[many[busy]])
+        hopeful[busy] = _subrect_bytes(total[busy] - spare, bpp) < 1 + raw_size[many[busy]]
         tiles = many[hopeful]
         background[tiles] = _most_common_per_row(flat[tiles])
         own = corners[hopeful] & (flat[tiles] == background[tiles, None])

@@ -23,8 +23,9 @@ _SOLID_ORDER = (Encoding.TIGHT, Encoding.RRE, Encoding.HEXTILE, Encoding.ZRLE)
 # Encodings that make no sense for arbitrary rectangles.
 _NOT_PRIMARY = (Encoding.COPYRECT,)
 # Encoders without stream state: a payload of theirs may be thrown away (for
-# Raw, when Raw is smaller) without the peer's decoder noticing.  Zlib-based
-# encoders must never drop a payload: the peer's inflater would fall behind.
+# Raw, when Raw is smaller) without the peer's decoder noticing, and they say
+# early when Raw is smaller (``encode_unless_raw``).  Zlib-based encoders
+# must never drop a payload: the peer's inflater would fall behind.
 _STATELESS = (Encoding.RRE, Encoding.HEXTILE)
 # Encoders without size limits get large rectangles in bands of about this many pixels.
 BAND_PIXELS = 1 << 17
@@ -114,9 +115,13 @@ class RectEncoder:
         self, fb: np.ndarray, part: Rect, encoding: int, codec: PixelCodec
     ) -> tuple[RectHeader, bytes]:
         pixels = _view(fb, part)
-        payload = self.encoder(encoding).encode(pixels, codec)
-        if encoding in _STATELESS and len(payload) > pixels.size * codec.bytes_per_pixel:
-            encoding, payload = Encoding.RAW, codec.to_wire(pixels)
+        encoder = self.encoder(encoding)
+        if encoding in _STATELESS:
+            payload = encoder.encode_unless_raw(pixels, codec)  # type: ignore[attr-defined]
+            if payload is None or len(payload) > pixels.size * codec.bytes_per_pixel:
+                encoding, payload = Encoding.RAW, codec.to_wire(pixels)
+        else:
+            payload = encoder.encode(pixels, codec)
         return RectHeader(part.x, part.y, part.w, part.h, encoding), payload
 
     def _choose(self, pixels: np.ndarray) -> int:

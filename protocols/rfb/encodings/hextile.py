@@ -24,7 +24,7 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..pixelformat import PixelCodec
 from .base import DecodeGen, Rect, pixels_result, read_exact
-from .rre import corner_mask, find_subrects, paint_subrects, raw_is_smaller
+from .rre import corner_mask, find_subrects, paint_subrects
 
 TILE = 16
 RAW = 1
@@ -330,32 +330,44 @@ def _assemble(
 
 
 class HextileEncoder:
-    """Hextile payloads, or a placeholder when Hextile provably cannot beat Raw.
+    """Hextile payloads.
 
-    When the tiles' size bounds already add up to more than Raw, ``encode``
-    returns ``raw_is_smaller`` (a payload longer than Raw, which the
-    caller replaces by Raw) without finding any subrects.
+    ``encode_unless_raw`` answers None, without finding any subrects, when
+    the tiles' size bounds already add up to more than Raw.
     """
 
     encoding = Encoding.HEXTILE
 
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        """The Hextile payload, whatever its size."""
+        words = codec.to_words(pixels)
+        if words.size == 0:
+            return b""
+        return _encode(_analyse(words, codec.bytes_per_pixel), codec)
+
+    def encode_unless_raw(self, pixels: np.ndarray, codec: PixelCodec) -> bytes | None:
+        """The Hextile payload, or None when it is provably longer than Raw."""
         words = codec.to_words(pixels)
         if words.size == 0:
             return b""
         bpp = codec.bytes_per_pixel
         analysis = _analyse(words, bpp)
         if int(analysis.floor.sum()) > words.size * bpp:
-            return raw_is_smaller(words.size * bpp)
-        table = _subrect_table(analysis, codec)
-        plan = _plan(analysis, table.counts, bpp)
-        wire = codec.pf.wire_dtype
-        head, head_at = _headers(analysis, plan, table.counts, wire)
-        body, starts, ends = _bodies(analysis, plan, table, wire)
-        return _assemble(head, head_at, body, starts, ends)
+            return None
+        return _encode(analysis, codec)
 
     def configure(self, quality: int | None, compression: int | None) -> None:
         pass
+
+
+def _encode(analysis: _Analysis, codec: PixelCodec) -> bytes:
+    bpp = codec.bytes_per_pixel
+    table = _subrect_table(analysis, codec)
+    plan = _plan(analysis, table.counts, bpp)
+    wire = codec.pf.wire_dtype
+    head, head_at = _headers(analysis, plan, table.counts, wire)
+    body, starts, ends = _bodies(analysis, plan, table, wire)
+    return _assemble(head, head_at, body, starts, ends)
 
 
 # -- decoder ---------------------------------------------------------------

@@ -239,31 +239,31 @@ def rre_size(count: int, bpp: int) -> int:
     return _COUNT.size + bpp + count * (bpp + 8)
 
 
-def raw_is_smaller(raw_size: int) -> bytes:
-    """The payload that tells the caller to send Raw: longer than Raw, all zeros."""
-    return bytes(raw_size + 1)
-
-
 def _most_of_one_value(words: np.ndarray) -> int:
     """An upper bound on how often any single value occurs in ``words``."""
     return int(_low_bits_histogram(words.reshape(-1), 8).max())
 
 
 class RREEncoder:
-    """RRE payloads, or a placeholder when RRE provably cannot beat Raw.
+    """RRE payloads.
 
-    Non-background corner pixels (see :func:`corner_mask`) bound the
-    number of subrectangles from below.  When even that bound makes the
-    payload longer than Raw, ``encode`` returns :func:`raw_is_smaller`
-    at once instead of finding the subrectangles: a payload longer than
-    Raw, which the caller replaces by Raw (as ``RectEncoder`` does for
-    every stateless encoding).  Whenever RRE could win the payload is the
-    full RRE encoding.
+    ``encode_unless_raw`` first bounds the number of subrectangles from
+    below by the non-background corner pixels (see :func:`corner_mask`);
+    when even that bound makes the payload longer than Raw it answers None
+    at once, without finding the subrectangles.
     """
 
     encoding = Encoding.RRE
 
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+        """The RRE payload, whatever its size."""
+        words = codec.to_words(pixels)
+        if words.size == 0:
+            return _COUNT.pack(0) + _pixel_bytes(0, codec)
+        return _pack(words, most_common(words, 8 * codec.bytes_per_pixel), codec)
+
+    def encode_unless_raw(self, pixels: np.ndarray, codec: PixelCodec) -> bytes | None:
+        """The RRE payload, or None when it is provably longer than Raw."""
         words = codec.to_words(pixels)
         if words.size == 0:
             return _COUNT.pack(0) + _pixel_bytes(0, codec)
@@ -273,12 +273,12 @@ class RREEncoder:
         corners = int(np.count_nonzero(corner))
         many = rre_size(corners, bpp) > raw_size
         if many and rre_size(corners - _most_of_one_value(words), bpp) > raw_size:
-            return raw_is_smaller(raw_size)
+            return None
         background = most_common(words, 8 * bpp)
         if many:
             background_corners = int(np.count_nonzero(corner & (words == background)))
             if rre_size(corners - background_corners, bpp) > raw_size:
-                return raw_is_smaller(raw_size)
+                return None
         return _pack(words, background, codec)
 
     def configure(self, quality: int | None, compression: int | None) -> None:

@@ -6,6 +6,12 @@ into a source: a desktop's mirror (only for a ShowDesktop, which only the
 broker can make) or a screen thinserve draws (pairing code, login form,
 starting, unavailable, in use, kicked).  Later changes from the broker
 (pairings, logins elsewhere, kicks) are applied to the live sessions.
+
+A login typed at a terminal's form is checked in three steps: the broker
+prepares it on the reactor thread, a Verifier checks the secret with Argon2
+in a worker thread (the terminal's form says "Checking…" meanwhile), and the
+broker applies the verdict back on the reactor thread.  No terminal freezes
+while a secret is checked.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 
 from twisted.internet import reactor as default_reactor
 from twisted.internet import task
+from twisted.python.failure import Failure
 
 from .broker import (
     SYSTEM,
@@ -29,12 +36,13 @@ from .broker import (
     TerminalInfo,
     viewer_terminal_id,
 )
-from .broker.core import AlreadyConnectedError
+from .broker.core import AlreadyConnectedError, LoginCheck, LoginVerdict
 from .relay import screens
 from .relay.login import LoginScreen
 from .relay.session import TerminalSession
 from .relay.source import Source
 from .relay.upstream import DEFAULT_SIZE, Mirror
+from .verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +66,12 @@ class Hub:
         mirrors: dict[str, Mirror],
         reactor: object | None = None,
         on_desktop_wanted: Callable[[str], None] | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.broker = broker
         self.mirrors = mirrors
         self.reactor = reactor or default_reactor
+        self.verifier = verifier or Verifier(self.reactor)  # type: ignore[arg-type]
         self.terminals: dict[str, Terminal] = {}
         self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
         self._ticker = task.LoopingCall(self.tick)
@@ -76,6 +86,7 @@ class Hub:
         self.stopped = True
         if self._ticker.running:
             self._ticker.stop()
+        self.verifier.stop()
         for terminal in list(self.terminals.values()):
             proto = terminal.session.proto
             if proto is not None and proto.transport is not None:
@@ -158,13 +169,11 @@ class Hub:
     def _screen(self, terminal_id: str, screen: ShowScreen, session: TerminalSession) -> Source:
         width, height = self._screen_size(terminal_id, session)
         if screen.kind is ScreenKind.LOGIN:
-            form = LoginScreen(
-                width,
-                height,
-                lambda user, secret: self._login(terminal_id, user, secret),
-                screen.message,
-                terminal_id,
-            )
+
+            def submit(user: str, secret: str) -> None:
+                self._login(terminal_id, form, user, secret)
+
+            form = LoginScreen(width, height, submit, screen.message, terminal_id)
             session.control = True  # keys go to the form, never to a desktop
             return form
         if screen.kind is ScreenKind.KICKED:
@@ -179,11 +188,37 @@ class Hub:
             return terminal.info.screen_width, terminal.info.screen_height
         return DEFAULT_SIZE
 
-    def _login(self, terminal_id: str, user: str, secret: str) -> None:
+    # -- logins --------------------------------------------------------------------------
+    def _login(self, terminal_id: str, form: LoginScreen, user: str, secret: str) -> None:
+        """A login submitted at ``form``: prepared here, its secret checked in a thread."""
+        if self.stopped:
+            return
         try:
-            self.apply(self.broker.login(terminal_id, user, secret))
+            prepared = self.broker.prepare_login(terminal_id, user, secret)
         except BrokerError as exc:
             log.warning("login at terminal %s refused: %s", terminal_id, exc)
+            return
+        if not isinstance(prepared, LoginCheck):
+            self.apply(prepared)  # refused unchecked: the form says why
+            return
+        form.checking()
+        checked = self.verifier.run(prepared.run)
+        checked.addCallbacks(self._login_checked, self._login_lost, errbackArgs=(prepared,))
+        checked.addErrback(self._login_error, terminal_id)
+        checked.addBoth(lambda _: form.checked())
+
+    def _login_checked(self, verdict: LoginVerdict) -> None:
+        if not self.stopped:  # the store may be closed
+            self.apply(self.broker.apply_login(verdict))
+
+    def _login_lost(self, failure: Failure, check: LoginCheck) -> None:
+        if self.stopped:  # stopping cancels the checks still queued
+            return
+        log.error("checking a login at terminal %s failed: %s", check.terminal_id, failure.value)
+        self.apply(self.broker.abandon_login(check, f"the check failed: {failure.value}"))
+
+    def _login_error(self, failure: Failure, terminal_id: str) -> None:
+        log.error("login at terminal %s: %s", terminal_id, failure.getTraceback())
 
     def _close_later(self, session: TerminalSession) -> None:
         def close() -> None:

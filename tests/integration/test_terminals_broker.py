@@ -6,6 +6,7 @@ servers; a discovered terminal is published over mDNS by another process.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,19 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
+from protocols.rfb.client import ClientEvent, UpdateDone
 from tests.integration.relayparts import Terminal, sleep, start_thinserve, wait_for
 from tests.integration.test_discovery import Publisher
 from tests.integration.test_relay import _xterm_writing, desktop
 from tests.integration.test_rfb_interop import office_frame
 from tests.realparts import wait_until
+from thinserve import rfbclient
 from thinserve.broker import BrokerConfig, ScreenKind, ShowDesktop, ShowScreen
 from thinserve.relay import screens
+from thinserve.relay.login import CHECKING
+from thinserve.secrets import SecretHasher
+from thinserve.service import ThinServe
+from thinserve.store import User
 
 pytestmark = pytest.mark.integration
 
@@ -102,11 +109,10 @@ async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: 
         # A wrong PIN keeps the login screen and says so.
         c = await Terminal().connect(ts.port_numbers[0], "127.0.0.4")
         c.type_text("alice\twrong\n")
-        await sleep(0.5)
+        await wait_for(lambda: _notice(ts, "viewer-127.0.0.4") != "", 20, "the PIN's check")
         refused = ts.hub.broker.assignment("viewer-127.0.0.4")
-        assert (
-            isinstance(refused, ShowScreen) and refused.kind is ScreenKind.LOGIN and refused.message
-        )
+        assert isinstance(refused, ShowScreen) and refused.kind is ScreenKind.LOGIN
+        assert refused.message == "Wrong user name or password."
         for t in (a, b, c):
             t.close()
     finally:
@@ -133,5 +139,72 @@ async def test_tigervnc_viewer_in_listen_mode_is_dialled_and_shows_the_desktop(
         )
         assert np.array_equal(shown, frame)
         assert "viewer-127.0.0.1" in ts.hub.terminals
+    finally:
+        await ts.stopService()
+
+
+def _notice(ts: ThinServe, terminal_id: str) -> str:
+    """The message on a terminal's screen ("" while it shows a desktop)."""
+    shown = ts.hub.broker.assignment(terminal_id)  # type: ignore[union-attr]
+    return shown.message if isinstance(shown, ShowScreen) else ""
+
+
+# About a second per verification on a small server (the default costs a fifth of that).
+HEAVY = SecretHasher(time_cost=6, memory_cost=131072, parallelism=4)
+COUNTER = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.02; done"  # a desktop that keeps changing
+
+
+class TimedTerminal(Terminal):
+    """A terminal that notes when each update from thinserve was complete."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.update_times: list[float] = []
+
+    def _on_event(self, proto: rfbclient.RFBClientProtocol, event: ClientEvent) -> None:
+        if isinstance(event, UpdateDone):
+            self.update_times.append(time.time())
+        super()._on_event(proto, event)
+
+
+@pytest_twisted.ensureDeferred
+async def test_other_terminals_keep_their_updates_while_a_login_is_checked(xvnc) -> None:
+    own, busy = xvnc(size=(640, 480)), xvnc(size=(640, 480))
+    busy.run(["xterm", "-geometry", "80x30+0+0", "-e", "sh", "-c", COUNTER])
+    config = BrokerConfig(unknown_terminal="login", hot_desk=True, pairing_codes=False)
+    ts = await start_thinserve([desktop("d1", own), desktop("d2", busy)], broker=config)
+    try:
+        heavy = await threads.deferToThread(HEAVY.hash, "4711")
+        assert ts.store is not None
+        ts.store.add_user(User("alice", "d1", time.time()), heavy)
+        ts.hub.pair("viewer-127.0.0.3", "d2")
+        watcher = await TimedTerminal().connect(ts.port_numbers[0], "127.0.0.3")
+        await wait_for(lambda: len(watcher.update_times) > 20, 20, "the counter to run")
+        a = await Terminal().connect(ts.port_numbers[0], "127.0.0.2")
+        a.type_text("alice\t4711")
+        submitted = time.time()
+        a.type_text("\n")
+        height, width = a.framebuffer.shape
+        checking = screens.login_form("alice", 0, "secret", CHECKING, "viewer-127.0.0.2")
+        await a.wait_screen(screens.render(checking, width, height))
+        a.type_text("\n")  # a second submit while checking: ignored
+        await wait_for(
+            lambda: isinstance(ts.hub.broker.assignment("viewer-127.0.0.2"), ShowDesktop),
+            30,
+            "the login",
+        )
+        attempts = [e for e in ts.store.list_audit() if e.action.startswith("login")]
+        assert [(e.action, e.subject) for e in attempts] == [("login", "viewer-127.0.0.2")]
+        checked = attempts[0].time  # written on the reactor thread once the check was done
+        during = [t for t in watcher.update_times if submitted <= t <= checked]
+        gaps = np.diff([submitted, *during, checked])
+        assert checked - submitted > 0.5, "the check was not slow enough to tell"
+        assert len(during) >= 5
+        assert gaps.max() < (checked - submitted) / 2
+        rehashed = ts.store.user_secret_hash("alice")
+        assert rehashed != heavy and not SecretHasher().needs_rehash(rehashed or "")
+        assert SecretHasher().verify(rehashed, "4711")
+        for t in (a, watcher):
+            t.close()
     finally:
         await ts.stopService()

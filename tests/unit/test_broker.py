@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import CancelledError
 from pathlib import Path
 
+import numpy as np
 import pytest
+import pytest_twisted
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -18,6 +23,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from twisted.internet import reactor, task
 
 from thinserve.broker import (
     ALPHABET,
@@ -43,9 +49,13 @@ from thinserve.broker import (
     viewer_terminal_id,
 )
 from thinserve.broker.codes import new_code
+from thinserve.broker.core import LoginCheck, LoginVerdict
 from thinserve.broker.ratelimit import FailureLimiter
+from thinserve.relay import screens
+from thinserve.relay.login import CHECKING, KEY_ESCAPE, KEY_RETURN, KEY_TAB, LoginScreen
 from thinserve.secrets import SecretHasher
 from thinserve.store import Pairing, SqliteStore, User
+from thinserve.verifier import Verifier
 
 CHEAP = SecretHasher(time_cost=1, memory_cost=8, parallelism=1)
 OWN_DESKTOPS = ("d1", "d2", "d3")
@@ -560,6 +570,280 @@ def test_deleting_a_logged_in_user_sends_their_terminal_back() -> None:
     assert site.store.get_user("alice") is None
 
 
+# Logins in three steps: prepare on the broker's thread, run anywhere, apply.
+
+
+def _attempts(site: Site, terminal_id: str | None = None) -> list[tuple[str, str]]:
+    """(action, detail) of every login attempt audited, at one terminal or all."""
+    return [
+        (e.action, e.detail)
+        for e in site.store.list_audit()
+        if e.action.startswith("login") and terminal_id in (None, e.subject)
+    ]
+
+
+def _run_elsewhere(check: LoginCheck) -> LoginVerdict:
+    """Run a check in a thread of its own, as the relay's verifier does."""
+    verdicts: list[LoginVerdict] = []
+    worker = threading.Thread(target=lambda: verdicts.append(check.run()))
+    worker.start()
+    worker.join()
+    return verdicts[0]
+
+
+def test_a_login_in_steps_logs_in_once_the_verdict_is_applied() -> None:
+    site = _hot_desk_site()
+    site.connect("A")
+    check = site.broker.prepare_login("A", "alice", "1234")
+    assert isinstance(check, LoginCheck)
+    assert site.broker.snapshot().checking == {"A": "alice"}
+    assert _kind(site.broker.assignment("A")) is ScreenKind.LOGIN  # nothing shown changes yet
+    assert _attempts(site) == []  # audited when the verdict is known
+    verdict = _run_elsewhere(check)
+    assert verdict.ok and verdict.rehashed is None
+    site.apply(site.broker.apply_login(verdict))
+    assert _is_desktop(site.screens["A"], "d1")
+    assert site.broker.snapshot().checking == {}
+    assert _attempts(site) == [("login", "")]
+    with pytest.raises(BrokerError, match="not in flight"):
+        site.broker.apply_login(verdict)  # a verdict applies once
+    assert _attempts(site) == [("login", "")]
+
+
+def test_unknown_users_are_checked_against_a_dummy_hash_like_known_ones() -> None:
+    site = _hot_desk_site()
+    site.connect("A")
+    known = site.broker.prepare_login("A", "alice", "0000")
+    assert isinstance(known, LoginCheck) and known.stored is not None
+    site.apply(site.broker.apply_login(known.run()))
+    unknown = site.broker.prepare_login("A", "nobody", "0000")
+    invalid = LoginCheck("A", "bad name!", 0, None, "0000", CHEAP)
+    assert isinstance(unknown, LoginCheck) and unknown.stored is None
+    assert not unknown.run().ok and not invalid.run().ok
+    site.apply(site.broker.apply_login(unknown.run()))
+    assert _attempts(site) == [("login-failed", "wrong secret")] * 2
+    # The same Argon2 work either way: compare CPU time over a few runs each.
+    hasher = SecretHasher(time_cost=3, memory_cost=16384, parallelism=1)
+    real = LoginCheck("A", "alice", 0, hasher.hash("1234"), "0000", hasher)
+    ghost = LoginCheck("A", "nobody", 0, None, "0000", hasher)
+    ghost.run()  # the dummy hash is made on first use
+    ratio = _cpu_time(ghost.run) / _cpu_time(real.run)
+    assert 0.5 < ratio < 2.0
+
+
+def _cpu_time(work: Callable[[], object], runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.thread_time()
+        work()
+        times.append(time.thread_time() - start)
+    return sorted(times)[runs // 2]
+
+
+STALE_EVENTS: dict[str, Callable[[Site], object]] = {
+    "reconnected": lambda site: (site.disconnect("A"), site.connect("A")),
+    "kicked": lambda site: site.apply(site.broker.kick("A", "admin")),
+    "shadowed": lambda site: site.apply(site.broker.shadow("A", "d3", "admin")),
+    "paired": lambda site: site.apply(site.broker.pair("A", "d3", "admin")),
+    "unpaired": lambda site: site.apply(site.broker.unpair("A", "admin")),
+    "paired away": lambda site: site.apply(site.broker.pair("B", "d3", "admin")),
+    "secret changed": lambda site: site.broker.set_user_secret("alice", "1234", "admin"),
+    "user deleted": lambda site: site.apply(site.broker.delete_user("alice", "admin")),
+}
+
+
+@pytest.mark.parametrize("event", sorted(STALE_EVENTS))
+def test_a_late_verdict_never_logs_in_a_terminal_that_stopped_waiting(event: str) -> None:
+    site = _hot_desk_site()
+    site.connect("A")
+    site.connect("B")
+    site.broker.pair("A", "d3", "admin")  # so that unpairing has something to undo
+    check = site.broker.prepare_login("A", "alice", "1234")
+    assert isinstance(check, LoginCheck)
+    STALE_EVENTS[event](site)
+    shown = dict(site.screens)
+    site.apply(site.broker.apply_login(_run_elsewhere(check)))
+    assert site.broker.snapshot().logins == {}
+    assert site.screens == shown
+    assert all(not _is_desktop(a, "d1") for a in site.screens.values())
+    cancelled = _attempts(site, "A")
+    assert [action for action, _ in cancelled] == ["login-cancelled"]
+    # The next attempt at A is checked and applied as usual.
+    if site.broker.is_connected("A") and site.store.get_user("alice") is not None:
+        site.apply(site.broker.login("A", "alice", "1234"))
+        assert _is_desktop(site.screens["A"], "d1")
+
+
+def test_a_wrong_secret_counts_once_even_when_the_terminal_stopped_waiting() -> None:
+    config = BrokerConfig(
+        unknown_terminal="login",
+        hot_desk=True,
+        pairing_codes=False,
+        login_failures_per_terminal=RateLimit(2, 60.0),
+    )
+    site = _hot_desk_site(config)
+    site.connect("A")
+    first = site.broker.prepare_login("A", "alice", "0000")
+    assert isinstance(first, LoginCheck)
+    site.disconnect("A")  # leaving does not take the guess back
+    site.apply(site.broker.apply_login(first.run()))
+    site.connect("A")
+    assert _kind(site.screens["A"]) is ScreenKind.LOGIN and site.screens["A"].message == ""
+    second = site.broker.prepare_login("A", "bob", "0000")
+    assert isinstance(second, LoginCheck)
+    verdict = second.run()
+    site.apply(site.broker.apply_login(verdict))
+    with pytest.raises(BrokerError):
+        site.broker.apply_login(verdict)  # applied twice: refused, not counted again
+    assert site.screens["A"].message == "Wrong user name or password."
+    refused = site.broker.prepare_login("A", "alice", "1234")
+    assert isinstance(refused, list)  # two failures: locked, the secret not even checked
+    site.apply(refused)
+    assert "60 seconds" in site.screens["A"].message
+    assert _attempts(site, "A") == [
+        ("login-failed", "wrong secret"),
+        ("login-failed", "wrong secret"),
+        ("login-refused", "rate limited for 60 s"),
+    ]
+
+
+def test_one_check_at_a_time_per_terminal_and_per_user() -> None:
+    site = _hot_desk_site()
+    for terminal in ("A", "B", "C"):
+        site.connect(terminal)
+    check = site.broker.prepare_login("A", "alice", "1234")
+    assert isinstance(check, LoginCheck)
+    for _ in range(3):  # the same terminal submits again, any user
+        site.apply(site.broker.prepare_login("A", "bob", "4321"))  # type: ignore[arg-type]
+    site.apply(site.broker.prepare_login("B", "alice", "0000"))  # type: ignore[arg-type]
+    assert "being checked" in site.screens["B"].message
+    assert site.broker.snapshot().checking == {"A": "alice"}
+    other = site.broker.prepare_login("C", "bob", "4321")  # another user elsewhere: checked
+    assert isinstance(other, LoginCheck)
+    assert _attempts(site) == [
+        ("login-refused", "another login is being checked"),  # A: once per check waited on
+        ("login-refused", "another login is being checked"),  # B
+    ]
+    site.apply(site.broker.apply_login(check.run()))
+    site.apply(site.broker.apply_login(other.run()))
+    assert _is_desktop(site.screens["A"], "d1") and _is_desktop(site.screens["C"], "d2")
+    site.apply(site.broker.login("B", "alice", "1234"))  # nothing in flight: checked again
+    assert _is_desktop(site.screens["B"], "d1")
+
+
+def test_a_check_that_never_finished_is_forgotten_without_counting() -> None:
+    config = BrokerConfig(
+        unknown_terminal="login",
+        hot_desk=True,
+        pairing_codes=False,
+        login_failures_per_terminal=RateLimit(1, 60.0),
+    )
+    site = _hot_desk_site(config)
+    site.connect("A")
+    check = site.broker.prepare_login("A", "alice", "1234")
+    assert isinstance(check, LoginCheck)
+    site.apply(site.broker.abandon_login(check, "the worker died"))
+    assert "could not be checked" in site.screens["A"].message
+    assert _attempts(site) == [("login-cancelled", "the worker died")]
+    with pytest.raises(BrokerError):
+        site.broker.apply_login(check.run())
+    site.apply(site.broker.login("A", "alice", "1234"))  # not locked out by it
+    assert _is_desktop(site.screens["A"], "d1")
+
+
+def test_a_rehash_from_the_check_is_stored_only_when_the_login_applies() -> None:
+    site = Site(LOGIN)
+    old = SecretHasher(time_cost=2, memory_cost=8, parallelism=1).hash("pw")
+    site.store.add_user(User("frank", "d3", 0.0), old)
+    site.connect("A")
+    check = site.broker.prepare_login("A", "frank", "pw")
+    assert isinstance(check, LoginCheck)
+    verdict = check.run()
+    assert verdict.ok and verdict.rehashed is not None
+    site.apply(site.broker.shadow("A", "d1", "admin"))
+    site.apply(site.broker.apply_login(verdict))
+    assert site.store.user_secret_hash("frank") == old  # a stale verdict writes nothing
+    site.apply(site.broker.unshadow("A", "admin"))
+    site.apply(site.broker.login("A", "frank", "pw"))
+    assert site.store.user_secret_hash("frank") not in (None, old)
+
+
+# The login form and the verifier's threads.
+
+
+def test_the_login_form_says_checking_and_takes_no_keys_meanwhile() -> None:
+    submitted: list[tuple[str, str]] = []
+    form = LoginScreen(320, 240, lambda user, secret: submitted.append((user, secret)))
+    for keysym in [*map(ord, "ann"), KEY_TAB, *map(ord, "12"), KEY_RETURN]:
+        form.key(True, keysym, None)
+    assert submitted == [("ann", "12")]
+    form.checking()
+    checking = screens.login_form("ann", 0, "secret", CHECKING)
+    assert np.array_equal(form.framebuffer, screens.render(checking, 320, 240))
+    for keysym in [ord("9"), KEY_RETURN, KEY_ESCAPE]:
+        form.key(True, keysym, None)
+    assert submitted == [("ann", "12")]
+    form.checked()
+    assert np.array_equal(
+        form.framebuffer, screens.render(screens.login_form("ann", 0, "secret"), 320, 240)
+    )
+    form.key(True, KEY_RETURN, None)
+    assert submitted == [("ann", "12"), ("ann", "")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_verifier_runs_two_at_a_time_and_answers_on_the_reactor_thread() -> None:
+    verifier = Verifier(reactor, workers=2)
+    gate = threading.Event()
+    lock = threading.Lock()
+    running, most = [0], [0]
+    worked_in: set[int] = set()
+    answered_in: set[int] = set()
+
+    def work(n: int) -> int:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            worked_in.add(threading.get_ident())
+        gate.wait(10)
+        with lock:
+            running[0] -= 1
+        return n
+
+    def answered(n: int) -> int:
+        answered_in.add(threading.get_ident())
+        return n
+
+    done = [verifier.run(lambda n=n: work(n)).addCallback(answered) for n in range(6)]
+    await _until(lambda: running[0] == 2)
+    gate.set()
+    assert [await d for d in done] == list(range(6))
+    verifier.stop()
+    assert most[0] == 2  # the other four waited their turn
+    assert len(worked_in) == 2 and threading.get_ident() not in worked_in
+    assert answered_in == {threading.get_ident()}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopped_verifier_cancels_the_work_still_queued() -> None:
+    verifier = Verifier(reactor, workers=1)
+    gate = threading.Event()
+    first = verifier.run(lambda: gate.wait(10))
+    queued = verifier.run(lambda: "never")
+    verifier.stop()
+    gate.set()
+    assert await first is True
+    with pytest.raises(CancelledError):
+        await queued
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await task.deferLater(reactor, 0.01, lambda: None)
+
+
 # Combinations.
 
 
@@ -753,6 +1037,8 @@ class BrokerMachine(RuleBasedStateMachine):
         self.screens: dict[str, Assignment] = {}
         self.logins: dict[str, str] = {}
         self.watching: dict[str, str] = {}
+        self.checks: dict[int, tuple[LoginCheck, bool]] = {}  # in flight: check, right secret
+        self.waiting: dict[str, int] = {}  # terminal -> the check it waits for
 
     def teardown(self) -> None:
         if hasattr(self, "store"):
@@ -773,6 +1059,25 @@ class BrokerMachine(RuleBasedStateMachine):
     def _forget(self, terminal_id: str) -> None:
         self.logins.pop(terminal_id, None)
         self.watching.pop(terminal_id, None)
+        self.waiting.pop(terminal_id, None)
+
+    def _new_actions(self, written: int) -> list[str]:
+        actions = [e.action for e in self.store.list_audit(after_id=0, limit=100_000)[written:]]
+        for action in actions:
+            event(f"login: {action}")
+        return actions
+
+    def _logged_in(self, terminal: str, user: str) -> None:
+        self.logins = {t: u for t, u in self.logins.items() if u != user}
+        self.logins[terminal] = user
+        self.watching.pop(terminal, None)
+
+    def _refusal_said(self, terminal: str) -> None:
+        """A right secret refused unchecked: the login screen says why."""
+        shown = self.screens[terminal]
+        fallback = isinstance(shown, ShowScreen) and shown.kind in FALLBACK_SCREENS
+        if fallback and terminal not in self.logins:
+            assert "Too many" in shown.message or "being checked" in shown.message  # type: ignore[union-attr]
 
     def _owned(self, desktop: str) -> bool:
         return self.config.pool_of(desktop) is not None or desktop in self.user_desktops.values()
@@ -812,23 +1117,59 @@ class BrokerMachine(RuleBasedStateMachine):
         secret = SECRETS[user] if right else "bad"
         written = len(self.store.list_audit(limit=100_000))
         self._apply(self.broker.login(terminal, user, secret))
-        actions = [e.action for e in self.store.list_audit(after_id=0, limit=100_000)[written:]]
-        for action in actions:
-            event(f"login: {action}")
+        actions = self._new_actions(written)
         if "login" not in actions:
-            # refused while rate-limited (audited once per lockout) or a wrong secret
+            # refused (rate-limited, or another check in flight; audited once) or a wrong secret
             assert set(actions) <= {"login-failed", "login-refused"}
             if right:
                 assert "login-failed" not in actions
-                shown = self.screens[terminal]
-                fallback = isinstance(shown, ShowScreen) and shown.kind in FALLBACK_SCREENS
-                if fallback and terminal not in self.logins:
-                    assert "Too many" in shown.message  # type: ignore[union-attr]
+                self._refusal_said(terminal)
             return
         assert right and actions[-1] == "login"
-        self.logins = {t: u for t, u in self.logins.items() if u != user}
-        self.logins[terminal] = user
-        self.watching.pop(terminal, None)
+        self._logged_in(terminal, user)
+
+    @rule(
+        terminal=st.sampled_from(TERMINALS),
+        user=st.sampled_from(sorted(USERS)),
+        right=st.sampled_from([True] * 3 + [False]),
+    )
+    def start_login(self, terminal: str, user: str, right: bool) -> None:
+        """A login whose secret is checked later, with other events in between."""
+        if terminal not in self.screens:
+            self.connect(terminal)
+        secret = SECRETS[user] if right else "bad"
+        written = len(self.store.list_audit(limit=100_000))
+        prepared = self.broker.prepare_login(terminal, user, secret)
+        actions = self._new_actions(written)
+        if isinstance(prepared, LoginCheck):
+            assert actions == []
+            self.checks[prepared.ticket] = (prepared, right)
+            self.waiting[terminal] = prepared.ticket
+            return
+        self._apply(prepared)
+        assert set(actions) <= {"login-refused"}
+        if right:
+            self._refusal_said(terminal)
+
+    @precondition(lambda self: self.checks)
+    @rule(data=st.data())
+    def finish_login(self, data: st.DataObject) -> None:
+        """A check in flight comes back; it logs in only where it is still awaited."""
+        ticket = data.draw(st.sampled_from(sorted(self.checks)), label="check")
+        check, right = self.checks.pop(ticket)
+        awaited = self.waiting.get(check.terminal_id) == ticket
+        if awaited:
+            del self.waiting[check.terminal_id]
+        written = len(self.store.list_audit(limit=100_000))
+        self._apply(self.broker.apply_login(check.run()))
+        actions = self._new_actions(written)
+        if not right:
+            assert actions == ["login-failed"]
+        elif not awaited:
+            assert actions == ["login-cancelled"]
+        else:
+            assert actions[-1] == "login" and set(actions) <= {"login", "takeover", "logout"}
+            self._logged_in(check.terminal_id, check.user)
 
     @rule(
         user=st.sampled_from(sorted(USERS)),
@@ -855,6 +1196,13 @@ class BrokerMachine(RuleBasedStateMachine):
             return
         self._apply(self.broker.pair(terminal, desktop, "admin"))
         event("paired")
+        self._paired(terminal, desktop)
+
+    def _paired(self, terminal: str, desktop: str) -> None:
+        """Pairing changes what a terminal shows: a login checked there will not apply."""
+        for moved in [t for t, d in self.pairings.items() if d == desktop]:
+            self.waiting.pop(moved, None)
+        self.waiting.pop(terminal, None)
         self.pairings = {t: d for t, d in self.pairings.items() if d != desktop}
         self.pairings[terminal] = desktop
 
@@ -881,13 +1229,13 @@ class BrokerMachine(RuleBasedStateMachine):
             return
         assert right
         event("pair code: paired")
-        self.pairings = {t: d for t, d in self.pairings.items() if d != desktop}
-        self.pairings[terminal] = desktop
+        self._paired(terminal, desktop)
 
     @rule(terminal=st.sampled_from(TERMINALS))
     def unpair(self, terminal: str) -> None:
         self._apply(self.broker.unpair(terminal, "admin"))
-        self.pairings.pop(terminal, None)
+        if self.pairings.pop(terminal, None) is not None:
+            self.waiting.pop(terminal, None)
 
     @rule(terminal=st.sampled_from(TERMINALS))
     def kick(self, terminal: str) -> None:
@@ -907,6 +1255,7 @@ class BrokerMachine(RuleBasedStateMachine):
             self.connect(terminal)
         self._apply(self.broker.shadow(terminal, desktop, "admin"))
         self.logins.pop(terminal, None)
+        self.waiting.pop(terminal, None)
         self.watching[terminal] = desktop
 
     @rule(terminal=st.sampled_from(TERMINALS))
@@ -966,6 +1315,12 @@ class BrokerMachine(RuleBasedStateMachine):
         assert set(self.broker.snapshot().connected) == set(self.screens)
         for terminal, shown in self.screens.items():
             assert self.broker.assignment(terminal) == shown
+
+    @invariant()
+    def checks_in_flight_match(self) -> None:
+        if hasattr(self, "broker"):
+            in_flight = {c.terminal_id: c.user for c, _ in self.checks.values()}
+            assert self.broker.snapshot().checking == in_flight
 
     @invariant()
     def note_screens(self) -> None:

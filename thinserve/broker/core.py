@@ -20,6 +20,7 @@ should the store ever say otherwise.  See docs/broker.md.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import logging
 import math
 import re
@@ -80,11 +81,49 @@ class TerminalInfo:
     screen_height: int = 0
 
 
+@dataclass(frozen=True)
+class LoginCheck:
+    """The slow part of one login attempt: checking the secret with Argon2id.
+
+    ``run`` uses only the hasher, never the broker or the store, so it may run
+    in any thread; its verdict goes back to ``Broker.apply_login`` on the
+    broker's thread.
+    """
+
+    terminal_id: str
+    user: str
+    ticket: int  # tells this attempt from every other one of the broker
+    stored: str | None = field(repr=False)  # None: no such user (a dummy hash is checked)
+    secret: str = field(repr=False)
+    hasher: SecretHasher = field(repr=False, compare=False)
+
+    def run(self) -> LoginVerdict:
+        """Verify the secret, and rehash it if the stored hash is out of date."""
+        if not self.hasher.verify(self.stored, self.secret):
+            return LoginVerdict(self, ok=False)
+        rehashed = None
+        if self.stored is not None and self.hasher.needs_rehash(self.stored):
+            rehashed = self.hasher.hash(self.secret)
+        return LoginVerdict(self, ok=True, rehashed=rehashed)
+
+
+@dataclass(frozen=True)
+class LoginVerdict:
+    """What running a LoginCheck found: whether the secret matched, and a new
+    hash to store when the old one was made with other parameters."""
+
+    check: LoginCheck
+    ok: bool
+    rehashed: str | None = field(default=None, repr=False)
+
+
 @dataclass
 class _Connection:
     handle: Hashable | None
     notice: str = ""  # a line for the fallback screen, e.g. why a login failed
     refusal_noted_until: float = 0.0  # rate-limited logins are audited once until then
+    waiting: int | None = None  # the ticket of the login check this connection waits for
+    busy_noted: int | None = None  # the check in flight a refusal here was audited for
 
 
 @dataclass(frozen=True)
@@ -97,6 +136,7 @@ class BrokerState:
     watchers: dict[str, str]  # terminal -> desktop watched
     desktops: dict[str, DesktopState]
     shown: dict[str, Assignment] = field(default_factory=dict)
+    checking: dict[str, str] = field(default_factory=dict)  # terminal -> user being checked
 
 
 class Broker:
@@ -126,6 +166,8 @@ class Broker:
         self._sessions: dict[str, int] = {}  # terminal -> open session record
         self._code_expiry: dict[str, float] = {}
         self._pending: list[Change] = []
+        self._checks: dict[int, LoginCheck] = {}  # login checks in flight, by ticket
+        self._tickets = itertools.count(1)
         self._login_by_terminal = FailureLimiter(self.config.login_failures_per_terminal)
         self._login_by_user = FailureLimiter(self.config.login_failures_per_user)
         self._codes_by_actor = FailureLimiter(self.config.code_failures_per_actor)
@@ -250,34 +292,83 @@ class Broker:
             watchers=dict(self._watch),
             desktops=dict(self._states),
             shown=dict(self._shown),
+            checking={c.terminal_id: c.user for c in self._checks.values()},
         )
 
     # Hot-desking.
 
     def login(self, terminal_id: str, user: str, secret: str) -> list[Change]:
-        """A user logs in at a terminal.
+        """A user logs in at a terminal; the secret is checked in this thread.
 
         Success: the user's desktop moves to this terminal; the terminal
         that had it falls back to its login (or pairing) screen.  Failure:
         the login screen says why.  Failures are rate-limited per terminal
         and per user name, and every attempt is audited.
+
+        The relay does the same in three steps, so that the slow Argon2
+        check runs in a worker thread: ``prepare_login``, ``LoginCheck.run``
+        there, then ``apply_login``.
+        """
+        prepared = self.prepare_login(terminal_id, user, secret)
+        if isinstance(prepared, LoginCheck):
+            return self.apply_login(prepared.run())
+        return prepared
+
+    def prepare_login(self, terminal_id: str, user: str, secret: str) -> LoginCheck | list[Change]:
+        """The first step of a login: check the limits, fetch the stored hash.
+
+        Returns the check to run, which the terminal now waits for; or the
+        changes to apply when the attempt is refused unchecked: rate-limited,
+        or a login at this terminal or for this user name is still being
+        checked (one check per terminal and per user at a time keeps the
+        limits exact).
         """
         conn = self._connected(terminal_id)
         if not self.config.hot_desk:
             raise BrokerError("hot-desking is off")
         now = self._clock()
-        actor = f"user:{_printable(user, 64)}"
-        wait = self._login_wait(terminal_id, user, now)
-        if wait > 0:
-            if now >= conn.refusal_noted_until:  # one audit line per lockout, not per try
-                self._audit(actor, "login-refused", terminal_id, f"rate limited for {wait} s")
-                conn.refusal_noted_until = now + wait
-            conn.notice = f"Too many failed attempts. Try again in {wait} seconds."
+        if self._rate_limited(conn, terminal_id, user, now) or self._busy(conn, terminal_id, user):
             return self._settle()
-        if not self._check_secret(user, secret):
-            self._login_failed(conn, terminal_id, user, now)
+        stored = self.store.user_secret_hash(user) if _USER_NAME.fullmatch(user) else None
+        check = LoginCheck(terminal_id, user, next(self._tickets), stored, secret, self._hasher)
+        self._checks[check.ticket] = check
+        conn.waiting = check.ticket
+        return check
+
+    def apply_login(self, verdict: LoginVerdict) -> list[Change]:
+        """The last step of a login: act on a check's verdict, once.
+
+        A wrong secret counts against the limits and is audited, even when
+        the terminal no longer waits.  A right one logs the user in only if
+        the terminal still waits for this very check (the same connection,
+        not kicked, shadowed, paired or unpaired meanwhile) and the user's
+        stored hash is the one checked; otherwise the attempt is audited as
+        ``login-cancelled`` and nothing else happens.
+        """
+        check = self._finish(verdict.check)
+        conn = self._waiter(check)
+        if not verdict.ok:
+            self._login_failed(conn, check.terminal_id, check.user, self._clock())
             return self._settle()
-        return self._login_ok(conn, terminal_id, user)
+        stale = self._stale(check, conn)
+        if stale or conn is None:
+            self._audit(f"user:{check.user}", "login-cancelled", check.terminal_id, stale)
+            if conn is not None:
+                conn.notice = "The login did not complete. Please try again."
+            return self._settle()
+        if verdict.rehashed is not None:
+            self.store.set_user_secret_hash(check.user, verdict.rehashed)
+        return self._login_ok(conn, check.terminal_id, check.user)
+
+    def abandon_login(self, check: LoginCheck, why: str) -> list[Change]:
+        """Forget a check that gave no verdict (its thread failed).  Not a failure."""
+        self._finish(check)
+        conn = self._waiter(check)
+        if conn is not None:
+            conn.notice = "The login could not be checked. Please try again."
+        actor = f"user:{_printable(check.user, 64)}"
+        self._audit(actor, "login-cancelled", check.terminal_id, _printable(why, 200))
+        return self._settle()
 
     def logout(self, terminal_id: str) -> list[Change]:
         """The user at ``terminal_id`` logs out; the terminal falls back."""
@@ -288,6 +379,17 @@ class Broker:
         self._conns[terminal_id].notice = ""
         return self._settle()
 
+    def _rate_limited(self, conn: _Connection, terminal_id: str, user: str, now: float) -> bool:
+        wait = self._login_wait(terminal_id, user, now)
+        if wait <= 0:
+            return False
+        if now >= conn.refusal_noted_until:  # one audit line per lockout, not per try
+            actor = f"user:{_printable(user, 64)}"
+            self._audit(actor, "login-refused", terminal_id, f"rate limited for {wait} s")
+            conn.refusal_noted_until = now + wait
+        conn.notice = f"Too many failed attempts. Try again in {wait} seconds."
+        return True
+
     def _login_wait(self, terminal_id: str, user: str, now: float) -> int:
         wait = max(
             self._login_by_terminal.retry_after(terminal_id, now),
@@ -295,19 +397,65 @@ class Broker:
         )
         return math.ceil(wait)
 
-    def _check_secret(self, user: str, secret: str) -> bool:
-        stored = self.store.user_secret_hash(user) if _USER_NAME.fullmatch(user) else None
-        if not self._hasher.verify(stored, secret):
+    def _busy(self, conn: _Connection, terminal_id: str, user: str) -> bool:
+        """Whether a check for this terminal or user name is in flight; audited
+        once per connection and check."""
+        ticket = self._in_flight(terminal_id, user)
+        if ticket is None:
             return False
-        if stored is not None and self._hasher.needs_rehash(stored):
-            self.store.set_user_secret_hash(user, self._hasher.hash(secret))
+        if conn.busy_noted != ticket:
+            actor = f"user:{_printable(user, 64)}"
+            self._audit(actor, "login-refused", terminal_id, "another login is being checked")
+            conn.busy_noted = ticket
+        conn.notice = "Another login is being checked. Try again in a moment."
         return True
 
-    def _login_failed(self, conn: _Connection, terminal_id: str, user: str, now: float) -> None:
+    def _in_flight(self, terminal_id: str, user: str) -> int | None:
+        """The ticket of a check in flight for this terminal or user name, if any."""
+        key = _user_key(user)
+        for ticket, check in self._checks.items():
+            if check.terminal_id == terminal_id or _user_key(check.user) == key:
+                return ticket
+        return None
+
+    def _finish(self, check: LoginCheck) -> LoginCheck:
+        """Take ``check`` out of the checks in flight (BrokerError if it is not in)."""
+        if self._checks.get(check.ticket) is not check:
+            raise BrokerError("that login check is not in flight; was it applied already?")
+        del self._checks[check.ticket]
+        return check
+
+    def _waiter(self, check: LoginCheck) -> _Connection | None:
+        """The connection waiting for ``check``, which stops waiting; None if none is."""
+        conn = self._conns.get(check.terminal_id)
+        if conn is None or conn.waiting != check.ticket:
+            return None
+        conn.waiting = None
+        return conn
+
+    def _stale(self, check: LoginCheck, conn: _Connection | None) -> str:
+        """Why a right secret must not log in after all; empty if it may."""
+        if conn is None:
+            return "the terminal stopped waiting for this login"
+        if self.store.user_secret_hash(check.user) != check.stored:
+            return "the user's secret changed while it was checked"
+        return ""
+
+    def _stop_waiting(self, terminal_id: str) -> None:
+        """An administrator changed what ``terminal_id`` shows: a login being
+        checked there will not apply."""
+        conn = self._conns.get(terminal_id)
+        if conn is not None:
+            conn.waiting = None
+
+    def _login_failed(
+        self, conn: _Connection | None, terminal_id: str, user: str, now: float
+    ) -> None:
         self._login_by_terminal.failed(terminal_id, now)
         self._login_by_user.failed(_user_key(user), now)
         self._audit(f"user:{_printable(user, 64)}", "login-failed", terminal_id, "wrong secret")
-        conn.notice = "Wrong user name or password."
+        if conn is not None:
+            conn.notice = "Wrong user name or password."
 
     def _login_ok(self, conn: _Connection, terminal_id: str, user: str) -> list[Change]:
         actor = f"user:{user}"
@@ -446,6 +594,7 @@ class Broker:
             if old is None:
                 return self._take([])
             self._audit(actor, "unpair", terminal_id, f"desktop {old.desktop}")
+        self._stop_waiting(terminal_id)
         return self._settle()
 
     def _pair(self, terminal_id: str, desktop: str, actor: str, how: str) -> None:
@@ -453,6 +602,8 @@ class Broker:
         moved = self.store.pairing_for_desktop(desktop)
         if moved is not None and moved.terminal_id != terminal_id:
             self._audit(actor, "unpair", moved.terminal_id, f"desktop {desktop} moved")
+            self._stop_waiting(moved.terminal_id)
+        self._stop_waiting(terminal_id)
         self.store.pair(Pairing(terminal_id, desktop, self._clock(), actor))
         code = self.store.pairing_code_for(terminal_id)
         if code is not None:
@@ -525,6 +676,7 @@ class Broker:
         user = self._logins.pop(terminal_id, None)
         if user is not None:
             self._audit(actor, "logout", terminal_id, f"user {user}, for shadowing")
+        self._stop_waiting(terminal_id)
         self._watch[terminal_id] = desktop
         self._audit(actor, "shadow", terminal_id, f"desktop {desktop} view-only")
         return self._settle()

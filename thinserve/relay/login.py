@@ -2,7 +2,9 @@
 
 It is a Source whose input sink is the form itself: key events edit the
 user name and PIN fields; Enter submits.  Nothing typed here ever reaches a
-desktop.  Field lengths are bounded.
+desktop.  Field lengths are bounded.  While a submitted login is being
+checked the form says so and takes no keys, so one form never has two
+logins checked at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from .source import Source
 
 MAX_USER = 64
 MAX_SECRET = 128
+CHECKING = "Checking…"
 KEY_BACKSPACE, KEY_TAB, KEY_RETURN, KEY_ESCAPE, KEY_KP_ENTER = (
     0xFF08,
     0xFF09,
@@ -39,21 +42,33 @@ class LoginScreen(Source):
         self.user = ""
         self.secret = ""
         self.field = "user"
+        self.busy = False  # a submitted login is being checked
         super().__init__(self._render(), "thinserve login")
         self.input = self
 
     def _render(self):  # type: ignore[no-untyped-def]
+        message = CHECKING if self.busy else self.message
         text = screens.login_form(
-            self.user, len(self.secret), self.field, self.message, self.terminal_id
+            self.user, len(self.secret), self.field, message, self.terminal_id
         )
         return screens.render(text, *self.size)
 
     def _redraw(self) -> None:
         self.set_frame(self._render())
 
+    def checking(self) -> None:
+        """The submitted login is being checked: say so, and ignore keys."""
+        self.busy = True
+        self._redraw()
+
+    def checked(self) -> None:
+        """The check is over: back to the form as it was (if still shown)."""
+        self.busy = False
+        self._redraw()
+
     # -- InputSink ------------------------------------------------------------------
     def key(self, down: bool, keysym: int, keycode: int | None) -> None:
-        if not down:
+        if not down or self.busy:
             return
         if keysym in (KEY_RETURN, KEY_KP_ENTER):
             self._enter()

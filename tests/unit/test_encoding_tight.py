@@ -151,6 +151,8 @@ def expected_method(content: str, name: str, quality: int | None) -> str:
         return "indexed" if FORMATS[name].bits_per_pixel > 8 else "copy"
     if content == "photo" and wide:
         return "jpeg" if quality is not None else "gradient"
+    if content == "copy" and wide and quality is not None:
+        return "jpeg"  # many tones: lossy where the peer allows it
     return "copy"
 
 
@@ -174,7 +176,7 @@ def test_lossless_roundtrip_and_choice(name: str, content: str) -> None:
 
 
 @pytest.mark.parametrize("name", FORMATS)
-@pytest.mark.parametrize("content", ["fill", "mono", "indexed", "copy"])
+@pytest.mark.parametrize("content", ["fill", "mono", "indexed"])
 def test_choice_with_jpeg_enabled_stays_lossless_off_photos(name: str, content: str) -> None:
     codec = codec_of(name)
     encoder = TightEncoder()
@@ -183,6 +185,21 @@ def test_choice_with_jpeg_enabled_stays_lossless_off_photos(name: str, content: 
     decoded, payload = roundtrip(encoder, TightDecoder(), px, codec)
     assert method(payload) == expected_method(content, name, 5)
     np.testing.assert_array_equal(decoded, codec.quantize(px))
+
+
+@pytest.mark.parametrize("name", WIDE)
+def test_noise_goes_to_jpeg_when_the_peer_allows_loss(name: str) -> None:
+    """Many-tone content without flat runs is JPEG at the peer's level, smaller than exact."""
+    codec = codec_of(name)
+    px = noise(96, 80)
+    lossless = TightEncoder().encode(px, codec)
+    encoder = TightEncoder()
+    encoder.configure(5, None)
+    decoded, payload = roundtrip(encoder, TightDecoder(), px, codec)
+    assert method(payload) == "jpeg"
+    assert len(payload) < len(lossless)
+    grey = np.full_like(px, 0x808080)
+    assert rgb_error(decoded, px).mean() < 0.75 * rgb_error(grey, px).mean()
 
 
 @pytest.mark.parametrize("name", FORMATS)
@@ -430,8 +447,8 @@ def test_sequence_through_one_pair(name: str, quality: int | None) -> None:
             px = make(*shape)
             decoded, payload = roundtrip(encoder, decoder, px, codec)
             if method(payload) == "jpeg":
-                assert lossy and content == "photo"
-                assert rgb_error(decoded, px).mean() < 6.0
+                assert lossy and content in ("photo", "copy")
+                assert rgb_error(decoded, px).mean() < (6.0 if content == "photo" else 40.0)
             else:
                 np.testing.assert_array_equal(decoded, codec.quantize(px), f"{shape} {content}")
 

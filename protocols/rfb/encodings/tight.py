@@ -36,7 +36,14 @@ from .tight_gradient import (
     pixel_channels,
     tpixel_channels,
 )
-from .tight_select import MAX_PALETTE, Palette, TightSettings, find_palette, photo_like
+from .tight_select import (
+    MAX_PALETTE,
+    ContentTones,
+    Palette,
+    TightSettings,
+    content_tones,
+    find_palette,
+)
 from .tight_wire import (
     FILL,
     FILTER_COPY,
@@ -100,10 +107,11 @@ class TightEncoder:
         capped = self._settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
         if palette is not None and palette.colours.size <= capped:
             return self._palette(palette, codec)
-        photo = (jpeg_ok or gradient) and photo_like(px)
-        if palette is not None and not (jpeg_ok and photo):
+        tones = content_tones(px) if jpeg_ok or gradient else ContentTones(False, False)
+        jpeg = jpeg_ok and tones.many
+        if palette is not None and not jpeg:
             return self._palette(palette, codec)
-        return self._full_colour(px, words, codec, jpeg_ok and photo, gradient and photo)
+        return self._full_colour(px, words, codec, jpeg, gradient and tones.smooth)
 
     def _palette(self, palette: Palette, codec: PixelCodec) -> bytes:
         colours = palette.colours

@@ -6,15 +6,17 @@ The choice follows the content, as established Tight servers do:
 * two colours: a 1-bit palette;
 * a few colours (up to a limit that grows with the area and the compression
   level, and shrinks when JPEG is available): an 8-bit palette;
-* many colours, photo-like, with a JPEG quality level set and a pixel format
-  the spec allows JPEG for: JPEG;
+* many colours in many tones (photos, video, noise), with a JPEG quality
+  level set and a pixel format the spec allows JPEG for: JPEG;
 * otherwise full colour: gradient filter for smooth content, plain copy else.
 
-"Photo-like" (which is also when the gradient filter pays) is judged on
-sampled rows: few pixels repeat their left neighbour (screen content is
-mostly flat runs that zlib already handles best) and the gradient predictor
-guesses the pixels reasonably (mean squared error per 8-bit component), which
-rules out noise.
+Both are judged on sampled rows.  "Many tones": few pixels repeat their left
+neighbour (screen content, anti-aliased text included, is mostly flat runs
+that zlib handles best, and stays lossless).  "Smooth", where the gradient
+filter pays: the gradient predictor also guesses the pixels reasonably (mean
+squared error per 8-bit component), which rules out noise.  A terminal that
+set a JPEG quality level accepts loss on many-tone content, noise included,
+as other Tight servers do.
 """
 
 from __future__ import annotations
@@ -190,10 +192,23 @@ def colour_indices(colours: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.searchsorted(colours, values).astype(np.uint8)
 
 
-def photo_like(pixels: np.ndarray) -> bool:
-    """True for continuous-tone content: photographs, renderings, smooth noise."""
+@dataclass(frozen=True)
+class ContentTones:
+    """What sampled rows say about a many-colour rectangle."""
+
+    many: bool  # few flat runs: photo, video, noise; JPEG where the peer allows it
+    smooth: bool  # and the gradient predictor guesses it well: the gradient filter pays
+
+
+def content_tones(pixels: np.ndarray) -> ContentTones:
     repeats, error = sample_statistics(pixels)
-    return repeats <= PHOTO_MAX_REPEATS and error <= PHOTO_MAX_ROUGHNESS
+    many = repeats <= PHOTO_MAX_REPEATS
+    return ContentTones(many, many and error <= PHOTO_MAX_ROUGHNESS)
+
+
+def photo_like(pixels: np.ndarray) -> bool:
+    """True for smooth continuous-tone content: photographs, renderings, soft noise."""
+    return content_tones(pixels).smooth
 
 
 def sample_statistics(pixels: np.ndarray) -> tuple[float, float]:

@@ -164,6 +164,8 @@ class ServerConnection(Connection):
         if fence.flags & FenceFlag.REQUEST:
             flags = fence.flags & FENCE_FLAGS_SUPPORTED
             self._queue(m.Fence(int(flags), fence.payload, True).pack())
+        else:
+            self._events.append(fence)  # the answer to a fence of ours (send_fence)
 
     def _set_continuous(self, msg: m.EnableContinuousUpdates) -> None:
         if not self.settings.supports(Encoding.CONTINUOUS_UPDATES):

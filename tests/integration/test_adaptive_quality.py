@@ -96,7 +96,8 @@ class Desk:
     def quiet(self, name: str) -> bool:
         """Nothing left to send to terminal ``name``, and it asks for more."""
         session = self.session(name)
-        return not session.damage and not session.copies and session.requested is not None
+        waiting = session.requested is not None or self.terms[name].continuous
+        return not session.damage and not session.copies and session.stream is None and waiting
 
     async def show(self, frame: np.ndarray | None = None) -> dict[str, int]:
         """Paint ``frame`` (else the next photo); wait until every terminal
@@ -204,6 +205,43 @@ async def test_jpeg_quality_follows_each_terminals_link(
         assert sent[SLOW] > sent[FAST] * 0.8
         assert quality(fast_session) == MAX_LEVEL
         assert not any(FAST in r.getMessage() for r in quality_logs(caplog))  # never adapted
+        fast.close()
+        slow.close()
+    finally:
+        await throttle.stop()
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_terminal_on_continuous_updates_is_timed_by_fences(xvnc) -> None:
+    """No requests pace its updates: a fence behind an update times the link."""
+    server = xvnc(size=SIZE)
+    server.paint(photo_frame(*SIZE, seed=0))
+    ts = await start_thinserve([DesktopConfig("d1", f"{server.host}:{server.port}")])
+    throttle = Throttle(ts.port_numbers[0], SLOW_LINK, source=SLOW)
+    pushed = (*ENCODINGS, Encoding.FENCE)
+    try:
+        fast = await Terminal(pushed, continuous=True).connect(ts.port_numbers[0], FAST)
+        slow = await Terminal(pushed, continuous=True).connect(throttle.port)
+        ts.hub.shadow(f"viewer-{SLOW}", "d1", actor="admin")
+        desk = Desk(server, ts, {FAST: fast, SLOW: slow})
+        fast_session, slow_session = desk.session(FAST), desk.session(SLOW)
+        await wait_for(
+            lambda: (
+                fast_session.proto is not None
+                and fast_session.proto.conn.continuous_updates
+                and slow_session.proto is not None
+                and slow_session.proto.conn.continuous_updates
+            ),
+            10,
+            "continuous updates on both terminals",
+        )
+        await desk.until(lambda: quality(slow_session) != MAX_LEVEL, "the slow link's quality")
+        assert slow_session.link.kbps is not None
+        assert 0.5 < slow_session.link.kbps * 1000 / SLOW_LINK < 2
+        assert quality(fast_session) == MAX_LEVEL
+        assert fast_session.link.kbps is not None  # measured too, and fast
+        assert fast_session.link.kbps * 1000 > 10 * SLOW_LINK
         fast.close()
         slow.close()
     finally:

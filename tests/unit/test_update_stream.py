@@ -7,7 +7,7 @@ import pytest
 
 from protocols.rfb import messages as m
 from protocols.rfb.client import UpdateDone
-from protocols.rfb.constants import Encoding
+from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
 from protocols.rfb.updates import BAND_PIXELS, BAND_ROWS, ClientSettings, RectEncoder
 
@@ -178,3 +178,20 @@ def test_asking_for_encodings_again_keeps_the_zlib_streams(encoding: int) -> Non
         pair.server.send_update(changed, [Rect(0, 0, W, H)])
         pair.pump()
         np.testing.assert_array_equal(pair.client.framebuffer, changed)
+
+
+def test_answers_to_the_servers_fences_reach_the_server_as_events() -> None:
+    pair = ready_pair(Encoding.RAW)
+    pair.client.set_encodings([Encoding.RAW, Encoding.FENCE])
+    pair.pump()
+    pair.take_client(m.Fence)
+    pair.take_server(m.Fence)
+    pair.server.send_fence(FenceFlag.BLOCK_BEFORE, b"timing")
+    pair.pump()
+    (answer,) = pair.take_server(m.Fence)
+    assert answer.payload == b"timing"
+    assert not answer.flags & FenceFlag.REQUEST
+    pair.client.send_fence(0, b"the client's own")  # answered by the server's core
+    pair.pump()
+    assert not pair.take_server(m.Fence)
+    assert pair.take_client(m.Fence) == [m.Fence(0, b"the client's own", from_server=True)]

@@ -22,7 +22,7 @@ from twisted.internet import reactor as default_reactor
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from protocols.rfb import messages as m
-from protocols.rfb.constants import Encoding
+from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardText, Cursor, ServerEvent, UpdateStream
 from protocols.rfb.updates import BAND_PIXELS
@@ -43,6 +43,7 @@ MAX_EXACT = 64  # rectangles kept exactly as the source reported them
 # reactor: the terminal decodes the first bands while the next are encoded,
 # and other terminals are served in between.
 SLICE_PIXELS = BAND_PIXELS
+LINK_FENCE = b"thinserve-link"  # payload of the fences that time a terminal's link
 Copy = tuple[Rect, int, int]  # destination, src_x, src_y
 
 
@@ -76,6 +77,7 @@ class TerminalSession:
         self.link = LinkQuality()  # the JPEG quality the terminal's link carries
         self.stream: UpdateStream | None = None  # the update going out, slice by slice
         self.stream_started = 0.0
+        self.fence_out = False  # a fence timing the link is on its way
         self._next_slice: IDelayedCall | None = None
 
     # -- Session interface (RFBServerProtocol) --------------------------------------
@@ -105,6 +107,8 @@ class TerminalSession:
             self._encodings_changed()
         elif isinstance(event, m.SetDesktopSize):
             self._set_desktop_size(event)
+        elif isinstance(event, m.Fence):
+            self._fence_answered(event)
         elif isinstance(event, m.EnableContinuousUpdates | m.SetPixelFormat):
             self._damage_all()
             self.try_send()
@@ -377,9 +381,30 @@ class TerminalSession:
         self.stream = None
         self.bytes_sent += stream.bytes
         self.updates_sent += 1
-        if not self.proto.conn.continuous_updates:  # requests pace the updates: they time the link
-            self.link.update_sent(stream.bytes, self.stream_started)
+        self._time_link(stream.bytes)
         self.try_send()  # asked for more meanwhile, or continuous updates
+
+    def _time_link(self, size: int) -> None:
+        """Time how long the terminal takes to take in the update just sent.
+
+        A classic viewer's next request says it; a terminal on continuous
+        updates answers a fence sent right behind the update (one at a time)
+        once everything before it has taken effect.
+        """
+        assert self.proto is not None
+        conn = self.proto.conn
+        if not conn.continuous_updates:
+            self.link.update_sent(size, self.stream_started)
+        elif conn.settings.supports(Encoding.FENCE) and not self.fence_out:
+            self.link.update_sent(size, self.stream_started)
+            conn.send_fence(FenceFlag.BLOCK_BEFORE, LINK_FENCE)
+            self.proto.flush()
+            self.fence_out = True
+
+    def _fence_answered(self, fence: m.Fence) -> None:
+        if fence.payload == LINK_FENCE and self.fence_out:
+            self.fence_out = False
+            self.link.request_arrived(time.monotonic())
 
     def _later_slice(self) -> None:
         self._next_slice = None

@@ -20,6 +20,10 @@ from .pixelformat import PixelCodec
 
 # Solid rectangles: cheapest form first (Tight fill, RRE with no subrects, ...).
 _SOLID_ORDER = (Encoding.TIGHT, Encoding.RRE, Encoding.HEXTILE, Encoding.ZRLE)
+# A solid rectangle costs Hextile its colour plus one byte per 16x16 tile,
+# ZRLE about 12 bytes on a running zlib stream (its repeated solid tiles
+# compress to almost nothing): past this many Hextile tiles ZRLE is cheaper.
+HEXTILE_SOLID_TILES = 8
 # Encodings that make no sense for arbitrary rectangles.
 _NOT_PRIMARY = (Encoding.COPYRECT,)
 # Encoders without stream state: a payload of theirs may be thrown away (for
@@ -126,10 +130,18 @@ class RectEncoder:
 
     def _choose(self, pixels: np.ndarray) -> int:
         if pixels.size > 1 and _is_solid(pixels):
-            for encoding in _SOLID_ORDER:
-                if encoding in self.settings.rect_encodings:
-                    return encoding
+            return self._solid_encoding(*pixels.shape)
         return self.settings.preferred
+
+    def _solid_encoding(self, height: int, width: int) -> int:
+        """The cheapest solid form the client accepts for a height x width rectangle."""
+        accepted = [e for e in _SOLID_ORDER if e in self.settings.rect_encodings]
+        if not accepted:
+            return self.settings.preferred
+        if accepted[0] == Encoding.HEXTILE and Encoding.ZRLE in accepted:
+            tiles = -(-width // 16) * -(-height // 16)
+            return Encoding.ZRLE if tiles > HEXTILE_SOLID_TILES else Encoding.HEXTILE
+        return accepted[0]
 
     def _split(self, rect: Rect, encoding: int) -> Iterator[Rect]:
         encoder = self.encoder(encoding)

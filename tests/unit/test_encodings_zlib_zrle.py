@@ -405,6 +405,24 @@ def test_largest_tried_rectangle_round_trips_through_one_stream() -> None:
         np.testing.assert_array_equal(decoded, pixels)
 
 
+def test_tried_tiles_end_in_one_sync_flush() -> None:
+    """Tiles judged on copies of the stream cost no sync flush of their own.
+
+    A thin strip of a gradient: every tile has two alternatives, and the
+    rectangle's compressed data ends with the only empty stored block.
+    """
+    codec = CODECS["native"]
+    rows = np.linspace(0x203040, 0x60A0C0, 7).astype(np.uint32)
+    strip = np.repeat(rows[:, None], 426, axis=1)
+    encoder, decoder = ZRLEEncoder(), ZRLEDecoder()
+    for _ in range(2):
+        payload = encoder.encode(strip, codec)
+        assert payload.count(b"\x00\x00\xff\xff") == 1
+        assert payload.endswith(b"\x00\x00\xff\xff")
+        decoded = decode(decoder, Rect(0, 0, 426, 7), codec, payload)
+        np.testing.assert_array_equal(decoded, strip)
+
+
 def test_photo_and_screen_rectangles_share_one_stream_across_levels() -> None:
     """Mostly-raw rectangles go at another zlib level; the peer sees one stream."""
     codec = CODECS["native"]

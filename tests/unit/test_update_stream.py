@@ -9,7 +9,7 @@ from protocols.rfb import messages as m
 from protocols.rfb.client import UpdateDone
 from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
-from protocols.rfb.updates import BAND_PIXELS, BAND_ROWS, ClientSettings, RectEncoder
+from protocols.rfb.updates import BAND_PIXELS, BAND_ROWS, ClientSettings, Part, RectEncoder
 
 from .content import desktop_frame
 from .test_connection import H, Pair, W
@@ -195,3 +195,31 @@ def test_answers_to_the_servers_fences_reach_the_server_as_events() -> None:
     pair.pump()
     assert not pair.take_server(m.Fence)
     assert pair.take_client(m.Fence) == [m.Fence(0, b"the client's own", from_server=True)]
+
+
+@pytest.mark.parametrize(
+    ("rect", "encoding"),
+    [
+        (Rect(0, 0, 16, 16), Encoding.HEXTILE),
+        (Rect(0, 0, 128, 16), Encoding.HEXTILE),
+        (Rect(0, 0, 129, 16), Encoding.ZRLE),
+        (Rect(0, 0, 320, 6), Encoding.ZRLE),
+        (Rect(0, 0, 1, 200), Encoding.ZRLE),
+    ],
+)
+def test_solid_rectangles_of_many_hextile_tiles_go_as_zrle(rect: Rect, encoding: int) -> None:
+    """Hextile pays a byte per 16x16 tile; ZRLE's solid tiles compress to a few bytes."""
+    encoder = RectEncoder()
+    encoder.configure(
+        ClientSettings.from_encodings((Encoding.ZRLE, Encoding.HEXTILE, Encoding.RAW))
+    )
+    fb = np.full((H, W), 0x336699, dtype=np.uint32)
+    assert encoder.plan(fb, rect) == [Part(rect, encoding)]
+
+
+def test_solid_rectangles_stay_hextile_without_zrle() -> None:
+    encoder = RectEncoder()
+    encoder.configure(ClientSettings.from_encodings((Encoding.HEXTILE, Encoding.RAW)))
+    fb = np.full((H, W), 0x336699, dtype=np.uint32)
+    rect = Rect(0, 0, W, H)
+    assert {part.encoding for part in encoder.plan(fb, rect)} == {Encoding.HEXTILE}

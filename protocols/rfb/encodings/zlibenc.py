@@ -76,28 +76,21 @@ class DeflateStream:
         return out
 
     def compress_smallest(self, choices: Iterable[Sequence[bytes]]) -> bytes:
-        """One sync-flushed chunk carrying, of each group of alternatives, the smallest.
+        """One sync-flushed chunk carrying, of each group of alternatives, the cheapest.
 
         Alternatives are judged by what they add to *this* stream (its history
-        included), not by their length: each is compressed and sync-flushed,
-        the last on the live compressor and the others on copies of it, and
-        the compressor that produced the smallest piece carries on.  A group
-        of several alternatives therefore ends with a sync flush of its own.
+        and the input still pending in the compressor included), not by their
+        length: each is compressed and sync-flushed on a copy of the live
+        compressor, and the live one then takes the cheapest unflushed, so the
+        whole chunk ends with a single sync flush.
         """
         compressor = self._current()
         out = []
         for alternatives in choices:
-            if len(alternatives) == 1:
-                out.append(compressor.compress(alternatives[0]))
-                self._remember(alternatives[0])
-                continue
-            last = len(alternatives) - 1
-            trials = [_flushed(compressor, data, i < last) for i, data in enumerate(alternatives)]
-            piece, compressor, data = min(trials, key=lambda trial: len(trial[0]))
-            out.append(piece)
+            data = _cheapest(compressor, alternatives)
+            out.append(compressor.compress(data))
             self._remember(data)
-        self._compressor = compressor
-        out.append(compressor.flush(zlib.Z_SYNC_FLUSH))  # b"" right after a flush
+        out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
         return b"".join(out)
 
     def _current(self, level: int | None = None) -> zlib._Compress:
@@ -122,13 +115,15 @@ class DeflateStream:
             self._history = (self._history + data)[-WINDOW_BYTES:]
 
 
-def _flushed(
-    compressor: zlib._Compress, data: bytes, copy: bool
-) -> tuple[bytes, zlib._Compress, bytes]:
-    """(``data`` compressed and sync-flushed, the compressor that did it, data)."""
-    if copy:
-        compressor = compressor.copy()
-    return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH), compressor, data
+def _cheapest(compressor: zlib._Compress, alternatives: Sequence[bytes]) -> bytes:
+    """The alternative whose sync-flushed compression on a copy of ``compressor`` is shortest."""
+    if len(alternatives) == 1:
+        return alternatives[0]
+    return min(alternatives, key=lambda data: _flushed_size(compressor.copy(), data))
+
+
+def _flushed_size(compressor: zlib._Compress, data: bytes) -> int:
+    return len(compressor.compress(data)) + len(compressor.flush(zlib.Z_SYNC_FLUSH))
 
 
 class InflateStream:

@@ -62,11 +62,18 @@ def test_client_shows_each_rectangle_as_it_arrives() -> None:
     np.testing.assert_array_equal(pair.client.framebuffer, changed)
 
 
-def test_other_messages_wait_behind_the_update() -> None:
+def fence_pair() -> Pair:
+    """A ready pair whose client announced fences (the server's own fence taken)."""
     pair = ready_pair(Encoding.RAW)
     pair.client.set_encodings([Encoding.RAW, Encoding.FENCE])
     pair.pump()
     pair.take_client(m.Fence)
+    pair.take_server(m.Fence)
+    return pair
+
+
+def test_other_messages_wait_behind_the_update() -> None:
+    pair = fence_pair()
     changed = desktop_frame(W, H, seed=7)
     stream = pair.server.begin_update(changed, BANDS)
     stream.send(pixels=1)
@@ -181,11 +188,7 @@ def test_asking_for_encodings_again_keeps_the_zlib_streams(encoding: int) -> Non
 
 
 def test_answers_to_the_servers_fences_reach_the_server_as_events() -> None:
-    pair = ready_pair(Encoding.RAW)
-    pair.client.set_encodings([Encoding.RAW, Encoding.FENCE])
-    pair.pump()
-    pair.take_client(m.Fence)
-    pair.take_server(m.Fence)
+    pair = fence_pair()
     pair.server.send_fence(FenceFlag.BLOCK_BEFORE, b"timing")
     pair.pump()
     (answer,) = pair.take_server(m.Fence)

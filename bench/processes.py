@@ -105,14 +105,20 @@ class ServerProcess:
 
     def stop(self) -> None:
         atexit.unregister(self.stop)
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end(self.process)
         self.process = None
+
+
+def end(process: subprocess.Popen[bytes] | None) -> None:
+    """Terminate ``process`` if it still runs; kill it if it lingers 10 s."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def byte_relay(target_port: int) -> ServerProcess:

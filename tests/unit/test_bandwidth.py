@@ -265,3 +265,11 @@ def test_a_fast_link_with_hiccups_keeps_the_top_level() -> None:
     assert lowest < LEVEL_KBPS[MAX_LEVEL] * KEEP_MARGIN  # the average alone would drop
     assert not any(changed)
     assert quality.level == MAX_LEVEL and quality.quality(9) == 9
+
+
+def test_a_link_on_continuous_updates_is_measured_from_fence_answers() -> None:
+    link = LinkQuality()
+    assert link.pushed(250_000, started=0.0)  # send a fence
+    assert not link.pushed(250_000, started=0.1)
+    link.fence_answered(1.0)  # 250 kB in 1 s
+    assert link.kbps is not None and round(link.kbps) == 2000

@@ -138,12 +138,62 @@ def effective_quality(requested: int | None, link_level: int) -> int | None:
     return None if requested is None else min(requested, link_level)
 
 
+class FenceBatch:
+    """Updates pushed to a terminal on continuous updates, timed by fences.
+
+    A fence answered once everything before it took effect times every
+    update sent since the previous fence, from when the first of them could
+    start to cross the link: once it was sent and the link was done with
+    what came before (the previous fence's answer).  One fence at a time.
+    """
+
+    def __init__(self) -> None:
+        self.out = False  # a fence is on its way
+        self.answered_at = 0.0
+        self.size = 0  # bytes pushed since the last fence went
+        self.start: float | None = None
+
+    def pushed(self, size: int, started: float) -> tuple[int, float] | None:
+        """An update of ``size`` bytes begun at ``started`` went out.
+
+        Returns (bytes, since when) to time with a fence sent now, or None
+        while the previous fence is still out.
+        """
+        self.size += size
+        if self.start is None:
+            self.start = max(started, self.answered_at)
+        if self.out:
+            return None
+        batch = (self.size, self.start)
+        self.size, self.start, self.out = 0, None, True
+        return batch
+
+    def answered(self, now: float) -> bool:
+        """The fence's answer came at ``now``; False if none was out."""
+        if not self.out:
+            return False
+        self.out, self.answered_at = False, now
+        return True
+
+
 class LinkQuality:
     """One terminal's meter and policy together, as a session uses them."""
 
     def __init__(self) -> None:
         self.meter = LinkMeter()
         self.policy = QualityPolicy()
+        self.fences = FenceBatch()
+
+    def pushed(self, size: int, started: float) -> bool:
+        """An update went out on continuous updates; True: send a timing fence now."""
+        batch = self.fences.pushed(size, started)
+        if batch is not None:
+            self.meter.update_sent(*batch)
+        return batch is not None
+
+    def fence_answered(self, now: float) -> bool:
+        """The timing fence was answered at ``now``; True if the link's level changed."""
+        return self.fences.answered(now) and self.request_arrived(now)
 
     def update_sent(self, size: int, now: float) -> None:
         self.meter.update_sent(size, now)

@@ -77,10 +77,6 @@ class TerminalSession:
         self.link = LinkQuality()  # the JPEG quality the terminal's link carries
         self.stream: UpdateStream | None = None  # the update going out, slice by slice
         self.stream_started = 0.0
-        self.fence_out = False  # a fence timing the link is on its way
-        self.fence_answered_at = 0.0
-        self.batch_bytes = 0  # sent on continuous updates since the last fence
-        self.batch_start: float | None = None
         self._next_slice: IDelayedCall | None = None
 
     # -- Session interface (RFBServerProtocol) --------------------------------------
@@ -390,35 +386,21 @@ class TerminalSession:
     def _time_link(self, size: int) -> None:
         """Time how long the terminal takes to take in what was just sent.
 
-        A classic viewer's next request says it for the update before.  A
-        terminal on continuous updates answers a fence sent behind an update
-        (one fence at a time) once everything before it has taken effect:
-        that times every update sent since the previous fence, from when
-        the first of them could start to cross the link (sent, and the link
-        done with what came before).
+        A classic viewer's next request says it for the update before; a
+        terminal on continuous updates answers a fence (see
+        ``bandwidth.FenceBatch``).
         """
         assert self.proto is not None
         conn = self.proto.conn
         if not conn.continuous_updates:
             self.link.update_sent(size, self.stream_started)
-            return
-        if not conn.settings.supports(Encoding.FENCE):
-            return
-        self.batch_bytes += size
-        if self.batch_start is None:
-            self.batch_start = max(self.stream_started, self.fence_answered_at)
-        if not self.fence_out:
-            self.link.update_sent(self.batch_bytes, self.batch_start)
-            self.batch_bytes, self.batch_start = 0, None
+        elif conn.settings.supports(Encoding.FENCE) and self.link.pushed(size, self.stream_started):
             conn.send_fence(FenceFlag.BLOCK_BEFORE, LINK_FENCE)
             self.proto.flush()
-            self.fence_out = True
 
     def _fence_answered(self, fence: m.Fence) -> None:
-        if fence.payload == LINK_FENCE and self.fence_out:
-            self.fence_out = False
-            self.fence_answered_at = time.monotonic()
-            self.link.request_arrived(self.fence_answered_at)
+        if fence.payload == LINK_FENCE:
+            self.link.fence_answered(time.monotonic())
 
     def _later_slice(self) -> None:
         self._next_slice = None

@@ -16,6 +16,7 @@ from thinserve.relay.bandwidth import (
     RAISE_MARGIN,
     SLOW_EVIDENCE,
     SMOOTHING,
+    FenceBatch,
     LinkMeter,
     LinkQuality,
     QualityPolicy,
@@ -265,6 +266,19 @@ def test_a_fast_link_with_hiccups_keeps_the_top_level() -> None:
     assert lowest < LEVEL_KBPS[MAX_LEVEL] * KEEP_MARGIN  # the average alone would drop
     assert not any(changed)
     assert quality.level == MAX_LEVEL and quality.quality(9) == 9
+
+
+def test_fences_time_every_update_pushed_since_the_previous_fence() -> None:
+    fences = FenceBatch()
+    assert fences.pushed(10_000, started=1.0) == (10_000, 1.0)  # a fence goes at once
+    assert fences.pushed(20_000, started=1.1) is None  # the first fence is still out
+    assert fences.pushed(30_000, started=1.2) is None
+    assert fences.answered(3.0)
+    assert not fences.answered(3.5)  # no fence out: nothing to answer
+    # The two updates behind the first fence could only cross once it was answered.
+    assert fences.pushed(5_000, started=3.2) == (55_000, 3.0)
+    assert fences.answered(4.0)
+    assert fences.pushed(1_000, started=6.0) == (1_000, 6.0)  # an idle link: from the send
 
 
 def test_a_link_on_continuous_updates_is_measured_from_fence_answers() -> None:

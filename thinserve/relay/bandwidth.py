@@ -151,7 +151,7 @@ class FenceBatch:
         self.out = False  # a fence is on its way
         self.answered_at = 0.0
         self.size = 0  # bytes pushed since the last fence went
-        self.start: float | None = None
+        self.first: float | None = None  # when the first of them began
 
     def pushed(self, size: int, started: float) -> tuple[int, float] | None:
         """An update of ``size`` bytes begun at ``started`` went out.
@@ -160,12 +160,12 @@ class FenceBatch:
         while the previous fence is still out.
         """
         self.size += size
-        if self.start is None:
-            self.start = max(started, self.answered_at)
+        if self.first is None:
+            self.first = started
         if self.out:
             return None
-        batch = (self.size, self.start)
-        self.size, self.start, self.out = 0, None, True
+        batch = (self.size, max(self.first, self.answered_at))
+        self.size, self.first, self.out = 0, None, True
         return batch
 
     def answered(self, now: float) -> bool:

@@ -24,7 +24,8 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..pixelformat import PixelCodec
 from .base import DecodeGen, Rect, pixels_result, read_exact
-from .rre import corner_mask, find_subrects, paint_subrects
+from .hextile_runs import TileRuns, run_subrects, tile_runs
+from .rre import paint_subrects
 
 TILE = 16
 RAW = 1
@@ -63,16 +64,19 @@ class _Analysis:
     kind: np.ndarray  # _SOLID, _TWO or _MANY
     background: np.ndarray
     foreground: np.ndarray  # the other colour of _TWO tiles
-    candidate: np.ndarray  # tiles whose subrectangles are worth finding
+    candidate: np.ndarray  # tiles whose subrects are worth finding
     floor: np.ndarray  # a lower bound on each tile's encoded size
+    runs: TileRuns | None = None  # of the tiles run_tiles, when already known
+    run_tiles: np.ndarray | None = None
 
 
 def _to_blocks(words: np.ndarray) -> np.ndarray:
     """(n, 256) tiles; the margin repeats edge pixels, adding no colours."""
     h, w = words.shape
     rows, cols = _tile_grid(h, w)
-    padded = np.pad(words, ((0, rows * TILE - h), (0, cols * TILE - w)), mode="edge")
-    tiled = padded.reshape(rows, TILE, cols, TILE).swapaxes(1, 2)
+    if rows * TILE != h or cols * TILE != w:
+        words = np.pad(words, ((0, rows * TILE - h), (0, cols * TILE - w)), mode="edge")
+    tiled = words.reshape(rows, TILE, cols, TILE).swapaxes(1, 2)
     return tiled.reshape(rows * cols, TILE * TILE)
 
 
@@ -85,15 +89,22 @@ def _margin_mask(h: int, w: int) -> np.ndarray:
 
 
 def _most_common_per_row(values: np.ndarray) -> np.ndarray:
-    """Most frequent value of each row of a 2-D array (the smallest on ties)."""
+    """Most frequent value of each row of a 2-D array (the smallest on ties).
+
+    Each row is sorted; its longest run of equal values wins, the first
+    such run on ties.  Runs are scored length first, then earlier
+    position, so one maximum per row picks the winner.
+    """
     ordered = np.sort(values, axis=1)
-    count = ordered.shape[1]
-    index = np.arange(count)
-    run_start = np.zeros(ordered.shape, dtype=np.intp)
-    run_start[:, 1:] = np.where(ordered[:, 1:] != ordered[:, :-1], index[1:], 0)
-    np.maximum.accumulate(run_start, axis=1, out=run_start)
-    best = np.argmax(index - run_start, axis=1)
-    return ordered[np.arange(ordered.shape[0]), best]
+    rows, width = ordered.shape
+    change = np.empty(ordered.shape, dtype=bool)
+    change[:, 0] = True
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=change[:, 1:])
+    at = np.flatnonzero(change)
+    column = at % width
+    score = np.diff(at, append=ordered.size) * width + (width - 1 - column)
+    best = np.maximum.reduceat(score, np.flatnonzero(column == 0))
+    return ordered[np.arange(rows), width - 1 - best % width]
 
 
 def _most_of_one_value_per_row(values: np.ndarray) -> np.ndarray:
@@ -104,25 +115,38 @@ def _most_of_one_value_per_row(values: np.ndarray) -> np.ndarray:
     return np.bincount(keys.reshape(-1), minlength=256 * rows).reshape(rows, 256).max(axis=1)
 
 
-def _classify(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per tile: kind, background (for _MANY tiles: the first pixel), other colour.
+@dataclass(frozen=True)
+class _Colours:
+    """Of tiles that are not solid: two-coloured or not, background, other colour."""
 
-    A tile has two colours when its lowest and highest values cover it.
+    two: np.ndarray
+    background: np.ndarray  # for tiles of more colours: provisional
+    foreground: np.ndarray
+    majority: np.ndarray  # the lowest or highest value where it covers most pixels
+    has_majority: np.ndarray
+
+
+def _classify(runs: TileRuns, low: np.ndarray, high: np.ndarray) -> _Colours:
+    """Two colours when the lowest and highest values cover the tile.
+
+    The background of a two-colour tile is its first pixel's colour
+    unless the other colour covers more than half.
     """
-    high = blocks.max(axis=1)
-    low = blocks.min(axis=1)
-    n_low = np.count_nonzero(blocks == low[:, None], axis=1)
-    n_high = np.count_nonzero(blocks == high[:, None], axis=1)
-    kind = np.full(high.shape, _MANY, dtype=np.int8)
-    kind[n_low + n_high == blocks.shape[1]] = _TWO
-    kind[high == low] = _SOLID
-    first = blocks[:, 0]
+    tile = runs.tile
+    n_low = runs.per_tile(runs.length * (runs.colour == low[tile]))
+    n_high = runs.per_tile(runs.length * (runs.colour == high[tile]))
+    two = n_low + n_high == TILE * TILE
+    first = runs.colour[runs.first]
     n_first = np.where(first == low, n_low, n_high)
     other = np.where(first == low, high, low)
-    first_wins = 2 * n_first >= blocks.shape[1]
-    background = np.where(first_wins, first, other)
-    foreground = np.where(first_wins, other, first)
-    return kind, background, foreground
+    first_wins = 2 * n_first >= TILE * TILE
+    return _Colours(
+        two,
+        np.where(first_wins, first, other),
+        np.where(first_wins, other, first),
+        np.where(2 * n_low > TILE * TILE, low, high),
+        2 * np.maximum(n_low, n_high) > TILE * TILE,
+    )
 
 
 def _subrect_bytes(count: np.ndarray, bpp: int) -> np.ndarray:
@@ -131,38 +155,74 @@ def _subrect_bytes(count: np.ndarray, bpp: int) -> np.ndarray:
 
 
 def _analyse(words: np.ndarray, bpp: int) -> _Analysis:
-    """Classify every tile; find backgrounds only where subrects might beat Raw.
-
-    A _MANY tile needs a subrect per corner pixel (see ``corner_mask``)
-    not of its background; bounding the background's share by a low-byte
-    histogram rules most noisy tiles out before their colours are sorted.
-    """
+    """Classify every tile; find backgrounds only where subrects might beat Raw."""
     h, w = words.shape
     flat = _to_blocks(words)
-    kind, background, foreground = _classify(flat)
     heights, widths = _tile_sizes(h, w)
-    raw_size = heights * widths * bpp
-    candidate = kind == _TWO
-    floor = np.where(kind == _SOLID, 1, np.minimum(1 + raw_size, 4))
-    many = np.flatnonzero(kind == _MANY)
-    if many.size:
-        corners = corner_mask(flat[many].reshape(-1, TILE, TILE)).reshape(many.size, -1)
-        total = corners.sum(axis=1)
-        hopeful = _subrect_bytes(total, bpp) < 1 + raw_size[many]
-        busy = np.flatnonzero(~hopeful)
-        spare = _most_of_one_value_per_row(flat[many[busy]])
-        hopeful[busy] = _subrect_bytes(total[busy] - spare, bpp) < 1 + raw_size[many[busy]]
-        tiles = many[hopeful]
-        background[tiles] = _most_common_per_row(flat[tiles])
-        own = corners[hopeful] & (flat[tiles] == background[tiles, None])
-        needed = total[hopeful] - own.sum(axis=1)
-        floor[many] = 1 + raw_size[many]
-        floor[tiles] = np.minimum(floor[tiles], _subrect_bytes(needed, bpp))
-        candidate[tiles] = 1 + needed * (bpp + 2) < raw_size[tiles]
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    n = low.size
+    a = _Analysis(
+        blocks=flat.reshape(-1, TILE, TILE),
+        heights=heights,
+        widths=widths,
+        kind=np.full(n, _SOLID, dtype=np.int8),
+        background=low,
+        foreground=high,
+        candidate=np.zeros(n, dtype=bool),
+        floor=np.ones(n, dtype=np.intp),
+    )
+    busy = np.flatnonzero(low != high)
+    if busy.size:
+        _analyse_busy(a, flat, busy, bpp)
     if h % TILE or w % TILE:
-        flat = np.where(_margin_mask(h, w), background[:, None], flat)
-    blocks = flat.reshape(-1, TILE, TILE)
-    return _Analysis(blocks, heights, widths, kind, background, foreground, candidate, floor)
+        flat = np.where(_margin_mask(h, w), a.background[:, None], flat)
+        a.blocks = flat.reshape(-1, TILE, TILE)
+        a.runs = None
+    return a
+
+
+def _most_common(tiles: np.ndarray, rows: np.ndarray, colours: _Colours) -> np.ndarray:
+    """The most common value of each of ``rows``; only rows without a majority are sorted."""
+    common = colours.majority[rows]
+    unsettled = np.flatnonzero(~colours.has_majority[rows])
+    common[unsettled] = _most_common_per_row(tiles[rows[unsettled]])
+    return common
+
+
+def _analyse_busy(a: _Analysis, flat: np.ndarray, busy: np.ndarray, bpp: int) -> None:
+    """Fill in the tiles of more than one colour, working on their runs.
+
+    A tile of more colours needs a subrect per corner pixel (a run's first
+    pixel unlike the one above) not of its background; bounding the
+    background's share by a low-byte histogram rules most noisy tiles out
+    before their colours are sorted.
+    """
+    tiles = flat[busy]
+    runs = tile_runs(tiles)
+    colours = _classify(runs, a.background[busy], a.foreground[busy])
+    total = runs.per_tile(runs.corner)
+    raw_size = a.heights[busy] * a.widths[busy] * bpp
+    two = colours.two
+    background = colours.background
+    floor = np.where(two, np.minimum(1 + raw_size, 4), 1 + raw_size)
+    candidate = two.copy()
+    many = np.flatnonzero(~two)
+    hopeful = _subrect_bytes(total[many], bpp) < 1 + raw_size[many]
+    unsure = many[~hopeful]
+    spare = _most_of_one_value_per_row(tiles[unsure])
+    hopeful[~hopeful] = _subrect_bytes(total[unsure] - spare, bpp) < 1 + raw_size[unsure]
+    chosen = many[hopeful]
+    background[chosen] = _most_common(tiles, chosen, colours)
+    own = runs.per_tile(runs.corner & (runs.colour == background[runs.tile]))
+    needed = total[chosen] - own[chosen]
+    floor[chosen] = np.minimum(floor[chosen], _subrect_bytes(needed, bpp))
+    candidate[chosen] = 1 + needed * (bpp + 2) < raw_size[chosen]
+    a.kind[busy] = np.where(two, _TWO, _MANY)
+    a.background[busy] = background
+    a.foreground[busy] = colours.foreground
+    a.floor[busy] = floor
+    a.candidate[busy] = candidate
+    a.runs, a.run_tiles = runs, busy
 
 
 @dataclass
@@ -242,9 +302,14 @@ def _costs(
 
 def _subrect_table(analysis: _Analysis, codec: PixelCodec) -> _SubrectTable:
     """Find and pack the subrects of every candidate tile."""
-    chosen = np.flatnonzero(analysis.candidate)
-    found = find_subrects(analysis.blocks[chosen], analysis.background[chosen])
-    tile = chosen[found.block]
+    runs, tiles = analysis.runs, analysis.run_tiles
+    if runs is None or tiles is None:
+        tiles = np.flatnonzero(analysis.candidate)
+        runs = tile_runs(analysis.blocks[tiles].reshape(tiles.size, TILE * TILE))
+    owner = tiles[runs.tile]
+    heads = np.flatnonzero(analysis.candidate[owner] & (runs.colour != analysis.background[owner]))
+    found = run_subrects(runs, heads)
+    tile = tiles[found.block]
     n = analysis.kind.size
     counts = np.bincount(tile, minlength=n)
     offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
@@ -317,16 +382,18 @@ def _bodies(
 def _assemble(
     head: bytes, head_at: np.ndarray, body: bytes, starts: np.ndarray, ends: np.ndarray
 ) -> bytes:
-    """Interleave each tile's header with its body."""
-    pieces = np.empty((2, starts.size, 2), dtype=np.intp)
-    pieces[0, :, 0] = head_at[:-1]
-    pieces[0, :, 1] = head_at[1:]
-    pieces[1, :, 0] = starts + len(head)
-    pieces[1, :, 1] = ends + len(head)
-    pieces = pieces.swapaxes(0, 1).reshape(-1, 2)
-    pieces = pieces[pieces[:, 1] > pieces[:, 0]]
-    source = head + body
-    return b"".join([source[a:b] for a, b in pieces.tolist()])
+    """Interleave each tile's header with its body: one gather of every output byte."""
+    n = starts.size
+    source_at = np.empty(2 * n, dtype=np.intp)
+    source_at[0::2] = head_at[:-1]
+    source_at[1::2] = starts + len(head)
+    lengths = np.empty(2 * n, dtype=np.intp)
+    lengths[0::2] = np.diff(head_at)
+    lengths[1::2] = ends - starts
+    out_at = np.cumsum(lengths) - lengths
+    index = np.repeat(source_at - out_at, lengths)
+    index += np.arange(index.size)
+    return np.frombuffer(head + body, dtype=np.uint8)[index].tobytes()
 
 
 class HextileEncoder:

@@ -43,32 +43,73 @@ def find_subrects(blocks: np.ndarray, backgrounds: np.ndarray) -> Subrects:
     """Cover every non-background pixel of each block with one-colour rects.
 
     ``blocks`` has shape (n, height, width); ``backgrounds`` one value per
-    block.  Horizontal runs are found per row; a run with the same x,
-    width and colour as the run directly above it extends that run's
-    rect downwards.  The result is grouped by block in increasing order.
+    block.  Horizontal runs are found per row; a run with the same x, width and
+    colour as the run directly above it extends that run's rect
+    downwards.  The result is grouped by block in increasing order.
     """
     b = np.ascontiguousarray(blocks)
-    starts = np.ones(b.shape, dtype=bool)
-    np.not_equal(b[:, :, 1:], b[:, :, :-1], out=starts[:, :, 1:])
-    length = _run_lengths(starts)
-    head = starts & (b != np.asarray(backgrounds, dtype=b.dtype)[:, None, None])
+    height, width = b.shape[1:]
+    masks = run_masks(b)
+    length = _run_lengths(masks.starts)
+    head = masks.starts & (b != np.asarray(backgrounds, dtype=b.dtype)[:, None, None])
     below = np.zeros(b.shape, dtype=bool)
-    below[:, 1:] = (
-        head[:, 1:] & head[:, :-1] & (length[:, 1:] == length[:, :-1]) & (b[:, 1:] == b[:, :-1])
-    )
+    np.logical_and(head[:, 1:], head[:, :-1], out=below[:, 1:])
+    below[:, 1:] &= masks.same_above[:, 1:]
+    below[:, 1:] &= length[:, 1:] == length[:, :-1]
     # Column by column, a continuing run directly follows the run above it.
-    column_major = (0, 2, 1)
-    index = np.flatnonzero(head.transpose(column_major))
-    fresh = ~below.transpose(column_major).reshape(-1)[index]
-    block, x, y = np.unravel_index(index[fresh], (b.shape[0], b.shape[2], b.shape[1]))
+    index = np.flatnonzero(head.transpose(0, 2, 1))
+    block, rest = np.divmod(index, width * height)
+    x, y = np.divmod(rest, height)
+    at = (block * height + y) * width + x
+    fresh = ~below.reshape(-1)[at]
     heights = np.diff(np.flatnonzero(fresh), append=index.size)
-    return Subrects(block, x, y, length[block, y, x], heights, b[block, y, x])
+    at = at[fresh]
+    return Subrects(
+        block[fresh], x[fresh], y[fresh], length.reshape(-1)[at], heights, b.reshape(-1)[at]
+    )
+
+
+@dataclass(frozen=True)
+class RunMasks:
+    """Per pixel of (n, height, width) blocks: run starts and likeness to the pixel above.
+
+    A horizontal run starts in the first column and wherever a pixel
+    differs from its left neighbour; no pixel of the first row is like
+    the one above.
+    """
+
+    starts: np.ndarray
+    same_above: np.ndarray
+
+    def corners(self) -> np.ndarray:
+        """Pixels unlike their left and upper neighbours (or on the edge).
+
+        Such a pixel is the top-left corner of whichever one-colour rect
+        covers it, so a cover of the non-background pixels needs at least
+        one rect per non-background corner pixel.
+        """
+        return self.starts & ~self.same_above
+
+
+def run_masks(blocks: np.ndarray) -> RunMasks:
+    """The run masks of (n, height, width) blocks, compared along each flat block."""
+    n, height, width = blocks.shape
+    flat = np.ascontiguousarray(blocks).reshape(n, height * width)
+    starts = np.empty(flat.shape, dtype=bool)
+    np.not_equal(flat[:, 1:], flat[:, :-1], out=starts[:, 1:])
+    starts = starts.reshape(blocks.shape)
+    starts[:, :, 0] = True
+    same_above = np.empty(flat.shape, dtype=bool)
+    same_above[:, :width] = False
+    np.equal(flat[:, width:], flat[:, :-width], out=same_above[:, width:])
+    return RunMasks(starts, same_above.reshape(blocks.shape))
 
 
 def _run_lengths(starts: np.ndarray) -> np.ndarray:
     """Length of the horizontal run beginning at each start (0 elsewhere)."""
     at = np.flatnonzero(starts)
-    length = np.zeros(starts.shape, dtype=np.int32)
+    dtype = np.uint8 if starts.shape[-1] < 256 else np.int32
+    length = np.zeros(starts.shape, dtype=dtype)
     length.reshape(-1)[at] = np.diff(at, append=starts.size)
     return length
 
@@ -116,17 +157,8 @@ def _unrivalled(flat: np.ndarray, value: int, count: int) -> bool:
 
 
 def corner_mask(words: np.ndarray) -> np.ndarray:
-    """Pixels that differ from their left and upper neighbours (or lie on the edge).
-
-    Such a pixel is the top-left corner of whichever one-colour rect
-    covers it, so a cover of the non-background pixels needs at least one
-    rect per non-background corner pixel.
-    """
-    corner = np.empty(words.shape, dtype=bool)
-    corner[..., :, 0] = True
-    np.not_equal(words[..., :, 1:], words[..., :, :-1], out=corner[..., :, 1:])
-    corner[..., 1:, :] &= words[..., 1:, :] != words[..., :-1, :]
-    return corner
+    """Pixels unlike their left and upper neighbours (see ``RunMasks.corners``)."""
+    return run_masks(words.reshape(-1, *words.shape[-2:])).corners().reshape(words.shape)
 
 
 def paint_subrects(

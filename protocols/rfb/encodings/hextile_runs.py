@@ -1,0 +1,123 @@
+"""Horizontal runs of 16x16 tiles, and the subrectangles Hextile builds from them.
+
+A tile of a few colours has far fewer runs of equal pixels than pixels, so
+after one pass that finds where runs start, everything Hextile needs per
+tile (how much of each colour, corner pixels, subrectangles) is worked
+out run by run.  Which pixels start a run, and which equal the pixel
+above, are also kept as one 16-bit word per tile row: whether a run
+continues the one directly above it (same columns, same colour) is then a
+few bit operations per run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .rre import Subrects, run_masks
+
+TILE = 16
+AREA = TILE * TILE
+
+
+def _trailing_ones_table() -> np.ndarray:
+    """For every 16-bit value, how many of its lowest bits are set in a row."""
+    values = np.arange(1 << TILE, dtype=np.uint32)
+    count = np.zeros(values.size, dtype=np.uint8)
+    unbroken = np.ones(values.size, dtype=bool)
+    for bit in range(TILE):
+        unbroken &= (values >> bit) & 1 == 1
+        count += unbroken
+    return count
+
+
+_TRAILING_ONES = _trailing_ones_table()
+
+
+def _row_bits(mask: np.ndarray) -> np.ndarray:
+    """(k, 256) bools to (k, 16) words: bit x of word y is pixel (x, y)."""
+    return np.packbits(mask.reshape(-1), bitorder="little").view("<u2").reshape(-1, TILE)
+
+
+@dataclass(frozen=True)
+class TileRuns:
+    """The runs of k tiles, tile by tile, each tile's rows top to bottom.
+
+    ``first[t]`` is the index of tile t's first run.  ``start_bits`` and
+    ``same_above_bits`` are (k, 16) row words: a run starts at the pixel,
+    the pixel equals the one above it (never in the top row).
+    """
+
+    tile: np.ndarray
+    row: np.ndarray  # tile * 16 + y: the run's row among all tile rows
+    x: np.ndarray
+    y: np.ndarray
+    length: np.ndarray
+    colour: np.ndarray
+    corner: np.ndarray  # the run's first pixel differs from the one above
+    first: np.ndarray
+    start_bits: np.ndarray
+    same_above_bits: np.ndarray
+
+    def per_tile(self, values: np.ndarray) -> np.ndarray:
+        """Sum of a per-run quantity over each tile's runs."""
+        return np.add.reduceat(values, self.first, dtype=np.intp)
+
+
+def tile_runs(tiles: np.ndarray) -> TileRuns:
+    """The runs of (k, 256) tiles in row order (k >= 1)."""
+    masks = run_masks(tiles.reshape(-1, TILE, TILE))
+    starts, same_above = masks.starts, masks.same_above
+    at = np.flatnonzero(starts)
+    row = at >> 4
+    return TileRuns(
+        tile=at >> 8,
+        row=row,
+        x=at & (TILE - 1),
+        y=row & (TILE - 1),
+        length=np.diff(at, append=tiles.size) if at.size else at,
+        colour=tiles.reshape(-1)[at],
+        corner=~same_above.reshape(-1)[at],
+        first=np.searchsorted(at, np.arange(0, tiles.size, AREA)),
+        start_bits=_row_bits(starts),
+        same_above_bits=_row_bits(same_above),
+    )
+
+
+def run_subrects(runs: TileRuns, heads: np.ndarray) -> Subrects:
+    """Subrects covering the runs ``heads`` (indices into ``runs``, in order).
+
+    A head run extends the rect of the head run directly above it when
+    that run covers exactly the same columns in the same colour: every
+    pixel of this run equals the one above, a run starts above at its
+    first column and another right after its last.  The rects come out
+    in the order of their top runs, so grouped by tile.
+    """
+    tile, x, y = runs.tile[heads], runs.x[heads], runs.y[heads]
+    length = runs.length[heads]
+    continues = _continues(runs, runs.row[heads], x, y, length)
+    column_bits = _column_bits(tile, x, y, continues, runs.start_bits.shape[0])
+    top = np.flatnonzero(~continues)
+    tile, x, y = tile[top], x[top], y[top]
+    below = column_bits[tile * TILE + x].astype(np.intp) >> (y + 1)
+    return Subrects(tile, x, y, length[top], 1 + _TRAILING_ONES[below], runs.colour[heads[top]])
+
+
+def _continues(
+    runs: TileRuns, row: np.ndarray, x: np.ndarray, y: np.ndarray, length: np.ndarray
+) -> np.ndarray:
+    """Per run: whether the run above covers the same columns in the same colour."""
+    span = ((1 << length) - 1) << x
+    same = (runs.same_above_bits.reshape(-1)[row].astype(np.intp) & span) == span
+    above = runs.start_bits.reshape(-1)[row - 1].astype(np.intp) | (1 << TILE)
+    return same & (y > 0) & ((above >> x) & 1 == 1) & ((above >> (x + length)) & 1 == 1)
+
+
+def _column_bits(
+    tile: np.ndarray, x: np.ndarray, y: np.ndarray, continues: np.ndarray, tiles: int
+) -> np.ndarray:
+    """(tiles * 16,) words: bit y of word (tile, x) says a run at (x, y) continues."""
+    marks = np.zeros(tiles * AREA, dtype=bool)
+    marks[((tile * TILE + x) * TILE + y)[continues]] = True
+    return _row_bits(marks).reshape(-1)

@@ -15,6 +15,7 @@ tile by tile.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -43,12 +44,14 @@ def _tile_grid(h: int, w: int) -> tuple[int, int]:
     return -(-h // TILE), -(-w // TILE)
 
 
+@functools.lru_cache(maxsize=32)
 def _tile_sizes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Height and width of every tile, in wire order."""
+    """Height and width of every tile, in wire order (read-only, shared)."""
     rows, cols = _tile_grid(h, w)
-    heights = np.minimum(TILE, h - TILE * np.arange(rows))
-    widths = np.minimum(TILE, w - TILE * np.arange(cols))
-    return np.repeat(heights, cols), np.tile(widths, rows)
+    heights = np.repeat(np.minimum(TILE, h - TILE * np.arange(rows)), cols)
+    widths = np.tile(np.minimum(TILE, w - TILE * np.arange(cols)), rows)
+    heights.flags.writeable = widths.flags.writeable = False
+    return heights, widths
 
 
 # -- encoder ---------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rre import Subrects, run_masks
+from .rre import Subrects, run_starts
 
 TILE = 16
 AREA = TILE * TILE
@@ -44,9 +44,8 @@ def _row_bits(mask: np.ndarray) -> np.ndarray:
 class TileRuns:
     """The runs of k tiles, tile by tile, each tile's rows top to bottom.
 
-    ``first[t]`` is the index of tile t's first run.  ``start_bits`` and
-    ``same_above_bits`` are (k, 16) row words: a run starts at the pixel,
-    the pixel equals the one above it (never in the top row).
+    ``first[t]`` is the index of tile t's first run; ``start_bits`` has
+    one word per tile row, bit x set where a run starts at pixel x.
     """
 
     tile: np.ndarray
@@ -55,10 +54,9 @@ class TileRuns:
     y: np.ndarray
     length: np.ndarray
     colour: np.ndarray
-    corner: np.ndarray  # the run's first pixel differs from the one above
+    corner: np.ndarray  # the run's first pixel differs from the one above (or is on top)
     first: np.ndarray
     start_bits: np.ndarray
-    same_above_bits: np.ndarray
 
     def per_tile(self, values: np.ndarray) -> np.ndarray:
         """Sum of a per-run quantity over each tile's runs."""
@@ -67,36 +65,43 @@ class TileRuns:
 
 def tile_runs(tiles: np.ndarray) -> TileRuns:
     """The runs of (k, 256) tiles in row order (k >= 1)."""
-    masks = run_masks(tiles.reshape(-1, TILE, TILE))
-    starts, same_above = masks.starts, masks.same_above
+    starts = run_starts(tiles.reshape(-1, TILE, TILE))
     at = np.flatnonzero(starts)
     row = at >> 4
+    y = row & (TILE - 1)
+    pixels = tiles.reshape(-1)
+    colour = pixels[at]
     return TileRuns(
         tile=at >> 8,
         row=row,
         x=at & (TILE - 1),
-        y=row & (TILE - 1),
-        length=np.diff(at, append=tiles.size) if at.size else at,
-        colour=tiles.reshape(-1)[at],
-        corner=~same_above.reshape(-1)[at],
+        y=y,
+        length=_gaps(at, tiles.size),
+        colour=colour,
+        corner=(pixels[at - TILE] != colour) | (y == 0),
         first=np.searchsorted(at, np.arange(0, tiles.size, AREA)),
         start_bits=_row_bits(starts),
-        same_above_bits=_row_bits(same_above),
     )
+
+
+def _gaps(at: np.ndarray, end: int) -> np.ndarray:
+    """Distance from each position to the next (the last: to ``end``)."""
+    gaps = np.empty_like(at)
+    np.subtract(at[1:], at[:-1], out=gaps[:-1])
+    gaps[-1:] = end - at[-1:]
+    return gaps
 
 
 def run_subrects(runs: TileRuns, heads: np.ndarray) -> Subrects:
     """Subrects covering the runs ``heads`` (indices into ``runs``, in order).
 
     A head run extends the rect of the head run directly above it when
-    that run covers exactly the same columns in the same colour: every
-    pixel of this run equals the one above, a run starts above at its
-    first column and another right after its last.  The rects come out
-    in the order of their top runs, so grouped by tile.
+    that run covers exactly the same columns in the same colour.  The
+    rects come out in the order of their top runs, so grouped by tile.
     """
     tile, x, y = runs.tile[heads], runs.x[heads], runs.y[heads]
     length = runs.length[heads]
-    continues = _continues(runs, runs.row[heads], x, y, length)
+    continues = _continues(runs, heads, x, length)
     column_bits = _column_bits(tile, x, y, continues, runs.start_bits.shape[0])
     top = np.flatnonzero(~continues)
     tile, x, y = tile[top], x[top], y[top]
@@ -104,14 +109,17 @@ def run_subrects(runs: TileRuns, heads: np.ndarray) -> Subrects:
     return Subrects(tile, x, y, length[top], 1 + _TRAILING_ONES[below], runs.colour[heads[top]])
 
 
-def _continues(
-    runs: TileRuns, row: np.ndarray, x: np.ndarray, y: np.ndarray, length: np.ndarray
-) -> np.ndarray:
-    """Per run: whether the run above covers the same columns in the same colour."""
-    span = ((1 << length) - 1) << x
-    same = (runs.same_above_bits.reshape(-1)[row].astype(np.intp) & span) == span
-    above = runs.start_bits.reshape(-1)[row - 1].astype(np.intp) | (1 << TILE)
-    return same & (y > 0) & ((above >> x) & 1 == 1) & ((above >> (x + length)) & 1 == 1)
+def _continues(runs: TileRuns, heads: np.ndarray, x: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Per run: whether the run above covers the same columns in the same colour.
+
+    Its first pixel is like the one above, and in the row above runs
+    start at its first column and right after its last (or the row
+    ends there), and nowhere in between.
+    """
+    above = runs.start_bits.reshape(-1)[runs.row[heads] - 1].astype(np.intp) | (1 << TILE)
+    window = ((2 << length) - 1) << x
+    edges = ((1 << length) | 1) << x
+    return ~runs.corner[heads] & ((above & window) == edges)
 
 
 def _column_bits(

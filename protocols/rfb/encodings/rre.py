@@ -91,14 +91,22 @@ class RunMasks:
         return self.starts & ~self.same_above
 
 
-def run_masks(blocks: np.ndarray) -> RunMasks:
-    """The run masks of (n, height, width) blocks, compared along each flat block."""
+def run_starts(blocks: np.ndarray) -> np.ndarray:
+    """Where horizontal runs start in (n, height, width) blocks (see ``RunMasks``)."""
     n, height, width = blocks.shape
     flat = np.ascontiguousarray(blocks).reshape(n, height * width)
     starts = np.empty(flat.shape, dtype=bool)
     np.not_equal(flat[:, 1:], flat[:, :-1], out=starts[:, 1:])
     starts = starts.reshape(blocks.shape)
     starts[:, :, 0] = True
+    return starts
+
+
+def run_masks(blocks: np.ndarray) -> RunMasks:
+    """The run masks of (n, height, width) blocks, compared along each flat block."""
+    n, height, width = blocks.shape
+    flat = np.ascontiguousarray(blocks).reshape(n, height * width)
+    starts = run_starts(blocks)
     same_above = np.empty(flat.shape, dtype=bool)
     same_above[:, :width] = False
     np.equal(flat[:, width:], flat[:, :-width], out=same_above[:, width:])

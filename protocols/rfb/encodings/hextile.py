@@ -38,6 +38,7 @@ _KNOWN_FLAGS = RAW | BACKGROUND | FOREGROUND | ANY_SUBRECTS | COLOURED
 _MAX_SUBRECTS = 255
 
 _SOLID, _TWO, _MANY = 0, 1, 2
+_CENTRE = TILE * (TILE // 2) + TILE // 2  # a tile's centre pixel, in a flat tile
 
 
 def _tile_grid(h: int, w: int) -> tuple[int, int]:
@@ -185,10 +186,19 @@ def _analyse(words: np.ndarray, bpp: int) -> _Analysis:
 
 
 def _most_common(tiles: np.ndarray, rows: np.ndarray, colours: _Colours) -> np.ndarray:
-    """The most common value of each of ``rows``; only rows without a majority are sorted."""
+    """The most common value of each of ``rows``.
+
+    A value that covers more than half a tile is its most common: the
+    lowest or highest value, or else the centre pixel's, often is.  Only
+    tiles where none of them is are sorted.
+    """
     common = colours.majority[rows]
     unsettled = np.flatnonzero(~colours.has_majority[rows])
-    common[unsettled] = _most_common_per_row(tiles[rows[unsettled]])
+    block = tiles[rows[unsettled]]
+    centre = block[:, _CENTRE]
+    held = 2 * np.count_nonzero(block == centre[:, None], axis=1) > block.shape[1]
+    common[unsettled[held]] = centre[held]
+    common[unsettled[~held]] = _most_common_per_row(block[~held])
     return common
 
 

@@ -127,5 +127,6 @@ def _column_bits(
 ) -> np.ndarray:
     """(tiles * 16,) words: bit y of word (tile, x) says a run at (x, y) continues."""
     marks = np.zeros(tiles * AREA, dtype=bool)
-    marks[((tile * TILE + x) * TILE + y)[continues]] = True
+    down = np.flatnonzero(continues)
+    marks[(tile[down] * TILE + x[down]) * TILE + y[down]] = True
     return _row_bits(marks).reshape(-1)

@@ -147,20 +147,21 @@ class RectEncoder:
         encoder = self.encoder(encoding)
         max_area = getattr(encoder, "max_area", 0)
         if not max_area:
-            yield from bands(rect)
+            yield from bands(rect, getattr(encoder, "band_pixels", BAND_PIXELS))
             return
         max_w = getattr(encoder, "max_width", 0) or rect.w
         yield from split_rect(rect, max_w, max_area)
 
 
-def bands(rect: Rect) -> Iterator[Rect]:
-    """``rect`` in full-width bands of about BAND_PIXELS, a multiple of 64 rows.
+def bands(rect: Rect, pixels: int = BAND_PIXELS) -> Iterator[Rect]:
+    """``rect`` in full-width bands of about ``pixels``, a multiple of 64 rows.
 
     An update made of bands can be sent band by band (the terminal decodes
     the first while the next is encoded); 64 rows keep ZRLE's 64x64 and
     Hextile's 16x16 tiles where they would be in the whole rectangle.
+    An encoder may ask for other bands with a ``band_pixels`` attribute.
     """
-    rows = max(BAND_ROWS, BAND_PIXELS // max(rect.w, 1) // BAND_ROWS * BAND_ROWS)
+    rows = max(BAND_ROWS, pixels // max(rect.w, 1) // BAND_ROWS * BAND_ROWS)
     for y in range(rect.y, rect.y + rect.h, rows):
         yield Rect(rect.x, y, rect.w, min(rows, rect.y + rect.h - y))
 

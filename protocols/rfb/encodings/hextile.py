@@ -62,7 +62,7 @@ def _tile_sizes(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 class _Analysis:
     """Per-tile facts the encoder chooses from, all in wire pixel values."""
 
-    blocks: np.ndarray  # (n, 16, 16), padding set to the tile background
+    blocks: np.ndarray  # (n, 16, 16), padded by repeating edge pixels
     heights: np.ndarray
     widths: np.ndarray
     kind: np.ndarray  # _SOLID, _TWO or _MANY
@@ -70,7 +70,7 @@ class _Analysis:
     foreground: np.ndarray  # the other colour of _TWO tiles
     candidate: np.ndarray  # tiles whose subrects are worth finding
     floor: np.ndarray  # a lower bound on each tile's encoded size
-    runs: TileRuns | None = None  # of the tiles run_tiles, when already known
+    runs: TileRuns | None = None  # of the tiles run_tiles (those of several colours)
     run_tiles: np.ndarray | None = None
 
 
@@ -82,14 +82,6 @@ def _to_blocks(words: np.ndarray) -> np.ndarray:
         words = np.pad(words, ((0, rows * TILE - h), (0, cols * TILE - w)), mode="edge")
     tiled = words.reshape(rows, TILE, cols, TILE).swapaxes(1, 2)
     return tiled.reshape(rows * cols, TILE * TILE)
-
-
-def _margin_mask(h: int, w: int) -> np.ndarray:
-    """(n, 256) bool, True on padding outside the rectangle."""
-    rows, cols = _tile_grid(h, w)
-    outside = np.ones((rows * TILE, cols * TILE), dtype=bool)
-    outside[:h, :w] = False
-    return outside.reshape(rows, TILE, cols, TILE).swapaxes(1, 2).reshape(rows * cols, -1)
 
 
 def _most_common_per_row(values: np.ndarray) -> np.ndarray:
@@ -178,10 +170,6 @@ def _analyse(words: np.ndarray, bpp: int) -> _Analysis:
     busy = np.flatnonzero(low != high)
     if busy.size:
         _analyse_busy(a, flat, busy, bpp)
-    if h % TILE or w % TILE:
-        flat = np.where(_margin_mask(h, w), a.background[:, None], flat)
-        a.blocks = flat.reshape(-1, TILE, TILE)
-        a.runs = None
     return a
 
 
@@ -316,12 +304,12 @@ def _costs(
 def _subrect_table(analysis: _Analysis, codec: PixelCodec) -> _SubrectTable:
     """Find and pack the subrects of every candidate tile."""
     runs, tiles = analysis.runs, analysis.run_tiles
-    if runs is None or tiles is None:
-        tiles = np.flatnonzero(analysis.candidate)
-        runs = tile_runs(analysis.blocks[tiles].reshape(tiles.size, TILE * TILE))
+    if runs is None or tiles is None:  # every tile is solid
+        tiles = np.empty(0, dtype=np.intp)
+        runs = tile_runs(np.empty((0, TILE * TILE), dtype=analysis.blocks.dtype))
     owner = tiles[runs.tile]
     heads = np.flatnonzero(analysis.candidate[owner] & (runs.colour != analysis.background[owner]))
-    found = run_subrects(runs, heads)
+    found = run_subrects(runs, heads, analysis.widths[tiles], analysis.heights[tiles])
     tile = tiles[found.block]
     n = analysis.kind.size
     counts = np.bincount(tile, minlength=n)

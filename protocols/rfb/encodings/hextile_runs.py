@@ -92,21 +92,29 @@ def _gaps(at: np.ndarray, end: int) -> np.ndarray:
     return gaps
 
 
-def run_subrects(runs: TileRuns, heads: np.ndarray) -> Subrects:
+def run_subrects(
+    runs: TileRuns, heads: np.ndarray, widths: np.ndarray, heights: np.ndarray
+) -> Subrects:
     """Subrects covering the runs ``heads`` (indices into ``runs``, in order).
 
     A head run extends the rect of the head run directly above it when
     that run covers exactly the same columns in the same colour.  The
     rects come out in the order of their top runs, so grouped by tile.
+    Tiles narrower or shorter than 16 (``widths``, ``heights``) are
+    padded by repeating their edge pixels: rects are cut at their edges.
     """
     tile, x, y = runs.tile[heads], runs.x[heads], runs.y[heads]
     length = runs.length[heads]
     continues = _continues(runs, heads, x, length)
     column_bits = _column_bits(tile, x, y, continues, runs.start_bits.shape[0])
     top = np.flatnonzero(~continues)
-    tile, x, y = tile[top], x[top], y[top]
+    tile, x, y, length = tile[top], x[top], y[top], length[top]
     below = column_bits[tile * TILE + x].astype(np.intp) >> (y + 1)
-    return Subrects(tile, x, y, length[top], 1 + _TRAILING_ONES[below], runs.colour[heads[top]])
+    height = 1 + _TRAILING_ONES[below]
+    if (widths < TILE).any() or (heights < TILE).any():
+        length = np.minimum(length, widths[tile] - x)
+        height = np.minimum(height, heights[tile] - y)
+    return Subrects(tile, x, y, length, height, runs.colour[heads[top]])
 
 
 def _continues(runs: TileRuns, heads: np.ndarray, x: np.ndarray, length: np.ndarray) -> np.ndarray:

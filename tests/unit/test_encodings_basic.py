@@ -712,3 +712,35 @@ def test_hextile_choices_match_a_tile_by_tile_writer(px: np.ndarray, fmt: str) -
     assert plan.send_fg.tolist() == send_fg
     data = round_trip(Encoding.HEXTILE, px, codec)
     assert data == full_hextile(px, codec)
+
+
+def hextile_table_rects(table: hextile._SubrectTable, tile: int) -> set[tuple[int, ...]]:
+    """(x, y, w, h, colour) of one tile's entries in the coloured form."""
+    record = np.dtype([("colour", "<u4"), ("xy", "u1"), ("wh", "u1")])
+    entries = np.frombuffer(table.coloured, dtype=record)
+    start = int(table.offsets[tile])
+    rects = set()
+    for e in entries[start : start + int(table.counts[tile])].tolist():
+        colour, xy, wh = e
+        rects.add((xy >> 4, xy & 15, (wh >> 4) + 1, (wh & 15) + 1, colour))
+    return rects
+
+
+@FUZZ
+@given(px=tiled_scenes())
+def test_hextile_finds_the_subrects_rre_finds_in_each_tile(px: np.ndarray) -> None:
+    """Run by run, with partial tiles' edge padding cut off, Hextile's finder
+    covers each tile with exactly the rects of the pixel-by-pixel finder."""
+    codec = PixelCodec(NATIVE)
+    words = codec.to_words(px)
+    a = hextile._analyse(words, codec.bytes_per_pixel)
+    table = hextile._subrect_table(a, codec)
+    cols = -(-px.shape[1] // 16)
+    for i in np.flatnonzero(a.candidate).tolist():
+        ty, tx = divmod(i, cols)
+        tile = words[16 * ty : 16 * ty + 16, 16 * tx : 16 * tx + 16]
+        found = rre.find_subrects(tile[np.newaxis], np.array([a.background[i]]))
+        expected = zip(
+            *(v.tolist() for v in (found.x, found.y, found.w, found.h, found.colour)), strict=True
+        )
+        assert hextile_table_rects(table, i) == set(expected)

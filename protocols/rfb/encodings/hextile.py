@@ -25,8 +25,8 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..pixelformat import PixelCodec
 from .base import DecodeGen, Rect, pixels_result, read_exact
-from .hextile_runs import TileRuns, run_subrects, tile_runs
-from .rre import paint_subrects
+from .hextile_runs import AREA, TileRuns, run_subrects, tile_runs
+from .rre import paint_subrects, run_starts
 
 TILE = 16
 RAW = 1
@@ -104,11 +104,21 @@ def _most_common_per_row(values: np.ndarray) -> np.ndarray:
 
 
 def _most_of_one_value_per_row(values: np.ndarray) -> np.ndarray:
-    """Per row, an upper bound on how often any one value occurs: a low-byte histogram."""
-    rows = values.shape[0]
-    keys = np.bitwise_and(values, 0xFF, dtype=np.intp)
-    keys += np.arange(0, 256 * rows, 256)[:, None]
-    return np.bincount(keys.reshape(-1), minlength=256 * rows).reshape(rows, 256).max(axis=1)
+    """Per row, an upper bound on how often any one value occurs: a low-byte histogram.
+
+    Rows are counted 256 at a time, so each histogram (16-bit keys: row,
+    low byte) stays small enough for the processor's caches.
+    """
+    low = values.astype(np.uint8)  # unsigned casts keep the low bits
+    most = np.empty(values.shape[0], dtype=np.intp)
+    row_keys = (np.arange(256, dtype=np.uint16) << 8)[:, None]
+    for start in range(0, low.shape[0], 256):
+        part = low[start : start + 256]
+        keys = part.astype(np.uint16)
+        keys |= row_keys[: part.shape[0]]
+        counts = np.bincount(keys.reshape(-1), minlength=part.shape[0] * 256)
+        most[start : start + part.shape[0]] = counts.reshape(-1, 256).max(axis=1)
+    return most
 
 
 @dataclass(frozen=True)
@@ -168,9 +178,54 @@ def _analyse(words: np.ndarray, bpp: int) -> _Analysis:
         floor=np.ones(n, dtype=np.intp),
     )
     busy = np.flatnonzero(low != high)
+    tiles = flat[busy]
+    starts = run_starts(tiles.reshape(-1, TILE, TILE)).reshape(busy.size, TILE * TILE)
+    kept = np.flatnonzero(_not_ruled_out(a, tiles, starts, busy, bpp))
+    if kept.size < busy.size:
+        busy, tiles, starts = busy[kept], tiles[kept], starts[kept]
     if busy.size:
-        _analyse_busy(a, flat, busy, bpp)
+        _analyse_busy(a, tiles, starts, busy, bpp)
     return a
+
+
+def _not_ruled_out(
+    a: _Analysis, tiles: np.ndarray, starts: np.ndarray, busy: np.ndarray, bpp: int
+) -> np.ndarray:
+    """Per busy tile: False where subrects provably cost more than Raw (marked so).
+
+    Only tiles with more runs than Raw has room for subrects are checked
+    (photos, noise), pixel by pixel, before any of their runs is listed.
+    A tile of more than two colours needs a subrect per corner pixel (a
+    run start unlike the pixel above) not of its background; a low-byte
+    histogram bounds the background's share from above.
+    """
+    raw_size = a.heights[busy] * a.widths[busy] * bpp
+    keep = np.ones(busy.size, dtype=bool)
+    crowded = np.flatnonzero(_count_per_row(starts) * (bpp + 2) > raw_size)
+    if not crowded.size:
+        return keep
+    block, low, high = tiles[crowded], a.background[busy[crowded]], a.foreground[busy[crowded]]
+    two = _count_per_row(block == low[:, None]) + _count_per_row(block == high[:, None]) == AREA
+    unlike_above = np.ones(block.shape, dtype=bool)
+    np.not_equal(block[:, TILE:], block[:, :-TILE], out=unlike_above[:, TILE:])
+    corners = _count_per_row(starts[crowded] & unlike_above)
+    spare = _most_of_one_value_per_row(block)
+    drop = crowded[~two & (_subrect_bytes(corners - spare, bpp) >= 1 + raw_size[crowded])]
+    a.kind[busy[drop]] = _MANY
+    a.floor[busy[drop]] = 1 + raw_size[drop]
+    keep[drop] = False
+    return keep
+
+
+def _count_per_row(mask: np.ndarray) -> np.ndarray:
+    """How many values are True in each row of a (n, 256) bool array.
+
+    The rows are summed as 64-bit words, eight byte-wide counters at a
+    time, then the counters are folded together.
+    """
+    words = np.ascontiguousarray(mask).view(np.uint64).sum(axis=1, dtype=np.uint64)
+    pairs = (words & 0x00FF00FF00FF00FF) + ((words >> 8) & 0x00FF00FF00FF00FF)
+    return ((pairs * 0x0001000100010001) >> 48).astype(np.intp)
 
 
 def _most_common(tiles: np.ndarray, rows: np.ndarray, colours: _Colours) -> np.ndarray:
@@ -190,7 +245,9 @@ def _most_common(tiles: np.ndarray, rows: np.ndarray, colours: _Colours) -> np.n
     return common
 
 
-def _analyse_busy(a: _Analysis, flat: np.ndarray, busy: np.ndarray, bpp: int) -> None:
+def _analyse_busy(
+    a: _Analysis, tiles: np.ndarray, starts: np.ndarray, busy: np.ndarray, bpp: int
+) -> None:
     """Fill in the tiles of more than one colour, working on their runs.
 
     A tile of more colours needs a subrect per corner pixel (a run's first
@@ -198,8 +255,7 @@ def _analyse_busy(a: _Analysis, flat: np.ndarray, busy: np.ndarray, bpp: int) ->
     background's share by a low-byte histogram rules most noisy tiles out
     before their colours are sorted.
     """
-    tiles = flat[busy]
-    runs = tile_runs(tiles)
+    runs = tile_runs(tiles, starts)
     colours = _classify(runs, a.background[busy], a.foreground[busy])
     total = runs.per_tile(runs.corner)
     raw_size = a.heights[busy] * a.widths[busy] * bpp

@@ -63,9 +63,10 @@ class TileRuns:
         return np.add.reduceat(values, self.first, dtype=np.intp)
 
 
-def tile_runs(tiles: np.ndarray) -> TileRuns:
-    """The runs of (k, 256) tiles in row order (k >= 1)."""
-    starts = run_starts(tiles.reshape(-1, TILE, TILE))
+def tile_runs(tiles: np.ndarray, starts: np.ndarray | None = None) -> TileRuns:
+    """The runs of (k, 256) tiles in row order; ``starts`` as ``run_starts`` gives them."""
+    if starts is None:
+        starts = run_starts(tiles.reshape(-1, TILE, TILE))
     at = np.flatnonzero(starts)
     row = at >> 4
     y = row & (TILE - 1)

@@ -89,7 +89,8 @@ def machine_lines(peer: str) -> list[str]:
         f"CPU: {cpu_model()}, {os.cpu_count()} cores ({platform.machine()})",
         f"Python {platform.python_version()} ({platform.python_implementation()}), "
         f"numpy {_version('numpy')}, Pillow {_version('pillow')}, "
-        f"simplejpeg {_version('simplejpeg')}, zlib {zlib.ZLIB_RUNTIME_VERSION}",
+        f"simplejpeg {_version('simplejpeg')}, zlib {zlib.ZLIB_RUNTIME_VERSION}, "
+        f"zlib-ng {_version('zlib-ng')}",
         f"OS: {platform.platform()}; load average before the run {load()}",
         f"Peer: {peer}",
     ]

@@ -16,6 +16,10 @@ it starts a new raw-deflate compressor at the new level, primed with the last
 previous byte-aligned sync point as further deflate blocks, and its
 back-references only reach data the peer's inflater already holds in its
 window.  The peer therefore sees one continuous stream; nothing is reset.
+
+These streams use Python's zlib, unlike Tight's (zlib-ng): on photo and
+video data, which ZRLE compresses at level 1, zlib-ng's level 1 is about
+40% larger than zlib's, and its level 3 about 2% larger at the same speed.
 """
 
 from __future__ import annotations

@@ -180,16 +180,22 @@ def _analyse(words: np.ndarray, bpp: int) -> _Analysis:
     busy = np.flatnonzero(low != high)
     tiles = flat[busy]
     starts = run_starts(tiles.reshape(-1, TILE, TILE)).reshape(busy.size, TILE * TILE)
-    kept = np.flatnonzero(_not_ruled_out(a, tiles, starts, busy, bpp))
+    run_counts = _count_per_row(starts)
+    kept = np.flatnonzero(_not_ruled_out(a, tiles, starts, run_counts, busy, bpp))
     if kept.size < busy.size:
-        busy, tiles, starts = busy[kept], tiles[kept], starts[kept]
+        busy, tiles, starts, run_counts = busy[kept], tiles[kept], starts[kept], run_counts[kept]
     if busy.size:
-        _analyse_busy(a, tiles, starts, busy, bpp)
+        _analyse_busy(a, tile_runs(tiles, starts, run_counts), tiles, busy, bpp)
     return a
 
 
 def _not_ruled_out(
-    a: _Analysis, tiles: np.ndarray, starts: np.ndarray, busy: np.ndarray, bpp: int
+    a: _Analysis,
+    tiles: np.ndarray,
+    starts: np.ndarray,
+    run_counts: np.ndarray,
+    busy: np.ndarray,
+    bpp: int,
 ) -> np.ndarray:
     """Per busy tile: False where subrects provably cost more than Raw (marked so).
 
@@ -201,7 +207,7 @@ def _not_ruled_out(
     """
     raw_size = a.heights[busy] * a.widths[busy] * bpp
     keep = np.ones(busy.size, dtype=bool)
-    crowded = np.flatnonzero(_count_per_row(starts) * (bpp + 2) > raw_size)
+    crowded = np.flatnonzero(run_counts * (bpp + 2) > raw_size)
     if not crowded.size:
         return keep
     block, low, high = tiles[crowded], a.background[busy[crowded]], a.foreground[busy[crowded]]
@@ -239,14 +245,14 @@ def _most_common(tiles: np.ndarray, rows: np.ndarray, colours: _Colours) -> np.n
     unsettled = np.flatnonzero(~colours.has_majority[rows])
     block = tiles[rows[unsettled]]
     centre = block[:, _CENTRE]
-    held = 2 * np.count_nonzero(block == centre[:, None], axis=1) > block.shape[1]
+    held = 2 * _count_per_row(block == centre[:, None]) > block.shape[1]
     common[unsettled[held]] = centre[held]
     common[unsettled[~held]] = _most_common_per_row(block[~held])
     return common
 
 
 def _analyse_busy(
-    a: _Analysis, tiles: np.ndarray, starts: np.ndarray, busy: np.ndarray, bpp: int
+    a: _Analysis, runs: TileRuns, tiles: np.ndarray, busy: np.ndarray, bpp: int
 ) -> None:
     """Fill in the tiles of more than one colour, working on their runs.
 
@@ -255,7 +261,6 @@ def _analyse_busy(
     background's share by a low-byte histogram rules most noisy tiles out
     before their colours are sorted.
     """
-    runs = tile_runs(tiles, starts)
     colours = _classify(runs, a.background[busy], a.foreground[busy])
     total = runs.per_tile(runs.corner)
     raw_size = a.heights[busy] * a.widths[busy] * bpp

@@ -63,10 +63,18 @@ class TileRuns:
         return np.add.reduceat(values, self.first, dtype=np.intp)
 
 
-def tile_runs(tiles: np.ndarray, starts: np.ndarray | None = None) -> TileRuns:
-    """The runs of (k, 256) tiles in row order; ``starts`` as ``run_starts`` gives them."""
+def tile_runs(
+    tiles: np.ndarray, starts: np.ndarray | None = None, counts: np.ndarray | None = None
+) -> TileRuns:
+    """The runs of (k, 256) tiles in row order.
+
+    ``starts`` (as ``run_starts`` gives them) and ``counts`` (runs per
+    tile) may come from the caller.
+    """
     if starts is None:
         starts = run_starts(tiles.reshape(-1, TILE, TILE))
+    if counts is None:
+        counts = starts.reshape(-1, AREA).sum(axis=1)
     at = np.flatnonzero(starts)
     row = at >> 4
     y = row & (TILE - 1)
@@ -80,7 +88,7 @@ def tile_runs(tiles: np.ndarray, starts: np.ndarray | None = None) -> TileRuns:
         length=_gaps(at, tiles.size),
         colour=colour,
         corner=(pixels[at - TILE] != colour) | (y == 0),
-        first=np.searchsorted(at, np.arange(0, tiles.size, AREA)),
+        first=np.cumsum(counts) - counts,
         start_bits=_row_bits(starts),
     )
 

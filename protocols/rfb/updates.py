@@ -181,5 +181,8 @@ def _view(fb: np.ndarray, rect: Rect) -> np.ndarray:
 
 
 def _is_solid(pixels: np.ndarray) -> bool:
+    """Whether every pixel equals the first; the last pixel and the first row say no cheaply."""
     first = pixels.flat[0]
+    if pixels.flat[-1] != first or not (pixels[0] == first).all():
+        return False
     return bool((pixels == first).all())

@@ -100,17 +100,18 @@ class TightEncoder:
         gradient = gradient_allowed(codec)
         # The palette is capped only for rectangles that would otherwise go to
         # JPEG; screen content keeps its lossless palette.  The uncapped palette
-        # is tried first: within the cap, judging the content changes nothing.
+        # is tried first: within the cap, judging the content changes nothing,
+        # and beyond it the palette's runs measure the tones exactly.
         palette = find_palette(words, self._settings.palette_limit(px.size, codec, False))
         if palette is not None and palette.colours.size == 1:
             return bytes([FILL << 4]) + tpixels_from_words(palette.colours, codec)
         capped = self._settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
-        if palette is not None and palette.colours.size <= capped:
-            return self._palette(palette, codec)
+        if palette is not None:
+            if palette.colours.size <= capped or not (jpeg_ok and palette.many_tones()):
+                return self._palette(palette, codec)
+            return self._jpeg(px)
         tones = content_tones(px) if jpeg_ok or gradient else ContentTones(False, False)
         jpeg = jpeg_ok and tones.many
-        if palette is not None and not jpeg:
-            return self._palette(palette, codec)
         return self._full_colour(px, words, codec, jpeg, gradient and tones.smooth)
 
     def _palette(self, palette: Palette, codec: PixelCodec) -> bytes:

@@ -368,8 +368,8 @@ def _subrect_table(analysis: _Analysis, codec: PixelCodec) -> _SubrectTable:
     if runs is None or tiles is None:  # every tile is solid
         tiles = np.empty(0, dtype=np.intp)
         runs = tile_runs(np.empty((0, TILE * TILE), dtype=analysis.blocks.dtype))
-    owner = tiles[runs.tile]
-    heads = np.flatnonzero(analysis.candidate[owner] & (runs.colour != analysis.background[owner]))
+    candidate, background = analysis.candidate[tiles], analysis.background[tiles]
+    heads = np.flatnonzero(candidate[runs.tile] & (runs.colour != background[runs.tile]))
     found = run_subrects(runs, heads, analysis.widths[tiles], analysis.heights[tiles])
     tile = tiles[found.block]
     n = analysis.kind.size

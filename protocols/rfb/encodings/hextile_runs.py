@@ -112,9 +112,9 @@ def run_subrects(
     Tiles narrower or shorter than 16 (``widths``, ``heights``) are
     padded by repeating their edge pixels: rects are cut at their edges.
     """
-    tile, x, y = runs.tile[heads], runs.x[heads], runs.y[heads]
-    length = runs.length[heads]
-    continues = _continues(runs, heads, x, length)
+    row, x, length = runs.row[heads], runs.x[heads], runs.length[heads]
+    tile, y = row >> 4, row & (TILE - 1)
+    continues = _continues(runs, heads, row, x, length)
     column_bits = _column_bits(tile, x, y, continues, runs.start_bits.shape[0])
     top = np.flatnonzero(~continues)
     tile, x, y, length = tile[top], x[top], y[top], length[top]
@@ -126,14 +126,16 @@ def run_subrects(
     return Subrects(tile, x, y, length, height, runs.colour[heads[top]])
 
 
-def _continues(runs: TileRuns, heads: np.ndarray, x: np.ndarray, length: np.ndarray) -> np.ndarray:
+def _continues(
+    runs: TileRuns, heads: np.ndarray, row: np.ndarray, x: np.ndarray, length: np.ndarray
+) -> np.ndarray:
     """Per run: whether the run above covers the same columns in the same colour.
 
     Its first pixel is like the one above, and in the row above runs
     start at its first column and right after its last (or the row
     ends there), and nowhere in between.
     """
-    above = runs.start_bits.reshape(-1)[runs.row[heads] - 1].astype(np.intp) | (1 << TILE)
+    above = runs.start_bits.reshape(-1)[row - 1].astype(np.intp) | (1 << TILE)
     window = ((2 << length) - 1) << x
     edges = ((1 << length) | 1) << x
     return ~runs.corner[heads] & ((above & window) == edges)

@@ -39,17 +39,20 @@ class Subrects:
         return int(self.block.size)
 
 
-def find_subrects(blocks: np.ndarray, backgrounds: np.ndarray) -> Subrects:
+def find_subrects(
+    blocks: np.ndarray, backgrounds: np.ndarray, masks: RunMasks | None = None
+) -> Subrects:
     """Cover every non-background pixel of each block with one-colour rects.
 
     ``blocks`` has shape (n, height, width); ``backgrounds`` one value per
-    block.  Horizontal runs are found per row; a run with the same x, width and
+    block; ``masks`` are ``run_masks(blocks)`` when the caller has them.
+    Horizontal runs are found per row; a run with the same x, width and
     colour as the run directly above it extends that run's rect
     downwards.  The result is grouped by block in increasing order.
     """
     b = np.ascontiguousarray(blocks)
     height, width = b.shape[1:]
-    masks = run_masks(b)
+    masks = masks or run_masks(b)
     length = _run_lengths(masks.starts)
     head = masks.starts & (b != np.asarray(backgrounds, dtype=b.dtype)[:, None, None])
     below = np.zeros(b.shape, dtype=bool)
@@ -309,7 +312,8 @@ class RREEncoder:
             return _COUNT.pack(0) + _pixel_bytes(0, codec)
         bpp = codec.bytes_per_pixel
         raw_size = words.size * bpp
-        corner = corner_mask(words)
+        masks = run_masks(words[np.newaxis])
+        corner = masks.corners()[0]
         corners = int(np.count_nonzero(corner))
         many = rre_size(corners, bpp) > raw_size
         if many and rre_size(corners - _most_of_one_value(words), bpp) > raw_size:
@@ -319,14 +323,16 @@ class RREEncoder:
             background_corners = int(np.count_nonzero(corner & (words == background)))
             if rre_size(corners - background_corners, bpp) > raw_size:
                 return None
-        return _pack(words, background, codec)
+        return _pack(words, background, codec, masks)
 
     def configure(self, quality: int | None, compression: int | None) -> None:
         pass
 
 
-def _pack(words: np.ndarray, background: int, codec: PixelCodec) -> bytes:
-    found = find_subrects(words[np.newaxis], np.array([background]))
+def _pack(
+    words: np.ndarray, background: int, codec: PixelCodec, masks: RunMasks | None = None
+) -> bytes:
+    found = find_subrects(words[np.newaxis], np.array([background]), masks)
     records = np.empty(len(found), dtype=_subrect_dtype(codec))
     records["colour"] = found.colour
     records["x"] = found.x

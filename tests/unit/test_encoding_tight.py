@@ -202,6 +202,33 @@ def test_noise_goes_to_jpeg_when_the_peer_allows_loss(name: str) -> None:
     assert rgb_error(decoded, px).mean() < 0.75 * rgb_error(grey, px).mean()
 
 
+def palette_scene(colours: int, run: int) -> np.ndarray:
+    """96x80 pixels of ``colours`` colours in horizontal runs of ``run`` pixels,
+    never two equal neighbouring runs."""
+    palette = rng_for(7).integers(0, 1 << 24, colours, dtype=np.uint32)
+    pick = np.arange(96 * 80 // run) % colours
+    return np.repeat(palette[pick], run).reshape(80, 96)
+
+
+@pytest.mark.parametrize(
+    ("run", "expected"),
+    [(1, "jpeg"), (2, "indexed"), (8, "indexed")],
+    ids=["every-pixel", "pairs", "runs"],
+)
+def test_palettes_beyond_the_jpeg_cap_go_to_jpeg_only_with_many_tones(
+    run: int, expected: str
+) -> None:
+    """200 colours: past the JPEG palette cap, inside the palette limit.  With
+    JPEG allowed, the rectangle goes lossy only when few pixels repeat their
+    left neighbour (every pixel a new colour), measured on all its runs."""
+    codec = codec_of("native")
+    px = palette_scene(200, run)
+    encoder = TightEncoder()
+    encoder.configure(5, None)
+    assert method(encoder.encode(px, codec)) == expected
+    assert method(TightEncoder().encode(px, codec)) == "indexed"
+
+
 @pytest.mark.parametrize("name", FORMATS)
 def test_fill_is_tiny(name: str) -> None:
     codec = codec_of(name)

@@ -8,10 +8,11 @@ progress ("starting") and notice crashes.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 
 class DesktopStatus(enum.Enum):
@@ -66,3 +67,60 @@ class Backend(Protocol):
 
 class BackendError(Exception):
     """A backend could not do what was asked; the message says what to do."""
+
+
+class DesktopUnit(Protocol):
+    """What a backend of one object per desktop asks of that object."""
+
+    def info(self) -> DesktopInfo: ...
+
+    async def ensure_running(self) -> ConsoleAddress: ...
+
+    async def stop(self, force: bool = False) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+U = TypeVar("U", bound=DesktopUnit)
+
+
+class UnitBackend(Generic[U]):
+    """A backend that keeps one object per desktop and hands each call to it.
+
+    Subclasses fill ``units`` and set ``name`` and ``kind`` (the word for
+    their desktops in error messages).
+    """
+
+    name = "units"
+    kind = "such"
+
+    def __init__(self, on_status: StatusListener | None) -> None:
+        self.on_status = on_status
+        self.units: dict[str, U] = {}
+
+    def _report(self, desktop: str, status: DesktopStatus, detail: str) -> None:
+        if self.on_status is not None:
+            self.on_status(desktop, status, detail)
+
+    def unit(self, desktop: str) -> U:
+        try:
+            return self.units[desktop]
+        except KeyError:
+            raise BackendError(f"no {self.kind} desktop named {desktop!r}") from None
+
+    async def list_desktops(self) -> list[DesktopInfo]:
+        return [unit.info() for unit in self.units.values()]
+
+    async def ensure_running(self, desktop: str) -> ConsoleAddress:
+        return await self.unit(desktop).ensure_running()
+
+    async def stop(self, desktop: str, force: bool = False) -> None:
+        await self.unit(desktop).stop(force)
+
+    async def reset(self, desktop: str) -> None:
+        """Back to a fresh desktop, as the desktop's own ``reset`` defines it."""
+        await self.unit(desktop).reset()
+
+    async def close(self) -> None:
+        """Stop every desktop (each within its own timeout)."""
+        await asyncio.gather(*(u.stop() for u in self.units.values()), return_exceptions=True)

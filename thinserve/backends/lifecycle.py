@@ -7,12 +7,16 @@ does not cancel the start the others wait for.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
-from .base import BackendError, ConsoleAddress, DesktopStatus, StatusListener
+from .base import BackendError, ConsoleAddress, DesktopInfo, DesktopStatus, StatusListener
 
 
 class DesktopLifecycle:
+    """Status and start-once for a desktop served on a VNC Unix socket."""
+
+    backend = "process"  # the backend's name, in DesktopInfo
     config: Any  # has .name
     run: Any
 
@@ -25,8 +29,15 @@ class DesktopLifecycle:
         self._start_task: asyncio.Task[None] | None = None
 
     @property
-    def console(self) -> ConsoleAddress:
+    def vnc_socket(self) -> Path:
         raise NotImplementedError
+
+    @property
+    def console(self) -> ConsoleAddress:
+        return ConsoleAddress(endpoint=f"unix:path={self.vnc_socket}")
+
+    def info(self) -> DesktopInfo:
+        return DesktopInfo(self.config.name, self.backend, self.status, self.detail)
 
     async def _start(self) -> None:
         raise NotImplementedError

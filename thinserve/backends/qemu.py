@@ -52,7 +52,12 @@ from qemu.qmp import QMPClient, Runstate
 from qemu.qmp.error import QMPError
 from twisted.internet.defer import Deferred
 
-from .base import BackendError, ConsoleAddress, DesktopInfo, DesktopStatus, StatusListener
+from .base import (
+    BackendError,
+    DesktopStatus,
+    StatusListener,
+    UnitBackend,
+)
 from .images import ImageError, create_overlay, image_format
 from .lifecycle import DesktopLifecycle
 
@@ -189,6 +194,8 @@ class _Run:
 class QemuVM(DesktopLifecycle):
     """One desktop's VM: overlay, QEMU process, QMP session and status."""
 
+    backend = "qemu"
+
     def __init__(self, config: QemuDesktopConfig, report: StatusListener) -> None:
         super().__init__(report)
         self.config = config
@@ -220,13 +227,6 @@ class QemuVM(DesktopLifecycle):
     @property
     def qmp_socket(self) -> Path:
         return self.socket_dir / "qmp.sock"
-
-    @property
-    def console(self) -> ConsoleAddress:
-        return ConsoleAddress(endpoint=f"unix:path={self.vnc_socket}")
-
-    def info(self) -> DesktopInfo:
-        return DesktopInfo(self.config.name, "qemu", self.status, self.detail)
 
     def _summary(self, accel: str) -> str:
         cfg = self.config
@@ -530,22 +530,19 @@ class QemuVM(DesktopLifecycle):
             raise BackendError(f"desktop {self.config.name}: QMP {command}: {exc}") from exc
 
 
-class QemuBackend:
+class QemuBackend(UnitBackend[QemuVM]):
     """The desktops of one or more QemuDesktopConfig, each its own QEMU."""
 
     name = "qemu"
+    kind = "QEMU"
 
     def __init__(
         self, desktops: Iterable[QemuDesktopConfig], on_status: StatusListener | None = None
     ) -> None:
-        self.on_status = on_status
-        self.vms: dict[str, QemuVM] = {}
+        super().__init__(on_status)
+        self.vms = self.units
         for config in desktops:
             self.configure(config)
-
-    def _report(self, desktop: str, status: DesktopStatus, detail: str) -> None:
-        if self.on_status is not None:
-            self.on_status(desktop, status, detail)
 
     def configure(self, config: QemuDesktopConfig) -> None:
         """Add a desktop or change its settings (they apply at its next start)."""
@@ -556,30 +553,10 @@ class QemuBackend:
             vm.reconfigure(config)
 
     def vm(self, desktop: str) -> QemuVM:
-        try:
-            return self.vms[desktop]
-        except KeyError:
-            raise BackendError(f"no QEMU desktop named {desktop!r}") from None
-
-    async def list_desktops(self) -> list[DesktopInfo]:
-        return [vm.info() for vm in self.vms.values()]
-
-    async def ensure_running(self, desktop: str) -> ConsoleAddress:
-        return await self.vm(desktop).ensure_running()
-
-    async def stop(self, desktop: str, force: bool = False) -> None:
-        await self.vm(desktop).stop(force)
-
-    async def reset(self, desktop: str) -> None:
-        """Back to the template: stop the desktop and recreate its overlay."""
-        await self.vm(desktop).reset()
+        return self.unit(desktop)
 
     async def execute(
         self, desktop: str, command: str, arguments: dict[str, object] | None = None
     ) -> object:
         """Run a QMP command on a running desktop and return its result."""
         return await self.vm(desktop).execute(command, arguments)
-
-    async def close(self) -> None:
-        """Power every VM down (each within its shutdown_timeout)."""
-        await asyncio.gather(*(vm.stop() for vm in self.vms.values()), return_exceptions=True)

@@ -53,7 +53,12 @@ from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IReactorProcess, IReactorTime
 from twisted.python.failure import Failure
 
-from .base import BackendError, ConsoleAddress, DesktopInfo, DesktopStatus, StatusListener
+from .base import (
+    BackendError,
+    DesktopStatus,
+    StatusListener,
+    UnitBackend,
+)
 from .lifecycle import DesktopLifecycle
 
 if TYPE_CHECKING:
@@ -312,6 +317,8 @@ class _Run:
 class XvncSession(DesktopLifecycle):
     """One desktop's Xvnc and session program, and its status."""
 
+    backend = "xvnc"
+
     def __init__(
         self,
         config: XvncDesktopConfig,
@@ -337,19 +344,12 @@ class XvncSession(DesktopLifecycle):
         return self.base / "sockets" / self.config.name
 
     @property
-    def socket(self) -> Path:
+    def vnc_socket(self) -> Path:
         return self.socket_dir / "vnc.sock"
 
     @property
     def session_dir(self) -> Path:
         return self.base / "sessions" / self.config.name
-
-    @property
-    def console(self) -> ConsoleAddress:
-        return ConsoleAddress(endpoint=f"unix:path={self.socket}")
-
-    def info(self) -> DesktopInfo:
-        return DesktopInfo(self.config.name, "xvnc", self.status, self.detail)
 
     def _summary(self, run: _Run) -> str:
         cfg = self.config
@@ -392,9 +392,9 @@ class XvncSession(DesktopLifecycle):
 
     def _prepare(self, account: Account) -> _Run:
         """Fresh private directories for this start, an X cookie in place."""
-        if len(str(self.socket)) > MAX_SOCKET_PATH:
+        if len(str(self.vnc_socket)) > MAX_SOCKET_PATH:
             raise BackendError(
-                f"desktop {self.config.name}: socket path {self.socket} is too long; "
+                f"desktop {self.config.name}: socket path {self.vnc_socket} is too long; "
                 "choose a shorter runtime_dir"
             )
         _make_base(self.base)
@@ -406,7 +406,7 @@ class XvncSession(DesktopLifecycle):
         _write_private(session_dir / "Xauthority", xauthority_entry(secrets.token_bytes(16)))
         for path in (session_dir / "runtime", session_dir / "Xauthority", session_dir):
             _give(path, account)
-        self.run = _Run(account, self.socket, session_dir)
+        self.run = _Run(account, self.vnc_socket, session_dir)
         return self.run
 
     async def _launch(self, run: _Run, binary: str) -> None:
@@ -671,10 +671,11 @@ class XvncSession(DesktopLifecycle):
             await asyncio.gather(*self._endings, return_exceptions=True)
 
 
-class XvncBackend:
+class XvncBackend(UnitBackend[XvncSession]):
     """The desktops of one or more XvncDesktopConfig, each its own Xvnc session."""
 
     name = "xvnc"
+    kind = "xvnc"
 
     def __init__(
         self,
@@ -683,10 +684,10 @@ class XvncBackend:
         options: XvncOptions | None = None,
         reactor: Any = None,
     ) -> None:
-        self.on_status = on_status
+        super().__init__(on_status)
         self.options = options or XvncOptions()
         self.reactor = reactor or default_reactor
-        self.sessions: dict[str, XvncSession] = {}
+        self.sessions = self.units
         for config in desktops:
             if config.name in self.sessions:
                 raise BackendError(f"two xvnc desktops are named {config.name!r}")
@@ -695,36 +696,12 @@ class XvncBackend:
                 config, self.options, self._report, self.reactor
             )
 
-    def _report(self, desktop: str, status: DesktopStatus, detail: str) -> None:
-        if self.on_status is not None:
-            self.on_status(desktop, status, detail)
-
     def session(self, desktop: str) -> XvncSession:
-        try:
-            return self.sessions[desktop]
-        except KeyError:
-            raise BackendError(f"no xvnc desktop named {desktop!r}") from None
-
-    async def list_desktops(self) -> list[DesktopInfo]:
-        return [s.info() for s in self.sessions.values()]
-
-    async def ensure_running(self, desktop: str) -> ConsoleAddress:
-        return await self.session(desktop).ensure_running()
-
-    async def stop(self, desktop: str, force: bool = False) -> None:
-        await self.session(desktop).stop(force)
-
-    async def reset(self, desktop: str) -> None:
-        """End the session at once; the next start is a fresh session."""
-        await self.session(desktop).reset()
+        return self.unit(desktop)
 
     def stop_on_release(self, desktop: str) -> bool:
         """True when the desktop ends once nobody uses it (keep_after_logout off)."""
         return not self.session(desktop).config.keep_after_logout
-
-    async def close(self) -> None:
-        """End every session (each within the stop timeout)."""
-        await asyncio.gather(*(s.stop() for s in self.sessions.values()), return_exceptions=True)
 
 
 async def rfb_greets(path: Path) -> bool:

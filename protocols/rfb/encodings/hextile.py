@@ -138,9 +138,8 @@ def _classify(runs: TileRuns, low: np.ndarray, high: np.ndarray) -> _Colours:
     The background of a two-colour tile is its first pixel's colour
     unless the other colour covers more than half.
     """
-    tile = runs.tile
-    n_low = runs.per_tile(runs.length * (runs.colour == low[tile]))
-    n_high = runs.per_tile(runs.length * (runs.colour == high[tile]))
+    n_low = runs.per_tile(runs.length * (runs.colour == runs.spread(low)))
+    n_high = runs.per_tile(runs.length * (runs.colour == runs.spread(high)))
     two = n_low + n_high == TILE * TILE
     first = runs.colour[runs.first]
     n_first = np.where(first == low, n_low, n_high)
@@ -275,7 +274,7 @@ def _analyse_busy(
     hopeful[~hopeful] = _subrect_bytes(total[unsure] - spare, bpp) < 1 + raw_size[unsure]
     chosen = many[hopeful]
     background[chosen] = _most_common(tiles, chosen, colours)
-    own = runs.per_tile(runs.corner & (runs.colour == background[runs.tile]))
+    own = runs.per_tile(runs.corner & (runs.colour == runs.spread(background)))
     needed = total[chosen] - own[chosen]
     floor[chosen] = np.minimum(floor[chosen], _subrect_bytes(needed, bpp))
     candidate[chosen] = 1 + needed * (bpp + 2) < raw_size[chosen]
@@ -369,7 +368,7 @@ def _subrect_table(analysis: _Analysis, codec: PixelCodec) -> _SubrectTable:
         tiles = np.empty(0, dtype=np.intp)
         runs = tile_runs(np.empty((0, TILE * TILE), dtype=analysis.blocks.dtype))
     candidate, background = analysis.candidate[tiles], analysis.background[tiles]
-    heads = np.flatnonzero(candidate[runs.tile] & (runs.colour != background[runs.tile]))
+    heads = np.flatnonzero(runs.spread(candidate) & (runs.colour != runs.spread(background)))
     found = run_subrects(runs, heads, analysis.widths[tiles], analysis.heights[tiles])
     tile = tiles[found.block]
     n = analysis.kind.size

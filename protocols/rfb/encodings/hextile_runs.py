@@ -56,11 +56,16 @@ class TileRuns:
     colour: np.ndarray
     corner: np.ndarray  # the run's first pixel differs from the one above (or is on top)
     first: np.ndarray
+    counts: np.ndarray  # runs per tile
     start_bits: np.ndarray
 
     def per_tile(self, values: np.ndarray) -> np.ndarray:
         """Sum of a per-run quantity over each tile's runs."""
         return np.add.reduceat(values, self.first, dtype=np.intp)
+
+    def spread(self, values: np.ndarray) -> np.ndarray:
+        """A per-tile quantity for every run (several times faster than indexing by tile)."""
+        return np.repeat(values, self.counts)
 
 
 def tile_runs(
@@ -89,6 +94,7 @@ def tile_runs(
         colour=colour,
         corner=(pixels[at - TILE] != colour) | (y == 0),
         first=np.cumsum(counts) - counts,
+        counts=counts,
         start_bits=_row_bits(starts),
     )
 

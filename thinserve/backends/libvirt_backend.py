@@ -102,50 +102,52 @@ _STOPPED_DETAIL = {
 }
 
 
+_RUNNING = (DesktopStatus.RUNNING, "")
+_PAUSED = (DesktopStatus.STOPPED, "paused")
+_SUSPENDED = (DesktopStatus.STOPPED, "suspended")
+_SHUTTING_DOWN = (DesktopStatus.STOPPING, "shutting down")
+_GUEST_CRASHED = (DesktopStatus.CRASHED, "the guest crashed")
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: _RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: _RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: _PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: _SUSPENDED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: _SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_CRASHED: _GUEST_CRASHED,
+}
+_SHUTOFF_REASONS = {
+    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: _GUEST_CRASHED,
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: (DesktopStatus.CRASHED, "the domain failed to start"),
+}
+_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_STARTED: _RUNNING,
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: _RUNNING,
+    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: _PAUSED,
+    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: _SUSPENDED,
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: _SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: _GUEST_CRASHED,
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: (DesktopStatus.STOPPED, ""),
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: (DesktopStatus.STOPPED, "removed"),
+}
+_STOPPED_EVENTS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: _GUEST_CRASHED,
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: (DesktopStatus.CRASHED, "the hypervisor failed"),
+}
+
+
 def status_of_state(state: int, reason: int) -> tuple[DesktopStatus, str]:
     """Map a libvirt domain state and its reason to a desktop status and detail."""
-    if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-        return DesktopStatus.RUNNING, ""
-    if state == libvirt.VIR_DOMAIN_PAUSED:
-        return DesktopStatus.STOPPED, "paused"
-    if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
-        return DesktopStatus.STOPPED, "suspended"
-    if state == libvirt.VIR_DOMAIN_SHUTDOWN:
-        return DesktopStatus.STOPPING, "shutting down"
-    if state == libvirt.VIR_DOMAIN_CRASHED:
-        return DesktopStatus.CRASHED, "the guest crashed"
     if state == libvirt.VIR_DOMAIN_SHUTOFF:
-        if reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
-            return DesktopStatus.CRASHED, "the guest crashed"
-        if reason == libvirt.VIR_DOMAIN_SHUTOFF_FAILED:
-            return DesktopStatus.CRASHED, "the domain failed to start"
-        return DesktopStatus.STOPPED, ""
-    return DesktopStatus.STOPPED, "no state"
+        return _SHUTOFF_REASONS.get(reason, (DesktopStatus.STOPPED, ""))
+    return _STATES.get(state, (DesktopStatus.STOPPED, "no state"))
 
 
 def status_of_event(event: int, detail: int) -> tuple[DesktopStatus, str] | None:
     """Map a lifecycle event to a status, or None when it changes nothing."""
-    if event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
-        return DesktopStatus.RUNNING, ""
-    if event == libvirt.VIR_DOMAIN_EVENT_SUSPENDED:
-        return DesktopStatus.STOPPED, "paused"
-    if event == libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED:
-        return DesktopStatus.STOPPED, "suspended"
-    if event == libvirt.VIR_DOMAIN_EVENT_SHUTDOWN:
-        return DesktopStatus.STOPPING, "shutting down"
-    if event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
-        return DesktopStatus.CRASHED, "the guest crashed"
     if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
-        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED:
-            return DesktopStatus.CRASHED, "the guest crashed"
-        if detail == libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED:
-            return DesktopStatus.CRASHED, "the hypervisor failed"
-        return DesktopStatus.STOPPED, _STOPPED_DETAIL.get(detail, "")
-    if event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
-        return DesktopStatus.STOPPED, ""
-    if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
-        return DesktopStatus.STOPPED, "removed"
-    return None
+        stopped = (DesktopStatus.STOPPED, _STOPPED_DETAIL.get(detail, ""))
+        return _STOPPED_EVENTS.get(detail, stopped)
+    return _EVENTS.get(event)
 
 
 # --- console address from the domain XML --------------------------------------------

@@ -7,6 +7,7 @@ does not cancel the start the others wait for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,20 @@ class DesktopLifecycle:
                 ) from None
             raise
         return self.console
+
+
+async def rfb_greets(path: Path) -> bool:
+    """True once the Unix socket at ``path`` accepts and sends an RFB version."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+    except OSError:
+        return False
+    try:
+        greeting = await asyncio.wait_for(reader.readexactly(12), 5.0)
+    except (OSError, asyncio.IncompleteReadError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    return greeting.startswith(b"RFB ")

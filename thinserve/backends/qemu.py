@@ -59,7 +59,7 @@ from .base import (
     UnitBackend,
 )
 from .images import ImageError, create_overlay, image_format
-from .lifecycle import DesktopLifecycle
+from .lifecycle import DesktopLifecycle, rfb_greets
 
 log = logging.getLogger(__name__)
 
@@ -154,23 +154,6 @@ def describe_exit(returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}"
         return f"killed by signal {-returncode}"
     return f"exit status {returncode}"
-
-
-async def rfb_greets(path: Path) -> bool:
-    """True once the Unix socket at ``path`` accepts and sends an RFB version."""
-    try:
-        reader, writer = await asyncio.open_unix_connection(str(path))
-    except OSError:
-        return False
-    try:
-        greeting = await asyncio.wait_for(reader.readexactly(12), 5.0)
-    except (OSError, asyncio.IncompleteReadError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return greeting.startswith(b"RFB ")
 
 
 @dataclass

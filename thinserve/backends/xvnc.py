@@ -59,7 +59,7 @@ from .base import (
     StatusListener,
     UnitBackend,
 )
-from .lifecycle import DesktopLifecycle
+from .lifecycle import DesktopLifecycle, rfb_greets
 
 if TYPE_CHECKING:
     from ..config import LocalDesktopConfig
@@ -702,23 +702,6 @@ class XvncBackend(UnitBackend[XvncSession]):
     def stop_on_release(self, desktop: str) -> bool:
         """True when the desktop ends once nobody uses it (keep_after_logout off)."""
         return not self.session(desktop).config.keep_after_logout
-
-
-async def rfb_greets(path: Path) -> bool:
-    """True once the Unix socket at ``path`` accepts and sends an RFB version."""
-    try:
-        reader, writer = await asyncio.open_unix_connection(str(path))
-    except OSError:
-        return False
-    try:
-        greeting = await asyncio.wait_for(reader.readexactly(12), 5.0)
-    except (OSError, asyncio.IncompleteReadError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return greeting.startswith(b"RFB ")
 
 
 # --- files and processes ----------------------------------------------------------------

@@ -349,7 +349,7 @@ def test_find_palette_sees_colours_the_samples_miss(shape: tuple[int, int], extr
     size=st.integers(1, 3000),
     forced_search=st.booleans(),
 )
-def test_colour_indices_match_binary_search(
+def test_colour_table_indexes_like_binary_search(
     seed: int, count: int, size: int, forced_search: bool
 ) -> None:
     """The hashed lookup, and the binary search it falls back to when every
@@ -360,19 +360,21 @@ def test_colour_indices_match_binary_search(
     multipliers = (0,) if forced_search else tight_select.HASH_MULTIPLIERS
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tight_select, "HASH_MULTIPLIERS", multipliers)
-        found = tight_select.colour_indices(colours, values)
+        found, member = tight_select.ColourTable.of(colours).lookup(values)
+    assert member.all()
     assert found.dtype == np.uint8
     np.testing.assert_array_equal(found, np.searchsorted(colours, values))
 
 
-def test_colour_indices_survive_colliding_multipliers() -> None:
+def test_colour_table_survives_colliding_multipliers() -> None:
     """Colours that differ only above the bits a multiplier of 1 << 16 keeps
     all land in slot 0; the next multiplier must be tried."""
     colours = np.arange(200, dtype=np.uint32) << 16
     values = colours[rng_for(3).integers(0, 200, 5000)]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(tight_select, "HASH_MULTIPLIERS", (1 << 16, 0x9E3779B1))
-        found = tight_select.colour_indices(colours, values)
+        found, member = tight_select.ColourTable.of(colours).lookup(values)
+    assert member.all()
     np.testing.assert_array_equal(found, np.searchsorted(colours, values))
 
 

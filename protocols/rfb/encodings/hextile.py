@@ -366,7 +366,8 @@ def _subrect_table(analysis: _Analysis, codec: PixelCodec) -> _SubrectTable:
     runs, tiles = analysis.runs, analysis.run_tiles
     if runs is None or tiles is None:  # every tile is solid
         tiles = np.empty(0, dtype=np.intp)
-        runs = tile_runs(np.empty((0, TILE * TILE), dtype=analysis.blocks.dtype))
+        none = np.empty((0, TILE * TILE), dtype=bool)
+        runs = tile_runs(none.astype(analysis.blocks.dtype), none, tiles)
     candidate, background = analysis.candidate[tiles], analysis.background[tiles]
     heads = np.flatnonzero(runs.spread(candidate) & (runs.colour != runs.spread(background)))
     found = run_subrects(runs, heads, analysis.widths[tiles], analysis.heights[tiles])

@@ -3,10 +3,9 @@
 A tile of a few colours has far fewer runs of equal pixels than pixels, so
 after one pass that finds where runs start, everything Hextile needs per
 tile (how much of each colour, corner pixels, subrectangles) is worked
-out run by run.  Which pixels start a run, and which equal the pixel
-above, are also kept as one 16-bit word per tile row: whether a run
-continues the one directly above it (same columns, same colour) is then a
-few bit operations per run.
+out run by run.  Where runs start is also kept as one 16-bit word per
+tile row: whether a run continues the one directly above it (same
+columns, same colour) is then a few bit operations per run.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rre import Subrects, run_starts
+from .rre import Subrects
 
 TILE = 16
 AREA = TILE * TILE
@@ -48,10 +47,8 @@ class TileRuns:
     one word per tile row, bit x set where a run starts at pixel x.
     """
 
-    tile: np.ndarray
     row: np.ndarray  # tile * 16 + y: the run's row among all tile rows
     x: np.ndarray
-    y: np.ndarray
     length: np.ndarray
     colour: np.ndarray
     corner: np.ndarray  # the run's first pixel differs from the one above (or is on top)
@@ -68,31 +65,18 @@ class TileRuns:
         return np.repeat(values, self.counts)
 
 
-def tile_runs(
-    tiles: np.ndarray, starts: np.ndarray | None = None, counts: np.ndarray | None = None
-) -> TileRuns:
-    """The runs of (k, 256) tiles in row order.
-
-    ``starts`` (as ``run_starts`` gives them) and ``counts`` (runs per
-    tile) may come from the caller.
-    """
-    if starts is None:
-        starts = run_starts(tiles.reshape(-1, TILE, TILE))
-    if counts is None:
-        counts = starts.reshape(-1, AREA).sum(axis=1)
+def tile_runs(tiles: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> TileRuns:
+    """The runs of (k, 256) tiles in row order, from ``run_starts`` and runs per tile."""
     at = np.flatnonzero(starts)
     row = at >> 4
-    y = row & (TILE - 1)
     pixels = tiles.reshape(-1)
     colour = pixels[at]
     return TileRuns(
-        tile=at >> 8,
         row=row,
         x=at & (TILE - 1),
-        y=y,
         length=_gaps(at, tiles.size),
         colour=colour,
-        corner=(pixels[at - TILE] != colour) | (y == 0),
+        corner=(pixels[at - TILE] != colour) | (row & (TILE - 1) == 0),
         first=np.cumsum(counts) - counts,
         counts=counts,
         start_bits=_row_bits(starts),

@@ -107,8 +107,9 @@ def run_starts(blocks: np.ndarray) -> np.ndarray:
 
 def run_masks(blocks: np.ndarray) -> RunMasks:
     """The run masks of (n, height, width) blocks, compared along each flat block."""
+    blocks = np.ascontiguousarray(blocks)
     n, height, width = blocks.shape
-    flat = np.ascontiguousarray(blocks).reshape(n, height * width)
+    flat = blocks.reshape(n, height * width)
     starts = run_starts(blocks)
     same_above = np.empty(flat.shape, dtype=bool)
     same_above[:, :width] = False

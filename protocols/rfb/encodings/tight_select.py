@@ -236,14 +236,6 @@ class ColourTable:
         return index, self.colours[index] == values
 
 
-def colour_indices(colours: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """uint8 index into ``colours`` (sorted, at most 256) of each of ``values``.
-
-    Every value must be one of the colours.
-    """
-    return ColourTable.of(colours).lookup(values)[0]
-
-
 @dataclass(frozen=True)
 class ContentTones:
     """What sampled rows say about a many-colour rectangle."""

@@ -523,7 +523,6 @@ class QemuBackend(UnitBackend[QemuVM]):
         self, desktops: Iterable[QemuDesktopConfig], on_status: StatusListener | None = None
     ) -> None:
         super().__init__(on_status)
-        self.vms = self.units
         for config in desktops:
             self.configure(config)
 
@@ -534,6 +533,10 @@ class QemuBackend(UnitBackend[QemuVM]):
             self.vms[config.name] = QemuVM(config, self._report)
         else:
             vm.reconfigure(config)
+
+    @property
+    def vms(self) -> dict[str, QemuVM]:
+        return self.units
 
     def vm(self, desktop: str) -> QemuVM:
         return self.unit(desktop)

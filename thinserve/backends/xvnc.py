@@ -687,7 +687,6 @@ class XvncBackend(UnitBackend[XvncSession]):
         super().__init__(on_status)
         self.options = options or XvncOptions()
         self.reactor = reactor or default_reactor
-        self.sessions = self.units
         for config in desktops:
             if config.name in self.sessions:
                 raise BackendError(f"two xvnc desktops are named {config.name!r}")
@@ -695,6 +694,10 @@ class XvncBackend(UnitBackend[XvncSession]):
             self.sessions[config.name] = XvncSession(
                 config, self.options, self._report, self.reactor
             )
+
+    @property
+    def sessions(self) -> dict[str, XvncSession]:
+        return self.units
 
     def session(self, desktop: str) -> XvncSession:
         return self.unit(desktop)

@@ -485,9 +485,12 @@ async def test_clicks_arrive_at_framebuffer_coordinates(browser_profile: Path) -
                 await page.mouse.click(box["x"] + x + 0.5, box["y"] + y + 0.5, button=button)
 
             async def released_last() -> bool:
-                return (0, 0, 0) in served.sink.pointers[1:] and any(
-                    b == middle for b, _, _ in served.sink.pointers
-                )
+                """The last click's release has arrived after its press (a pointer
+                at 0,0 before any click must not end the wait)."""
+                events = served.sink.pointers
+                return (middle, 0, 0) in events and (0, 0, 0) in events[
+                    events.index((middle, 0, 0)) + 1 :
+                ]
 
             await eventually(released_last)
             events = served.sink.pointers

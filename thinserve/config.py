@@ -6,6 +6,7 @@ local Xvnc desktop to terminals connecting to 127.0.0.1:5900.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -19,6 +20,7 @@ from .broker import BrokerConfig, BrokerConfigError
 from .broker.config import from_mapping as broker_from_mapping
 from .desktop_config import TABLES, DesktopConfigError, DesktopSetup
 from .desktop_config import parse as parse_desktops
+from .linksecurity import ALLOW_NONE_CHOICES
 
 ENCODING_NAMES = {
     "raw": Encoding.RAW,
@@ -73,6 +75,13 @@ class Config:
     # The admin API's Unix socket: None for the runtime directory's admin.sock,
     # "" for no admin API (see docs/admin.md).
     admin_socket: str | None = None
+    # Link security (docs/security.md): the server's certificate (None: one
+    # thinserve makes beside its database), where security type None is
+    # accepted, and the subnets whose keyless viewers are known by address.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allow_none: str = "loopback"
+    address_pairing: tuple[str, ...] = ()
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     discovery: bool = True  # browse for terminals, advertise _rfb._tcp
     discovery_interfaces: tuple[str, ...] = ()  # () = all
@@ -116,6 +125,10 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
             "dial",
             "database",
             "admin_socket",
+            "tls_cert",
+            "tls_key",
+            "allow_none",
+            "address_pairing",
         },
         f"{source} [server]",
     )
@@ -157,6 +170,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         password=_opt_str(server, "password", f"{source} [server]"),
         database=_opt_str(server, "database", f"{source} [server]"),
         admin_socket=_admin_socket(server, f"{source} [server]"),
+        **_link_security(server, where),
         broker=broker,
         discovery=enabled,
         discovery_interfaces=_endpoints(
@@ -167,6 +181,29 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         setup=setup,
         source=source,
     )
+
+
+def _link_security(server: dict[str, Any], where: str) -> dict[str, Any]:
+    cert, key = _opt_str(server, "tls_cert", where), _opt_str(server, "tls_key", where)
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{where}: give both tls_cert and tls_key (PEM files), or neither")
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        if path is not None and not os.path.isabs(path):
+            raise ConfigError(f"{where} {name} = {path!r}: give an absolute path")
+    allow_none = _str(server, "allow_none", "loopback", where)
+    if allow_none not in ALLOW_NONE_CHOICES:
+        raise ConfigError(
+            f"{where} allow_none = {allow_none!r}: one of {', '.join(ALLOW_NONE_CHOICES)}"
+        )
+    subnets = _endpoints(server, "address_pairing", (), where, allow_empty=True)
+    for subnet in subnets:
+        try:
+            ipaddress.ip_network(subnet, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f'{where} address_pairing: {subnet!r} is not a subnet such as "10.1.2.0/24"'
+            ) from None
+    return {"tls_cert": cert, "tls_key": key, "allow_none": allow_none, "address_pairing": subnets}
 
 
 def _dial(server: dict[str, Any], where: str) -> tuple[str, ...]:

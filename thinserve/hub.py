@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from twisted.internet import reactor as default_reactor
 from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from .broker import (
@@ -34,14 +35,15 @@ from .broker import (
     ShowDesktop,
     ShowScreen,
     TerminalInfo,
-    viewer_terminal_id,
 )
 from .broker.core import AlreadyConnectedError, LoginCheck, LoginVerdict
+from .identities import IdentityRules
 from .relay import screens
 from .relay.login import LoginScreen
 from .relay.session import TerminalSession
 from .relay.source import Source
 from .relay.upstream import DEFAULT_SIZE, Mirror
+from .terminal_ids import lasts_one_connection
 from .verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Hub:
         reactor: object | None = None,
         on_desktop_wanted: Callable[[str], None] | None = None,
         verifier: Verifier | None = None,
+        address_subnets: tuple[str, ...] = (),
     ) -> None:
         self.broker = broker
         self.mirrors = mirrors
@@ -74,6 +77,11 @@ class Hub:
         self.verifier = verifier or Verifier(self.reactor)  # type: ignore[arg-type]
         self.terminals: dict[str, Terminal] = {}
         self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
+        self.identities = IdentityRules(
+            address_subnets,
+            address_bound=lambda t: broker.store.pairing_for(t) is not None,
+            taken=broker.is_connected,
+        )
         self._ticker = task.LoopingCall(self.tick)
         self._ticker.clock = self.reactor
         self.stopped = False
@@ -97,32 +105,67 @@ class Hub:
 
     # -- sessions --------------------------------------------------------------------
     def new_session(
-        self, terminal_id: str | None = None, info: TerminalInfo | None = None
+        self, info: TerminalInfo | None = None, advertised_key: str | None = None
     ) -> TerminalSession:
-        """A session for one connection; ``terminal_id`` for discovered terminals."""
+        """A session for one connection; ``info`` and ``advertised_key`` come
+        from a discovered terminal's advert: recorded, never trusted."""
         session = TerminalSession(self._attach, self._detach)
-        session.terminal_id = terminal_id  # type: ignore[attr-defined]
+        session.terminal_id = None  # type: ignore[attr-defined]
         session.info = info or TerminalInfo()  # type: ignore[attr-defined]
+        session.advertised_key = advertised_key  # type: ignore[attr-defined]
         return session
 
     def _attach(self, session: TerminalSession) -> Source:
-        assert session.proto is not None
-        info: TerminalInfo = session.info  # type: ignore[attr-defined]
-        terminal_id = session.terminal_id or viewer_terminal_id(_peer_host(session))  # type: ignore[attr-defined]
+        proto = session.proto
+        assert proto is not None
+        host = _peer_host(session)
+        found = self.identities.identify(
+            host,
+            proto.proven_key,
+            session.advertised_key,  # type: ignore[attr-defined]
+        )
+        terminal_id = found.terminal_id
         session.terminal_id = terminal_id  # type: ignore[attr-defined]
+        info: TerminalInfo = session.info  # type: ignore[attr-defined]
         if not info.address:
-            info = TerminalInfo(
-                info.name, info.model, _peer_host(session), info.screen_width, info.screen_height
-            )
-        self._replace_old_connection(terminal_id)
+            info = TerminalInfo(info.name, info.model, host, info.screen_width, info.screen_height)
+        if found.note:
+            log.warning("terminal %s from %s: %s", terminal_id, host, found.note)
+        if found.kind == "key":
+            self._replace_old_connection(terminal_id)
         self.terminals[terminal_id] = Terminal(terminal_id, info, session)
-        assignment = self.broker.terminal_connected(terminal_id, info, connection=id(session))
+        assignment = self.broker.terminal_connected(
+            terminal_id, info, connection=id(session), notice=found.note
+        )
+        if proto.login_user is not None:
+            assignment = self._log_in(terminal_id, proto.login_user)
         log.info(
-            "terminal %s connected from %s: %s", terminal_id, info.address, _describe(assignment)
+            "terminal %s (%s) connected from %s: %s",
+            terminal_id,
+            _identity_words(found.kind, proto.login_user),
+            host,
+            _describe(assignment),
         )
         return self._source_for(terminal_id, assignment, session)
 
+    def _log_in(self, terminal_id: str, user: str) -> Assignment:
+        """A user whose password the handshake checked: their desktop, here."""
+        changes = self.broker.login_verified(terminal_id, user)
+        self.apply([c for c in changes if c.terminal_id != terminal_id])
+        return self.broker.assignment(terminal_id)
+
+    def check_credentials(self, host: str, user: str, secret: str) -> Deferred[str | None]:
+        """Check a user name and password given in the RFB handshake (VeNCrypt
+        Plain inside TLS): None when right, else the refusal to send."""
+        prepared = self.broker.prepare_credentials(host, user, secret)
+        if not isinstance(prepared, LoginCheck):
+            return succeed(prepared)
+        checked = self.verifier.run(prepared.run)
+        checked.addCallback(self.broker.credentials_checked)
+        return checked
+
     def _replace_old_connection(self, terminal_id: str) -> None:
+        """A terminal that proved its key again: its older connection is over."""
         old = self.terminals.pop(terminal_id, None)
         if old is None or not self.broker.is_connected(terminal_id):
             return
@@ -142,6 +185,9 @@ class Hub:
             changes = self.broker.terminal_disconnected(terminal_id, id(session))
         except AlreadyConnectedError:
             changes = []
+        if terminal_id is not None and lasts_one_connection(terminal_id):
+            self.broker.forget_terminal(terminal_id, "its connection ended")
+        log.info("terminal %s disconnected", terminal_id)
         self.apply(changes)
 
     # -- applying decisions -----------------------------------------------------------
@@ -241,8 +287,17 @@ class Hub:
     def pair(self, terminal_id: str, desktop: str, actor: str = SYSTEM) -> None:
         self.apply(self.broker.pair(terminal_id, desktop, actor))
 
-    def pair_code(self, code: str, desktop: str, actor: str = SYSTEM) -> None:
-        self.apply(self.broker.pair_code(code, desktop, actor))
+    def pair_code(
+        self, code: str, desktop: str, actor: str = SYSTEM, by_address: bool = False
+    ) -> None:
+        changes = self.broker.pair_code(code, desktop, actor, by_address=by_address)
+        for old, new in self.broker.take_renames():
+            terminal = self.terminals.pop(old, None)
+            if terminal is not None:
+                terminal.session.terminal_id = new  # type: ignore[attr-defined]
+                self.terminals[new] = Terminal(new, terminal.info, terminal.session)
+                log.info("terminal %s is now %s (paired by address)", old, new)
+        self.apply(changes)
 
     def unpair(self, terminal_id: str, actor: str = SYSTEM) -> None:
         self.apply(self.broker.unpair(terminal_id, actor))
@@ -276,6 +331,13 @@ def _describe(assignment: Assignment) -> str:
     if isinstance(assignment, ShowDesktop):
         return f"desktop {assignment.desktop} ({'control' if assignment.control else 'view-only'})"
     return f"the {assignment.kind.value} screen"
+
+
+def _identity_words(kind: str, user: str | None) -> str:
+    words = {"key": "proved its key", "address": "known by address"}.get(
+        kind, "this connection only"
+    )
+    return words + (f", user {user} logged in" if user else "")
 
 
 def _peer_host(session: TerminalSession) -> str:

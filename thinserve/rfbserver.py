@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet import interfaces, protocol
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from protocols.identity import certificate_fingerprint
 from protocols.rfb import messages as m
 from protocols.rfb.constants import SecurityType
 from protocols.rfb.errors import ProtocolError
@@ -25,6 +27,7 @@ from protocols.rfb.handshake import PlainCredentials, StartTLS, VncAuthResponse
 from protocols.rfb.security.vncauth import check_response
 from protocols.rfb.server import ServerConnection, ServerEvent
 
+from .linksecurity import SecurityPolicy
 from .rfbproto import RFBProtocolBase
 
 log = logging.getLogger(__name__)
@@ -32,13 +35,23 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 30.0  # seconds a peer has to get through the handshake
 
 
+CheckLogin = Callable[[str, str, str], Deferred[str | None]]  # host, user, secret -> refusal
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     methods: tuple[int, ...] = (SecurityType.NONE,)
     password: str | None = None  # VNC authentication
-    users: dict[str, str] = field(default_factory=dict)  # VeNCrypt Plain
+    users: dict[str, str] = field(default_factory=dict)  # VeNCrypt Plain, fixed users
     cert_file: str | None = None  # X509 subtypes
     key_file: str | None = None
+    # When set, the methods offered depend on the peer's address (and
+    # ``methods`` is not used); hot-desk users log in through ``check_login``.
+    policy: SecurityPolicy | None = None
+    check_login: CheckLogin | None = None
+
+    def methods_for(self, host: str) -> tuple[int, ...]:
+        return self.methods if self.policy is None else self.policy.methods_for(host)
 
 
 class Session(Protocol):
@@ -54,12 +67,21 @@ class Session(Protocol):
 class RFBServerProtocol(RFBProtocolBase):
     peer_kind = "terminal"
 
-    def __init__(self, options: ServerOptions, session: Session) -> None:
+    def __init__(
+        self, options: ServerOptions, session: Session, methods: tuple[int, ...] | None = None
+    ) -> None:
         self.options = options
-        self.conn = ServerConnection(options.methods)
+        self.conn = ServerConnection(methods or options.methods)
         self.session = session
         self.paused = False
         self.error: str | None = None
+        # What the connection proved: a key's fingerprint (a TLS client
+        # certificate, or the browser's WebSocket key proof set before RFB
+        # starts), and a hot-desk user whose password was checked.
+        self.proven_key: str | None = None
+        self.login_user: str | None = None
+        self._tls_started = False
+        self._lost = False
         self._attached = False
         self._deadline: object | None = None
 
@@ -83,6 +105,7 @@ class RFBServerProtocol(RFBProtocolBase):
         self.flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._lost = True
         self._cancel_deadline()
         if self._attached:
             self._attached = False
@@ -106,9 +129,10 @@ class RFBServerProtocol(RFBProtocolBase):
         elif isinstance(event, VncAuthResponse):
             self._answer_auth(self._vnc_auth_ok(event))
         elif isinstance(event, PlainCredentials):
-            self._answer_auth(self._plain_ok(event))
+            self._check_plain(event)
         elif isinstance(event, m.ClientInit):
             self._cancel_deadline()
+            self._note_client_certificate()
             self._attached = True
             self.session.attach(self)
         elif self._attached:
@@ -122,26 +146,63 @@ class RFBServerProtocol(RFBProtocolBase):
             event.anonymous, cert_file=self.options.cert_file, key_file=self.options.key_file
         )
         self.transport.startTLS(factory)  # type: ignore[union-attr]
+        self._tls_started = True
+
+    def _note_client_certificate(self) -> None:
+        """A TLS client certificate proves its key: the TLS handshake, done
+        before any RFB byte inside it, signed its transcript with that key."""
+        if not self._tls_started:
+            return
+        certificate = self.transport.getPeerCertificate()  # type: ignore[union-attr]
+        if certificate is not None:
+            self.proven_key = certificate_fingerprint(certificate.to_cryptography())
 
     def _vnc_auth_ok(self, event: VncAuthResponse) -> bool:
         password = self.options.password
         return password is not None and check_response(password, event.challenge, event.response)
 
-    def _plain_ok(self, event: PlainCredentials) -> bool:
+    def _check_plain(self, event: PlainCredentials) -> None:
+        """A fixed user is checked here; a hot-desk user by ``check_login``
+        (slow: Argon2 in a worker thread), who is then logged in at attach."""
         expected = self.options.users.get(event.username)
-        return expected is not None and hmac.compare_digest(
-            expected.encode(), event.password.encode()
-        )
+        if expected is not None or self.options.check_login is None:
+            ok = expected is not None and hmac.compare_digest(
+                expected.encode(), event.password.encode()
+            )
+            self._answer_auth(ok)
+            return
+        checked = self.options.check_login(self.peer_host(), event.username, event.password)
+        checked.addCallback(self._login_checked, event.username)
+        checked.addErrback(self._login_failed)
 
-    def _answer_auth(self, ok: bool) -> None:
+    def _login_checked(self, refusal: str | None, user: str) -> None:
+        if self._lost:
+            return
+        if refusal is None:
+            self.login_user = user
+        self._answer_auth(refusal is None, refusal or "")
+        self.flush()
+
+    def _login_failed(self, failure: Failure) -> None:
+        log.error("checking a login from %s failed: %s", self.peer(), failure.value)
+        if not self._lost:
+            self._answer_auth(False, "The login could not be checked; try again.")
+
+    def _answer_auth(self, ok: bool, reason: str = "") -> None:
         if ok:
             for event in self.conn.accept_auth():
                 self._dispatch(event)
         else:
-            log.warning("authentication failed from %s", self.peer())
-            self.conn.reject_auth("Authentication failed")
+            log.warning(
+                "authentication failed from %s: %s", self.peer(), reason or "wrong password"
+            )
+            self.conn.reject_auth(reason or "Authentication failed")
             self.flush()
             self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def peer_host(self) -> str:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return str(getattr(peer, "host", "") or "local")
 
     def _cancel_deadline(self) -> None:
         if self._deadline is not None and self._deadline.active():  # type: ignore[attr-defined]
@@ -155,4 +216,5 @@ class RFBServerFactory(protocol.Factory):
         self.make_session = make_session
 
     def buildProtocol(self, addr: object) -> RFBServerProtocol:
-        return RFBServerProtocol(self.options, self.make_session())
+        methods = self.options.methods_for(str(getattr(addr, "host", "") or "local"))
+        return RFBServerProtocol(self.options, self.make_session(), methods)

@@ -16,16 +16,16 @@ from twisted.internet import defer, endpoints, protocol
 from twisted.internet import reactor as default_reactor
 from twisted.internet.interfaces import IListeningPort
 
-from protocols.rfb.constants import SecurityType
 from protocols.terminal import TerminalAdvert
 
 from .admin import api as admin_api
 from .backends.qemu import QemuBackend
 from .backends.xvnc import LocalXvncDesktop, XvncBackend
 from .broker import Broker, TerminalInfo
-from .config import Config, LocalDesktopConfig, address_to_endpoint
+from .config import Config, ConfigError, LocalDesktopConfig, address_to_endpoint
 from .desktops import DesktopManager, desktops_in_use
 from .hub import Hub
+from .linksecurity import SecurityPolicy, ServerCertificate, https_description, is_loopback
 from .relay.upstream import DesktopAddress, Upstream
 from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 from .store.sqlite import SqliteStore, default_path
@@ -46,16 +46,25 @@ class ThinServe(service.Service):
         self.discovery: object | None = None
         self.connector: object | None = None
         self.admin_port: IListeningPort | None = None
+        self.certificate: ServerCertificate | None = None
 
     def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
         super().startService()
         return defer.ensureDeferred(self._start())
 
     async def _start(self) -> None:
-        self.store = SqliteStore(self.config.database or default_path())
+        database = str(self.config.database or default_path())
+        self.store = SqliteStore(database)
+        self.certificate = self._certificate(database)
         broker = Broker(self.store, self.config.broker)
         manager = await self._desktop_manager()
-        self.hub = Hub(broker, manager.mirrors, self.reactor, on_desktop_wanted=manager.want)
+        self.hub = Hub(
+            broker,
+            manager.mirrors,
+            self.reactor,
+            on_desktop_wanted=manager.want,
+            address_subnets=self.config.address_pairing,
+        )
         for name, backend in manager.backend_names().items():
             broker.register_desktop(name, backend)
         manager.start(self.hub, lambda: desktops_in_use(broker.snapshot()))
@@ -67,6 +76,7 @@ class ThinServe(service.Service):
         for description in self.config.listen:
             port = await self._listen(description, factory)
             log.info("terminals connect to %s", _describe(port))
+            self._warn_if_plain(port)
         await self._start_web(factory)
         self._start_reverse()
         if self.config.discovery:
@@ -124,10 +134,49 @@ class ThinServe(service.Service):
         self.local.append(desktop)
         return DesktopAddress(desktop.config.name, address_to_endpoint(desktop.address))
 
+    def _certificate(self, database: str) -> ServerCertificate:
+        config = self.config
+        if config.tls_cert is not None and config.tls_key is not None:
+            certificate = ServerCertificate(config.tls_cert, config.tls_key)
+        else:
+            certificate = ServerCertificate.for_database(database)
+        try:
+            fingerprint = certificate.fingerprint
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"the server certificate {certificate.cert_file} cannot be read ({exc}); "
+                "fix tls_cert/tls_key in [server], or remove them to use a generated one"
+            ) from None
+        log.info(
+            "server certificate %s, key fingerprint sha256:%s (pin it in viewers)",
+            certificate.cert_file,
+            fingerprint,
+        )
+        return certificate
+
     def _terminal_options(self) -> ServerOptions:
-        if self.config.password:
-            return ServerOptions(methods=(SecurityType.VNC_AUTH,), password=self.config.password)
-        return ServerOptions(methods=(SecurityType.NONE,))
+        assert self.hub is not None
+        policy = SecurityPolicy(
+            allow_none=self.config.allow_none,
+            password=bool(self.config.password),
+            logins=self.config.broker.hot_desk,
+        )
+        return ServerOptions(
+            password=self.config.password,
+            cert_file=self.certificate.cert_file if self.certificate else None,
+            key_file=self.certificate.key_file if self.certificate else None,
+            policy=policy,
+            check_login=self.hub.check_credentials,
+        )
+
+    def _warn_if_plain(self, port: IListeningPort) -> None:
+        host = str(getattr(port.getHost(), "host", ""))
+        if self.config.allow_none == "all" and not is_loopback(host):
+            log.warning(
+                "terminals on %s may connect unencrypted (security type None): "
+                'set allow_none = "loopback" in [server] to require TLS beyond this machine',
+                _describe(port),
+            )
 
     async def _listen(self, description: str, factory: protocol.Factory) -> IListeningPort:
         endpoint = endpoints.serverFromString(self.reactor, description)
@@ -148,9 +197,12 @@ class ThinServe(service.Service):
         except NoVNCMissing as exc:
             log.warning("browser terminal off: %s", exc)
             return
+        assert self.certificate is not None
         for description in self.config.web_listen:
-            port = await self._listen(description, site)
-            log.info("browser terminal at http://%s/", _describe(port))
+            secure = https_description(description, self.certificate)
+            port = await self._listen(secure or description, site)
+            scheme = "https" if secure else "http"
+            log.info("browser terminal at %s://%s/", scheme, _describe(port))
 
     async def _start_discovery(self) -> None:
         from .discovery import ServerAdvertiser, TerminalBrowser
@@ -199,7 +251,13 @@ class ThinServe(service.Service):
             self.store.close()
 
     def _admin_info(self) -> dict[str, object]:
-        return {"name": self.config.name, "listening": [_describe(p) for p in self.ports]}
+        assert self.certificate is not None
+        return {
+            "name": self.config.name,
+            "listening": [_describe(p) for p in self.ports],
+            "certificate": self.certificate.cert_file,
+            "fingerprint": f"sha256:{self.certificate.fingerprint}",
+        }
 
     @property
     def port_numbers(self) -> list[int]:
@@ -210,8 +268,8 @@ class ReverseFactory(protocol.Factory):
     """Builds server protocols for terminals thinserve dialled after discovery.
 
     The peer's address says which advert it answered, so the session gets
-    the terminal's advertised id (recorded, never trusted: the broker still
-    decides what it sees).
+    the terminal's advertised name and key: recorded, never trusted (the
+    connection must prove the key; thinserve/identities.py).
     """
 
     def __init__(self, options: ServerOptions, hub: Hub) -> None:
@@ -234,8 +292,8 @@ class ReverseFactory(protocol.Factory):
             session = self.hub.new_session()
         else:
             info = TerminalInfo(advert.instance, advert.model, key[0], advert.width, advert.height)
-            session = self.hub.new_session(advert.terminal_id, info)
-        return RFBServerProtocol(self.options, session)
+            session = self.hub.new_session(info, getattr(advert, "key", None))
+        return RFBServerProtocol(self.options, session, self.options.methods_for(key[0]))
 
 
 def _describe(port: IListeningPort) -> str:

@@ -9,19 +9,24 @@ contexts (X509* subtypes) are ordinary certificate-based TLS 1.2+.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
+
+from protocols.identity import certificate_fingerprint
 
 # Anonymous suites: AES-GCM with finite-field DH first, then ECDH (which
 # OpenSSL only has with AES-CBC), then DH with AES-CBC.
@@ -88,41 +93,134 @@ def server_context_factory(
 
     ``anonymous`` ignores the certificate.  Otherwise ``cert_file`` holds the
     PEM certificate (optionally followed by its chain) and ``key_file`` the
-    PEM private key (default: ``cert_file``).
+    PEM private key (default: ``cert_file``).  X.509 contexts ask the client
+    for a certificate and take any: it proves the client's key (a
+    terminal's identity, protocols/identity.py), nothing more.  The files
+    are read once per pair of paths.
     """
     if anonymous:
         return AnonymousContextFactory(server=True)
     if cert_file is None:
         raise ValueError("X.509 TLS needs a certificate file")
+    return _x509_server(cert_file, key_file or cert_file)
+
+
+@functools.lru_cache(maxsize=8)
+def _x509_server(cert_file: str, key_file: str) -> IOpenSSLContextFactory:
     chain = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())
-    key = serialization.load_pem_private_key(Path(key_file or cert_file).read_bytes(), None)
+    key = serialization.load_pem_private_key(Path(key_file).read_bytes(), None)
     # pyOpenSSL takes cryptography's objects directly (its own are deprecated).
     # TLS 1.2 at most: TigerVNC viewers (seen with 1.12) stall when the TLS 1.3
     # session tickets and the first RFB bytes after the handshake arrive together.
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=key,  # type: ignore[arg-type]
         certificate=chain[0],  # type: ignore[arg-type]
         extraCertChain=chain[1:],  # type: ignore[arg-type]
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         lowerMaximumSecurityTo=ssl.TLSVersion.TLSv1_2,
     )
+    context = options.getContext()
+    context.set_verify(SSL.VERIFY_PEER, _any_client_certificate)
+    # Session ids must be set for OpenSSL to resume sessions with client certificates.
+    context.set_session_id(b"thinserve")
+    return _FixedContext(context)
+
+
+def _any_client_certificate(
+    connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
+) -> bool:
+    """Accept every client certificate (or none): only its key is used, as an identity."""
+    return True
+
+
+@implementer(IOpenSSLContextFactory)
+class _FixedContext:
+    def __init__(self, context: SSL.Context) -> None:
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+
+
+@dataclass(frozen=True)
+class ClientCertificate:
+    """A certificate and its private key, shown to servers that ask for one.
+
+    thinserve takes any client certificate as proof of its key (see
+    protocols/identity.py), so a self-signed one made at start will do.
+    """
+
+    certificate: x509.Certificate
+    key: PrivateKey
+
+
+class ServerRefused(Exception):
+    """The server's certificate is not trusted; the message says why and what to do."""
+
+
+class ServerCheck(Protocol):
+    """Decides whether one connection trusts the server's certificate (X509 subtypes)."""
+
+    def check(self, certificate: x509.Certificate, trusted: bool) -> None:
+        """Raise ServerRefused to refuse ``certificate`` (the server's own, the
+        leaf).  ``trusted``: it chains to the CA file, or is one of its
+        certificates (compared by key); always False without a CA file."""
+
+    def confirmed(self, certificate: x509.Certificate) -> None:
+        """The handshake finished with this accepted certificate."""
 
 
 def client_context_factory(
-    anonymous: bool, ca_file: str | None = None, verify_hostname: str | None = None
+    anonymous: bool,
+    ca_file: str | None = None,
+    verify_hostname: str | None = None,
+    *,
+    client_certificate: ClientCertificate | None = None,
+    server_check: ServerCheck | None = None,
 ) -> object:
     """Context factory (or connection creator) for the client side.
 
     X.509: the server's certificate must chain to ``ca_file`` (PEM, one or
     more certificates; the platform's trust store when None) and, when
-    ``verify_hostname`` is given, name that host.
+    ``verify_hostname`` is given, name that host.  With ``server_check``,
+    that object decides instead (``verify_hostname`` is not used): see
+    CheckedClientContext.  ``client_certificate`` is shown to the server
+    when it asks (anonymous TLS has no certificates at all).
     """
     if anonymous:
         return AnonymousContextFactory(server=False)
+    if server_check is not None:
+        return CheckedClientContext(server_check, ca_file, client_certificate)
     trust = _trust_root(ca_file)
     if verify_hostname is not None:
-        return ssl.optionsForClientTLS(verify_hostname, trustRoot=trust)
-    return ssl.CertificateOptions(trustRoot=trust, raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+        return ssl.optionsForClientTLS(
+            verify_hostname,
+            trustRoot=trust,
+            clientCertificate=_private_certificate(client_certificate),
+        )
+    identity = {}
+    if client_certificate is not None:
+        identity = {
+            "privateKey": client_certificate.key,
+            "certificate": client_certificate.certificate,
+        }
+    return ssl.CertificateOptions(
+        trustRoot=trust,
+        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        **identity,  # type: ignore[arg-type]
+    )
+
+
+def _private_certificate(identity: ClientCertificate | None) -> ssl.PrivateCertificate | None:
+    if identity is None:
+        return None
+    return ssl.PrivateCertificate.fromCertificateAndKeyPair(
+        ssl.Certificate(crypto.X509.from_cryptography(identity.certificate)),
+        ssl.KeyPair(crypto.PKey.from_cryptography_key(identity.key)),
+    )
 
 
 def _trust_root(ca_file: str | None) -> object:
@@ -132,6 +230,106 @@ def _trust_root(ca_file: str | None) -> object:
     return ssl.trustRootFromCertificates(
         [ssl.Certificate(crypto.X509.from_cryptography(cert)) for cert in certificates]
     )
+
+
+def load_ca_file(ca_file: str) -> list[x509.Certificate]:
+    """The PEM certificates in ``ca_file``; ValueError (OSError) with the file's name."""
+    try:
+        certificates = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{ca_file} holds no PEM certificate ({exc})") from None
+    return certificates
+
+
+@implementer(IOpenSSLContextFactory)
+class CheckedClientContext:
+    """The client context of one connection whose server ``server_check`` judges.
+
+    With ``ca_file`` OpenSSL first checks the server's chain against its
+    certificates; the check is told whether the server is ``trusted`` that
+    way, or because its certificate carries the key of one of the file's
+    certificates (a server's own self-signed certificate, pinned).  The
+    decision is made in OpenSSL's verify callback, so a refused server
+    never completes the handshake (and never sees the client certificate);
+    ``handshake_done`` checks again once the handshake is over, before
+    anything inside TLS is read, and confirms the certificate to the check.
+    """
+
+    def __init__(
+        self,
+        server_check: ServerCheck,
+        ca_file: str | None = None,
+        client_certificate: ClientCertificate | None = None,
+    ) -> None:
+        self.server_check = server_check
+        self.pinned = load_ca_file(ca_file) if ca_file is not None else []
+        self.client_certificate = client_certificate
+        self.certificate: x509.Certificate | None = None  # the server's, once accepted
+        self.refusal: str | None = None
+        self._chain_errors: list[int] = []
+        self._context: SSL.Context | None = None
+
+    def getContext(self) -> SSL.Context:
+        if self._context is None:
+            self._context = self._make_context()
+        return self._context
+
+    def _make_context(self) -> SSL.Context:
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.set_options(SSL.OP_NO_COMPRESSION)
+        if self.client_certificate is not None:
+            context.use_certificate(self.client_certificate.certificate)
+            context.use_privatekey(self.client_certificate.key)
+            context.check_privatekey()
+        store = context.get_cert_store()
+        assert store is not None
+        for certificate in self.pinned:
+            store.add_cert(crypto.X509.from_cryptography(certificate))
+        context.set_verify(SSL.VERIFY_PEER, self._verify)
+        return context
+
+    def _verify(
+        self, connection: SSL.Connection, certificate: crypto.X509, error: int, depth: int, ok: int
+    ) -> bool:
+        if not ok:
+            self._chain_errors.append(error)
+        if depth > 0:
+            return True  # the server's own certificate, at depth 0, decides
+        try:
+            leaf = certificate.to_cryptography()
+            self.server_check.check(leaf, self.trusted(leaf))
+        except ServerRefused as exc:
+            self.refusal = str(exc)
+            return False
+        except Exception as exc:  # nothing may escape OpenSSL's callback
+            self.refusal = f"cannot check the server's certificate: {exc}"
+            return False
+        self.certificate = leaf
+        return True
+
+    def trusted(self, certificate: x509.Certificate) -> bool:
+        """Whether the CA file vouches for the server's certificate."""
+        if not self.pinned:
+            return False
+        if not self._chain_errors:
+            return True
+        key = certificate_fingerprint(certificate)
+        return any(certificate_fingerprint(pinned) == key for pinned in self.pinned)
+
+    def handshake_done(self, peer: x509.Certificate | None) -> None:
+        """Check once more with the handshake's result; ServerRefused if it fails."""
+        if self.refusal is not None:
+            raise ServerRefused(self.refusal)
+        if peer is None or self.certificate is None or peer != self.certificate:
+            self.refusal = "the server's certificate was not checked during the TLS handshake"
+            raise ServerRefused(self.refusal)
+        try:
+            self.server_check.check(peer, self.trusted(peer))
+        except ServerRefused as exc:
+            self.refusal = str(exc)
+            raise
+        self.server_check.confirmed(peer)
 
 
 def make_self_signed(cert_path: str, key_path: str, hostname: str) -> None:

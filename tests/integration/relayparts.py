@@ -19,7 +19,7 @@ from protocols.rfb.client import (
     ServerInitReceived,
     UpdateDone,
 )
-from protocols.rfb.constants import Encoding
+from protocols.rfb.constants import Encoding, SecurityType
 from protocols.rfb.server import ClipboardText
 from thinserve import rfbclient
 from thinserve.broker import BrokerConfig
@@ -51,9 +51,12 @@ async def start_thinserve(
     database: str = ":memory:",
     discovery_interfaces: tuple[str, ...] | None = None,
     dial: tuple[str, ...] = (),
+    address_pairing: tuple[str, ...] = ("127.0.0.0/8",),
 ) -> ThinServe:
     """thinserve in this process; terminals get desktops by ``broker`` (default:
-    first free).  Discovery runs only when interfaces are given."""
+    first free).  Discovery runs only when interfaces are given.  Keyless
+    viewers on loopback are known by address (``viewer-127.0.0.N``), as an
+    admin may choose for a subnet, unless ``address_pairing`` says otherwise."""
     config = Config(
         listen=("tcp:port=0:interface=127.0.0.1",),
         web_listen=("tcp:port=0:interface=127.0.0.1",) if web else (),
@@ -63,6 +66,7 @@ async def start_thinserve(
         discovery=discovery_interfaces is not None,
         discovery_interfaces=discovery_interfaces or (),
         dial=dial,
+        address_pairing=address_pairing,
         desktops=tuple(desktops),
         local_desktops=(),
         source="test",
@@ -84,6 +88,10 @@ async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None
         await sleep(0.05)
 
 
+# A keyless viewer on loopback, as vncdotool or a VNC viewer set to None is.
+PLAIN_VIEWER = rfbclient.ClientOptions(methods=(SecurityType.NONE,))
+
+
 class Terminal:
     """A terminal connected to thinserve: keeps its screen up to date."""
 
@@ -102,7 +110,7 @@ class Terminal:
         """Connect from loopback address ``source``: thinserve tells plain
         viewers apart by address, as it would tell apart PCs on a LAN."""
         endpoint = f"{rfbclient.tcp('127.0.0.1', port)}:bindAddress={source}"
-        self.proto = await rfbclient.connect(endpoint, rfbclient.ClientOptions(), self._on_event)
+        self.proto = await rfbclient.connect(endpoint, PLAIN_VIEWER, self._on_event)
         self.proto.closed.addBoth(self._closed)
         await wait_for(lambda: self.updates > 0, 20, "the first update")
         return self
@@ -112,7 +120,7 @@ class Terminal:
         from twisted.internet import protocol
 
         def build() -> rfbclient.RFBClientProtocol:
-            proto = rfbclient.RFBClientProtocol(rfbclient.ClientOptions(), self._on_event)
+            proto = rfbclient.RFBClientProtocol(PLAIN_VIEWER, self._on_event)
             self.proto = proto
             proto.closed.addBoth(self._closed)
             return proto

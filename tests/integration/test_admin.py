@@ -71,6 +71,7 @@ async def start(
         database=database,
         admin_socket=str(sock),
         discovery=False,
+        address_pairing=("127.0.0.0/8",),  # keyless viewers here are viewer-127.0.0.N
         desktops=tuple(desktops),
         local_desktops=(),
         source="test",
@@ -180,13 +181,14 @@ async def test_pair_by_code_snapshot_unpair_and_kick(xvnc, tmp_path: Path) -> No
         await term.wait_screen(pairing_screen(row))  # the code the CLI reports is on screen
 
         table = (await cli_ok(sock, "terminals")).splitlines()
-        assert table[0].split()[:3] == ["TERMINAL", "CONNECTED", "ADDRESS"]
+        assert table[0].split()[:4] == ["TERMINAL", "IDENTITY", "CONNECTED", "ADDRESS"]
         line = next(x for x in table if x.startswith(tid))
         assert "pairing screen" in line and code in line and " yes " in line
+        assert " address-bound " in line  # known by address: this suite's explicit choice
         assert table[0].index("SHOWS") == line.index("pairing screen")  # aligned columns
 
         said = await cli_ok(sock, "pair", "--code", code, "d1")
-        assert said.strip() == f"paired {tid} with d1; it now shows d1 (control)"
+        assert said.strip() == f"paired {tid} with d1 by address; it now shows d1 (control)"
         await term.wait_screen(frame)
 
         shot = tmp_path / "shot.png"
@@ -239,7 +241,7 @@ async def test_errors_say_what_to_do_and_shadowing_is_view_only(xvnc, tmp_path: 
     try:
         await term.connect(ts.port_numbers[0], source="127.0.0.2")
         await watcher.connect(ts.port_numbers[0], source="127.45.67.89")
-        await cli_ok(sock, "pair", far, "d1")
+        await cli_ok(sock, "pair", "--by-address", far, "d1")
         await term.wait_screen(frame)
 
         # Shadowing: the watcher sees the desktop, view-only; the paired terminal keeps control.
@@ -264,7 +266,7 @@ async def test_errors_say_what_to_do_and_shadowing_is_view_only(xvnc, tmp_path: 
         assert not term.closed and not watcher.closed
 
         # An unknown desktop, a wrong code: the same kind of answer.
-        done = await cli(sock, "pair", far, "d2")
+        done = await cli(sock, "pair", "--by-address", far, "d2")
         assert done.returncode == 1 and "no desktop 'd2'" in done.stderr
         assert "known desktops, closest first: d1" in done.stderr
         done = await cli(sock, "pair", "--code", "ABC-DEF", "d1")
@@ -412,7 +414,7 @@ async def test_restart_thinserve_pairings_remain_terminals_reconnect_and_see_the
     term = Terminal()
     try:
         await term.connect(ts.port_numbers[0], source="127.0.0.4")
-        await cli_ok(sock, "pair", tid, "d1")
+        await cli_ok(sock, "pair", "--by-address", tid, "d1")
         await term.wait_screen(frame)
         # A second thinserve cannot take over the live socket.
         with pytest.raises(admin_api.AdminSocketError, match="another thinserve answers"):
@@ -496,12 +498,16 @@ async def test_api_rejects_bad_requests_with_json_errors(tmp_path: Path) -> None
 
         # A terminal paired before it ever connected is listed; the newest audit
         # entries come back in order.
+        status, error = await in_thread(
+            status_of, "POST", "/pair", body={"terminal": "viewer-10.0.0.9", "desktop": "d1"}
+        )
+        assert status == 409 and "--by-address" in error["hint"]  # an address is no proof
         for _ in range(4):
-            await in_thread(client.pair, "viewer-10.0.0.9", "d1", new=True)
+            await in_thread(client.pair, "viewer-10.0.0.9", "d1", new=True, by_address=True)
             await in_thread(client.unpair, "viewer-10.0.0.9")
         rows = await in_thread(client.terminals)
         assert [r["id"] for r in rows] == []  # unpaired and never seen: forgotten
-        await in_thread(client.pair, "viewer-10.0.0.9", "d1", new=True)
+        await in_thread(client.pair, "viewer-10.0.0.9", "d1", new=True, by_address=True)
         kick = {"terminal": "viewer-10.0.0.9"}
         status, error = await in_thread(status_of, "POST", "/kick", body=kick)
         assert status == 409 and "not connected" in error["error"]

@@ -108,7 +108,13 @@ def open_site(manager: DesktopManager, config: BrokerConfig) -> Site:
     """Store, broker, hub and RFB listener around ``manager``, wired as the service does."""
     store = SqliteStore(":memory:")
     broker = Broker(store, config, hasher=FAST_HASHER)
-    hub = Hub(broker, manager.mirrors, reactor, on_desktop_wanted=manager.want)
+    hub = Hub(
+        broker,
+        manager.mirrors,
+        reactor,
+        on_desktop_wanted=manager.want,
+        address_subnets=("127.0.0.0/8",),  # keyless viewers here are viewer-127.0.0.N
+    )
     for name, backend in manager.backend_names().items():
         broker.register_desktop(name, backend)
     reports = Recorder(hub)

@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
 
 from protocols.rfb.client import ServerInitReceived, UpdateDone
-from protocols.rfb.constants import Encoding
+from protocols.rfb.constants import Encoding, SecurityType
 from protocols.terminal import SERVICE_TYPE, TerminalAdvert
 from tests.support_netns import (
     AVAHI_PACKAGES,
@@ -84,7 +84,7 @@ class ListeningViewer:
         return self.port.getHost().port  # type: ignore[no-any-return, attr-defined]
 
     def _new_protocol(self) -> RFBClientProtocol:
-        proto = RFBClientProtocol(ClientOptions(), self._event)
+        proto = RFBClientProtocol(ClientOptions(methods=(SecurityType.NONE,)), self._event)
         self.protocols.append(proto)
         return proto
 

@@ -46,6 +46,7 @@ from ..broker import (
     PairingCodeError,
     ShowDesktop,
     ShowScreen,
+    by_address_id,
     normalise_code,
 )
 from ..broker.core import MAX_ID
@@ -54,6 +55,7 @@ from ..relay.session import TerminalSession
 from ..store.base import AuditEntry, Store, StoreError
 from ..store.base import Desktop as DesktopRecord
 from ..store.base import Terminal as TerminalRecord
+from ..terminal_ids import kind_of
 from . import API_PREFIX, SOCKET_NAME
 
 log = logging.getLogger(__name__)
@@ -209,8 +211,9 @@ class AdminAPI:
 
     # -- acting -------------------------------------------------------------------------------
     def post_pair(self, call: Call) -> dict[str, Any]:
-        _only_keys(call.body, {"terminal", "desktop", "new"}, "field")
+        _only_keys(call.body, {"terminal", "desktop", "new", "by_address"}, "field")
         terminal_id, desktop = _text(call.body, "terminal"), _text(call.body, "desktop")
+        _check_pairable(terminal_id, _flag(call.body, "by_address"))
         if not _flag(call.body, "new"):
             self._known_terminal(terminal_id)
         self._known_desktop(desktop)
@@ -218,19 +221,21 @@ class AdminAPI:
         return self._done(terminal_id, True)
 
     def post_pair_code(self, call: Call) -> dict[str, Any]:
-        _only_keys(call.body, {"code", "desktop"}, "field")
+        _only_keys(call.body, {"code", "desktop", "by_address"}, "field")
         code, desktop = _text(call.body, "code"), _text(call.body, "desktop")
+        by_address = _flag(call.body, "by_address")
         self._known_desktop(desktop)
         normal = normalise_code(code, self.broker.config.code_length)
         record = self.store.get_pairing_code(normal) if normal else None
         try:
-            self.hub.pair_code(code, desktop, call.actor)
+            self.hub.pair_code(code, desktop, call.actor, by_address=by_address)
         except PairingCodeError as exc:
             self.hub.apply(exc.changes)  # a locked code is replaced on its screen
             raise
         if record is None:  # accepted, so stored a moment ago; never expected
             return {"ok": True, "changed": True, "terminal": None}
-        return self._done(record.terminal_id, True)
+        paired = by_address_id(record.terminal_id) if by_address else record.terminal_id
+        return self._done(paired or record.terminal_id, True)
 
     def post_unpair(self, call: Call) -> dict[str, Any]:
         _only_keys(call.body, {"terminal"}, "field")
@@ -332,6 +337,7 @@ class AdminAPI:
         live = self.hub.terminals.get(record.id)
         return {
             "id": record.id,
+            "identity": kind_of(record.id),
             "name": record.name,
             "model": record.model,
             "address": record.address,
@@ -421,6 +427,25 @@ def _session_view(session: TerminalSession) -> dict[str, Any]:
 
 def _size(width: int, height: int) -> dict[str, int] | None:
     return {"width": int(width), "height": int(height)} if width and height else None
+
+
+def _check_pairable(terminal_id: str, by_address: bool) -> None:
+    """Only a key proves a terminal; an address binds only when the admin says so."""
+    kind = kind_of(terminal_id)
+    if kind == "address" and not by_address:
+        raise ApiError(
+            409,
+            f"{terminal_id!r} is known only by its address: anything at that address "
+            "would get the desktop",
+            "add --by-address if you trust every device that can use that address",
+        )
+    if kind == "claimed":
+        raise ApiError(
+            409,
+            f"no connection can prove the id {terminal_id!r}",
+            "terminals are known by their key (key-...) or, if you choose, their address "
+            "(viewer-ADDRESS): see thinserve terminals",
+        )
 
 
 def latest_audit(store: Store, limit: int, subject: str | None = None) -> list[AuditEntry]:

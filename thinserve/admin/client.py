@@ -152,14 +152,21 @@ class AdminClient:
     def desktops(self) -> list[dict[str, Any]]:
         return self.call("GET", "/desktops")
 
-    def pair(self, terminal_id: str, desktop: str, new: bool = False) -> dict[str, Any]:
+    def pair(
+        self, terminal_id: str, desktop: str, new: bool = False, by_address: bool = False
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"terminal": terminal_id, "desktop": desktop}
         if new:
             body["new"] = True
+        if by_address:
+            body["by_address"] = True
         return self.call("POST", "/pair", body)
 
-    def pair_code(self, code: str, desktop: str) -> dict[str, Any]:
-        return self.call("POST", "/pair-code", {"code": code, "desktop": desktop})
+    def pair_code(self, code: str, desktop: str, by_address: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": code, "desktop": desktop}
+        if by_address:
+            body["by_address"] = True
+        return self.call("POST", "/pair-code", body)
 
     def unpair(self, terminal_id: str) -> dict[str, Any]:
         return self.call("POST", "/unpair", {"terminal": terminal_id})

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..terminal_ids import kind_of
 from . import SOCKET_ENV, client_socket_path
 from .client import AdminClient, AdminError
 
@@ -91,9 +92,16 @@ def _add_pairing(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
         "pair",
         "pair a terminal with a desktop, by id or by the code on its screen",
         pair,
-        usage="thinserve pair [--new] TERMINAL DESKTOP\n       thinserve pair --code CODE DESKTOP",
+        usage="thinserve pair [--new] [--by-address] TERMINAL DESKTOP\n"
+        "       thinserve pair --code CODE [--by-address] DESKTOP",
     )
     pair_p.add_argument("--code", help="the pairing code the terminal shows, e.g. K7D-Q2M")
+    pair_p.add_argument(
+        "--by-address",
+        action="store_true",
+        help="bind a keyless viewer by its address: any device at that address gets the "
+        "desktop (without it, a keyless viewer is paired for its current connection only)",
+    )
     pair_p.add_argument(
         "--new", action="store_true", help="pair a terminal id that has never connected yet"
     )
@@ -143,6 +151,14 @@ def _print_error(exc: AdminError, as_json: bool) -> None:
 
 
 # -- reading ----------------------------------------------------------------------------------
+IDENTITY_WORDS = {
+    "key": "key",
+    "address": "address-bound",
+    "connection": "this connection",
+    "claimed": "unproven (old)",
+}
+
+
 def terminals(client: AdminClient, args: argparse.Namespace) -> None:
     rows = client.terminals()
     if _json_out(args, rows):
@@ -150,13 +166,14 @@ def terminals(client: AdminClient, args: argparse.Namespace) -> None:
     if not rows:
         print("no terminals known yet: they appear here when they first connect")
         return
-    headers = ("TERMINAL", "CONNECTED", "ADDRESS", "MODEL", "SCREEN", "SHOWS", "CODE", "PAIRED")
+    headers = ("TERMINAL", "IDENTITY", "CONNECTED", "ADDRESS", "MODEL", "SCREEN", "SHOWS", "CODE")
     print(
         table(
-            (*headers, "USER", "LAST SEEN"),
+            (*headers, "PAIRED", "USER", "LAST SEEN"),
             (
                 (
                     t["id"],
+                    IDENTITY_WORDS.get(t["identity"], t["identity"]),
                     t["connected"],
                     t["address"],
                     t["model"],
@@ -211,6 +228,7 @@ def state(client: AdminClient, args: argparse.Namespace) -> None:
     server = data.get("server") or {}
     lines = [
         ("server", f"{server.get('name', '?')} on {', '.join(server.get('listening', []))}"),
+        ("certificate", f"{server.get('certificate', '-')}, key {server.get('fingerprint', '-')}"),
         ("connected", f"{len(data['connected'])}: {', '.join(data['connected']) or '-'}"),
         ("desktops", ", ".join(f"{k} {v}" for k, v in sorted(data["desktops"].items())) or "-"),
         ("logins", ", ".join(f"{u} at {t}" for t, u in sorted(data["logins"].items())) or "-"),
@@ -302,13 +320,24 @@ def pair(client: AdminClient, args: argparse.Namespace) -> None:
     if args.code is not None:
         if len(args.names) != 1 or args.new:
             args.parser.error("with --code give only the DESKTOP (and no --new)")
-        result = client.pair_code(args.code, args.names[0])
+        result = client.pair_code(args.code, args.names[0], args.by_address)
     else:
         if len(args.names) != 2:
             args.parser.error("give TERMINAL and DESKTOP, or --code CODE and DESKTOP")
-        result = client.pair(args.names[0], args.names[1], args.new)
+        result = client.pair(args.names[0], args.names[1], args.new, args.by_address)
     desktop = args.names[-1]
-    _confirm(args, result, lambda t: f"paired {t} with {desktop}; {_now_shows(result)}")
+    _confirm(
+        args, result, lambda t: f"paired {t} with {desktop}{_lasting(t)}; {_now_shows(result)}"
+    )
+
+
+def _lasting(terminal_id: str) -> str:
+    kind = kind_of(terminal_id)
+    if kind == "connection":
+        return " for this connection only (it has no key; --by-address binds its address)"
+    if kind == "address":
+        return " by address"
+    return ""
 
 
 def unpair(client: AdminClient, args: argparse.Namespace) -> None:

@@ -25,6 +25,7 @@ from .core import (
     NotConnectedError,
     PairingCodeError,
     TerminalInfo,
+    by_address_id,
     viewer_terminal_id,
 )
 from .ratelimit import RateLimit
@@ -50,6 +51,7 @@ __all__ = [
     "ShowDesktop",
     "ShowScreen",
     "TerminalInfo",
+    "by_address_id",
     "format_code",
     "from_mapping",
     "normalise_code",

@@ -26,10 +26,11 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..secrets import SecretHasher
 from ..store.base import ConflictError, Desktop, Pairing, PairingCode, Store, Terminal, User
+from ..terminal_ids import ADDRESS_PREFIX, address_of
 from . import codes
 from .assignment import Assignment, Change, ScreenKind, ShowDesktop, ShowScreen, _grant
 from .config import BrokerConfig
@@ -166,6 +167,8 @@ class Broker:
         self._sessions: dict[str, int] = {}  # terminal -> open session record
         self._code_expiry: dict[str, float] = {}
         self._pending: list[Change] = []
+        self._renames: list[tuple[str, str]] = []
+        self._login_by_source = FailureLimiter(self.config.login_failures_per_terminal)
         self._checks: dict[int, LoginCheck] = {}  # login checks in flight, by ticket
         self._tickets = itertools.count(1)
         self._login_by_terminal = FailureLimiter(self.config.login_failures_per_terminal)
@@ -219,6 +222,7 @@ class Broker:
         terminal_id: str,
         info: TerminalInfo | None = None,
         connection: Hashable | None = None,
+        notice: str = "",
     ) -> Assignment:
         """A terminal connected; return what it must show.
 
@@ -243,7 +247,7 @@ class Broker:
             if self.store.get_terminal(terminal_id) is None:
                 self._audit(SYSTEM, "terminal-new", terminal_id, _describe(info))
             self.store.upsert_terminal(_terminal(terminal_id, info, now))
-        self._conns[terminal_id] = _Connection(connection)
+        self._conns[terminal_id] = _Connection(connection, notice=notice)
         others = [c for c in self._settle(refresh=(terminal_id,)) if c.terminal_id != terminal_id]
         if others:  # cannot happen by the rules above; never lose a change if it does
             log.error("connecting %s changed other terminals: %s", terminal_id, others)
@@ -262,6 +266,25 @@ class Broker:
             return self._take([])
         self._drop(terminal_id, "terminal disconnected")
         return self._settle()
+
+    def forget_terminal(self, terminal_id: str, why: str) -> None:
+        """Forget a terminal that is gone for good (one that lasted one
+        connection): its pairing, its pairing code and its record."""
+        if terminal_id in self._conns:
+            raise BrokerError(f"terminal {terminal_id!r} is still connected")
+        with self.store.atomic():
+            old = self.store.unpair(terminal_id)
+            if old is not None:
+                self._audit(SYSTEM, "unpair", terminal_id, f"desktop {old.desktop}, {why}")
+            code = self.store.pairing_code_for(terminal_id)
+            if code is not None:
+                self.store.delete_pairing_code(code.code)
+            self.store.delete_terminal(terminal_id)
+
+    def take_renames(self) -> list[tuple[str, str]]:
+        """Live connections that took another terminal id since the last call."""
+        renames, self._renames = self._renames, []
+        return renames
 
     def assignment(self, terminal_id: str) -> Assignment:
         """What a connected terminal shows now (NotConnectedError otherwise)."""
@@ -369,6 +392,57 @@ class Broker:
         actor = f"user:{_printable(check.user, 64)}"
         self._audit(actor, "login-cancelled", check.terminal_id, _printable(why, 200))
         return self._settle()
+
+    def prepare_credentials(self, source: str, user: str, secret: str) -> LoginCheck | str:
+        """A user name and password given while connecting (VeNCrypt Plain).
+
+        Returns the check to run (then ``credentials_checked``), or why the
+        attempt is refused unchecked: hot-desking is off, too many failures
+        from ``source`` or for ``user``, or a check for either is in flight.
+        """
+        if not self.config.hot_desk:
+            return "User logins are not enabled on this server."
+        now = self._clock()
+        subject = f"from {_printable(source, 100)}"
+        wait = math.ceil(
+            max(
+                self._login_by_source.retry_after(source, now),
+                self._login_by_user.retry_after(_user_key(user), now),
+            )
+        )
+        actor = f"user:{_printable(user, 64)}"
+        if wait > 0:
+            self._audit(actor, "login-refused", subject, f"rate limited for {wait} s")
+            return f"Too many failed attempts. Try again in {wait} seconds."
+        if self._in_flight(subject, user) is not None:
+            self._audit(actor, "login-refused", subject, "another login is being checked")
+            return "Another login is being checked. Try again in a moment."
+        stored = self.store.user_secret_hash(user) if _USER_NAME.fullmatch(user) else None
+        check = LoginCheck(subject, user, next(self._tickets), stored, secret, self._hasher)
+        self._checks[check.ticket] = check
+        return check
+
+    def credentials_checked(self, verdict: LoginVerdict) -> str | None:
+        """Act on a check from ``prepare_credentials``: None if the user may log
+        in (then ``login_verified`` once connected), else the refusal."""
+        check = self._finish(verdict.check)
+        actor = f"user:{_printable(check.user, 64)}"
+        now = self._clock()
+        if not verdict.ok:
+            self._login_by_source.failed(check.terminal_id[len("from ") :], now)
+            self._login_by_user.failed(_user_key(check.user), now)
+            self._audit(actor, "login-failed", check.terminal_id, "wrong secret")
+            return "Wrong user name or password."
+        if self._own_desktop(check.user) is None and self.config.user_pool is None:
+            self._audit(actor, "login-failed", check.terminal_id, "no desktop for this user")
+            return f"No desktop is set up for {check.user}; ask the administrator."
+        if verdict.rehashed is not None and self.store.user_secret_hash(check.user) == check.stored:
+            self.store.set_user_secret_hash(check.user, verdict.rehashed)
+        return None
+
+    def login_verified(self, terminal_id: str, user: str) -> list[Change]:
+        """Log in ``user``, whose password the connection's handshake checked."""
+        return self._login_ok(self._connected(terminal_id), terminal_id, user)
 
     def logout(self, terminal_id: str) -> list[Change]:
         """The user at ``terminal_id`` logs out; the terminal falls back."""
@@ -554,7 +628,12 @@ class Broker:
         return self._settle()
 
     def pair_code(
-        self, code: str, desktop: str, actor: str, terminal_id: str | None = None
+        self,
+        code: str,
+        desktop: str,
+        actor: str,
+        terminal_id: str | None = None,
+        by_address: bool = False,
     ) -> list[Change]:
         """Pair the terminal showing ``code`` with ``desktop``.
 
@@ -563,6 +642,10 @@ class Broker:
         was typed into) wrong tries also count against that terminal's code,
         which is replaced after ``code_tries`` of them.  Raises
         PairingCodeError on any wrong, expired or used code.
+
+        ``by_address`` pairs the address of a keyless terminal showing the
+        code (``viewer-ADDR``) rather than that one connection; the live
+        connection takes the address's id (see ``take_renames``).
         """
         if not self.config.pairing_codes:
             raise BrokerError("pairing codes are off")
@@ -576,15 +659,54 @@ class Broker:
         with self.store.atomic():
             self._check_owner_free(desktop)
             record = self._valid_code(code, terminal_id, now)
+            target = record and (
+                by_address_id(record.terminal_id) if by_address else record.terminal_id
+            )
+            if record is not None and target != record.terminal_id:
+                self._check_address_free(record.terminal_id, target)
             if record is not None and self.store.consume_pairing_code(record.code, now):
-                self._pair(record.terminal_id, desktop, actor, " with a pairing code")
+                how = " with a pairing code" + (", by address" if by_address else "")
+                self._pair(target, desktop, actor, how)
                 paired = True
         if paired:
+            if record is not None and target != record.terminal_id:
+                self._rename(record.terminal_id, target, now)
             return self._settle()
         raise PairingCodeError(
             "no such pairing code, or it expired or was used",
             self._code_failed(code, terminal_id, actor, now),
         )
+
+    def _check_address_free(self, terminal_id: str, target: str | None) -> None:
+        if target is None:
+            raise BrokerError(
+                f"terminal {terminal_id!r} is not a keyless viewer: pair it without --by-address"
+            )
+        if target in self._conns:
+            raise BrokerError(
+                f"another connection from that address is {target!r} already; "
+                "pair this one without --by-address"
+            )
+
+    def _rename(self, old: str, new: str, now: float) -> None:
+        """The live connection ``old`` becomes terminal ``new`` (bound by address)."""
+        record = self.store.get_terminal(old)
+        conn = self._conns.pop(old, None)
+        self._end_session(old, now)
+        self._shown.pop(old, None)
+        self._code_expiry.pop(old, None)
+        if conn is not None:
+            self._conns[new] = conn
+            self._renames.append((old, new))
+        for desktop, holder in list(self._leases.items()):
+            if holder == ("terminal", old):
+                self._leases[desktop] = ("terminal", new)
+        for table in (self._logins, self._watch):
+            if old in table:
+                table[new] = table.pop(old)
+        if record is not None:
+            self.store.upsert_terminal(replace(record, id=new, last_seen=now))
+        self.forget_terminal(old, f"now {new}")
 
     def unpair(self, terminal_id: str, actor: str) -> list[Change]:
         """Remove a terminal's pairing; if connected it falls back."""
@@ -953,9 +1075,17 @@ class Broker:
         return (
             self._login_by_terminal,
             self._login_by_user,
+            self._login_by_source,
             self._codes_by_actor,
             self._codes_total,
         )
+
+
+def by_address_id(terminal_id: str) -> str | None:
+    """``viewer-ADDR`` for a keyless viewer's id (``viewer-ADDR`` or
+    ``viewer-ADDR~XXXXXX``); None for any other id."""
+    address = address_of(terminal_id)
+    return None if address is None else ADDRESS_PREFIX + address
 
 
 def viewer_terminal_id(host: str) -> str:
@@ -963,17 +1093,17 @@ def viewer_terminal_id(host: str) -> str:
 
     Only the address counts (not the port), so a viewer keeps its id, and
     its pairing, across reconnections; IPv4-mapped IPv6 addresses map to
-    their IPv4 form.  Viewers on one host share an id: the newest connection
-    replaces the older.
+    their IPv4 form.  A viewer gets this id only where the administrator
+    bound its address (thinserve/identities.py).
     """
     text = host.strip().strip("[]")
     try:
         address = ipaddress.ip_address(text.split("%")[0])
     except ValueError:
-        return "viewer-" + _printable(text.lower(), MAX_ID - 7)
+        return ADDRESS_PREFIX + _printable(text.lower(), MAX_ID - 7)
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return f"viewer-{address.compressed}"
+    return ADDRESS_PREFIX + address.compressed
 
 
 def _controls(assignment: Assignment | None) -> bool:

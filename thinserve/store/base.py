@@ -132,6 +132,11 @@ class Store(Protocol):
         """Ordered by id."""
         ...
 
+    def delete_terminal(self, terminal_id: str) -> bool:
+        """Forget a terminal's record; whether there was one.  Its pairing,
+        pairing code and session history are untouched."""
+        ...
+
     # Desktops: registered by the relay from its configuration.
 
     def upsert_desktop(self, desktop: Desktop) -> None: ...

@@ -152,6 +152,9 @@ class SqliteStore:
         row = self._one(f"SELECT {_TERMINAL} FROM terminals WHERE id = ?", (terminal_id,))
         return Terminal(*row) if row else None
 
+    def delete_terminal(self, terminal_id: str) -> bool:
+        return self._write("DELETE FROM terminals WHERE id = ?", (terminal_id,)).rowcount > 0
+
     def list_terminals(self) -> list[Terminal]:
         return [Terminal(*r) for r in self._all(f"SELECT {_TERMINAL} FROM terminals ORDER BY id")]
 

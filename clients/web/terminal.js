@@ -1,6 +1,10 @@
 // thinserve browser terminal: noVNC's RFB client, full window, over the
 // WebSocket endpoint served next to this page.
 //
+// The page opens the WebSocket itself: when it can keep a key (key.js), it
+// offers the thinserve-key.v1 subprotocol, proves the key, and only then
+// hands the open socket to noVNC.  Otherwise it connects keyless ("binary").
+//
 // Settings come from the query string:
 //   resize=scale   fit the desktop into the window locally (default)
 //   resize=remote  ask the server to give this terminal the window's size
@@ -10,6 +14,7 @@
 //   quality=0..9, compression=0..9   hints for JPEG quality and compression
 
 import RFB from "./novnc/core/rfb.js";
+import { KEY_PROTOCOL, keyProof, keyUnavailable, loadKey } from "./key.js";
 
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30000;
@@ -28,11 +33,14 @@ const statusLine = document.getElementById("status");
 const login = document.getElementById("login");
 const usernameInput = document.getElementById("username");
 const passwordInput = document.getElementById("password");
+const terminalIdLine = document.getElementById("terminal-id");
 
 let rfb = null;
 let retryMs = RETRY_FIRST_MS;
 let retryTimer = null;
 let lastFailure = "";
+let keyless = "";  // why this page connects without a key; "" when it has one
+const terminalKey = prepareKey();
 
 function levelParam(name, fallback) {
   const value = Number.parseInt(params.get(name) ?? "", 10);
@@ -46,7 +54,23 @@ function websocketUrl() {
 
 function setStatus(state, text) {
   document.body.dataset.state = state;
-  statusLine.textContent = text;
+  statusLine.textContent = keyless ? `${text} (no terminal key: ${keyless})` : text;
+}
+
+async function prepareKey() {
+  keyless = keyUnavailable();
+  if (keyless) {
+    return null;
+  }
+  try {
+    const key = await loadKey();
+    terminalIdLine.textContent = key.id;
+    terminalIdLine.title = "This terminal's id: give it to the administrator to pair it";
+    return key;
+  } catch (error) {
+    keyless = `the key could not be loaded (${error?.message || error})`;
+    return null;
+  }
 }
 
 function applySettings(client) {
@@ -59,12 +83,51 @@ function applySettings(client) {
   client.focusOnClick = true;
 }
 
-function connect() {
+async function connect() {
   retryTimer = null;
   lastFailure = "";
+  const key = await terminalKey;
   const url = websocketUrl();
   setStatus("connecting", `Connecting to ${url}…`);
-  rfb = new RFB(screen, url, { shared: true, wsProtocols: ["binary"] });
+  const ws = new WebSocket(url, key ? [KEY_PROTOCOL, "binary"] : ["binary"]);
+  ws.binaryType = "arraybuffer";
+  ws.onopen = () => {
+    if (ws.protocol !== KEY_PROTOCOL) {
+      startRFB(ws);
+    }
+  };
+  ws.onmessage = (event) => {
+    ws.onmessage = null;
+    proveKey(ws, key, event.data);
+  };
+  ws.onclose = (event) => {
+    if (event.code === 1008) {
+      lastFailure = event.reason || "the server refused this terminal's key";
+    }
+    disconnected(event.wasClean ? "connection closed" : "connection lost");
+  };
+}
+
+async function proveKey(ws, key, nonce) {
+  let proof;
+  try {
+    proof = await keyProof(key, nonce);
+  } catch (error) {
+    lastFailure = `could not prove this terminal's key: ${error?.message || error}`;
+    ws.close();
+    return;
+  }
+  if (ws.readyState !== WebSocket.OPEN) {
+    return;  // closed meanwhile: its onclose reports it
+  }
+  ws.send(proof);
+  // noVNC takes the socket over in this same task, so the server's first RFB
+  // bytes, which can only come after the proof, reach noVNC's receive queue.
+  startRFB(ws);
+}
+
+function startRFB(ws) {
+  rfb = new RFB(screen, ws, { shared: true });
   applySettings(rfb);
   rfb.addEventListener("connect", onConnect);
   rfb.addEventListener("disconnect", onDisconnect);
@@ -101,7 +164,11 @@ function onSecurityFailure(event) {
 
 function onDisconnect(event) {
   rfb = null;
-  const why = lastFailure || (event.detail.clean ? "connection closed" : "connection lost");
+  disconnected(event.detail.clean ? "connection closed" : "connection lost");
+}
+
+function disconnected(reason) {
+  const why = lastFailure || reason;
   if (!settings.reconnect) {
     setStatus("disconnected", `Disconnected: ${why}. Reload the page to connect again.`);
     return;

@@ -3,7 +3,7 @@
 One twisted.web site on one port serves
 
 - ``/``             the terminal page (clients/web/index.html), never cached
-- ``/terminal.js``, ``/terminal.css``, ``/favicon.svg``: the page's own files
+- ``/terminal.js``, ``/key.js``, ``/terminal.css``, ``/favicon.svg``: the page's own files
 - ``/novnc/core/``  and ``/novnc/vendor/``, the pinned noVNC release
 - ``/websockify``   RFB over WebSocket, wrapping the RFB server factory given
 
@@ -136,7 +136,7 @@ def terminal_resource(rfb_factory: protocol.Factory, options: WebOptions) -> Ter
     page = Page(str(client / "index.html"))
     root.putChild(b"", page)
     root.putChild(b"index.html", page)
-    for name in ("terminal.js", "terminal.css", "favicon.svg"):
+    for name in ("terminal.js", "key.js", "terminal.css", "favicon.svg"):
         root.putChild(name.encode(), StaticFile(str(client / name)))
     novnc_root = Folder()
     for part in ("core", "vendor"):

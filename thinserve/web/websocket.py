@@ -10,11 +10,21 @@ an allowed origin: by default only the origin of the page itself (the
 scheme of this listener plus the Host header of the request).  Incoming
 frames and messages are bounded, so a browser cannot make the server
 buffer without limit.
+
+A page that asks for the ``thinserve-key.v1`` subprotocol proves a key
+before RFB starts: the server sends a 32-byte nonce, the page answers with
+one binary message (u16 big-endian length of its public key, the key as
+SubjectPublicKeyInfo DER, a 64-byte ECDSA P-256 signature of
+``protocols.identity.proof_message(nonce)``).  The RFB protocol is then
+built with ``proven_key`` set to the key's fingerprint; a missing, late,
+malformed or wrong proof closes the socket with 1008 and no RFB byte.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import struct
 from dataclasses import dataclass
 
 from autobahn.twisted.resource import WebSocketResource
@@ -24,13 +34,20 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import interfaces, protocol
+from twisted.internet.base import DelayedCall
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
+from protocols.identity import MAX_SPKI_BYTES, NONCE_BYTES, KeyProofError, verify_key_proof
+
 log = logging.getLogger(__name__)
 
 SUBPROTOCOL = "binary"  # what websockify-style clients ask for; noVNC may ask for none
+KEY_SUBPROTOCOL = "thinserve-key.v1"  # binary RFB, after a key proof
+SIGNATURE_BYTES = 64  # ECDSA P-256: r and s, 32 bytes each
+MAX_PROOF_BYTES = 2 + MAX_SPKI_BYTES + SIGNATURE_BYTES
+CLOSE_POLICY = 1008  # RFC 6455 "policy violation": the key proof failed
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,7 @@ class WebSocketOptions:
     allowed_origins: tuple[str, ...] = ()
     max_message_size: int = 64 * 1024
     open_handshake_timeout: float = 10.0
+    key_proof_timeout: float = 10.0  # from the nonce sent to the proof received
 
 
 def normalize_origin(origin: str) -> str:
@@ -69,15 +87,31 @@ def origin_allowed(
     return origin == f"{scheme}://{host.strip().lower()}"
 
 
+def split_key_proof(payload: bytes) -> tuple[bytes, bytes]:
+    """(public key as SPKI DER, signature) of a key proof message."""
+    if len(payload) < 2:
+        raise KeyProofError("the key proof is shorter than its length field")
+    (length,) = struct.unpack_from("!H", payload)
+    if len(payload) != 2 + length + SIGNATURE_BYTES:
+        raise KeyProofError(
+            f"the key proof is {len(payload)} bytes, not 2 + {length} + {SIGNATURE_BYTES}"
+        )
+    return payload[2 : 2 + length], payload[2 + length :]
+
+
 class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
-    """One browser terminal: checks the handshake, then relays binary messages.
+    """One browser terminal: checks the handshake (and a key proof when the
+    page offers one), then relays binary messages.
 
     The RFB protocol (and so the terminal's session) is built only once the
-    handshake has been accepted; a refused browser never reaches the relay.
+    handshake has been accepted and the key, if any, proven; a refused
+    browser never reaches the relay.
     """
 
     factory: RFBWebSocketFactory
     _proto: protocol.Protocol | None = None
+    _nonce: bytes | None = None  # sent; its proof has not arrived yet
+    _proof_timer: DelayedCall | None = None
 
     def __init__(self, addr: object) -> None:
         super().__init__()
@@ -92,21 +126,45 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
         self._binaryMode = True
         if not request.protocols:
             return None
-        if SUBPROTOCOL in request.protocols:
-            return SUBPROTOCOL
+        for chosen in (KEY_SUBPROTOCOL, SUBPROTOCOL):
+            if chosen in request.protocols:
+                return chosen
         raise ConnectionDeny(
-            ConnectionDeny.NOT_ACCEPTABLE, f"only the {SUBPROTOCOL!r} subprotocol is spoken"
+            ConnectionDeny.NOT_ACCEPTABLE,
+            f"only the {KEY_SUBPROTOCOL!r} and {SUBPROTOCOL!r} subprotocols are spoken",
         )
 
     def onOpen(self) -> None:
+        if self.websocket_protocol_in_use != KEY_SUBPROTOCOL:
+            self._start_rfb(None)
+            return
+        self._nonce = secrets.token_bytes(NONCE_BYTES)
+        self.sendMessage(self._nonce, isBinary=True)
+        self._proof_timer = self.factory.reactor.callLater(
+            self.factory.options.key_proof_timeout,
+            self._refuse_key,
+            f"no key proof within {self.factory.options.key_proof_timeout:g} s",
+        )
+
+    def _start_rfb(self, proven_key: str | None) -> None:
         proto = self.factory.rfb_factory.buildProtocol(self.addr)
         if proto is None:
             self.sendClose(1000, "no terminal available")
             return
+        if proven_key is not None:
+            proto.proven_key = proven_key  # type: ignore[attr-defined]  # before RFB's first byte
         self._proto = proto
         proto.makeConnection(self)
 
+    def onMessageFrameBegin(self, length: int) -> None:
+        if self._nonce is not None and self.message_data_total_length + length > MAX_PROOF_BYTES:
+            self._refuse_key(f"the key proof is over {MAX_PROOF_BYTES} bytes")
+        super().onMessageFrameBegin(length)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._nonce is not None:
+            self._check_key_proof(self._nonce, payload, isBinary)
+            return
         if self._proto is None:
             return
         if not isBinary:
@@ -116,7 +174,34 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
             return
         self._proto.dataReceived(payload)
 
+    def _check_key_proof(self, nonce: bytes, payload: bytes, isBinary: bool) -> None:
+        self._nonce = None
+        self._cancel_proof_timer()
+        try:
+            if not isBinary:
+                raise KeyProofError("the key proof came as a text message")
+            spki, signature = split_key_proof(payload)
+            fingerprint = verify_key_proof(spki, signature, nonce)
+        except KeyProofError as exc:
+            self._refuse_key(str(exc))
+            return
+        log.info("browser terminal %s proved key %s", self.peer, fingerprint)
+        self._start_rfb(fingerprint)
+
+    def _refuse_key(self, reason: str) -> None:
+        self._nonce = None
+        self._cancel_proof_timer()
+        log.warning("browser terminal %s: key proof refused: %s", self.peer, reason)
+        self._fail_connection(CLOSE_POLICY, f"key proof refused: {reason}")
+
+    def _cancel_proof_timer(self) -> None:
+        timer, self._proof_timer = self._proof_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._nonce = None
+        self._cancel_proof_timer()
         proto, self._proto = self._proto, None
         if proto is not None:
             proto.connectionLost(Failure(ConnectionDone(reason or "WebSocket closed")))
@@ -142,8 +227,8 @@ class RFBWebSocketFactory(WrappingWebSocketServerFactory):
         super().__init__(rfb_factory, url=None, enableCompression=False)
         self.rfb_factory = rfb_factory
         self.options = options or WebSocketOptions()
-        self._subprotocols = [SUBPROTOCOL]
-        self.protocols = [SUBPROTOCOL]
+        self._subprotocols = [KEY_SUBPROTOCOL, SUBPROTOCOL]
+        self.protocols = [KEY_SUBPROTOCOL, SUBPROTOCOL]
         size = self.options.max_message_size
         self.setProtocolOptions(
             maxFramePayloadSize=size,

@@ -34,6 +34,7 @@ async def test_pooled_qemu_desktop_starts_on_demand_and_takes_keys(
                 "web_listen": [],
                 "database": str(tmp_path / "ts.db"),
                 "admin_socket": "",
+                "address_pairing": ["127.0.0.0/8"],  # the viewer here is viewer-127.0.0.1
             },
             "discovery": {"enabled": False},
             "broker": {

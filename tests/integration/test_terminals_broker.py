@@ -33,11 +33,16 @@ pytestmark = pytest.mark.integration
 
 @pytest_twisted.ensureDeferred
 async def test_discovered_terminal_shows_its_code_is_paired_and_sees_its_desktop(xvnc) -> None:
+    """A terminal of advert contract 1 has no key: its advertised id is only a
+    claim, so it is a terminal of its own connection, paired by its code."""
     server = xvnc(size=(800, 600))
     frame = office_frame(800, 600)
     server.paint(frame)
     ts = await start_thinserve(
-        [desktop("d1", server)], broker=BrokerConfig(), discovery_interfaces=("127.0.0.1",)
+        [desktop("d1", server)],
+        broker=BrokerConfig(),
+        discovery_interfaces=("127.0.0.1",),
+        address_pairing=(),
     )
     publisher = Publisher()
     term = Terminal()
@@ -47,18 +52,22 @@ async def test_discovered_terminal_shows_its_code_is_paired_and_sees_its_desktop
             "register", "Front desk", port, "127.0.0.1",
             id="desk-7", model="Nivo", screen="800x600", proto="1",
         )  # fmt: skip
-        await wait_for(lambda: "desk-7" in ts.hub.terminals, 40, "thinserve to dial the terminal")
-        shown = ts.hub.broker.assignment("desk-7")
+
+        def dialled() -> list[str]:
+            return [t for t, v in ts.hub.terminals.items() if v.info.name == "Front desk"]
+
+        await wait_for(lambda: bool(dialled()), 40, "thinserve to dial the terminal")
+        (tid,) = dialled()
+        assert tid.startswith("viewer-127.0.0.1~") and "desk-7" not in ts.hub.terminals
+        shown = ts.hub.broker.assignment(tid)
         assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.PAIRING
         # The code is on the terminal's screen, drawn at its advertised size.
-        pairing = screens.render(
-            screens.pairing("desk-7", shown.code or "", shown.message), 800, 600
-        )
+        pairing = screens.render(screens.pairing(tid, shown.code or "", shown.message), 800, 600)
         await term.wait_screen(pairing)
         assert not np.array_equal(term.framebuffer, frame)  # not one pixel of a desktop
         ts.hub.pair_code(shown.code or "", "d1", actor="admin:test")
         await term.wait_screen(frame)
-        assert isinstance(ts.hub.broker.assignment("desk-7"), ShowDesktop)
+        assert isinstance(ts.hub.broker.assignment(tid), ShowDesktop)
     finally:
         term.close()
         await publisher.child.stop()

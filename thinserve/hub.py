@@ -43,7 +43,7 @@ from .relay.login import LoginScreen
 from .relay.session import TerminalSession
 from .relay.source import Source
 from .relay.upstream import DEFAULT_SIZE, Mirror
-from .terminal_ids import lasts_one_connection
+from .terminal_ids import kind_of, lasts_one_connection
 from .verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -129,13 +129,14 @@ class Hub:
         info: TerminalInfo = session.info  # type: ignore[attr-defined]
         if not info.address:
             info = TerminalInfo(info.name, info.model, host, info.screen_width, info.screen_height)
-        if found.note:
-            log.warning("terminal %s from %s: %s", terminal_id, host, found.note)
+        note = found.note or (self._changed_key(terminal_id, info) if found.kind == "key" else "")
+        if note:
+            log.warning("terminal %s from %s: %s", terminal_id, host, note)
         if found.kind == "key":
             self._replace_old_connection(terminal_id)
         self.terminals[terminal_id] = Terminal(terminal_id, info, session)
         assignment = self.broker.terminal_connected(
-            terminal_id, info, connection=id(session), notice=found.note
+            terminal_id, info, connection=id(session), notice=note
         )
         if proto.login_user is not None:
             assignment = self._log_in(terminal_id, proto.login_user)
@@ -147,6 +148,20 @@ class Hub:
             _describe(assignment),
         )
         return self._source_for(terminal_id, assignment, session)
+
+    def _changed_key(self, terminal_id: str, info: TerminalInfo) -> str:
+        """Why a new key terminal named like a paired one shows a pairing screen."""
+        store = self.broker.store
+        if not info.name or store.get_terminal(terminal_id) is not None:
+            return ""
+        for known in store.list_terminals():
+            paired = store.pairing_for(known.id)
+            if known.name == info.name and kind_of(known.id) == "key" and paired is not None:
+                return (
+                    f"This terminal has a new key; {known.id} with the old key is paired with "
+                    f"{paired.desktop}. Ask the administrator to pair it again."
+                )
+        return ""
 
     def _log_in(self, terminal_id: str, user: str) -> Assignment:
         """A user whose password the handshake checked: their desktop, here."""

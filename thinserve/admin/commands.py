@@ -42,7 +42,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     _add(sub, common, "terminals", "list terminals and what each shows", terminals)
     _add(sub, common, "desktops", "list desktops, their link and who uses them", desktops)
-    _add(sub, common, "state", "summarise what the broker decided", state)
+    _add(
+        sub,
+        common,
+        "state",
+        "summarise what the broker decided, and the server certificate",
+        state,
+        aliases=["status"],
+    )
     _add_pairing(sub, common)
     _terminal_command(sub, common, "unpair", "remove a terminal's pairing", unpair)
     shadow_p = _add(sub, common, "shadow", "let a terminal watch a desktop, view-only", shadow)

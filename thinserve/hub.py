@@ -176,8 +176,18 @@ class Hub:
         if not isinstance(prepared, LoginCheck):
             return succeed(prepared)
         checked = self.verifier.run(prepared.run)
-        checked.addCallback(self.broker.credentials_checked)
+        checked.addCallbacks(
+            self.broker.credentials_checked, self._credentials_lost, errbackArgs=(prepared,)
+        )
         return checked
+
+    def _credentials_lost(self, failure: Failure, check: LoginCheck) -> str:
+        """A check that gave no verdict (its thread failed, or stopping): not a
+        failure of the user's; it is forgotten, so later logins are checked."""
+        if not self.stopped:
+            log.error("checking a login %s failed: %s", check.terminal_id, failure.value)
+            self.apply(self.broker.abandon_login(check, f"the check failed: {failure.value}"))
+        return "The login could not be checked; try again."
 
     def _replace_old_connection(self, terminal_id: str) -> None:
         """A terminal that proved its key again: its older connection is over."""

@@ -8,8 +8,10 @@ import hashlib
 import os
 
 import pytest
+import pytest_twisted
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
+from twisted.internet import reactor
 
 from protocols.identity import (
     KeyProofError,
@@ -29,6 +31,7 @@ from thinserve.broker import (
     TerminalInfo,
 )
 from thinserve.config import ConfigError, from_dict
+from thinserve.hub import Hub
 from thinserve.identities import IdentityRules
 from thinserve.linksecurity import SecurityPolicy, ServerCertificate, https_description, is_loopback
 from thinserve.secrets import SecretHasher
@@ -323,3 +326,33 @@ def test_by_address_is_refused_for_keys_and_for_an_address_already_held() -> Non
     with pytest.raises(BrokerError, match=r"from that address is 'viewer-10\.0\.0\.5' already"):
         broker.pair_code(second.code, "d1", "admin", by_address=True)
     assert broker.store.pairing_for_desktop("d1") is None
+
+
+class FlakyHasher(SecretHasher):
+    """Cheap Argon2 whose first verification raises, as a failing worker would."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        self.failures_left = 1
+
+    def verify(self, encoded: str | None, secret: str) -> bool:
+        if self.failures_left:
+            self.failures_left -= 1
+            raise RuntimeError("worker lost")
+        return super().verify(encoded, secret)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_handshake_login_check_that_fails_is_forgotten() -> None:
+    broker = Broker(SqliteStore(), BrokerConfig(hot_desk=True), hasher=FlakyHasher())
+    broker.register_desktop("d1", "xvnc")
+    broker.add_user("alice", "right-secret", "admin", desktop="d1")
+    hub = Hub(broker, {}, reactor)
+    try:
+        lost = await hub.check_credentials("10.0.0.9", "alice", "right-secret")
+        assert lost == "The login could not be checked; try again."
+        assert await hub.check_credentials("10.0.0.9", "alice", "right-secret") is None
+        actions = [e.action for e in broker.store.list_audit()]
+        assert "login-cancelled" in actions and "login-failed" not in actions
+    finally:
+        hub.stop()

@@ -3,7 +3,8 @@
 ``python -m bench encodings``: encode/decode speed and bytes per frame of
 each encoding on still contents; ``python -m bench relay``: real workloads
 replayed on Xvnc desktops and watched directly, through a byte relay and
-through thinserve; ``python -m bench``: both.  Tables go to stdout,
+through thinserve; ``python -m bench``: both.  ``python -m bench tls``: what
+VeNCrypt X509None costs next to None, through thinserve.  Tables go to stdout,
 progress to stderr; docs/performance.md explains every column.
 """
 
@@ -15,10 +16,10 @@ import sys
 import time
 
 from .content import CONTENTS
-from .options import RELAY_SIZES, RELAY_WORKLOADS, Options, RelayOptions
+from .options import RELAY_SIZES, RELAY_WORKLOADS, Options, RelayOptions, TLSOptions
 from .xvnc import INSTALL_HINT, xvnc_path, xvnc_version
 
-COMMANDS = ("all", "encodings", "relay")
+COMMANDS = ("all", "encodings", "relay", "tls")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,7 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m bench",
         description="thinserve's benchmarks: 'encodings' (speed and bytes of each encoding "
         "next to TigerVNC's Xvnc), 'relay' (latency, frames, bytes, CPU, memory and scale "
-        "of real workloads: direct, byte relay, thinserve); no command runs both.",
+        "of real workloads: direct, byte relay, thinserve); no command runs both. 'tls' "
+        "(connection set-up, typing and full-frame times over X509None next to None).",
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="all")
     parser.add_argument("--quick", action="store_true", help="the short run (see docs)")
@@ -56,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--size",
         choices=[f"{w}x{h}" for w, h in RELAY_SIZES],
         action="append",
-        help="screen size (repeatable; default: both, quick: 1280x1024)",
+        help="screen size (repeatable; default: both, quick: 1280x1024; also for tls)",
     )
     relay.add_argument("--no-scale", action="store_true", help="skip the scale test")
     relay.add_argument("--no-footprint", action="store_true", help="skip memory and idle CPU")
@@ -133,8 +135,36 @@ async def relay(options: RelayOptions) -> int:
     return 0
 
 
+async def tls(options: TLSOptions) -> int:
+    from . import processes, tlscost, tlsreport
+    from .relay import stderr_progress
+    from .report import load, machine_lines
+    from .xvnc import XvncError
+
+    pinned = processes.pin_benchmark()
+    machine = machine_lines(peer_description(True))
+    started = time.monotonic()
+    try:
+        result = await tlscost.run(options, stderr_progress)
+    except (XvncError, ConnectionError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(tlsreport.render(options, machine, result, pinned)))
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
+    return 0
+
+
+def _sizes(args: argparse.Namespace) -> tuple[tuple[int, int], ...]:
+    return tuple((int(w), int(h)) for w, h in (size.split("x") for size in args.size))
+
+
 async def run_command(args: argparse.Namespace) -> int:
     status = 0
+    if args.command == "tls":
+        tls_options = TLSOptions.of(args.quick)
+        if args.size:
+            tls_options = dataclasses.replace(tls_options, sizes=_sizes(args))
+        return await tls(tls_options)
     if args.command in ("all", "encodings"):
         contents = tuple(args.content or CONTENTS)
         options = Options.of(args.quick, contents, not args.no_xvnc, args.repeat)
@@ -144,8 +174,7 @@ async def run_command(args: argparse.Namespace) -> int:
         if args.profile:
             relay_options = dataclasses.replace(relay_options, profiles=tuple(args.profile))
         if args.size:
-            sizes = tuple(tuple(int(n) for n in size.split("x")) for size in args.size)
-            relay_options = dataclasses.replace(relay_options, sizes=sizes)
+            relay_options = dataclasses.replace(relay_options, sizes=_sizes(args))
         if args.no_scale:
             relay_options = dataclasses.replace(relay_options, scale_counts=())
         if args.no_footprint:
@@ -160,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "all" and args.no_xvnc:
         args.command = "encodings"  # the relay suite needs Xvnc
-    needs_xvnc = args.command == "relay" or not args.no_xvnc
+    needs_xvnc = args.command in ("relay", "tls") or not args.no_xvnc
     if needs_xvnc and xvnc_path() is None:
         print(f"error: Xvnc is not installed: {INSTALL_HINT} (or pass --no-xvnc)", file=sys.stderr)
         return 2

@@ -73,3 +73,21 @@ class RelayOptions:
             idle_seconds=10.0,
             footprint=True,
         )
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """What ``python -m bench tls`` measures: None next to X509None through thinserve."""
+
+    sizes: tuple[tuple[int, int], ...]
+    connections: int  # timed fresh connections per path
+    warmup: int  # untimed connections per path first
+    workloads: tuple[str, ...]  # replayed as in the relay suite
+    rounds: int  # replays of each workload per path, alternating
+    seconds: float  # length of each replay
+
+    @classmethod
+    def of(cls, quick: bool) -> TLSOptions:
+        if quick:
+            return cls((RELAY_SIZES[0],), 60, 3, ("typing", "video"), 3, 3.0)
+        return cls(RELAY_SIZES, 200, 5, ("typing", "video"), 4, 5.0)

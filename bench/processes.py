@@ -127,23 +127,26 @@ def byte_relay(target_port: int) -> ServerProcess:
     return ServerProcess(args, port)
 
 
-def thinserve(desktops: list[tuple[str, int]], workdir: Path | None = None) -> ServerProcess:
+def thinserve(
+    desktops: list[tuple[str, int]], workdir: Path | None = None, server: tuple[str, ...] = ()
+) -> ServerProcess:
     """thinserve serving ``desktops`` ((name, Xvnc port) each), every terminal
-    getting the first free one."""
+    getting the first free one; ``server``: more lines for its [server] table."""
     port = free_port()
     folder = workdir or Path(tempfile.mkdtemp(prefix="thinserve-bench-"))
     config = folder / "thinserve.toml"
-    config.write_text(config_toml(port, desktops))
+    config.write_text(config_toml(port, desktops, server))
     args = [sys.executable, "-m", "bench.serverproc", str(config)]
     return ServerProcess(args, port)
 
 
-def config_toml(port: int, desktops: list[tuple[str, int]]) -> str:
+def config_toml(port: int, desktops: list[tuple[str, int]], server: tuple[str, ...] = ()) -> str:
     names = ", ".join(f'"{name}"' for name, _ in desktops)
     lines = [
         "[server]",
         f'listen = ["tcp:port={port}:interface=127.0.0.1"]',
         'database = ":memory:"',
+        *server,
         "",
         "[discovery]",
         "enabled = false",

@@ -18,6 +18,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
+
+from thinserve.rfbclient import ClientOptions
 
 from . import processes
 from .options import PATHS, RelayOptions
@@ -119,11 +122,23 @@ class Paths:
         return {"relay": self.relay, "thinserve": self.thinserve}.get(path)
 
 
+class Reach(Protocol):
+    """Where a path's terminal connects, and the relay process on it (if any)."""
+
+    def port(self, path: str) -> int: ...
+    def server(self, path: str) -> processes.ServerProcess | None: ...
+
+
 async def measure(
-    paths: Paths, painter: Painter, workload: Workload, profile: Profile, path: str
+    paths: Reach,
+    painter: Painter,
+    workload: Workload,
+    profile: Profile,
+    path: str,
+    options: ClientOptions | None = None,
 ) -> Run:
     painter.show_initial(workload)
-    terminal = await connect(paths.port(path), profile, TERMINAL_ADDRESS)
+    terminal = await connect(paths.port(path), profile, TERMINAL_ADDRESS, options)
     try:
         await wait_showing(terminal, workload.initial)
         await settled(terminal)

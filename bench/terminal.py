@@ -29,7 +29,7 @@ from twisted.internet import defer, endpoints, protocol, reactor
 from twisted.python.failure import Failure
 
 from protocols.rfb.client import ClientEvent, ServerInitReceived, UpdateDone
-from protocols.rfb.constants import Encoding
+from protocols.rfb.constants import Encoding, SecurityType
 from protocols.rfb.encodings import Rect
 from thinserve import rfbclient
 
@@ -66,6 +66,10 @@ TIGHT = Profile(
 )
 ZRLE = Profile("ZRLE", (Encoding.ZRLE, Encoding.COPYRECT, Encoding.HEXTILE, Encoding.RAW, *PSEUDO))
 PROFILES = {"tight": TIGHT, "zrle": ZRLE}
+
+# Security type None on every path, even where thinserve offers VeNCrypt too
+# (rfbclient's default would pick VeNCrypt first); bench/tlscost.py asks for TLS.
+PLAIN = rfbclient.ClientOptions(methods=(SecurityType.NONE,))
 
 
 def shows(step: Step, fb: np.ndarray) -> bool:
@@ -133,14 +137,16 @@ def _touches(step: Step, box: tuple[int, int, int, int]) -> bool:
 
 
 class MeasuringTerminal(rfbclient.RFBClientProtocol):
-    def __init__(self, profile: Profile) -> None:
-        super().__init__(rfbclient.ClientOptions(), self._event)
+    def __init__(self, profile: Profile, options: rfbclient.ClientOptions | None = None) -> None:
+        super().__init__(options or PLAIN, self._event)
         self.profile = profile
         self.desktop_name = ""
         self.tracker: Tracker | None = None
         self.on_update: Callable[[float], None] | None = None  # called with the time
         self.bytes = 0
         self.updates = 0
+        self.init_at: float | None = None  # perf_counter at ServerInit
+        self.first_update_at: float | None = None  # perf_counter at the first update decoded
         self.ready: defer.Deferred[MeasuringTerminal] = defer.Deferred()
         self.closed.addBoth(self._gone)
 
@@ -150,11 +156,14 @@ class MeasuringTerminal(rfbclient.RFBClientProtocol):
 
     def _event(self, proto: rfbclient.RFBClientProtocol, event: ClientEvent) -> None:
         if isinstance(event, ServerInitReceived):
+            self.init_at = time.perf_counter()
             self.desktop_name = event.name
             self.conn.set_encodings(self.profile.encodings)
             self.conn.request_update(incremental=False)
         elif isinstance(event, UpdateDone):
             now = time.perf_counter()
+            if self.first_update_at is None:
+                self.first_update_at = now
             self.updates += 1
             self.conn.request_update(incremental=True)
             self.flush()
@@ -179,14 +188,20 @@ class MeasuringTerminal(rfbclient.RFBClientProtocol):
             self.transport.loseConnection()
 
 
-async def connect(port: int, profile: Profile, source: str = "127.0.0.1") -> MeasuringTerminal:
+async def connect(
+    port: int,
+    profile: Profile,
+    source: str = "127.0.0.1",
+    options: rfbclient.ClientOptions | None = None,
+) -> MeasuringTerminal:
     """A terminal on loopback ``port`` from address ``source``, past its first update.
 
     thinserve tells plain viewers apart by address, so terminals of one
-    thinserve each connect from their own 127.0.0.x.
+    thinserve each connect from their own 127.0.0.x.  ``options``: the
+    security to use (default: None).
     """
     endpoint = f"{rfbclient.tcp('127.0.0.1', port)}:bindAddress={source}"
-    factory = protocol.Factory.forProtocol(lambda: MeasuringTerminal(profile))
+    factory = protocol.Factory.forProtocol(lambda: MeasuringTerminal(profile, options))
     proto: MeasuringTerminal = await endpoints.clientFromString(reactor, endpoint).connect(factory)
     proto.ready.addTimeout(30, reactor)
     return await proto.ready

@@ -82,6 +82,13 @@ class Config:
     tls_key: str | None = None
     allow_none: str = "loopback"
     address_pairing: tuple[str, ...] = ()
+    # Guessing and floods (docs/security.md): failures per source before it
+    # waits, and the first wait (doubling); connection caps.
+    blacklist_threshold: int = 5
+    blacklist_timeout: float = 10.0
+    max_connections: int = 1000
+    max_per_address: int = 16
+    max_unpaired: int = 200
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     discovery: bool = True  # browse for terminals, advertise _rfb._tcp
     discovery_interfaces: tuple[str, ...] = ()  # () = all
@@ -129,6 +136,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
             "tls_key",
             "allow_none",
             "address_pairing",
+            *LIMIT_KEYS,
         },
         f"{source} [server]",
     )
@@ -171,6 +179,7 @@ def from_dict(data: dict[str, Any], source: str = "config") -> Config:
         database=_opt_str(server, "database", f"{source} [server]"),
         admin_socket=_admin_socket(server, f"{source} [server]"),
         **_link_security(server, where),
+        **_limits(server, where),
         broker=broker,
         discovery=enabled,
         discovery_interfaces=_endpoints(
@@ -204,6 +213,29 @@ def _link_security(server: dict[str, Any], where: str) -> dict[str, Any]:
                 f'{where} address_pairing: {subnet!r} is not a subnet such as "10.1.2.0/24"'
             ) from None
     return {"tls_cert": cert, "tls_key": key, "allow_none": allow_none, "address_pairing": subnets}
+
+
+LIMIT_KEYS = {
+    "blacklist_threshold": (1, 1000),
+    "blacklist_timeout": (1, 86400),
+    "max_connections": (1, 100_000),
+    "max_per_address": (1, 100_000),
+    "max_unpaired": (1, 100_000),
+}
+
+
+def _limits(server: dict[str, Any], where: str) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, (low, high) in LIMIT_KEYS.items():
+        value = server.get(key, getattr(Config, key))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ConfigError(f"{where} {key} = {value!r}: a number from {low} to {high}")
+        values[key] = value if key == "blacklist_timeout" else int(value)
+    return values
 
 
 def _dial(server: dict[str, Any], where: str) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ from .broker import (
 from .broker.core import AlreadyConnectedError, LoginCheck, LoginVerdict
 from .identities import IdentityRules
 from .relay import screens
+from .relay.drawn import DrawnScreen
 from .relay.login import LoginScreen
 from .relay.session import TerminalSession
 from .relay.source import Source
@@ -70,6 +71,7 @@ class Hub:
         on_desktop_wanted: Callable[[str], None] | None = None,
         verifier: Verifier | None = None,
         address_subnets: tuple[str, ...] = (),
+        max_unpaired: int = 200,
     ) -> None:
         self.broker = broker
         self.mirrors = mirrors
@@ -82,6 +84,7 @@ class Hub:
             address_bound=lambda t: broker.store.pairing_for(t) is not None,
             taken=broker.is_connected,
         )
+        self.max_unpaired = max_unpaired
         self._ticker = task.LoopingCall(self.tick)
         self._ticker.clock = self.reactor
         self.stopped = False
@@ -134,6 +137,8 @@ class Hub:
             log.warning("terminal %s from %s: %s", terminal_id, host, note)
         if found.kind == "key":
             self._replace_old_connection(terminal_id)
+        if self._too_many_waiting(terminal_id, proto.login_user):
+            return self._turn_away(session, terminal_id, host)
         self.terminals[terminal_id] = Terminal(terminal_id, info, session)
         assignment = self.broker.terminal_connected(
             terminal_id, info, connection=id(session), notice=note
@@ -148,6 +153,28 @@ class Hub:
             _describe(assignment),
         )
         return self._source_for(terminal_id, assignment, session)
+
+    def _too_many_waiting(self, terminal_id: str, user: str | None) -> bool:
+        """Whether a terminal with no pairing (and no login) arrives while
+        ``max_unpaired`` terminals already wait without a desktop."""
+        if user is not None or self.broker.store.pairing_for(terminal_id) is not None:
+            return False
+        shown = self.broker.snapshot().shown
+        waiting = sum(not isinstance(a, ShowDesktop) for a in shown.values())
+        return waiting >= self.max_unpaired
+
+    def _turn_away(self, session: TerminalSession, terminal_id: str, host: str) -> Source:
+        """A short refusal that costs nothing: a shared drawn screen, then close."""
+        log.warning(
+            "refused terminal %s from %s: %d terminals already wait to be paired (max_unpaired)",
+            terminal_id,
+            host,
+            self.max_unpaired,
+        )
+        session.terminal_id = None  # type: ignore[attr-defined]  # never known to the broker
+        self._close_later(session)
+        width, height = self._screen_size(terminal_id, session)
+        return DrawnScreen(screens.server_busy(), width, height)
 
     def _changed_key(self, terminal_id: str, info: TerminalInfo) -> str:
         """Why a new key terminal named like a paired one shows a pairing screen."""
@@ -200,9 +227,9 @@ class Hub:
             old.session.proto.transport.loseConnection()
 
     def _detach(self, session: TerminalSession) -> None:
-        if self.stopped:
-            return
         terminal_id = session.terminal_id  # type: ignore[attr-defined]
+        if self.stopped or terminal_id is None:
+            return
         current = self.terminals.get(terminal_id)
         if current is not None and current.session is session:
             del self.terminals[terminal_id]
@@ -249,7 +276,7 @@ class Hub:
             return form
         if screen.kind is ScreenKind.KICKED:
             self._close_later(session)
-        return Source(screens.render(_screen_text(screen), width, height), "thinserve")
+        return DrawnScreen(_screen_text(screen), width, height)
 
     def _screen_size(self, terminal_id: str, session: TerminalSession) -> tuple[int, int]:
         terminal = self.terminals.get(terminal_id)

@@ -8,14 +8,12 @@ to its Session (thinserve.relay.session.TerminalSession).
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from twisted.internet import interfaces, protocol
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -24,18 +22,16 @@ from protocols.rfb import messages as m
 from protocols.rfb.constants import SecurityType
 from protocols.rfb.errors import ProtocolError
 from protocols.rfb.handshake import PlainCredentials, StartTLS, VncAuthResponse
-from protocols.rfb.security.vncauth import check_response
 from protocols.rfb.server import ServerConnection, ServerEvent
 
+from .admission import Admission, Refusal
+from .credentials import CheckLogin, Credentials
 from .linksecurity import SecurityPolicy
 from .rfbproto import RFBProtocolBase
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 30.0  # seconds a peer has to get through the handshake
-
-
-CheckLogin = Callable[[str, str, str], Deferred[str | None]]  # host, user, secret -> refusal
 
 
 @dataclass(frozen=True)
@@ -49,6 +45,14 @@ class ServerOptions:
     # ``methods`` is not used); hot-desk users log in through ``check_login``.
     policy: SecurityPolicy | None = None
     check_login: CheckLogin | None = None
+    # What checks passwords (with a blacklist per source): made from the
+    # fields above unless given.
+    credentials: Credentials | None = None
+
+    def __post_init__(self) -> None:
+        if self.credentials is None:
+            made = Credentials(self.password, self.users, self.check_login)
+            object.__setattr__(self, "credentials", made)
 
     def methods_for(self, host: str) -> tuple[int, ...]:
         return self.methods if self.policy is None else self.policy.methods_for(host)
@@ -82,6 +86,7 @@ class RFBServerProtocol(RFBProtocolBase):
         self.login_user: str | None = None
         self._tls_started = False
         self._lost = False
+        self.on_closed: Callable[[], None] | None = None
         self._attached = False
         self._deadline: object | None = None
 
@@ -106,6 +111,8 @@ class RFBServerProtocol(RFBProtocolBase):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
+        if self.on_closed is not None:
+            self.on_closed()
         self._cancel_deadline()
         if self._attached:
             self._attached = False
@@ -126,10 +133,8 @@ class RFBServerProtocol(RFBProtocolBase):
     def _dispatch(self, event: ServerEvent) -> None:
         if isinstance(event, StartTLS):
             self._start_tls(event)
-        elif isinstance(event, VncAuthResponse):
-            self._answer_auth(self._vnc_auth_ok(event))
-        elif isinstance(event, PlainCredentials):
-            self._check_plain(event)
+        elif isinstance(event, VncAuthResponse | PlainCredentials):
+            self._check(event)
         elif isinstance(event, m.ClientInit):
             self._cancel_deadline()
             self._note_client_certificate()
@@ -157,45 +162,26 @@ class RFBServerProtocol(RFBProtocolBase):
         if certificate is not None:
             self.proven_key = certificate_fingerprint(certificate.to_cryptography())
 
-    def _vnc_auth_ok(self, event: VncAuthResponse) -> bool:
-        password = self.options.password
-        return password is not None and check_response(password, event.challenge, event.response)
+    def _check(self, event: VncAuthResponse | PlainCredentials) -> None:
+        """Password checks may be slow (Argon2 in a thread): the handshake
+        waits, and goes on when the verdict comes back."""
+        assert self.options.credentials is not None
+        checked = self.options.credentials.check(self.peer_host(), event)
+        checked.addCallback(self._checked, event)
 
-    def _check_plain(self, event: PlainCredentials) -> None:
-        """A fixed user is checked here; a hot-desk user by ``check_login``
-        (slow: Argon2 in a worker thread), who is then logged in at attach."""
-        expected = self.options.users.get(event.username)
-        if expected is not None or self.options.check_login is None:
-            ok = expected is not None and hmac.compare_digest(
-                expected.encode(), event.password.encode()
-            )
-            self._answer_auth(ok)
-            return
-        checked = self.options.check_login(self.peer_host(), event.username, event.password)
-        checked.addCallback(self._login_checked, event.username)
-        checked.addErrback(self._login_failed)
-
-    def _login_checked(self, refusal: str | None, user: str) -> None:
+    def _checked(self, refusal: str | None, event: VncAuthResponse | PlainCredentials) -> None:
         if self._lost:
             return
-        if refusal is None:
-            self.login_user = user
+        if refusal is None and isinstance(event, PlainCredentials):
+            self.login_user = event.username if event.username not in self.options.users else None
         self._answer_auth(refusal is None, refusal or "")
         self.flush()
-
-    def _login_failed(self, failure: Failure) -> None:
-        log.error("checking a login from %s failed: %s", self.peer(), failure.value)
-        if not self._lost:
-            self._answer_auth(False, "The login could not be checked; try again.")
 
     def _answer_auth(self, ok: bool, reason: str = "") -> None:
         if ok:
             for event in self.conn.accept_auth():
                 self._dispatch(event)
         else:
-            log.warning(
-                "authentication failed from %s: %s", self.peer(), reason or "wrong password"
-            )
             self.conn.reject_auth(reason or "Authentication failed")
             self.flush()
             self.transport.loseConnection()  # type: ignore[union-attr]
@@ -211,10 +197,27 @@ class RFBServerProtocol(RFBProtocolBase):
 
 
 class RFBServerFactory(protocol.Factory):
-    def __init__(self, options: ServerOptions, make_session: Callable[[], Session]) -> None:
+    def __init__(
+        self,
+        options: ServerOptions,
+        make_session: Callable[[], Session],
+        admission: Admission | None = None,
+    ) -> None:
         self.options = options
         self.make_session = make_session
+        self.admission = admission
 
-    def buildProtocol(self, addr: object) -> RFBServerProtocol:
-        methods = self.options.methods_for(str(getattr(addr, "host", "") or "local"))
-        return RFBServerProtocol(self.options, self.make_session(), methods)
+    def buildProtocol(self, addr: object) -> protocol.Protocol:
+        host = str(getattr(addr, "host", "") or "local")
+        if self.admission is None:
+            return RFBServerProtocol(
+                self.options, self.make_session(), self.options.methods_for(host)
+            )
+        refusal = self.admission.refusal(host)
+        if refusal is not None:
+            log.warning("refused a connection from %s: %s", host, refusal)
+            return Refusal(refusal)
+        proto = RFBServerProtocol(self.options, self.make_session(), self.options.methods_for(host))
+        self.admission.opened(host)
+        proto.on_closed = lambda: self.admission.closed(host)  # type: ignore[union-attr]
+        return proto

@@ -19,10 +19,13 @@ from twisted.internet.interfaces import IListeningPort
 from protocols.terminal import TerminalAdvert
 
 from .admin import api as admin_api
+from .admission import Admission
 from .backends.qemu import QemuBackend
 from .backends.xvnc import LocalXvncDesktop, XvncBackend
+from .blacklist import Blacklist
 from .broker import Broker, TerminalInfo
 from .config import Config, ConfigError, LocalDesktopConfig, address_to_endpoint
+from .credentials import Credentials
 from .desktops import DesktopManager, desktops_in_use
 from .hub import Hub
 from .linksecurity import SecurityPolicy, ServerCertificate, https_description, is_loopback
@@ -64,6 +67,7 @@ class ThinServe(service.Service):
             self.reactor,
             on_desktop_wanted=manager.want,
             address_subnets=self.config.address_pairing,
+            max_unpaired=self.config.max_unpaired,
         )
         for name, backend in manager.backend_names().items():
             broker.register_desktop(name, backend)
@@ -72,7 +76,8 @@ class ThinServe(service.Service):
         self.admin_port = await admin_api.start(
             self.reactor, self.hub, self.config.admin_socket, self._admin_info
         )
-        factory = RFBServerFactory(self._terminal_options(), self.hub.new_session)
+        admission = Admission(self.config.max_connections, self.config.max_per_address)
+        factory = RFBServerFactory(self._terminal_options(), self.hub.new_session, admission)
         for description in self.config.listen:
             port = await self._listen(description, factory)
             log.info("terminals connect to %s", _describe(port))
@@ -161,12 +166,21 @@ class ThinServe(service.Service):
             password=bool(self.config.password),
             logins=self.config.broker.hot_desk,
         )
+        broker = self.hub.broker
+        credentials = Credentials(
+            self.config.password,
+            check_login=self.hub.check_credentials,
+            blacklist=Blacklist(self.config.blacklist_threshold, self.config.blacklist_timeout),
+            audit=lambda host, action, detail: broker.record(
+                "terminal-port", action, f"from {host}", detail
+            ),
+        )
         return ServerOptions(
+            credentials=credentials,
             password=self.config.password,
             cert_file=self.certificate.cert_file if self.certificate else None,
             key_file=self.certificate.key_file if self.certificate else None,
             policy=policy,
-            check_login=self.hub.check_credentials,
         )
 
     def _warn_if_plain(self, port: IListeningPort) -> None:

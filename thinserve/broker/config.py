@@ -47,6 +47,7 @@ class BrokerConfig:
     user_pool: str | None = None
     login_failures_per_terminal: RateLimit = LOGIN_FAILURES_PER_TERMINAL
     login_failures_per_user: RateLimit = LOGIN_FAILURES_PER_USER
+    forget_unpaired_after: float = 7 * 86400.0  # never-paired terminals not seen for this long
 
     def __post_init__(self) -> None:
         pools = MappingProxyType({str(k): tuple(v) for k, v in self.pools.items()})
@@ -59,6 +60,8 @@ class BrokerConfig:
             raise BrokerConfigError("code_length: between 5 and 12 characters")
         if self.code_tries < 1:
             raise BrokerConfigError("code_tries: at least 1")
+        if not 60.0 <= self.forget_unpaired_after <= 10 * 365 * 86400.0:
+            raise BrokerConfigError("forget_unpaired_after: between 60 s and ten years, in seconds")
 
     def _check_choice(self) -> None:
         if self.unknown_terminal not in UNKNOWN_TERMINAL_CHOICES:
@@ -105,6 +108,7 @@ _SCALARS: dict[str, tuple[type, ...]] = {
     "default_pool": (str,),
     "hot_desk": (bool,),
     "user_pool": (str,),
+    "forget_unpaired_after": (int, float),
 }
 _LIMITS = (
     "code_failures_per_actor",

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SYSTEM = "thinserve"  # the actor for what the broker does on its own
 MAX_ID = 128
+FORGET_EVERY = 3600.0  # seconds between looks for terminals to forget
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -168,6 +169,7 @@ class Broker:
         self._code_expiry: dict[str, float] = {}
         self._pending: list[Change] = []
         self._renames: list[tuple[str, str]] = []
+        self._next_forget = 0.0
         self._login_by_source = FailureLimiter(self.config.login_failures_per_terminal)
         self._checks: dict[int, LoginCheck] = {}  # login checks in flight, by ticket
         self._tickets = itertools.count(1)
@@ -301,7 +303,25 @@ class Broker:
         self.store.delete_expired_pairing_codes(now)
         for limiter in self._limiters():
             limiter.prune(now)
+        if now >= self._next_forget:
+            self._next_forget = now + FORGET_EVERY
+            self.forget_unpaired(now - self.config.forget_unpaired_after)
         return self._settle()
+
+    def forget_unpaired(self, seen_before: float) -> int:
+        """Forget terminals never paired and not connected since ``seen_before``."""
+        paired = {p.terminal_id for p in self.store.list_pairings()}
+        stale = [
+            t.id
+            for t in self.store.list_terminals()
+            if t.last_seen < seen_before and t.id not in paired and t.id not in self._conns
+        ]
+        with self.store.atomic():
+            for terminal_id in stale:
+                self.store.delete_terminal(terminal_id)
+        if stale:
+            log.info("forgot %d terminals never paired and not seen for a while", len(stale))
+        return len(stale)
 
     def next_deadline(self) -> float | None:
         """When the earliest pairing code on screen expires, if any."""
@@ -1065,6 +1085,10 @@ class Broker:
         return next((d for d, h in self._leases.items() if h == holder), None)
 
     # Audit and limits.
+
+    def record(self, actor: str, action: str, subject: str, detail: str = "") -> None:
+        """Audit what happened outside the broker (e.g. a wrong VNC password)."""
+        self._audit(actor, action, subject, _printable(detail, 300))
 
     def _audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
         self.store.append_audit(

@@ -124,6 +124,13 @@ def no_desktop_free() -> ScreenText:
     )
 
 
+def server_busy() -> ScreenText:
+    return ScreenText(
+        "Server busy",
+        ("Too many terminals are waiting to be paired.", "Please try again in a few minutes."),
+    )
+
+
 def pairing(terminal_id: str, code: str, message: str = "") -> ScreenText:
     lines = (
         f"Terminal {terminal_id}",

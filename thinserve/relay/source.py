@@ -37,6 +37,9 @@ class InputSink(Protocol):
 class Source:
     def __init__(self, framebuffer: np.ndarray, name: str = "thinserve") -> None:
         self.framebuffer = framebuffer
+        self._setup(name)
+
+    def _setup(self, name: str) -> None:
         self.name = name
         self.cursor: Cursor | None = None
         self.input: InputSink | None = None

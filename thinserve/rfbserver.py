@@ -87,6 +87,7 @@ class RFBServerProtocol(RFBProtocolBase):
         self._tls_started = False
         self._lost = False
         self.on_closed: Callable[[], None] | None = None
+        self.dialled = False  # thinserve opened the TCP connection (a listening terminal)
         self._attached = False
         self._deadline: object | None = None
 
@@ -150,7 +151,9 @@ class RFBServerProtocol(RFBProtocolBase):
         factory = server_context_factory(
             event.anonymous, cert_file=self.options.cert_file, key_file=self.options.key_file
         )
-        self.transport.startTLS(factory)  # type: ignore[union-attr]
+        # thinserve is the TLS server even on connections it dialled (listening
+        # terminals): Twisted's default role follows who opened the TCP connection.
+        self.transport.startTLS(factory, not self.dialled)  # type: ignore[union-attr]
         self._tls_started = True
 
     def _note_client_certificate(self) -> None:

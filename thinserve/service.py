@@ -307,7 +307,9 @@ class ReverseFactory(protocol.Factory):
         else:
             info = TerminalInfo(advert.instance, advert.model, key[0], advert.width, advert.height)
             session = self.hub.new_session(info, getattr(advert, "key", None))
-        return RFBServerProtocol(self.options, session, self.options.methods_for(key[0]))
+        proto = RFBServerProtocol(self.options, session, self.options.methods_for(key[0]))
+        proto.dialled = True
+        return proto
 
 
 def _describe(port: IListeningPort) -> str:

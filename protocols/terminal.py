@@ -3,13 +3,22 @@
 A terminal that waits for thinserve to connect to it (like a VNC "listening
 viewer") publishes one DNS-SD service of type ``_thinserve-term._tcp`` on
 the local link.  The SRV record carries the port it listens on, the A/AAAA
-records its addresses, and the TXT record these keys (contract version 1):
+records its addresses, and the TXT record these keys (contract version 2):
 
 ``id``      stable terminal id: 1-64 of ``A-Z a-z 0-9 . _ : -``, starting
             with a letter or digit; compared without regard to case
 ``model``   1-64 printable ASCII characters, no space at either end
 ``screen``  ``WIDTHxHEIGHT`` in pixels, each 1-16384, no leading zeros
 ``proto``   the contract's major version, a decimal integer 1-9999
+``key``     (proto 2 and later, required) the fingerprint of the key the
+            terminal proves on every connection: 52 characters of
+            lower-case base32 (protocols/identity.py); ``id`` must be the
+            id made from it, ``key-`` and its first 26 characters
+
+Version 1 adverts have no ``key``: they still parse, as keyless terminals
+(``key`` is None, and a ``key`` they carry anyway is ignored).  The key in
+an advert proves nothing by itself; it says which key the terminal's
+connections will prove.
 
 Everything here arrives from the network, so it is untrusted: every field
 is bounded, and anything malformed raises AdvertError with a reason fit to
@@ -31,11 +40,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from protocols.identity import is_fingerprint
+from protocols.identity import terminal_id as key_terminal_id
 from protocols.rfb.errors import ProtocolError
 
 SERVICE_NAME = "thinserve-term"  # RFC 6335: 1-15 characters
 SERVICE_TYPE = f"_{SERVICE_NAME}._tcp.local."
-CONTRACT_VERSION = 1  # the newest major version this module understands
+CONTRACT_VERSION = 2  # the newest major version this module understands
+KEYLESS_VERSION = 1  # the version of adverts without a key
 DEFAULT_PORT = 5500  # where VNC listening viewers usually listen
 
 MAX_TXT_KEYS = 64
@@ -44,7 +56,7 @@ MAX_INSTANCE_BYTES = 63  # one DNS label
 MAX_SCREEN_SIDE = 16384
 MAX_ADDRESSES = 16
 
-KEY_ID, KEY_MODEL, KEY_SCREEN, KEY_PROTO = "id", "model", "screen", "proto"
+KEY_ID, KEY_MODEL, KEY_SCREEN, KEY_PROTO, KEY_KEY = "id", "model", "screen", "proto", "key"
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _MODEL = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,62}[\x21-\x7e])?")
@@ -86,7 +98,29 @@ class TerminalAdvert:
     height: int
     port: int
     addresses: tuple[str, ...] = ()
-    proto: int = CONTRACT_VERSION
+    key: str | None = None  # the key's fingerprint (proto 2 and later)
+    proto: int = 0  # 0: the version the fields need (2 with a key, 1 without)
+
+    def __post_init__(self) -> None:
+        if self.proto == 0:
+            version = KEYLESS_VERSION if self.key is None else CONTRACT_VERSION
+            object.__setattr__(self, "proto", version)
+
+    @classmethod
+    def keyed(
+        cls,
+        instance: str,
+        key: str,
+        model: str,
+        width: int,
+        height: int,
+        port: int,
+        addresses: tuple[str, ...] = (),
+    ) -> TerminalAdvert:
+        """The advert of a terminal with a key: its id is the one made from the key."""
+        fingerprint = parse_key(key)
+        terminal_id = key_terminal_id(fingerprint)
+        return cls(instance, terminal_id, model, width, height, port, addresses, key=fingerprint)
 
     @property
     def service_name(self) -> str:
@@ -104,15 +138,21 @@ class TerminalAdvert:
         """
         props = text_properties(info.properties)
         proto = parse_proto(_value(props, KEY_PROTO))
+        terminal_id = parse_id(_value(props, KEY_ID))
+        key = None
+        if proto > KEYLESS_VERSION:
+            key = parse_key(_value(props, KEY_KEY))
+            check_key_id(terminal_id, key)
         width, height = parse_screen(_value(props, KEY_SCREEN))
         return cls(
             instance=instance_of(info.name),
-            terminal_id=parse_id(_value(props, KEY_ID)),
+            terminal_id=terminal_id,
             model=parse_model(_value(props, KEY_MODEL)),
             width=width,
             height=height,
             port=parse_port(info.port),
             addresses=parse_addresses(info.parsed_scoped_addresses(), ipv6=ipv6),
+            key=key,
             proto=proto,
         )
 
@@ -124,6 +164,8 @@ class TerminalAdvert:
             KEY_SCREEN: self.screen,
             KEY_PROTO: str(self.proto),
         }
+        if self.key is not None:
+            properties[KEY_KEY] = self.key
         check_instance(self.instance)
         parse_port(self.port)
         if self.addresses:
@@ -133,7 +175,15 @@ class TerminalAdvert:
             raise AdvertError("terminal id must be lower case")
         parse_model(_value(checked, KEY_MODEL))
         parse_screen(_value(checked, KEY_SCREEN))
-        parse_proto(_value(checked, KEY_PROTO))
+        proto = parse_proto(_value(checked, KEY_PROTO))
+        if proto == KEYLESS_VERSION and self.key is not None:
+            raise AdvertError(f"a key needs proto {CONTRACT_VERSION} or later")
+        if proto > KEYLESS_VERSION:
+            if self.key is None:
+                raise AdvertError(f"proto {proto} needs a key")
+            if parse_key(_value(checked, KEY_KEY)) != self.key:
+                raise AdvertError("the key must be written in lower case")
+            check_key_id(self.terminal_id, self.key)
         return properties
 
 
@@ -201,6 +251,21 @@ def parse_id(text: str) -> str:
     if not _ID.fullmatch(text):
         raise AdvertError(f"id is not 1-64 of A-Z a-z 0-9 . _ : - : {_show(text)}")
     return text.lower()
+
+
+def parse_key(text: str) -> str:
+    """A key's fingerprint: 52 characters of base32 (lower case once parsed)."""
+    key = text.lower()
+    if not is_fingerprint(key):
+        raise AdvertError(f"key is not 52 characters of base32 (a-z, 2-7): {_show(text)}")
+    return key
+
+
+def check_key_id(terminal_id: str, key: str) -> None:
+    """With a key, the id is the one made from it."""
+    expected = key_terminal_id(key)
+    if terminal_id != expected:
+        raise AdvertError(f"id {_show(terminal_id)} is not the id of its key, {expected}")
 
 
 def parse_model(text: str) -> str:

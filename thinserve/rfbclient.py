@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from twisted.internet import defer, endpoints, protocol, reactor
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from protocols.rfb.client import ClientConnection, ClientEvent, ServerInitReceived, UpdateDone
 from protocols.rfb.constants import Encoding
@@ -19,6 +22,9 @@ from protocols.rfb.pixelformat import PixelFormat
 
 from .rfbproto import RFBProtocolBase
 
+if TYPE_CHECKING:
+    from .tls import CheckedClientContext, ClientCertificate, ServerCheck
+
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[["RFBClientProtocol", ClientEvent], None]
@@ -26,13 +32,22 @@ EventHandler = Callable[["RFBClientProtocol", ClientEvent], None]
 
 @dataclass(frozen=True)
 class ClientOptions:
+    """How to connect.  For VeNCrypt X509 subtypes: ``ca_file`` (the platform's
+    trust store when None) checks the server, unless ``server_check`` is
+    given, which then decides (thinserve.tls.CheckedClientContext: it is told
+    whether ``ca_file`` vouches for the server); ``client_certificate`` is
+    shown to servers that ask for one."""
+
     password: str | None = None
     username: str | None = None
     methods: Sequence[int] | None = None
     ca_file: str | None = None
     shared: bool = True
+    client_certificate: ClientCertificate | None = None
+    server_check: ServerCheck | None = None
 
 
+@implementer(IHandshakeListener)
 class RFBClientProtocol(RFBProtocolBase):
     """Feeds bytes to a ClientConnection and hands its events to ``on_event``."""
 
@@ -49,11 +64,15 @@ class RFBClientProtocol(RFBProtocolBase):
         self.on_event = on_event
         self.closed: defer.Deferred[Failure | None] = defer.Deferred()
         self.error: str | None = None
+        self.checked_tls: CheckedClientContext | None = None
+        self.refused = False  # the server failed its check: nothing it sends is read
 
     def connectionMade(self) -> None:
         self.flush()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
         try:
             events = self.conn.receive_data(data)
         except ProtocolError as exc:
@@ -67,14 +86,48 @@ class RFBClientProtocol(RFBProtocolBase):
         self.flush()
 
     def _start_tls(self, event: StartTLS) -> None:
-        from thinserve.tls import client_context_factory
+        from thinserve.tls import CheckedClientContext, client_context_factory
 
+        options = self.options
         self.write_before_tls()
-        self.transport.startTLS(  # type: ignore[attr-defined]
-            client_context_factory(event.anonymous, ca_file=self.options.ca_file)
-        )
+        try:
+            factory = client_context_factory(
+                event.anonymous,
+                ca_file=options.ca_file,
+                client_certificate=options.client_certificate,
+                server_check=options.server_check,
+            )
+        except (OSError, ValueError) as exc:
+            self.fail(f"cannot start TLS: {exc}")
+            return
+        if isinstance(factory, CheckedClientContext):
+            self.checked_tls = factory
+        # The RFB client is the TLS client, also on a connection the server
+        # dialled (a listening viewer): then TLS goes against the TCP roles.
+        same_way = getattr(self.transport, "_tlsClientDefault", True)
+        self.transport.startTLS(factory, same_way)  # type: ignore[attr-defined]
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up: a checked server is checked once more before any byte is read."""
+        from thinserve.tls import ServerRefused
+
+        checked = self.checked_tls
+        if checked is None:
+            return
+        peer = self.transport.getPeerCertificate()  # type: ignore[union-attr]
+        try:
+            checked.handshake_done(peer.to_cryptography() if peer is not None else None)
+        except ServerRefused as exc:
+            self.refused = True
+            self.error = str(exc)
+            log.warning("%s %s not trusted: %s", self.peer_kind, self.peer(), exc)
+            self.transport.abortConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        checked = self.checked_tls
+        if self.error is None and checked is not None and checked.refusal is not None:
+            self.error = checked.refusal
+            log.warning("%s %s not trusted: %s", self.peer_kind, self.peer(), checked.refusal)
         if not self.closed.called:
             self.closed.callback(reason)
 

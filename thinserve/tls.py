@@ -201,7 +201,7 @@ def client_context_factory(
             trustRoot=trust,
             clientCertificate=_private_certificate(client_certificate),
         )
-    identity = {}
+    identity: dict[str, object] = {}
     if client_certificate is not None:
         identity = {
             "privateKey": client_certificate.key,
@@ -326,10 +326,13 @@ class CheckedClientContext:
             raise ServerRefused(self.refusal)
         try:
             self.server_check.check(peer, self.trusted(peer))
+            self.server_check.confirmed(peer)
         except ServerRefused as exc:
             self.refusal = str(exc)
             raise
-        self.server_check.confirmed(peer)
+        except Exception as exc:
+            self.refusal = f"cannot check the server's certificate: {exc}"
+            raise ServerRefused(self.refusal) from exc
 
 
 def make_self_signed(cert_path: str, key_path: str, hostname: str) -> None:

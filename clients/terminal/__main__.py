@@ -11,8 +11,12 @@ import asyncio
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .options import Options, parse_args
+
+if TYPE_CHECKING:
+    from .identity import TerminalKey
 
 PYGAME_HINT = (
     "thinserve-terminal needs pygame-ce (SDL2): pip install pygame-ce "
@@ -24,13 +28,21 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     setup_logging(options.verbose)
     try:
-        terminal_id = resolve_id(options)
+        key = resolve_key(options)
     except (OSError, ValueError) as exc:
-        print(f"thinserve-terminal: cannot get a terminal id: {exc}", file=sys.stderr)
+        print(f"thinserve-terminal: cannot get the terminal's key: {exc}", file=sys.stderr)
         return 1
     if options.show_id:
-        print(terminal_id)
+        print(key.terminal_id)
         return 0
+    if options.ca_file is not None:
+        from thinserve.tls import load_ca_file
+
+        try:
+            load_ca_file(options.ca_file)
+        except (OSError, ValueError) as exc:
+            print(f"thinserve-terminal: --ca: {exc}", file=sys.stderr)
+            return 1
     if options.headless:
         os.environ["SDL_VIDEODRIVER"] = "dummy"
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -42,15 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     install_reactor()
     from .app import run
 
-    return run(options, terminal_id)
+    return run(options, key)
 
 
-def resolve_id(options: Options) -> str:
-    from .identity import default_id_path, load_or_create_id
+def resolve_key(options: Options) -> TerminalKey:
+    """The terminal's key: --key-file, --id's named key, or the default one."""
+    from .identity import TerminalKey, default_key_path, named_key_path
 
-    if options.terminal_id is not None:
-        return options.terminal_id
-    return load_or_create_id(options.id_file or default_id_path())
+    if options.key_file is not None:
+        return TerminalKey.load_or_create(options.key_file)
+    if options.id_name is not None:
+        return TerminalKey.load_or_create(named_key_path(options.id_name), options.id_name)
+    return TerminalKey.load_or_create(default_key_path())
 
 
 def install_reactor() -> None:

@@ -6,6 +6,12 @@ draws on the ``Display``, and a LoopingCall polls pygame about 60 times a
 second (pygame never blocks the reactor), routes its events to the
 keyboard and pointer and renders what changed.  Without a session the
 status screen says what the terminal waits for, refreshed every second.
+
+Every connection shows the terminal's client certificate (its key, see
+identity.py) in VeNCrypt's X509 subtypes and checks the server's
+certificate (trust.py): against ``--ca``, or against the key recorded for
+that server in ``known_servers``.  A refused server is named on the status
+screen until a session starts.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +29,7 @@ from twisted.internet import defer, stdio, task
 from twisted.python.failure import Failure
 
 from protocols.rfb.client import ClientEvent
+from protocols.rfb.constants import SecurityType, VeNCryptSubtype
 from thinserve.discovery import local_addresses
 from thinserve.rfbclient import ClientOptions, RFBClientProtocol
 
@@ -31,33 +40,42 @@ from .dialer import DialMode
 from .display import Display
 from .events import EventRouter
 from .finder import ServerFinder
+from .identity import TerminalKey
 from .input import Keyboard, Pointer
 from .listener import ListenMode
 from .options import MODEL, Options
 from .recorder import Recorder
 from .script import LineFeeder, ScriptRunner, feed_file
 from .session import RFBSession
+from .trust import KNOWN_SERVERS, KnownServers, PinnedCA, TrustOnFirstUse
 
 log = logging.getLogger(__name__)
 
 TICK = 1 / 60  # pygame polls per second
 STATUS_REFRESH = 1.0
+NOT_TRUSTED = "The server is not trusted"
 
 
 class Mode(Protocol):
     def start(self) -> None: ...
     def stop(self) -> defer.Deferred[None]: ...
-    def session_ended(self, lasted: float) -> None: ...
+    def session_ended(self, lasted: float, why: str = ...) -> None: ...
     def status(self) -> tuple[str, list[str]]: ...
+    def server_name(self) -> str | None: ...
 
 
 class TerminalApp:
-    def __init__(self, reactor: Any, options: Options, terminal_id: str, display: Display) -> None:
+    def __init__(self, reactor: Any, options: Options, key: TerminalKey, display: Display) -> None:
         self.reactor = reactor
         self.options = options
-        self.terminal_id = terminal_id
+        self.key = key
+        self.terminal_id = key.terminal_id
         self.display = display
-        self.client_options = client_options(options)
+        self.known_servers = KnownServers(key.path.parent / KNOWN_SERVERS)
+        self.client_options = replace(
+            client_options(options), client_certificate=key.client_certificate()
+        )
+        self.not_trusted: list[str] | None = None  # why the last server was refused
         self.session: RFBSession | None = None
         self.keyboard = Keyboard(self._target)
         self.pointer = Pointer(self._target)
@@ -84,7 +102,8 @@ class TerminalApp:
             return ListenMode(
                 self.reactor,
                 factory,
-                self.terminal_id,
+                self.key.fingerprint,
+                self.key.shown_id,
                 options.port,
                 options.interfaces,
                 options.ipv4_only,
@@ -100,16 +119,21 @@ class TerminalApp:
         if options.mode == "connect":
             assert options.host is not None
             target = (options.host, options.port)
-            return DialMode(self.reactor, factory, lambda: [target], self.terminal_id, ours, "")
+            return DialMode(self.reactor, factory, lambda: [target], self.key.shown_id, ours, "")
         self.finder = ServerFinder(options.find_name, options.interfaces, options.ipv4_only)
         searching = f"Looking for {options.find_name} on the network (mDNS)..."
         return DialMode(
-            self.reactor, factory, self.finder.targets, self.terminal_id, ours, searching
+            self.reactor, factory, self.finder.targets, self.key.shown_id, ours, searching
         )
 
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
-        log.info("terminal id %s, screen %dx%d", self.terminal_id, *self.display.size)
+        log.info(
+            "terminal id %s (key %s), screen %dx%d",
+            self.key.shown_id,
+            self.key.path,
+            *self.display.size,
+        )
         try:
             if self.finder is not None:
                 self.finder.start().addErrback(self._fatal, "mDNS browsing failed")
@@ -163,6 +187,28 @@ class TerminalApp:
         self.quit()
 
     # -- connections (TerminalProtocol) -----------------------------------------------------
+    def connection_options(self) -> ClientOptions:
+        """The client certificate, the server check and the methods, per connection.
+
+        A server pinned by --ca or already in known_servers must use an X509
+        subtype, so it cannot be talked down to an unchecked connection;
+        one met for the first time may also use None (or VNC
+        Authentication), for servers without VeNCrypt.
+        """
+        name = self.mode.server_name()
+        check: PinnedCA | TrustOnFirstUse
+        if self.options.ca_file is not None:
+            check, pinned = PinnedCA(self.options.ca_file), True
+        else:
+            check = TrustOnFirstUse(self.known_servers, name)
+            try:
+                pinned = name is not None and self.known_servers.get(name) is not None
+            except OSError:
+                pinned = True  # the check itself will fail, and say why
+        password = self.client_options.password is not None
+        methods = terminal_methods(password, fallback=not pinned)
+        return replace(self.client_options, methods=methods, server_check=check)
+
     def connection_made(self, proto: TerminalProtocol) -> bool:
         peer = _peer(proto)
         if self.session is not None or self._stopping:
@@ -190,7 +236,12 @@ class TerminalApp:
         why = proto.error or reason.getErrorMessage()
         log.info("session ended after %.1f s: %s", lasted, why)
         self.display.forget()
-        self.mode.session_ended(lasted)
+        refusal = getattr(proto.options.server_check, "refusal", None)
+        if refusal:
+            self.not_trusted = list(refusal)
+            self.mode.session_ended(lasted, "the server is not trusted")
+        else:
+            self.mode.session_ended(lasted)
         if not self._stopping:
             self._refresh_status()
 
@@ -204,6 +255,7 @@ class TerminalApp:
 
     # -- what the session reports ------------------------------------------------------------
     def _updated(self, session: RFBSession) -> None:
+        self.not_trusted = None
         if self.display.showing_status:
             self.display.show_session()
         if self.recorder is not None:
@@ -252,7 +304,9 @@ class TerminalApp:
             return
         title, lines = self.mode.status()
         if session is not None:
-            title, lines = "Starting the session...", [f"Terminal id: {self.terminal_id}"]
+            title, lines = "Starting the session...", [f"Terminal id: {self.key.shown_id}"]
+        elif self.not_trusted:
+            title, lines = NOT_TRUSTED, [*self.not_trusted, "", *lines]
         self.display.show_status(title, lines)
 
 
@@ -261,6 +315,22 @@ def client_options(options: Options) -> ClientOptions:
     if options.password_file is not None:
         password = read_password(options.password_file)
     return ClientOptions(password=password, ca_file=options.ca_file)
+
+
+def terminal_methods(password: bool, fallback: bool) -> Sequence[int]:
+    """Security methods, best first: VeNCrypt X509 subtypes (the key is proven,
+    the server checked), then, with ``fallback``, None or VNC Authentication.
+
+    The client picks VeNCrypt whenever the server offers it, so a server
+    with X509 subtypes never gets an unchecked connection; anonymous TLS
+    (no server to check, no key to prove) is never used.
+    """
+    methods: list[int] = [VeNCryptSubtype.X509_NONE]
+    if password:
+        methods.insert(0, VeNCryptSubtype.X509_VNC)
+    if fallback:
+        methods += [SecurityType.VNC_AUTH, SecurityType.NONE] if password else [SecurityType.NONE]
+    return tuple(int(m) for m in methods)
 
 
 def read_password(path: Path) -> str:
@@ -276,12 +346,12 @@ def _peer(proto: TerminalProtocol) -> str:
         return "?"
 
 
-def run(options: Options, terminal_id: str) -> int:
+def run(options: Options, key: TerminalKey) -> int:
     """Run the terminal until it quits; its exit code."""
     from twisted.internet import reactor
 
     display = Display(options.window)
-    app = TerminalApp(reactor, options, terminal_id, display)
+    app = TerminalApp(reactor, options, key, display)
     reactor.callWhenRunning(app.start)  # type: ignore[attr-defined]
     reactor.addSystemEventTrigger("before", "shutdown", app.stop)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]

@@ -19,7 +19,9 @@ from thinserve.rfbclient import ClientOptions, RFBClientProtocol
 class Host(Protocol):
     """What a terminal connection reports to (the terminal app)."""
 
-    client_options: ClientOptions
+    def connection_options(self) -> ClientOptions:
+        """How to speak to the server of a new connection."""
+        ...
 
     def connection_made(self, proto: TerminalProtocol) -> bool: ...
     def connection_lost(self, proto: TerminalProtocol, reason: Failure) -> None: ...
@@ -28,7 +30,7 @@ class Host(Protocol):
 
 class TerminalProtocol(RFBClientProtocol):
     def __init__(self, host: Host) -> None:
-        super().__init__(host.client_options, host.rfb_event)
+        super().__init__(host.connection_options(), host.rfb_event)
         self.host = host
         self.accepted = False
         self.closed.addErrback(lambda _failure: None)  # the host hears of the end itself

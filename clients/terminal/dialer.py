@@ -21,6 +21,8 @@ from twisted.python.failure import Failure
 
 from thinserve.reverse import Backoff, connect_to_terminal
 
+from .trust import server_name
+
 log = logging.getLogger(__name__)
 
 Target = tuple[str, int]
@@ -36,7 +38,7 @@ class DialMode:
         reactor: Any,
         factory: Factory,
         targets: Callable[[], list[Target]],
-        terminal_id: str,
+        terminal_id: str,  # as the status screen shows it
         addresses: Callable[[], list[str]],
         searching: str,
         initial_delay: float = 1.0,
@@ -104,11 +106,15 @@ class DialMode:
         log.info("cannot connect: %s", self.last_error)
         self._retry_later()
 
-    def session_ended(self, lasted: float) -> None:
+    def session_ended(self, lasted: float, why: str = "the session ended") -> None:
         if lasted >= STABLE_AFTER:
             self.backoff.reset()
-        self.last_error = "the session ended"
+        self.last_error = why
         self._retry_later()
+
+    def server_name(self) -> str | None:
+        """The server being dialled, as known_servers names it: ``host:port``."""
+        return None if self.target is None else server_name(*self.target)
 
     def _retry_later(self) -> None:
         if self._stopped or self._timer is not None:

@@ -32,7 +32,8 @@ class ListenMode:
         self,
         reactor: Any,
         factory: Factory,
-        terminal_id: str,
+        key: str,  # the fingerprint of the terminal's key
+        shown_id: str,  # the terminal id as the status screen shows it
         port: int,
         interfaces: Sequence[str],
         ipv4_only: bool,
@@ -42,7 +43,8 @@ class ListenMode:
     ) -> None:
         self.reactor = reactor
         self.factory = factory
-        self.terminal_id = terminal_id
+        self.key = key
+        self.shown_id = shown_id
         self.port = port
         self.interfaces = list(interfaces)
         self.ipv4_only = ipv4_only
@@ -63,9 +65,9 @@ class ListenMode:
         if not self.addresses:
             log.warning("no network address to advertise; thinserve cannot find this terminal")
             return
-        advert = TerminalAdvert(
+        advert = TerminalAdvert.keyed(
             self.instance,
-            self.terminal_id,
+            self.key,
             self.model,
             *self.screen,
             self.port,
@@ -110,13 +112,17 @@ class ListenMode:
         for port in ports:
             await port.stopListening()
 
-    def session_ended(self, lasted: float) -> None:
+    def session_ended(self, lasted: float, why: str = "") -> None:
         """Nothing to do: thinserve dials again."""
+
+    def server_name(self) -> None:
+        """Servers dial in: known_servers names them by their certificate."""
+        return None
 
     def status(self) -> tuple[str, list[str]]:
         where = ", ".join(f"{a}:{self.port}" for a in self.addresses) or f"port {self.port}"
         return WAITING, [
-            f"Terminal id: {self.terminal_id}",
+            f"Terminal id: {self.shown_id}",
             f"Listening on {where}",
             f"{self.instance}: {self.advert_state}",
         ]

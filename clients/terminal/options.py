@@ -10,7 +10,7 @@ from pathlib import Path
 
 from protocols.terminal import DEFAULT_PORT, MAX_SCREEN_SIDE
 
-from .identity import checked_id
+from .identity import KEY_FILE, checked_id
 
 MODEL = "thinserve-terminal"
 RFB_PORT = 5900
@@ -25,8 +25,8 @@ class Options:
     interfaces: tuple[str, ...] = ()
     ipv4_only: bool = False
     name: str | None = None  # DNS-SD instance name
-    terminal_id: str | None = None  # --id
-    id_file: Path | None = None
+    id_name: str | None = None  # --id: the key key-NAME.pem instead of key.pem
+    key_file: Path | None = None  # None: the default (or --id's) place
     window: tuple[int, int] | None = None  # None: full screen
     headless: bool = False
     record: Path | None = None
@@ -118,9 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ipv4-only", action="store_true", help="IPv4 only, for mDNS too")
     parser.add_argument("--name", help="the name thinserve shows for this terminal")
     parser.add_argument(
-        "--id", type=parse_id, dest="terminal_id", metavar="ID", help="use this terminal id"
+        "--id",
+        type=parse_id,
+        dest="id_name",
+        metavar="NAME",
+        help="be the terminal whose key is key-NAME.pem (one machine, several terminals)",
     )
-    parser.add_argument("--id-file", type=Path, metavar="FILE", help="where the id is kept")
+    parser.add_argument("--key-file", type=Path, metavar="FILE", help="where the key is kept")
+    parser.add_argument("--id-file", type=Path, help=argparse.SUPPRESS)  # older: key beside it
     parser.add_argument("--show-id", action="store_true", help="print the terminal id and exit")
     parser.add_argument("--window", type=parse_size, metavar="WxH", help="a window of this size")
     parser.add_argument("--headless", action="store_true", help="no window (for tests and demos)")
@@ -129,7 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clipboard-file", type=Path, metavar="FILE", help="headless clipboard")
     parser.add_argument("--quality", type=parse_quality, metavar="N", help="allow JPEG, level 0-9")
     parser.add_argument("--password-file", type=Path, metavar="FILE", help="VNC password")
-    parser.add_argument("--ca-file", metavar="FILE", help="CA certificates for VeNCrypt X509")
+    parser.add_argument(
+        "--ca",
+        "--ca-file",
+        dest="ca_file",
+        metavar="FILE",
+        help="trust only servers whose certificate this CA signed, or this very certificate "
+        "(default: trust a server's key on first use)",
+    )
     parser.add_argument(
         "--find-name",
         default="thinserve",
@@ -154,6 +166,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
         mode = "find"
     interfaces = tuple(args.interfaces)
     all_ipv4 = bool(interfaces) and all(":" not in a for a in interfaces)
+    key_file = args.key_file
+    if args.id_file is not None and key_file is None:
+        key_file = args.id_file.parent / KEY_FILE
+    if args.id_name is not None and key_file is not None:
+        parser.error("--id names a key beside the default one; give --id or --key-file")
     window = args.window or (HEADLESS_SIZE if args.headless else None)
     return Options(
         mode=mode,
@@ -162,8 +179,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         interfaces=interfaces,
         ipv4_only=args.ipv4_only or all_ipv4,
         name=args.name,
-        terminal_id=args.terminal_id,
-        id_file=args.id_file,
+        id_name=args.id_name,
+        key_file=key_file,
         window=window,
         headless=args.headless,
         record=args.record,

@@ -9,6 +9,8 @@ update (``--record``) and takes scripted input on its standard input.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
 import os
 import secrets
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_twisted
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor, threads
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import deferLater
@@ -183,7 +186,7 @@ def release(key: Key) -> tuple[bool, int, int | None]:
     return False, key.keysym, key.keycode
 
 
-# -- the id ------------------------------------------------------------------------------------
+# -- the key and the id -------------------------------------------------------------------------
 def show_id(tmp_path: Path, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "clients.terminal", "--show-id", *args],
@@ -196,19 +199,43 @@ def show_id(tmp_path: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def test_the_id_is_made_once_kept_private_and_reused(tmp_path: Path) -> None:
+def key_path(tmp_path: Path, name: str = "key.pem") -> Path:
+    return tmp_path / "config" / "thinserve-terminal" / name
+
+
+def key_fingerprint(path: Path) -> str:
+    """The key's fingerprint, computed here: SHA-256 of its SPKI, base32, lower case."""
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b32encode(hashlib.sha256(spki).digest()).decode().rstrip("=").lower()
+
+
+def test_the_key_is_made_once_kept_private_and_gives_the_id(tmp_path: Path) -> None:
     first = show_id(tmp_path)
-    id_file = tmp_path / "config" / "thinserve-terminal" / "id"
-    assert id_file.read_text().strip() == first
-    assert stat.S_IMODE(id_file.stat().st_mode) == 0o600
-    TerminalAdvert("t", first, "m", 1, 1, 1, ("192.0.2.1",)).build()  # fits the contract
+    key_file = key_path(tmp_path)
+    fingerprint = key_fingerprint(key_file)
+    assert first == "key-" + fingerprint[:26]
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    TerminalAdvert.keyed("t", fingerprint, "m", 1, 1, 1, ("192.0.2.1",)).build()  # fits
     assert show_id(tmp_path) == first
-    assert show_id(tmp_path, "--id", "Lab-3") == "lab-3"
-    assert id_file.read_text().strip() == first  # --id does not overwrite it
-    id_file.write_text("not an id!\n")
-    replaced = show_id(tmp_path)
-    assert replaced != first and show_id(tmp_path) == replaced
-    assert stat.S_IMODE(id_file.stat().st_mode) == 0o600
+    # --id names another key beside it: another terminal, just as stable.
+    named = show_id(tmp_path, "--id", "Lab-3")
+    assert named != first and named == show_id(tmp_path, "--id", "lab-3")
+    assert named == "key-" + key_fingerprint(key_path(tmp_path, "key-lab-3.pem"))[:26]
+    assert key_fingerprint(key_file) == fingerprint  # --id leaves the default key alone
+    # A damaged key is never replaced behind the administrator's back.
+    key_file.write_text("not a key!\n")
+    broken = subprocess.run(
+        [sys.executable, "-m", "clients.terminal", "--show-id"],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert broken.returncode == 1 and "move it away" in broken.stderr
+    assert key_file.read_text() == "not a key!\n"
 
 
 # -- listen mode: mDNS, and thinserve dialling in ----------------------------------------------
@@ -218,10 +245,10 @@ async def test_thinserve_finds_the_advert_and_the_terminal_shows_its_picture(
 ) -> None:
     frame = desktop_frame(320, 240)
     token = secrets.token_hex(4)
-    terminal_id, name = f"test-{token}", f"ts terminal {token}"
+    terminal_id, name = show_id(tmp_path, "--id", f"test-{token}"), f"ts terminal {token}"
     terminal = Terminal(
-        tmp_path, "--interfaces", LOOPBACK, "--port", "0", "--id", terminal_id, "--name", name,
-        "--window", "320x240",
+        tmp_path, "--interfaces", LOOPBACK, "--port", "0", "--id", f"test-{token}",
+        "--name", name, "--window", "320x240",
     )  # fmt: skip
     terminals.append(terminal)
     server = Server(frame)
@@ -250,7 +277,8 @@ async def test_thinserve_finds_the_advert_and_the_terminal_shows_its_picture(
             "thinserve-terminal",
             "320x240",
         )
-        assert (advert.port, advert.addresses, advert.proto) == (port, (LOOPBACK,), 1)
+        assert (advert.port, advert.addresses, advert.proto) == (port, (LOOPBACK,), 2)
+        assert advert.key == key_fingerprint(key_path(tmp_path, f"key-test-{token}.pem"))
         await terminal.wait_for_frame(frame)
         assert len(server.sessions) == 1
 

@@ -3,7 +3,8 @@
 thinserve-terminal runs headless as its own process and advertises itself
 over mDNS on loopback; thinserve discovers it, dials it, and shows it a
 pairing code; once paired it records frames equal to the desktop's pixels,
-and its scripted keys reach a program in the desktop.
+and its scripted keys reach a program in the desktop.  thinserve knows it
+by the key it proves (``key-...``), as ``--show-id`` prints it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.integration.test_software_terminal import Terminal as SoftwareTermina
 from tests.integration.test_software_terminal import (  # noqa: F401  (fixtures)
     pygame_installed,
     script_text,
+    show_id,
     terminals,
 )
 from tests.realparts import wait_until
@@ -44,9 +46,11 @@ async def test_software_terminal_is_discovered_paired_and_types(
     ts = await start_thinserve(
         [desktop("d1", server)], broker=BrokerConfig(), discovery_interfaces=("127.0.0.1",)
     )
-    terminal_id = f"sw-{secrets.token_hex(3)}"
+    name = f"sw-{secrets.token_hex(3)}"
+    terminal_id = show_id(tmp_path, "--id", name)
+    assert terminal_id.startswith("key-")
     terminal = SoftwareTerminal(
-        tmp_path, "--interfaces", "127.0.0.1", "--port", "0", "--id", terminal_id,
+        tmp_path, "--interfaces", "127.0.0.1", "--port", "0", "--id", name,
         "--window", "640x480",
     )  # fmt: skip
     terminals.append(terminal)

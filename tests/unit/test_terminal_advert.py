@@ -1,7 +1,9 @@
-"""The terminal advert contract: parsing, building, limits, versioning."""
+"""The terminal advert contract: parsing, building, limits, versioning, keys."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import re
 import string
@@ -15,6 +17,7 @@ from zeroconf import ServiceInfo, service_type_name
 from protocols.rfb.errors import ProtocolError
 from protocols.terminal import (
     CONTRACT_VERSION,
+    KEYLESS_VERSION,
     MAX_ADDRESSES,
     MAX_INSTANCE_BYTES,
     MAX_SCREEN_SIDE,
@@ -62,6 +65,27 @@ def without(key: str) -> Record:
     return record
 
 
+def fingerprint_of(seed: bytes) -> str:
+    """A fingerprint as protocols/identity.py makes them, computed here independently."""
+    return base64.b32encode(hashlib.sha256(seed).digest()).decode().rstrip("=").lower()
+
+
+KEY = fingerprint_of(b"a terminal's public key")
+KEY_ID = "key-" + KEY[:26]
+
+
+def keyed(**changes: bytes | None) -> Record:
+    """A version 2 advert: the key, and the id made from it."""
+    record = with_props(id=KEY_ID.encode(), key=KEY.encode(), proto=b"2")
+    assert isinstance(record.properties, dict)
+    for key, value in changes.items():
+        if value is None and key.startswith("no_"):
+            del record.properties[key[3:].encode()]
+        else:
+            record.properties[key.encode()] = value
+    return record
+
+
 # -- the service type ---------------------------------------------------------------------
 def test_service_name_follows_rfc_6335() -> None:
     assert 1 <= len(SERVICE_NAME) <= 15
@@ -83,8 +107,38 @@ def test_parse_reads_every_field() -> None:
     assert advert.screen == "1920x1080"
     assert advert.port == 5500
     assert advert.addresses == ("127.0.0.1",)
-    assert advert.proto == CONTRACT_VERSION
+    assert advert.proto == KEYLESS_VERSION == 1  # a keyless terminal
+    assert advert.key is None
     assert advert.service_name == f"Lab 3.{SERVICE_TYPE}"
+
+
+def test_version_2_carries_the_key_and_the_id_made_from_it() -> None:
+    assert CONTRACT_VERSION == 2
+    advert = TerminalAdvert.parse(keyed())
+    assert (advert.proto, advert.key, advert.terminal_id) == (2, KEY, KEY_ID)
+    assert len(KEY) == 52 and f"key-{KEY[:26]}" == KEY_ID
+    # Written in capitals, the key and the id still match (both compare without case).
+    shouting = TerminalAdvert.parse(keyed(key=KEY.upper().encode(), id=KEY_ID.upper().encode()))
+    assert shouting == advert
+
+
+def test_a_version_1_advert_stays_keyless_even_with_a_key() -> None:
+    record = with_props(key=KEY.encode())  # proto 1 has no key: ignored like any unknown key
+    advert = TerminalAdvert.parse(record)
+    assert advert.key is None and advert.proto == 1
+    assert advert == TerminalAdvert.parse(Record())
+
+
+def test_keyed_builds_the_id_from_the_key() -> None:
+    advert = TerminalAdvert.keyed("Lab 3", KEY.upper(), "Pi", 800, 600, 5500, ("127.0.0.1",))
+    assert (advert.terminal_id, advert.key, advert.proto) == (KEY_ID, KEY, CONTRACT_VERSION)
+    assert advert.build() == {
+        "id": KEY_ID,
+        "model": "Pi",
+        "screen": "800x600",
+        "proto": "2",
+        "key": KEY,
+    }
 
 
 def test_keys_are_case_insensitive_and_the_first_of_equal_keys_wins() -> None:
@@ -139,10 +193,11 @@ def test_limits_are_inclusive() -> None:
 
 
 def test_a_newer_major_version_is_unsupported_even_when_its_fields_differ() -> None:
-    record = with_props(proto=b"2", screen=b"something new")
+    newer = CONTRACT_VERSION + 1
+    record = with_props(proto=str(newer).encode(), screen=b"something new", id=b"no key here")
     with pytest.raises(UnsupportedVersion) as caught:
         TerminalAdvert.parse(record)
-    assert caught.value.version == 2
+    assert caught.value.version == newer
     assert isinstance(caught.value, AdvertError)
 
 
@@ -212,6 +267,20 @@ MALFORMED: dict[str, tuple[Record, str]] = {
         "more than",
     ),
     "value of another type": (with_props(id=7), "value of type int"),  # type: ignore[arg-type]
+    "v2 without key": (keyed(no_key=None), "'key' is missing"),
+    "v2 boolean key": (keyed(key=None), "no value"),
+    "v2 key too short": (keyed(key=KEY[:-1].encode()), "key is not 52"),
+    "v2 key too long": (keyed(key=KEY.encode() + b"a"), "key is not 52"),
+    "v2 key not base32": (keyed(key=KEY[:-1].encode() + b"1"), "key is not 52"),
+    "v2 key with padding": (keyed(key=KEY[:-1].encode() + b"="), "key is not 52"),
+    "v2 key over 64 bytes": (keyed(key=KEY.encode() * 2), "more than"),
+    "v2 key not ascii": (keyed(key=KEY[:-1].encode() + "é".encode()), "not ASCII"),
+    "v2 id not from the key": (keyed(id=b"00-11-22-aa-bb-cc"), "is not the id of its key"),
+    "v2 id of another key": (
+        keyed(id=b"key-" + fingerprint_of(b"other").encode()[:26]),
+        "is not the id of its key",
+    ),
+    "v2 id with the whole key": (keyed(id=b"key-" + KEY.encode()), "is not the id of its key"),
 }
 
 
@@ -240,6 +309,11 @@ def advert(**changes: object) -> TerminalAdvert:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
+def keyed_advert(**changes: object) -> TerminalAdvert:
+    base = TerminalAdvert.keyed("Lab 3", KEY, "Pi", 800, 600, 5500, ("127.0.0.1",))
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -259,6 +333,36 @@ def advert(**changes: object) -> TerminalAdvert:
 def test_build_refuses_what_parse_would_reject(changes: dict[str, object]) -> None:
     with pytest.raises(AdvertError):
         advert(**changes).build()
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda: advert(proto=2), "needs a key"),
+        (lambda: advert(key=KEY, proto=1), "a key needs proto 2"),
+        (lambda: advert(key=KEY, proto=2), "is not the id of its key"),  # a v1 id
+        (lambda: keyed_advert(key=KEY.upper()), "lower case"),
+        (lambda: keyed_advert(key=KEY[:-1]), "key is not 52"),
+        (lambda: keyed_advert(terminal_id=KEY_ID[:-1] + "a"), "is not the id of its key"),
+        (lambda: keyed_advert(proto=CONTRACT_VERSION + 1), "newer than"),
+    ],
+)
+def test_build_refuses_keys_that_parse_would_reject(make: object, reason: str) -> None:
+    with pytest.raises(AdvertError, match=reason):
+        make().build()  # type: ignore[operator]
+
+
+def test_a_keyed_advert_round_trips_and_a_keyless_one_stays_version_1() -> None:
+    for original in (keyed_advert(), advert()):
+        info = ServiceInfo(
+            SERVICE_TYPE,
+            original.service_name,
+            port=original.port,
+            properties=original.build(),
+            parsed_addresses=list(original.addresses),
+        )
+        assert TerminalAdvert.parse(info) == original
+    assert advert().proto == 1 and "key" not in advert().build()
 
 
 def test_build_round_trips_through_a_zeroconf_service_info() -> None:
@@ -299,10 +403,21 @@ valid_adverts = st.builds(
     port=st.integers(1, 65535),
     addresses=st.lists(ipv4.map(str), min_size=1, max_size=4, unique=True).map(tuple),
 )
+fingerprints = st.binary(min_size=1, max_size=32).map(fingerprint_of)
+keyed_adverts = st.builds(
+    TerminalAdvert.keyed,
+    instance=instances,
+    key=fingerprints,
+    model=models,
+    width=st.integers(1, MAX_SCREEN_SIDE),
+    height=st.integers(1, MAX_SCREEN_SIDE),
+    port=st.integers(1, 65535),
+    addresses=st.lists(ipv4.map(str), min_size=1, max_size=4, unique=True).map(tuple),
+)
 
 
 @settings(max_examples=200, deadline=None)
-@given(valid_adverts)
+@given(st.one_of(valid_adverts, keyed_adverts))
 def test_every_valid_advert_round_trips(original: TerminalAdvert) -> None:
     info = ServiceInfo(
         SERVICE_TYPE,
@@ -315,7 +430,7 @@ def test_every_valid_advert_round_trips(original: TerminalAdvert) -> None:
 
 
 keys = st.one_of(
-    st.sampled_from([b"id", b"ID", b"model", b"screen", b"proto", b"Proto"]),
+    st.sampled_from([b"id", b"ID", b"model", b"screen", b"proto", b"Proto", b"key", b"KEY"]),
     st.binary(max_size=12),
     st.text(max_size=8),
 )
@@ -324,7 +439,7 @@ values = st.one_of(
     st.binary(max_size=80),
     st.text(max_size=80),
     st.from_regex(r"[0-9]{1,6}x[0-9]{1,6}", fullmatch=True).map(str.encode),
-    st.sampled_from([b"1", b"2", b"0", b"01", b"a", b"Pi"]),
+    st.sampled_from([b"1", b"2", b"0", b"01", b"a", b"Pi", KEY.encode(), KEY_ID.encode()]),
     st.integers(),
 )
 addresses = st.one_of(
@@ -348,10 +463,17 @@ def check_parsed(advert: TerminalAdvert) -> None:
     assert 1 <= advert.width <= MAX_SCREEN_SIDE and 1 <= advert.height <= MAX_SCREEN_SIDE
     assert 0 < advert.port < 65536
     assert 1 <= advert.proto <= CONTRACT_VERSION
+    if advert.proto == 1:
+        assert advert.key is None
+    else:  # the key, and the id made from it
+        assert advert.key is not None and len(advert.key) == 52
+        assert set(advert.key) <= set(string.ascii_lowercase + "234567")
+        assert advert.terminal_id == "key-" + advert.key[:26]
     assert 1 <= len(advert.addresses) <= MAX_ADDRESSES
     for address in advert.addresses:
         assert not ipaddress.ip_address(address).is_multicast
-    assert len(advert.build()) == 4  # what parsed can be published again
+    published = advert.build()  # what parsed can be published again
+    assert len(published) == (4 if advert.key is None else 5)
 
 
 @settings(max_examples=400, deadline=None)
@@ -375,9 +497,11 @@ def test_random_records_raise_only_advert_errors(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from([b"id", b"model", b"screen", b"proto"]), values)
-def test_one_mutated_field_raises_only_advert_errors(key: bytes, value: object) -> None:
-    record = Record()
+@given(st.sampled_from([b"id", b"model", b"screen", b"proto"]), values, st.booleans())
+def test_one_mutated_field_raises_only_advert_errors(
+    key: bytes, value: object, version_2: bool
+) -> None:
+    record = keyed() if version_2 else Record()
     assert isinstance(record.properties, dict)
     record.properties[key] = value
     try:

@@ -54,9 +54,19 @@ def connect_to_terminal(
     """
     endpoint = _endpoint(reactor, host, port, timeout)
     if on_lost is None:
-        return endpoint.connect(protocol_factory)
-    watched = endpoint.connect(_WatchingFactory(protocol_factory, on_lost))
-    return watched.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+        connected = endpoint.connect(protocol_factory)
+    else:
+        watched = endpoint.connect(_WatchingFactory(protocol_factory, on_lost))
+        connected = watched.addCallback(lambda wrapper: wrapper.wrappedProtocol)
+    return connected.addCallback(_dialled)
+
+
+def _dialled(proto: IProtocol) -> IProtocol:
+    """Tell an RFB server protocol that thinserve opened its connection (it is
+    still the TLS server).  Runs on connection, before any byte is read."""
+    if hasattr(proto, "dialled"):
+        proto.dialled = True
+    return proto
 
 
 def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:

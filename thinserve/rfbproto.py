@@ -16,6 +16,7 @@ class RFBProtocolBase(protocol.Protocol):
     conn: Any
     peer_kind = "peer"  # how log lines name the other side
     error: str | None = None
+    registered = False  # registered with the transport as its producer
 
     def flush(self) -> None:
         """Write everything the connection has queued."""
@@ -35,6 +36,16 @@ class RFBProtocolBase(protocol.Protocol):
         log.warning("%s %s: %s; closing", self.peer_kind, self.peer(), reason)
         self.error = reason
         self.flush()  # a handshake failure carries its reason to the peer
+        self.close()
+
+    def close(self) -> None:
+        """Close after what is queued.  A registered producer is unregistered
+        first: TLS waits for that before it shuts down."""
+        if self.transport is None:
+            return
+        if self.registered:
+            self.registered = False
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def peer(self) -> str:

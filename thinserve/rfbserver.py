@@ -96,6 +96,7 @@ class RFBServerProtocol(RFBProtocolBase):
         from twisted.internet import reactor
 
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.registered = True
         self._deadline = reactor.callLater(  # type: ignore[attr-defined]
             HANDSHAKE_TIMEOUT, self.fail, "no handshake within the time allowed"
         )
@@ -187,7 +188,7 @@ class RFBServerProtocol(RFBProtocolBase):
         else:
             self.conn.reject_auth(reason or "Authentication failed")
             self.flush()
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.close()
 
     def peer_host(self) -> str:
         peer = self.transport.getPeer() if self.transport is not None else None

@@ -307,9 +307,7 @@ class ReverseFactory(protocol.Factory):
         else:
             info = TerminalInfo(advert.instance, advert.model, key[0], advert.width, advert.height)
             session = self.hub.new_session(info, getattr(advert, "key", None))
-        proto = RFBServerProtocol(self.options, session, self.options.methods_for(key[0]))
-        proto.dialled = True
-        return proto
+        return RFBServerProtocol(self.options, session, self.options.methods_for(key[0]))
 
 
 def _describe(port: IListeningPort) -> str:

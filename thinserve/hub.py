@@ -44,12 +44,14 @@ from .relay.login import LoginScreen
 from .relay.session import TerminalSession
 from .relay.source import Source
 from .relay.upstream import DEFAULT_SIZE, Mirror
+from .store.base import StoreError, StoreFault
 from .terminal_ids import kind_of, lasts_one_connection
 from .verifier import Verifier
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 5.0
+STORE_FAULT_REPORT_EVERY = 60.0  # seconds between log lines about one kind of store fault
 KICK_GRACE = 3.0  # seconds the "disconnected" screen shows before the connection closes
 
 
@@ -87,6 +89,7 @@ class Hub:
         self.max_unpaired = max_unpaired
         self._ticker = task.LoopingCall(self.tick)
         self._ticker.clock = self.reactor
+        self._store_faults: dict[str, tuple[float, int]] = {}  # kind -> (quiet until, held)
         self.stopped = False
 
     def start(self) -> None:
@@ -101,10 +104,15 @@ class Hub:
         for terminal in list(self.terminals.values()):
             proto = terminal.session.proto
             if proto is not None and proto.transport is not None:
-                proto.transport.loseConnection()
+                proto.close()
 
     def tick(self) -> None:
-        self.apply(self.broker.tick())
+        try:
+            changes = self.broker.tick()
+        except StoreError as exc:  # the ticker carries on; the next tick tries again
+            self._store_fault("cannot tidy up the store", exc)
+            return
+        self.apply(changes)
 
     # -- sessions --------------------------------------------------------------------
     def new_session(
@@ -140,9 +148,12 @@ class Hub:
         if self._too_many_waiting(terminal_id, proto.login_user):
             return self._turn_away(session, terminal_id, host)
         self.terminals[terminal_id] = Terminal(terminal_id, info, session)
-        assignment = self.broker.terminal_connected(
-            terminal_id, info, connection=id(session), notice=note
-        )
+        try:
+            assignment = self.broker.terminal_connected(
+                terminal_id, info, connection=id(session), notice=note
+            )
+        except StoreError as exc:
+            return self._cannot_accept(session, terminal_id, host, exc)
         if proto.login_user is not None:
             assignment = self._log_in(terminal_id, proto.login_user)
         log.info(
@@ -175,6 +186,34 @@ class Hub:
         self._close_later(session)
         width, height = self._screen_size(terminal_id, session)
         return DrawnScreen(screens.server_busy(), width, height)
+
+    def _cannot_accept(
+        self, session: TerminalSession, terminal_id: str, host: str, fault: StoreError
+    ) -> Source:
+        """The store cannot save a new terminal (its disk is full, say): the terminal
+        is told so on a drawn screen, then closed; the log says why."""
+        width, height = self._screen_size(terminal_id, session)
+        current = self.terminals.get(terminal_id)
+        if current is not None and current.session is session:
+            del self.terminals[terminal_id]
+        session.terminal_id = None  # type: ignore[attr-defined]  # never known to the broker
+        self._store_fault(f"cannot accept terminals (refused {terminal_id} from {host})", fault)
+        self._close_later(session)
+        reason = fault.reason if isinstance(fault, StoreFault) else StoreFault.reason
+        return DrawnScreen(screens.cannot_accept(reason), width, height)
+
+    def _store_fault(self, doing: str, fault: StoreError) -> None:
+        """Log a store fault as one ERROR line per kind a minute, however many
+        connections meet it; the next line counts those held back."""
+        kind = type(fault).__name__
+        now = self.reactor.seconds()  # type: ignore[attr-defined]
+        quiet_until, held = self._store_faults.get(kind, (0.0, 0))
+        if now < quiet_until:
+            self._store_faults[kind] = (quiet_until, held + 1)
+            return
+        self._store_faults[kind] = (now + STORE_FAULT_REPORT_EVERY, 0)
+        more = f" ({held} more since the last report)" if held else ""
+        log.error("%s: %s%s", doing, fault, more)
 
     def _changed_key(self, terminal_id: str, info: TerminalInfo) -> str:
         """Why a new key terminal named like a paired one shows a pairing screen."""
@@ -224,7 +263,7 @@ class Hub:
         log.info("terminal %s connected again; closing its old connection", terminal_id)
         self.apply(self.broker.terminal_disconnected(terminal_id, id(old.session)))
         if old.session.proto is not None and old.session.proto.transport is not None:
-            old.session.proto.transport.loseConnection()
+            old.session.proto.close()
 
     def _detach(self, session: TerminalSession) -> None:
         terminal_id = session.terminal_id  # type: ignore[attr-defined]
@@ -237,8 +276,14 @@ class Hub:
             changes = self.broker.terminal_disconnected(terminal_id, id(session))
         except AlreadyConnectedError:
             changes = []
+        except StoreError as exc:  # the next tick publishes what changed
+            self._store_fault(f"terminal {terminal_id} disconnected", exc)
+            changes = []
         if terminal_id is not None and lasts_one_connection(terminal_id):
-            self.broker.forget_terminal(terminal_id, "its connection ended")
+            try:
+                self.broker.forget_terminal(terminal_id, "its connection ended")
+            except StoreError as exc:  # forgotten later, with the unpaired ones
+                self._store_fault(f"cannot forget terminal {terminal_id}", exc)
         log.info("terminal %s disconnected", terminal_id)
         self.apply(changes)
 
@@ -321,7 +366,7 @@ class Hub:
     def _close_later(self, session: TerminalSession) -> None:
         def close() -> None:
             if session.proto is not None and session.proto.transport is not None:
-                session.proto.transport.loseConnection()
+                session.proto.close()
 
         self.reactor.callLater(KICK_GRACE, close)  # type: ignore[attr-defined]
 

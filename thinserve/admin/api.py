@@ -52,7 +52,14 @@ from ..broker import (
 from ..broker.core import MAX_ID
 from ..hub import Hub
 from ..relay.session import TerminalSession
-from ..store.base import AuditEntry, Store, StoreError
+from ..store.base import (
+    AuditEntry,
+    CorruptError,
+    DiskFullError,
+    Store,
+    StoreError,
+    StoreFault,
+)
 from ..store.base import Desktop as DesktopRecord
 from ..store.base import Terminal as TerminalRecord
 from ..terminal_ids import kind_of
@@ -590,6 +597,21 @@ def broker_error(exc: BrokerError) -> ApiError:
     return ApiError(400, text, "")
 
 
+def store_error(exc: StoreError) -> ApiError:
+    """The HTTP answer when the store failed: 507 Insufficient Storage for a
+    full disk, 500 for a damaged database, 503 while it is locked, read-only
+    or failing (retry once the hint is followed); 409 for a conflict."""
+    if not isinstance(exc, StoreFault):
+        return ApiError(409, str(exc), "check thinserve's log")
+    if isinstance(exc, DiskFullError):
+        status = 507
+    elif isinstance(exc, CorruptError):
+        status = 500
+    else:
+        status = 503
+    return ApiError(status, exc.problem, exc.hint)
+
+
 # -- HTTP -------------------------------------------------------------------------------------
 class BoundedRequest(server.Request):
     """A request whose body is kept in memory up to MAX_BODY, then dropped."""
@@ -632,7 +654,11 @@ class AdminResource(resource.Resource):
             error = broker_error(exc)
             return _json(request, error.status, error.payload)
         except StoreError as exc:
-            return _json(request, 409, {"error": str(exc), "hint": "check thinserve's log"})
+            error = store_error(exc)
+            if isinstance(exc, StoreFault):
+                what = (request.method + b" " + request.uri[:200]).decode("ascii", "replace")
+                log.error("admin request %s failed: %s", what, exc)
+            return _json(request, error.status, error.payload)
         except Exception:
             log.exception("admin request %s failed", request.uri[:200])
             body = {"error": "internal error", "hint": "see thinserve's log"}

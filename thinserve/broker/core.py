@@ -29,7 +29,16 @@ from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..secrets import SecretHasher
-from ..store.base import ConflictError, Desktop, Pairing, PairingCode, Store, Terminal, User
+from ..store.base import (
+    ConflictError,
+    Desktop,
+    Pairing,
+    PairingCode,
+    Store,
+    StoreError,
+    Terminal,
+    User,
+)
 from ..terminal_ids import ADDRESS_PREFIX, address_of
 from . import codes
 from .assignment import Assignment, Change, ScreenKind, ShowDesktop, ShowScreen, _grant
@@ -236,6 +245,8 @@ class Broker:
         ``terminal_disconnected(terminal_id, old_handle)`` first, applying
         what that returns.  Pass ``connection`` handles so that an old
         connection reported closed late cannot disconnect a newer one.
+        When the store cannot save the terminal (a StoreError, e.g. its disk
+        is full) the terminal is not connected and nothing of it is kept.
         """
         _check_text(terminal_id, "terminal id")
         if terminal_id in self._conns:
@@ -250,7 +261,13 @@ class Broker:
                 self._audit(SYSTEM, "terminal-new", terminal_id, _describe(info))
             self.store.upsert_terminal(_terminal(terminal_id, info, now))
         self._conns[terminal_id] = _Connection(connection, notice=notice)
-        others = [c for c in self._settle(refresh=(terminal_id,)) if c.terminal_id != terminal_id]
+        try:
+            settled = self._settle(refresh=(terminal_id,))
+        except StoreError:  # e.g. its pairing code could not be saved: it never connected
+            del self._conns[terminal_id]
+            self._code_expiry.pop(terminal_id, None)
+            raise
+        others = [c for c in settled if c.terminal_id != terminal_id]
         if others:  # cannot happen by the rules above; never lose a change if it does
             log.error("connecting %s changed other terminals: %s", terminal_id, others)
             self._pending.extend(others)
@@ -995,7 +1012,23 @@ class Broker:
 
     def _publish(self, wanted: dict[str, Assignment], now: float) -> list[Change]:
         """Record sessions and what is shown; return the changes, those that
-        take control away first."""
+        take control away first.
+
+        All or nothing: when the store cannot record the sessions (a
+        StoreError, e.g. its disk is full) nothing is published, so the next
+        settle finds the same changes and publishes them then.
+        """
+        if wanted == self._shown:
+            return []
+        saved = dict(self._shown), dict(self._sessions), dict(self._code_expiry)
+        try:
+            with self.store.atomic():
+                return self._record(wanted, now)
+        except StoreError:
+            self._shown, self._sessions, self._code_expiry = saved
+            raise
+
+    def _record(self, wanted: dict[str, Assignment], now: float) -> list[Change]:
         for terminal_id in [t for t in self._shown if t not in wanted]:
             self._end_session(terminal_id, now)
             del self._shown[terminal_id]

@@ -148,6 +148,17 @@ def in_use(desktop: str) -> ScreenText:
     return ScreenText("Desktop in use", (f"{desktop} is in use at another terminal.",))
 
 
+def cannot_accept(reason: str) -> ScreenText:
+    """The server cannot take a terminal now, e.g. ``reason`` "its disk is full"."""
+    return ScreenText(
+        "Cannot connect",
+        (
+            f"This server cannot accept terminals right now ({reason}).",
+            "Please tell the administrator.",
+        ),
+    )
+
+
 def kicked(message: str = "") -> ScreenText:
     return ScreenText("Disconnected", (message or "An administrator ended this session.",))
 

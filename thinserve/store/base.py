@@ -7,7 +7,10 @@ implementation shipped; another database (PostgreSQL) fills the same
 Protocol with the same semantics, which docs/broker.md spells out.
 
 Times are seconds since the epoch as floats.  Every method is atomic on its
-own; ``atomic()`` groups several calls into one transaction.
+own; ``atomic()`` groups several calls into one transaction.  A method that
+cannot use its database (disk full, locked, read-only, damaged) raises a
+``StoreFault`` naming the database and what to do; its transaction is rolled
+back, and the store works again once the cause is gone.
 """
 
 from __future__ import annotations
@@ -19,6 +22,62 @@ from typing import Protocol, runtime_checkable
 
 class StoreError(Exception):
     """The store could not do what was asked; the message says why."""
+
+
+class StoreFault(StoreError):
+    """The database cannot be used right now: its disk is full, or it is locked,
+    read-only, damaged or failing.  What was being written is rolled back and
+    nothing stored before is changed.
+
+    ``problem`` says what happened and where, ``hint`` what to do next (the
+    message is both), ``path`` names the database and ``cause`` is the
+    database's own words.  ``reason`` is a few words for a terminal's screen.
+    """
+
+    reason = "its database cannot be used"
+
+    def __init__(self, problem: str, hint: str, path: str = "", cause: str = "") -> None:
+        super().__init__(f"{problem}; {hint}")
+        self.problem = problem
+        self.hint = hint
+        self.path = path
+        self.cause = cause
+
+
+class DiskFullError(StoreFault):
+    """No space left where the database lives; writes work again once there is."""
+
+    reason = "its disk is full"
+
+
+class LockedError(StoreFault):
+    """Another program holds the database locked."""
+
+    reason = "its database is in use by another program"
+
+
+class ReadOnlyError(StoreFault):
+    """The database, its directory or its file system cannot be written."""
+
+    reason = "its database cannot be written"
+
+
+class StoreIOError(StoreFault):
+    """The operating system reported an I/O error reading or writing the database."""
+
+    reason = "its disk reports errors"
+
+
+class CorruptError(StoreFault):
+    """The file is not a thinserve database, or it is damaged."""
+
+    reason = "its database is damaged"
+
+
+class CannotOpenError(StoreFault):
+    """The database file cannot be opened or created."""
+
+    reason = "it cannot open its database"
 
 
 class SchemaTooNewError(StoreError):

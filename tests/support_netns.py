@@ -9,18 +9,32 @@ the namespace.  Create no threads while inside, they would stay there.
 temporary directory) and an avahi-daemon inside a namespace, on ``lo``
 only; avahi-browse and avahi-publish reach it through ``env``.
 
+``Lan`` is a private Ethernet segment: a bridge in one namespace (a
+server's) and other namespaces (terminals, an attacker) joined to it by veth
+pairs, on a subnet of the test's choosing.  Hosts can give up an address and
+take another's, announcing it with a gratuitous ARP as any machine on a real
+LAN can.
+
+``ZeroconfPublisher`` publishes DNS-SD adverts with python-zeroconf from a
+child process, in a namespace if given one, on one interface address.
+
 ``missing`` fails in CI (``CI=true``) and skips elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import os
 import re
 import secrets
 import shutil
 import signal
+import socket
+import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -113,6 +127,98 @@ def _run(args: list[str]) -> None:
     result = subprocess.run(args, capture_output=True, text=True, timeout=10, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
+
+
+# -- a private LAN ---------------------------------------------------------------------------------
+def lan_problem() -> str | None:
+    """Why a LAN of namespaces cannot be made here, or None."""
+    if shutil.which("ip") is None:
+        return "ip not found"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    return None
+
+
+ETH_P_ARP = 0x0806
+
+
+class Lan:
+    """A bridge ``br0`` with ``SUBNET.SERVER_HOST/24`` in the namespace ``self.server``,
+    and hosts (namespaces of their own) whose ``eth0`` is a veth pair's end,
+    the other end a port of the bridge.
+
+    Nothing here touches the calling namespace's interfaces: every address
+    lives inside the namespaces, which ``delete`` removes with their links.
+    """
+
+    def __init__(self, subnet: str, prefix: str = "tslan", server_host: int = 1) -> None:
+        if len(subnet.split(".")) != 3:
+            raise ValueError(f"{subnet!r}: give the first three octets of a /24")
+        self.subnet = subnet
+        self.prefix = prefix
+        self.server_host = server_host
+        self.server = NetNamespace(prefix)
+        self.hosts: dict[str, NetNamespace] = {}
+
+    def address(self, host: int) -> str:
+        return f"{self.subnet}.{host}"
+
+    @property
+    def server_address(self) -> str:
+        return self.address(self.server_host)
+
+    def create(self) -> None:
+        self.server.create()
+        ip = ["ip", "-n", self.server.name]
+        _run([*ip, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])
+        _run([*ip, "addr", "add", f"{self.server_address}/24", "dev", "br0"])
+        _run([*ip, "link", "set", "br0", "up"])
+
+    def add_host(self, name: str, host: int) -> NetNamespace:
+        """A namespace on the LAN with address ``SUBNET.host``."""
+        if name in self.hosts or not re.fullmatch(r"[a-z][a-z0-9]{0,8}", name):
+            raise ValueError(f"host name {name!r}: new, 1-9 lower-case letters and digits")
+        netns = NetNamespace(f"{self.prefix}-{name}")
+        netns.create()
+        self.hosts[name] = netns
+        port = f"lan-{name}"
+        ip = ["ip", "-n", self.server.name]
+        peer = ["peer", "name", "eth0", "netns", netns.name]
+        _run([*ip, "link", "add", port, "type", "veth", *peer])
+        _run([*ip, "link", "set", port, "master", "br0", "up"])
+        _run(["ip", "-n", netns.name, "link", "set", "eth0", "up"])
+        self.add_address(name, host)
+        return netns
+
+    def add_address(self, name: str, host: int) -> None:
+        """Give host ``name`` the address ``SUBNET.host`` and announce it (the
+        ARP caches on the LAN now send that address's packets to this host)."""
+        netns = self.hosts[name]
+        _run(["ip", "-n", netns.name, "addr", "add", f"{self.address(host)}/24", "dev", "eth0"])
+        self.announce(name, host)
+
+    def remove_address(self, name: str, host: int) -> None:
+        netns = self.hosts[name]
+        _run(["ip", "-n", netns.name, "addr", "del", f"{self.address(host)}/24", "dev", "eth0"])
+
+    def announce(self, name: str, host: int) -> None:
+        """A gratuitous ARP from host ``name`` for ``SUBNET.host``: every
+        neighbour that knew the address updates its entry to this host's MAC."""
+        address = socket.inet_aton(self.address(host))
+        with self.hosts[name].entered():
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
+        with sock:
+            sock.bind(("eth0", ETH_P_ARP))
+            mac = sock.getsockname()[4]
+            arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)  # Ethernet, IPv4, a request
+            frame = b"\xff" * 6 + mac + struct.pack("!H", ETH_P_ARP)
+            sock.send(frame + arp + mac + address + b"\x00" * 6 + address)
+
+    def delete(self) -> None:
+        for netns in self.hosts.values():
+            netns.delete()
+        self.hosts.clear()
+        self.server.delete()
 
 
 # -- a private Avahi -------------------------------------------------------------------------------
@@ -236,6 +342,74 @@ def resolved_services(output: str) -> dict[str, list[str]]:
         elif fields[0] == "-":
             services.pop(name, None)
     return services
+
+
+# -- adverts from another process -----------------------------------------------------------------
+ZEROCONF_PUBLISHER = r"""
+import asyncio, json, sys
+from zeroconf import IPVersion, ServiceInfo
+from zeroconf.asyncio import AsyncZeroconf
+
+TYPE, INTERFACE = sys.argv[1], sys.argv[2]
+
+def info_for(cmd):
+    return ServiceInfo(
+        TYPE, cmd["name"] + "." + TYPE, port=cmd["port"], properties=cmd["properties"],
+        parsed_addresses=cmd["addresses"], server=cmd["host"] + ".local.",
+    )
+
+async def main():
+    zc = AsyncZeroconf(interfaces=[INTERFACE], ip_version=IPVersion.V4Only)
+    loop = asyncio.get_running_loop()
+    print("ready", flush=True)
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        cmd = json.loads(line)
+        if cmd["op"] == "register":
+            await (await zc.async_register_service(info_for(cmd)))
+        elif cmd["op"] == "unregister":
+            await (await zc.async_unregister_service(info_for(cmd)))
+        print("done", cmd["seq"], flush=True)
+    await zc.async_close()
+
+asyncio.run(main())
+"""
+
+
+class ZeroconfPublisher:
+    """Registers and withdraws DNS-SD services from a child process that
+    runs python-zeroconf on ``interface`` (an IPv4 address), inside
+    ``netns`` when given."""
+
+    def __init__(
+        self, service_type: str, interface: str, netns: NetNamespace | None = None
+    ) -> None:
+        args = [sys.executable, "-c", ZEROCONF_PUBLISHER, service_type, interface]
+        self.child = Child.spawn(netns.command(args) if netns is not None else args)
+        self.seq = 0
+
+    async def ready(self, timeout: float = 15.0) -> None:
+        await self.child.wait_for(r"ready\n", timeout)
+
+    async def send(
+        self, op: str, name: str, port: int, address: str, host: str, **properties: str
+    ) -> None:
+        """``op`` "register" or "unregister" the service ``name`` at
+        ``address``:``port`` (host name ``host``.local) with TXT ``properties``;
+        returns once announced."""
+        self.seq += 1
+        command = {"op": op, "seq": self.seq, "name": name, "port": port, "host": host}
+        command.update(addresses=[address], properties=properties)
+        self.child.write(json.dumps(command))
+        await self.child.wait_for(rf"done {self.seq}\n", timeout=15)
+
+    async def stop(self) -> None:
+        await self.child.stop()
+
+    def kill(self) -> None:
+        """End the child now, where nothing can wait (a fixture's teardown)."""
+        if self.child.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child.pid, signal.SIGKILL)
 
 
 # -- child processes under the reactor -----------------------------------------------------------

@@ -193,7 +193,7 @@ class ThinServe(service.Service):
             )
 
     async def _listen(self, description: str, factory: protocol.Factory) -> IListeningPort:
-        endpoint = endpoints.serverFromString(self.reactor, description)
+        endpoint = endpoints.serverFromString(self.reactor, with_backlog(description))
         port = await endpoint.listen(factory)
         self.ports.append(port)
         return port
@@ -308,6 +308,17 @@ class ReverseFactory(protocol.Factory):
             info = TerminalInfo(advert.instance, advert.model, key[0], advert.width, advert.height)
             session = self.hub.new_session(info, getattr(advert, "key", None))
         return RFBServerProtocol(self.options, session, self.options.methods_for(key[0]))
+
+
+LISTEN_BACKLOG = 1024  # Twisted's 50 overflows in a burst of connections, which then hang
+
+
+def with_backlog(description: str) -> str:
+    """A TCP or TLS listening endpoint with room for a burst of connections,
+    unless the description sets its own ``backlog``."""
+    if description.split(":", 1)[0] in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
+        return f"{description}:backlog={LISTEN_BACKLOG}"
+    return description
 
 
 def _describe(port: IListeningPort) -> str:

@@ -262,6 +262,8 @@ class Broker:
             self.store.upsert_terminal(_terminal(terminal_id, info, now))
         self._conns[terminal_id] = _Connection(connection, notice=notice)
         try:
+            if self._settle_alone(terminal_id):
+                return self._shown[terminal_id]
             settled = self._settle(refresh=(terminal_id,))
         except StoreError:  # e.g. its pairing code could not be saved: it never connected
             del self._conns[terminal_id]
@@ -272,6 +274,19 @@ class Broker:
             log.error("connecting %s changed other terminals: %s", terminal_id, others)
             self._pending.extend(others)
         return self._shown[terminal_id]
+
+    def _settle_alone(self, terminal_id: str) -> bool:
+        """Decide a new terminal that claims nothing (no pairing, no pools) on
+        its own: its fallback screen.  Recomputing every terminal for each
+        arrival would make a flood of connections cost O(n^2)."""
+        if self.config.unknown_terminal == "pool" or self.store.pairing_for(terminal_id):
+            return False
+        now = self._clock()
+        shown = self._fallback(terminal_id, now, refresh=(terminal_id,))
+        if shown.code is None:
+            self._code_expiry.pop(terminal_id, None)
+        self._shown[terminal_id] = shown
+        return True
 
     def is_connected(self, terminal_id: str) -> bool:
         return terminal_id in self._conns

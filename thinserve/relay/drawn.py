@@ -18,7 +18,7 @@ import numpy as np
 from . import screens
 from .source import Source
 
-CACHE_BYTES = 32 << 20  # the drawn pictures kept, all terminals together
+CACHE_BYTES = 8 << 20  # the drawn pictures kept, all terminals together (a few screens)
 
 _Key = tuple[object, ...]
 _cache: OrderedDict[_Key, np.ndarray] = OrderedDict()

@@ -13,8 +13,6 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from protocols.rfb.pixelformat import rgb_to_words
-
 BACKGROUND = (24, 44, 72)
 FOREGROUND = (240, 244, 248)
 ACCENT = (255, 196, 64)
@@ -60,7 +58,9 @@ def render(text: ScreenText, width: int, height: int) -> np.ndarray:
     if text.progress is not None:
         _progress_bar(draw, text.progress, width, y + unit, unit)
     _centred(draw, text.footer, _font(max(unit * 2 // 3, 8)), DIM, width, height - unit * 2)
-    return rgb_to_words(np.asarray(image))
+    # Pillow packs B, G, R and a zero byte: as little-endian words, 0x00RRGGBB.
+    packed = np.frombuffer(bytearray(image.tobytes("raw", "BGRX")), dtype="<u4")
+    return packed.reshape(image.height, image.width).astype(np.uint32, copy=False)
 
 
 def _centred(

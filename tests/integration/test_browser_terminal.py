@@ -675,7 +675,7 @@ async def test_page_asks_for_the_vnc_password(browser_profile: Path) -> None:
             await page.fill("#password", "wrong")
             await page.press("#password", "Enter")
             await page.wait_for_selector("body[data-state=failed]", timeout=10_000)
-            assert "Authentication failed" in await page.inner_text("#status")
+            assert "Wrong password." in await page.inner_text("#status")  # the server's reason
             await page.wait_for_selector("body[data-state=login]", timeout=10_000)
             await page.fill("#password", "open sesame")
             await page.press("#password", "Enter")

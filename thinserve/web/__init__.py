@@ -5,10 +5,12 @@ terminal page, noVNC and the WebSocket endpoint on one port; listen on it
 with the same RFBServerFactory the TCP listener uses.
 """
 
+from .limits import HTTPLimits
 from .site import NoVNCMissing, WebOptions, find_novnc, terminal_site
 from .websocket import WebSocketOptions, origin_allowed, rfb_websocket_resource
 
 __all__ = [
+    "HTTPLimits",
     "NoVNCMissing",
     "WebOptions",
     "WebSocketOptions",

@@ -9,6 +9,8 @@ One twisted.web site on one port serves
 
 Every response carries a Content-Security-Policy that allows only this
 origin (plus data: images, which noVNC uses for JPEG rectangles and cursors).
+Every connection keeps the deadlines and size bounds of ``WebOptions.http``
+(thinserve/web/channel.py, values in thinserve/web/limits.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 from twisted.internet import protocol
 from twisted.web import resource, static
 from twisted.web.pages import notFound
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
+from .channel import BoundedSite
+from .limits import HTTPLimits
 from .websocket import WebSocketOptions, rfb_websocket_resource
 
 WEBSOCKET_PATH = b"websockify"
@@ -58,6 +62,7 @@ class NoVNCMissing(RuntimeError):
 @dataclass(frozen=True)
 class WebOptions:
     websocket: WebSocketOptions = field(default_factory=WebSocketOptions)
+    http: HTTPLimits = field(default_factory=HTTPLimits)
     client_dir: Path = CLIENT_DIR
     novnc_dir: Path | None = None  # None: $THINSERVE_NOVNC_DIR or clients/web/node_modules
 
@@ -146,11 +151,12 @@ def terminal_resource(rfb_factory: protocol.Factory, options: WebOptions) -> Ter
     return root
 
 
-def terminal_site(rfb_factory: protocol.Factory, options: WebOptions | None = None) -> Site:
+def terminal_site(rfb_factory: protocol.Factory, options: WebOptions | None = None) -> BoundedSite:
     """A site to listen on, next to (or instead of) the TCP RFB listener.
 
     ``rfb_factory`` is the same RFBServerFactory the TCP listener uses.
     """
-    site = Site(terminal_resource(rfb_factory, options or WebOptions()))
+    options = options or WebOptions()
+    site = BoundedSite(terminal_resource(rfb_factory, options), options.http)
     site.displayTracebacks = False
     return site

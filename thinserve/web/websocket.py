@@ -9,7 +9,10 @@ The handshake is refused unless the page that opened the socket came from
 an allowed origin: by default only the origin of the page itself (the
 scheme of this listener plus the Host header of the request).  Incoming
 frames and messages are bounded, so a browser cannot make the server
-buffer without limit.
+buffer without limit; a peer that breaks a bound is sent a close frame
+with the reason and dropped at most ``close_handshake_timeout`` later,
+and a peer that stays silent is pinged and dropped when it does not
+answer (the values are in ``thinserve/web/limits.py``).
 
 A page that asks for the ``thinserve-key.v1`` subprotocol proves a key
 before RFB starts: the server sends a 32-byte nonce, the page answers with
@@ -36,10 +39,22 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import interfaces, protocol
 from twisted.internet.base import DelayedCall
 from twisted.internet.error import ConnectionDone
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from protocols.identity import MAX_SPKI_BYTES, NONCE_BYTES, KeyProofError, verify_key_proof
+
+from .limits import (
+    CLOSE_HANDSHAKE_TIMEOUT,
+    KEY_PROOF_TIMEOUT,
+    MAX_WS_MESSAGE,
+    OPEN_HANDSHAKE_TIMEOUT,
+    PING_INTERVAL,
+    PING_TIMEOUT,
+    WS_SEND_PIECE,
+    RefusalLog,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +72,19 @@ class WebSocketOptions:
     ``same_origin``: accept pages served by this very listener (Origin equal to
     scheme://Host).  ``allowed_origins``: further exact origins to accept, such
     as "https://terminal.example.org".  ``max_message_size`` bounds both one
-    frame and one reassembled message from the browser (noVNC sends at most
-    10 KiB per message).
+    frame and one reassembled message from the browser (and the size of the
+    messages sent to it).  Timeouts are in seconds; ``ping_interval`` 0 turns
+    pings off.  The defaults, and why, are in ``thinserve/web/limits.py``.
     """
 
     same_origin: bool = True
     allowed_origins: tuple[str, ...] = ()
-    max_message_size: int = 64 * 1024
-    open_handshake_timeout: float = 10.0
-    key_proof_timeout: float = 10.0  # from the nonce sent to the proof received
+    max_message_size: int = MAX_WS_MESSAGE
+    open_handshake_timeout: float = OPEN_HANDSHAKE_TIMEOUT
+    close_handshake_timeout: float = CLOSE_HANDSHAKE_TIMEOUT
+    key_proof_timeout: float = KEY_PROOF_TIMEOUT  # from the nonce sent to the proof received
+    ping_interval: float = PING_INTERVAL
+    ping_timeout: float = PING_TIMEOUT
 
 
 def normalize_origin(origin: str) -> str:
@@ -121,7 +140,12 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
         secure = interfaces.ISSLTransport.providedBy(self.transport)
         host = request.headers.get("host")
         if not origin_allowed(request.origin, host, secure, self.factory.options):
-            log.warning("browser terminal %s: origin %r refused", request.peer, request.origin)
+            self.factory.refusals(
+                logging.WARNING,
+                "browser terminal %s: origin %r refused",
+                request.peer,
+                request.origin,
+            )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         self._binaryMode = True
         if not request.protocols:
@@ -129,6 +153,12 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
         for chosen in (KEY_SUBPROTOCOL, SUBPROTOCOL):
             if chosen in request.protocols:
                 return chosen
+        self.factory.refusals(
+            logging.WARNING,
+            "browser terminal %s: subprotocols %s refused",
+            request.peer,
+            ", ".join(request.protocols),
+        )
         raise ConnectionDeny(
             ConnectionDeny.NOT_ACCEPTABLE,
             f"only the {KEY_SUBPROTOCOL!r} and {SUBPROTOCOL!r} subprotocols are spoken",
@@ -191,8 +221,31 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
     def _refuse_key(self, reason: str) -> None:
         self._nonce = None
         self._cancel_proof_timer()
-        log.warning("browser terminal %s: key proof refused: %s", self.peer, reason)
         self._fail_connection(CLOSE_POLICY, f"key proof refused: {reason}")
+
+    def _fail_connection(
+        self,
+        code: int = WrappingWebSocketServerProtocol.CLOSE_STATUS_CODE_GOING_AWAY,
+        reason: str = "going away",
+    ) -> None:
+        """Every refusal after the handshake (a bound broken, a bad key proof, a
+        text message, a protocol error) comes here: log it once, send a close
+        frame with ``code``; the peer is dropped when it answers, or
+        ``close_handshake_timeout`` later."""
+        if self.state == self.STATE_OPEN and not self.failedByMe:
+            self.factory.refusals(
+                logging.WARNING, "browser terminal %s: closing with %d: %s", self.peer, code, reason
+            )
+        super()._fail_connection(code, reason)
+
+    def onAutoPingTimeout(self) -> None:
+        self.factory.refusals(
+            logging.INFO,
+            "browser terminal %s: no answer to a ping within %g s; dropped",
+            self.peer,
+            self.factory.options.ping_timeout,
+        )
+        super().onAutoPingTimeout()
 
     def _cancel_proof_timer(self) -> None:
         timer, self._proof_timer = self._proof_timer, None
@@ -207,8 +260,9 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
             proto.connectionLost(Failure(ConnectionDone(reason or "WebSocket closed")))
 
     def write(self, data: bytes) -> None:
-        """Send RFB bytes as binary messages no larger than the message bound."""
-        step = self.factory.options.max_message_size
+        """Send RFB bytes as binary messages of at most WS_SEND_PIECE bytes (and
+        never over the message bound)."""
+        step = min(WS_SEND_PIECE, self.factory.options.max_message_size)
         view = memoryview(data)
         for start in range(0, len(view), step):
             self.sendMessage(bytes(view[start : start + step]), isBinary=True)
@@ -220,20 +274,30 @@ class RFBWebSocketFactory(WrappingWebSocketServerFactory):
     protocol = RFBWebSocketProtocol
 
     def __init__(
-        self, rfb_factory: protocol.Factory, options: WebSocketOptions | None = None
+        self,
+        rfb_factory: protocol.Factory,
+        options: WebSocketOptions | None = None,
+        refusals: RefusalLog | None = None,
     ) -> None:
         # RFB updates are already compressed by their encodings; permessage-deflate
         # would only spend CPU (and is one more decompressor to bound).
         super().__init__(rfb_factory, url=None, enableCompression=False)
         self.rfb_factory = rfb_factory
-        self.options = options or WebSocketOptions()
+        self.options = options = options or WebSocketOptions()
+        self.refusals = refusals or RefusalLog(log)
         self._subprotocols = [KEY_SUBPROTOCOL, SUBPROTOCOL]
         self.protocols = [KEY_SUBPROTOCOL, SUBPROTOCOL]
-        size = self.options.max_message_size
+        size = options.max_message_size
         self.setProtocolOptions(
             maxFramePayloadSize=size,
             maxMessagePayloadSize=size,
-            openHandshakeTimeout=self.options.open_handshake_timeout,
+            openHandshakeTimeout=options.open_handshake_timeout,
+            closeHandshakeTimeout=options.close_handshake_timeout,
+            # A refusal sends its close code, then the peer has
+            # close_handshake_timeout to answer before the TCP connection is dropped.
+            failByDrop=False,
+            autoPingInterval=options.ping_interval,
+            autoPingTimeout=options.ping_timeout if options.ping_interval else 0,
             webStatus=False,
             allowNullOrigin=True,  # "null" goes to onConnect's check like any other origin
         )
@@ -247,16 +311,42 @@ class RFBWebSocketFactory(WrappingWebSocketServerFactory):
 class RFBWebSocketResource(WebSocketResource):
     """The WebSocket endpoint inside a twisted.web site.
 
-    The HTTP channel registered itself as the connection's producer; it hands
-    the connection over, so the RFB protocol can register itself instead and
-    get flow control from the socket.
+    It takes the connection over from the HTTP channel: the channel stops
+    being the connection's producer (so the RFB protocol can register itself
+    and get flow control from the socket) and, when it is a
+    ``BoundedHTTPChannel``, stops its clocks and passes on the bytes that
+    came right behind the upgrade request.  The upgrade request itself is
+    replayed to the WebSocket protocol, which answers the handshake.
     """
 
+    _factory: RFBWebSocketFactory
+
     def render(self, request: Request) -> object:
-        transport = request.channel.transport
-        if transport is not None:
-            transport.unregisterProducer()
-        return super().render(request)
+        channel = request.channel
+        transport = channel.transport
+        if transport is None:  # not HTTP/1.1 over a connection of its own
+            return super().render(request)
+        proto = self._factory.buildProtocol(transport.getPeer())
+        transport.unregisterProducer()
+        channel.transport = None
+        if isinstance(transport, ProtocolWrapper):  # TLS
+            transport.wrappedProtocol = proto
+        elif isinstance(transport.protocol, ProtocolWrapper):
+            transport.protocol.wrappedProtocol = proto
+        else:
+            transport.protocol = proto
+        proto.makeConnection(transport)
+        hand_over = getattr(channel, "hand_over", None)
+        if hand_over is not None:
+            hand_over(proto)
+        resume = getattr(transport, "resumeProducing", None)
+        if resume is not None:  # twisted.web may have paused reading while it parsed
+            resume()
+        head = [request.method + b" " + request.uri + b" HTTP/1.1\r\n"]
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            head.append(name + b": " + b",".join(values) + b"\r\n")
+        proto.dataReceived(b"".join(head) + b"\r\n" + request.content.read())
+        return NOT_DONE_YET
 
 
 def rfb_websocket_resource(

@@ -86,8 +86,9 @@ class ServerCertificate:
         cert, key = directory / "server.crt", directory / "server.key"
         if not (cert.exists() and key.exists()):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            make_self_signed(str(cert), str(key), socket.gethostname() or "thinserve")
-            log.info("made a new server certificate %s", cert)
+            host, *names = this_host_names()
+            make_self_signed(str(cert), str(key), host, names)
+            log.info("made a new server certificate %s for %s", cert, ", ".join([host, *names]))
         return cls(str(cert), str(key))
 
     @classmethod
@@ -100,6 +101,17 @@ class ServerCertificate:
         if database == ":memory:":
             return cls.ensure(Path(tempfile.mkdtemp(prefix="thinserve-tls-")))
         return cls.ensure(Path(os.path.dirname(os.path.abspath(database))) / "tls")
+
+
+def this_host_names() -> list[str]:
+    """What viewers may call this machine: its host name (and its mDNS
+    name), localhost, and its addresses now.  Viewers such as TigerVNC's
+    check that the certificate names the host they connected to."""
+    from .discovery import local_addresses  # ifaddr: imported only when a certificate is made
+
+    host = socket.gethostname() or "thinserve"
+    names = [host, f"{host.split('.')[0]}.local", "localhost", "127.0.0.1", "::1"]
+    return list(dict.fromkeys([*names, *local_addresses()]))
 
 
 def https_description(description: str, certificate: ServerCertificate) -> str | None:

@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -335,11 +336,15 @@ class CheckedClientContext:
             raise ServerRefused(self.refusal) from exc
 
 
-def make_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
-    """Write a new self-signed certificate for ``hostname`` and its key (PEM).
+def make_self_signed(
+    cert_path: str, key_path: str, hostname: str, also: Sequence[str] = ()
+) -> None:
+    """Write a new self-signed certificate for ``hostname`` (and the names or
+    addresses in ``also``) and its key (PEM).
 
     The key file is created readable by its owner only.
     """
+    names = list(dict.fromkeys([hostname, *also]))
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
@@ -351,7 +356,9 @@ def make_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=3650))
-        .add_extension(x509.SubjectAlternativeName([_general_name(hostname)]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_twisted
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, threads
 from Xlib import XK, X
 from Xlib.error import XError
@@ -92,19 +94,23 @@ class Site:
         assert self.ts.hub.broker.snapshot().checking == {}
 
 
+def common_name(cert_file: str) -> str:
+    (certificate,) = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())
+    (name,) = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(name.value)
+
+
 async def start_site(
     xvnc: Callable[..., XvncServer], tmp_path: Path, broker: BrokerConfig | None = None
 ) -> Site:
     desk = xvnc(size=SIZE)
     desk.paint(office_frame(*SIZE))
     picture = await threads.deferToThread(desk.grab)
-    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
-    make_self_signed(str(cert), str(key), "127.0.0.1")
+    # The certificate thinserve makes for itself: it names this host's
+    # addresses, so TigerVNC connecting to 127.0.0.1 finds no name mismatch.
     config = Config(
         listen=("tcp:port=0:interface=127.0.0.1",),
         web_listen=(),
-        tls_cert=str(cert),
-        tls_key=str(key),
         broker=broker or BrokerConfig(unknown_terminal="login", hot_desk=True),
         database=":memory:",
         admin_socket="",
@@ -316,7 +322,7 @@ async def test_viewer_refuses_a_certificate_its_ca_did_not_sign(
     site = await start_site(xvnc, tmp_path)
     # Another key under the same name: what an impostor of this server shows.
     other_cert, other_key = tmp_path / "other.crt", tmp_path / "other.key"
-    make_self_signed(str(other_cert), str(other_key), "127.0.0.1")
+    make_self_signed(str(other_cert), str(other_key), common_name(site.ca))
     try:
         viewer = login_viewer(site.port, str(other_cert), USER, PASSWORD)
         await threads.deferToThread(viewer.wait_exit)

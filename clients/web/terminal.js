@@ -40,7 +40,21 @@ let retryMs = RETRY_FIRST_MS;
 let retryTimer = null;
 let lastFailure = "";
 let keyless = "";  // why this page connects without a key; "" when it has one
+let elsewhere = false;  // another tab of this browser took the terminal over
 const terminalKey = prepareKey();
+
+// Tabs of one browser share one key, so they are one terminal, and the
+// server keeps the newest connection.  The tab that connects tells the
+// others, which then stay disconnected instead of taking it back.
+const tabs = "BroadcastChannel" in window ? new BroadcastChannel("thinserve-terminal") : null;
+if (tabs !== null) {
+  tabs.onmessage = (event) => {
+    if (event.data === "connecting" && !keyless) {
+      elsewhere = true;
+      window.clearTimeout(retryTimer);
+    }
+  };
+}
 
 function levelParam(name, fallback) {
   const value = Number.parseInt(params.get(name) ?? "", 10);
@@ -86,7 +100,11 @@ function applySettings(client) {
 async function connect() {
   retryTimer = null;
   lastFailure = "";
+  elsewhere = false;
   const key = await terminalKey;
+  if (key !== null && tabs !== null) {
+    tabs.postMessage("connecting");
+  }
   const url = websocketUrl();
   setStatus("connecting", `Connecting to ${url}…`);
   const ws = new WebSocket(url, key ? [KEY_PROTOCOL, "binary"] : ["binary"]);
@@ -169,6 +187,10 @@ function onDisconnect(event) {
 
 function disconnected(reason) {
   const why = lastFailure || reason;
+  if (elsewhere) {
+    setStatus("elsewhere", "This terminal is open in another tab or window. Reload to use it here.");
+    return;
+  }
   if (!settings.reconnect) {
     setStatus("disconnected", `Disconnected: ${why}. Reload the page to connect again.`);
     return;

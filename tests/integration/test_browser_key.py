@@ -375,6 +375,40 @@ async def test_the_key_survives_a_reload_and_a_new_profile_is_a_new_terminal(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_second_tab_takes_the_terminal_and_the_first_stays_away(tmp_path: Path) -> None:
+    """Two tabs share one key, so one terminal: the newest keeps it, and the
+    older one stops instead of taking it back (no reconnection ping-pong)."""
+    require_browser()
+    ts = await start_thinserve([], broker=BrokerConfig(), web=True)
+    url = f"http://127.0.0.1:{ts.port_numbers[1]}/?resize=off"
+
+    async def scenario() -> None:
+        async with chromium(tmp_path / "tabs") as first:
+            terminal = await connected_id(first, url)
+            assert await eventually(lambda: async_true(terminal in ts.hub.terminals))
+            older = ts.hub.terminals[terminal].session
+            second = await first.context.new_page()
+            assert await connected_id(second, url) == terminal
+            await first.wait_for_selector("body[data-state=elsewhere]", timeout=15_000)
+            assert "open in another tab" in await first.inner_text("#status")
+            newer = ts.hub.terminals[terminal].session
+            assert newer is not older and newer.proto is not None
+            assert await second.evaluate("document.body.dataset.state") == "connected"
+            await first.reload()  # the person chooses this tab again: it takes over
+            await first.wait_for_selector("body[data-state=connected]", timeout=15_000)
+            await second.wait_for_selector("body[data-state=elsewhere]", timeout=15_000)
+
+    try:
+        await as_deferred(scenario())
+    finally:
+        await ts.stopService()
+
+
+async def async_true(value: bool) -> bool:
+    return value
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_page_that_cannot_keep_a_key_connects_keyless_and_says_so(
     tmp_path: Path,
 ) -> None:

@@ -8,6 +8,7 @@ the page thinserve serves, with noVNC rendering into its canvas.
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -303,6 +304,7 @@ async def test_a_browser_that_stops_reading_pauses_its_session() -> None:
         while not any(isinstance(e, UpdateDone) for e in await rfb_events(stream, client)):
             pass
         session = served.sessions[0]
+        fix_socket_buffers(peer.transport, session.proto.transport.transport)
         peer.transport.pauseProducing()  # the browser stops reading
 
         async def new_picture_and_request(seed: int) -> None:
@@ -332,6 +334,14 @@ async def test_a_browser_that_stops_reading_pauses_its_session() -> None:
         peer.transport.loseConnection()
     finally:
         await served.port.stopListening()
+
+
+def fix_socket_buffers(client: object, server: object, size: int = 1 << 16) -> None:
+    """Stop the kernel from growing both sockets' buffers while the test runs
+    (Linux autotunes them, on loopback up to tens of MB): once full, they stay
+    full, as on a real link to a stalled browser."""
+    client.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # type: ignore[attr-defined]
+    server.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)  # type: ignore[attr-defined]
 
 
 async def rfb_events(stream: WebSocketStream, client: ClientConnection) -> list[object]:

@@ -345,7 +345,7 @@ async def test_browser_follows_a_terminal_published_by_another_process(
     try:
         await publisher.child.wait_for("ready")
         await publisher.send("register", name, 5901, LOOPBACK, **VALID)
-        await publisher.send("register", newer, 5901, LOOPBACK, **{**VALID, "proto": "2"})
+        await publisher.send("register", newer, 5901, LOOPBACK, **{**VALID, "proto": "3"})
         await publisher.send("register", broken, 5901, LOOPBACK, **{**VALID, "screen": "huge"})
         await wait_until(lambda: events.kinds(name) == ["added"], 10, "the terminal")
         found = events.last(name)
@@ -387,7 +387,7 @@ async def test_browser_follows_a_terminal_published_by_another_process(
 
         assert events.kinds(newer) == [] and events.kinds(broken) == []
         messages = [r.getMessage() for r in caplog.records]
-        assert any(newer in m and "contract version 2" in m for m in messages)
+        assert any(newer in m and "contract version 3" in m for m in messages)
         assert any(broken in m and "screen is not WIDTHxHEIGHT" in m for m in messages)
         assert sum(broken in m for m in messages) == 1  # once, though resolved again
     finally:

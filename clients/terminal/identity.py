@@ -14,7 +14,6 @@ name the terminal id): thinserve uses only the key inside it.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import stat
@@ -24,13 +23,12 @@ from functools import cached_property
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from protocols.identity import public_key_fingerprint, terminal_id
 from protocols.terminal import AdvertError, parse_id
-from thinserve.tls import ClientCertificate, PrivateKey
+from thinserve.tls import ClientCertificate, PrivateKey, self_signed
 
 log = logging.getLogger(__name__)
 
@@ -170,30 +168,4 @@ def _unusable(path: Path, why: str) -> str:
 
 def make_client_certificate(key: PrivateKey, common_name: str) -> x509.Certificate:
     """A self-signed TLS client certificate for ``key``."""
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=CERTIFICATE_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    )
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    return builder.sign(key, algorithm)
+    return self_signed(key, common_name, days=CERTIFICATE_DAYS)

@@ -356,3 +356,28 @@ async def test_a_handshake_login_check_that_fails_is_forgotten() -> None:
         assert "login-cancelled" in actions and "login-failed" not in actions
     finally:
         hub.stop()
+
+
+def test_a_new_key_under_a_paired_terminal_s_name_is_told_why() -> None:
+    """A reinstalled terminal (new key, same advertised name) is a new terminal:
+    its pairing screen says the old key holds the pairing."""
+    broker = site()
+    hub = Hub(broker, {}, reactor)
+    old = terminal_id(fingerprint(spki_of(ec.generate_private_key(ec.SECP256R1()))))
+    new = terminal_id(fingerprint(spki_of(ec.generate_private_key(ec.SECP256R1()))))
+    try:
+        broker.terminal_connected(old, TerminalInfo(name="Front desk"))
+        broker.pair(old, "d1", "admin")
+        broker.terminal_disconnected(old)
+        note = hub._changed_key(new, TerminalInfo(name="Front desk"))
+        assert note == (
+            f"This terminal has a new key; {old} with the old key is paired with d1. "
+            "Ask the administrator to pair it again."
+        )
+        assert hub._changed_key(new, TerminalInfo(name="Back office")) == ""
+        assert hub._changed_key(old, TerminalInfo(name="Front desk")) == ""  # the same key
+        shown = broker.terminal_connected(new, TerminalInfo(name="Front desk"), notice=note)
+        assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.PAIRING
+        assert shown.message == note  # on the terminal's own pairing screen
+    finally:
+        hub.stop()

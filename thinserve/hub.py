@@ -175,32 +175,35 @@ class Hub:
         return waiting >= self.max_unpaired
 
     def _turn_away(self, session: TerminalSession, terminal_id: str, host: str) -> Source:
-        """A short refusal that costs nothing: a shared drawn screen, then close."""
         log.warning(
             "refused terminal %s from %s: %d terminals already wait to be paired (max_unpaired)",
             terminal_id,
             host,
             self.max_unpaired,
         )
-        session.terminal_id = None  # type: ignore[attr-defined]  # never known to the broker
-        self._close_later(session)
-        width, height = self._screen_size(terminal_id, session)
-        return DrawnScreen(screens.server_busy(), width, height)
+        return self._refuse(session, terminal_id, screens.server_busy())
 
     def _cannot_accept(
         self, session: TerminalSession, terminal_id: str, host: str, fault: StoreError
     ) -> Source:
         """The store cannot save a new terminal (its disk is full, say): the terminal
-        is told so on a drawn screen, then closed; the log says why."""
+        is told so, and the log says why."""
+        self._store_fault(f"cannot accept terminals (refused {terminal_id} from {host})", fault)
+        reason = fault.reason if isinstance(fault, StoreFault) else StoreFault.reason
+        return self._refuse(session, terminal_id, screens.cannot_accept(reason))
+
+    def _refuse(
+        self, session: TerminalSession, terminal_id: str, text: screens.ScreenText
+    ) -> Source:
+        """A short refusal that costs nothing: a shared drawn screen, then close.
+        The connection never becomes a terminal of the broker's."""
         width, height = self._screen_size(terminal_id, session)
         current = self.terminals.get(terminal_id)
         if current is not None and current.session is session:
             del self.terminals[terminal_id]
-        session.terminal_id = None  # type: ignore[attr-defined]  # never known to the broker
-        self._store_fault(f"cannot accept terminals (refused {terminal_id} from {host})", fault)
+        session.terminal_id = None  # type: ignore[attr-defined]
         self._close_later(session)
-        reason = fault.reason if isinstance(fault, StoreFault) else StoreFault.reason
-        return DrawnScreen(screens.cannot_accept(reason), width, height)
+        return DrawnScreen(text, width, height)
 
     def _store_fault(self, doing: str, fault: StoreError) -> None:
         """Log a store fault as one ERROR line per kind a minute, however many
@@ -220,9 +223,9 @@ class Hub:
         store = self.broker.store
         if not info.name or store.get_terminal(terminal_id) is not None:
             return ""
-        for known in store.list_terminals():
-            paired = store.pairing_for(known.id)
-            if known.name == info.name and kind_of(known.id) == "key" and paired is not None:
+        for paired in store.list_pairings():
+            known = store.get_terminal(paired.terminal_id)
+            if known is not None and known.name == info.name and kind_of(known.id) == "key":
                 return (
                     f"This terminal has a new key; {known.id} with the old key is paired with "
                     f"{paired.desktop}. Ask the administrator to pair it again."

@@ -25,7 +25,7 @@ import numpy as np
 from . import messages as m
 from .clipboard import ClipboardState
 from .connection import Connection
-from .constants import Encoding, FenceFlag
+from .constants import ClipboardFlag, Encoding, FenceFlag
 from .encodings import Rect
 from .errors import ProtocolError
 from .handshake import HandshakeEvent, ServerHandshake
@@ -41,6 +41,14 @@ class ClipboardText:
     """Text the peer put on its clipboard (plain or Extended Clipboard)."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class ClipboardIgnored:
+    """An Extended Clipboard message the server does not act on (a format or
+    action it does not offer): nothing is wrong, but the caller may log it."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ ServerEvent = (
     | m.SetDesktopSize
     | m.Fence
     | ClipboardText
+    | ClipboardIgnored
 )
 
 ExtendedDesktopSizeStatus = int  # 0 ok, 1 prohibited, 2 out of resources, 3 invalid
@@ -180,6 +189,13 @@ class ServerConnection(Connection):
             self._queue(reply.pack())
         if text is not None:
             self._events.append(ClipboardText(text))
+        elif (
+            not replies
+            and isinstance(msg, m.ExtendedClipboard)
+            and not msg.flags & ClipboardFlag.CAPS
+        ):
+            reason = f"Extended Clipboard message with flags 0x{msg.flags:08x} asks for nothing"
+            self._events.append(ClipboardIgnored(reason + " this server acts on (text only)"))
 
     # -- sending --------------------------------------------------------------------
     def server_init(

@@ -19,7 +19,7 @@ from protocols.rfb.constants import ClipboardFlag, Encoding, SecurityType
 from protocols.rfb.encodings import RECT_ENCODINGS, Rect
 from protocols.rfb.errors import ProtocolError
 from protocols.rfb.pixelformat import BGR233, COLOUR_MAP_8, NATIVE, RGB565, PixelCodec, PixelFormat
-from protocols.rfb.server import ClipboardText, Cursor, ServerConnection
+from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerConnection
 
 from .content import desktop_frame
 
@@ -222,6 +222,21 @@ def test_extended_clipboard_notify_then_request_for_large_text() -> None:
     pair.server_events += pair.server.receive_data(sent)
     pair.pump()
     assert pair.take_server(ClipboardText) == [ClipboardText("x" * 100)]
+
+
+def test_extended_clipboard_the_server_cannot_act_on_is_reported() -> None:
+    pair = Pair()
+    pair.client.set_encodings([Encoding.RAW, Encoding.EXTENDED_CLIPBOARD])
+    pair.pump()
+    rtf_only = 1 << 1  # a Notify offering RTF and no text (rfbproto: formats bits)
+    notify = ClipboardFlag.NOTIFY | rtf_only
+    pair.server_events += pair.server.receive_data(
+        m.ExtendedClipboard(int(notify), from_server=False).pack()
+    )
+    (ignored,) = pair.take_server(ClipboardIgnored)
+    assert f"0x{int(notify):08x}" in ignored.reason and "text only" in ignored.reason
+    assert pair.take_server(ClipboardText) == []
+    assert pair.server.data_to_send() == b""  # no request for what it cannot take
 
 
 def test_continuous_updates_and_fence() -> None:

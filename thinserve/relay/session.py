@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from protocols.rfb import messages as m
 from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
-from protocols.rfb.server import ClipboardText, Cursor, ServerEvent, UpdateStream
+from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerEvent, UpdateStream
 from protocols.rfb.updates import BAND_PIXELS
 
 from ..damage import TILE, Damage, intersect
@@ -43,6 +43,7 @@ MAX_EXACT = 64  # rectangles kept exactly as the source reported them
 # reactor: the terminal decodes the first bands while the next are encoded,
 # and other terminals are served in between.
 SLICE_PIXELS = BAND_PIXELS
+MAX_IGNORED_NOTES = 8  # kinds of ignored messages logged per connection
 LINK_FENCE = b"thinserve-link"  # payload of the fences that time a terminal's link
 Copy = tuple[Rect, int, int]  # destination, src_x, src_y
 
@@ -72,6 +73,7 @@ class TerminalSession:
         self.height = 0
         self.wanted_size: tuple[int, int] | None = None
         self.pending_size: tuple[int, int] | None = None  # asked of the desktop
+        self.ignored: set[str] = set()  # what the terminal sent that was ignored, noted once
         self.bytes_sent = 0
         self.updates_sent = 0
         self.link = LinkQuality()  # the JPEG quality the terminal's link carries
@@ -111,6 +113,8 @@ class TerminalSession:
         elif isinstance(event, m.EnableContinuousUpdates | m.SetPixelFormat):
             self._damage_all()
             self.try_send()
+        elif isinstance(event, ClipboardIgnored):
+            self._note_ignored(event.reason)
         else:
             self._input(event)
 
@@ -228,6 +232,15 @@ class TerminalSession:
         self.proto.conn.answer_set_desktop_size(RESIZE_OK)
         self._damage_all()
         self.try_send()
+
+    def _note_ignored(self, reason: str) -> None:
+        """Say once per kind, per connection, what the terminal sent in vain."""
+        if reason in self.ignored:
+            return
+        if len(self.ignored) < MAX_IGNORED_NOTES:
+            self.ignored.add(reason)
+            peer = self.proto.peer() if self.proto is not None else "?"
+            log.info("terminal %s: %s; ignored", peer, reason)
 
     def _input(self, event: ServerEvent) -> None:
         if not self.control or self.view is None or self.view.input is None:

@@ -30,6 +30,7 @@ from thinserve.broker import (
     ShowScreen,
     TerminalInfo,
 )
+from thinserve.broker.core import LoginCheck
 from thinserve.config import ConfigError, from_dict
 from thinserve.hub import Hub
 from thinserve.identities import IdentityRules
@@ -381,3 +382,27 @@ def test_a_new_key_under_a_paired_terminal_s_name_is_told_why() -> None:
         assert shown.message == note  # on the terminal's own pairing screen
     finally:
         hub.stop()
+
+
+def test_login_form_guesses_are_limited_per_address_across_reconnections() -> None:
+    """Each connection of a keyless viewer is a terminal of its own: a guesser
+    that reconnects meets the limit for its address."""
+    broker = site(hot_desk=True, unknown_terminal="login")
+    broker.add_user("alice", "right-secret", "admin", desktop="d1")
+
+    def attempt(terminal: str, secret: str) -> object:
+        prepared = broker.prepare_login(terminal, "alice", secret)
+        return broker.apply_login(prepared.run()) if isinstance(prepared, LoginCheck) else None
+
+    for n in range(5):  # five connections, one wrong guess each
+        terminal = f"viewer-10.0.0.9~{n:06x}"
+        broker.terminal_connected(terminal, TerminalInfo(address="10.0.0.9"))
+        attempt(terminal, "wrong")
+        broker.terminal_disconnected(terminal)
+    broker.terminal_connected("viewer-10.0.0.9~ffffff", TerminalInfo(address="10.0.0.9"))
+    assert attempt("viewer-10.0.0.9~ffffff", "right-secret") is None  # refused unchecked
+    shown = broker.assignment("viewer-10.0.0.9~ffffff")
+    assert isinstance(shown, ShowScreen) and shown.message.startswith("Too many failed attempts")
+    broker.terminal_connected("viewer-10.0.0.8~000000", TerminalInfo(address="10.0.0.8"))
+    attempt("viewer-10.0.0.8~000000", "right-secret")  # another address: checked, logged in
+    assert shows(broker.assignment("viewer-10.0.0.8~000000")) == ("d1", True)

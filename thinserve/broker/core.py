@@ -107,6 +107,7 @@ class LoginCheck:
     stored: str | None = field(repr=False)  # None: no such user (a dummy hash is checked)
     secret: str = field(repr=False)
     hasher: SecretHasher = field(repr=False, compare=False)
+    source: str = ""  # the address the attempt came from, for the limit per source
 
     def run(self) -> LoginVerdict:
         """Verify the secret, and rehash it if the stored hash is out of date."""
@@ -131,6 +132,7 @@ class LoginVerdict:
 @dataclass
 class _Connection:
     handle: Hashable | None
+    source: str = ""  # the address the connection came from
     notice: str = ""  # a line for the fallback screen, e.g. why a login failed
     refusal_noted_until: float = 0.0  # rate-limited logins are audited once until then
     waiting: int | None = None  # the ticket of the login check this connection waits for
@@ -260,7 +262,7 @@ class Broker:
             if self.store.get_terminal(terminal_id) is None:
                 self._audit(SYSTEM, "terminal-new", terminal_id, _describe(info))
             self.store.upsert_terminal(_terminal(terminal_id, info, now))
-        self._conns[terminal_id] = _Connection(connection, notice=notice)
+        self._conns[terminal_id] = _Connection(connection, info.address, notice=notice)
         try:
             if self._settle_alone(terminal_id):
                 return self._shown[terminal_id]
@@ -405,7 +407,8 @@ class Broker:
         if self._rate_limited(conn, terminal_id, user, now) or self._busy(conn, terminal_id, user):
             return self._settle()
         stored = self.store.user_secret_hash(user) if _USER_NAME.fullmatch(user) else None
-        check = LoginCheck(terminal_id, user, next(self._tickets), stored, secret, self._hasher)
+        ticket = next(self._tickets)
+        check = LoginCheck(terminal_id, user, ticket, stored, secret, self._hasher, conn.source)
         self._checks[check.ticket] = check
         conn.waiting = check.ticket
         return check
@@ -423,7 +426,7 @@ class Broker:
         check = self._finish(verdict.check)
         conn = self._waiter(check)
         if not verdict.ok:
-            self._login_failed(conn, check.terminal_id, check.user, self._clock())
+            self._login_failed(conn, check, self._clock())
             return self._settle()
         stale = self._stale(check, conn)
         if stale or conn is None:
@@ -470,7 +473,7 @@ class Broker:
             self._audit(actor, "login-refused", subject, "another login is being checked")
             return "Another login is being checked. Try again in a moment."
         stored = self.store.user_secret_hash(user) if _USER_NAME.fullmatch(user) else None
-        check = LoginCheck(subject, user, next(self._tickets), stored, secret, self._hasher)
+        check = LoginCheck(subject, user, next(self._tickets), stored, secret, self._hasher, source)
         self._checks[check.ticket] = check
         return check
 
@@ -481,7 +484,7 @@ class Broker:
         actor = f"user:{_printable(check.user, 64)}"
         now = self._clock()
         if not verdict.ok:
-            self._login_by_source.failed(check.terminal_id[len("from ") :], now)
+            self._login_by_source.failed(check.source, now)
             self._login_by_user.failed(_user_key(check.user), now)
             self._audit(actor, "login-failed", check.terminal_id, "wrong secret")
             return "Wrong user name or password."
@@ -506,7 +509,7 @@ class Broker:
         return self._settle()
 
     def _rate_limited(self, conn: _Connection, terminal_id: str, user: str, now: float) -> bool:
-        wait = self._login_wait(terminal_id, user, now)
+        wait = self._login_wait(terminal_id, user, conn.source, now)
         if wait <= 0:
             return False
         if now >= conn.refusal_noted_until:  # one audit line per lockout, not per try
@@ -516,10 +519,14 @@ class Broker:
         conn.notice = f"Too many failed attempts. Try again in {wait} seconds."
         return True
 
-    def _login_wait(self, terminal_id: str, user: str, now: float) -> int:
+    def _login_wait(self, terminal_id: str, user: str, source: str, now: float) -> int:
+        """Seconds until a login may be tried at this terminal, for this user,
+        from this address (each connection of a keyless viewer is a terminal
+        of its own, so the address limit is what a reconnecting guesser meets)."""
         wait = max(
             self._login_by_terminal.retry_after(terminal_id, now),
             self._login_by_user.retry_after(_user_key(user), now),
+            self._login_by_source.retry_after(source, now) if source else 0.0,
         )
         return math.ceil(wait)
 
@@ -574,12 +581,13 @@ class Broker:
         if conn is not None:
             conn.waiting = None
 
-    def _login_failed(
-        self, conn: _Connection | None, terminal_id: str, user: str, now: float
-    ) -> None:
-        self._login_by_terminal.failed(terminal_id, now)
-        self._login_by_user.failed(_user_key(user), now)
-        self._audit(f"user:{_printable(user, 64)}", "login-failed", terminal_id, "wrong secret")
+    def _login_failed(self, conn: _Connection | None, check: LoginCheck, now: float) -> None:
+        self._login_by_terminal.failed(check.terminal_id, now)
+        self._login_by_user.failed(_user_key(check.user), now)
+        if check.source:
+            self._login_by_source.failed(check.source, now)
+        actor = f"user:{_printable(check.user, 64)}"
+        self._audit(actor, "login-failed", check.terminal_id, "wrong secret")
         if conn is not None:
             conn.notice = "Wrong user name or password."
 

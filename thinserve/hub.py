@@ -104,7 +104,7 @@ class Hub:
         for terminal in list(self.terminals.values()):
             proto = terminal.session.proto
             if proto is not None and proto.transport is not None:
-                proto.close()
+                proto.close("thinserve is stopping")
 
     def tick(self) -> None:
         try:
@@ -202,7 +202,7 @@ class Hub:
         if current is not None and current.session is session:
             del self.terminals[terminal_id]
         session.terminal_id = None  # type: ignore[attr-defined]
-        self._close_later(session)
+        self._close_later(session, f"turned away: {text.title}")
         return DrawnScreen(text, width, height)
 
     def _store_fault(self, doing: str, fault: StoreError) -> None:
@@ -266,7 +266,7 @@ class Hub:
         log.info("terminal %s connected again; closing its old connection", terminal_id)
         self.apply(self.broker.terminal_disconnected(terminal_id, id(old.session)))
         if old.session.proto is not None and old.session.proto.transport is not None:
-            old.session.proto.close()
+            old.session.proto.close("the same terminal connected again")
 
     def _detach(self, session: TerminalSession) -> None:
         terminal_id = session.terminal_id  # type: ignore[attr-defined]
@@ -287,7 +287,7 @@ class Hub:
                 self.broker.forget_terminal(terminal_id, "its connection ended")
             except StoreError as exc:  # forgotten later, with the unpaired ones
                 self._store_fault(f"cannot forget terminal {terminal_id}", exc)
-        log.info("terminal %s disconnected", terminal_id)
+        log.info("terminal %s disconnected: %s", terminal_id, session.ended or "closed")
         self.apply(changes)
 
     # -- applying decisions -----------------------------------------------------------
@@ -323,7 +323,7 @@ class Hub:
             session.control = True  # keys go to the form, never to a desktop
             return form
         if screen.kind is ScreenKind.KICKED:
-            self._close_later(session)
+            self._close_later(session, "kicked by the administrator")
         return DrawnScreen(_screen_text(screen), width, height)
 
     def _screen_size(self, terminal_id: str, session: TerminalSession) -> tuple[int, int]:
@@ -366,10 +366,10 @@ class Hub:
     def _login_error(self, failure: Failure, terminal_id: str) -> None:
         log.error("login at terminal %s: %s", terminal_id, failure.getTraceback())
 
-    def _close_later(self, session: TerminalSession) -> None:
+    def _close_later(self, session: TerminalSession, why: str) -> None:
         def close() -> None:
             if session.proto is not None and session.proto.transport is not None:
-                session.proto.close()
+                session.proto.close(why)
 
         self.reactor.callLater(KICK_GRACE, close)  # type: ignore[attr-defined]
 

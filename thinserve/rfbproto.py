@@ -17,6 +17,7 @@ class RFBProtocolBase(protocol.Protocol):
     peer_kind = "peer"  # how log lines name the other side
     error: str | None = None
     registered = False  # registered with the transport as its producer
+    closing = ""  # why this side closes the connection, once it does
 
     def flush(self) -> None:
         """Write everything the connection has queued."""
@@ -36,11 +37,12 @@ class RFBProtocolBase(protocol.Protocol):
         log.warning("%s %s: %s; closing", self.peer_kind, self.peer(), reason)
         self.error = reason
         self.flush()  # a handshake failure carries its reason to the peer
-        self.close()
+        self.close(reason)
 
-    def close(self) -> None:
-        """Close after what is queued.  A registered producer is unregistered
-        first: TLS waits for that before it shuts down."""
+    def close(self, why: str = "closed by thinserve") -> None:
+        """Close after what is queued, for the reason ``why`` (logged at the end).
+        A registered producer is unregistered first: TLS waits for that."""
+        self.closing = self.closing or why
         if self.transport is None:
             return
         if self.registered:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from twisted.internet import interfaces, protocol
+from twisted.internet import error, interfaces, protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -64,7 +64,7 @@ class Session(Protocol):
     def attach(self, proto: RFBServerProtocol) -> None: ...
     def handle(self, event: ServerEvent) -> None: ...
     def resumed(self) -> None: ...
-    def detach(self) -> None: ...
+    def detach(self, why: str) -> None: ...
 
 
 @implementer(interfaces.IPushProducer)
@@ -113,12 +113,13 @@ class RFBServerProtocol(RFBProtocolBase):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._lost = True
+        self.closing = self.closing or _lost_words(reason)
         if self.on_closed is not None:
             self.on_closed()
         self._cancel_deadline()
         if self._attached:
             self._attached = False
-            self.session.detach()
+            self.session.detach(self.closing)
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -198,6 +199,12 @@ class RFBServerProtocol(RFBProtocolBase):
         if self._deadline is not None and self._deadline.active():  # type: ignore[attr-defined]
             self._deadline.cancel()  # type: ignore[attr-defined]
         self._deadline = None
+
+
+def _lost_words(reason: Failure | None) -> str:
+    if reason is None or reason.check(error.ConnectionDone):
+        return "closed by the terminal"
+    return f"connection lost ({reason.getErrorMessage()})"
 
 
 class RFBServerFactory(protocol.Factory):

@@ -9,6 +9,7 @@ both the admin API and the terminals while the command waits for answers.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import select
@@ -159,7 +160,10 @@ def run_in_pty(argv: list[str], answers: list[tuple[bytes, bytes]]) -> tuple[int
 
 # -- pairing by code, snapshot, unpair, kick --------------------------------------------------
 @pytest_twisted.ensureDeferred
-async def test_pair_by_code_snapshot_unpair_and_kick(xvnc, tmp_path: Path) -> None:
+async def test_pair_by_code_snapshot_unpair_and_kick(
+    xvnc, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="thinserve.hub")
     server = xvnc(size=(320, 240))
     frame = office_frame(320, 240)
     server.paint(frame)
@@ -210,6 +214,9 @@ async def test_pair_by_code_snapshot_unpair_and_kick(xvnc, tmp_path: Path) -> No
 
         await cli_ok(sock, "kick", tid)
         await wait_for(lambda: term.closed, 15, "the kicked terminal's connection to close")
+        await wait_for(lambda: tid not in ts.hub.terminals, 15, "thinserve to see it go")  # type: ignore[union-attr]
+        said = [r.getMessage() for r in caplog.records]
+        assert f"terminal {tid} disconnected: kicked by the administrator" in said
         row = await terminal_row(sock, tid)
         assert not row["connected"] and row["shows"] is None and row["last_seen"] > 0
 

@@ -73,6 +73,7 @@ class TerminalSession:
         self.height = 0
         self.wanted_size: tuple[int, int] | None = None
         self.pending_size: tuple[int, int] | None = None  # asked of the desktop
+        self.ended = ""  # why the connection ended, once it has
         self.ignored: set[str] = set()  # what the terminal sent that was ignored, noted once
         self.bytes_sent = 0
         self.updates_sent = 0
@@ -92,7 +93,8 @@ class TerminalSession:
         if self.source is None:
             self.show(source, control=self.control)
 
-    def detach(self) -> None:
+    def detach(self, why: str = "") -> None:
+        self.ended = why
         self._unwatch()
         self._drop_stream()
         self.proto = None

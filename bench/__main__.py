@@ -4,8 +4,12 @@
 each encoding on still contents; ``python -m bench relay``: real workloads
 replayed on Xvnc desktops and watched directly, through a byte relay and
 through thinserve; ``python -m bench``: both.  ``python -m bench tls``: what
-VeNCrypt X509None costs next to None, through thinserve.  Tables go to stdout,
-progress to stderr; docs/performance.md explains every column.
+VeNCrypt X509None costs next to None, through thinserve.  ``python -m bench
+flood``: a paired terminal before, during and after a flood of fake
+terminals from many addresses; ``python -m bench soak``: terminals
+connecting, typing and leaving for minutes, thinserve's memory and
+descriptors over time (neither is part of the default run).  Tables go to
+stdout, progress to stderr; docs/performance.md explains every column.
 """
 
 from __future__ import annotations
@@ -16,10 +20,18 @@ import sys
 import time
 
 from .content import CONTENTS
-from .options import RELAY_SIZES, RELAY_WORKLOADS, Options, RelayOptions, TLSOptions
+from .options import (
+    RELAY_SIZES,
+    RELAY_WORKLOADS,
+    FloodOptions,
+    Options,
+    RelayOptions,
+    SoakOptions,
+    TLSOptions,
+)
 from .xvnc import INSTALL_HINT, xvnc_path, xvnc_version
 
-COMMANDS = ("all", "encodings", "relay", "tls")
+COMMANDS = ("all", "encodings", "relay", "tls", "flood", "soak")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,7 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="thinserve's benchmarks: 'encodings' (speed and bytes of each encoding "
         "next to TigerVNC's Xvnc), 'relay' (latency, frames, bytes, CPU, memory and scale "
         "of real workloads: direct, byte relay, thinserve); no command runs both. 'tls' "
-        "(connection set-up, typing and full-frame times over X509None next to None).",
+        "(connection set-up, typing and full-frame times over X509None next to None). "
+        "'flood' (a paired terminal before, during and after a flood of fake terminals), "
+        "'soak' (terminals coming and going for minutes: memory, descriptors, latency).",
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="all")
     parser.add_argument("--quick", action="store_true", help="the short run (see docs)")
@@ -63,7 +77,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     relay.add_argument("--no-scale", action="store_true", help="skip the scale test")
     relay.add_argument("--no-footprint", action="store_true", help="skip memory and idle CPU")
     relay.add_argument("--no-qemu", action="store_true", help="skip the QEMU peer")
-    return parser.parse_args(argv)
+    floods = parser.add_argument_group("flood and soak")
+    floods.add_argument(
+        "--addresses",
+        type=int,
+        help="flood: fake terminals, one per address (default 2000, quick 500)",
+    )
+    floods.add_argument("--minutes", type=float, help="soak: how long (default 30, quick 1)")
+    args = parser.parse_args(argv)
+    if args.addresses is not None and not 1 <= args.addresses <= 60_000:
+        parser.error("--addresses: from 1 to 60000")
+    if args.minutes is not None and not 0.1 <= args.minutes <= 24 * 60:
+        parser.error("--minutes: from 0.1 to 1440")
+    return args
 
 
 def install_reactor() -> None:
@@ -154,12 +180,55 @@ async def tls(options: TLSOptions) -> int:
     return 0
 
 
+async def flood(options: FloodOptions) -> int:
+    from . import flood as flood_suite
+    from . import floodreport, processes
+    from .relay import stderr_progress
+    from .report import load, machine_lines
+    from .xvnc import XvncError
+
+    pinned = processes.pin_benchmark()
+    machine = machine_lines(peer_description(True))
+    started = time.monotonic()
+    try:
+        result = await flood_suite.run(options, stderr_progress)
+    except (XvncError, ConnectionError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(floodreport.render(result, machine, pinned)))
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
+    return 0
+
+
+async def soak(options: SoakOptions) -> int:
+    from . import processes
+    from . import soak as soak_suite
+    from .relay import stderr_progress
+    from .report import load, machine_lines
+    from .xvnc import XvncError
+
+    pinned = processes.pin_benchmark()
+    machine = machine_lines(peer_description(True))
+    started = time.monotonic()
+    try:
+        await soak_suite.run(options, machine, pinned, stderr_progress)
+    except (XvncError, ConnectionError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
+    return 0
+
+
 def _sizes(args: argparse.Namespace) -> tuple[tuple[int, int], ...]:
     return tuple((int(w), int(h)) for w, h in (size.split("x") for size in args.size))
 
 
 async def run_command(args: argparse.Namespace) -> int:
     status = 0
+    if args.command == "flood":
+        return await flood(FloodOptions.of(args.quick, args.addresses))
+    if args.command == "soak":
+        return await soak(SoakOptions.of(args.quick, args.minutes))
     if args.command == "tls":
         tls_options = TLSOptions.of(args.quick)
         if args.size:
@@ -189,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "all" and args.no_xvnc:
         args.command = "encodings"  # the relay suite needs Xvnc
-    needs_xvnc = args.command in ("relay", "tls") or not args.no_xvnc
+    needs_xvnc = args.command in ("relay", "tls", "flood", "soak") or not args.no_xvnc
     if needs_xvnc and xvnc_path() is None:
         print(f"error: Xvnc is not installed: {INSTALL_HINT} (or pass --no-xvnc)", file=sys.stderr)
         return 2

@@ -4,15 +4,17 @@ Each peer connects from its own source address (127.0.0.0/8 has plenty),
 speaks RFB 3.8 with security type None, sends ClientInit, asks for Raw and
 for one pixel of the screen (a full, non-incremental request), reads that
 20-byte update, and then sits idle, as a flood of abandoned terminals
-would.  A refused peer records the server's reason.  Used by the flood test
-and by ``python -m bench soak``.
+would.  A refused peer records the server's reason, and every peer when
+it was begun and when it first reached each stage.  Used by the flood test
+and, through bench/floodproc.py, by ``python -m bench flood`` and ``soak``.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.interfaces import IReactorTCP
@@ -25,6 +27,8 @@ class PeerState:
     source: str
     stage: str = "connecting"  # connecting, handshake, admitted, updated, refused, closed
     reason: str = ""
+    started: float = 0.0  # perf_counter when the connection was begun
+    reached: dict[str, float] = field(default_factory=dict)  # stage -> perf_counter, first time
 
 
 class FloodPeer(protocol.Protocol):
@@ -107,6 +111,7 @@ class FloodPeer(protocol.Protocol):
 
     def _set(self, stage: str) -> None:
         self.state.stage = stage
+        self.state.reached.setdefault(stage, time.perf_counter())
         self._changed()
 
 
@@ -135,6 +140,18 @@ def sources(count: int, prefix: str = "127.3") -> list[str]:
     return [f"{prefix}.{n // 250}.{n % 250 + 1}" for n in range(count)]
 
 
+def connect_peer(
+    reactor: IReactorTCP, port: int, state: PeerState, changed: Callable[[], None]
+) -> tuple[FloodPeer, defer.Deferred[FloodPeer]]:
+    """Begin one peer's connection from ``state.source``: the peer and the attempt."""
+    endpoint = endpoints.TCP4ClientEndpoint(
+        reactor, "127.0.0.1", port, timeout=30, bindAddress=(state.source, 0)
+    )
+    peer = FloodPeer(state, changed)
+    state.started = time.perf_counter()
+    return peer, endpoint.connect(protocol.Factory.forProtocol(lambda: peer))
+
+
 async def flood(
     reactor: IReactorTCP, port: int, addresses: Sequence[str], changed: Callable[[], None]
 ) -> Flood:
@@ -143,12 +160,9 @@ async def flood(
     protocols: list[FloodPeer] = []
 
     def connect(state: PeerState) -> defer.Deferred[FloodPeer]:
-        endpoint = endpoints.TCP4ClientEndpoint(
-            reactor, "127.0.0.1", port, timeout=30, bindAddress=(state.source, 0)
-        )
-        peer = FloodPeer(state, changed)
+        peer, attempt = connect_peer(reactor, port, state, changed)
         protocols.append(peer)
-        return endpoint.connect(protocol.Factory.forProtocol(lambda: peer))
+        return attempt
 
     attempts = [connect(p) for p in peers]
     for state, result in zip(

@@ -91,3 +91,55 @@ class TLSOptions:
         if quick:
             return cls((RELAY_SIZES[0],), 60, 3, ("typing", "video"), 3, 3.0)
         return cls(RELAY_SIZES, 200, 5, ("typing", "video"), 4, 5.0)
+
+
+@dataclass(frozen=True)
+class FloodOptions:
+    """What ``python -m bench flood`` does: a flood of fake terminals from many
+    addresses while one paired terminal watches a desktop being typed into."""
+
+    addresses: int  # fake terminals, one per address
+    size: tuple[int, int]  # the desktop's screen
+    phase_seconds: float  # length of the before and after phases
+    hold_seconds: float  # the flood held this long once settled (during phase)
+    during_max: float  # the during phase ends after this at the latest
+    crowd: int  # extra fake terminals from one address (max_per_address + 2)
+    max_per_address: int
+
+    @classmethod
+    def of(cls, quick: bool, addresses: int | None = None) -> FloodOptions:
+        if quick:
+            return cls(addresses or 500, RELAY_SIZES[0], 6.0, 5.0, 60.0, 6, 4)
+        return cls(addresses or 2000, RELAY_SIZES[0], 15.0, 10.0, 120.0, 6, 4)
+
+    @property
+    def max_unpaired(self) -> int:
+        """Three quarters of the flood may wait to be paired."""
+        return max(1, self.addresses * 3 // 4)
+
+    @property
+    def max_connections(self) -> int:
+        """Nine tenths of the flood, the crowd's first connections and the
+        paired terminal may be connected; the rest are refused."""
+        return max(2, self.addresses * 9 // 10 + self.max_per_address + 1)
+
+
+@dataclass(frozen=True)
+class SoakOptions:
+    """What ``python -m bench soak`` does, and for how long."""
+
+    minutes: float
+    interval: float  # seconds between table rows
+    terminals: int  # paired terminals, each with its own desktop
+    size: tuple[int, int]  # the desktops' screens
+    keys: tuple[int, int]  # keys typed per connection: at least, at most
+    key_gap: float  # seconds between one echo and the next key
+    pause: tuple[float, float]  # seconds between connections: at least, at most
+    churn: int  # fake terminals reconnecting at a time
+    max_unpaired: int  # thinserve's cap, under the churn: some are turned away
+
+    @classmethod
+    def of(cls, quick: bool, minutes: float | None = None) -> SoakOptions:
+        if quick:
+            return cls(minutes or 1.0, 5.0, 24, (640, 480), (10, 30), 0.15, (0.5, 2.0), 40, 32)
+        return cls(minutes or 30.0, 30.0, 24, (640, 480), (10, 30), 0.15, (0.5, 2.0), 80, 64)

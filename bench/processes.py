@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .xvnc import XvncError, _port_open, free_port
 
@@ -49,6 +52,14 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process has open (its /proc/PID/fd entries)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 @dataclass
@@ -161,3 +172,79 @@ def config_toml(port: int, desktops: list[tuple[str, int]], server: tuple[str, .
     for name, desktop_port in desktops:
         lines += ["", "[[desktop]]", f'name = "{name}"', f'address = "127.0.0.1:{desktop_port}"']
     return "\n".join(lines) + "\n"
+
+
+class LineProcess:
+    """A helper process of the benchmark (``python -m bench.NAME ...``) that
+    reports JSON objects, one a line, on stdout and reads commands, one a
+    line, on stdin.  A thread keeps every report; ``last(event)`` is the
+    newest report of that ``event``.  ``stop`` closes its stdin (the helper
+    ends by itself), then terminates it if it lingers."""
+
+    MAX_REPORTS = 100_000  # older reports are dropped past this
+
+    def __init__(self, module: str, args: list[str]) -> None:
+        self.args = [sys.executable, "-m", module, *args]
+        self.process: subprocess.Popen[bytes] | None = None
+        self.reports: list[dict[str, Any]] = []
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (its stderr, kept open while it runs)
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log
+        )
+        atexit.register(self.stop)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(report, dict):
+                continue
+            with self._lock:
+                self.reports.append(report)
+                del self.reports[: -self.MAX_REPORTS]
+                self.latest[str(report.get("event", ""))] = report
+
+    def last(self, event: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self.latest.get(event)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def send(self, command: str) -> None:
+        """One command line to the helper; ignored once it has ended."""
+        if self.process is None or self.process.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.process.stdin.write(command.encode() + b"\n")
+            self.process.stdin.flush()
+
+    def errors(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace").strip()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        atexit.unregister(self.stop)
+        process = self.process
+        if process is None:
+            return
+        if process.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                process.stdin.close()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            end(process)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        self.process = None

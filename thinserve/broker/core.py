@@ -300,8 +300,25 @@ class Broker:
         conn = self._conns.get(terminal_id)
         if conn is None or (connection is not None and conn.handle != connection):
             return self._take([])
+        alone = self._claims_nothing(terminal_id)
         self._drop(terminal_id, "terminal disconnected")
+        if alone:
+            del self._shown[terminal_id]
+            self._code_expiry.pop(terminal_id, None)
+            return self._take([])
         return self._settle()
+
+    def _claims_nothing(self, terminal_id: str) -> bool:
+        """Whether a terminal's leaving can change nobody else's screen: it shows
+        a screen (no desktop, so no session and no lease), nobody is logged in
+        there, and terminals get no pool desktops.  Re-deciding every terminal
+        for each departure would make a flood's end cost O(n^2)."""
+        return (
+            terminal_id in self._shown
+            and not isinstance(self._shown[terminal_id], ShowDesktop)
+            and terminal_id not in self._logins
+            and self.config.unknown_terminal != "pool"
+        )
 
     def forget_terminal(self, terminal_id: str, why: str) -> None:
         """Forget a terminal that is gone for good (one that lasted one

@@ -248,6 +248,15 @@ class ProcessWatch:
 
 
 # --- on-demand start ---------------------------------------------------------------------------
+def slow_hypervisor(tmp_path: Path) -> Path:
+    """The real QEMU, started a second late: a warm QEMU is on its console in
+    tens of milliseconds, too soon for any terminal to see a starting screen;
+    a real hypervisor host (a VM image on a busy disk) is much slower."""
+    wrapper = tmp_path / "slow-qemu-system-x86_64"
+    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+    wrapper.write_text(f'#!/bin/sh\nsleep 1\nexec {qemu} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
 
 
 @pytest_twisted.ensureDeferred
@@ -267,6 +276,7 @@ async def test_on_demand_start_shows_progress_then_the_desktop(tmp_path: Path) -
         nic=None,
         boot_timeout=60.0,
         shutdown_timeout=2.0,
+        qemu_binary=str(slow_hypervisor(tmp_path)),
     )
     backend = QemuBackend([config])
     broker_config = pool_of("vm")

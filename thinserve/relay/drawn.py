@@ -8,10 +8,10 @@ screen nobody needs any more is dropped from the cache as others come.  So
 a flood of connections that never get a desktop costs a few hundred bytes
 each, not a framebuffer each.
 
-Drawing takes a few milliseconds.  Screens wait their turn in one queue
-and are drawn one per turn of the reactor, so a burst of arriving
-terminals never holds up the terminals already at work: between two
-drawings the reactor serves everything else.
+Drawing takes a few milliseconds.  At most one screen is drawn per turn
+of the reactor; others wait their turn in one queue, so a burst of
+arriving terminals never holds up the terminals already at work: between
+two drawings the reactor serves everything else.
 """
 
 from __future__ import annotations
@@ -45,12 +45,10 @@ class DrawnScreen(Source):
 
     @property
     def settled(self) -> bool:
-        """Whether the picture is drawn; if not, it is queued, and whoever
-        watches is told (as damage to the whole screen) once it is."""
-        if self._key in _cache:
-            return True
-        _queue.add(self)
-        return False
+        """Whether the picture is drawn (now, if this turn has drawn nothing
+        yet); if not, it is queued, and whoever watches is told (as damage
+        to the whole screen) once it is."""
+        return self._key in _cache or _queue.draw_or_queue(self)
 
     @property
     def width(self) -> int:
@@ -62,34 +60,42 @@ class DrawnScreen(Source):
 
 
 class _DrawQueue:
-    """Screens waiting to be drawn, one drawing per turn of the reactor."""
+    """At most one drawing per turn of the reactor: the first screen asked for
+    in a turn is drawn at once, later ones wait for turns of their own."""
 
     def __init__(self) -> None:
         self.waiting: OrderedDict[_Key, list[DrawnScreen]] = OrderedDict()
-        self._turn: object | None = None
+        self._turn: object | None = None  # set while this turn has drawn
 
-    def add(self, screen: DrawnScreen) -> None:
+    def draw_or_queue(self, screen: DrawnScreen) -> bool:
+        """Draw ``screen`` now (True) or queue it (False: its watchers are told)."""
+        if self._turn is None:
+            picture(screen._key, screen.text, *screen._size)
+            self._next_turn()
+            return True
         screens_of_key = self.waiting.setdefault(screen._key, [])
         if screen not in screens_of_key:
             screens_of_key.append(screen)
-        if self._turn is None:
-            from twisted.internet import reactor
+        return False
 
-            self._turn = reactor.callLater(0, self._draw_next)  # type: ignore[attr-defined]
+    def _next_turn(self) -> None:
+        from twisted.internet import reactor
 
-    def _draw_next(self) -> None:
+        self._turn = reactor.callLater(0, self._on_turn)  # type: ignore[attr-defined]
+
+    def _on_turn(self) -> None:
+        """Draw the oldest screen still watched (those nobody watches any more
+        are dropped on the way), and tell its watchers."""
         self._turn = None
-        key, waiting = self.waiting.popitem(last=False)
-        watched = [s for s in waiting if s.listeners]
-        if watched:
-            first = watched[0]
-            picture(key, first.text, *first._size)
-            for screen in watched:
-                screen.damaged_grid(np.ones(tile_grid_shape(*screen._size), dtype=bool))
-        if self.waiting and self._turn is None:
-            from twisted.internet import reactor
-
-            self._turn = reactor.callLater(0, self._draw_next)  # type: ignore[attr-defined]
+        while self.waiting:
+            key, waiting = self.waiting.popitem(last=False)
+            watched = [s for s in waiting if s.listeners]
+            if watched:
+                picture(key, watched[0].text, *watched[0]._size)
+                self._next_turn()
+                for screen in watched:
+                    screen.damaged_grid(np.ones(tile_grid_shape(*screen._size), dtype=bool))
+                return
 
 
 _queue = _DrawQueue()

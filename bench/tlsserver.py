@@ -11,19 +11,16 @@ configuration and checks, before measuring, that it offers both.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from protocols.rfb.constants import SecurityType, VeNCryptSubtype
 from thinserve.rfbclient import ClientOptions
-from thinserve.tls import make_self_signed
+from thinserve.tls import make_self_signed, self_signed
 
 from . import processes
 from .xvnc import XvncError
@@ -44,18 +41,7 @@ def make_keys(folder: Path) -> Keys:
     server_cert, server_key = str(folder / "server.crt"), str(folder / "server.key")
     make_self_signed(server_cert, server_key, "127.0.0.1")
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-terminal")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    certificate = self_signed(key, "bench-terminal", days=30)  # a terminal's client certificate
     return Keys(server_cert, server_key, certificate, key)
 
 

@@ -79,10 +79,11 @@ class Credentials:
             blocked = self.blacklist.failed(host)
             then = f"; blocked for {blocked} s" if blocked else ""
             # Hot-desk logins are audited by the broker, which checked them.
-            self._note(host, "auth-failed", f"{who}: {refusal}{then}", not self._hot_desk(given))
+            self._note(host, "auth-failed", f"{who}: {refusal}{then}", not self.hot_desk(given))
         return refusal
 
-    def _hot_desk(self, given: Given) -> bool:
+    def hot_desk(self, given: Given) -> bool:
+        """Whether ``given`` names a hot-desk user (not a fixed one)."""
         return isinstance(given, PlainCredentials) and given.username not in self.users
 
     def _note(self, host: str, action: str, detail: str, audit: bool = True) -> None:

@@ -170,9 +170,7 @@ class Hub:
         ``max_unpaired`` terminals already wait without a desktop."""
         if user is not None or self.broker.store.pairing_for(terminal_id) is not None:
             return False
-        shown = self.broker.snapshot().shown
-        waiting = sum(not isinstance(a, ShowDesktop) for a in shown.values())
-        return waiting >= self.max_unpaired
+        return self.broker.waiting_count() >= self.max_unpaired
 
     def _turn_away(self, session: TerminalSession, terminal_id: str, host: str) -> Source:
         log.warning(

@@ -64,9 +64,6 @@ class SecurityPolicy:
             return (plain, *x509)  # viewers choose in the server's order: unchanged on loopback
         return tuple(x509)
 
-    def plain_beyond_loopback(self) -> bool:
-        return self.allow_none == "all"
-
 
 @dataclass(frozen=True)
 class ServerCertificate:

@@ -25,7 +25,7 @@ from protocols.rfb.handshake import PlainCredentials, StartTLS, VncAuthResponse
 from protocols.rfb.server import ServerConnection, ServerEvent
 
 from .admission import Admission, Refusal
-from .credentials import CheckLogin, Credentials
+from .credentials import Credentials
 from .linksecurity import SecurityPolicy
 from .rfbproto import RFBProtocolBase
 
@@ -42,16 +42,15 @@ class ServerOptions:
     cert_file: str | None = None  # X509 subtypes
     key_file: str | None = None
     # When set, the methods offered depend on the peer's address (and
-    # ``methods`` is not used); hot-desk users log in through ``check_login``.
+    # ``methods`` is not used).
     policy: SecurityPolicy | None = None
-    check_login: CheckLogin | None = None
-    # What checks passwords (with a blacklist per source): made from the
-    # fields above unless given.
+    # What checks passwords (with a blacklist per source, and hot-desk users):
+    # made from ``password`` and ``users`` unless given.
     credentials: Credentials | None = None
 
     def __post_init__(self) -> None:
         if self.credentials is None:
-            made = Credentials(self.password, self.users, self.check_login)
+            made = Credentials(self.password, self.users)
             object.__setattr__(self, "credentials", made)
 
     def methods_for(self, host: str) -> tuple[int, ...]:
@@ -178,7 +177,8 @@ class RFBServerProtocol(RFBProtocolBase):
         if self._lost:
             return
         if refusal is None and isinstance(event, PlainCredentials):
-            self.login_user = event.username if event.username not in self.options.users else None
+            assert self.options.credentials is not None
+            self.login_user = event.username if self.options.credentials.hot_desk(event) else None
         self._answer_auth(refusal is None, refusal or "")
         self.flush()
 

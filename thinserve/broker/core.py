@@ -378,6 +378,11 @@ class Broker:
         """When the earliest pairing code on screen expires, if any."""
         return min(self._code_expiry.values(), default=None)
 
+    def waiting_count(self) -> int:
+        """How many connected terminals show a screen rather than a desktop
+        (counted without copying the state, as ``snapshot`` would)."""
+        return sum(not isinstance(a, ShowDesktop) for a in self._shown.values())
+
     def snapshot(self) -> BrokerState:
         return BrokerState(
             connected=tuple(self._conns),
@@ -476,12 +481,7 @@ class Broker:
             return "User logins are not enabled on this server."
         now = self._clock()
         subject = f"from {_printable(source, 100)}"
-        wait = math.ceil(
-            max(
-                self._login_by_source.retry_after(source, now),
-                self._login_by_user.retry_after(_user_key(user), now),
-            )
-        )
+        wait = self._login_wait(subject, user, source, now)
         actor = f"user:{_printable(user, 64)}"
         if wait > 0:
             self._audit(actor, "login-refused", subject, f"rate limited for {wait} s")
@@ -499,11 +499,8 @@ class Broker:
         in (then ``login_verified`` once connected), else the refusal."""
         check = self._finish(verdict.check)
         actor = f"user:{_printable(check.user, 64)}"
-        now = self._clock()
         if not verdict.ok:
-            self._login_by_source.failed(check.source, now)
-            self._login_by_user.failed(_user_key(check.user), now)
-            self._audit(actor, "login-failed", check.terminal_id, "wrong secret")
+            self._login_failed(None, check, self._clock())
             return "Wrong user name or password."
         if self._own_desktop(check.user) is None and self.config.user_pool is None:
             self._audit(actor, "login-failed", check.terminal_id, "no desktop for this user")

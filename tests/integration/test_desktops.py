@@ -219,6 +219,12 @@ def xvnc_pid(backend: XvncBackend, name: str) -> int | None:
     return backend.session(name).processes()[0]
 
 
+def xterm_shown(frame: np.ndarray, typed: Path) -> bool:
+    """Whether the session's xterm runs and is drawn: its shell made ``typed``,
+    and its white window is in the top left corner (the root window is black)."""
+    return typed.exists() and frame.shape[0] > 20 and bool((frame[5:20, 5:20] == 0xFFFFFF).any())
+
+
 async def type_into_xterm(term: Terminal, text: str) -> None:
     term.pointer(60, 40)  # over the xterm: without a window manager focus follows the pointer
     await sleep(0.3)
@@ -516,8 +522,9 @@ async def test_reset_on_release_gives_the_next_user_a_fresh_session(
     typed = tmp_path / "k-1.typed"
     try:
         first = await FilmingTerminal().connect(site.port, "127.0.0.2")
+        await wait_for(lambda: xterm_shown(manager.mirrors["k-1"].framebuffer, typed), 20, "xterm")
         await first.wait_mirror(site, "k-1")
-        fresh = manager.mirrors["k-1"].framebuffer.copy()
+        fresh = manager.mirrors["k-1"].framebuffer.copy()  # the session as it starts, xterm up
         await type_into_xterm(first, "private notes\n")
         await wait_for(lambda: typed.read_text() == "private notes\n", 20, "typed text")
         mirror = manager.mirrors["k-1"]

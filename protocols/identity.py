@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from .terminal_ids import ID_CHARS, KEY_ID_PREFIX, is_key_id
 
@@ -51,9 +52,9 @@ def fingerprint(spki_der: bytes) -> str:
     return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
 
 
-def public_key_fingerprint(key: object) -> str:
+def public_key_fingerprint(key: PublicKeyTypes) -> str:
     """The fingerprint of a ``cryptography`` public key object."""
-    spki = key.public_bytes(  # type: ignore[attr-defined]
+    spki = key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return fingerprint(spki)

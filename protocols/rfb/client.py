@@ -101,7 +101,7 @@ ClientEvent = (
 )
 
 
-class ClientConnection(Connection):
+class ClientConnection(Connection[ClientHandshake]):
     def __init__(
         self,
         *,
@@ -121,7 +121,6 @@ class ClientConnection(Connection):
         self.in_update = False
         self._copies: list[tuple[Rect, int, int]] = []  # CopyRects of the update being read
         self.name = ""
-        self.server_pixel_format: PixelFormat | None = None
         self.codec: PixelCodec | None = None
         self._colour_map = DEFAULT_COLOUR_MAP.copy()
         self._decoders: dict[int, Decoder] = {}
@@ -158,7 +157,6 @@ class ClientConnection(Connection):
     def _apply_server_init(self, init: m.ServerInit) -> None:
         self.framebuffer = np.zeros((init.height, init.width), dtype=np.uint32)
         self.name = init.name
-        self.server_pixel_format = init.pixel_format
         self.codec = PixelCodec(init.pixel_format, self._colour_map)
         self.screens = (m.Screen(0, 0, 0, init.width, init.height),)
         self._events.append(
@@ -175,12 +173,12 @@ class ClientConnection(Connection):
             self._events.append(m.Bell())
         elif kind == ServerMsg.SERVER_CUT_TEXT:
             msg = yield from m.read_cut_text(self.limits, from_server=True)
-            self._receive_clipboard(msg)  # type: ignore[arg-type]
+            self._receive_clipboard(msg)
         elif kind == ServerMsg.END_OF_CONTINUOUS_UPDATES:
             self._end_of_continuous_updates()
         elif kind == ServerMsg.SERVER_FENCE:
             fence = yield from m.read_fence(self.limits, from_server=True)
-            self._receive_fence(fence)  # type: ignore[arg-type]
+            self._receive_fence(fence)
         else:
             raise ProtocolError(f"unknown server message type {kind}")
 
@@ -220,7 +218,7 @@ class ClientConnection(Connection):
         self.in_update = True
         changed: list[Rect] = []
         encodings: list[int] = []
-        self._copies: list[tuple[Rect, int, int]] = []
+        self._copies = []
         for _ in range(count):
             header = yield 12
             x, y, w, h, encoding = struct.unpack(">HHHHi", header)
@@ -316,8 +314,8 @@ class ClientConnection(Connection):
         self._events.append(event)
 
     # -- sending ----------------------------------------------------------------------
-    def _send(self, msg: object) -> None:
-        self._out += msg.pack()  # type: ignore[attr-defined]
+    def _send(self, msg: m.ClientMessage) -> None:
+        self._out += msg.pack()
 
     def set_pixel_format(self, pf: PixelFormat) -> None:
         pf.validate()

@@ -9,15 +9,18 @@ between two calls of ``data_to_send``.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .handshake import ClientHandshake, HandshakeDone, ServerHandshake
 from .limits import Limits
 from .stream import StreamDriver
 
+# The role's own handshake, so a role can reach what only its side has.
+HandshakeT = TypeVar("HandshakeT", bound=ClientHandshake | ServerHandshake)
 
-class Connection:
-    def __init__(self, handshake: ClientHandshake | ServerHandshake, limits: Limits) -> None:
+
+class Connection(Generic[HandshakeT]):
+    def __init__(self, handshake: HandshakeT, limits: Limits) -> None:
         self.limits = limits
         self._handshake = handshake
         self._out = bytearray()

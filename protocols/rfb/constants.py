@@ -84,15 +84,6 @@ class Encoding(enum.IntEnum):
     EXTENDED_CLIPBOARD = 0xC0A1E5CE - (1 << 32)
 
 
-LOSSLESS_RECT_ENCODINGS = (
-    Encoding.RAW,
-    Encoding.RRE,
-    Encoding.HEXTILE,
-    Encoding.ZLIB,
-    Encoding.ZRLE,
-)
-
-
 def jpeg_quality_level(encoding: int) -> int | None:
     """Quality level 0..9 for a JPEG quality pseudo-encoding, else None."""
     if Encoding.JPEG_QUALITY_0 <= encoding <= Encoding.JPEG_QUALITY_9:

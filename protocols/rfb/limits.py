@@ -12,7 +12,6 @@ class Limits:
     max_pixels: int = 8192 * 8192
     max_cut_text: int = 16 * 1024 * 1024
     max_encodings: int = 1024
-    max_rects_per_update: int = 65535
     max_reason: int = 64 * 1024
     max_name: int = 64 * 1024
     max_fence_payload: int = 64

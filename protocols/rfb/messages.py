@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
-from .constants import CLIPBOARD_ACTIONS, ClientMsg, ClipboardFlag, ServerMsg
+from .constants import (
+    CLIPBOARD_ACTIONS,
+    QEMU_EXTENDED_KEY_EVENT_SUBTYPE,
+    ClientMsg,
+    ClipboardFlag,
+    ServerMsg,
+)
 from .errors import ProtocolError, require
 from .limits import Limits
 from .pixelformat import PIXEL_FORMAT_SIZE, PixelFormat
-
-MsgReader = Generator[int, bytes, object]
 
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
@@ -141,7 +145,14 @@ class QemuKeyEvent:
     keycode: int
 
     def pack(self) -> bytes:
-        return struct.pack(">BBHII", ClientMsg.QEMU, 0, int(self.down), self.keysym, self.keycode)
+        return struct.pack(
+            ">BBHII",
+            ClientMsg.QEMU,
+            QEMU_EXTENDED_KEY_EVENT_SUBTYPE,
+            int(self.down),
+            self.keysym,
+            self.keycode,
+        )
 
 
 @dataclass(frozen=True)
@@ -329,10 +340,11 @@ ClientMessage = (
     | Fence
     | SetDesktopSize
 )
+MsgReader = Generator[int, bytes, ClientMessage]
 
 
 # -- readers -------------------------------------------------------------------
-def read_client_message(limits: Limits) -> Generator[int, bytes, ClientMessage]:
+def read_client_message(limits: Limits) -> MsgReader:
     """Read one client-to-server message (after ClientInit)."""
     (kind,) = yield 1
     reader = _CLIENT_READERS.get(kind)
@@ -375,7 +387,9 @@ def _read_client_cut_text(limits: Limits) -> MsgReader:
     return (yield from read_cut_text(limits, from_server=False))
 
 
-def read_cut_text(limits: Limits, from_server: bool) -> MsgReader:
+def read_cut_text(
+    limits: Limits, from_server: bool
+) -> Generator[int, bytes, CutText | ExtendedClipboard]:
     """Cut text after its type byte: plain Latin-1 or Extended Clipboard."""
     data = yield 7
     (length,) = _S32.unpack_from(data, 3)
@@ -432,7 +446,7 @@ def _read_client_fence(limits: Limits) -> MsgReader:
     return (yield from read_fence(limits, from_server=False))
 
 
-def read_fence(limits: Limits, from_server: bool) -> MsgReader:
+def read_fence(limits: Limits, from_server: bool) -> Generator[int, bytes, Fence]:
     data = yield 8
     flags, length = struct.unpack_from(">IB", data, 3)
     require(length <= limits.max_fence_payload, f"fence payload of {length} bytes")
@@ -450,13 +464,16 @@ def _read_set_desktop_size(limits: Limits) -> MsgReader:
 
 def _read_qemu(limits: Limits) -> MsgReader:
     (subtype,) = yield 1
-    require(subtype == 0, f"unsupported QEMU client message subtype {subtype}")
+    require(
+        subtype == QEMU_EXTENDED_KEY_EVENT_SUBTYPE,
+        f"unsupported QEMU client message subtype {subtype}",
+    )
     data = yield 10
     down, keysym, keycode = struct.unpack(">HII", data)
     return QemuKeyEvent(down != 0, keysym, keycode)
 
 
-_CLIENT_READERS = {
+_CLIENT_READERS: dict[int, Callable[[Limits], MsgReader]] = {
     ClientMsg.SET_PIXEL_FORMAT: _read_set_pixel_format,
     ClientMsg.SET_ENCODINGS: _read_set_encodings,
     ClientMsg.FRAMEBUFFER_UPDATE_REQUEST: _read_update_request,

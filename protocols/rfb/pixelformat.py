@@ -145,23 +145,28 @@ class PixelCodec:
         if not self.pf.true_colour:
             return ((px >> 16) & 0xE0 | ((px >> 11) & 0x1C) | ((px >> 6) & 0x03)).astype(np.uint32)
         if self.pf.is_native or self._same_layout_as_native:
-            return px & 0x00FFFFFF
+            low: np.ndarray = px & 0x00FFFFFF
+            return low
         r_lut, g_lut, b_lut = self._to_luts
-        return r_lut[(px >> 16) & 0xFF] | g_lut[(px >> 8) & 0xFF] | b_lut[px & 0xFF]
+        words: np.ndarray = r_lut[(px >> 16) & 0xFF] | g_lut[(px >> 8) & 0xFF] | b_lut[px & 0xFF]
+        return words
 
     def from_words(self, words: np.ndarray) -> np.ndarray:
         """Internal pixels for wire pixel values (uint32, host order)."""
         w = np.asarray(words, dtype=np.uint32)
         if not self.pf.true_colour:
-            return self.colour_map[w & 0xFF]
+            mapped: np.ndarray = self.colour_map[w & 0xFF]
+            return mapped
         if self._same_layout_as_native:
-            return w & 0x00FFFFFF
+            low: np.ndarray = w & 0x00FFFFFF
+            return low
         pf = self.pf
         r_lut, g_lut, b_lut = self._from_luts
         r = r_lut[(w >> pf.red_shift) & pf.red_max]
         g = g_lut[(w >> pf.green_shift) & pf.green_max]
         b = b_lut[(w >> pf.blue_shift) & pf.blue_max]
-        return (r << 16) | (g << 8) | b
+        pixels: np.ndarray = (r << 16) | (g << 8) | b
+        return pixels
 
     def to_wire(self, pixels: np.ndarray) -> bytes:
         """Wire bytes, row by row, for a 2-D (or 1-D) array of internal pixels."""
@@ -240,11 +245,13 @@ class PixelCodec:
 
     @cached_property
     def _to_luts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(_to_wire_lut(cmax, shift) for _, cmax, shift in self.pf.channels)  # type: ignore[return-value]
+        red, green, blue = (_to_wire_lut(cmax, shift) for _, cmax, shift in self.pf.channels)
+        return red, green, blue
 
     @cached_property
     def _from_luts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return tuple(_from_wire_lut(cmax) for _, cmax, _ in self.pf.channels)  # type: ignore[return-value]
+        red, green, blue = (_from_wire_lut(cmax) for _, cmax, _ in self.pf.channels)
+        return red, green, blue
 
     @cached_property
     def _tight_rgb24(self) -> bool:
@@ -275,7 +282,8 @@ class PixelCodec:
 def rgb_to_words(rgb: np.ndarray) -> np.ndarray:
     """(N, 3) or (H, W, 3) uint8 RGB to internal 0x00RRGGBB words."""
     rgb = rgb.astype(np.uint32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    words: np.ndarray = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    return words
 
 
 def words_to_rgb(words: np.ndarray) -> np.ndarray:

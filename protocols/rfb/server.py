@@ -17,8 +17,8 @@ here, so the caller sees only what it must act on.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -78,7 +78,7 @@ ServerEvent = (
 ExtendedDesktopSizeStatus = int  # 0 ok, 1 prohibited, 2 out of resources, 3 invalid
 
 
-class ServerConnection(Connection):
+class ServerConnection(Connection[ServerHandshake]):
     def __init__(self, methods: Sequence[int], *, limits: Limits = DEFAULT_LIMITS) -> None:
         super().__init__(ServerHandshake(methods, limits=limits), limits)
         self.width = 0
@@ -249,21 +249,25 @@ class ServerConnection(Connection):
         parts: list[Part] = []
         for dest, sx, sy in copies:
             if self.settings.supports(Encoding.COPYRECT):
-                ready.append(self._copy_rect(dest, sx, sy))
+                ready.append(self.rect_encoder.encode_copy(dest, sx, sy))
             else:
                 parts += self.rect_encoder.plan(fb, dest)
         for region in regions:
             parts += self.rect_encoder.plan(fb, region)
         head = m.FramebufferUpdate(ready).pack_head(len(ready) + len(parts))
         self._out += head
-        stream = self._stream = UpdateStream(self, fb, parts, self.codec, len(head))
+        stream = self._stream = UpdateStream(
+            self.rect_encoder,
+            fb,
+            parts,
+            self.codec,
+            len(head),
+            out=self._stream_out,
+            on_done=self._stream_done,
+        )
         if not parts:
             stream.send()  # nothing to encode: done at once
         return stream
-
-    def _copy_rect(self, dest: Rect, sx: int, sy: int) -> tuple[m.RectHeader, bytes]:
-        payload = self.rect_encoder.encoder(Encoding.COPYRECT).encode_copy(sx, sy)  # type: ignore[attr-defined]
-        return m.RectHeader(dest.x, dest.y, dest.w, dest.h, Encoding.COPYRECT), payload
 
     def _stream_out(self, data: bytes) -> None:
         self._out += data
@@ -284,6 +288,16 @@ class ServerConnection(Connection):
     def sending_update(self) -> bool:
         """Whether a FramebufferUpdate is still being sent (its stream not done)."""
         return self._stream is not None
+
+    @property
+    def jpeg_quality(self) -> int | None:
+        """The JPEG quality level (0..9) Tight encodes with; None: no JPEG."""
+        return self.rect_encoder.settings.quality
+
+    @jpeg_quality.setter
+    def jpeg_quality(self, quality: int | None) -> None:
+        """Encode with another level than the client's own, until its next SetEncodings."""
+        self.rect_encoder.configure(replace(self.settings, quality=quality))
 
     @property
     def has_pending_pseudo(self) -> bool:
@@ -347,20 +361,30 @@ class ServerConnection(Connection):
 
 
 class UpdateStream:
-    """The rectangles of one FramebufferUpdate, encoded as they are sent."""
+    """The rectangles of one FramebufferUpdate, encoded as they are sent.
+
+    Each rectangle goes to ``out`` as it is encoded; ``on_done`` is called once,
+    after the last, so that messages held back behind the update can follow.
+    """
 
     def __init__(
         self,
-        conn: ServerConnection,
+        encoder: RectEncoder,
         fb: np.ndarray,
         parts: list[Part],
         codec: PixelCodec,
         head: int,
+        *,
+        out: Callable[[bytes], None],
+        on_done: Callable[[], None],
     ) -> None:
-        self._conn = conn
+        self._encoder = encoder
         self._fb = fb
         self._parts = deque(parts)
         self._codec = codec
+        self._out = out
+        self._on_done = on_done
+        self._finished = False
         self.bytes = head  # queued so far, the header included
 
     @property
@@ -375,13 +399,14 @@ class UpdateStream:
         budget = pixels
         while self._parts and (budget is None or budget > 0):
             part = self._parts.popleft()
-            header, payload = self._conn.rect_encoder.encode_part(self._fb, part, self._codec)
-            self._conn._stream_out(header.pack() + payload)
+            header, payload = self._encoder.encode_part(self._fb, part, self._codec)
+            self._out(header.pack() + payload)
             self.bytes += 12 + len(payload)
             if budget is not None:
                 budget -= part.rect.area
-        if not self._parts and self._conn._stream is self:
-            self._conn._stream_done()
+        if not self._parts and not self._finished:
+            self._finished = True
+            self._on_done()
         return bool(self._parts)
 
     def blank(self) -> None:

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .constants import Encoding, compress_level, jpeg_quality_level
-from .encodings import RECT_ENCODINGS, Encoder, Rect, make_encoder
+from .encodings import (
+    RECT_ENCODINGS,
+    CopyRectEncoder,
+    Encoder,
+    Rect,
+    StatelessEncoder,
+    make_encoder,
+)
 from .messages import RectHeader
 from .pixelformat import PixelCodec
 
@@ -26,11 +33,6 @@ _SOLID_ORDER = (Encoding.TIGHT, Encoding.RRE, Encoding.HEXTILE, Encoding.ZRLE)
 HEXTILE_SOLID_TILES = 8
 # Encodings that make no sense for arbitrary rectangles.
 _NOT_PRIMARY = (Encoding.COPYRECT,)
-# Encoders without stream state: a payload of theirs may be thrown away (for
-# Raw, when Raw is smaller) without the peer's decoder noticing, and they say
-# early when Raw is smaller (``encode_unless_raw``).  Zlib-based encoders
-# must never drop a payload: the peer's inflater would fall behind.
-_STATELESS = (Encoding.RRE, Encoding.HEXTILE)
 # Encoders without size limits get large rectangles in bands of about this many pixels.
 BAND_PIXELS = 1 << 17
 BAND_ROWS = 64
@@ -75,6 +77,7 @@ class RectEncoder:
 
     def __init__(self) -> None:
         self._encoders: dict[int, Encoder] = {}
+        self._copy = CopyRectEncoder()
         self.settings = ClientSettings()
 
     def configure(self, settings: ClientSettings) -> None:
@@ -113,20 +116,21 @@ class RectEncoder:
         self, fb: np.ndarray, part: Part, codec: PixelCodec
     ) -> tuple[RectHeader, bytes]:
         """Header and payload of one planned piece."""
-        return self._encode_part(fb, part.rect, part.encoding, codec)
-
-    def _encode_part(
-        self, fb: np.ndarray, part: Rect, encoding: int, codec: PixelCodec
-    ) -> tuple[RectHeader, bytes]:
-        pixels = _view(fb, part)
+        rect, encoding = part.rect, part.encoding
+        pixels = _view(fb, rect)
         encoder = self.encoder(encoding)
-        if encoding in _STATELESS:
-            payload = encoder.encode_unless_raw(pixels, codec)  # type: ignore[attr-defined]
+        if isinstance(encoder, StatelessEncoder):
+            payload = encoder.encode_unless_raw(pixels, codec)
             if payload is None or len(payload) > pixels.size * codec.bytes_per_pixel:
                 encoding, payload = Encoding.RAW, codec.to_wire(pixels)
         else:
             payload = encoder.encode(pixels, codec)
-        return RectHeader(part.x, part.y, part.w, part.h, encoding), payload
+        return RectHeader(rect.x, rect.y, rect.w, rect.h, encoding), payload
+
+    def encode_copy(self, dest: Rect, src_x: int, src_y: int) -> tuple[RectHeader, bytes]:
+        """Header and payload of a CopyRect: ``dest`` repeats the pixels at (src_x, src_y)."""
+        payload = self._copy.encode_copy(src_x, src_y)
+        return RectHeader(dest.x, dest.y, dest.w, dest.h, Encoding.COPYRECT), payload
 
     def _choose(self, pixels: np.ndarray) -> int:
         if pixels.size > 1 and _is_solid(pixels):
@@ -145,12 +149,9 @@ class RectEncoder:
 
     def _split(self, rect: Rect, encoding: int) -> Iterator[Rect]:
         encoder = self.encoder(encoding)
-        max_area = getattr(encoder, "max_area", 0)
-        if not max_area:
-            yield from bands(rect, getattr(encoder, "band_pixels", BAND_PIXELS))
-            return
-        max_w = getattr(encoder, "max_width", 0) or rect.w
-        yield from split_rect(rect, max_w, max_area)
+        if not encoder.max_area:
+            return bands(rect, encoder.band_pixels or BAND_PIXELS)
+        return split_rect(rect, encoder.max_width or rect.w, encoder.max_area)
 
 
 def bands(rect: Rect, pixels: int = BAND_PIXELS) -> Iterator[Rect]:
@@ -159,7 +160,6 @@ def bands(rect: Rect, pixels: int = BAND_PIXELS) -> Iterator[Rect]:
     An update made of bands can be sent band by band (the terminal decodes
     the first while the next is encoded); 64 rows keep ZRLE's 64x64 and
     Hextile's 16x16 tiles where they would be in the whole rectangle.
-    An encoder may ask for other bands with a ``band_pixels`` attribute.
     """
     rows = max(BAND_ROWS, pixels // max(rect.w, 1) // BAND_ROWS * BAND_ROWS)
     for y in range(rect.y, rect.y + rect.h, rows):

@@ -2,47 +2,68 @@
 
 from __future__ import annotations
 
-import importlib
+from .base import (
+    CopyFrom,
+    Decoder,
+    Encoder,
+    Rect,
+    StatelessEncoder,
+    run_decoder,
+)
+from .copyrect import CopyRectDecoder, CopyRectEncoder
+from .hextile import HextileDecoder, HextileEncoder
+from .raw import RawDecoder, RawEncoder
+from .rre import RREDecoder, RREEncoder
+from .tight import TightDecoder, TightEncoder
+from .zlibenc import ZlibDecoder, ZlibEncoder
+from .zrle import ZRLEDecoder, ZRLEEncoder
 
-from ..constants import Encoding
-from .base import CopyFrom, Decoder, Encoder, Rect, run_decoder
-
-# encoding -> (module, encoder class, decoder class)
-_REGISTRY: dict[int, tuple[str, str, str]] = {
-    Encoding.RAW: ("raw", "RawEncoder", "RawDecoder"),
-    Encoding.COPYRECT: ("copyrect", "CopyRectEncoder", "CopyRectDecoder"),
-    Encoding.RRE: ("rre", "RREEncoder", "RREDecoder"),
-    Encoding.HEXTILE: ("hextile", "HextileEncoder", "HextileDecoder"),
-    Encoding.ZLIB: ("zlibenc", "ZlibEncoder", "ZlibDecoder"),
-    Encoding.TIGHT: ("tight", "TightEncoder", "TightDecoder"),
-    Encoding.ZRLE: ("zrle", "ZRLEEncoder", "ZRLEDecoder"),
+_ENCODERS: dict[int, type[Encoder]] = {
+    cls.encoding: cls
+    for cls in (
+        RawEncoder,
+        CopyRectEncoder,
+        RREEncoder,
+        HextileEncoder,
+        ZlibEncoder,
+        TightEncoder,
+        ZRLEEncoder,
+    )
+}
+_DECODERS: dict[int, type[Decoder]] = {
+    cls.encoding: cls
+    for cls in (
+        RawDecoder,
+        CopyRectDecoder,
+        RREDecoder,
+        HextileDecoder,
+        ZlibDecoder,
+        TightDecoder,
+        ZRLEDecoder,
+    )
 }
 
-RECT_ENCODINGS: tuple[int, ...] = tuple(_REGISTRY)
-
-
-def _load(encoding: int, index: int) -> type:
-    module_name, *classes = _REGISTRY[encoding]
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, classes[index])
+RECT_ENCODINGS: tuple[int, ...] = tuple(_ENCODERS)
 
 
 def make_encoder(encoding: int) -> Encoder:
     """A fresh (per connection) encoder for a rectangle encoding."""
-    return _load(encoding, 0)()
+    return _ENCODERS[encoding]()
 
 
 def make_decoder(encoding: int) -> Decoder:
     """A fresh (per connection) decoder for a rectangle encoding."""
-    return _load(encoding, 1)()
+    return _DECODERS[encoding]()
 
 
 __all__ = [
     "RECT_ENCODINGS",
     "CopyFrom",
+    "CopyRectEncoder",
     "Decoder",
     "Encoder",
     "Rect",
+    "StatelessEncoder",
     "make_decoder",
     "make_encoder",
     "run_decoder",

@@ -20,9 +20,10 @@ their state between rectangles, exactly as the peer's does.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar
 
 import numpy as np
 
@@ -54,24 +55,55 @@ DecodeResult = np.ndarray | CopyFrom
 DecodeGen = Generator[int, bytes, DecodeResult]
 
 
-class Encoder(Protocol):
-    encoding: int
+class Encoder(ABC):
+    """What the server's rectangle planning and encoding ask of every encoder.
 
+    The defaults fit an encoder without size limits, quality or compression
+    settings.
+    """
+
+    encoding: ClassVar[int]
+    # The largest rectangle the encoding can carry; 0 is no limit.  Limited
+    # encoders get their rectangles split to fit, the others get full-width
+    # bands of about band_pixels (0: the usual size, updates.BAND_PIXELS).
+    max_width: ClassVar[int] = 0
+    max_area: ClassVar[int] = 0
+    band_pixels: ClassVar[int] = 0
+
+    @abstractmethod
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
         """Payload for one rectangle of ``pixels`` (shape (h, w))."""
-        ...
 
     def configure(self, quality: int | None, compression: int | None) -> None:
-        """Apply the peer's JPEG quality and compression level (0..9 or None)."""
-        ...
+        """Apply the peer's JPEG quality and compression level (0..9 or None).
+
+        Most encodings have neither: by default both are ignored.
+        """
+        return
 
 
-class Decoder(Protocol):
-    encoding: int
+class StatelessEncoder(Encoder):
+    """An encoder without stream state.
 
+    A payload of its may be thrown away (for Raw, when Raw is smaller)
+    without the peer's decoder noticing, so it may also say early that Raw
+    is smaller.  Zlib-based encoders must never drop a payload: the peer's
+    inflater would fall behind.
+    """
+
+    @abstractmethod
+    def encode_unless_raw(self, pixels: np.ndarray, codec: PixelCodec) -> bytes | None:
+        """The payload, or None when it is provably longer than Raw."""
+
+
+class Decoder(ABC):
+    """Per connection, like the peer's encoder: decodes rectangles of one encoding."""
+
+    encoding: ClassVar[int]
+
+    @abstractmethod
     def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
         """Generator decoding one rectangle; see the module docstring."""
-        ...
 
 
 def read_exact(need: int) -> Generator[int, bytes, bytes]:

@@ -8,12 +8,12 @@ import numpy as np
 
 from ..constants import Encoding
 from ..pixelformat import PixelCodec
-from .base import CopyFrom, DecodeGen, Rect, read_exact
+from .base import CopyFrom, DecodeGen, Decoder, Encoder, Rect, read_exact
 
 _SOURCE = struct.Struct(">HH")
 
 
-class CopyRectEncoder:
+class CopyRectEncoder(Encoder):
     encoding = Encoding.COPYRECT
 
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
@@ -22,11 +22,8 @@ class CopyRectEncoder:
     def encode_copy(self, src_x: int, src_y: int) -> bytes:
         return _SOURCE.pack(src_x, src_y)
 
-    def configure(self, quality: int | None, compression: int | None) -> None:
-        pass
 
-
-class CopyRectDecoder:
+class CopyRectDecoder(Decoder):
     encoding = Encoding.COPYRECT
 
     def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..pixelformat import PixelCodec
-from .base import DecodeGen, Rect, pixels_result, read_exact
+from .base import DecodeGen, Decoder, Rect, StatelessEncoder, pixels_result, read_exact
 from .hextile_runs import AREA, TileRuns, run_subrects, tile_runs
 from .rre import paint_subrects, run_starts
 
@@ -100,7 +101,8 @@ def _most_common_per_row(values: np.ndarray) -> np.ndarray:
     column = at % width
     score = np.diff(at, append=ordered.size) * width + (width - 1 - column)
     best = np.maximum.reduceat(score, np.flatnonzero(column == 0))
-    return ordered[np.arange(rows), width - 1 - best % width]
+    common: np.ndarray = ordered[np.arange(rows), width - 1 - best % width]
+    return common
 
 
 def _most_of_one_value_per_row(values: np.ndarray) -> np.ndarray:
@@ -230,7 +232,8 @@ def _count_per_row(mask: np.ndarray) -> np.ndarray:
     """
     words = np.ascontiguousarray(mask).view(np.uint64).sum(axis=1, dtype=np.uint64)
     pairs = (words & 0x00FF00FF00FF00FF) + ((words >> 8) & 0x00FF00FF00FF00FF)
-    return ((pairs * 0x0001000100010001) >> 48).astype(np.intp)
+    counts: np.ndarray = ((pairs * 0x0001000100010001) >> 48).astype(np.intp)
+    return counts
 
 
 def _most_common(tiles: np.ndarray, rows: np.ndarray, colours: _Colours) -> np.ndarray:
@@ -240,7 +243,7 @@ def _most_common(tiles: np.ndarray, rows: np.ndarray, colours: _Colours) -> np.n
     lowest or highest value, or else the centre pixel's, often is.  Only
     tiles where none of them is are sorted.
     """
-    common = colours.majority[rows]
+    common: np.ndarray = colours.majority[rows]
     unsettled = np.flatnonzero(~colours.has_majority[rows])
     block = tiles[rows[unsettled]]
     centre = block[:, _CENTRE]
@@ -422,7 +425,8 @@ def _raw_pixels(a: _Analysis, tiles: np.ndarray, wire: np.dtype) -> bytes:
         index = np.arange(TILE)
         inside = (index[:, None] < heights[:, None, None]) & (index < widths[:, None, None])
         blocks = blocks[inside]
-    return blocks.astype(wire).tobytes()
+    pixels: bytes = blocks.astype(wire).tobytes()
+    return pixels
 
 
 def _bodies(
@@ -455,10 +459,11 @@ def _assemble(
     out_at = np.cumsum(lengths) - lengths
     index = np.repeat(source_at - out_at, lengths)
     index += np.arange(index.size)
-    return np.frombuffer(head + body, dtype=np.uint8)[index].tobytes()
+    out: bytes = np.frombuffer(head + body, dtype=np.uint8)[index].tobytes()
+    return out
 
 
-class HextileEncoder:
+class HextileEncoder(StatelessEncoder):
     """Hextile payloads.
 
     ``encode_unless_raw`` answers None, without finding any subrects, when
@@ -489,9 +494,6 @@ class HextileEncoder:
             return None
         return _encode(analysis, codec)
 
-    def configure(self, quality: int | None, compression: int | None) -> None:
-        pass
-
 
 def _encode(analysis: _Analysis, codec: PixelCodec) -> bytes:
     bpp = codec.bytes_per_pixel
@@ -521,7 +523,7 @@ class _Collected:
     coloured_counts: list[int] = field(default_factory=list)
 
 
-class HextileDecoder:
+class HextileDecoder(Decoder):
     encoding = Encoding.HEXTILE
 
     def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
@@ -551,7 +553,7 @@ def _read_tile(
     )
     head_size = bpp * (bool(flags & BACKGROUND) + bool(flags & FOREGROUND))
     head = yield from read_exact(head_size + bool(flags & ANY_SUBRECTS))
-    order = "big" if codec.pf.big_endian else "little"
+    order: Literal["big", "little"] = "big" if codec.pf.big_endian else "little"
     background, foreground = carry.background, carry.foreground
     if flags & BACKGROUND:
         background = int.from_bytes(head[:bpp], order)

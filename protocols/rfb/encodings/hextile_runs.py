@@ -128,7 +128,8 @@ def _continues(
     above = runs.start_bits.reshape(-1)[row - 1].astype(np.intp) | (1 << TILE)
     window = ((2 << length) - 1) << x
     edges = ((1 << length) | 1) << x
-    return ~runs.corner[heads] & ((above & window) == edges)
+    same: np.ndarray = ~runs.corner[heads] & ((above & window) == edges)
+    return same
 
 
 def _column_bits(

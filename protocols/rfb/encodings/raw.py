@@ -6,20 +6,17 @@ import numpy as np
 
 from ..constants import Encoding
 from ..pixelformat import PixelCodec
-from .base import DecodeGen, Rect, pixels_result, read_exact
+from .base import DecodeGen, Decoder, Encoder, Rect, pixels_result, read_exact
 
 
-class RawEncoder:
+class RawEncoder(Encoder):
     encoding = Encoding.RAW
 
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
         return codec.to_wire(pixels)
 
-    def configure(self, quality: int | None, compression: int | None) -> None:
-        pass
 
-
-class RawDecoder:
+class RawDecoder(Decoder):
     encoding = Encoding.RAW
 
     def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:

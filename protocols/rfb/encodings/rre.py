@@ -17,7 +17,7 @@ import numpy as np
 from ..constants import Encoding
 from ..errors import require
 from ..pixelformat import PixelCodec
-from .base import DecodeGen, Rect, pixels_result, read_exact
+from .base import DecodeGen, Decoder, Rect, StatelessEncoder, pixels_result, read_exact
 
 _COUNT = struct.Struct(">I")
 _BATCH = 1 << 16  # subrectangles read per yield
@@ -91,14 +91,15 @@ class RunMasks:
         covers it, so a cover of the non-background pixels needs at least
         one rect per non-background corner pixel.
         """
-        return self.starts & ~self.same_above
+        corners: np.ndarray = self.starts & ~self.same_above
+        return corners
 
 
 def run_starts(blocks: np.ndarray) -> np.ndarray:
     """Where horizontal runs start in (n, height, width) blocks (see ``RunMasks``)."""
     n, height, width = blocks.shape
     flat = np.ascontiguousarray(blocks).reshape(n, height * width)
-    starts = np.empty(flat.shape, dtype=bool)
+    starts: np.ndarray = np.empty(flat.shape, dtype=bool)
     np.not_equal(flat[:, 1:], flat[:, :-1], out=starts[:, 1:])
     starts = starts.reshape(blocks.shape)
     starts[:, :, 0] = True
@@ -247,7 +248,8 @@ def _accumulate(
     np.add.at(diff, (y1, x1), values)
     np.cumsum(diff, axis=0, out=diff)
     np.cumsum(diff, axis=1, out=diff)
-    return diff[:h, :w]
+    total: np.ndarray = diff[:h, :w]
+    return total
 
 
 def _touches(
@@ -259,7 +261,8 @@ def _touches(
     np.cumsum(mask, axis=0, dtype=np.int32, out=table[1:, 1:])
     np.cumsum(table[1:, 1:], axis=1, out=table[1:, 1:])
     inside = table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
-    return inside > 0
+    touched: np.ndarray = inside > 0
+    return touched
 
 
 def _subrect_dtype(codec: PixelCodec) -> np.dtype:
@@ -288,7 +291,7 @@ def _most_of_one_value(words: np.ndarray) -> int:
     return int(_low_bits_histogram(words.reshape(-1), 8).max())
 
 
-class RREEncoder:
+class RREEncoder(StatelessEncoder):
     """RRE payloads.
 
     ``encode_unless_raw`` first bounds the number of subrectangles from
@@ -326,9 +329,6 @@ class RREEncoder:
                 return None
         return _pack(words, background, codec, masks)
 
-    def configure(self, quality: int | None, compression: int | None) -> None:
-        pass
-
 
 def _pack(
     words: np.ndarray, background: int, codec: PixelCodec, masks: RunMasks | None = None
@@ -344,7 +344,7 @@ def _pack(
     return header + records.tobytes()
 
 
-class RREDecoder:
+class RREDecoder(Decoder):
     encoding = Encoding.RRE
 
     def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:

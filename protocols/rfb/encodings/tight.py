@@ -25,7 +25,7 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..limits import DEFAULT_LIMITS, Limits
 from ..pixelformat import PixelCodec, rgb_to_words
-from .base import DecodeGen, Rect, pixels_result, read_exact
+from .base import DecodeGen, Decoder, Encoder, Rect, pixels_result, read_exact
 from .tight_gradient import (
     ChannelLayout,
     channels_to_pixels,
@@ -77,7 +77,7 @@ def tpixels_from_words(words: np.ndarray, codec: PixelCodec) -> bytes:
     return np.asarray(words, dtype=np.uint32).astype(codec.pf.wire_dtype).tobytes()
 
 
-class TightEncoder:
+class TightEncoder(Encoder):
     encoding = Encoding.TIGHT
     max_width = MAX_WIDTH
     max_area = MAX_AREA
@@ -157,11 +157,11 @@ class TightEncoder:
         quads = np.ascontiguousarray(px, dtype=np.uint32).view(np.uint8)
         quads = quads.reshape(px.shape[0], px.shape[1], 4)
         layout = "BGRX" if sys.byteorder == "little" else "XRGB"
-        data = simplejpeg.encode_jpeg(quads, quality, layout, subsampling)
+        data: bytes = simplejpeg.encode_jpeg(quads, quality, layout, subsampling)
         return bytes([JPEG << 4]) + pack_compact(len(data)) + data
 
 
-class TightDecoder:
+class TightDecoder(Decoder):
     encoding = Encoding.TIGHT
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
@@ -267,7 +267,7 @@ def decode_jpeg(data: bytes, rect: Rect) -> np.ndarray:
     )
     out = np.empty((rect.h, rect.w, 3), dtype=np.uint8)
     try:
-        rgb = simplejpeg.decode_jpeg(data, "RGB", buffer=out)
+        rgb: np.ndarray = simplejpeg.decode_jpeg(data, "RGB", buffer=out)
     except Exception as exc:
         raise ProtocolError(f"bad Tight JPEG data: {exc}") from None
     require(rgb.shape == out.shape, "Tight JPEG decoded to an unexpected shape")

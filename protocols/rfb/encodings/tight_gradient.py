@@ -130,7 +130,7 @@ def gradient_filter(channels: np.ndarray, maxes: np.ndarray) -> np.ndarray:
     prediction[:, 1:] += values[:, :-1]  # + left
     prediction[1:, 1:] -= values[:-1, :-1]  # - upper left
     _per_channel(np.clip, prediction, 0, maxes)
-    residuals = np.subtract(channels, prediction.astype(channels.dtype))
+    residuals: np.ndarray = np.subtract(channels, prediction.astype(channels.dtype))
     _per_channel(np.bitwise_and, residuals, maxes)
     return residuals
 
@@ -263,4 +263,5 @@ def _unfilter_band(residuals: np.ndarray, above: np.ndarray, maxes: np.ndarray) 
         ceil(value, maxes, out=value)
         add(value, skewed[k, lo:hi], out=value)
         mask(value, maxes, out=value)
-    return diag[row + col + 2, row + 1]
+    channels: np.ndarray = diag[row + col + 2, row + 1]
+    return channels

@@ -135,7 +135,7 @@ class Palette:
         if w < 2:
             return False
         inside = np.count_nonzero(self.starts % w)  # run starts that are not a row's first pixel
-        return 1 - inside / (h * (w - 1)) <= PHOTO_MAX_REPEATS
+        return bool(1 - inside / (h * (w - 1)) <= PHOTO_MAX_REPEATS)
 
     def indices(self) -> np.ndarray:
         """(h, w) index of each pixel's colour: uint8, or bool for two colours."""
@@ -248,11 +248,6 @@ def content_tones(pixels: np.ndarray) -> ContentTones:
     repeats, error = sample_statistics(pixels)
     many = repeats <= PHOTO_MAX_REPEATS
     return ContentTones(many, many and error <= PHOTO_MAX_ROUGHNESS)
-
-
-def photo_like(pixels: np.ndarray) -> bool:
-    """True for smooth continuous-tone content: photographs, renderings, soft noise."""
-    return content_tones(pixels).smooth
 
 
 def sample_statistics(pixels: np.ndarray) -> tuple[float, float]:

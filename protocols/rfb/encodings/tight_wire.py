@@ -13,6 +13,7 @@ meaning "more follows"; the third byte carries eight bits.
 from __future__ import annotations
 
 from collections.abc import Generator
+from typing import cast
 
 from zlib_ng import zlib_ng as zlib
 
@@ -23,6 +24,8 @@ MAX_WIDTH = 2048  # widest rectangle the spec allows for BasicCompression
 MAX_AREA = 65536  # largest rectangle thinserve's encoder accepts
 MIN_TO_COMPRESS = 12  # filtered data shorter than this is sent as is
 STREAM_COUNT = 4
+# zlib-ng's stub declares ``error`` an instance; it is the exception class.
+ZLIB_ERROR = cast(type[Exception], zlib.error)
 MAX_COMPACT = (1 << 22) - 1
 
 RESET_MASK = 0x0F
@@ -148,7 +151,7 @@ class InflateStreams:
         try:
             out = inflater.decompress(data, size)
             extra = inflater.decompress(inflater.unconsumed_tail, 1)
-        except zlib.error as exc:
+        except ZLIB_ERROR as exc:
             raise ProtocolError(f"corrupt Tight zlib data: {exc}") from None
         require(len(out) == size, "Tight zlib data inflates to fewer bytes than needed")
         require(

@@ -34,7 +34,7 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..limits import DEFAULT_LIMITS, Limits
 from ..pixelformat import PixelCodec
-from .base import DecodeGen, Rect, pixels_result, read_exact
+from .base import DecodeGen, Decoder, Encoder, Rect, pixels_result, read_exact
 
 DEFAULT_LEVEL = 6
 # zlib's memory level (internal buffer and hash sizes): 7 rather than zlib's
@@ -176,7 +176,7 @@ def frame(chunk: bytes) -> bytes:
     return _LENGTH.pack(len(chunk)) + chunk
 
 
-class ZlibEncoder:
+class ZlibEncoder(Encoder):
     encoding = Encoding.ZLIB
 
     def __init__(self) -> None:
@@ -189,7 +189,7 @@ class ZlibEncoder:
         self._stream.set_level(compression)
 
 
-class ZlibDecoder:
+class ZlibDecoder(Decoder):
     encoding = Encoding.ZLIB
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:

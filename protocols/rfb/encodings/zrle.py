@@ -28,7 +28,7 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..limits import DEFAULT_LIMITS, Limits
 from ..pixelformat import PixelCodec
-from .base import DecodeGen, Rect
+from .base import DecodeGen, Decoder, Encoder, Rect
 from .zlibenc import DeflateStream, InflateStream, deflate_bound, frame
 
 TILE = 64
@@ -121,7 +121,8 @@ def pack_indexes(indexes: np.ndarray, bits: int) -> bytes:
     padded[:, :width] = indexes
     shifts = (np.arange(per_byte - 1, -1, -1) * bits).astype(np.uint8)
     fields = padded.reshape(height, row_bytes, per_byte) << shifts
-    return np.bitwise_or.reduce(fields, axis=2).astype(np.uint8).tobytes()
+    packed: np.ndarray = np.bitwise_or.reduce(fields, axis=2)
+    return packed.astype(np.uint8).tobytes()
 
 
 class TilePlan:
@@ -231,7 +232,7 @@ def encode_tiles(pixels: np.ndarray, codec: PixelCodec) -> bytes:
     return b"".join(plan.encode() for plan in tile_plans(pixels, codec))
 
 
-class ZRLEEncoder:
+class ZRLEEncoder(Encoder):
     """ZRLE with one zlib stream per connection.
 
     Small rectangles (typed characters, a clock, a status bar) pick each
@@ -288,16 +289,17 @@ class TileReader:
         return self.codec.unpack_cpixels(self.memory[start : self.pos], count)
 
     def tile(self, width: int, height: int) -> np.ndarray:
-        """Internal pixels of the next tile, shape (height, width) or a scalar."""
+        """Internal pixels of the next tile, shape (height, width) or (1, 1) when solid."""
         sub = int(self.take(1)[0])
         count = width * height
         if sub == RAW:
             return self.colours(count).reshape(height, width)
         if sub == SOLID:
-            return self.colours(1)[0]
+            return self.colours(1).reshape(1, 1)
         if sub <= MAX_PACKED:
             palette = self.colours(sub)
-            return palette[self.packed_indexes(width, height, sub)]
+            pixels: np.ndarray = palette[self.packed_indexes(width, height, sub)]
+            return pixels
         if sub == PLAIN_RLE:
             return self.plain_rle(count).reshape(height, width)
         require(sub > RLE_FLAG + 1, f"invalid ZRLE subencoding {sub}")
@@ -407,7 +409,7 @@ def decode_tiles(data: bytes, rect: Rect, codec: PixelCodec) -> np.ndarray:
     return out
 
 
-class ZRLEDecoder:
+class ZRLEDecoder(Decoder):
     encoding = Encoding.ZRLE
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:

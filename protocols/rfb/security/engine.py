@@ -64,11 +64,6 @@ class Engine:
         return self._need is PAUSE and not self._finished and self._error is None
 
     @property
-    def buffered(self) -> int:
-        """Bytes received and not yet consumed by the flow."""
-        return len(self._buffer)
-
-    @property
     def leftover(self) -> bytes:
         """Bytes received after the flow finished."""
         return bytes(self._buffer) if self._finished else b""
@@ -112,7 +107,7 @@ class Engine:
         if self._flow is None:
             raise RuntimeError("the flow was not started")
         try:
-            self._need = self._flow.send(value)  # type: ignore[arg-type]
+            self._need = next(self._flow) if value is None else self._flow.send(value)
         except StopIteration:
             self._finished = self._error is None
         except ProtocolError as error:

@@ -26,7 +26,8 @@ def u32(value: int) -> bytes:
 
 
 def parse_u32(data: bytes) -> int:
-    return struct.unpack(">I", data)[0]
+    value: int = struct.unpack(">I", data)[0]
+    return value
 
 
 def parse_version(data: bytes) -> tuple[int, int]:

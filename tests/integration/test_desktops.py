@@ -26,15 +26,16 @@ from twisted.internet import reactor, task
 from twisted.internet.interfaces import IListeningPort
 
 from protocols.rfb.client import ClientEvent, UpdateDone
-from tests.integration.relayparts import Terminal, sleep, wait_for
 from tests.integration.test_backend_qemu import BLOCK, first_block, make_template
+from tests.support.backendvm import require_qemu, tiny_linux, vm_accel
 from tests.support.need import need
-from tests.support_vm import require_qemu, tiny_linux, vm_accel
+from tests.support.terminal import Terminal
+from tests.support.waiting import sleep, wait_until
 from thinserve import rfbclient
-from thinserve.backends.base import DesktopStatus
 from thinserve.backends.qemu import QemuBackend, QemuDesktopConfig
 from thinserve.backends.xvnc import XvncBackend, XvncDesktopConfig, XvncOptions
 from thinserve.broker import Broker, BrokerConfig, ScreenKind, ShowDesktop, ShowScreen
+from thinserve.desktop_state import DesktopState
 from thinserve.desktops import (
     DesktopManager,
     DesktopsConfig,
@@ -59,23 +60,15 @@ FAST_HASHER = SecretHasher(time_cost=1, memory_cost=8192, parallelism=1)
 
 
 class Recorder:
-    """The hub's desktop reports, recorded on their way to the hub."""
+    """The desktop manager's reports, recorded on their way to the hub."""
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.calls: list[tuple[str, str, float | None]] = []
 
-    def desktop_starting(self, name: str, progress: float | None = None) -> None:
-        self.calls.append((name, "starting", progress))
-        self.hub.desktop_starting(name, progress)
-
-    def desktop_available(self, name: str) -> None:
-        self.calls.append((name, "available", None))
-        self.hub.desktop_available(name)
-
-    def desktop_unavailable(self, name: str) -> None:
-        self.calls.append((name, "unavailable", None))
-        self.hub.desktop_unavailable(name)
+    def desktop_state(self, name: str, state: DesktopState, progress: float | None = None) -> None:
+        self.calls.append((name, state.value, progress))
+        self.hub.desktop_state(name, state, progress)
 
     def of(self, name: str, since: int = 0) -> list[tuple[str, float | None]]:
         return [(what, p) for n, what, p in self.calls[since:] if n == name]
@@ -115,8 +108,9 @@ def open_site(manager: DesktopManager, config: BrokerConfig) -> Site:
         on_desktop_wanted=manager.want,
         address_subnets=("127.0.0.0/8",),  # keyless viewers here are viewer-127.0.0.N
     )
-    for name, backend in manager.backend_names().items():
-        broker.register_desktop(name, backend)
+    backends = manager.backend_names()
+    for name, desktop in manager.desktops.items():
+        broker.register_desktop(name, backends[name], desktop.state)
     reports = Recorder(hub)
     manager.start(reports, lambda: desktops_in_use(broker.snapshot()))
     hub.start()
@@ -149,9 +143,9 @@ class FilmingTerminal(Terminal):
     async def wait_mirror(self, site: Site, desktop: str, timeout: float = 30) -> None:
         """Until this terminal shows exactly what the live mirror of ``desktop`` holds."""
         mirror = site.manager.mirrors[desktop]
-        await wait_for(
+        await wait_until(
             lambda: (
-                mirror.state == "live"
+                site.manager.desktops[desktop].live
                 and self.framebuffer.shape == mirror.framebuffer.shape
                 and np.array_equal(self.framebuffer, mirror.framebuffer)
             ),
@@ -254,15 +248,36 @@ class ProcessWatch:
 
 
 # --- on-demand start ---------------------------------------------------------------------------
-def slow_hypervisor(tmp_path: Path) -> Path:
-    """The real QEMU, started a second late: a warm QEMU is on its console in
-    tens of milliseconds, too soon for any terminal to see a starting screen;
-    a real hypervisor host (a VM image on a busy disk) is much slower."""
-    wrapper = tmp_path / "slow-qemu-system-x86_64"
+def gated_hypervisor(tmp_path: Path) -> tuple[Path, Path]:
+    """The real QEMU, started only once the test creates the returned file: a
+    warm QEMU is on its console in tens of milliseconds, too soon for any
+    terminal to see a starting screen (a real host with a VM image on a busy
+    disk is much slower).  The gate waits 60 s at most."""
+    gate = tmp_path / "go"
+    wrapper = tmp_path / "gated-qemu-system-x86_64"
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
-    wrapper.write_text(f'#!/bin/sh\nsleep 1\nexec {qemu} "$@"\n')
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'i=0; while [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done\n'
+        f'exec {qemu} "$@"\n'
+    )
     wrapper.chmod(0o755)
-    return wrapper
+    return wrapper, gate
+
+
+class StartingScreens:
+    """The starting screens the manager has reported so far, as frame keys."""
+
+    def __init__(self, site: Site, desktop: str) -> None:
+        self.site, self.desktop = site, desktop
+        self.keys: dict[float, bytes] = {}
+
+    def shown_by(self, term: FilmingTerminal) -> bool:
+        """Whether ``term``'s last picture is a starting screen with a progress bar."""
+        for what, p in self.site.reports.of(self.desktop):
+            if what == "starting" and p and p not in self.keys:
+                self.keys[p] = frame_key(drawn(screens.starting(self.desktop, p)))
+        return bool(term.frames) and term.frames[-1] in self.keys.values()
 
 
 @pytest_twisted.ensureDeferred
@@ -270,6 +285,7 @@ async def test_on_demand_start_shows_progress_then_the_desktop(tmp_path: Path) -
     """A QEMU guest starts when its terminal arrives: progress, then the guest's console."""
     require_qemu()
     linux = tiny_linux()
+    hypervisor, gate = gated_hypervisor(tmp_path)
     config = QemuDesktopConfig(
         name="vm",
         state_dir=tmp_path / "state",
@@ -282,7 +298,7 @@ async def test_on_demand_start_shows_progress_then_the_desktop(tmp_path: Path) -
         nic=None,
         boot_timeout=60.0,
         shutdown_timeout=2.0,
-        qemu_binary=str(slow_hypervisor(tmp_path)),
+        qemu_binary=str(hypervisor),
     )
     backend = QemuBackend([config])
     broker_config = pool_of("vm")
@@ -293,8 +309,11 @@ async def test_on_demand_start_shows_progress_then_the_desktop(tmp_path: Path) -
     site = open_site(manager, broker_config)
     term = FilmingTerminal()
     try:
-        assert backend.vms["vm"].status is DesktopStatus.STOPPED  # nothing runs before it is wanted
+        assert backend.vms["vm"].status is DesktopState.STOPPED  # nothing runs before it is wanted
         await term.connect(site.port, "127.0.0.2")
+        starting = StartingScreens(site, "vm")
+        await wait_until(lambda: starting.shown_by(term), 60, "the starting screen's progress")
+        gate.touch()  # now QEMU may start
         await term.wait_mirror(site, "vm", timeout=60)
         assert isinstance(site.shown("viewer-127.0.0.2"), ShowDesktop)
     finally:
@@ -302,7 +321,8 @@ async def test_on_demand_start_shows_progress_then_the_desktop(tmp_path: Path) -
         await bridge(backend.stop("vm", force=True))
         await site.close()
     reports = site.reports.of("vm")
-    assert reports[-1] == ("available", None)
+    assert ("running", None) in reports
+    reports = reports[: reports.index(("running", None))]  # the start (the stop came after)
     progress = [p for what, p in reports if what == "starting"]
     assert len(progress) >= 2 and progress[0] < 0.05  # reported from the first moment
     assert all(a < b for a, b in itertools.pairwise(progress))  # it moves
@@ -334,7 +354,7 @@ async def test_crash_shows_unavailable_and_the_next_want_restarts(
         assert alive(first)
 
         os.kill(first, signal.SIGKILL)  # type: ignore[arg-type]
-        await wait_for(
+        await wait_until(
             lambda: (
                 isinstance(shown := site.shown("viewer-127.0.0.2"), ShowScreen)
                 and shown.kind is ScreenKind.UNAVAILABLE
@@ -344,14 +364,14 @@ async def test_crash_shows_unavailable_and_the_next_want_restarts(
         )
         await term.wait_screen(screen_of(site.shown("viewer-127.0.0.2")))
         md = manager.desktops["d1"]
-        assert md.status is DesktopStatus.CRASHED
+        assert md.state is DesktopState.CRASHED
         assert md.detail == "Xvnc ended unexpectedly (killed by SIGKILL)"
         assert md.upstream is None  # nothing keeps knocking on a dead socket
         mirror = manager.mirrors["d1"]
-        assert mirror.state == "down"
+        assert mirror.feed is None  # its picture is drawn, not the dead console's
 
         clock.advance(4.0)  # the retry delay is not over: still unavailable
-        await sleep(0.3)
+        assert md.state is DesktopState.CRASHED and not md.busy  # the tick runs at once
         assert isinstance(site.shown("viewer-127.0.0.2"), ShowScreen)
         assert xvnc_pid(backend, "d1") is None
 
@@ -360,9 +380,9 @@ async def test_crash_shows_unavailable_and_the_next_want_restarts(
         await term.wait_mirror(site, "d1")
         second = xvnc_pid(backend, "d1")
         assert alive(second) and second != first
-        assert [what for what, _ in site.reports.of("d1", mark)][::-1][:1] == ["available"]
+        assert [what for what, _ in site.reports.of("d1", mark)][::-1][:1] == ["running"]
         assert "starting" in [what for what, _ in site.reports.of("d1", mark)]
-        assert md.failures == 0 and md.status is DesktopStatus.RUNNING
+        assert md.failures == 0 and md.state is DesktopState.RUNNING
     finally:
         term.close()
         await site.close()
@@ -381,7 +401,7 @@ async def test_a_desktop_that_cannot_start_is_retried_later_and_later(
     try:
         term = await FilmingTerminal().connect(site.port, "127.0.0.2")
         md = manager.desktops["d1"]
-        await wait_for(lambda: md.reported == "unavailable", 20, "the failed start")
+        await wait_until(lambda: md.state is DesktopState.CRASHED, 20, "the failed start")
         assert md.failures == 1 and md.retry_at == clock.seconds() + 5.0
         assert md.detail.startswith("Xvnc exited before it could report its display")
         assert md.detail.endswith("Unrecognized option: -no-such-option")  # Xvnc's own words
@@ -390,9 +410,9 @@ async def test_a_desktop_that_cannot_start_is_retried_later_and_later(
         await term.wait_screen(screen_of(shown))
 
         clock.advance(5.0)  # offered again: the terminal wants it, it fails again
-        await wait_for(lambda: md.failures == 2 and not md.busy, 20, "the second try")
+        await wait_until(lambda: md.failures == 2 and not md.busy, 20, "the second try")
         assert md.retry_at == clock.seconds() + 8.0  # 10 s, capped by retry_max
-        assert md.reported == "unavailable"
+        assert md.state is DesktopState.CRASHED
         assert [w for w, _ in site.reports.of("d1")].count("starting") >= 2
         term.close()
     finally:
@@ -417,23 +437,26 @@ async def test_an_unused_desktop_stops_after_the_idle_timeout(
         await term.wait_mirror(site, "d1")
         pid = xvnc_pid(backend, "d1")
         clock.advance(600.0)  # in use: never idle however long
-        await sleep(0.2)
+        md = manager.desktops["d1"]
+        assert md.state is DesktopState.RUNNING and not md.busy  # the tick runs at once
         assert xvnc_pid(backend, "d1") == pid and alive(pid)
         last = manager.mirrors["d1"].framebuffer.copy()
 
         term.close()
-        await wait_for(lambda: not site.broker.is_connected("viewer-127.0.0.2"), 10, "goodbye")
+        await wait_until(lambda: not site.broker.is_connected("viewer-127.0.0.2"), 10, "goodbye")
         clock.advance(1.0)  # the tick sees it unused from now
         clock.advance(59.0)
-        await sleep(0.2)
-        assert alive(pid)  # 59 s idle: still running
+        assert md.state is DesktopState.RUNNING and not md.busy  # 59 s idle: no stop begun
+        assert alive(pid)
         clock.advance(1.0)
-        await wait_for(lambda: not alive(pid), 20, "the idle desktop to stop")
-        await wait_for(lambda: backend.session("d1").status is DesktopStatus.STOPPED, 10, "stopped")
+        await wait_until(lambda: not alive(pid), 20, "the idle desktop to stop")
+        await wait_until(
+            lambda: backend.session("d1").status is DesktopState.STOPPED, 10, "stopped"
+        )
         mirror = manager.mirrors["d1"]
         assert not np.array_equal(mirror.framebuffer, last)  # not one of its old pixels
         assert np.array_equal(mirror.framebuffer, drawn(screens.starting("d1", None)))
-        assert manager.desktops["d1"].reported == "available"  # offered: it starts on demand
+        assert manager.desktops["d1"].state is DesktopState.STOPPED  # offered: started on demand
 
         again = await FilmingTerminal().connect(site.port, "127.0.0.2")  # started on demand
         await again.wait_mirror(site, "d1")
@@ -461,7 +484,7 @@ async def test_spares_are_ready_ahead_and_max_running_is_never_exceeded(
     terms: list[FilmingTerminal] = []
     try:
         assert manager.running("p") == ["p-1"]
-        await wait_for(lambda: manager.mirrors["p-1"].state == "live", 20, "the spare")
+        await wait_until(lambda: manager.desktops["p-1"].live, 20, "the spare")
         mark = len(site.reports.calls)
         terms.append(await FilmingTerminal().connect(site.port, "127.0.0.2"))
         await terms[0].wait_mirror(site, "p-1")
@@ -469,7 +492,7 @@ async def test_spares_are_ready_ahead_and_max_running_is_never_exceeded(
 
         clock.advance(1.0)  # the next spare
         assert manager.running("p") == ["p-1", "p-2"]
-        await wait_for(lambda: manager.mirrors["p-2"].state == "live", 20, "the second spare")
+        await wait_until(lambda: manager.desktops["p-2"].live, 20, "the second spare")
         mark = len(site.reports.calls)
         terms.append(await FilmingTerminal().connect(site.port, "127.0.0.3"))
         await terms[1].wait_mirror(site, "p-2")
@@ -478,9 +501,8 @@ async def test_spares_are_ready_ahead_and_max_running_is_never_exceeded(
         assert not starting_screens & {k for t in terms for k in t.frames}
 
         clock.advance(1.0)  # two run, both in use: p-3 is neither started nor offered
-        await sleep(0.3)
         assert manager.running("p") == ["p-1", "p-2"]
-        assert manager.desktops["p-3"].reported == "unavailable"
+        assert manager.desktops["p-3"].state is DesktopState.HELD
         terms.append(await FilmingTerminal().connect(site.port, "127.0.0.4"))
         waiting = site.shown("viewer-127.0.0.4")
         assert isinstance(waiting, ShowScreen) and waiting.kind is ScreenKind.NO_DESKTOP_FREE
@@ -490,9 +512,9 @@ async def test_spares_are_ready_ahead_and_max_running_is_never_exceeded(
         terms[1].close()  # p-2 is free again: the waiting terminal gets it at once
         await terms[2].wait_mirror(site, "p-2")
         terms[2].close()
-        await wait_for(lambda: not site.broker.is_connected("viewer-127.0.0.4"), 10, "goodbye")
+        await wait_until(lambda: not site.broker.is_connected("viewer-127.0.0.4"), 10, "goodbye")
         clock.advance(1.0)  # p-2 runs unused: p-3 may be offered, stopping p-2 for it
-        assert manager.desktops["p-3"].reported == "available"
+        assert manager.desktops["p-3"].state is DesktopState.STOPPED
         p2 = xvnc_pid(backend, "p-2")
         assert await manager.want("p-3") is True
         assert not alive(p2) and alive(xvnc_pid(backend, "p-3"))
@@ -522,24 +544,26 @@ async def test_reset_on_release_gives_the_next_user_a_fresh_session(
     typed = tmp_path / "k-1.typed"
     try:
         first = await FilmingTerminal().connect(site.port, "127.0.0.2")
-        await wait_for(lambda: xterm_shown(manager.mirrors["k-1"].framebuffer, typed), 20, "xterm")
+        await wait_until(
+            lambda: xterm_shown(manager.mirrors["k-1"].framebuffer, typed), 20, "xterm"
+        )
         await first.wait_mirror(site, "k-1")
         fresh = manager.mirrors["k-1"].framebuffer.copy()  # the session as it starts, xterm up
         await type_into_xterm(first, "private notes\n")
-        await wait_for(lambda: typed.read_text() == "private notes\n", 20, "typed text")
+        await wait_until(lambda: typed.read_text() == "private notes\n", 20, "typed text")
         mirror = manager.mirrors["k-1"]
-        await wait_for(lambda: not np.array_equal(mirror.framebuffer, fresh), 10, "the echo")
+        await wait_until(lambda: not np.array_equal(mirror.framebuffer, fresh), 10, "the echo")
         used = mirror.framebuffer.copy()
         old = xvnc_pid(backend, "k-1")
 
         first.close()
-        await wait_for(lambda: not site.broker.is_connected("viewer-127.0.0.2"), 10, "goodbye")
+        await wait_until(lambda: not site.broker.is_connected("viewer-127.0.0.2"), 10, "goodbye")
         second = await FilmingTerminal().connect(site.port, "127.0.0.3")  # before any tick
-        await wait_for(lambda: alive(xvnc_pid(backend, "k-1")), 20, "a new session")
+        await wait_until(lambda: alive(xvnc_pid(backend, "k-1")), 20, "a new session")
         assert xvnc_pid(backend, "k-1") != old and not alive(old)
         await second.wait_mirror(site, "k-1")
         await second.wait_screen(fresh)  # the new session looks like a fresh one ...
-        await wait_for(lambda: typed.read_text() == "", 10, "a new xterm")  # ... and is one
+        await wait_until(lambda: typed.read_text() == "", 10, "a new xterm")  # ... and is one
         assert frame_key(used) not in second.frames  # never a pixel of the first session
         second.close()
     finally:
@@ -576,7 +600,7 @@ async def test_reset_on_release_gives_a_qemu_desktop_a_fresh_overlay(tmp_path: P
     site = open_site(manager, broker_config)
     try:
         term = await FilmingTerminal().connect(site.port, "127.0.0.2")
-        await wait_for(lambda: manager.mirrors["k-1"].state == "live", 60, "the guest")
+        await wait_until(lambda: manager.desktops["k-1"].live, 60, "the guest")
         # What the user changed: written to the running guest's disk.
         await bridge(
             backend.execute(
@@ -587,11 +611,11 @@ async def test_reset_on_release_gives_a_qemu_desktop_a_fresh_overlay(tmp_path: P
         )
         before = config.overlay.stat().st_ino
         term.close()
-        await wait_for(lambda: not site.broker.is_connected("viewer-127.0.0.2"), 10, "goodbye")
+        await wait_until(lambda: not site.broker.is_connected("viewer-127.0.0.2"), 10, "goodbye")
         clock.advance(1.0)  # the tick sees the release
         md = manager.desktops["k-1"]
-        await wait_for(lambda: not md.needs_reset and not md.busy, 30, "the reset")
-        assert backend.vms["k-1"].status is DesktopStatus.STOPPED
+        await wait_until(lambda: not md.needs_reset and not md.busy, 30, "the reset")
+        assert backend.vms["k-1"].status is DesktopState.STOPPED
         assert config.overlay.stat().st_ino != before  # a new overlay ...
         assert first_block(config.overlay, tmp_path) == b"\x11" * BLOCK  # ... of the template
     finally:
@@ -616,7 +640,7 @@ def test_desktops_in_use_names_who_holds_each_desktop() -> None:
         broker.terminal_connected(terminal)
     broker.login("t2", "alice", "1234")
     broker.shadow("t4", "d5", "admin")  # watching is not using
-    broker.desktop_unavailable("d4")  # t5 waits for it: still in use
+    broker.desktop_state("d4", DesktopState.CRASHED)  # t5 waits for it: still in use
     assert desktops_in_use(broker.snapshot()) == {
         "d1": "terminal:t1",
         "d2": "user:alice",

@@ -220,7 +220,7 @@ def test_configuration_from_a_toml_table() -> None:
         {"pools": {"lab": "vm-1"}},
         {"unknown_terminal": "pool"},
     ):
-        with pytest.raises(BrokerConfigError, match=r"\[broker\]"):
+        with pytest.raises(BrokerConfigError, match=r"\[broker[\].]"):  # [broker], [broker.pools]
             from_mapping(bad)
 
 
@@ -405,16 +405,17 @@ def test_pool_exhaustion_and_a_freed_desktop_goes_to_the_first_waiting_terminal(
 
 def test_pool_desktop_states_starting_and_unavailable() -> None:
     site = Site(POOL)
-    site.apply(site.broker.desktop_starting("p1", 0.25))
+    site.apply(site.broker.desktop_state("p1", DesktopState.STARTING, 0.25))
     shown = site.connect("t1")
     assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.STARTING
     assert (shown.desktop, shown.progress) == ("p1", 0.25)
-    site.apply(site.broker.desktop_available("p1"))
+    site.apply(site.broker.desktop_state("p1", DesktopState.RUNNING))
     assert _is_desktop(site.screens["t1"], "p1")
     site.connect("t2")
-    site.apply(site.broker.desktop_unavailable("p1"))  # t1 loses p1; p2 is taken: t1 waits
+    site.apply(site.broker.desktop_state("p1", DesktopState.CRASHED))
+    # t1 lost p1; p2 is taken: t1 waits
     assert _kind(site.screens["t1"]) is ScreenKind.NO_DESKTOP_FREE
-    site.apply(site.broker.desktop_available("p1"))
+    site.apply(site.broker.desktop_state("p1", DesktopState.RUNNING))
     assert _is_desktop(site.screens["t1"], "p1")
 
 
@@ -961,13 +962,13 @@ def test_a_new_connection_for_a_connected_id_needs_the_old_one_closed_first() ->
 def test_paired_desktop_not_running_shows_progress_then_the_desktop() -> None:
     site = Site(PAIRING)
     site.broker.pair("t1", "d1", "admin")
-    site.apply(site.broker.desktop_unavailable("d1"))
+    site.apply(site.broker.desktop_state("d1", DesktopState.CRASHED))
     assert _kind(site.connect("t1")) is ScreenKind.UNAVAILABLE
-    site.apply(site.broker.desktop_starting("d1", 0.5))
+    site.apply(site.broker.desktop_state("d1", DesktopState.STARTING, 0.5))
     assert site.screens["t1"] == ShowScreen(
         ScreenKind.STARTING, "Starting the desktop.", desktop="d1", progress=0.5
     )
-    site.apply(site.broker.desktop_available("d1"))
+    site.apply(site.broker.desktop_state("d1", DesktopState.RUNNING))
     assert _is_desktop(site.screens["t1"], "d1")
 
 
@@ -1275,12 +1276,7 @@ class BrokerMachine(RuleBasedStateMachine):
 
     @rule(desktop=st.sampled_from(ALL_DESKTOPS), state=st.sampled_from(DesktopState))
     def desktop_state(self, desktop: str, state: DesktopState) -> None:
-        report = {
-            DesktopState.READY: self.broker.desktop_available,
-            DesktopState.STARTING: self.broker.desktop_starting,
-            DesktopState.UNAVAILABLE: self.broker.desktop_unavailable,
-        }[state]
-        self._apply(report(desktop))
+        self._apply(self.broker.desktop_state(desktop, state))
 
     @rule(seconds=st.sampled_from([1.0, 30.0, 400.0, 700.0]))
     def time_passes(self, seconds: float) -> None:

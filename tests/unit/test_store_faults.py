@@ -15,6 +15,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from thinserve.broker import Broker, BrokerConfig, TerminalInfo
+from thinserve.desktop_state import DesktopState
 from thinserve.hub import STORE_FAULT_REPORT_EVERY, TICK_SECONDS, Hub
 from thinserve.store import (
     CannotOpenError,
@@ -195,7 +196,7 @@ def test_a_terminal_the_store_cannot_save_is_not_connected_and_nothing_is_kept(
         broker.terminal_connected("t2", TerminalInfo(name="new"))
     assert (broker.snapshot(), contents(store)) == before
     with pytest.raises(ReadOnlyError):  # t1's session cannot be recorded as ended
-        broker.desktop_unavailable("d1")
+        broker.desktop_state("d1", DesktopState.CRASHED)
     assert broker.snapshot().shown == before[0].shown  # so nothing was published
     set_read_only(store, False)
     assert broker.terminal_connected("t2", TerminalInfo(name="new")).kind.value == "pairing"

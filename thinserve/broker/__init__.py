@@ -6,6 +6,7 @@ and applies the ``Change`` values it returns.  See docs/broker.md.
 
 from __future__ import annotations
 
+from ..desktop_state import DesktopState
 from .assignment import (
     FALLBACK_SCREENS,
     Assignment,
@@ -29,7 +30,6 @@ from .core import (
     viewer_terminal_id,
 )
 from .ratelimit import RateLimit
-from .states import DesktopState
 
 __all__ = [
     "ALPHABET",

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
+from ..desktop_state import DesktopState
 from ..secrets import SecretHasher
 from ..store.base import (
     ConflictError,
@@ -44,7 +45,6 @@ from . import codes
 from .assignment import Assignment, Change, ScreenKind, ShowDesktop, ShowScreen, _grant
 from .config import BrokerConfig
 from .ratelimit import FailureLimiter
-from .states import DesktopState
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +195,12 @@ class Broker:
     # Desktops: the relay registers its desktops and reports their state.
 
     def register_desktop(
-        self, name: str, backend: str, state: DesktopState = DesktopState.READY
+        self, name: str, backend: str, state: DesktopState = DesktopState.STOPPED
     ) -> list[Change]:
         """Make ``name`` known (call for every configured desktop at startup).
 
-        Desktops not registered in this run are unavailable to everyone.
+        A stopped desktop is offered: it is started for the terminal given
+        it.  Desktops not registered in this run are unavailable to everyone.
         """
         _check_text(name, "desktop name")
         self.store.upsert_desktop(Desktop(name, backend, self.config.pool_of(name)))
@@ -207,23 +208,19 @@ class Broker:
         self._progress[name] = None
         return self._settle()
 
-    def desktop_available(self, desktop: str) -> list[Change]:
-        """``desktop`` is running and can be shown."""
-        return self._set_state(desktop, DesktopState.READY, None)
+    def desktop_state(
+        self, desktop: str, state: DesktopState, progress: float | None = None
+    ) -> list[Change]:
+        """The relay's word on ``desktop`` (thinserve/desktop_state.py).
 
-    def desktop_starting(self, desktop: str, progress: float | None = None) -> list[Change]:
-        """``desktop`` is starting; its terminals show progress (0..1) if known."""
-        if progress is not None:
-            progress = min(max(float(progress), 0.0), 1.0)
-        return self._set_state(desktop, DesktopState.STARTING, progress)
-
-    def desktop_unavailable(self, desktop: str) -> list[Change]:
-        """``desktop`` cannot be used; a pool lease on it is given up."""
-        return self._set_state(desktop, DesktopState.UNAVAILABLE, None)
-
-    def _set_state(self, desktop: str, state: DesktopState, progress: float | None) -> list[Change]:
+        While it starts its terminals show progress (0..1) if known; a held
+        back or crashed desktop is unavailable, and a pool lease on it is
+        given up.
+        """
         if desktop not in self._states:
             raise BrokerError(f"desktop {desktop!r} is not registered")
+        if progress is not None:
+            progress = min(max(float(progress), 0.0), 1.0)
         self._states[desktop] = state
         self._progress[desktop] = progress
         return self._settle()
@@ -729,38 +726,42 @@ class Broker:
         if wait > 0:
             self._audit(actor, "pair-code-refused", terminal_id or "", f"rate limited for {wait} s")
             raise PairingCodeError(f"too many wrong codes; try again in {wait} seconds")
-        paired = False
+        paired: PairingCode | None = None
+        target = ""
         with self.store.atomic():
             self._check_owner_free(desktop)
             record = self._valid_code(code, terminal_id, now)
-            target = record and (
-                by_address_id(record.terminal_id) if by_address else record.terminal_id
-            )
-            if record is not None and target != record.terminal_id:
-                self._check_address_free(record.terminal_id, target)
-            if record is not None and self.store.consume_pairing_code(record.code, now):
-                how = " with a pairing code" + (", by address" if by_address else "")
-                self._pair(target, desktop, actor, how)
-                paired = True
-        if paired:
-            if record is not None and target != record.terminal_id:
-                self._rename(record.terminal_id, target, now)
+            if record is not None:
+                target = (
+                    self._address_target(record.terminal_id) if by_address else record.terminal_id
+                )
+                if self.store.consume_pairing_code(record.code, now):
+                    how = " with a pairing code" + (", by address" if by_address else "")
+                    self._pair(target, desktop, actor, how)
+                    paired = record
+        if paired is not None:
+            if target != paired.terminal_id:
+                self._rename(paired.terminal_id, target, now)
             return self._settle()
         raise PairingCodeError(
             "no such pairing code, or it expired or was used",
             self._code_failed(code, terminal_id, actor, now),
         )
 
-    def _check_address_free(self, terminal_id: str, target: str | None) -> None:
+    def _address_target(self, terminal_id: str) -> str:
+        """The id ``terminal_id`` is paired as by address: its ``viewer-ADDR``,
+        which no other live connection may hold."""
+        target = by_address_id(terminal_id)
         if target is None:
             raise BrokerError(
                 f"terminal {terminal_id!r} is not a keyless viewer: pair it without --by-address"
             )
-        if target in self._conns:
+        if target != terminal_id and target in self._conns:
             raise BrokerError(
                 f"another connection from that address is {target!r} already; "
                 "pair this one without --by-address"
             )
+        return target
 
     def _rename(self, old: str, new: str, now: float) -> None:
         """The live connection ``old`` becomes terminal ``new`` (bound by address)."""
@@ -973,8 +974,8 @@ class Broker:
         return self._fallback(terminal_id, now, refresh), None
 
     def _view(self, desktop: str, control: bool) -> Assignment:
-        state = self._states.get(desktop, DesktopState.UNAVAILABLE)
-        if state is DesktopState.READY:
+        state = self._states.get(desktop)
+        if state is not None and state.offered:
             return _grant(desktop, control)
         if state is DesktopState.STARTING:
             progress = self._progress.get(desktop)
@@ -1108,9 +1109,8 @@ class Broker:
         """Free leases nobody needs any more; lend free desktops to those waiting."""
         needs = self._lease_needs(pairings)
         for desktop, holder in list(self._leases.items()):
-            if (
-                needs.get(holder) != self.config.pool_of(desktop)
-                or self._states.get(desktop, DesktopState.UNAVAILABLE) is DesktopState.UNAVAILABLE
+            if needs.get(holder) != self.config.pool_of(desktop) or not _usable(
+                self._states.get(desktop)
             ):
                 del self._leases[desktop]
         held = set(self._leases.values())
@@ -1146,8 +1146,7 @@ class Broker:
 
     def _free_desktop(self, pool: str) -> str | None:
         for desktop in self.config.pools[pool]:
-            state = self._states.get(desktop, DesktopState.UNAVAILABLE)
-            if state is not DesktopState.UNAVAILABLE and desktop not in self._leases:
+            if _usable(self._states.get(desktop)) and desktop not in self._leases:
                 return desktop
         return None
 
@@ -1242,3 +1241,8 @@ def _terminal(terminal_id: str, info: TerminalInfo, now: float) -> Terminal:
 def _describe(info: TerminalInfo) -> str:
     parts = [f"{k} {v}" for k, v in (("model", info.model), ("address", info.address)) if v]
     return _printable(", ".join(parts), 300)
+
+
+def _usable(state: DesktopState | None) -> bool:
+    """Offered, or on its way: a terminal may wait for it (not held back or crashed)."""
+    return state is not None and (state.offered or state is DesktopState.STARTING)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from protocols.rfb.encodings import Rect
 from protocols.rfb.server import Cursor
 
 from ..damage import TILE, grid_rects
-from .source import InputSink, Source, tile_grid_shape
+from .source import Copy, InputSink, Source, rects_grid, tile_grid_shape
 
 
 class ScaledSource(Source):
@@ -52,6 +53,11 @@ class ScaledSource(Source):
         if ours.any():
             self.damaged_grid(ours)
 
+    def on_update(self, copies: list[Copy], rects: list[Rect], grid: np.ndarray) -> None:
+        """Copies are redrawn like any damage: a scaled copy is not a copy."""
+        moved = rects_grid([dest for dest, _, _ in copies], self.inner.width, self.inner.height)
+        self.on_damage(grid | moved)
+
     def on_resize(self) -> None:
         self._maps()
         self._redraw_all()
@@ -86,7 +92,7 @@ class ScaledSource(Source):
         sums[1:, 1:] = grid.cumsum(0).cumsum(1)
         r0, r1 = self.tile_rows
         c0, c1 = self.tile_cols
-        total = (
+        total: np.ndarray = (
             sums[r1[:, None], c1[None, :]]
             - sums[r0[:, None], c1[None, :]]
             - sums[r1[:, None], c0[None, :]]

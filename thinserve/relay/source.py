@@ -17,9 +17,14 @@ from protocols.rfb.server import Cursor
 
 from ..damage import TILE, changed_tiles
 
+Copy = tuple[Rect, int, int]  # destination, src_x, src_y
+
 
 class SourceListener(Protocol):
     def on_damage(self, grid: np.ndarray) -> None: ...
+    def on_update(self, copies: list[Copy], rects: list[Rect], grid: np.ndarray) -> None:
+        """A desktop's update as it came: ``copies`` first, then ``rects`` (as ``grid``)."""
+
     def on_resize(self) -> None: ...
     def on_cursor(self, cursor: Cursor) -> None: ...
     def on_clipboard(self, text: str) -> None: ...
@@ -71,12 +76,7 @@ class Source:
         """Announce that these rectangles of the framebuffer changed."""
         if not rects:
             return
-        grid = np.zeros(tile_grid_shape(self.width, self.height), dtype=bool)
-        for r in rects:
-            grid[r.y // TILE : -(-(r.y + r.h) // TILE), r.x // TILE : -(-(r.x + r.w) // TILE)] = (
-                True
-            )
-        self.damaged_grid(grid)
+        self.damaged_grid(rects_grid(rects, self.width, self.height))
 
     def damaged_grid(self, grid: np.ndarray) -> None:
         for listener in list(self.listeners):
@@ -118,3 +118,11 @@ class Source:
 
 def tile_grid_shape(width: int, height: int) -> tuple[int, int]:
     return -(-height // TILE), -(-width // TILE)
+
+
+def rects_grid(rects: list[Rect] | tuple[Rect, ...], width: int, height: int) -> np.ndarray:
+    """The tiles that ``rects`` touch, on a width x height picture's tile grid."""
+    grid = np.zeros(tile_grid_shape(width, height), dtype=bool)
+    for r in rects:
+        grid[r.y // TILE : -(-(r.y + r.h) // TILE), r.x // TILE : -(-(r.x + r.w) // TILE)] = True
+    return grid

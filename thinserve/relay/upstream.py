@@ -3,7 +3,9 @@
 The mirror's framebuffer is the client connection's own framebuffer, so a
 desktop is decoded once however many terminals watch it.  While the
 desktop is unreachable the mirror shows a drawn "unavailable" screen at the
-desktop's last size, and the link retries with exponential backoff.
+desktop's last size, and the link retries with exponential backoff
+(Twisted's ClientService).  A LinkListener hears when the link goes live
+and when it goes down.
 """
 
 from __future__ import annotations
@@ -14,11 +16,19 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, cast
 
 import numpy as np
-from twisted.internet import reactor as default_reactor
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from protocols.rfb import messages as m
 from protocols.rfb.client import (
@@ -35,8 +45,9 @@ from protocols.rfb.pixelformat import NATIVE
 from protocols.rfb.server import ClipboardText
 
 from .. import rfbclient
+from ..clock import Clock, reactor_clock
 from . import screens
-from .source import Source, tile_grid_shape
+from .source import Copy, InputSink, Source, rects_grid, tile_grid_shape
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +109,45 @@ def _endpoint_host(endpoint: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-Copy = tuple[Rect, int, int]  # destination, src_x, src_y
+class MirrorFeed(InputSink, Protocol):
+    """What feeds a mirror: takes the watching terminals' input, and says when
+    the desktop's update is half-applied (a picture read then would tear)."""
+
+    @property
+    def in_update(self) -> bool: ...
+
+    @property
+    def live(self) -> bool:
+        """Connected, with the desktop's picture on the mirror."""
+        ...
+
+    @property
+    def why(self) -> str:
+        """Why it is not live (the last connection's end, or its failure)."""
+        ...
 
 
 class Mirror(Source):
-    """A desktop's picture as thinserve has it, and the state of its link."""
+    """A desktop's picture as thinserve has it: decoded once, watched by many."""
 
     def __init__(self, name: str) -> None:
         width, height = DEFAULT_SIZE
         super().__init__(np.zeros((height, width), dtype=np.uint32), name)
-        self.state = "connecting"
-        self.detail = ""
-        self.in_update: Callable[[], bool] = lambda: False  # the desktop's update half-applied
+        self.feed: MirrorFeed | None = None
+        self.input = _ToFeed(self)
         self.show_screen(screens.connecting(name))
+
+    def attach(self, feed: MirrorFeed) -> None:
+        """``feed`` supplies the pictures from now on and takes the input."""
+        self.feed = feed
+
+    def detach(self, feed: MirrorFeed) -> None:
+        if self.feed is feed:
+            self.feed = None
 
     @property
     def settled(self) -> bool:
-        return not self.in_update()
+        return self.feed is None or not self.feed.in_update
 
     def show_screen(self, text: screens.ScreenText) -> None:
         self.set_frame(screens.render(text, self.width, self.height))
@@ -122,28 +155,16 @@ class Mirror(Source):
     def updated(self, copies: list[Copy], others: list[Rect]) -> None:
         """One upstream update: ``copies`` (done first) and other changed rectangles.
 
-        Listeners that take updates as they came (``on_update``) get the
-        copies and the rectangles with their tile damage; the others get
-        everything as tile damage.  An update that changed nothing is passed
-        on too: listeners may have held back while it was half-applied.
+        Listeners get the copies and the rectangles with their tile damage
+        (``on_update``).  An update that changed nothing is passed on too:
+        listeners may have held back while it was half-applied.
         """
-        grid = self._grid(others)
-        everything = grid | self._grid([dest for dest, _, _ in copies]) if copies else grid
+        grid = rects_grid(others, self.width, self.height)
         for listener in list(self.listeners):
-            on_update = getattr(listener, "on_update", None)
-            if on_update is not None:
-                on_update(copies, others, grid)
-            else:
-                listener.on_damage(everything)
+            listener.on_update(copies, others, grid)
 
     def damaged(self, rects: list[Rect] | tuple[Rect, ...]) -> None:
         self.updated([], list(rects))
-
-    def _grid(self, rects: list[Rect]) -> np.ndarray:
-        grid = np.zeros(tile_grid_shape(self.width, self.height), dtype=bool)
-        for r in rects:
-            grid[r.y // 16 : -(-(r.y + r.h) // 16), r.x // 16 : -(-(r.x + r.w) // 16)] = True
-        return grid
 
     def take_framebuffer(self, framebuffer: np.ndarray) -> None:
         """Show the upstream connection's framebuffer from now on."""
@@ -155,8 +176,44 @@ class Mirror(Source):
             self.resized()
 
 
+class _ToFeed:
+    """A mirror's input: whatever feeds it now gets it (nothing while none does)."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        self.mirror = mirror
+
+    def key(self, down: bool, keysym: int, keycode: int | None) -> None:
+        if feed := self.mirror.feed:
+            feed.key(down, keysym, keycode)
+
+    def pointer(self, buttons: int, x: int, y: int) -> None:
+        if feed := self.mirror.feed:
+            feed.pointer(buttons, x, y)
+
+    def clipboard(self, text: str) -> None:
+        if feed := self.mirror.feed:
+            feed.clipboard(text)
+
+    def set_desktop_size(self, width: int, height: int) -> bool:
+        feed = self.mirror.feed
+        return feed is not None and feed.set_desktop_size(width, height)
+
+
+class LinkListener(Protocol):
+    """Who hears when a desktop's console comes up and goes away (the manager)."""
+
+    def link_live(self, name: str) -> None: ...
+    def link_down(self, name: str, why: str) -> None: ...
+
+
 class Upstream:
-    """Keeps a Mirror fed from one desktop and forwards input to it."""
+    """Keeps a Mirror fed from one desktop and forwards input to it.
+
+    Twisted's ClientService reconnects.  Its attempt count restarts at every
+    TCP connection, so the delays come from our own count, which restarts
+    only once the desktop has answered (ServerInit): a server that accepts
+    and then drops us still gets longer and longer pauses.
+    """
 
     first_delay = 0.5
     max_delay = 10.0
@@ -165,72 +222,81 @@ class Upstream:
         self,
         address: DesktopAddress,
         mirror: Mirror | None = None,
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
+        listener: LinkListener | None = None,
     ) -> None:
         self.address = address
         self.mirror = mirror or Mirror(address.name)
-        self.mirror.input = self
-        self.clock = clock or default_reactor  # type: ignore[assignment]
-        self.proto: rfbclient.RFBClientProtocol | None = None
-        self.delay = self.first_delay
-        self.retry_call: IDelayedCall | None = None
-        self.running = False
+        self.clock: Clock = clock or reactor_clock()
+        self.listener = listener
+        self.proto: rfbclient.RFBClientProtocol | None = None  # the live connection
         self.can_set_size = False
         self.connections = 0
+        self.service: ClientService | None = None
+        self._failures = 0
+        self.why = "not connected yet"
+        self._delays = backoffPolicy(
+            self.first_delay, self.max_delay, factor=2.0, jitter=lambda: random.uniform(0, 0.1)
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.service is not None
+
+    @property
+    def live(self) -> bool:
+        """Connected, with the desktop's picture on the mirror."""
+        return self.proto is not None
+
+    @property
+    def in_update(self) -> bool:
+        return self.proto is not None and self.proto.conn.in_update
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        self.running = True
-        self._connect()
-
-    def stop(self) -> None:
-        self.running = False
-        if self.retry_call is not None and self.retry_call.active():
-            self.retry_call.cancel()
-        if self.proto is not None and self.proto.transport is not None:
-            self.proto.transport.loseConnection()
-
-    def _connect(self) -> None:
-        self.retry_call = None
-        options = rfbclient.ClientOptions(
-            password=self.address.password,
-            username=self.address.username,
-            ca_file=self.address.ca_file,
+        if self.service is not None:
+            return
+        endpoint = _Noting(_client_endpoint(self.address.endpoint), self._noted)
+        self.service = ClientService(
+            cast(IStreamClientEndpoint, endpoint),
+            cast(IProtocolFactory, _LinkFactory(self)),
+            retryPolicy=self._retry_in,
+            clock=cast(IReactorTime, self.clock),
         )
-        d = rfbclient.connect(self.address.endpoint, options, self._on_event)
-        d.addCallbacks(self._connected, self._failed)
+        self.mirror.attach(self)
+        self.service.startService()
 
-    def _connected(self, proto: rfbclient.RFBClientProtocol) -> None:
-        self.proto = proto
-        set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:  # requests and input go out at once
-            with contextlib.suppress(OSError):
-                set_no_delay(True)
-        proto.closed.addBoth(lambda reason: self._lost(proto, reason))
+    def stop(self) -> defer.Deferred[None]:
+        """Disconnect and stop retrying; fires once the connection is closed."""
+        service, self.service = self.service, None
+        self.mirror.detach(self)
+        if service is None:
+            return defer.succeed(None)
+        return service.stopService()
 
-    def _failed(self, failure: Failure) -> None:
-        self._went_down(failure.getErrorMessage())
+    def _noted(self, why: str) -> None:
+        self.why = why
 
     def _lost(self, proto: rfbclient.RFBClientProtocol, reason: Failure | None) -> None:
+        self.why = proto.error or (reason.getErrorMessage() if reason else "connection closed")
         if proto is not self.proto:
             return
         self.proto = None
-        self.mirror.in_update = lambda: False  # its half-applied update will never end
-        why = proto.error or (reason.getErrorMessage() if reason else "connection closed")
-        self._went_down(why)
-
-    def _went_down(self, why: str) -> None:
         self.can_set_size = False
-        if not self.running:
-            return
-        delay = self.delay * random.uniform(0.8, 1.2)
-        self.delay = min(self.delay * 2, self.max_delay)
+        if self.listener is not None:
+            self.listener.link_down(self.address.name, self.why)
+
+    def _retry_in(self, attempt: int) -> float:
+        """ClientService asks how long to wait: the link is down, say so on the mirror."""
+        delay = self._delays(self._failures)
+        self._failures += 1
+        why = self.why
         log.warning(
             "desktop %s unavailable (%s); retrying in %.1f s", self.address.name, why, delay
         )
-        self.mirror.state, self.mirror.detail = "down", why
-        self.mirror.show_screen(screens.unavailable(self.address.name, delay, _short(why)))
-        self.retry_call = self.clock.callLater(delay, self._connect)
+        if self.service is not None:
+            self.mirror.show_screen(screens.unavailable(self.address.name, delay, _short(why)))
+        return delay
 
     # -- events from the desktop ------------------------------------------------------
     def _on_event(self, proto: rfbclient.RFBClientProtocol, event: ClientEvent) -> None:
@@ -268,43 +334,42 @@ class Upstream:
         self.mirror.updated(copies, others)
 
     def _live(self, proto: rfbclient.RFBClientProtocol) -> None:
+        if self.service is None:
+            return  # stopped while it was shaking hands
         conn = proto.conn
+        _no_delay(proto)
         self.connections += 1
-        self.delay = self.first_delay
+        self._failures = 0
         conn.set_pixel_format(NATIVE)
         conn.set_encodings(self.address.wanted_encodings())
         conn.request_update(incremental=False)
+        self.proto = proto
         self.mirror.name = conn.name or self.address.name
-        self.mirror.state, self.mirror.detail = "live", ""
         self.mirror.take_framebuffer(conn.framebuffer)
-        self.mirror.in_update = lambda: conn.in_update
         log.info("desktop %s live at %dx%d", self.address.name, conn.width, conn.height)
+        if self.listener is not None:
+            self.listener.link_live(self.address.name)
 
     # -- InputSink ------------------------------------------------------------------
-    def _conn(self) -> rfbclient.RFBClientProtocol | None:
-        if self.proto is None or self.mirror.state != "live":
-            return None
-        return self.proto
-
     def key(self, down: bool, keysym: int, keycode: int | None) -> None:
-        if proto := self._conn():
+        if proto := self.proto:
             proto.conn.key_event(down, keysym, keycode)
             proto.flush()
 
     def pointer(self, buttons: int, x: int, y: int) -> None:
-        if proto := self._conn():
+        if proto := self.proto:
             x = min(max(x, 0), max(proto.conn.width - 1, 0))
             y = min(max(y, 0), max(proto.conn.height - 1, 0))
             proto.conn.pointer_event(buttons, x, y)
             proto.flush()
 
     def clipboard(self, text: str) -> None:
-        if proto := self._conn():
+        if proto := self.proto:
             proto.conn.send_clipboard(text)
             proto.flush()
 
     def set_desktop_size(self, width: int, height: int) -> bool:
-        proto = self._conn()
+        proto = self.proto
         if proto is None or not self.can_set_size:
             return False
         proto.conn.set_desktop_size(width, height)
@@ -312,8 +377,62 @@ class Upstream:
         return True
 
 
+class _LinkFactory(protocol.Factory):
+    """RFB client protocols whose end the Upstream hears before ClientService does."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+
+    def buildProtocol(self, addr: object) -> rfbclient.RFBClientProtocol:
+        upstream = self.upstream
+        address = upstream.address
+        options = rfbclient.ClientOptions(
+            password=address.password, username=address.username, ca_file=address.ca_file
+        )
+        proto = rfbclient.RFBClientProtocol(options, upstream._on_event)
+        proto.closed.addBoth(lambda reason: upstream._lost(proto, reason))
+        return proto
+
+
+class _Endpoint(Protocol):
+    """A client endpoint (IStreamClientEndpoint), as mypy can check its calls."""
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]: ...
+
+
+def _client_endpoint(description: str) -> _Endpoint:
+    from twisted.internet import reactor  # the one the program installed
+
+    endpoint = endpoints.clientFromString(reactor, description)
+    return cast(_Endpoint, endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _Noting:
+    """A client endpoint that tells why a connection attempt failed."""
+
+    def __init__(self, endpoint: _Endpoint, note: Callable[[str], None]) -> None:
+        self.endpoint = endpoint
+        self.note = note
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        def failed(failure: Failure) -> Failure:
+            self.note(failure.getErrorMessage())
+            return failure
+
+        return self.endpoint.connect(factory).addErrback(failed)
+
+
+def _no_delay(proto: rfbclient.RFBClientProtocol) -> None:
+    """Requests and input go out at once."""
+    set_no_delay = getattr(proto.transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:  # TCP only: Unix sockets have no Nagle
+        with contextlib.suppress(OSError):
+            set_no_delay(True)
+
+
 def _short(why: str) -> str:
     return why if len(why) <= 80 else why[:77] + "..."
 
 
-__all__ = ["DesktopAddress", "Mirror", "Upstream"]
+__all__ = ["DesktopAddress", "LinkListener", "Mirror", "MirrorFeed", "Upstream"]

@@ -9,18 +9,11 @@ progress ("starting") and notice crashes.
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-
-class DesktopStatus(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    CRASHED = "crashed"
+from ..desktop_state import DesktopState
 
 
 @dataclass(frozen=True)
@@ -37,11 +30,11 @@ class ConsoleAddress:
 class DesktopInfo:
     name: str
     backend: str  # the backend's name, e.g. "qemu", "libvirt", "xvnc", "vnc"
-    status: DesktopStatus
+    status: DesktopState
     detail: str = ""  # e.g. "KVM, 2 CPUs, 2048 MiB" or the last error
 
 
-StatusListener = Callable[[str, DesktopStatus, str], None]  # desktop, status, detail
+StatusListener = Callable[[str, DesktopState, str], None]  # desktop, status, detail
 
 
 class Backend(Protocol):
@@ -58,6 +51,14 @@ class Backend(Protocol):
 
     async def stop(self, desktop: str, force: bool = False) -> None:
         """Shut ``desktop`` down (gracefully unless ``force``)."""
+        ...
+
+    async def reset(self, desktop: str) -> None:
+        """Back to a fresh desktop (a template, a new session) before its next start."""
+        ...
+
+    def stop_on_release(self, desktop: str) -> bool:
+        """Whether ``desktop`` is stopped as soon as nobody uses it."""
         ...
 
     async def close(self) -> None:
@@ -98,7 +99,7 @@ class UnitBackend(Generic[U]):
         self.on_status = on_status
         self.units: dict[str, U] = {}
 
-    def _report(self, desktop: str, status: DesktopStatus, detail: str) -> None:
+    def _report(self, desktop: str, status: DesktopState, detail: str) -> None:
         if self.on_status is not None:
             self.on_status(desktop, status, detail)
 
@@ -120,6 +121,9 @@ class UnitBackend(Generic[U]):
     async def reset(self, desktop: str) -> None:
         """Back to a fresh desktop, as the desktop's own ``reset`` defines it."""
         await self.unit(desktop).reset()
+
+    def stop_on_release(self, desktop: str) -> bool:
+        return False
 
     async def close(self) -> None:
         """Stop every desktop (each within its own timeout)."""

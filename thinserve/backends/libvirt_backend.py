@@ -33,7 +33,8 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from .base import BackendError, ConsoleAddress, DesktopInfo, DesktopStatus, StatusListener
+from ..desktop_state import DesktopState
+from .base import BackendError, ConsoleAddress, DesktopInfo, StatusListener
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,11 @@ _STOPPED_DETAIL = {
 }
 
 
-_RUNNING = (DesktopStatus.RUNNING, "")
-_PAUSED = (DesktopStatus.STOPPED, "paused")
-_SUSPENDED = (DesktopStatus.STOPPED, "suspended")
-_SHUTTING_DOWN = (DesktopStatus.STOPPING, "shutting down")
-_GUEST_CRASHED = (DesktopStatus.CRASHED, "the guest crashed")
+_RUNNING = (DesktopState.RUNNING, "")
+_PAUSED = (DesktopState.STOPPED, "paused")
+_SUSPENDED = (DesktopState.STOPPED, "suspended")
+_SHUTTING_DOWN = (DesktopState.STOPPING, "shutting down")
+_GUEST_CRASHED = (DesktopState.CRASHED, "the guest crashed")
 _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: _RUNNING,
     libvirt.VIR_DOMAIN_BLOCKED: _RUNNING,
@@ -117,7 +118,7 @@ _STATES = {
 }
 _SHUTOFF_REASONS = {
     libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: _GUEST_CRASHED,
-    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: (DesktopStatus.CRASHED, "the domain failed to start"),
+    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: (DesktopState.CRASHED, "the domain failed to start"),
 }
 _EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_STARTED: _RUNNING,
@@ -126,26 +127,26 @@ _EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: _SUSPENDED,
     libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: _SHUTTING_DOWN,
     libvirt.VIR_DOMAIN_EVENT_CRASHED: _GUEST_CRASHED,
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: (DesktopStatus.STOPPED, ""),
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: (DesktopStatus.STOPPED, "removed"),
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: (DesktopState.STOPPED, ""),
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: (DesktopState.STOPPED, "removed"),
 }
 _STOPPED_EVENTS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: _GUEST_CRASHED,
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: (DesktopStatus.CRASHED, "the hypervisor failed"),
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: (DesktopState.CRASHED, "the hypervisor failed"),
 }
 
 
-def status_of_state(state: int, reason: int) -> tuple[DesktopStatus, str]:
+def status_of_state(state: int, reason: int) -> tuple[DesktopState, str]:
     """Map a libvirt domain state and its reason to a desktop status and detail."""
     if state == libvirt.VIR_DOMAIN_SHUTOFF:
-        return _SHUTOFF_REASONS.get(reason, (DesktopStatus.STOPPED, ""))
-    return _STATES.get(state, (DesktopStatus.STOPPED, "no state"))
+        return _SHUTOFF_REASONS.get(reason, (DesktopState.STOPPED, ""))
+    return _STATES.get(state, (DesktopState.STOPPED, "no state"))
 
 
-def status_of_event(event: int, detail: int) -> tuple[DesktopStatus, str] | None:
+def status_of_event(event: int, detail: int) -> tuple[DesktopState, str] | None:
     """Map a lifecycle event to a status, or None when it changes nothing."""
     if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
-        stopped = (DesktopStatus.STOPPED, _STOPPED_DETAIL.get(detail, ""))
+        stopped = (DesktopState.STOPPED, _STOPPED_DETAIL.get(detail, ""))
         return _STOPPED_EVENTS.get(detail, stopped)
     return _EVENTS.get(event)
 
@@ -237,7 +238,7 @@ class LibvirtBackend:
     def __init__(self, config: LibvirtConfig, on_status: StatusListener | None = None) -> None:
         self.config = config
         self.on_status = on_status
-        self.known: dict[str, tuple[DesktopStatus, str]] = {}
+        self.known: dict[str, tuple[DesktopState, str]] = {}
         self._conn: libvirt.virConnect | None = None
         self._conn_lock = threading.Lock()
         self._event_id: int | None = None
@@ -296,7 +297,7 @@ class LibvirtBackend:
     def _wanted(self, name: str) -> bool:
         return not self.config.domains or name in self.config.domains
 
-    def _report(self, name: str, status: DesktopStatus, detail: str) -> None:
+    def _report(self, name: str, status: DesktopState, detail: str) -> None:
         """Tell ``on_status`` when a desktop's status changes (the detail alone: no)."""
         previous = self.known.get(name)
         self.known[name] = (status, detail)
@@ -371,14 +372,14 @@ class LibvirtBackend:
         await self.open()
         state, _ = await self._call(self._state, desktop)
         if state not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-            self._report(desktop, DesktopStatus.STARTING, "")
+            self._report(desktop, DesktopState.STARTING, "")
             try:
                 await self._call(self._start, desktop)
             except BackendError as exc:
-                self._report(desktop, DesktopStatus.CRASHED, str(exc))
+                self._report(desktop, DesktopState.CRASHED, str(exc))
                 raise
         address = await self.console(desktop)
-        self._report(desktop, DesktopStatus.RUNNING, "")
+        self._report(desktop, DesktopState.RUNNING, "")
         return address
 
     def _start(self, name: str) -> None:
@@ -408,11 +409,18 @@ class LibvirtBackend:
 
     async def stop(self, desktop: str, force: bool = False) -> None:
         await self.open()
-        self._report(desktop, DesktopStatus.STOPPING, "destroying" if force else "shutting down")
+        self._report(desktop, DesktopState.STOPPING, "destroying" if force else "shutting down")
         how = await self._call(self._stop, desktop, force)
         state, reason = await self._call(self._state_after_stop, desktop)
         status, detail = status_of_state(state, reason)
-        self._report(desktop, status, how if status is DesktopStatus.STOPPED else detail)
+        self._report(desktop, status, how if status is DesktopState.STOPPED else detail)
+
+    async def reset(self, desktop: str) -> None:
+        """A domain has no template here: a forced stop ends the last user's session."""
+        await self.stop(desktop, force=True)
+
+    def stop_on_release(self, desktop: str) -> bool:
+        return False
 
     def _stop(self, name: str, force: bool) -> str:
         """ACPI shutdown, then destroy after shutdown_timeout (in a pool thread).

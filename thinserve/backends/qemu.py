@@ -40,10 +40,9 @@ import logging
 import os
 import re
 import shutil
-import signal
 import tempfile
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,14 +51,14 @@ from qemu.qmp import QMPClient, Runstate
 from qemu.qmp.error import QMPError
 from twisted.internet.defer import Deferred
 
+from ..desktop_state import DesktopState
 from .base import (
     BackendError,
-    DesktopStatus,
     StatusListener,
     UnitBackend,
 )
 from .images import ImageError, create_overlay, image_format
-from .lifecycle import DesktopLifecycle, rfb_greets
+from .lifecycle import DesktopLifecycle, describe_exit, rfb_greets
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +147,6 @@ def choose_accelerator(requested: str) -> str:
     return requested
 
 
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-returncode).name}"
-        return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
-
-
 @dataclass
 class _Run:
     """What one QEMU process left behind: how it ended and why."""
@@ -178,11 +169,15 @@ class QemuVM(DesktopLifecycle):
     """One desktop's VM: overlay, QEMU process, QMP session and status."""
 
     backend = "qemu"
+    program = "QEMU"
+    start_errors = (OSError, QMPError)
+    step_errors = (QMPError,)
+    config: QemuDesktopConfig
+    run: _Run | None
 
     def __init__(self, config: QemuDesktopConfig, report: StatusListener) -> None:
         super().__init__(report)
         self.config = config
-        self.run: _Run | None = None
         self._socket_dir: Path | None = None
 
     def reconfigure(self, config: QemuDesktopConfig) -> None:
@@ -211,31 +206,23 @@ class QemuVM(DesktopLifecycle):
     def qmp_socket(self) -> Path:
         return self.socket_dir / "qmp.sock"
 
+    @property
+    def start_timeout(self) -> float:
+        return self.config.boot_timeout
+
     def _summary(self, accel: str) -> str:
         cfg = self.config
         return f"{accel.upper()}, {cfg.cpus} CPUs, {cfg.memory_mib} MiB"
 
     # --- starting ----------------------------------------------------------------
 
-    async def _start(self) -> None:
-        async with self._lock:
-            if self.run is not None and self.status is DesktopStatus.RUNNING:
-                return
-            accel = choose_accelerator(self.config.accel)
-            self._set(DesktopStatus.STARTING, self._summary(accel))
-            try:
-                await self._prepare_disk()
-                run = await self._launch(accel)
-                await self._wait_until_ready(run)
-            except (asyncio.CancelledError, BackendError) as exc:
-                await self._abort_start(exc)
-                raise
-            except (OSError, QMPError) as exc:
-                error = BackendError(f"desktop {self.config.name}: could not start QEMU: {exc}")
-                await self._abort_start(error)
-                raise error from exc
-            run.ready = True
-            self._set(DesktopStatus.RUNNING, self._summary(accel))
+    async def _launch(self) -> str:
+        accel = choose_accelerator(self.config.accel)
+        self._set(DesktopState.STARTING, self._summary(accel))
+        await self._prepare_disk()
+        run = await self._start_qemu(accel)
+        await self._wait_until_ready(run)
+        return self._summary(accel)
 
     async def _prepare_disk(self) -> None:
         cfg = self.config
@@ -253,7 +240,7 @@ class QemuVM(DesktopLifecycle):
         except (ImageError, OSError) as exc:
             raise BackendError(f"desktop {cfg.name}: {exc}") from exc
 
-    async def _launch(self, accel: str) -> _Run:
+    async def _start_qemu(self, accel: str) -> _Run:
         if shutil.which(self.config.qemu_binary) is None:
             raise BackendError(
                 f"{self.config.qemu_binary} not found: apt-get install qemu-system-x86 qemu-utils"
@@ -278,9 +265,9 @@ class QemuVM(DesktopLifecycle):
         run.stderr_task = asyncio.ensure_future(self._read_stderr(run))
         run.exit_task = asyncio.ensure_future(self._watch_exit(run))
         log.info("desktop %s: QEMU started, pid %d, %s", self.config.name, process.pid, accel)
-        await self._race_exit(run, qmp.accept(), "connect to QMP")
+        await self._race_exit(run, run.exited, qmp.accept(), "connect to QMP")
         run.events_task = asyncio.ensure_future(self._read_events(run))
-        await self._race_exit(run, qmp.execute("cont"), "resume the guest")
+        await self._race_exit(run, run.exited, qmp.execute("cont"), "resume the guest")
         return run
 
     def command(self, accel: str) -> list[str]:
@@ -331,34 +318,12 @@ class QemuVM(DesktopLifecycle):
                 args += ["-append", cfg.append]
         return args
 
-    async def _race_exit(self, run: _Run, step: Awaitable[object], what: str) -> None:
-        """Await ``step`` unless QEMU exits first; then fail with its last words."""
-        step_task = asyncio.ensure_future(step)
-        exit_task = asyncio.ensure_future(run.exited.wait())
-        try:
-            await asyncio.wait(
-                {step_task, exit_task},
-                timeout=self.config.boot_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            exit_task.cancel()
-        if not step_task.done():
-            step_task.cancel()
-            if run.exited.is_set():
-                raise BackendError(f"QEMU exited before it could {what}: {self._last_words(run)}")
-            raise BackendError(f"QEMU did not {what} within {self.config.boot_timeout:.0f} s")
-        try:
-            step_task.result()
-        except QMPError as exc:
-            raise BackendError(f"QEMU could not {what}: {exc}") from exc
-
     async def _wait_until_ready(self, run: _Run) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.boot_timeout
         while True:
             if run.exited.is_set():
-                raise BackendError(f"QEMU exited while starting: {self._last_words(run)}")
+                raise BackendError(f"QEMU exited while starting: {self._last_line(run)}")
             if await self._guest_running(run) and await rfb_greets(self.vnc_socket):
                 return
             if loop.time() > deadline:
@@ -375,15 +340,6 @@ class QemuVM(DesktopLifecycle):
         except (QMPError, OSError, TimeoutError):
             return False
         return isinstance(status, dict) and status.get("status") == "running"
-
-    async def _abort_start(self, exc: BaseException) -> None:
-        run, self.run = self.run, None
-        if run is not None:
-            run.stop_requested = True
-            await self._kill(run)
-        reason = str(exc) if isinstance(exc, BackendError) else "start cancelled"
-        status = DesktopStatus.CRASHED if isinstance(exc, BackendError) else DesktopStatus.STOPPED
-        self._set(status, reason)
 
     # --- watching ------------------------------------------------------------------
 
@@ -430,7 +386,7 @@ class QemuVM(DesktopLifecycle):
         await self._last_events(run)
         status, detail = self._ending(run, returncode)
         log.log(
-            logging.WARNING if status is DesktopStatus.CRASHED else logging.INFO,
+            logging.WARNING if status is DesktopState.CRASHED else logging.INFO,
             "desktop %s: QEMU ended (%s): %s",
             self.config.name,
             describe_exit(returncode),
@@ -441,42 +397,32 @@ class QemuVM(DesktopLifecycle):
             self._set(status, detail)
         run.exited.set()
 
-    def _ending(self, run: _Run, returncode: int) -> tuple[DesktopStatus, str]:
+    def _ending(self, run: _Run, returncode: int) -> tuple[DesktopState, str]:
         reason = run.shutdown_reason
         if run.panicked or reason == "guest-panic":
-            return DesktopStatus.CRASHED, "the guest operating system panicked"
+            return DesktopState.CRASHED, "the guest operating system panicked"
         if reason == "guest-shutdown":
-            return DesktopStatus.STOPPED, "the guest powered off"
+            return DesktopState.STOPPED, "the guest powered off"
         if run.stop_requested:
-            return DesktopStatus.STOPPED, "stopped"
+            return DesktopState.STOPPED, "stopped"
         if reason == "host-signal":
-            return DesktopStatus.STOPPED, "QEMU was ended by a signal"
+            return DesktopState.STOPPED, "QEMU was ended by a signal"
         if reason:
-            return DesktopStatus.STOPPED, f"QEMU shut down ({reason})"
+            return DesktopState.STOPPED, f"QEMU shut down ({reason})"
         why = f"QEMU ended unexpectedly ({describe_exit(returncode)})"
-        return DesktopStatus.CRASHED, f"{why}: {self._last_words(run)}" if run.stderr else why
+        return DesktopState.CRASHED, f"{why}: {self._last_line(run)}" if run.stderr else why
 
     @staticmethod
-    def _last_words(run: _Run) -> str:
+    def _last_line(run: _Run) -> str:
         return run.stderr[-1] if run.stderr else "no error message"
+
+    async def _last_words(self, run: _Run) -> str:
+        return self._last_line(run)  # read by _watch_exit before it sets ``exited``
 
     # --- stopping ---------------------------------------------------------------------
 
-    async def stop(self, force: bool = False) -> None:
-        task = self._start_task
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        async with self._lock:
-            run = self.run
-            if run is None:
-                return
-            run.stop_requested = True
-            self._set(DesktopStatus.STOPPING, "powering off" if not force else "quitting")
-            if not force:
-                await self._power_down(run)
-            await self._kill(run)
+    def _stopping_detail(self, force: bool) -> str:
+        return "quitting" if force else "powering off"
 
     async def _power_down(self, run: _Run) -> None:
         with contextlib.suppress(QMPError, OSError):
@@ -484,8 +430,10 @@ class QemuVM(DesktopLifecycle):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(run.exited.wait(), self.config.shutdown_timeout)
 
-    async def _kill(self, run: _Run) -> None:
-        """End QEMU: ``quit`` over QMP, then SIGKILL; wait until it is reaped."""
+    async def _kill(self, run: _Run, force: bool) -> None:
+        """End QEMU: the power button unless ``force``, ``quit`` over QMP, then SIGKILL."""
+        if not force:
+            await self._power_down(run)
         if not run.exited.is_set():
             with contextlib.suppress(QMPError, OSError, TimeoutError):
                 await asyncio.wait_for(run.qmp.execute("quit"), QUIT_TIMEOUT)

@@ -1,0 +1,83 @@
+"""Private runtime directories and files: where sessions keep sockets and cookies.
+
+Directories are made by thinserve and only then handed to a session's user,
+so thinserve never follows a link a user planted; a session's directories
+are emptied and made afresh at every start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+from pathlib import Path
+
+from .accounts import Account
+from .base import BackendError
+
+XAUTH_FAMILY_WILD = 0xFFFF
+COOKIE = "MIT-MAGIC-COOKIE-1"
+
+
+def runtime_dir() -> Path:
+    """A private directory for sockets: $XDG_RUNTIME_DIR/thinserve or similar."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else "/tmp")
+    path = Path(base) / ("thinserve" if base != "/tmp" else f"thinserve-{os.getuid()}")
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def sessions_dir() -> Path:
+    """Where XvncBackend keeps its sessions' directories (not created here)."""
+    if os.geteuid() == 0:
+        return Path("/run/thinserve-sessions")
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isabs(base):
+        return Path(base) / "thinserve-sessions"
+    return Path(f"/tmp/thinserve-sessions-{os.getuid()}")
+
+
+def make_base(base: Path) -> None:
+    """thinserve's directory: others may pass through (as root) but not list it."""
+    mode = 0o711 if os.geteuid() == 0 else 0o700
+    for path in (base, base / "sockets", base / "sessions"):
+        path.mkdir(mode=mode, parents=True, exist_ok=True)
+        st = path.lstat()
+        if st.st_uid != os.geteuid() or not os.path.isdir(path) or path.is_symlink():
+            raise BackendError(f"{path} must be a directory owned by thinserve's user")
+        os.chmod(path, mode)
+
+
+def fresh_dir(path: Path, owner: Account | None) -> None:
+    """``path`` emptied and made again: 0700, owned by ``owner`` (None: thinserve)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+    path.mkdir(mode=0o700)
+    if owner is not None:
+        give(path, owner)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A new file only thinserve's user reads (0600); never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
+def give(path: Path, account: Account) -> None:
+    if not account.is_me:
+        os.chown(path, account.uid, account.gid, follow_symlinks=False)
+
+
+def xauthority_entry(cookie: bytes) -> bytes:
+    """One Xauthority record: any address, any display, MIT-MAGIC-COOKIE-1."""
+
+    def counted(data: bytes) -> bytes:
+        return struct.pack(">H", len(data)) + data
+
+    return struct.pack(">H", XAUTH_FAMILY_WILD) + b"".join(
+        counted(part) for part in (b"", b"", COOKIE.encode(), cookie)
+    )

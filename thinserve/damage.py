@@ -8,6 +8,8 @@ downwards when consecutive rows have the same runs.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from protocols.rfb.encodings import Rect
@@ -139,4 +141,5 @@ def changed_tiles(old: np.ndarray, new: np.ndarray) -> np.ndarray:
     rows, cols = -(-h // TILE), -(-w // TILE)
     padded = np.zeros((rows * TILE, cols * TILE), dtype=bool)
     padded[:h, :w] = diff
-    return padded.reshape(rows, TILE, cols, TILE).any(axis=(1, 3))
+    # Two of the four axes remain: an array, never numpy's scalar bool.
+    return cast(np.ndarray, padded.reshape(rows, TILE, cols, TILE).any(axis=(1, 3)))

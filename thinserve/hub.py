@@ -16,9 +16,10 @@ while a secret is checked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet import reactor as default_reactor
 from twisted.internet import task
@@ -37,6 +38,8 @@ from .broker import (
     TerminalInfo,
 )
 from .broker.core import AlreadyConnectedError, LoginCheck, LoginVerdict
+from .clock import Clock
+from .desktop_state import DesktopState
 from .identities import IdentityRules
 from .relay import screens
 from .relay.drawn import DrawnScreen
@@ -55,13 +58,16 @@ STORE_FAULT_REPORT_EVERY = 60.0  # seconds between log lines about one kind of s
 KICK_GRACE = 3.0  # seconds the "disconnected" screen shows before the connection closes
 
 
-@dataclass
+@dataclasses.dataclass(frozen=True)
 class Terminal:
-    """A connected terminal: its id, what it said, and its session."""
+    """A connected terminal, filed under its id: its session, which knows the
+    id and what the terminal said about itself."""
 
-    terminal_id: str
-    info: TerminalInfo
     session: TerminalSession
+
+    @property
+    def info(self) -> TerminalInfo:
+        return self.session.info
 
 
 class Hub:
@@ -69,7 +75,8 @@ class Hub:
         self,
         broker: Broker,
         mirrors: dict[str, Mirror],
-        reactor: object | None = None,
+        # IReactorTime and IReactorFromThreads: zope interfaces (see thinserve.clock)
+        reactor: Any = None,
         on_desktop_wanted: Callable[[str], None] | None = None,
         verifier: Verifier | None = None,
         address_subnets: tuple[str, ...] = (),
@@ -77,8 +84,9 @@ class Hub:
     ) -> None:
         self.broker = broker
         self.mirrors = mirrors
-        self.reactor = reactor or default_reactor
-        self.verifier = verifier or Verifier(self.reactor)  # type: ignore[arg-type]
+        reactor = reactor or default_reactor
+        self.reactor: Clock = reactor
+        self.verifier = verifier or Verifier(reactor)
         self.terminals: dict[str, Terminal] = {}
         self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
         self.identities = IdentityRules(
@@ -88,7 +96,7 @@ class Hub:
         )
         self.max_unpaired = max_unpaired
         self._ticker = task.LoopingCall(self.tick)
-        self._ticker.clock = self.reactor
+        self._ticker.clock = reactor
         self._store_faults: dict[str, tuple[float, int]] = {}  # kind -> (quiet until, held)
         self.stopped = False
 
@@ -102,9 +110,7 @@ class Hub:
             self._ticker.stop()
         self.verifier.stop()
         for terminal in list(self.terminals.values()):
-            proto = terminal.session.proto
-            if proto is not None and proto.transport is not None:
-                proto.close("thinserve is stopping")
+            terminal.session.close("thinserve is stopping")
 
     def tick(self) -> None:
         try:
@@ -120,26 +126,18 @@ class Hub:
     ) -> TerminalSession:
         """A session for one connection; ``info`` and ``advertised_key`` come
         from a discovered terminal's advert: recorded, never trusted."""
-        session = TerminalSession(self._attach, self._detach)
-        session.terminal_id = None  # type: ignore[attr-defined]
-        session.info = info or TerminalInfo()  # type: ignore[attr-defined]
-        session.advertised_key = advertised_key  # type: ignore[attr-defined]
-        return session
+        return TerminalSession(self._attach, self._detach, info=info, advertised_key=advertised_key)
 
     def _attach(self, session: TerminalSession) -> Source:
         proto = session.proto
         assert proto is not None
-        host = _peer_host(session)
-        found = self.identities.identify(
-            host,
-            proto.proven_key,
-            session.advertised_key,  # type: ignore[attr-defined]
-        )
+        host = proto.peer_host()
+        found = self.identities.identify(host, proto.proven_key, session.advertised_key)
         terminal_id = found.terminal_id
-        session.terminal_id = terminal_id  # type: ignore[attr-defined]
-        info: TerminalInfo = session.info  # type: ignore[attr-defined]
-        if not info.address:
-            info = TerminalInfo(info.name, info.model, host, info.screen_width, info.screen_height)
+        session.terminal_id = terminal_id
+        if not session.info.address:
+            session.info = dataclasses.replace(session.info, address=host)
+        info = session.info
         note = found.note or (self._changed_key(terminal_id, info) if found.kind == "key" else "")
         if note:
             log.warning("terminal %s from %s: %s", terminal_id, host, note)
@@ -147,7 +145,7 @@ class Hub:
             self._replace_old_connection(terminal_id)
         if self._too_many_waiting(terminal_id, proto.login_user):
             return self._turn_away(session, terminal_id, host)
-        self.terminals[terminal_id] = Terminal(terminal_id, info, session)
+        self.terminals[terminal_id] = Terminal(session)
         try:
             assignment = self.broker.terminal_connected(
                 terminal_id, info, connection=id(session), notice=note
@@ -163,6 +161,7 @@ class Hub:
             host,
             _describe(assignment),
         )
+        session.control = _takes_input(assignment)
         return self._source_for(terminal_id, assignment, session)
 
     def _too_many_waiting(self, terminal_id: str, user: str | None) -> bool:
@@ -196,10 +195,8 @@ class Hub:
         """A short refusal that costs nothing: a shared drawn screen, then close.
         The connection never becomes a terminal of the broker's."""
         width, height = self._screen_size(terminal_id, session)
-        current = self.terminals.get(terminal_id)
-        if current is not None and current.session is session:
-            del self.terminals[terminal_id]
-        session.terminal_id = None  # type: ignore[attr-defined]
+        self._forget(terminal_id, session)
+        session.terminal_id = None
         self._close_later(session, f"turned away: {text.title}")
         return DrawnScreen(text, width, height)
 
@@ -207,7 +204,7 @@ class Hub:
         """Log a store fault as one ERROR line per kind a minute, however many
         connections meet it; the next line counts those held back."""
         kind = type(fault).__name__
-        now = self.reactor.seconds()  # type: ignore[attr-defined]
+        now = self.reactor.seconds()
         quiet_until, held = self._store_faults.get(kind, (0.0, 0))
         if now < quiet_until:
             self._store_faults[kind] = (quiet_until, held + 1)
@@ -243,10 +240,9 @@ class Hub:
         if not isinstance(prepared, LoginCheck):
             return succeed(prepared)
         checked = self.verifier.run(prepared.run)
-        checked.addCallbacks(
+        return checked.addCallbacks(
             self.broker.credentials_checked, self._credentials_lost, errbackArgs=(prepared,)
         )
-        return checked
 
     def _credentials_lost(self, failure: Failure, check: LoginCheck) -> str:
         """A check that gave no verdict (its thread failed, or stopping): not a
@@ -259,20 +255,23 @@ class Hub:
     def _replace_old_connection(self, terminal_id: str) -> None:
         """A terminal that proved its key again: its older connection is over."""
         old = self.terminals.pop(terminal_id, None)
-        if old is None or not self.broker.is_connected(terminal_id):
+        if old is None:
             return
         log.info("terminal %s connected again; closing its old connection", terminal_id)
         self.apply(self.broker.terminal_disconnected(terminal_id, id(old.session)))
-        if old.session.proto is not None and old.session.proto.transport is not None:
-            old.session.proto.close("the same terminal connected again")
+        old.session.close("the same terminal connected again")
 
-    def _detach(self, session: TerminalSession) -> None:
-        terminal_id = session.terminal_id  # type: ignore[attr-defined]
-        if self.stopped or terminal_id is None:
-            return
+    def _forget(self, terminal_id: str, session: TerminalSession) -> None:
+        """Unfile ``session``, unless a newer connection holds ``terminal_id``."""
         current = self.terminals.get(terminal_id)
         if current is not None and current.session is session:
             del self.terminals[terminal_id]
+
+    def _detach(self, session: TerminalSession) -> None:
+        terminal_id = session.terminal_id
+        if self.stopped or terminal_id is None:
+            return
+        self._forget(terminal_id, session)
         try:
             changes = self.broker.terminal_disconnected(terminal_id, id(session))
         except AlreadyConnectedError:
@@ -280,7 +279,7 @@ class Hub:
         except StoreError as exc:  # the next tick publishes what changed
             self._store_fault(f"terminal {terminal_id} disconnected", exc)
             changes = []
-        if terminal_id is not None and lasts_one_connection(terminal_id):
+        if lasts_one_connection(terminal_id):
             try:
                 self.broker.forget_terminal(terminal_id, "its connection ended")
             except StoreError as exc:  # forgotten later, with the unpaired ones
@@ -292,22 +291,20 @@ class Hub:
     def apply(self, changes: list[Change]) -> None:
         for change in changes:
             terminal = self.terminals.get(change.terminal_id)
-            if terminal is None or terminal.session.proto is None:
+            if terminal is None or not terminal.session.connected:
                 continue
             session = terminal.session
             source = self._source_for(change.terminal_id, change.assignment, session)
-            session.show(source, control=session.control)
+            session.show(source, control=_takes_input(change.assignment))
             log.info("terminal %s now shows %s", change.terminal_id, _describe(change.assignment))
 
     def _source_for(
         self, terminal_id: str, assignment: Assignment, session: TerminalSession
     ) -> Source:
         if isinstance(assignment, ShowDesktop):
-            session.control = assignment.control
             mirror = self.mirrors[assignment.desktop]
             self.on_desktop_wanted(assignment.desktop)
             return mirror
-        session.control = False
         return self._screen(terminal_id, assignment, session)
 
     def _screen(self, terminal_id: str, screen: ShowScreen, session: TerminalSession) -> Source:
@@ -318,7 +315,6 @@ class Hub:
                 self._login(terminal_id, form, user, secret)
 
             form = LoginScreen(width, height, submit, screen.message, terminal_id)
-            session.control = True  # keys go to the form, never to a desktop
             return form
         if screen.kind is ScreenKind.KICKED:
             self._close_later(session, "kicked by the administrator")
@@ -365,21 +361,12 @@ class Hub:
         log.error("login at terminal %s: %s", terminal_id, failure.getTraceback())
 
     def _close_later(self, session: TerminalSession, why: str) -> None:
-        def close() -> None:
-            if session.proto is not None and session.proto.transport is not None:
-                session.proto.close(why)
-
-        self.reactor.callLater(KICK_GRACE, close)  # type: ignore[attr-defined]
+        self.reactor.callLater(KICK_GRACE, session.close, why)
 
     # -- desktops ------------------------------------------------------------------------
-    def desktop_starting(self, name: str, progress: float | None = None) -> None:
-        self.apply(self.broker.desktop_starting(name, progress))
-
-    def desktop_available(self, name: str) -> None:
-        self.apply(self.broker.desktop_available(name))
-
-    def desktop_unavailable(self, name: str) -> None:
-        self.apply(self.broker.desktop_unavailable(name))
+    def desktop_state(self, name: str, state: DesktopState, progress: float | None = None) -> None:
+        """The desktop manager's report (DesktopListener): the broker decides what it means."""
+        self.apply(self.broker.desktop_state(name, state, progress))
 
     # -- admin actions (the admin API calls these) ------------------------------------------
     def pair(self, terminal_id: str, desktop: str, actor: str = SYSTEM) -> None:
@@ -392,8 +379,8 @@ class Hub:
         for old, new in self.broker.take_renames():
             terminal = self.terminals.pop(old, None)
             if terminal is not None:
-                terminal.session.terminal_id = new  # type: ignore[attr-defined]
-                self.terminals[new] = Terminal(new, terminal.info, terminal.session)
+                terminal.session.terminal_id = new
+                self.terminals[new] = terminal
                 log.info("terminal %s is now %s (paired by address)", old, new)
         self.apply(changes)
 
@@ -425,6 +412,14 @@ def _screen_text(screen: ShowScreen) -> screens.ScreenText:
     return screens.unavailable(screen.desktop or "the desktop", 0, screen.message)
 
 
+def _takes_input(assignment: Assignment) -> bool:
+    """Whether the terminal's keys and pointer reach what it shows: a desktop
+    it controls, or the login form (whose keys never reach a desktop)."""
+    if isinstance(assignment, ShowDesktop):
+        return assignment.control
+    return assignment.kind is ScreenKind.LOGIN
+
+
 def _describe(assignment: Assignment) -> str:
     if isinstance(assignment, ShowDesktop):
         return f"desktop {assignment.desktop} ({'control' if assignment.control else 'view-only'})"
@@ -436,9 +431,3 @@ def _identity_words(kind: str, user: str | None) -> str:
         kind, "this connection only"
     )
     return words + (f", user {user} logged in" if user else "")
-
-
-def _peer_host(session: TerminalSession) -> str:
-    assert session.proto is not None
-    peer = session.proto.transport.getPeer()  # type: ignore[union-attr]
-    return str(getattr(peer, "host", "") or getattr(peer, "name", "") or "local")

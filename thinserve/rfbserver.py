@@ -25,6 +25,7 @@ from protocols.rfb.handshake import PlainCredentials, StartTLS, VncAuthResponse
 from protocols.rfb.server import ServerConnection, ServerEvent
 
 from .admission import Admission, Refusal
+from .clock import Timer, reactor_clock
 from .credentials import Credentials
 from .linksecurity import SecurityPolicy
 from .rfbproto import RFBProtocolBase
@@ -66,8 +67,14 @@ class Session(Protocol):
     def detach(self, why: str) -> None: ...
 
 
+class _Peered(Protocol):
+    """A transport's getPeer (ITransport's, which mypy cannot check: see thinserve.clock)."""
+
+    def getPeer(self) -> object: ...
+
+
 @implementer(interfaces.IPushProducer)
-class RFBServerProtocol(RFBProtocolBase):
+class RFBServerProtocol(RFBProtocolBase[ServerConnection]):
     peer_kind = "terminal"
 
     def __init__(
@@ -77,26 +84,25 @@ class RFBServerProtocol(RFBProtocolBase):
         self.conn = ServerConnection(methods or options.methods)
         self.session = session
         self.paused = False
-        self.error: str | None = None
         # What the connection proved: a key's fingerprint (a TLS client
         # certificate, or the browser's WebSocket key proof set before RFB
         # starts), and a hot-desk user whose password was checked.
         self.proven_key: str | None = None
         self.login_user: str | None = None
         self._tls_started = False
-        self._lost = False
         self.on_closed: Callable[[], None] | None = None
         self.dialled = False  # thinserve opened the TCP connection (a listening terminal)
+        # The handshake is over and the session attached; it stays attached
+        # while the connection is open (Twisted's ``connected``).
         self._attached = False
-        self._deadline: object | None = None
+        self._deadline: Timer | None = None
 
     # -- Twisted callbacks --------------------------------------------------------
     def connectionMade(self) -> None:
-        from twisted.internet import reactor
-
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)
         self.registered = True
-        self._deadline = reactor.callLater(  # type: ignore[attr-defined]
+        self._deadline = reactor_clock().callLater(
             HANDSHAKE_TIMEOUT, self.fail, "no handshake within the time allowed"
         )
         self.flush()
@@ -111,13 +117,12 @@ class RFBServerProtocol(RFBProtocolBase):
         self.flush()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._lost = True
+        self.connected = False
         self.closing = self.closing or _lost_words(reason)
         if self.on_closed is not None:
             self.on_closed()
         self._cancel_deadline()
         if self._attached:
-            self._attached = False
             self.session.detach(self.closing)
 
     def pauseProducing(self) -> None:
@@ -125,7 +130,7 @@ class RFBServerProtocol(RFBProtocolBase):
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self._attached:
+        if self._attached and self.connected:
             self.session.resumed()
 
     def stopProducing(self) -> None:
@@ -154,15 +159,16 @@ class RFBServerProtocol(RFBProtocolBase):
         )
         # thinserve is the TLS server even on connections it dialled (listening
         # terminals): Twisted's default role follows who opened the TCP connection.
-        self.transport.startTLS(factory, not self.dialled)  # type: ignore[union-attr]
+        assert self.transport is not None
+        self.transport.startTLS(factory, not self.dialled)
         self._tls_started = True
 
     def _note_client_certificate(self) -> None:
         """A TLS client certificate proves its key: the TLS handshake, done
         before any RFB byte inside it, signed its transcript with that key."""
-        if not self._tls_started:
+        if not self._tls_started or self.transport is None:
             return
-        certificate = self.transport.getPeerCertificate()  # type: ignore[union-attr]
+        certificate = self.transport.getPeerCertificate()
         if certificate is not None:
             self.proven_key = certificate_fingerprint(certificate.to_cryptography())
 
@@ -174,7 +180,7 @@ class RFBServerProtocol(RFBProtocolBase):
         checked.addCallback(self._checked, event)
 
     def _checked(self, refusal: str | None, event: VncAuthResponse | PlainCredentials) -> None:
-        if self._lost:
+        if not self.connected:
             return
         if refusal is None and isinstance(event, PlainCredentials):
             assert self.options.credentials is not None
@@ -192,17 +198,19 @@ class RFBServerProtocol(RFBProtocolBase):
             self.close()
 
     def peer_host(self) -> str:
-        peer = self.transport.getPeer() if self.transport is not None else None
+        """The peer's address; "local" for Unix sockets and in-process transports."""
+        transport: _Peered | None = self.transport
+        peer = transport.getPeer() if transport is not None else None
         return str(getattr(peer, "host", "") or "local")
 
     def _cancel_deadline(self) -> None:
-        if self._deadline is not None and self._deadline.active():  # type: ignore[attr-defined]
-            self._deadline.cancel()  # type: ignore[attr-defined]
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         self._deadline = None
 
 
 def _lost_words(reason: Failure | None) -> str:
-    if reason is None or reason.check(error.ConnectionDone):
+    if reason is None or isinstance(reason.value, error.ConnectionDone):
         return "closed by the terminal"
     return f"connection lost ({reason.getErrorMessage()})"
 
@@ -220,15 +228,16 @@ class RFBServerFactory(protocol.Factory):
 
     def buildProtocol(self, addr: object) -> protocol.Protocol:
         host = str(getattr(addr, "host", "") or "local")
-        if self.admission is None:
+        admission = self.admission
+        if admission is None:
             return RFBServerProtocol(
                 self.options, self.make_session(), self.options.methods_for(host)
             )
-        refusal = self.admission.refusal(host)
+        refusal = admission.refusal(host)
         if refusal is not None:
             log.warning("refused a connection from %s: %s", host, refusal)
             return Refusal(refusal)
         proto = RFBServerProtocol(self.options, self.make_session(), self.options.methods_for(host))
-        self.admission.opened(host)
-        proto.on_closed = lambda: self.admission.closed(host)  # type: ignore[union-attr]
+        admission.opened(host)
+        proto.on_closed = lambda: admission.closed(host)
         return proto

@@ -59,18 +59,3 @@ class SecretHasher:
             return self._hasher.check_needs_rehash(encoded)
         except (InvalidHashError, ValueError):
             return True
-
-
-DEFAULT_HASHER = SecretHasher()
-
-
-def hash_secret(secret: str) -> str:
-    return DEFAULT_HASHER.hash(secret)
-
-
-def verify_secret(encoded: str | None, secret: str) -> bool:
-    return DEFAULT_HASHER.verify(encoded, secret)
-
-
-def needs_rehash(encoded: str) -> bool:
-    return DEFAULT_HASHER.needs_rehash(encoded)

@@ -18,7 +18,6 @@ from typing import TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
-from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
@@ -49,6 +48,6 @@ def _fire(ran: Future[T], done: Deferred[T]) -> None:
     try:
         result = ran.result()
     except Exception as exc:  # the work's own error, or CancelledError after stop()
-        done.errback(Failure(exc))
+        done.errback(exc)
         return
     done.callback(result)

@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..clock import Timer, reactor_clock
 from . import screens
 from .source import Source, tile_grid_shape
 
@@ -38,8 +39,8 @@ class DrawnScreen(Source):
         self._size = (max(width, 1), max(height, 1))
         self._key: _Key = (*_text_key(text), *self._size)
 
-    @property  # type: ignore[override]
-    def framebuffer(self) -> np.ndarray:
+    @property
+    def framebuffer(self) -> np.ndarray:  # type: ignore[override]  # read-only, unlike Source's
         """The picture (read-only), drawn now unless the cache has it."""
         return picture(self._key, self.text, *self._size)
 
@@ -65,7 +66,7 @@ class _DrawQueue:
 
     def __init__(self) -> None:
         self.waiting: OrderedDict[_Key, list[DrawnScreen]] = OrderedDict()
-        self._turn: object | None = None  # set while this turn has drawn
+        self._turn: Timer | None = None  # set while this turn has drawn
 
     def draw_or_queue(self, screen: DrawnScreen) -> bool:
         """Draw ``screen`` now (True) or queue it (False: its watchers are told)."""
@@ -79,9 +80,7 @@ class _DrawQueue:
         return False
 
     def _next_turn(self) -> None:
-        from twisted.internet import reactor
-
-        self._turn = reactor.callLater(0, self._on_turn)  # type: ignore[attr-defined]
+        self._turn = reactor_clock().callLater(0, self._on_turn)
 
     def _on_turn(self) -> None:
         """Draw the oldest screen still watched (those nobody watches any more
@@ -112,11 +111,6 @@ def picture(key: _Key, text: screens.ScreenText, width: int, height: int) -> np.
     while sum(p.nbytes for p in _cache.values()) > CACHE_BYTES and len(_cache) > 1:
         _cache.popitem(last=False)
     return drawn
-
-
-def cached_pictures() -> int:
-    """How many pictures the cache holds (for tests and status)."""
-    return len(_cache)
 
 
 def _text_key(text: screens.ScreenText) -> tuple[object, ...]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from . import screens
 from .source import Source
 
@@ -46,7 +48,7 @@ class LoginScreen(Source):
         super().__init__(self._render(), "thinserve login")
         self.input = self
 
-    def _render(self):  # type: ignore[no-untyped-def]
+    def _render(self) -> np.ndarray:
         message = CHECKING if self.busy else self.message
         text = screens.login_form(
             self.user, len(self.secret), self.field, message, self.terminal_id

@@ -75,7 +75,7 @@ def _centred(
     font = _fitting(draw, line, font, width * 0.94)
     left, _top, right, bottom = draw.textbbox((0, 0), line, font=font)
     draw.text(((width - (right - left)) // 2, y), line, font=font, fill=colour)
-    return y + bottom
+    return y + int(bottom)
 
 
 def _fitting(
@@ -169,7 +169,7 @@ def login_form(
     cursor = "_"
     user_line = f"User:  {user}{cursor if field == 'user' else ''}"
     secret_line = f"PIN:  {'*' * secret_length}{cursor if field == 'secret' else ''}"
-    lines = (user_line, secret_line, "Tab: next field   Enter: log in")
+    lines: tuple[str, ...] = (user_line, secret_line, "Tab: next field   Enter: log in")
     if message:
         lines += (message,)
     return ScreenText("Log in", lines, footer=f"thinserve  {terminal_id}".rstrip())

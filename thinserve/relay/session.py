@@ -5,21 +5,19 @@ only when the terminal asked (or enabled continuous updates) and its
 connection can take more: a slow terminal pauses the producer, its damage
 keeps merging in a tile grid, and when it resumes it gets the newest pixels.
 
-What the session shows is decided elsewhere (the broker calls ``show``).
-Input reaches the source only while the session is in control.
+What the session shows is decided elsewhere (the hub calls ``show`` with
+the broker's decisions).  Input reaches the source only while the session
+is in control.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
 import numpy as np
-from twisted.internet import reactor as default_reactor
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from protocols.rfb import messages as m
 from protocols.rfb.constants import Encoding, FenceFlag
@@ -27,6 +25,8 @@ from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerEvent, UpdateStream
 from protocols.rfb.updates import BAND_PIXELS
 
+from ..broker import TerminalInfo
+from ..clock import Clock, Timer, reactor_clock
 from ..damage import TILE, Damage, intersect
 from ..rfbserver import RFBServerProtocol
 from .bandwidth import LinkQuality
@@ -35,8 +35,7 @@ from .source import Source
 
 log = logging.getLogger(__name__)
 
-# ExtendedDesktopSize status codes
-RESIZE_OK, RESIZE_PROHIBITED = 0, 1
+RESIZE_OK = 0  # ExtendedDesktopSize status: the terminal's size was set
 MAX_COPIES = 16  # CopyRects waiting for one update; more go out as damage
 MAX_EXACT = 64  # rectangles kept exactly as the source reported them
 # A large update goes out this many pixels (about one band) per turn of the
@@ -53,12 +52,21 @@ class TerminalSession:
         self,
         on_attach: Callable[[TerminalSession], Source],
         on_detach: Callable[[TerminalSession], None] = lambda s: None,
-        clock: IReactorTime | None = None,
+        clock: Clock | None = None,
+        *,
+        info: TerminalInfo | None = None,
+        advertised_key: str | None = None,
     ) -> None:
         self._on_attach = on_attach
         self._on_detach = on_detach
-        self.clock: IReactorTime = clock or default_reactor  # type: ignore[assignment]
-        self.proto: RFBServerProtocol | None = None
+        self.clock = clock or reactor_clock()
+        # Who the terminal is: what it said about itself and the key its
+        # advert named (both recorded, never trusted), and the id it was
+        # given when it attached (None before, and once turned away).
+        self.info = info or TerminalInfo()
+        self.advertised_key = advertised_key
+        self.terminal_id: str | None = None
+        self.proto: RFBServerProtocol | None = None  # the connection, while attached
         self.source: Source | None = None
         self.view: Source | None = None  # source, or a scaled view of it
         self.control = False
@@ -80,7 +88,7 @@ class TerminalSession:
         self.link = LinkQuality()  # the JPEG quality the terminal's link carries
         self.stream: UpdateStream | None = None  # the update going out, slice by slice
         self.stream_started = 0.0
-        self._next_slice: IDelayedCall | None = None
+        self._next_slice: Timer | None = None
 
     # -- Session interface (RFBServerProtocol) --------------------------------------
     def attach(self, proto: RFBServerProtocol) -> None:
@@ -102,6 +110,17 @@ class TerminalSession:
 
     def resumed(self) -> None:
         self.try_send()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the session is attached to an open connection: from the end
+        of the handshake until the connection ends (the protocol detaches it)."""
+        return self.proto is not None
+
+    def close(self, why: str) -> None:
+        """End the terminal's connection, if it is still open, for the reason ``why``."""
+        if self.proto is not None:
+            self.proto.close(why)
 
     def handle(self, event: ServerEvent) -> None:
         if isinstance(event, m.FramebufferUpdateRequest):
@@ -135,9 +154,6 @@ class TerminalSession:
         if self.view is not None and self.view.cursor is not None:
             self.on_cursor(self.view.cursor)
         self.try_send()
-
-    def set_control(self, control: bool) -> None:
-        self.control = control
 
     def _unwatch(self) -> None:
         if self.stream is not None:
@@ -203,7 +219,7 @@ class TerminalSession:
         assert self.proto is not None
         conn = self.proto.conn
         quality = self.link.quality(conn.settings.quality)
-        if quality == conn.rect_encoder.settings.quality:
+        if quality == conn.jpeg_quality:
             return
         log.info(
             "terminal %s: JPEG quality level %s (asked for %s, link %.0f kbit/s)",
@@ -212,7 +228,7 @@ class TerminalSession:
             conn.settings.quality,
             self.link.kbps or 0.0,
         )
-        conn.rect_encoder.configure(dataclasses.replace(conn.settings, quality=quality))
+        conn.jpeg_quality = quality
 
     def _set_desktop_size(self, req: m.SetDesktopSize) -> None:
         assert self.proto is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import cast
 
 from twisted.internet import protocol
 
@@ -19,6 +20,9 @@ from protocols.rfb.constants import Version
 from protocols.rfb.errors import ProtocolError
 from protocols.rfb.limits import DEFAULT_LIMITS
 from protocols.rfb.security import wire
+
+from .clock import Timer, reactor_clock
+from .rfbproto import Transport
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +65,20 @@ class Refusal(protocol.Protocol):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         self._received = b""
-        self._deadline: object | None = None
+        self._deadline: Timer | None = None
+
+    @property
+    def _link(self) -> Transport:
+        """``transport``, which Twisted sets before any other call."""
+        assert self.transport is not None
+        return cast(Transport, self.transport)
 
     def connectionMade(self) -> None:
-        from twisted.internet import reactor
-
-        assert self.transport is not None
-        self.transport.write(Version.V3_8.value)
-        self._deadline = reactor.callLater(  # type: ignore[attr-defined]
-            REFUSAL_SECONDS, self.transport.loseConnection
-        )
+        link = self._link
+        link.write(Version.V3_8.value)
+        self._deadline = reactor_clock().callLater(REFUSAL_SECONDS, link.loseConnection)
 
     def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
         self._received = (self._received + data)[: wire.VERSION_SIZE]
         if len(self._received) < wire.VERSION_SIZE:
             return
@@ -81,11 +86,10 @@ class Refusal(protocol.Protocol):
             version = wire.server_version_for(*wire.parse_version(self._received))
         except ProtocolError:
             version = Version.V3_3
-        self.transport.write(
-            wire.connection_failed(version, self.reason, DEFAULT_LIMITS.max_reason)
-        )
-        self.transport.loseConnection()
+        link = self._link
+        link.write(wire.connection_failed(version, self.reason, DEFAULT_LIMITS.max_reason))
+        link.loseConnection()
 
     def connectionLost(self, reason: object = None) -> None:
-        if self._deadline is not None and self._deadline.active():  # type: ignore[attr-defined]
-            self._deadline.cancel()  # type: ignore[attr-defined]
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 from twisted.internet import defer, endpoints, protocol, reactor
@@ -20,7 +20,7 @@ from protocols.rfb.errors import ProtocolError
 from protocols.rfb.handshake import StartTLS
 from protocols.rfb.pixelformat import PixelFormat
 
-from .rfbproto import RFBProtocolBase
+from .rfbproto import RFBProtocolBase, TLSTransport
 
 if TYPE_CHECKING:
     from .tls import CheckedClientContext, ClientCertificate, ServerCheck
@@ -48,10 +48,15 @@ class ClientOptions:
 
 
 @implementer(IHandshakeListener)
-class RFBClientProtocol(RFBProtocolBase):
+class RFBClientProtocol(RFBProtocolBase[ClientConnection]):
     """Feeds bytes to a ClientConnection and hands its events to ``on_event``."""
 
     peer_kind = "RFB server"
+
+    @property
+    def link(self) -> TLSTransport | None:
+        """``transport``: a TCP or Unix connection, which can start TLS."""
+        return cast("TLSTransport | None", self.transport)
 
     def __init__(self, options: ClientOptions, on_event: EventHandler) -> None:
         self.options = options
@@ -102,26 +107,29 @@ class RFBClientProtocol(RFBProtocolBase):
             return
         if isinstance(factory, CheckedClientContext):
             self.checked_tls = factory
+        link = self.link
+        if link is None:
+            return
         # The RFB client is the TLS client, also on a connection the server
         # dialled (a listening viewer): then TLS goes against the TCP roles.
-        same_way = getattr(self.transport, "_tlsClientDefault", True)
-        self.transport.startTLS(factory, same_way)  # type: ignore[attr-defined]
+        same_way = getattr(link, "_tlsClientDefault", True)
+        link.startTLS(factory, same_way)
 
     def handshakeCompleted(self) -> None:
         """TLS is up: a checked server is checked once more before any byte is read."""
         from thinserve.tls import ServerRefused
 
-        checked = self.checked_tls
-        if checked is None:
+        checked, link = self.checked_tls, self.link
+        if checked is None or link is None:
             return
-        peer = self.transport.getPeerCertificate()  # type: ignore[union-attr]
+        peer = link.getPeerCertificate()
         try:
             checked.handshake_done(peer.to_cryptography() if peer is not None else None)
         except ServerRefused as exc:
             self.refused = True
             self.error = str(exc)
             log.warning("%s %s not trusted: %s", self.peer_kind, self.peer(), exc)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            link.abortConnection()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         checked = self.checked_tls
@@ -133,6 +141,8 @@ class RFBClientProtocol(RFBProtocolBase):
 
 
 class _Factory(protocol.Factory):
+    """Builds one RFBClientProtocol per connection."""
+
     def __init__(self, options: ClientOptions, on_event: EventHandler) -> None:
         self.options = options
         self.on_event = on_event
@@ -141,11 +151,21 @@ class _Factory(protocol.Factory):
         return RFBClientProtocol(self.options, self.on_event)
 
 
+class _Endpoint(Protocol):
+    """A stream client endpoint (IStreamClientEndpoint)."""
+
+    def connect(self, protocolFactory: _Factory) -> defer.Deferred[RFBClientProtocol]: ...
+
+
+# Twisted leaves it unannotated; it returns an IStreamClientEndpoint.
+_client_endpoint = cast("Callable[[object, str], _Endpoint]", endpoints.clientFromString)
+
+
 def connect(
     endpoint_description: str, options: ClientOptions, on_event: EventHandler
 ) -> defer.Deferred[RFBClientProtocol]:
     """Connect to an RFB server, e.g. ``tcp:127.0.0.1:5901`` or ``unix:/run/x.sock``."""
-    endpoint = endpoints.clientFromString(reactor, endpoint_description)
+    endpoint = _client_endpoint(reactor, endpoint_description)
     return endpoint.connect(_Factory(options, on_event))
 
 
@@ -196,5 +216,6 @@ async def fetch_framebuffer(
     try:
         await done
     finally:
-        proto.transport.loseConnection()  # type: ignore[union-attr]
+        if proto.link is not None:
+            proto.link.loseConnection()
     return proto.conn.framebuffer.copy(), seen

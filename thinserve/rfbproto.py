@@ -1,36 +1,76 @@
-"""What the Twisted RFB protocols of both roles share."""
+"""What the Twisted RFB protocols of both roles share.
+
+Twisted declares transports as zope interfaces, whose methods mypy reads
+as lacking ``self``.  The Protocols here name what the RFB glue calls on
+its transport; every transport Twisted hands it provides these methods.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IAddress
+
+from protocols.rfb.client import ClientConnection
+from protocols.rfb.server import ServerConnection
+
+if TYPE_CHECKING:
+    from OpenSSL import crypto
+
+    from .tls import TLSContext
 
 log = logging.getLogger(__name__)
 
+ConnectionT = TypeVar("ConnectionT", ClientConnection, ServerConnection)
 
-class RFBProtocolBase(protocol.Protocol):
+
+class Transport(Protocol):
+    """An RFB connection's transport (ITransport, IConsumer): a TCP or Unix
+    socket, TLS over one, or a browser terminal's WebSocket."""
+
+    def write(self, data: bytes) -> None: ...
+    def loseConnection(self) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def unregisterProducer(self) -> None: ...
+
+
+class TLSTransport(Transport, Protocol):
+    """A socket transport, which can start TLS (ITLSTransport, ISSLTransport)."""
+
+    def startTLS(self, contextFactory: TLSContext, normal: bool = True) -> None: ...
+    def getPeerCertificate(self) -> crypto.X509 | None: ...
+    def abortConnection(self) -> None: ...
+
+
+class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
     """Glue around a sans-I/O connection (``self.conn``) of either role."""
 
-    conn: Any
+    conn: ConnectionT
     peer_kind = "peer"  # how log lines name the other side
     error: str | None = None
     registered = False  # registered with the transport as its producer
     closing = ""  # why this side closes the connection, once it does
 
+    @property
+    def link(self) -> Transport | None:
+        """``transport``, as what this glue calls on it."""
+        return cast("Transport | None", self.transport)
+
     def flush(self) -> None:
         """Write everything the connection has queued."""
-        if self.transport is None:
+        link = self.link
+        if link is None:
             return
         while data := self.conn.data_to_send():
-            self.transport.write(data)
+            link.write(data)
 
     def write_before_tls(self) -> None:
         """Write the last bytes that go out in clear, and only those."""
         clear = self.conn.data_to_send()
-        if clear:
-            self.transport.write(clear)  # type: ignore[union-attr]
+        if clear and self.link is not None:
+            self.link.write(clear)
 
     def fail(self, reason: str) -> None:
         """Close this one connection because of a protocol error, with a log line."""
@@ -43,15 +83,19 @@ class RFBProtocolBase(protocol.Protocol):
         """Close after what is queued, for the reason ``why`` (logged at the end).
         A registered producer is unregistered first: TLS waits for that."""
         self.closing = self.closing or why
-        if self.transport is None:
+        link = self.link
+        if link is None:
             return
         if self.registered:
             self.registered = False
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
+            link.unregisterProducer()
+        link.loseConnection()
 
     def peer(self) -> str:
+        link = self.link
+        if link is None:
+            return "?"
         try:
-            return str(self.transport.getPeer())  # type: ignore[union-attr]
+            return str(link.getPeer())
         except Exception:
             return "?"

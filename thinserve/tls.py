@@ -13,10 +13,10 @@ import functools
 import ipaddress
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -28,6 +28,11 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
 from protocols.identity import certificate_fingerprint
+
+if TYPE_CHECKING:
+    # Twisted's own signatures name IOpenSSLTrustRoot from here (twisted.internet.ssl does not).
+    from twisted.internet._sslverify import IOpenSSLTrustRoot
+    from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 # Anonymous suites: AES-GCM with finite-field DH first, then ECDH (which
 # OpenSSL only has with AES-CBC), then DH with AES-CBC.
@@ -51,6 +56,33 @@ _ANONYMOUS_OPTIONS = (
     | SSL.OP_SINGLE_ECDH_USE
     | SSL.OP_NO_TICKET
 )
+
+# Twisted leaves these unannotated; the types are the ones its documentation gives.
+_platform_trust = cast("Callable[[], IOpenSSLTrustRoot]", ssl.platformTrust)
+_trust_certificates = cast(
+    "Callable[[list[ssl.Certificate]], IOpenSSLTrustRoot]", ssl.trustRootFromCertificates
+)
+_certificate = cast("Callable[[crypto.X509], ssl.Certificate]", ssl.Certificate)
+_key_pair = cast("Callable[[crypto.PKey], ssl.KeyPair]", ssl.KeyPair)
+_private_certificate_of = cast(
+    "Callable[[ssl.Certificate, ssl.KeyPair], ssl.PrivateCertificate]",
+    ssl.PrivateCertificate.fromCertificateAndKeyPair,
+)
+
+
+class ContextFactory(Protocol):
+    """A context factory (IOpenSSLContextFactory) for ``transport.startTLS``.
+
+    The classes here declare the zope interface too, which Twisted checks
+    at run time; mypy only sees this Protocol.
+    """
+
+    def getContext(self) -> SSL.Context: ...
+
+
+if TYPE_CHECKING:
+    # What ``transport.startTLS`` takes on the client side.
+    TLSContext: TypeAlias = ContextFactory | IOpenSSLClientConnectionCreator
 
 
 @implementer(IOpenSSLContextFactory)
@@ -89,7 +121,7 @@ def _load_dh_params(context: SSL.Context) -> None:
 
 def server_context_factory(
     anonymous: bool, cert_file: str | None = None, key_file: str | None = None
-) -> IOpenSSLContextFactory:
+) -> ContextFactory:
     """Context factory for the server side of a VeNCrypt StartTLS.
 
     ``anonymous`` ignores the certificate.  Otherwise ``cert_file`` holds the
@@ -107,7 +139,7 @@ def server_context_factory(
 
 
 @functools.lru_cache(maxsize=8)
-def _x509_server(cert_file: str, key_file: str) -> IOpenSSLContextFactory:
+def _x509_server(cert_file: str, key_file: str) -> ContextFactory:
     chain = x509.load_pem_x509_certificates(Path(cert_file).read_bytes())
     key = serialization.load_pem_private_key(Path(key_file).read_bytes(), None)
     # pyOpenSSL takes cryptography's objects directly (its own are deprecated).
@@ -181,7 +213,7 @@ def client_context_factory(
     *,
     client_certificate: ClientCertificate | None = None,
     server_check: ServerCheck | None = None,
-) -> object:
+) -> TLSContext:
     """Context factory (or connection creator) for the client side.
 
     X.509: the server's certificate must chain to ``ca_file`` (PEM, one or
@@ -218,18 +250,18 @@ def client_context_factory(
 def _private_certificate(identity: ClientCertificate | None) -> ssl.PrivateCertificate | None:
     if identity is None:
         return None
-    return ssl.PrivateCertificate.fromCertificateAndKeyPair(
-        ssl.Certificate(crypto.X509.from_cryptography(identity.certificate)),
-        ssl.KeyPair(crypto.PKey.from_cryptography_key(identity.key)),
+    return _private_certificate_of(
+        _certificate(crypto.X509.from_cryptography(identity.certificate)),
+        _key_pair(crypto.PKey.from_cryptography_key(identity.key)),
     )
 
 
-def _trust_root(ca_file: str | None) -> object:
+def _trust_root(ca_file: str | None) -> IOpenSSLTrustRoot:
     if ca_file is None:
-        return ssl.platformTrust()
+        return _platform_trust()
     certificates = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
-    return ssl.trustRootFromCertificates(
-        [ssl.Certificate(crypto.X509.from_cryptography(cert)) for cert in certificates]
+    return _trust_certificates(
+        [_certificate(crypto.X509.from_cryptography(cert)) for cert in certificates]
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 
 class ScreenKind(enum.Enum):
@@ -42,6 +42,8 @@ class ShowDesktop:
     """Show ``desktop``; keyboard and mouse go to it only when ``control``."""
 
     __slots__ = ("_control", "_desktop")
+    _desktop: str
+    _control: bool
 
     def __init__(self, desktop: str, control: bool, *, _key: object = None) -> None:
         if _key is not _KEY:
@@ -57,7 +59,7 @@ class ShowDesktop:
     def control(self) -> bool:
         return self._control
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("ShowDesktop is immutable")
 
     def __eq__(self, other: object) -> bool:

@@ -201,7 +201,8 @@ class SqliteStore:
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         with self._faults():
-            return self._db.execute(sql, params).fetchone()
+            row: tuple[Any, ...] | None = self._db.execute(sql, params).fetchone()
+            return row
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._faults():
@@ -409,7 +410,8 @@ class SqliteStore:
     def list_audit(
         self, after_id: int = 0, limit: int = 1000, subject: str | None = None
     ) -> list[AuditEntry]:
-        where, params = "WHERE id > ?", [after_id]
+        where = "WHERE id > ?"
+        params: list[int | str] = [after_id]
         if subject is not None:
             where, params = where + " AND subject = ?", [*params, subject]
         rows = self._all(

@@ -29,28 +29,84 @@ comes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
+from typing import TYPE_CHECKING, Protocol, cast
 
-from twisted.internet.interfaces import IDelayedCall, IProtocol, ISSLTransport, ITCPTransport
+from twisted.internet.interfaces import IAddress, ISSLTransport, ITCPTransport
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Site
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
+from ..clock import Timer
 from .limits import HTTPLimits, RefusalLog, describe_peer
 
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:
 
-class BoundedHTTPChannel(HTTPChannel):
+    class _HTTPChannel(HTTPChannel):
+        """HTTPChannel with the signatures Twisted leaves unannotated, of the
+        methods used here (``callLater`` is the reactor's, set by the Site)."""
+
+        def connectionMade(self) -> None: ...
+        def connectionLost(self, reason: Failure = connectionDone) -> None: ...
+        def dataReceived(self, data: bytes) -> None: ...
+        def lineReceived(self, line: bytes) -> None: ...
+        def headerReceived(self, line: bytes) -> bool: ...
+        def allHeadersReceived(self) -> None: ...
+        def allContentReceived(self) -> None: ...
+        def requestDone(self, request: Request) -> None: ...
+        def loseConnection(self) -> None: ...
+        def setTimeout(self, period: float | None) -> float | None: ...
+        def callLater(self, period: float, func: Callable[[], object]) -> Timer: ...
+
+    class _Site(Site):
+        def __init__(self, resource: Resource) -> None: ...
+
+else:
+    _HTTPChannel, _Site = HTTPChannel, Site
+
+
+class _Connection(Protocol):
+    """A channel's transport (ITransport): TCP, or TLS over it."""
+
+    def write(self, data: bytes) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def abortConnection(self) -> None: ...
+
+
+class _TCPConnection(_Connection, Protocol):
+    """A plain TCP transport (ITCPTransport), which can close one half."""
+
+    def resumeProducing(self) -> None: ...
+    def loseWriteConnection(self) -> None: ...
+
+
+class _Receiver(Protocol):
+    """The protocol that takes a connection over (IProtocol)."""
+
+    def dataReceived(self, data: bytes) -> None: ...
+
+
+class BoundedHTTPChannel(_HTTPChannel):
     """One HTTP/1.x connection to a ``BoundedSite``."""
 
     site: BoundedSite
-    _request_clock: IDelayedCall | None = None
-    _response_clock: IDelayedCall | None = None
-    _abort_clock: IDelayedCall | None = None
+    _request_clock: Timer | None = None
+    _response_clock: Timer | None = None
+    _abort_clock: Timer | None = None
     _request_begun = False  # a byte of the current request has arrived
     _in_headers = False  # the request line has arrived, the blank line not yet
     _closing = False  # refused or timed out: the rest of the input is ignored
-    _upgraded: IProtocol | None = None
+    _upgraded: _Receiver | None = None
+
+    @property
+    def _link(self) -> _Connection | None:
+        """``transport``, as what this channel calls on it."""
+        return cast("_Connection | None", self.transport)
 
     # -- the clocks -------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -58,7 +114,6 @@ class BoundedHTTPChannel(HTTPChannel):
         self.maxHeaders = limits.max_headers
         self.totalHeadersSize = limits.max_header_bytes
         self.MAX_LENGTH = max(limits.max_header_bytes, limits.max_request_line)
-        self.abortTimeout = limits.close_grace
         super().connectionMade()
         self._start_request_clock()
 
@@ -73,19 +128,19 @@ class BoundedHTTPChannel(HTTPChannel):
         if self._request_begun:
             self._refuse(HTTPStatus.REQUEST_TIMEOUT, f"request not complete within {timeout:g} s")
         else:
-            self._log("no request within %g s; closed", timeout)
+            self._report("no request within %g s; closed", timeout)
             self._close()
 
     def _response_too_slow(self) -> None:
         self._response_clock = None
-        self._log(
+        self._report(
             "response not taken within %g s; connection aborted",
             self.site.limits.response_timeout,
         )
         self._stop_clocks()
         self._closing = True
-        if self.transport is not None:
-            self.transport.abortConnection()
+        if self._link is not None:
+            self._link.abortConnection()
 
     def timeoutConnection(self) -> None:
         """twisted.web's idle timer: no byte for ``idle_timeout`` seconds."""
@@ -99,11 +154,10 @@ class BoundedHTTPChannel(HTTPChannel):
             self._close()
 
     def _stop_clocks(self, idle_too: bool = True) -> None:
-        for name in ("_request_clock", "_response_clock"):
-            clock = getattr(self, name)
-            setattr(self, name, None)
-            if clock is not None and clock.active():
-                clock.cancel()
+        clocks = (self._request_clock, self._response_clock)
+        self._request_clock = self._response_clock = None
+        for clock in clocks:
+            _cancel(clock)
         if idle_too:
             self.setTimeout(None)
 
@@ -164,7 +218,7 @@ class BoundedHTTPChannel(HTTPChannel):
                 f"more than {self.maxHeaders} header fields",
             )
             return False
-        return bool(super().headerReceived(line))
+        return super().headerReceived(line)
 
     def allHeadersReceived(self) -> None:
         body = self.length  # None: chunked
@@ -185,10 +239,9 @@ class BoundedHTTPChannel(HTTPChannel):
         )
         super().allContentReceived()  # answers the request
 
-    def requestDone(self, request: object) -> None:
+    def requestDone(self, request: Request) -> None:
         clock, self._response_clock = self._response_clock, None
-        if clock is not None and clock.active():
-            clock.cancel()
+        _cancel(clock)
         super().requestDone(request)  # may go on with a request already buffered
 
     def _respondToBadRequestAndDisconnect(self) -> None:
@@ -196,16 +249,17 @@ class BoundedHTTPChannel(HTTPChannel):
         self._refuse(HTTPStatus.BAD_REQUEST, "malformed request")
 
     # -- the WebSocket takes over -----------------------------------------------------------
-    def hand_over(self, protocol: IProtocol) -> None:
+    def hand_over(self, protocol: _Receiver) -> None:
         """The connection now belongs to ``protocol`` (a WebSocket)."""
         self._stop_clocks()
         self._upgraded = protocol
 
     # -- refusing and closing ---------------------------------------------------------------
     def _refuse(self, status: HTTPStatus, reason: str) -> None:
-        if self._closing or self.transport is None:
+        link = self._link
+        if self._closing or link is None:
             return
-        self._log("refused with %d: %s", status.value, reason)
+        self._report("refused with %d: %s", status.value, reason)
         body = f"{status.phrase}: {reason}\n".encode()
         head = (
             f"HTTP/1.1 {status.value} {status.phrase}\r\n"
@@ -213,7 +267,7 @@ class BoundedHTTPChannel(HTTPChannel):
             "Content-Type: text/plain; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
-        self.transport.write(head + body)
+        link.write(head + body)
         self._close(linger=True)
 
     def _close(self, linger: bool = False) -> None:
@@ -236,37 +290,43 @@ class BoundedHTTPChannel(HTTPChannel):
             and ITCPTransport.providedBy(transport)
             and not ISSLTransport.providedBy(transport)
         ):
+            tcp = cast(_TCPConnection, transport)
             self._networkProducer.unregisterProducer()
-            transport.resumeProducing()  # keep reading (and dropping) until the peer closes
-            transport.loseWriteConnection()
+            tcp.resumeProducing()  # keep reading (and dropping) until the peer closes
+            tcp.loseWriteConnection()
         else:
             self.loseConnection()
 
     def _abort(self) -> None:
         self._abort_clock = None
-        if self.transport is not None:
-            self.transport.abortConnection()
+        if self._link is not None:
+            self._link.abortConnection()
 
-    def connectionLost(self, reason: object) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_clocks()
         clock, self._abort_clock = self._abort_clock, None
-        if clock is not None and clock.active():
-            clock.cancel()
+        _cancel(clock)
         super().connectionLost(reason)
 
     def _peer(self) -> str:
-        return describe_peer(self.transport.getPeer()) if self.transport else "?"
+        return describe_peer(self._link.getPeer()) if self._link else "?"
 
-    def _log(self, message: str, *args: object) -> None:
+    def _report(self, message: str, *args: object) -> None:
+        """Log a refusal or a close (``site.refusals`` bounds a flood of them)."""
         self.site.refusals(logging.INFO, "web client %s: " + message, self._peer(), *args)
 
 
-class BoundedSite(Site):
+def _cancel(clock: Timer | None) -> None:
+    if clock is not None and clock.active():
+        clock.cancel()
+
+
+class BoundedSite(_Site):
     """A twisted.web Site whose connections keep ``limits``."""
 
     protocol = BoundedHTTPChannel  # type: ignore[assignment]  # HTTP/1.1 only, no HTTP/2
 
-    def __init__(self, resource: object, limits: HTTPLimits | None = None) -> None:
+    def __init__(self, resource: Resource, limits: HTTPLimits | None = None) -> None:
         super().__init__(resource)
         self.limits = limits or HTTPLimits()
         self.timeOut = self.limits.idle_timeout  # twisted.web's idle timer

@@ -18,15 +18,50 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
 
-from twisted.internet import protocol
 from twisted.web import resource, static
 from twisted.web.pages import notFound
 from twisted.web.server import Request
 
 from .channel import BoundedSite
 from .limits import HTTPLimits
-from .websocket import WebSocketOptions, rfb_websocket_resource
+from .websocket import RFBFactory, WebSocketOptions, rfb_websocket_resource
+
+if TYPE_CHECKING:
+    from autobahn.twisted.resource import WebSocketResource
+
+    # What ``putChild`` takes: an IResource provider.  Resource and
+    # WebSocketResource declare it with zope's ``implementer``, unseen by mypy.
+    _Child: TypeAlias = "resource.IResource | resource.Resource | WebSocketResource"
+
+    class _Request(Request):
+        """A request, with the signature Twisted leaves unannotated."""
+
+        def setHeader(self, name: bytes, value: bytes) -> None: ...
+
+    class _Resource(resource.Resource):
+        """Resource, with the signatures Twisted leaves unannotated."""
+
+        def __init__(self) -> None: ...
+        def getChildWithDefault(self, path: bytes, request: _Request) -> resource.IResource: ...
+        def putChild(self, path: bytes, child: _Child) -> None: ...
+
+    class _File(static.File):
+        """static.File, with the signatures Twisted leaves unannotated."""
+
+        def getChild(self, path: bytes, request: _Request) -> resource.IResource: ...
+        def render_GET(self, request: _Request) -> bytes | int: ...
+
+else:
+    _Request, _Resource, _File = Request, resource.Resource, static.File
+
+
+class _Page(Protocol):
+    """A page of twisted.web.pages (an IResource that renders to bytes)."""
+
+    def render(self, request: _Request) -> bytes: ...
+
 
 WEBSOCKET_PATH = b"websockify"
 CLIENT_DIR = Path(__file__).resolve().parents[2] / "clients" / "web"
@@ -83,7 +118,7 @@ def find_novnc(options: WebOptions) -> Path:
     )
 
 
-class StaticFile(static.File):
+class StaticFile(_File):
     """A static file or tree: no directory listings, no dotfiles, revalidated."""
 
     contentTypes = {
@@ -99,12 +134,12 @@ class StaticFile(static.File):
     def directoryListing(self) -> resource.IResource:
         return notFound()
 
-    def getChild(self, path: bytes, request: Request) -> resource.IResource:
+    def getChild(self, path: bytes, request: _Request) -> resource.IResource:
         if path.startswith(b"."):
             return notFound()
         return super().getChild(path, request)
 
-    def render_GET(self, request: Request) -> bytes | int:
+    def render_GET(self, request: _Request) -> bytes | int:
         request.setHeader(b"Cache-Control", self.cache_control)
         return super().render_GET(request)
 
@@ -115,26 +150,26 @@ class Page(StaticFile):
     cache_control = b"no-store"
 
 
-class Folder(resource.Resource):
+class Folder(_Resource):
     """A path prefix: only its children exist."""
 
-    def getChild(self, path: bytes, request: Request) -> resource.IResource:
+    def getChild(self, path: bytes, request: _Request) -> resource.IResource:
         return notFound()
 
-    def render(self, request: Request) -> bytes:
-        return notFound().render(request)
+    def render(self, request: _Request) -> bytes:
+        return cast(_Page, notFound()).render(request)
 
 
 class TerminalRoot(Folder):
     """Sets the security headers on every response, then routes."""
 
-    def getChildWithDefault(self, path: bytes, request: Request) -> resource.IResource:
+    def getChildWithDefault(self, path: bytes, request: _Request) -> resource.IResource:
         for name, value in COMMON_HEADERS.items():
             request.setHeader(name, value)
         return super().getChildWithDefault(path, request)
 
 
-def terminal_resource(rfb_factory: protocol.Factory, options: WebOptions) -> TerminalRoot:
+def terminal_resource(rfb_factory: RFBFactory, options: WebOptions) -> TerminalRoot:
     novnc = find_novnc(options)
     client = options.client_dir
     root = TerminalRoot()
@@ -151,7 +186,7 @@ def terminal_resource(rfb_factory: protocol.Factory, options: WebOptions) -> Ter
     return root
 
 
-def terminal_site(rfb_factory: protocol.Factory, options: WebOptions | None = None) -> BoundedSite:
+def terminal_site(rfb_factory: RFBFactory, options: WebOptions | None = None) -> BoundedSite:
     """A site to listen on, next to (or instead of) the TCP RFB listener.
 
     ``rfb_factory`` is the same RFBServerFactory the TCP listener uses.

@@ -29,6 +29,7 @@ import logging
 import secrets
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import (
@@ -36,15 +37,17 @@ from autobahn.twisted.websocket import (
     WrappingWebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import interfaces, protocol
-from twisted.internet.base import DelayedCall
+from twisted.internet import interfaces
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from protocols.identity import MAX_SPKI_BYTES, NONCE_BYTES, KeyProofError, verify_key_proof
 
+from ..clock import Timer
+from ..rfbserver import RFBServerProtocol
 from .limits import (
     CLOSE_HANDSHAKE_TIMEOUT,
     KEY_PROOF_TIMEOUT,
@@ -63,6 +66,67 @@ KEY_SUBPROTOCOL = "thinserve-key.v1"  # binary RFB, after a key proof
 SIGNATURE_BYTES = 64  # ECDSA P-256: r and s, 32 bytes each
 MAX_PROOF_BYTES = 2 + MAX_SPKI_BYTES + SIGNATURE_BYTES
 CLOSE_POLICY = 1008  # RFC 6455 "policy violation": the key proof failed
+
+if TYPE_CHECKING:
+    # The autobahn and Twisted signatures used here that their code leaves unannotated.
+
+    class _ConnectionDeny(ConnectionDeny):
+        def __init__(self, code: int, reason: str | None = None) -> None: ...
+
+    class _Failure(Failure):
+        def __init__(self, exc_value: BaseException) -> None: ...
+
+    class _WebSocketProtocol(WrappingWebSocketServerProtocol):
+        def makeConnection(self, transport: object) -> None: ...
+        def sendMessage(
+            self,
+            payload: bytes,
+            isBinary: bool = False,
+            fragmentSize: int | None = None,
+            sync: bool = False,
+            doNotCompress: bool = False,
+        ) -> None: ...
+
+    class _WebSocketFactory(WrappingWebSocketServerFactory):
+        def __init__(
+            self, factory: RFBFactory, url: str | None, enableCompression: bool = True
+        ) -> None: ...
+        def setProtocolOptions(self, *args: object, **options: object) -> None: ...
+
+    class _WebSocketResource(WebSocketResource):
+        def __init__(self, factory: RFBWebSocketFactory) -> None: ...
+        def render(self, request: Request) -> bytes | int: ...
+
+else:
+    _ConnectionDeny, _Failure = ConnectionDeny, Failure
+    _WebSocketProtocol, _WebSocketFactory = (
+        WrappingWebSocketServerProtocol,
+        WrappingWebSocketServerFactory,
+    )
+    _WebSocketResource = WebSocketResource
+
+
+class RFBStream(Protocol):
+    """The RFB protocol a browser terminal's messages feed (IProtocol)."""
+
+    def makeConnection(self, transport: object) -> None: ...
+    def dataReceived(self, data: bytes) -> None: ...
+    def connectionLost(self, reason: Failure) -> None: ...
+
+
+class RFBFactory(Protocol):
+    """thinserve's RFB server factory, as the WebSocket endpoint uses it."""
+
+    def buildProtocol(self, addr: object) -> RFBStream | None: ...
+
+
+class _Socket(Protocol):
+    """The transport of the HTTP connection the WebSocket takes over."""
+
+    protocol: object
+
+    def getPeer(self) -> IAddress: ...
+    def unregisterProducer(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +182,7 @@ def split_key_proof(payload: bytes) -> tuple[bytes, bytes]:
     return payload[2 : 2 + length], payload[2 + length :]
 
 
-class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
+class RFBWebSocketProtocol(_WebSocketProtocol):
     """One browser terminal: checks the handshake (and a key proof when the
     page offers one), then relays binary messages.
 
@@ -128,9 +192,9 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
     """
 
     factory: RFBWebSocketFactory
-    _proto: protocol.Protocol | None = None
+    _proto: RFBStream | None = None
     _nonce: bytes | None = None  # sent; its proof has not arrived yet
-    _proof_timer: DelayedCall | None = None
+    _proof_timer: Timer | None = None
 
     def __init__(self, addr: object) -> None:
         super().__init__()
@@ -146,8 +210,7 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
                 request.peer,
                 request.origin,
             )
-            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        self._binaryMode = True
+            raise _ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         if not request.protocols:
             return None
         for chosen in (KEY_SUBPROTOCOL, SUBPROTOCOL):
@@ -159,7 +222,7 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
             request.peer,
             ", ".join(request.protocols),
         )
-        raise ConnectionDeny(
+        raise _ConnectionDeny(
             ConnectionDeny.NOT_ACCEPTABLE,
             f"only the {KEY_SUBPROTOCOL!r} and {SUBPROTOCOL!r} subprotocols are spoken",
         )
@@ -181,8 +244,8 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
         if proto is None:
             self.sendClose(1000, "no terminal available")
             return
-        if proven_key is not None:
-            proto.proven_key = proven_key  # type: ignore[attr-defined]  # before RFB's first byte
+        if proven_key is not None and isinstance(proto, RFBServerProtocol):
+            proto.proven_key = proven_key  # before RFB's first byte
         self._proto = proto
         proto.makeConnection(self)
 
@@ -225,7 +288,7 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
 
     def _fail_connection(
         self,
-        code: int = WrappingWebSocketServerProtocol.CLOSE_STATUS_CODE_GOING_AWAY,
+        code: int = _WebSocketProtocol.CLOSE_STATUS_CODE_GOING_AWAY,
         reason: str = "going away",
     ) -> None:
         """Every refusal after the handshake (a bound broken, a bad key proof, a
@@ -257,7 +320,7 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
         self._cancel_proof_timer()
         proto, self._proto = self._proto, None
         if proto is not None:
-            proto.connectionLost(Failure(ConnectionDone(reason or "WebSocket closed")))
+            proto.connectionLost(_Failure(ConnectionDone(reason or "WebSocket closed")))
 
     def write(self, data: bytes) -> None:
         """Send RFB bytes as binary messages of at most WS_SEND_PIECE bytes (and
@@ -268,14 +331,12 @@ class RFBWebSocketProtocol(WrappingWebSocketServerProtocol):
             self.sendMessage(bytes(view[start : start + step]), isBinary=True)
 
 
-class RFBWebSocketFactory(WrappingWebSocketServerFactory):
+class RFBWebSocketFactory(_WebSocketFactory):
     """Wraps an RFB server factory (thinserve.rfbserver.RFBServerFactory)."""
-
-    protocol = RFBWebSocketProtocol
 
     def __init__(
         self,
-        rfb_factory: protocol.Factory,
+        rfb_factory: RFBFactory,
         options: WebSocketOptions | None = None,
         refusals: RefusalLog | None = None,
     ) -> None:
@@ -285,8 +346,6 @@ class RFBWebSocketFactory(WrappingWebSocketServerFactory):
         self.rfb_factory = rfb_factory
         self.options = options = options or WebSocketOptions()
         self.refusals = refusals or RefusalLog(log)
-        self._subprotocols = [KEY_SUBPROTOCOL, SUBPROTOCOL]
-        self.protocols = [KEY_SUBPROTOCOL, SUBPROTOCOL]
         size = options.max_message_size
         self.setProtocolOptions(
             maxFramePayloadSize=size,
@@ -302,13 +361,15 @@ class RFBWebSocketFactory(WrappingWebSocketServerFactory):
             allowNullOrigin=True,  # "null" goes to onConnect's check like any other origin
         )
 
-    def buildProtocol(self, addr: object) -> RFBWebSocketProtocol:
+    # Twisted types a factory's protocols generically; autobahn's factory leaves
+    # that at Twisted's default, which a protocol with a typed ``factory`` is not.
+    def buildProtocol(self, addr: object) -> RFBWebSocketProtocol:  # type: ignore[override]
         proto = RFBWebSocketProtocol(addr)
         proto.factory = self
         return proto
 
 
-class RFBWebSocketResource(WebSocketResource):
+class RFBWebSocketResource(_WebSocketResource):
     """The WebSocket endpoint inside a twisted.web site.
 
     It takes the connection over from the HTTP channel: the channel stops
@@ -321,18 +382,19 @@ class RFBWebSocketResource(WebSocketResource):
 
     _factory: RFBWebSocketFactory
 
-    def render(self, request: Request) -> object:
+    def render(self, request: Request) -> bytes | int:
         channel = request.channel
-        transport = channel.transport
+        transport = cast(_Socket | None, channel.transport)
         if transport is None:  # not HTTP/1.1 over a connection of its own
             return super().render(request)
         proto = self._factory.buildProtocol(transport.getPeer())
         transport.unregisterProducer()
         channel.transport = None
+        taker = cast(IProtocol, proto)  # a Twisted Protocol, which provides IProtocol
         if isinstance(transport, ProtocolWrapper):  # TLS
-            transport.wrappedProtocol = proto
+            transport.wrappedProtocol = taker
         elif isinstance(transport.protocol, ProtocolWrapper):
-            transport.protocol.wrappedProtocol = proto
+            transport.protocol.wrappedProtocol = taker
         else:
             transport.protocol = proto
         proto.makeConnection(transport)
@@ -345,12 +407,13 @@ class RFBWebSocketResource(WebSocketResource):
         head = [request.method + b" " + request.uri + b" HTTP/1.1\r\n"]
         for name, values in request.requestHeaders.getAllRawHeaders():
             head.append(name + b": " + b",".join(values) + b"\r\n")
-        proto.dataReceived(b"".join(head) + b"\r\n" + request.content.read())
+        body = request.content.read() if request.content is not None else b""
+        proto.dataReceived(b"".join(head) + b"\r\n" + body)
         return NOT_DONE_YET
 
 
 def rfb_websocket_resource(
-    rfb_factory: protocol.Factory, options: WebSocketOptions | None = None
+    rfb_factory: RFBFactory, options: WebSocketOptions | None = None
 ) -> RFBWebSocketResource:
     """A twisted.web resource speaking RFB over WebSocket with ``rfb_factory``."""
     return RFBWebSocketResource(RFBWebSocketFactory(rfb_factory, options))

@@ -8,11 +8,14 @@ import argparse
 import ctypes
 import logging
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from .admin import commands
 
 if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
     from .config import Config
 
 
@@ -22,7 +25,7 @@ def install_reactor() -> None:
         return
     from twisted.internet import asyncioreactor
 
-    asyncioreactor.install()
+    asyncioreactor.install()  # Twisted leaves it unannotated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +93,17 @@ def return_large_buffers() -> None:
         pass
 
 
+class Reactor(Protocol):
+    """What run_server asks of the reactor: IReactorCore, as mypy can read it."""
+
+    def callWhenRunning(self, _callable: Callable[[], object], /) -> object: ...
+    def addSystemEventTrigger(
+        self, _phase: str, _event: str, _callable: Callable[[], object], /
+    ) -> object: ...
+    def run(self) -> None: ...
+    def stop(self) -> None: ...
+
+
 def run_server(config: Config) -> int:
     """Run thinserve on ``config`` until the reactor stops; the exit status."""
     return_large_buffers()
@@ -99,15 +113,16 @@ def run_server(config: Config) -> int:
     from .service import ThinServe
 
     server = ThinServe(config, reactor)
+    loop: Reactor = reactor
     failures: list[str] = []
 
-    def start() -> None:
-        d = server.startService()
-        d.addErrback(lambda f: (failures.append(f.getErrorMessage()), reactor.stop()))
+    def failed(failure: Failure) -> None:
+        failures.append(failure.getErrorMessage())
+        loop.stop()
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    loop.callWhenRunning(lambda: server.startService().addErrback(failed))
+    loop.addSystemEventTrigger("before", "shutdown", server.stopService)
+    loop.run()
     if failures:
         print(f"thinserve: could not start: {failures[0]}", file=sys.stderr)
         return 1

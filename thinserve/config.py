@@ -16,10 +16,12 @@ from typing import Any
 
 from protocols.rfb.constants import Encoding
 
-from .broker import BrokerConfig, BrokerConfigError
-from .broker.config import from_mapping as broker_from_mapping
-from .desktop_config import TABLES, DesktopConfigError, DesktopSetup
-from .desktop_config import parse as parse_desktops
+from .broker import BrokerConfig
+from .broker.config import from_table as broker_from_table
+from .config_reader import ConfigError as ConfigError  # the config file's one error type
+from .config_reader import Table
+from .desktop_config import DesktopSetup
+from .desktop_config import read as read_desktops
 from .linksecurity import ALLOW_NONE_CHOICES
 
 ENCODING_NAMES = {
@@ -32,9 +34,8 @@ ENCODING_NAMES = {
     "zrle": Encoding.ZRLE,
 }
 
-
-class ConfigError(Exception):
-    """A configuration problem, with what to change in the message."""
+ENDPOINTS_EXAMPLE = '["tcp:5900"]'
+MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
 
 @dataclass(frozen=True)
@@ -115,204 +116,159 @@ def load(path: str | Path | None) -> Config:
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> Config:
-    _only(data, {"server", "broker", "discovery", "desktop", "local_desktop", *TABLES}, source)
-    try:
-        setup = parse_desktops(data, source)
-    except DesktopConfigError as exc:
-        raise ConfigError(str(exc)) from None
-    server = _table(data, "server", source)
-    _only(
-        server,
-        {
-            "listen",
-            "name",
-            "password",
-            "web_listen",
-            "web_allowed_origins",
-            "dial",
-            "database",
-            "admin_socket",
-            "tls_cert",
-            "tls_key",
-            "allow_none",
-            "address_pairing",
-            *LIMIT_KEYS,
-        },
-        f"{source} [server]",
-    )
-    discovery = _table(data, "discovery", source)
-    _only(discovery, {"enabled", "interfaces"}, f"{source} [discovery]")
-    enabled = discovery.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{source} [discovery] enabled: true or false")
-    desktops = tuple(
-        _desktop(d, f"{source} [[desktop]] #{i + 1}")
-        for i, d in enumerate(_list(data, "desktop", source))
-    )
-    local = tuple(
-        _local(d, f"{source} [[local_desktop]] #{i + 1}")
-        for i, d in enumerate(_list(data, "local_desktop", source))
-    )
-    if not desktops and not local and not setup.names and not setup.libvirt:
-        raise ConfigError(
-            f"{source}: no desktops; add [[desktop]], [[local_desktop]], [[xvnc_desktop]], "
-            "[[qemu_desktop]] or [[libvirt]]"
-        )
-    names = [d.name for d in desktops] + [d.name for d in local] + setup.names
-    _unique_names(names, source)
-    broker = _broker(data, source)
-    for pool, members in broker.pools.items():
-        unknown = [m for m in members if m not in names]
-        if unknown and not any(not lc.domains for lc in setup.libvirt):
-            raise ConfigError(
-                f"{source} [broker] pool {pool!r} names unknown desktops {unknown}; "
-                f"configured: {', '.join(names)}"
-            )
-    where = f"{source} [server]"
-    return Config(
-        listen=_endpoints(server, "listen", Config.listen, where, allow_empty=False),
-        web_listen=_endpoints(server, "web_listen", Config.web_listen, where, allow_empty=True),
-        web_allowed_origins=_endpoints(server, "web_allowed_origins", (), where, allow_empty=True),
-        dial=_dial(server, where),
-        name=_str(server, "name", "thinserve", f"{source} [server]"),
-        password=_opt_str(server, "password", f"{source} [server]"),
-        database=_opt_str(server, "database", f"{source} [server]"),
-        admin_socket=_admin_socket(server, f"{source} [server]"),
-        **_link_security(server, where),
-        **_limits(server, where),
-        broker=broker,
-        discovery=enabled,
-        discovery_interfaces=_endpoints(
-            discovery, "interfaces", (), f"{source} [discovery]", allow_empty=True
+    """The configuration in ``data``, a parsed file named ``source``.
+
+    Every table is read first (types and ranges), then unknown keys are
+    refused, then the desktops are checked against each other.
+    """
+    root = Table(data, source)
+    config = _read(root)
+    root.done()
+    _check_desktops(config)
+    return config
+
+
+def _read(root: Table) -> Config:
+    setup = read_desktops(root)
+    desktops = tuple(_desktop(t) for t in root.tables("desktop"))
+    local = tuple(_local(t) for t in root.tables("local_desktop"))
+    broker = broker_from_table(root.table("broker"))
+    server, discovery = root.table("server"), root.table("discovery")
+    tls_cert, tls_key = _tls_files(server)
+    config = Config(
+        listen=server.texts("listen", Config.listen, ENDPOINTS_EXAMPLE, allow_empty=False),
+        web_listen=server.texts("web_listen", Config.web_listen, ENDPOINTS_EXAMPLE),
+        web_allowed_origins=server.texts("web_allowed_origins", (), '["https://desk.example"]'),
+        dial=_dial(server),
+        name=server.text("name", Config.name),
+        password=server.optional_text("password"),
+        database=server.optional_text("database"),
+        admin_socket=_admin_socket(server),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allow_none=server.choice("allow_none", Config.allow_none, ALLOW_NONE_CHOICES),
+        address_pairing=_subnets(server),
+        blacklist_threshold=server.whole(
+            "blacklist_threshold", Config.blacklist_threshold, 1, 1000
         ),
+        blacklist_timeout=server.number("blacklist_timeout", Config.blacklist_timeout, 1, 86400),
+        max_connections=server.whole("max_connections", Config.max_connections, 1, 100_000),
+        max_per_address=server.whole("max_per_address", Config.max_per_address, 1, 100_000),
+        max_unpaired=server.whole("max_unpaired", Config.max_unpaired, 1, 100_000),
+        broker=broker,
+        discovery=discovery.flag("enabled", True),
+        discovery_interfaces=discovery.texts("interfaces", (), '["eth0"]'),
         desktops=desktops,
         local_desktops=local,
         setup=setup,
-        source=source,
+        source=root.source,
     )
+    server.done()
+    discovery.done()
+    return config
 
 
-def _link_security(server: dict[str, Any], where: str) -> dict[str, Any]:
-    cert, key = _opt_str(server, "tls_cert", where), _opt_str(server, "tls_key", where)
+def _check_desktops(config: Config) -> None:
+    """At least one desktop, each name once, and pools made of known desktops."""
+    names = [d.name for d in config.desktops] + [d.name for d in config.local_desktops]
+    names += config.setup.names
+    if not names and not config.setup.libvirt:
+        raise ConfigError(
+            f"{config.source}: no desktops; add [[desktop]], [[local_desktop]], "
+            "[[xvnc_desktop]], [[qemu_desktop]] or [[libvirt]]"
+        )
+    if len(set(names)) < len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ConfigError(f"{config.source}: two desktops are named {twice!r}; names must differ")
+    every_domain = any(not lc.domains for lc in config.setup.libvirt)  # names not known yet
+    for pool, members in config.broker.pools.items():
+        unknown = [m for m in members if m not in names]
+        if unknown and not every_domain:
+            raise ConfigError(
+                f"{config.source} [broker] pool {pool!r} names unknown desktops {unknown}; "
+                f"configured: {', '.join(names)}"
+            )
+
+
+def _tls_files(server: Table) -> tuple[str | None, str | None]:
+    """The server's own certificate and key, both or neither (docs/security.md)."""
+    cert, key = server.optional_text("tls_cert"), server.optional_text("tls_key")
     if (cert is None) != (key is None):
-        raise ConfigError(f"{where}: give both tls_cert and tls_key (PEM files), or neither")
+        raise ConfigError(f"{server.where}: give both tls_cert and tls_key (PEM files), or neither")
     for name, path in (("tls_cert", cert), ("tls_key", key)):
         if path is not None and not os.path.isabs(path):
-            raise ConfigError(f"{where} {name} = {path!r}: give an absolute path")
-    allow_none = _str(server, "allow_none", "loopback", where)
-    if allow_none not in ALLOW_NONE_CHOICES:
-        raise ConfigError(
-            f"{where} allow_none = {allow_none!r}: one of {', '.join(ALLOW_NONE_CHOICES)}"
-        )
-    subnets = _endpoints(server, "address_pairing", (), where, allow_empty=True)
+            raise server.error(name, "give an absolute path", path)
+    return cert, key
+
+
+def _subnets(server: Table) -> tuple[str, ...]:
+    """Where keyless viewers are known by their address."""
+    subnets = server.texts("address_pairing", (), '["10.1.2.0/24"]')
     for subnet in subnets:
         try:
             ipaddress.ip_network(subnet, strict=False)
         except ValueError:
-            raise ConfigError(
-                f'{where} address_pairing: {subnet!r} is not a subnet such as "10.1.2.0/24"'
+            raise server.error(
+                "address_pairing", f'{subnet!r} is not a subnet such as "10.1.2.0/24"'
             ) from None
-    return {"tls_cert": cert, "tls_key": key, "allow_none": allow_none, "address_pairing": subnets}
+    return subnets
 
 
-LIMIT_KEYS = {
-    "blacklist_threshold": (1, 1000),
-    "blacklist_timeout": (1, 86400),
-    "max_connections": (1, 100_000),
-    "max_per_address": (1, 100_000),
-    "max_unpaired": (1, 100_000),
-}
-
-
-def _limits(server: dict[str, Any], where: str) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for key, (low, high) in LIMIT_KEYS.items():
-        value = server.get(key, getattr(Config, key))
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
-        ):
-            raise ConfigError(f"{where} {key} = {value!r}: a number from {low} to {high}")
-        values[key] = value if key == "blacklist_timeout" else int(value)
-    return values
-
-
-def _dial(server: dict[str, Any], where: str) -> tuple[str, ...]:
+def _dial(server: Table) -> tuple[str, ...]:
     from .viewers import ViewerAddressError, listening_viewer
 
-    addresses = _endpoints(server, "dial", (), where, allow_empty=True)
+    addresses = server.texts("dial", (), '["10.1.2.3:5500"]')
     for address in addresses:
         try:
             listening_viewer(address)
         except ViewerAddressError as exc:
-            raise ConfigError(f"{where} dial: {exc}") from None
+            raise server.error("dial", str(exc)) from None
     return addresses
 
 
-def _broker(data: dict[str, Any], source: str) -> BrokerConfig:
-    where = f"{source} [broker]"
-    try:
-        return broker_from_mapping(_table(data, "broker", source), where)
-    except BrokerConfigError as exc:
-        message = str(exc)
-        raise ConfigError(message if message.startswith(where) else f"{where}: {message}") from None
-
-
-MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
-
-
-def _admin_socket(server: dict[str, Any], where: str) -> str | None:
-    path = _opt_str(server, "admin_socket", where)
+def _admin_socket(server: Table) -> str | None:
+    path = server.optional_text("admin_socket")
     if not path:
         return path
     if not path.startswith("/"):
-        raise ConfigError(
-            f'{where} admin_socket = {path!r}: give an absolute path, e.g. "/run/thinserve/'
-            'admin.sock", or "" to turn the admin API off'
+        raise server.error(
+            "admin_socket",
+            'give an absolute path, e.g. "/run/thinserve/admin.sock", or "" to turn the '
+            "admin API off",
+            path,
         )
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise ConfigError(
-            f"{where} admin_socket: at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)"
-        )
+        raise server.error("admin_socket", f"at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)")
     return path
 
 
-def _desktop(d: dict[str, Any], where: str) -> DesktopConfig:
-    _only(d, {"name", "address", "password", "username", "ca_file", "encodings"}, where)
-    names = d.get("encodings")
-    encodings = None
-    if names is not None:
-        if not isinstance(names, list) or not names:
-            raise ConfigError(f'{where} encodings: a list such as ["tight", "zrle"]')
-        unknown = [n for n in names if n not in ENCODING_NAMES]
-        if unknown:
-            raise ConfigError(
-                f"{where} encodings: unknown {unknown}; known: {', '.join(ENCODING_NAMES)}"
-            )
-        encodings = tuple(ENCODING_NAMES[n] for n in names)
-    address = _str(d, "address", None, where)
-    address_to_endpoint(address, where)
-    return DesktopConfig(
-        name=_str(d, "name", None, where),
-        address=address,
-        password=_opt_str(d, "password", where),
-        username=_opt_str(d, "username", where),
-        ca_file=_opt_str(d, "ca_file", where),
-        encodings=encodings,
-    )
+def _desktop(table: Table) -> DesktopConfig:
+    desktop = table.build(DesktopConfig, {tuple[int, ...]: _encodings})
+    _check_name(table, desktop.name)
+    address_to_endpoint(desktop.address, f"{table.where} address")
+    return desktop
 
 
-def _local(d: dict[str, Any], where: str) -> LocalDesktopConfig:
-    _only(d, {"name", "geometry", "command"}, where)
-    geometry = _str(d, "geometry", "1280x800", where)
-    if not re.fullmatch(r"\d{2,5}x\d{2,5}", geometry):
-        raise ConfigError(f"{where} geometry = {geometry!r}: write WIDTHxHEIGHT, e.g. 1280x800")
-    return LocalDesktopConfig(
-        name=_str(d, "name", None, where),
-        geometry=geometry,
-        command=_opt_str(d, "command", where),
-    )
+def _encodings(table: Table, key: str) -> tuple[int, ...]:
+    """The encodings to ask the desktop for, by name, preferred first."""
+    names = table.texts(key, (), '["tight", "zrle"]', allow_empty=False)
+    unknown = [n for n in names if n not in ENCODING_NAMES]
+    if unknown:
+        raise table.error(key, f"unknown {unknown}; known: {', '.join(ENCODING_NAMES)}")
+    return tuple(ENCODING_NAMES[n] for n in names)
+
+
+def _local(table: Table) -> LocalDesktopConfig:
+    local = table.build(LocalDesktopConfig)
+    _check_name(table, local.name)
+    if not re.fullmatch(r"\d{2,5}x\d{2,5}", local.geometry):
+        raise table.error("geometry", "write WIDTHxHEIGHT, e.g. 1280x800", local.geometry)
+    return local
+
+
+def _check_name(table: Table, name: str) -> None:
+    if not name:
+        raise table.error("name", "give a non-empty string")
 
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+)):(?P<port>\d{1,5})$")
@@ -332,59 +288,3 @@ def address_to_endpoint(address: str, where: str = "address") -> str:
         raise ConfigError(f"{where}: {address!r} is not host:port, [ipv6]:port or unix:/path")
     host = match["v6"] or match["host"]
     return f"tcp:host={host.replace(':', chr(92) + ':')}:port={match['port']}"
-
-
-def _endpoints(
-    d: dict[str, Any], key: str, default: tuple[str, ...], where: str, allow_empty: bool
-) -> tuple[str, ...]:
-    value = d.get(key, list(default))
-    if isinstance(value, str):
-        value = [value]
-    ok = isinstance(value, list) and all(isinstance(x, str) and x for x in value)
-    if not ok or (not value and not allow_empty):
-        raise ConfigError(f'{where} {key}: give a list of strings, e.g. ["tcp:5900"]')
-    return tuple(value)
-
-
-def _only(d: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
-        )
-
-
-def _table(d: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = d.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table")
-    return value
-
-
-def _list(d: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
-    value = d.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
-        raise ConfigError(f"{where}: write desktops as [[{key}]] tables")
-    return value
-
-
-def _str(d: dict[str, Any], key: str, default: str | None, where: str) -> str:
-    value = d.get(key, default)
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: {key} must be a non-empty string")
-    return value
-
-
-def _opt_str(d: dict[str, Any], key: str, where: str) -> str | None:
-    value = d.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{where}: {key} must be a string")
-    return value
-
-
-def _unique_names(names: list[str], where: str) -> None:
-    seen = set()
-    for name in names:
-        if name in seen:
-            raise ConfigError(f"{where}: two desktops are named {name!r}; names must differ")
-        seen.add(name)

@@ -1,10 +1,12 @@
 """thinserve's admin interface: a local JSON API and the CLI commands using it.
 
-The running server answers HTTP on a Unix socket (``thinserve.admin.api``);
-the ``thinserve`` admin commands (``thinserve.admin.commands``) talk to it
-through a small blocking client (``thinserve.admin.client``).  Who may use
-the socket is decided by the file system: the socket is mode 0600 inside a
-0700 directory.  See docs/admin.md.
+The running server answers HTTP on a Unix socket (``thinserve.admin.api``
+starts it: ``handlers`` say what each call does, ``http`` is the HTTP/JSON
+layer, ``socket`` the socket and its peer check); the ``thinserve`` admin
+commands (``thinserve.admin.commands``) talk to it through a small blocking
+client (``thinserve.admin.client``).  Who may use the socket is decided by
+the file system: the socket is mode 0600 inside a 0700 directory.  See
+docs/admin.md.
 
 This module stays free of Twisted imports so the CLI starts quickly.
 """

@@ -119,6 +119,20 @@ class AdminClient:
             raise _error(response.status, payload)
         return payload
 
+    def _object(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A call whose answer is one JSON object."""
+        payload = self.call(method, path, body)
+        if not isinstance(payload, dict):
+            raise _unexpected(payload)
+        return payload
+
+    def _rows(self, path: str, query: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """A listing: a JSON array of objects."""
+        payload = self.call("GET", path, query=query)
+        if not isinstance(payload, list) or not all(isinstance(row, dict) for row in payload):
+            raise _unexpected(payload)
+        return payload
+
     def _unreachable(self, exc: OSError) -> AdminError:
         where = self.socket_path
         if isinstance(exc, PermissionError):
@@ -141,16 +155,16 @@ class AdminClient:
 
     # -- the API ------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return self.call("GET", "/state")
+        return self._object("GET", "/state")
 
     def terminals(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/terminals")
+        return self._rows("/terminals")
 
     def terminal(self, terminal_id: str) -> dict[str, Any]:
-        return self.call("GET", "/terminals/" + quote(terminal_id, safe=""))
+        return self._object("GET", "/terminals/" + quote(terminal_id, safe=""))
 
     def desktops(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/desktops")
+        return self._rows("/desktops")
 
     def pair(
         self, terminal_id: str, desktop: str, new: bool = False, by_address: bool = False
@@ -160,43 +174,45 @@ class AdminClient:
             body["new"] = True
         if by_address:
             body["by_address"] = True
-        return self.call("POST", "/pair", body)
+        return self._object("POST", "/pair", body)
 
     def pair_code(self, code: str, desktop: str, by_address: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"code": code, "desktop": desktop}
         if by_address:
             body["by_address"] = True
-        return self.call("POST", "/pair-code", body)
+        return self._object("POST", "/pair-code", body)
 
     def unpair(self, terminal_id: str) -> dict[str, Any]:
-        return self.call("POST", "/unpair", {"terminal": terminal_id})
+        return self._object("POST", "/unpair", {"terminal": terminal_id})
 
     def kick(self, terminal_id: str) -> dict[str, Any]:
-        return self.call("POST", "/kick", {"terminal": terminal_id})
+        return self._object("POST", "/kick", {"terminal": terminal_id})
 
     def shadow(self, terminal_id: str, desktop: str) -> dict[str, Any]:
-        return self.call("POST", "/shadow", {"terminal": terminal_id, "desktop": desktop})
+        return self._object("POST", "/shadow", {"terminal": terminal_id, "desktop": desktop})
 
     def unshadow(self, terminal_id: str) -> dict[str, Any]:
-        return self.call("POST", "/unshadow", {"terminal": terminal_id})
+        return self._object("POST", "/unshadow", {"terminal": terminal_id})
 
     def users(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/users")
+        return self._rows("/users")
 
     def add_user(self, name: str, secret: str, desktop: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name, "secret": secret}
         if desktop is not None:
             body["desktop"] = desktop
-        return self.call("POST", "/users", body)
+        return self._object("POST", "/users", body)
 
     def delete_user(self, name: str) -> dict[str, Any]:
-        return self.call("DELETE", "/users/" + quote(name, safe=""))
+        return self._object("DELETE", "/users/" + quote(name, safe=""))
 
-    def sessions(self, limit: int | None = None, terminal: str | None = None) -> list[Any]:
-        return self.call("GET", "/sessions", query={"limit": limit, "terminal": terminal})
+    def sessions(
+        self, limit: int | None = None, terminal: str | None = None
+    ) -> list[dict[str, Any]]:
+        return self._rows("/sessions", {"limit": limit, "terminal": terminal})
 
-    def audit(self, limit: int | None = None, subject: str | None = None) -> list[Any]:
-        return self.call("GET", "/audit", query={"limit": limit, "subject": subject})
+    def audit(self, limit: int | None = None, subject: str | None = None) -> list[dict[str, Any]]:
+        return self._rows("/audit", {"limit": limit, "subject": subject})
 
     def snapshot(self, terminal_id: str) -> bytes:
         """A PNG of what the terminal shows now."""
@@ -220,6 +236,12 @@ def _decode(response: Response) -> Any:
         raise AdminError(
             "thinserve sent JSON that does not parse", "check thinserve's log"
         ) from None
+
+
+def _unexpected(payload: object) -> AdminError:
+    return AdminError(
+        f"thinserve sent an unexpected answer: {str(payload)[:200]}", "check thinserve's log"
+    )
 
 
 def _error(status: int, payload: Any) -> AdminError:

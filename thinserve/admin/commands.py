@@ -16,22 +16,24 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..terminal_ids import kind_of
 from . import SOCKET_ENV, client_socket_path
 from .client import AdminClient, AdminError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR = 0, 1  # usage errors exit 2, from argparse
 MAX_SECRET_LINE = 4096
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 Command = Callable[[AdminClient, argparse.Namespace], Any]
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 # -- the parser -------------------------------------------------------------------------------
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(sub: Subcommands) -> None:
     """Add every admin command to the ``thinserve`` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -70,7 +72,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _add(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: Subcommands,
     common: argparse.ArgumentParser,
     name: str,
     what: str,
@@ -83,7 +85,7 @@ def _add(
 
 
 def _terminal_command(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: Subcommands,
     common: argparse.ArgumentParser,
     name: str,
     what: str,
@@ -92,7 +94,7 @@ def _terminal_command(
     _add(sub, common, name, what, func).add_argument("terminal", metavar="TERMINAL")
 
 
-def _add_pairing(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def _add_pairing(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     pair_p = _add(
         sub,
         common,
@@ -115,7 +117,7 @@ def _add_pairing(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     pair_p.add_argument("names", nargs="+", metavar="TERMINAL DESKTOP")
 
 
-def _add_users(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+def _add_users(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     users_p = sub.add_parser("users", help="hot-desking users", description="hot-desking users")
     users_sub = users_p.add_subparsers(dest="users_command", metavar="{add,list,delete}")
     users_sub.required = True

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..config_reader import ConfigError, Table, is_number, is_whole
 from .ratelimit import RateLimit
 
 UNKNOWN_TERMINAL_CHOICES = ("pairing", "login", "pool")
@@ -16,8 +18,8 @@ LOGIN_FAILURES_PER_TERMINAL = RateLimit(5, 60.0)
 LOGIN_FAILURES_PER_USER = RateLimit(10, 900.0)
 
 
-class BrokerConfigError(ValueError):
-    """The broker configuration contradicts itself; the message says how."""
+# The broker's settings contradict themselves: the config file's one error type.
+BrokerConfigError = ConfigError
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,9 @@ class BrokerConfig:
                         f"desktop {desktop!r} is in pools {seen[desktop]!r} and {pool!r}"
                     )
                 seen[desktop] = pool
-        for name, pool in (("default_pool", self.default_pool), ("user_pool", self.user_pool)):
-            if pool is not None and pool not in self.pools:
-                raise BrokerConfigError(f"{name} {pool!r} is not one of the pools")
+        for name, chosen in (("default_pool", self.default_pool), ("user_pool", self.user_pool)):
+            if chosen is not None and chosen not in self.pools:
+                raise BrokerConfigError(f"{name} {chosen!r} is not one of the pools")
 
     def pool_of(self, desktop: str) -> str | None:
         """The pool ``desktop`` belongs to, or None."""
@@ -99,70 +101,25 @@ class BrokerConfig:
         return None
 
 
-_SCALARS: dict[str, tuple[type, ...]] = {
-    "unknown_terminal": (str,),
-    "pairing_codes": (bool,),
-    "code_lifetime": (int, float),
-    "code_length": (int,),
-    "code_tries": (int,),
-    "default_pool": (str,),
-    "hot_desk": (bool,),
-    "user_pool": (str,),
-    "forget_unpaired_after": (int, float),
-}
-_LIMITS = (
-    "code_failures_per_actor",
-    "code_failures_total",
-    "login_failures_per_terminal",
-    "login_failures_per_user",
-)
+def from_mapping(data: Mapping[str, object], source: str = "") -> BrokerConfig:
+    """A BrokerConfig from the parsed ``[broker]`` table of ``source`` (docs/broker.md)."""
+    return from_table(Table(data, source, "broker"))
 
 
-def from_mapping(data: Mapping[str, object], where: str = "[broker]") -> BrokerConfig:
-    """A BrokerConfig from a parsed TOML table (see docs/broker.md).
+def from_table(table: Table) -> BrokerConfig:
+    """A BrokerConfig from its table.
 
     Rate limits are written ``[failures, window_seconds]``; pools as a table
     of name = [desktop names].
     """
-    unknown = set(data) - set(_SCALARS) - set(_LIMITS) - {"pools"}
-    if unknown:
-        raise BrokerConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    kwargs: dict[str, object] = {}
-    for key, types in _SCALARS.items():
-        if key in data:
-            value = data[key]
-            if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-                raise BrokerConfigError(f"{where} {key}: expected {types[0].__name__}")
-            kwargs[key] = value
-    for key in _LIMITS:
-        if key in data:
-            kwargs[key] = _limit(data[key], f"{where} {key}")
-    if "pools" in data:
-        kwargs["pools"] = _pools(data["pools"], f"{where} pools")
-    try:
-        return BrokerConfig(**kwargs)  # type: ignore[arg-type]
-    except BrokerConfigError as exc:
-        raise BrokerConfigError(f"{where}: {exc}") from None
+    return table.build(BrokerConfig, {RateLimit: _rate_limit})
 
 
-def _limit(value: object, where: str) -> RateLimit:
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], int)
-        and isinstance(value[1], int | float)
-        and not any(isinstance(v, bool) for v in value)
-    ):
-        try:
-            return RateLimit(value[0], float(value[1]))
-        except ValueError:
-            pass
-    raise BrokerConfigError(f"{where}: write [failures, window_seconds], e.g. [5, 60]")
-
-
-def _pools(value: object, where: str) -> dict[str, tuple[str, ...]]:
-    if not isinstance(value, Mapping) or not all(
-        isinstance(v, list) and all(isinstance(d, str) for d in v) for v in value.values()
-    ):
-        raise BrokerConfigError(f'{where}: a table of name = ["desktop", ...]')
-    return {str(k): tuple(v) for k, v in value.items()}
+def _rate_limit(table: Table, key: str) -> RateLimit:
+    value = table.take(key)
+    if isinstance(value, list) and len(value) == 2:
+        failures, window = value
+        if is_whole(failures) and is_number(window):
+            with suppress(ValueError):  # RateLimit's own check: at least 1 failure, a window
+                return RateLimit(failures, float(window))
+    raise table.error(key, "write [failures, window_seconds], e.g. [5, 60]")

@@ -1,0 +1,291 @@
+"""What each admin call does, over the hub and its broker's store.
+
+A handler takes the parsed request (a Call) and returns what the answer's
+JSON holds, or raises ApiError; the broker's and the store's own errors
+become answers in thinserve.admin.http.  Handlers run on the reactor
+thread, like the broker; only PNG encoding of a snapshot runs in a worker
+thread, on a copy of the pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from twisted.internet import defer, threads
+
+from ..broker import PairingCodeError, by_address_id, normalise_code
+from ..hub import Hub
+from ..relay.session import TerminalSession
+from ..store.base import Desktop as DesktopRecord
+from ..store.base import Store
+from ..store.base import Terminal as TerminalRecord
+from ..terminal_ids import kind_of
+from . import fields
+from .audit import latest_audit
+from .errors import NOT_CONNECTED_HINT, ApiError, not_found
+from .views import Views, encode_png, shows
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request, parsed: who asks, path parameters, query and JSON body."""
+
+    actor: str
+    params: tuple[str, ...]
+    query: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: tuple[str, ...]  # "*" matches one path segment
+    handler: str  # an AdminAPI method taking a Call
+
+
+ROUTES = (
+    Route("GET", ("state",), "get_state"),
+    Route("GET", ("terminals",), "get_terminals"),
+    Route("GET", ("terminals", "*"), "get_terminal"),
+    Route("GET", ("terminals", "*", "snapshot.png"), "get_snapshot"),
+    Route("GET", ("desktops",), "get_desktops"),
+    Route("POST", ("pair",), "post_pair"),
+    Route("POST", ("pair-code",), "post_pair_code"),
+    Route("POST", ("unpair",), "post_unpair"),
+    Route("POST", ("kick",), "post_kick"),
+    Route("POST", ("shadow",), "post_shadow"),
+    Route("POST", ("unshadow",), "post_unshadow"),
+    Route("GET", ("users",), "get_users"),
+    Route("POST", ("users",), "post_users"),
+    Route("DELETE", ("users", "*"), "delete_user"),
+    Route("GET", ("sessions",), "get_sessions"),
+    Route("GET", ("audit",), "get_audit"),
+)
+
+
+class AdminAPI:
+    """What administrators can see and do, on the hub and its broker's store."""
+
+    def __init__(self, hub: Hub, info: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.hub = hub
+        self.broker = hub.broker
+        self.store: Store = hub.broker.store
+        self.views = Views(hub)
+        self.info = info or dict
+
+    # -- reading ----------------------------------------------------------------------------
+    def get_state(self, call: Call) -> dict[str, Any]:
+        state = self.broker.snapshot()
+        return {
+            "server": self.info(),
+            "connected": sorted(state.connected),
+            "logins": state.logins,
+            "watchers": state.watchers,
+            "leases": {desktop: ":".join(holder) for desktop, holder in state.leases.items()},
+            "desktops": {name: s.value for name, s in state.desktops.items()},
+            "shown": {t: shows(a) for t, a in state.shown.items()},
+            "pairings": {p.terminal_id: p.desktop for p in self.store.list_pairings()},
+        }
+
+    def get_terminals(self, call: Call) -> list[dict[str, Any]]:
+        view = self.views.picture()
+        return [self.views.terminal(record, view) for record in self._terminal_records()]
+
+    def get_terminal(self, call: Call) -> dict[str, Any]:
+        record = self._known_terminal(call.params[0])
+        return self.views.terminal(record, self.views.picture())
+
+    def get_snapshot(self, call: Call) -> defer.Deferred[bytes]:
+        session = self._live_session(call.params[0])
+        if session.view is None:
+            raise ApiError(409, f"terminal {call.params[0]!r} shows nothing yet", "try again")
+        frame = np.array(session.view.framebuffer, dtype=np.uint32, copy=True)
+        return threads.deferToThread(encode_png, frame)
+
+    def get_desktops(self, call: Call) -> list[dict[str, Any]]:
+        view = self.views.picture()
+        return [self.views.desktop(d, view) for d in self.store.list_desktops()]
+
+    def get_users(self, call: Call) -> list[dict[str, Any]]:
+        return self.views.users()
+
+    def get_sessions(self, call: Call) -> list[dict[str, Any]]:
+        fields.only_keys(call.query, {"limit", "terminal"}, "query parameter")
+        limit = fields.limit(call.query, 50)
+        terminal = call.query.get("terminal") or None
+        return [
+            {
+                "id": s.id,
+                "terminal": s.terminal_id,
+                "desktop": s.desktop,
+                "user": s.user,
+                "started": s.started,
+                "ended": s.ended,
+            }
+            for s in self.store.list_sessions(limit=limit, terminal_id=terminal)
+        ]
+
+    def get_audit(self, call: Call) -> list[dict[str, Any]]:
+        fields.only_keys(call.query, {"limit", "subject", "after"}, "query parameter")
+        limit = fields.limit(call.query, 50)
+        subject = call.query.get("subject") or None
+        if "after" in call.query:
+            after = fields.whole(call.query, "after", 0, 0, 2**62)
+            entries = self.store.list_audit(after_id=after, limit=limit, subject=subject)
+        else:
+            entries = latest_audit(self.store, limit, subject)
+        return [
+            {
+                "id": e.id,
+                "time": e.time,
+                "actor": e.actor,
+                "action": e.action,
+                "subject": e.subject,
+                "detail": e.detail,
+            }
+            for e in entries
+        ]
+
+    # -- acting -----------------------------------------------------------------------------
+    def post_pair(self, call: Call) -> dict[str, Any]:
+        fields.only_keys(call.body, {"terminal", "desktop", "new", "by_address"}, "field")
+        terminal_id = fields.text(call.body, "terminal")
+        desktop = fields.text(call.body, "desktop")
+        _check_pairable(terminal_id, fields.flag(call.body, "by_address"))
+        if not fields.flag(call.body, "new"):
+            self._known_terminal(terminal_id)
+        self._known_desktop(desktop)
+        self.hub.pair(terminal_id, desktop, call.actor)
+        return self._done(terminal_id, True)
+
+    def post_pair_code(self, call: Call) -> dict[str, Any]:
+        fields.only_keys(call.body, {"code", "desktop", "by_address"}, "field")
+        code, desktop = fields.text(call.body, "code"), fields.text(call.body, "desktop")
+        by_address = fields.flag(call.body, "by_address")
+        self._known_desktop(desktop)
+        normal = normalise_code(code, self.broker.config.code_length)
+        record = self.store.get_pairing_code(normal) if normal else None
+        try:
+            self.hub.pair_code(code, desktop, call.actor, by_address=by_address)
+        except PairingCodeError as exc:
+            self.hub.apply(exc.changes)  # a locked code is replaced on its screen
+            raise
+        if record is None:  # accepted, so stored a moment ago; never expected
+            return {"ok": True, "changed": True, "terminal": None}
+        paired = by_address_id(record.terminal_id) if by_address else record.terminal_id
+        return self._done(paired or record.terminal_id, True)
+
+    def post_unpair(self, call: Call) -> dict[str, Any]:
+        fields.only_keys(call.body, {"terminal"}, "field")
+        terminal_id = fields.text(call.body, "terminal")
+        self._known_terminal(terminal_id)
+        changed = self.store.pairing_for(terminal_id) is not None
+        self.hub.unpair(terminal_id, call.actor)
+        return self._done(terminal_id, changed)
+
+    def post_kick(self, call: Call) -> dict[str, Any]:
+        fields.only_keys(call.body, {"terminal"}, "field")
+        terminal_id = fields.text(call.body, "terminal")
+        self._live_session(terminal_id)
+        self.hub.kick(terminal_id, call.actor)
+        return self._done(terminal_id, True)
+
+    def post_shadow(self, call: Call) -> dict[str, Any]:
+        fields.only_keys(call.body, {"terminal", "desktop"}, "field")
+        terminal_id = fields.text(call.body, "terminal")
+        desktop = fields.text(call.body, "desktop")
+        self._live_session(terminal_id)
+        self._known_desktop(desktop)
+        self.hub.shadow(terminal_id, desktop, call.actor)
+        return self._done(terminal_id, True)
+
+    def post_unshadow(self, call: Call) -> dict[str, Any]:
+        fields.only_keys(call.body, {"terminal"}, "field")
+        terminal_id = fields.text(call.body, "terminal")
+        self._known_terminal(terminal_id)
+        changed = terminal_id in self.broker.snapshot().watchers
+        self.hub.unshadow(terminal_id, call.actor)
+        return self._done(terminal_id, changed)
+
+    def post_users(self, call: Call) -> dict[str, Any]:
+        fields.only_keys(call.body, {"name", "secret", "desktop"}, "field")
+        name = fields.text(call.body, "name")
+        secret = fields.secret(call.body)
+        desktop = None
+        if call.body.get("desktop") is not None:
+            desktop = fields.text(call.body, "desktop")
+            self._known_desktop(desktop)
+        self.hub.apply(self.broker.add_user(name, secret, call.actor, desktop))
+        user = next((u for u in self.views.users() if u["name"] == name), None)
+        return {"ok": True, "changed": True, "user": user}
+
+    def delete_user(self, call: Call) -> dict[str, Any]:
+        name = call.params[0]
+        if self.store.get_user(name) is None:
+            known = [u.name for u in self.store.list_users()]
+            raise not_found("user", name, known, "see `thinserve users list`")
+        self.hub.apply(self.broker.delete_user(name, call.actor))
+        return {"ok": True, "changed": True, "user": None}
+
+    # -- lookups ----------------------------------------------------------------------------
+    def _terminal_records(self) -> list[TerminalRecord]:
+        """Terminals seen, plus terminals paired before they ever connected."""
+        records = {t.id: t for t in self.store.list_terminals()}
+        for pairing in self.store.list_pairings():
+            records.setdefault(pairing.terminal_id, TerminalRecord(pairing.terminal_id))
+        return [records[key] for key in sorted(records)]
+
+    def _record(self, terminal_id: str) -> TerminalRecord | None:
+        record = self.store.get_terminal(terminal_id)
+        if record is None and self.store.pairing_for(terminal_id) is not None:
+            return TerminalRecord(terminal_id)
+        return record
+
+    def _known_terminal(self, terminal_id: str) -> TerminalRecord:
+        record = self._record(terminal_id)
+        if record is None:
+            known = [t.id for t in self._terminal_records()]
+            raise not_found("terminal", terminal_id, known, "see `thinserve terminals`")
+        return record
+
+    def _known_desktop(self, name: str) -> DesktopRecord:
+        record = self.store.get_desktop(name)
+        if record is None:
+            known = [d.name for d in self.store.list_desktops()]
+            raise not_found("desktop", name, known, "see `thinserve desktops`")
+        return record
+
+    def _live_session(self, terminal_id: str) -> TerminalSession:
+        self._known_terminal(terminal_id)
+        terminal = self.hub.terminals.get(terminal_id)
+        if terminal is None or terminal.session.proto is None:
+            raise ApiError(409, f"terminal {terminal_id!r} is not connected", NOT_CONNECTED_HINT)
+        return terminal.session
+
+    def _done(self, terminal_id: str, changed: bool) -> dict[str, Any]:
+        """The answer to a change: whether it changed anything, and the terminal now."""
+        record = self._record(terminal_id)
+        row = self.views.terminal(record, self.views.picture()) if record is not None else None
+        return {"ok": True, "changed": changed, "terminal": row}
+
+
+def _check_pairable(terminal_id: str, by_address: bool) -> None:
+    """Only a key proves a terminal; an address binds only when the admin says so."""
+    kind = kind_of(terminal_id)
+    if kind == "address" and not by_address:
+        raise ApiError(
+            409,
+            f"{terminal_id!r} is known only by its address: anything at that address "
+            "would get the desktop",
+            "add --by-address if you trust every device that can use that address",
+        )
+    if kind == "claimed":
+        raise ApiError(
+            409,
+            f"no connection can prove the id {terminal_id!r}",
+            "terminals are known by their key (key-...) or, if you choose, their address "
+            "(viewer-ADDRESS): see thinserve terminals",
+        )

@@ -1,0 +1,214 @@
+"""The admin API's HTTP layer: routes, bounded JSON bodies, JSON answers.
+
+Requests are bounded (64 KiB bodies, JSON objects with known keys only);
+errors are JSON ``{"error": ..., "hint": ...}`` with a fitting HTTP status.
+Who is asking is decided by the caller (``actor_of``), at the socket.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+from twisted.web.server import NOT_DONE_YET
+
+from ..broker import BrokerError
+from ..store.base import StoreError, StoreFault
+from . import API_PREFIX
+from .errors import ApiError, broker_error, store_error
+from .fields import BODY_HINT
+from .handlers import ROUTES, AdminAPI, Call, Route
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+log = logging.getLogger("thinserve.admin.api")  # one name for all the admin API's lines
+
+MAX_BODY = 64 * 1024
+IDLE_TIMEOUT = 60  # seconds before an idle admin connection is closed
+JSON_TYPE = b"application/json"
+
+Actor = Callable[[server.Request], str]  # "admin:USER" for whoever sent the request
+
+
+class Reply(Protocol):
+    """The part of a twisted.web request an answer is written to."""
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None: ...
+    def setHeader(self, name: bytes, value: bytes) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def notifyFinish(self) -> defer.Deferred[None]: ...
+
+
+class BoundedBody(io.BytesIO):
+    """A request body kept in memory up to MAX_BODY bytes; past that it is
+    only counted, and the request is answered 413."""
+
+    def __init__(self, length: int | None) -> None:
+        super().__init__()
+        self.size = 0
+        self.too_large = length is not None and length > MAX_BODY
+
+    def write(self, data: ReadableBuffer, /) -> int:
+        size = memoryview(data).nbytes
+        self.size += size
+        self.too_large = self.too_large or self.size > MAX_BODY
+        return size if self.too_large else super().write(data)
+
+
+class AdminResource(resource.Resource):
+    """Routes /api/v1/... to AdminAPI methods and turns answers into JSON."""
+
+    isLeaf = True
+
+    def __init__(self, api: AdminAPI, actor_of: Actor) -> None:
+        super().__init__()  # Twisted leaves it unannotated
+        self.api = api
+        self.actor_of = actor_of
+
+    def render(self, request: server.Request) -> bytes | int:
+        try:
+            result = self._call(request)
+        except ApiError as exc:
+            return _json(request, exc.status, exc.payload)
+        except BrokerError as exc:
+            error = broker_error(exc)
+            return _json(request, error.status, error.payload)
+        except StoreError as exc:
+            error = store_error(exc)
+            if isinstance(exc, StoreFault):
+                what = (request.method + b" " + request.uri[:200]).decode("ascii", "replace")
+                log.error("admin request %s failed: %s", what, exc)
+            return _json(request, error.status, error.payload)
+        except Exception:
+            log.exception("admin request %s failed", request.uri[:200])
+            body = {"error": "internal error", "hint": "see thinserve's log"}
+            return _json(request, 500, body)
+        if isinstance(result, defer.Deferred):
+            return _later(request, result)
+        return _json(request, 200, result)
+
+    def _call(self, request: server.Request) -> Any:
+        actor = self.actor_of(request)
+        method = request.method.decode("ascii", "replace")
+        route, params = _route(method, _segments(request.path))
+        query = _query(request)
+        body = _body(request) if method in ("POST", "PUT", "PATCH") else {}
+        return getattr(self.api, route.handler)(Call(actor, params, query, body))
+
+
+class AdminSite(server.Site):
+    """The API's site: bounded request bodies, idle connections closed, its
+    own quiet access log."""
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, api: AdminAPI, actor_of: Actor) -> None:
+        super().__init__(  # Twisted leaves it unannotated
+            AdminResource(api, actor_of), timeout=IDLE_TIMEOUT, parsePOSTFormSubmission=False
+        )
+
+    def getContentFile(self, length: int | None) -> BoundedBody:
+        """Where twisted.web writes each request's body."""
+        return BoundedBody(length)
+
+    def log(self, request: http.Request) -> None:
+        log.debug("admin %s %s -> %s", request.method, request.uri[:200], request.code)
+
+
+def _segments(path: bytes) -> list[str]:
+    try:
+        text = path.decode("ascii")
+    except UnicodeDecodeError:
+        raise ApiError(400, "the path must be ASCII (percent-encode the rest)", "") from None
+    prefix = API_PREFIX.strip("/").split("/")
+    parts = text.strip("/").split("/")
+    if parts[: len(prefix)] != prefix:
+        raise ApiError(404, f"no such path {text[:200]!r}", f"the API lives under {API_PREFIX}/")
+    try:
+        return [unquote(p, errors="strict") for p in parts[len(prefix) :]]
+    except UnicodeDecodeError:
+        raise ApiError(400, "path segments must be UTF-8", "") from None
+
+
+def _route(method: str, segments: list[str]) -> tuple[Route, tuple[str, ...]]:
+    allowed = []
+    for route in ROUTES:
+        if len(route.pattern) != len(segments):
+            continue
+        if all(p == "*" or p == s for p, s in zip(route.pattern, segments, strict=True)):
+            if route.method == method:
+                params = tuple(s for p, s in zip(route.pattern, segments, strict=True) if p == "*")
+                return route, params
+            allowed.append(route.method)
+    path = API_PREFIX + "/" + "/".join(segments)
+    if allowed:
+        raise ApiError(405, f"{method} is not allowed on {path[:200]}", f"use {', '.join(allowed)}")
+    raise ApiError(404, f"no such endpoint {path[:200]!r}", "see docs/admin.md for the endpoints")
+
+
+def _query(request: server.Request) -> dict[str, str]:
+    args: dict[bytes, list[bytes]] = request.args or {}
+    query = {}
+    for key, values in args.items():
+        try:
+            query[key.decode()] = values[-1].decode()
+        except UnicodeDecodeError:
+            raise ApiError(400, "query parameters must be UTF-8", "") from None
+    return query
+
+
+def _body(request: server.Request) -> dict[str, Any]:
+    content: object = request.content  # AdminSite.getContentFile made it
+    if not isinstance(content, BoundedBody) or content.too_large:
+        raise ApiError(413, f"the request body is over {MAX_BODY} bytes", "send less")
+    header = request.getHeader(b"content-type") or b""
+    if header.split(b";")[0].strip().lower() != JSON_TYPE:
+        raise ApiError(415, "send the body as application/json", "set Content-Type")
+    try:
+        body = json.loads(content.getvalue())
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the body is not valid JSON", BODY_HINT) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", BODY_HINT)
+    return body
+
+
+def _json(request: Reply, status: int, payload: Any) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", JSON_TYPE + b"; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+
+
+def _later(request: Reply, result: defer.Deferred[bytes]) -> int:
+    """Answer with a PNG once ``result`` has it."""
+    gone: list[bool] = []
+    request.notifyFinish().addErrback(lambda failure: gone.append(True))
+
+    def send(png: bytes) -> None:
+        if gone:
+            return
+        request.setHeader(b"Content-Type", b"image/png")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.write(png)
+        request.finish()
+
+    def fail(failure: Failure) -> None:
+        log.error("admin snapshot failed: %s", failure.getErrorMessage())
+        if not gone:
+            body = {"error": "could not encode the snapshot", "hint": "see thinserve's log"}
+            request.write(_json(request, 500, body))
+            request.finish()
+
+    result.addCallbacks(send, fail)
+    return NOT_DONE_YET

@@ -1,9 +1,11 @@
 """Zeroconf (mDNS/DNS-SD): find terminals, and let VNC viewers find thinserve.
 
-Both classes run python-zeroconf in the asyncio loop that Twisted's asyncio
-reactor drives, so they must be started while the reactor runs.  ``start``
-and ``stop`` return Deferreds (for Twisted code); ``async_start`` and
-``async_stop`` are the same for asyncio code.
+Both classes are Twisted services (children of thinserve.service's tree)
+that run python-zeroconf in the asyncio loop that Twisted's asyncio reactor
+drives, so they must be started while the reactor runs.  ``startService``
+and ``stopService`` return Deferreds; ``start`` and ``stop`` are the same,
+for use outside a service tree; ``async_start`` and ``async_stop`` do the
+work, for asyncio code.
 
 ``TerminalBrowser`` watches ``_thinserve-term._tcp`` adverts and reports
 terminals by service name::
@@ -36,6 +38,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import ifaddr
+from twisted.application import service
 from twisted.internet import defer
 from zeroconf import (
     DNSRecord,
@@ -105,7 +108,28 @@ class _Stack:
             await zc.async_close()
 
 
-class TerminalBrowser:
+class _AsyncService(service.Service):
+    """A service whose start and stop are zeroconf's asyncio coroutines."""
+
+    async def async_start(self) -> None:
+        raise NotImplementedError
+
+    async def async_stop(self) -> None:
+        raise NotImplementedError
+
+    def startService(self) -> defer.Deferred[None]:
+        super().startService()
+        return as_deferred(self.async_start())
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return as_deferred(self.async_stop())
+
+    start = startService  # outside a service tree: tests, the software terminal
+    stop = stopService
+
+
+class TerminalBrowser(_AsyncService):
     def __init__(
         self,
         on_added: TerminalCallback,
@@ -129,12 +153,6 @@ class TerminalBrowser:
         self._browser: AsyncServiceBrowser | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._rejected: dict[str, str] = {}  # last reason logged, by service name
-
-    def start(self) -> defer.Deferred[None]:
-        return as_deferred(self.async_start())
-
-    def stop(self) -> defer.Deferred[None]:
-        return as_deferred(self.async_stop())
 
     async def async_start(self) -> None:
         if self._browser is not None:
@@ -252,7 +270,7 @@ class TerminalBrowser:
             _call(self.on_removed, old)
 
 
-class ServiceAdvertiser:
+class ServiceAdvertiser(_AsyncService):
     """One DNS-SD service, registered in the reactor's loop and withdrawn on stop.
 
     Zeroconf renames the instance on a clash (``registered_name`` says how);
@@ -275,12 +293,6 @@ class ServiceAdvertiser:
     def registered_name(self) -> str | None:
         """The full service name, once registered (zeroconf renames it on a clash)."""
         return self._registered.name if self._registered is not None else None
-
-    def start(self) -> defer.Deferred[None]:
-        return as_deferred(self.async_start())
-
-    def stop(self) -> defer.Deferred[None]:
-        return as_deferred(self.async_stop())
 
     async def async_start(self) -> None:
         if self._registered is not None:
@@ -324,7 +336,6 @@ class ServerAdvertiser(ServiceAdvertiser):
         except AdvertError as exc:
             raise ValueError(f"cannot advertise as {name!r}: {exc.reason}") from None
         self.port = port
-        self.name = name
         self.addresses = list(addresses or interfaces or local_addresses(ipv4_only))
         self.host = host or default_host()
         info = ServiceInfo(

@@ -5,14 +5,22 @@ viewer" (port 5500 by default) and advertises itself (protocols.terminal).
 thinserve connects to it and runs its RFB *server* protocol over that
 connection: the terminal stays the RFB client, only the TCP roles swap.
 
-``connect_to_terminal`` makes one attempt.  ``ReverseConnector`` keeps one
-connection per advertised terminal: it retries with exponential backoff
-while the terminal is advertised, follows address and port changes, and
-stops trying when the advert goes away.  Its ``terminal_added``,
+``connect_to_terminal`` makes one attempt.  ``ReverseConnector`` is a
+service with one child per advertised terminal, a ``TerminalLink``: a
+Twisted ClientService that dials the terminal's addresses and, while the
+terminal is advertised, dials again with exponential backoff after a
+failure or the end of a connection.  A connection that lasted
+``stable_after`` seconds starts the delays over; one that the terminal ends
+at once does not, so such a terminal is not dialled in a tight loop.
+
+An advert that changes replaces the link, so new addresses are dialled at
+once; while the link is connected the replacement waits for the connection
+to end.  When the advert goes away a link that is not connected stops; a
+connected one is left alone (mDNS can lose an advert that the TCP
+connection outlives) and stops when its connection ends.  Stopping the
+connector closes every connection.  Its ``terminal_added``,
 ``terminal_updated`` and ``terminal_removed`` methods fit
-thinserve.discovery.TerminalBrowser's callbacks.  A connection that is up
-when the advert goes away is left alone (mDNS can lose an advert that the
-TCP connection outlives); ``stop(disconnect=True)`` closes them all.
+thinserve.discovery.TerminalBrowser's callbacks.
 """
 
 from __future__ import annotations
@@ -21,28 +29,45 @@ import ipaddress
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast
 
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IDelayedCall, IProtocol, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from protocols.terminal import DEFAULT_PORT, TerminalAdvert
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_PORT", "Backoff", "ReverseConnector", "connect_to_terminal"]
+__all__ = [
+    "DEFAULT_PORT",
+    "ReverseConnector",
+    "TerminalLink",
+    "connect_to_terminal",
+    "retry_delays",
+]
 
 LostCallback = Callable[[IProtocol, Failure], None]
+FactoryFor = Callable[[TerminalAdvert], Factory[Any]]
+AdvertCallback = Callable[[TerminalAdvert], None]
 
 
 def connect_to_terminal(
-    reactor: Any,
+    reactor: Any,  # IReactorTCP: a zope interface, which mypy cannot check
     host: str,
     port: int,
-    protocol_factory: IProtocolFactory,
+    protocol_factory: Factory[Any],
     timeout: float = 10.0,
     on_lost: LostCallback | None = None,
 ) -> defer.Deferred[IProtocol]:
@@ -54,22 +79,43 @@ def connect_to_terminal(
     """
     endpoint = _endpoint(reactor, host, port, timeout)
     if on_lost is None:
-        connected = endpoint.connect(protocol_factory)
-    else:
-        watched = endpoint.connect(_WatchingFactory(protocol_factory, on_lost))
-        connected = watched.addCallback(lambda wrapper: wrapper.wrappedProtocol)
-    return connected.addCallback(_dialled)
+        return endpoint.connect(_provider(protocol_factory)).addCallback(_dialled)
+    watching = _Watching(protocol_factory, on_lost)  # tells the protocol it was dialled
+    return endpoint.connect(_provider(watching)).addCallback(_unwrapped)
+
+
+def retry_delays(initial: float, maximum: float, jitter: float = 0.1) -> Callable[[int], float]:
+    """Seconds to wait before retry ``n`` (from 1): ``initial``, doubling up to
+    ``maximum``, each varied by up to ``jitter`` of itself at random, so that
+    links that broke together do not all dial again together."""
+    policy = backoffPolicy(initial, maximum, factor=2.0, jitter=lambda: 0.0)
+    return lambda n: policy(n - 1) * random.uniform(1 - jitter, 1 + jitter)
 
 
 def _dialled(proto: IProtocol) -> IProtocol:
     """Tell an RFB server protocol that thinserve opened its connection (it is
-    still the TLS server).  Runs on connection, before any byte is read."""
+    still the TLS server).  Runs before any byte is read."""
     if hasattr(proto, "dialled"):
         proto.dialled = True
     return proto
 
 
-def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
+def _unwrapped(proto: IProtocol) -> IProtocol:
+    return proto.wrappedProtocol if isinstance(proto, _Watched) else proto
+
+
+def _provider(factory: Factory[Any]) -> IProtocolFactory:
+    """A Factory as the IProtocolFactory it implements (zope: mypy cannot tell)."""
+    return cast(IProtocolFactory, factory)
+
+
+class _Endpoint(Protocol):
+    """A client endpoint (IStreamClientEndpoint), as mypy can check its calls."""
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]: ...
+
+
+def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> _Endpoint:
     try:
         version = ipaddress.ip_address(host.split("%")[0]).version
     except ValueError:
@@ -80,221 +126,205 @@ def _endpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
 
 
 class _Watched(ProtocolWrapper):
-    factory: _WatchingFactory
+    """A dialled connection's protocol, whose end is reported."""
 
-    def connectionLost(self, reason: Failure) -> None:
+    factory: _Watching
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         wrapped = self.wrappedProtocol  # the base class drops it
         super().connectionLost(reason)
         self.factory.on_lost(wrapped, reason)
 
 
-class _WatchingFactory(WrappingFactory):
+class _Watching(WrappingFactory[_Watched]):
+    """Protocols for dialled connections: told so at once, and watched for their end."""
+
     protocol = _Watched
 
-    def __init__(self, wrapped: IProtocolFactory, on_lost: LostCallback) -> None:
+    def __init__(self, wrapped: Factory[Any], on_lost: LostCallback) -> None:
         super().__init__(wrapped)
         self.on_lost = on_lost
 
-
-@dataclass
-class Backoff:
-    """Exponential delays with jitter: initial, initial*factor, ... up to maximum."""
-
-    initial: float = 1.0
-    maximum: float = 60.0
-    factor: float = 2.0
-    jitter: float = 0.1  # each delay is scaled by a random factor in [1-jitter, 1+jitter]
-    current: float = field(default=0.0, init=False)
-
-    def next(self) -> float:
-        base = self.initial if self.current == 0 else min(self.current * self.factor, self.maximum)
-        self.current = base
-        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
-
-    def reset(self) -> None:
-        self.current = 0.0
+    def buildProtocol(self, addr: IAddress | None) -> _Watched:
+        watched = super().buildProtocol(addr)
+        _dialled(watched.wrappedProtocol)
+        return watched
 
 
-ConnectedCallback = Callable[[TerminalAdvert, IProtocol], None]
-DisconnectedCallback = Callable[[TerminalAdvert], None]
+class ReverseConnector(service.MultiService):
+    """One TerminalLink (a ClientService) per advertised terminal or listening viewer."""
 
-
-class ReverseConnector:
     def __init__(
         self,
-        reactor: Any,
-        protocol_factory: IProtocolFactory,
+        reactor: Any,  # IReactorTCP and IReactorTime: zope interfaces, which mypy cannot check
+        factory_for: FactoryFor,
         connect_timeout: float = 10.0,
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
         stable_after: float = 10.0,
-        on_connected: ConnectedCallback | None = None,
-        on_disconnected: DisconnectedCallback | None = None,
+        on_connected: AdvertCallback | None = None,
+        on_disconnected: AdvertCallback | None = None,
     ) -> None:
+        """``factory_for(advert)``: the protocol factory for a terminal's connections."""
+        super().__init__()
         self.reactor = reactor
-        self.protocol_factory = protocol_factory
+        self.factory_for = factory_for
         self.connect_timeout = connect_timeout
-        self.initial_delay = initial_delay
-        self.max_delay = max_delay
+        self.delays = retry_delays(initial_delay, max_delay)
         self.stable_after = stable_after  # a connection this long resets the backoff
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
-        self.links: dict[str, _Link] = {}  # by lower-case service name
+        self.links: dict[str, TerminalLink] = {}  # by lower-case service name
 
     # -- TerminalBrowser callbacks ---------------------------------------------------------
     def terminal_added(self, advert: TerminalAdvert) -> None:
-        key = advert.service_name.lower()
-        link = self.links.get(key)
-        if link is None:
-            link = self.links[key] = _Link(self, advert)
-        link.advertised(advert)
+        link = self.links.get(_key(advert))
+        if link is None or (not link.connected and link.advert != advert):
+            self._replace(advert)
+        else:
+            link.readvertised(advert)
 
     def terminal_updated(self, advert: TerminalAdvert) -> None:
         self.terminal_added(advert)
 
     def terminal_removed(self, advert: TerminalAdvert) -> None:
-        link = self.links.get(advert.service_name.lower())
-        if link is not None:
-            link.withdrawn()
-            self._forget_idle(link)
-
-    def stop(self, disconnect: bool = False) -> None:
-        """Stop every attempt; with ``disconnect``, close the connections too."""
-        for link in list(self.links.values()):
-            link.withdrawn()
-            if disconnect:
-                link.disconnect()
-        self.links = {k: v for k, v in self.links.items() if v.protocol is not None}
-
-    def connected(self) -> dict[str, IProtocol]:
-        """The protocols of terminals connected now, by lower-case service name."""
-        return {k: v.protocol for k, v in self.links.items() if v.protocol is not None}
-
-    def _forget_idle(self, link: _Link) -> None:
-        key = link.advert.service_name.lower()
-        if not link.active and link.protocol is None and self.links.get(key) is link:
-            del self.links[key]
-
-
-class _Link:
-    """One terminal: connecting, connected, or waiting to retry."""
-
-    def __init__(self, owner: ReverseConnector, advert: TerminalAdvert) -> None:
-        self.owner = owner
-        self.advert = advert
-        self.active = False  # advertised: keep trying
-        self.backoff = Backoff(owner.initial_delay, owner.max_delay)
-        self.attempt: defer.Deferred[IProtocol] | None = None
-        self.timer: IDelayedCall | None = None
-        self.protocol: IProtocol | None = None
-        self.connected_at = 0.0
-        self.attempts = 0
-
-    def advertised(self, advert: TerminalAdvert) -> None:
-        moved = (advert.addresses, advert.port) != (self.advert.addresses, self.advert.port)
-        self.advert = advert
-        if self.protocol is not None:
-            self.active = True
-            return  # later reconnects use the new address
-        if self.active and not moved:
+        link = self.links.get(_key(advert))
+        if link is None:
             return
-        self.active = True
-        self._cancel()
-        self.backoff.reset()
-        self._connect()
+        if link.connected:
+            link.withdrawn()
+        else:
+            self._forget(link)
+
+    def stopService(self) -> None:
+        """Stop every link: no more dialling, and each connection asked to close.
+
+        Not waiting for the connections to end: an RFB connection over TLS
+        ends only once its protocol has stopped producing (rfbproto.close),
+        which the hub does for every session after this (thinserve.service).
+        """
+        super().stopService()
+
+    # -- links -----------------------------------------------------------------------------
+    def _replace(self, advert: TerminalAdvert) -> None:
+        """A new link for ``advert`` (it dials at once while the connector runs)."""
+        old = self.links.get(_key(advert))
+        if old is not None:
+            self._forget(old)
+        link = self.links[_key(advert)] = TerminalLink(self, advert)
+        self.addService(link)
+
+    def _forget(self, link: TerminalLink) -> None:
+        """Stop ``link`` (closing its connection, if any) and let it go."""
+        if self.links.get(_key(link.advert)) is link:
+            del self.links[_key(link.advert)]
+            self.removeService(link)
+
+    def ended(self, link: TerminalLink) -> None:
+        """``link``'s connection ended: replace it for a newer advert, let it go if withdrawn."""
+        if self.links.get(_key(link.advert)) is not link:
+            return
+        if link.newer is not None:
+            self._replace(link.newer)
+        elif not link.advertised:
+            self._forget(link)
+
+
+class TerminalLink(ClientService):
+    """One terminal, dialled at its advertised addresses while it is advertised."""
+
+    def __init__(self, connector: ReverseConnector, advert: TerminalAdvert) -> None:
+        self.connector = connector
+        self.advert = advert
+        self.advertised = True
+        self.newer: TerminalAdvert | None = None  # a changed advert, for after this connection
+        self.attempts = 0
+        self.retries = 0  # delays waited since the last stable connection
+        self.connected_at: float | None = None
+        self._why = ""
+        factory = _Watching(connector.factory_for(advert), self._lost)
+        super().__init__(
+            cast(IStreamClientEndpoint, _Dial(self)),
+            _provider(factory),
+            retryPolicy=self._retry_in,
+            clock=cast(IReactorTime, connector.reactor),
+            prepareConnection=self._up,
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_at is not None
+
+    def readvertised(self, advert: TerminalAdvert) -> None:
+        self.advertised = True
+        self.newer = advert if advert != self.advert else None
 
     def withdrawn(self) -> None:
-        self.active = False
-        self._cancel()
+        self.advertised = False
+        self.newer = None
 
-    def disconnect(self) -> None:
-        transport = getattr(self.protocol, "transport", None)
-        if transport is not None:
-            transport.loseConnection()
-
-    def _cancel(self) -> None:
-        timer, self.timer = self.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-        attempt, self.attempt = self.attempt, None
-        if attempt is not None:
-            attempt.cancel()
-
-    # -- attempts ---------------------------------------------------------------------------
-    def _connect(self) -> None:
-        self.timer = None
+    async def dial(self, factory: IProtocolFactory) -> IProtocol:
+        """One attempt: the advertised addresses in turn, until one answers."""
         self.attempts += 1
-        attempt = defer.ensureDeferred(self._first_that_answers(self.advert))
-        self.attempt = attempt
-        attempt.addCallbacks(self._up, self._failed, (attempt,), None, (attempt,), None)
-
-    async def _first_that_answers(self, advert: TerminalAdvert) -> IProtocol:
-        owner = self.owner
-        failure = Failure(ConnectionError("the advert lists no address"))
+        advert, connector = self.advert, self.connector
+        error: Exception = ConnectionError("the advert lists no address")
         for host in advert.addresses:
+            endpoint = _endpoint(connector.reactor, host, advert.port, connector.connect_timeout)
             try:
-                return await connect_to_terminal(
-                    owner.reactor,
-                    host,
-                    advert.port,
-                    owner.protocol_factory,
-                    owner.connect_timeout,
-                    self._lost,
-                )
+                return await endpoint.connect(factory)
             except defer.CancelledError:
                 raise
-            except Exception:
-                failure = Failure()
-                log.debug("terminal %s: %s:%d: %s", advert.instance, host, advert.port, failure)
-        failure.raiseException()
-        raise AssertionError("unreachable")  # raiseException always raises
+            except Exception as exc:
+                error = exc
+                log.debug("terminal %s: %s:%d: %s", advert.instance, host, advert.port, exc)
+        self._why = f"unreachable ({error})"
+        raise error
 
-    def _up(self, protocol: IProtocol, attempt: defer.Deferred[IProtocol]) -> None:
-        if attempt is not self.attempt:  # cancelled meanwhile: keep nothing half-open
-            protocol.transport.loseConnection()  # type: ignore[attr-defined]
-            return
-        self.attempt = None
-        self.protocol = protocol
-        self.connected_at = self.owner.reactor.seconds()
+    def _up(self, _proto: IProtocol) -> None:
+        self.connected_at = self.connector.reactor.seconds()
         log.info("connected to terminal %s (%s)", self.advert.instance, self.advert.terminal_id)
-        if self.owner.on_connected is not None:
-            _guarded(self.owner.on_connected, self.advert, protocol)
+        if self.connector.on_connected is not None:
+            _guarded(self.connector.on_connected, self.advert)
 
-    def _failed(self, failure: Failure, attempt: defer.Deferred[IProtocol]) -> None:
-        if attempt is not self.attempt or failure.check(defer.CancelledError):
+    def _lost(self, proto: IProtocol, reason: Failure) -> None:
+        if self.connected_at is None:  # ended before it was handed over
             return
-        self.attempt = None
-        delay = self.backoff.next()
-        log.info(
-            "terminal %s unreachable (%s); retrying in %.1f s",
-            self.advert.instance,
-            failure.getErrorMessage(),
-            delay,
-        )
-        self._retry_in(delay)
+        lasted = self.connector.reactor.seconds() - self.connected_at
+        self.connected_at = None
+        self._why = f"disconnected after {lasted:.1f} s"
+        log.info("terminal %s %s", self.advert.instance, self._why)
+        if lasted >= self.connector.stable_after:
+            self.retries = 0
+        if self.connector.on_disconnected is not None:
+            _guarded(self.connector.on_disconnected, self.advert)
+        self.connector.ended(self)
 
-    def _lost(self, protocol: IProtocol, reason: Failure) -> None:
-        if protocol is not self.protocol:
-            return
-        self.protocol = None
-        lasted = self.owner.reactor.seconds() - self.connected_at
-        log.info("terminal %s disconnected after %.1f s", self.advert.instance, lasted)
-        if self.owner.on_disconnected is not None:
-            _guarded(self.owner.on_disconnected, self.advert)
-        if not self.active:
-            self.owner._forget_idle(self)
-            return
-        if lasted >= self.owner.stable_after:
-            self.backoff.reset()
-        self._retry_in(self.backoff.next())
-
-    def _retry_in(self, delay: float) -> None:
-        if self.active and self.timer is None and self.attempt is None:
-            self.timer = self.owner.reactor.callLater(delay, self._connect)
+    def _retry_in(self, _failures: int) -> float:
+        """ClientService counts failures since the last connection; the link
+        counts delays since the last stable connection (see the module)."""
+        self.retries += 1
+        delay = self.connector.delays(self.retries)
+        log.info("terminal %s %s; retrying in %.1f s", self.advert.instance, self._why, delay)
+        return delay
 
 
-def _guarded(callback: Callable[..., None], *args: object) -> None:
+@implementer(IStreamClientEndpoint)
+class _Dial:
+    """A link's terminal as an endpoint: the first of its addresses that answers."""
+
+    def __init__(self, link: TerminalLink) -> None:
+        self.link = link
+
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred[IProtocol]:
+        return defer.ensureDeferred(self.link.dial(factory))
+
+
+def _key(advert: TerminalAdvert) -> str:
+    return advert.service_name.lower()
+
+
+def _guarded(callback: AdvertCallback, advert: TerminalAdvert) -> None:
     try:
-        callback(*args)
+        callback(advert)
     except Exception:
         log.exception("reverse connection callback %r failed", callback)

@@ -1,20 +1,40 @@
-"""Wires thinserve together as a Twisted service.
+"""Wires thinserve together as a tree of Twisted services.
 
 Desktops (local Xvnc sessions, configured VNC endpoints) each get a mirror
 fed by an upstream link; the broker, over the store, decides what each
 terminal shows; the hub applies its decisions to terminal sessions.
 Terminals arrive three ways: connecting in over RFB, connecting in from a
 browser (WebSocket), or being discovered over zeroconf and connected to.
+
+``ThinServe``'s children, in the order they start (they stop in reverse):
+
+  store            StoreService            the SQLite store
+  local desktops   LocalDesktops           one LocalDesktop (Xvnc) each
+  desktop manager  DesktopManagerService   the desktops' links and lifecycles
+  hub              HubService              the broker's decisions on the sessions
+  admin socket     AdminSocket             the admin API
+  terminal ports   listeners.Listeners     the RFB listening ports
+  web ports        listeners.Listeners     the browser terminal's (if configured)
+  reverse          reverse.ReverseConnector  a ClientService per listening
+                                           terminal or viewer it dials
+  discovery        Discovery               the zeroconf browser, then one
+                                           advertiser per RFB port (if enabled)
+
+Stopping in reverse stops the dialling and the listening first, then closes
+every terminal connection (hub) before the desktop links go (desktop
+manager), and closes the store last.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, protocol
 from twisted.internet import reactor as default_reactor
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IAddress
 
 from protocols.terminal import TerminalAdvert
 
@@ -26,86 +46,132 @@ from .blacklist import Blacklist
 from .broker import Broker, TerminalInfo
 from .config import Config, ConfigError, LocalDesktopConfig, address_to_endpoint
 from .credentials import Credentials
-from .desktops import DesktopManager, desktops_in_use
+from .desktops import DesktopListener, DesktopManager, Holders, desktops_in_use
+from .discovery import ServerAdvertiser, TerminalBrowser
 from .hub import Hub
 from .linksecurity import SecurityPolicy, ServerCertificate, https_description, is_loopback
+from .listeners import AnyFactory, Listeners, Port
 from .relay.upstream import DesktopAddress, Upstream
+from .reverse import ReverseConnector
 from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
+from .servicetree import Child, InOrder, settled
 from .store.sqlite import SqliteStore, default_path
 from .viewers import listening_viewer
 
 log = logging.getLogger(__name__)
 
+PartT = TypeVar("PartT", bound=Child)
 
-class ThinServe(service.Service):
-    def __init__(self, config: Config, reactor: object | None = None) -> None:
+
+class ThinServe(InOrder):
+    """thinserve: its parts as child services (see the module's docstring).
+
+    Each part is made once the parts before it run, from what they made: the
+    hub needs the open store and the desktops read from their backends, the
+    advertisers need the listening ports.  So ``startService`` makes the
+    children, starting each before making the next, and ``stopService``,
+    once they have stopped, lets them go; a later start makes new ones.
+    """
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        super().__init__()
         self.config = config
-        self.reactor = reactor or default_reactor
-        self.local: list[LocalXvncDesktop] = []
-        self.desktops: DesktopManager | None = None
-        self.ports: list[IListeningPort] = []
+        # IReactorTCP, IReactorTime & co: zope interfaces, which mypy cannot check
+        self.reactor: Any = reactor or default_reactor
         self.store: SqliteStore | None = None
-        self.hub: Hub | None = None
-        self.discovery: object | None = None
-        self.connector: object | None = None
-        self.admin_port: IListeningPort | None = None
         self.certificate: ServerCertificate | None = None
+        self.desktops: DesktopManager | None = None
+        self.hub: Hub | None = None
+        self.listeners: list[Listeners] = []  # the terminal ports, then the web ports
 
-    def startService(self) -> defer.Deferred[None]:  # type: ignore[override]
-        super().startService()
+    def startService(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._start())
 
+    def stopService(self) -> defer.Deferred[None]:
+        return super().stopService().addCallback(lambda _: self._let_go())
+
+    def _let_go(self) -> None:
+        for child in list(self):
+            self.removeService(child)  # stopped already: removing does not stop it again
+
     async def _start(self) -> None:
-        database = str(self.config.database or default_path())
-        self.store = SqliteStore(database)
-        self.certificate = self._certificate(database)
-        broker = Broker(self.store, self.config.broker)
-        manager = await self._desktop_manager()
-        self.hub = Hub(
+        config = self.config
+        self.listeners = []
+        database = str(config.database or default_path())
+        store = (await self._run(StoreService(database))).store
+        assert store is not None  # opened by startService
+        self.store = store
+        self.certificate = certificate = _certificate(config, database)
+        local = await self._run(LocalDesktops(config.local_desktops, self.reactor))
+        manager = self.desktops = await self._desktop_manager(local.addresses())
+        hub = self.hub = self._hub(store, manager)
+        broker = hub.broker
+        await self._run(
+            DesktopManagerService(manager, hub, lambda: desktops_in_use(broker.snapshot()))
+        )
+        await self._run(HubService(hub))
+        await self._run(AdminSocket(self.reactor, hub, config.admin_socket, self._admin_info))
+        rfb = RFBServerFactory(
+            terminal_options(config, hub, certificate),
+            hub.new_session,
+            Admission(config.max_connections, config.max_per_address),
+        )
+        terminals = await self._listen(config.listen, rfb)
+        for port in terminals.ports():
+            log.info("terminals connect to %s", _describe(port))
+            self._warn_if_plain(port)
+        await self._start_web(rfb, certificate)
+        connector = await self._start_reverse(hub, certificate)
+        if config.discovery:
+            await self._run(Discovery(config, connector, _tcp_ports(terminals.ports())))
+            log.info("looking for terminals over zeroconf")
+        self.running = True  # only now: a child added to a running parent starts unawaited
+
+    def _hub(self, store: SqliteStore, manager: DesktopManager) -> Hub:
+        """The broker over the store, knowing every desktop; the hub applying its decisions."""
+        config = self.config
+        broker = Broker(store, config.broker)
+        backends = manager.backend_names()
+        for name, desktop in manager.desktops.items():  # static ones are running already
+            broker.register_desktop(name, backends[name], desktop.state)
+        return Hub(
             broker,
             manager.mirrors,
             self.reactor,
-            on_desktop_wanted=manager.want,
-            address_subnets=self.config.address_pairing,
-            max_unpaired=self.config.max_unpaired,
+            on_desktop_wanted=_wanting(manager),
+            address_subnets=config.address_pairing,
+            max_unpaired=config.max_unpaired,
         )
-        for name, backend in manager.backend_names().items():
-            broker.register_desktop(name, backend)
-        manager.start(self.hub, lambda: desktops_in_use(broker.snapshot()))
-        self.hub.start()
-        self.admin_port = await admin_api.start(
-            self.reactor, self.hub, self.config.admin_socket, self._admin_info
+
+    async def _start_reverse(self, hub: Hub, certificate: ServerCertificate) -> ReverseConnector:
+        """Outgoing connections: discovered terminals (added by Discovery) and listening viewers."""
+        options = terminal_options(self.config, hub, certificate)
+        connector = ReverseConnector(
+            self.reactor, lambda advert: DialledTerminalFactory(options, hub, advert)
         )
-        admission = Admission(self.config.max_connections, self.config.max_per_address)
-        factory = RFBServerFactory(self._terminal_options(), self.hub.new_session, admission)
-        for description in self.config.listen:
-            port = await self._listen(description, factory)
-            log.info("terminals connect to %s", _describe(port))
-            self._warn_if_plain(port)
-        await self._start_web(factory)
-        self._start_reverse()
-        if self.config.discovery:
-            await self._start_discovery()
         for address in self.config.dial:
-            self.reverse_factory.wrap(self.connector.terminal_added)(listening_viewer(address))
+            connector.terminal_added(listening_viewer(address))
             log.info("dialling the listening viewer at %s", address)
+        return await self._run(connector)
 
-    def _start_reverse(self) -> None:
-        """Outgoing connections: discovered terminals and listening viewers."""
-        from .reverse import ReverseConnector
+    async def _run(self, part: PartT) -> PartT:
+        """Add ``part`` and start it, before the next part is made from it."""
+        self.addService(part)
+        await settled(part.startService())
+        return part
 
-        assert self.hub is not None
-        self.reverse_factory = ReverseFactory(self._terminal_options(), self.hub)
-        self.connector = ReverseConnector(self.reactor, self.reverse_factory)
+    async def _listen(self, descriptions: Sequence[str], factory: AnyFactory) -> Listeners:
+        listeners = await self._run(Listeners(self.reactor, descriptions, factory))
+        self.listeners.append(listeners)
+        return listeners
 
-    async def _desktop_manager(self) -> DesktopManager:
+    async def _desktop_manager(self, local: list[DesktopAddress]) -> DesktopManager:
         """Every configured desktop, under one manager (docs/desktops.md)."""
         setup = self.config.setup
         pools = self.config.broker.pools
         manager = DesktopManager(setup.manager, pools=pools, reactor=self.reactor)
-        self.desktops = manager
-        for local in self.config.local_desktops:
-            manager.add_static(self._start_local(local))
+        for address in local:
+            manager.add_static(address)
         for d in self.config.desktops:
             manager.add_static(
                 DesktopAddress(d.name, d.endpoint, d.password, d.username, d.ca_file, d.encodings)
@@ -113,12 +179,12 @@ class ThinServe(service.Service):
         if setup.xvnc_desktops:
             configs = [c for c, _ in setup.xvnc_desktops]
             xvnc = XvncBackend(configs, options=setup.xvnc, reactor=self.reactor)
-            for config, estimate in setup.xvnc_desktops:
-                manager.add(config.name, xvnc, boot_estimate=estimate)
+            for xvnc_config, estimate in setup.xvnc_desktops:
+                manager.add(xvnc_config.name, xvnc, boot_estimate=estimate)
         if setup.qemu_desktops:
             qemu = QemuBackend([c for c, _ in setup.qemu_desktops])
-            for config, estimate in setup.qemu_desktops:
-                manager.add(config.name, qemu, boot_estimate=estimate)
+            for qemu_config, estimate in setup.qemu_desktops:
+                manager.add(qemu_config.name, qemu, boot_estimate=estimate)
         if setup.libvirt:  # libvirt-python is optional: imported only when used
             from .backends.libvirt_backend import LibvirtBackend
 
@@ -126,79 +192,7 @@ class ThinServe(service.Service):
                 await manager.add_backend(LibvirtBackend(libvirt))
         return manager
 
-    @property
-    def upstreams(self) -> list[Upstream]:
-        """The live links to desktops, in configuration order."""
-        if self.desktops is None:
-            return []
-        return [md.upstream for md in self.desktops.desktops.values() if md.upstream is not None]
-
-    def _start_local(self, config: LocalDesktopConfig) -> DesktopAddress:
-        desktop = LocalXvncDesktop(config, self.reactor)
-        desktop.start()
-        self.local.append(desktop)
-        return DesktopAddress(desktop.config.name, address_to_endpoint(desktop.address))
-
-    def _certificate(self, database: str) -> ServerCertificate:
-        config = self.config
-        if config.tls_cert is not None and config.tls_key is not None:
-            certificate = ServerCertificate(config.tls_cert, config.tls_key)
-        else:
-            certificate = ServerCertificate.for_database(database)
-        try:
-            fingerprint = certificate.fingerprint
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"the server certificate {certificate.cert_file} cannot be read ({exc}); "
-                "fix tls_cert/tls_key in [server], or remove them to use a generated one"
-            ) from None
-        log.info(
-            "server certificate %s, key fingerprint sha256:%s (pin it in viewers)",
-            certificate.cert_file,
-            fingerprint,
-        )
-        return certificate
-
-    def _terminal_options(self) -> ServerOptions:
-        assert self.hub is not None
-        policy = SecurityPolicy(
-            allow_none=self.config.allow_none,
-            password=bool(self.config.password),
-            logins=self.config.broker.hot_desk,
-        )
-        broker = self.hub.broker
-        credentials = Credentials(
-            self.config.password,
-            check_login=self.hub.check_credentials,
-            blacklist=Blacklist(self.config.blacklist_threshold, self.config.blacklist_timeout),
-            audit=lambda host, action, detail: broker.record(
-                "terminal-port", action, f"from {host}", detail
-            ),
-        )
-        return ServerOptions(
-            credentials=credentials,
-            password=self.config.password,
-            cert_file=self.certificate.cert_file if self.certificate else None,
-            key_file=self.certificate.key_file if self.certificate else None,
-            policy=policy,
-        )
-
-    def _warn_if_plain(self, port: IListeningPort) -> None:
-        host = str(getattr(port.getHost(), "host", ""))
-        if self.config.allow_none == "all" and not is_loopback(host):
-            log.warning(
-                "terminals on %s may connect unencrypted (security type None): "
-                'set allow_none = "loopback" in [server] to require TLS beyond this machine',
-                _describe(port),
-            )
-
-    async def _listen(self, description: str, factory: protocol.Factory) -> IListeningPort:
-        endpoint = endpoints.serverFromString(self.reactor, with_backlog(description))
-        port = await endpoint.listen(factory)
-        self.ports.append(port)
-        return port
-
-    async def _start_web(self, factory: RFBServerFactory) -> None:
+    async def _start_web(self, factory: RFBServerFactory, certificate: ServerCertificate) -> None:
         """The browser terminal, on the same sessions as the RFB listener."""
         if not self.config.web_listen:
             return
@@ -211,61 +205,40 @@ class ThinServe(service.Service):
         except NoVNCMissing as exc:
             log.warning("browser terminal off: %s", exc)
             return
-        assert self.certificate is not None
-        for description in self.config.web_listen:
-            secure = https_description(description, self.certificate)
-            port = await self._listen(secure or description, site)
+        configured = self.config.web_listen
+        secured = [https_description(d, certificate) for d in configured]
+        web = await self._listen([s or d for s, d in zip(secured, configured, strict=True)], site)
+        for secure, port in zip(secured, web.ports(), strict=True):
             scheme = "https" if secure else "http"
             log.info("browser terminal at %s://%s/", scheme, _describe(port))
 
-    async def _start_discovery(self) -> None:
-        from .discovery import ServerAdvertiser, TerminalBrowser
-
-        interfaces = list(self.config.discovery_interfaces) or None
-        browser = TerminalBrowser(
-            on_added=self.reverse_factory.wrap(self.connector.terminal_added),
-            on_updated=self.reverse_factory.wrap(self.connector.terminal_updated),
-            on_removed=self.connector.terminal_removed,
-            interfaces=interfaces,
-        )
-        await browser.start()
-        advertisers = []
-        for port in self.ports[: len(self.config.listen)]:
-            advertiser = ServerAdvertiser(
-                port.getHost().port, name=self.config.name, interfaces=interfaces
+    def _warn_if_plain(self, port: Port) -> None:
+        host = str(getattr(port.getHost(), "host", ""))
+        if self.config.allow_none == "all" and not is_loopback(host):
+            log.warning(
+                "terminals on %s may connect unencrypted (security type None): "
+                'set allow_none = "loopback" in [server] to require TLS beyond this machine',
+                _describe(port),
             )
-            await advertiser.start()
-            advertisers.append(advertiser)
-        self.discovery = (browser, advertisers)
-        log.info("looking for terminals over zeroconf")
 
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
-        super().stopService()
-        return defer.ensureDeferred(self._stop())
+    @property
+    def ports(self) -> list[Port]:
+        """The listening ports: the terminals', then the browser terminal's."""
+        return [port for listeners in self.listeners for port in listeners.ports()]
 
-    async def _stop(self) -> None:
-        if self.admin_port is not None:
-            await self.admin_port.stopListening()
-            self.admin_port = None
-        if self.connector is not None:
-            self.connector.stop(disconnect=True)
-        if self.discovery is not None:
-            browser, advertisers = self.discovery  # type: ignore[misc]
-            for advertiser in advertisers:
-                await advertiser.stop()
-            await browser.stop()
-        if self.hub is not None:
-            self.hub.stop()
-        if self.desktops is not None:
-            await self.desktops.close()
-        for desktop in self.local:
-            desktop.stop()
-        await defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in self.ports])
-        if self.store is not None:
-            self.store.close()
+    @property
+    def port_numbers(self) -> list[int]:
+        return [int(getattr(p.getHost(), "port", 0)) for p in self.ports]
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        """The live links to desktops, in configuration order."""
+        if self.desktops is None:
+            return []
+        return [md.upstream for md in self.desktops.desktops.values() if md.upstream is not None]
 
     def _admin_info(self) -> dict[str, object]:
-        assert self.certificate is not None
+        assert self.certificate is not None  # made before the admin socket opens
         return {
             "name": self.config.name,
             "listening": [_describe(p) for p in self.ports],
@@ -273,54 +246,222 @@ class ThinServe(service.Service):
             "fingerprint": f"sha256:{self.certificate.fingerprint}",
         }
 
-    @property
-    def port_numbers(self) -> list[int]:
-        return [p.getHost().port for p in self.ports]
+
+# -- the parts ------------------------------------------------------------------------------
+class StoreService(service.Service):
+    """The SQLite store: opened first, closed last."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.store: SqliteStore | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.store = SqliteStore(self.path)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.store is not None:
+            self.store.close()
 
 
-class ReverseFactory(protocol.Factory):
-    """Builds server protocols for terminals thinserve dialled after discovery.
+class LocalDesktop(service.Service):
+    """One local Xvnc desktop: started before the desktop manager links to it."""
 
-    The peer's address says which advert it answered, so the session gets
-    the terminal's advertised name and key: recorded, never trusted (the
-    connection must prove the key; thinserve/identities.py).
-    """
+    def __init__(self, config: LocalDesktopConfig, reactor: Any) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.desktop: LocalXvncDesktop | None = None
 
-    def __init__(self, options: ServerOptions, hub: Hub) -> None:
+    def startService(self) -> None:
+        super().startService()
+        self.desktop = LocalXvncDesktop(self.config, self.reactor)
+        self.desktop.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.desktop is not None:
+            self.desktop.stop()
+
+    def address(self) -> DesktopAddress:
+        """Where its VNC server is, once started."""
+        assert self.desktop is not None, "the local desktop has not started"
+        return DesktopAddress(self.config.name, address_to_endpoint(self.desktop.address))
+
+
+class LocalDesktops(InOrder):
+    """The local Xvnc desktops, one LocalDesktop each."""
+
+    def __init__(self, configs: Sequence[LocalDesktopConfig], reactor: Any) -> None:
+        super().__init__()
+        self.desktops = [LocalDesktop(config, reactor) for config in configs]
+        for desktop in self.desktops:
+            self.addService(desktop)
+
+    def addresses(self) -> list[DesktopAddress]:
+        return [desktop.address() for desktop in self.desktops]
+
+
+class DesktopManagerService(service.Service):
+    """The desktop manager: reports to the hub from start, closes every desktop link on stop."""
+
+    def __init__(
+        self, manager: DesktopManager, listener: DesktopListener, in_use: Callable[[], Holders]
+    ) -> None:
+        self.manager = manager
+        self.listener = listener
+        self.in_use = in_use
+
+    def startService(self) -> None:
+        super().startService()
+        self.manager.start(self.listener, self.in_use)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return self.manager.close()
+
+
+class HubService(service.Service):
+    """The hub: decides on a tick; on stop closes every terminal connection."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def startService(self) -> None:
+        super().startService()
+        self.hub.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.hub.stop()
+
+
+class AdminSocket(service.Service):
+    """The admin API on its Unix socket (thinserve/admin/api.py), when there is one."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        hub: Hub,
+        configured: str | None,
+        info: Callable[[], dict[str, object]],
+    ) -> None:
+        self.reactor = reactor
+        self.hub = hub
+        self.configured = configured
+        self.info = info
+        self.port: Port | None = None
+
+    def startService(self) -> defer.Deferred[None]:
+        super().startService()
+        return defer.ensureDeferred(self._listen())
+
+    async def _listen(self) -> None:
+        self.port = await admin_api.start(self.reactor, self.hub, self.configured, self.info)
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+
+class Discovery(InOrder):
+    """Zeroconf: the browser that finds terminals (handing them to the reverse
+    connector), then one advertiser per RFB port so VNC viewers list thinserve."""
+
+    def __init__(self, config: Config, connector: ReverseConnector, ports: list[int]) -> None:
+        super().__init__()
+        interfaces = list(config.discovery_interfaces) or None
+        browser = TerminalBrowser(
+            on_added=connector.terminal_added,
+            on_updated=connector.terminal_updated,
+            on_removed=connector.terminal_removed,
+            interfaces=interfaces,
+        )
+        self.addService(browser)
+        for port in ports:
+            self.addService(ServerAdvertiser(port, name=config.name, interfaces=interfaces))
+
+
+class DialledTerminalFactory(protocol.Factory):
+    """Server protocols for a terminal thinserve dials: the session gets the
+    terminal's advertised name and key, recorded, never trusted (the
+    connection must prove the key; thinserve/identities.py)."""
+
+    def __init__(self, options: ServerOptions, hub: Hub, advert: TerminalAdvert) -> None:
         self.options = options
         self.hub = hub
-        self.adverts: dict[tuple[str, int], TerminalAdvert] = {}
+        self.advert = advert
 
-    def wrap(self, callback):  # type: ignore[no-untyped-def]
-        def remember(advert: TerminalAdvert) -> None:
-            for host in advert.addresses:
-                self.adverts[(host, advert.port)] = advert
-            callback(advert)
-
-        return remember
-
-    def buildProtocol(self, addr: object) -> RFBServerProtocol:
-        key = (str(getattr(addr, "host", "")), int(getattr(addr, "port", 0)))
-        advert = self.adverts.get(key)
-        if advert is None:
-            session = self.hub.new_session()
-        else:
-            info = TerminalInfo(advert.instance, advert.model, key[0], advert.width, advert.height)
-            session = self.hub.new_session(info, getattr(advert, "key", None))
-        return RFBServerProtocol(self.options, session, self.options.methods_for(key[0]))
+    def buildProtocol(self, addr: IAddress | None) -> RFBServerProtocol:
+        host = str(getattr(addr, "host", ""))
+        advert = self.advert
+        info = TerminalInfo(advert.instance, advert.model, host, advert.width, advert.height)
+        session = self.hub.new_session(info, advert.key)
+        return RFBServerProtocol(self.options, session, self.options.methods_for(host))
 
 
-LISTEN_BACKLOG = 1024  # Twisted's 50 overflows in a burst of connections, which then hang
+def terminal_options(config: Config, hub: Hub, certificate: ServerCertificate) -> ServerOptions:
+    """How terminals authenticate; each call has a blacklist of its own."""
+    policy = SecurityPolicy(
+        allow_none=config.allow_none,
+        password=bool(config.password),
+        logins=config.broker.hot_desk,
+    )
+    broker = hub.broker
+    credentials = Credentials(
+        config.password,
+        check_login=hub.check_credentials,
+        blacklist=Blacklist(config.blacklist_threshold, config.blacklist_timeout),
+        audit=lambda host, action, detail: broker.record(
+            "terminal-port", action, f"from {host}", detail
+        ),
+    )
+    return ServerOptions(
+        credentials=credentials,
+        password=config.password,
+        cert_file=certificate.cert_file,
+        key_file=certificate.key_file,
+        policy=policy,
+    )
 
 
-def with_backlog(description: str) -> str:
-    """A TCP or TLS listening endpoint with room for a burst of connections,
-    unless the description sets its own ``backlog``."""
-    if description.split(":", 1)[0] in ("tcp", "tcp6", "ssl") and "backlog=" not in description:
-        return f"{description}:backlog={LISTEN_BACKLOG}"
-    return description
+def _certificate(config: Config, database: str) -> ServerCertificate:
+    if config.tls_cert is not None and config.tls_key is not None:
+        certificate = ServerCertificate(config.tls_cert, config.tls_key)
+    else:
+        certificate = ServerCertificate.for_database(database)
+    try:
+        fingerprint = certificate.fingerprint
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"the server certificate {certificate.cert_file} cannot be read ({exc}); "
+            "fix tls_cert/tls_key in [server], or remove them to use a generated one"
+        ) from None
+    log.info(
+        "server certificate %s, key fingerprint sha256:%s (pin it in viewers)",
+        certificate.cert_file,
+        fingerprint,
+    )
+    return certificate
 
 
-def _describe(port: IListeningPort) -> str:
+def _tcp_ports(ports: list[Port]) -> list[int]:
+    """The port numbers of the TCP ones (a Unix socket has none to advertise)."""
+    numbers = [getattr(port.getHost(), "port", None) for port in ports]
+    return [number for number in numbers if isinstance(number, int)]
+
+
+def _wanting(manager: DesktopManager) -> Callable[[str], None]:
+    """What the hub calls for a desktop a terminal is given: it does not wait, the
+    manager reports the desktop's progress to it."""
+
+    def want(name: str) -> None:
+        manager.want(name)
+
+    return want
+
+
+def _describe(port: Port) -> str:
     host = port.getHost()
     return f"{getattr(host, 'host', '?')}:{getattr(host, 'port', '?')}"

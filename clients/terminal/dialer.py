@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from thinserve.reverse import Backoff, connect_to_terminal
+from thinserve.reverse import connect_to_terminal, retry_delays
 
 from .trust import server_name
 
@@ -50,7 +50,8 @@ class DialMode:
         self.terminal_id = terminal_id
         self.addresses = addresses
         self.searching = searching  # status text while there is no target
-        self.backoff = Backoff(initial_delay, max_delay)
+        self.delays = retry_delays(initial_delay, max_delay)
+        self.retries = 0  # since the last stable session
         self.state = "idle"  # idle, searching, connecting, connected, waiting
         self.target: Target | None = None
         self.attempts = 0
@@ -108,7 +109,7 @@ class DialMode:
 
     def session_ended(self, lasted: float, why: str = "the session ended") -> None:
         if lasted >= STABLE_AFTER:
-            self.backoff.reset()
+            self.retries = 0
         self.last_error = why
         self._retry_later()
 
@@ -119,7 +120,8 @@ class DialMode:
     def _retry_later(self) -> None:
         if self._stopped or self._timer is not None:
             return
-        delay = self.backoff.next()
+        self.retries += 1
+        delay = self.delays(self.retries)
         self.state = "waiting"
         self.retry_at = self.reactor.seconds() + delay
         self._timer = self.reactor.callLater(delay, self._dial)

@@ -1,7 +1,8 @@
 # thinserve: set up a Debian 12 machine (as root), run the server, run the tests.
 #   make run    install what is missing, then run the server on its embedded defaults
 #   make test   install what is missing, then run the whole test suite
-#   make lint   ruff check + ruff format --check
+#   make test-load  the integration tests again, with a CPU hog on both cores
+#   make lint   ruff check + ruff format --check + mypy
 #   make bench  the benchmarks
 #   make deps   only the Debian packages (touches nothing when all are there)
 
@@ -15,7 +16,8 @@ PYTEST_ARGS ?=
 # What the server and the integration tests drive, plus python3-venv for
 # Debian's own python3, libvirt-dev/pkg-config to build libvirt-python, and
 # npm (installed only when missing: Node.js builds often carry their own) fetches
-# the pinned noVNC release for the browser terminal.
+# the pinned noVNC release for the browser terminal; stress-ng loads the CPUs
+# for make test-load.
 DEBIAN_PACKAGES := \
 	tigervnc-standalone-server tigervnc-tools tigervnc-viewer \
 	xvfb xterm xdotool xclip x11-apps x11-utils x11-xserver-utils imagemagick \
@@ -24,7 +26,7 @@ DEBIAN_PACKAGES := \
 	libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system \
 	avahi-daemon avahi-utils libnss-mdns dbus iproute2 \
-	chromium remmina remmina-plugin-vnc python3-venv
+	chromium remmina remmina-plugin-vnc python3-venv stress-ng
 NOVNC := clients/web/node_modules/@novnc/novnc/core/rfb.js
 
 # Never ask anything: no terminal, keep existing config files, wait for a busy dpkg lock.
@@ -32,10 +34,10 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -y \
 	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 	-o DPkg::Lock::Timeout=600
 
-.PHONY: help deps venv novnc run test lint bench
+.PHONY: help deps venv novnc run test test-load lint bench
 
 help:
-	@sed -n '2,7s/^# \{0,1\}//p' Makefile
+	@sed -n '2,8s/^# \{0,1\}//p' Makefile
 
 deps:
 	@missing=$$(for package in $(DEBIAN_PACKAGES); do \
@@ -79,9 +81,25 @@ test: deps $(STAMP) $(NOVNC)
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status
 
+# The integration tests while stress-ng keeps LOAD_CPUS cores busy: a test that
+# waits a fixed time where it should wait for a condition fails here first.
+# The hog is stopped however pytest ends (pass, fail, Ctrl-C); if make itself is
+# killed, the hog's own timeout ends it.  Run a subset with LOAD_TESTS=some/path
+# or PYTEST_ARGS="-k name".
+LOAD_TESTS ?= tests/integration
+LOAD_CPUS ?= 2
+test-load: deps $(STAMP) $(NOVNC)
+	@stress-ng --cpu $(LOAD_CPUS) --timeout 6h --quiet & hog=$$!; \
+	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT; \
+	status=0; $(BIN)/pytest $(LOAD_TESTS) $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test-load: pytest collected no tests" >&2; fi; \
+	exit $$status
+
+# mypy reads its settings (strict on protocols/) from pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: deps $(STAMP)
 	$(BIN)/python -m bench

@@ -19,9 +19,11 @@ import pytest_twisted
 from twisted.internet import threads
 
 from protocols.rfb.constants import Encoding
-from tests.integration.relayparts import Terminal, start_thinserve, wait_for
 from tests.support.pixels import rgb_to_u32, u32_to_rgb
+from tests.support.server import start_thinserve
+from tests.support.terminal import Terminal
 from tests.support.throttle import Throttle
+from tests.support.waiting import wait_until
 from tests.support.xvnc import XvncServer
 from tests.unit.content import desktop_frame
 from thinserve.config import DesktopConfig
@@ -108,7 +110,7 @@ class Desk:
         before = {name: self.session(name).bytes_sent for name in self.terms}
         await threads.deferToThread(self.server.paint, frame)
         for name, term in self.terms.items():
-            await wait_for(
+            await wait_until(
                 lambda: shows(term, frame) and self.quiet(name),  # noqa: B023
                 30,
                 f"terminal {name} to show the picture",
@@ -138,7 +140,7 @@ async def set_quality(term: Terminal, session: TerminalSession, level: int | Non
     conn.set_encodings((*BASE_ENCODINGS, *jpeg))
     term.proto.flush()
     server_side = session.proto.conn
-    await wait_for(lambda: server_side.settings.quality == level, 10, "the new encodings")
+    await wait_until(lambda: server_side.settings.quality == level, 10, "the new encodings")
 
 
 @pytest_twisted.ensureDeferred
@@ -226,7 +228,7 @@ async def test_a_terminal_on_continuous_updates_is_timed_by_fences(xvnc) -> None
         ts.hub.shadow(f"viewer-{SLOW}", "d1", actor="admin")
         desk = Desk(server, ts, {FAST: fast, SLOW: slow})
         fast_session, slow_session = desk.session(FAST), desk.session(SLOW)
-        await wait_for(
+        await wait_until(
             lambda: (
                 fast_session.proto is not None
                 and fast_session.proto.conn.continuous_updates

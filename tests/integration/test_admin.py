@@ -28,12 +28,17 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
-from tests.integration.relayparts import Terminal, wait_for
 from tests.integration.test_rfb_interop import office_frame
-from tests.realparts import need, read_image
+from tests.support.need import need
+from tests.support.pixels import read_image
+from tests.support.terminal import Terminal
+from tests.support.waiting import wait_until
 from thinserve import admin
-from thinserve.admin import api as admin_api
+from thinserve.admin.audit import latest_audit
 from thinserve.admin.client import AdminClient, AdminError, UnixHTTPConnection
+from thinserve.admin.handlers import AdminAPI
+from thinserve.admin.http import AdminSite
+from thinserve.admin.socket import AdminSocketError, listen, peer_actor, socket_path
 from thinserve.backends.xvnc import runtime_dir
 from thinserve.broker import BrokerConfig
 from thinserve.config import Config, DesktopConfig
@@ -80,9 +85,7 @@ async def start(
     ts = ThinServe(config, reactor)
     await ts.startService()
     if live:
-        await wait_for(
-            lambda: all(u.mirror.state == "live" for u in ts.upstreams), 30, "live desktops"
-        )
+        await wait_until(lambda: all(u.live for u in ts.upstreams), 30, "live desktops")
     return ts, sock
 
 
@@ -201,7 +204,7 @@ async def test_pair_by_code_snapshot_unpair_and_kick(
         assert np.array_equal(read_image(shot), term.framebuffer)
 
         (d1,) = await cli_json(sock, "desktops")
-        assert d1["name"] == "d1" and d1["mirror"] == "live" and d1["state"] == "ready"
+        assert d1["name"] == "d1" and d1["mirror"] == "live" and d1["state"] == "running"
         assert d1["size"] == {"width": 320, "height": 240}
         assert d1["controlled_by"] == tid and d1["paired_terminal"] == tid and d1["watchers"] == []
         assert "d1" in (await cli_ok(sock, "desktops")).splitlines()[1]
@@ -213,8 +216,8 @@ async def test_pair_by_code_snapshot_unpair_and_kick(
         await term.wait_screen(pairing_screen(row))  # back to a pairing screen, new code
 
         await cli_ok(sock, "kick", tid)
-        await wait_for(lambda: term.closed, 15, "the kicked terminal's connection to close")
-        await wait_for(lambda: tid not in ts.hub.terminals, 15, "thinserve to see it go")  # type: ignore[union-attr]
+        await wait_until(lambda: term.closed, 15, "the kicked terminal's connection to close")
+        await wait_until(lambda: tid not in ts.hub.terminals, 15, "thinserve to see it go")  # type: ignore[union-attr]
         said = [r.getMessage() for r in caplog.records]
         assert f"terminal {tid} disconnected: kicked by the administrator" in said
         row = await terminal_row(sock, tid)
@@ -313,8 +316,8 @@ async def test_errors_say_what_to_do_and_shadowing_is_view_only(xvnc, tmp_path: 
         try:
             open_dir.chmod(0o755)
             loose = open_dir / "admin.sock"
-            site = admin_api.AdminSite(admin_api.AdminAPI(ts.hub))
-            port = await admin_api.listen(reactor, loose, site)
+            site = AdminSite(AdminAPI(ts.hub), peer_actor)
+            port = listen(reactor, loose, site)
             loose.chmod(0o666)
             done = await threads.deferToThread(
                 run_cli,
@@ -385,7 +388,7 @@ async def test_users_add_then_hot_desk_login_reaches_the_desktop(xvnc, tmp_path:
 
         said = await cli_ok(sock, "users", "delete", "alice")
         assert said.strip() == "deleted user alice"
-        await wait_for(
+        await wait_until(
             lambda: not np.array_equal(term.framebuffer, frame), 15, "the login screen again"
         )
         assert (await terminal_row(sock, tid))["shows"]["kind"] == "login"
@@ -424,12 +427,12 @@ async def test_restart_thinserve_pairings_remain_terminals_reconnect_and_see_the
         await cli_ok(sock, "pair", "--by-address", tid, "d1")
         await term.wait_screen(frame)
         # A second thinserve cannot take over the live socket.
-        with pytest.raises(admin_api.AdminSocketError, match="another thinserve answers"):
-            await admin_api.listen(reactor, sock, admin_api.AdminSite(admin_api.AdminAPI(ts.hub)))
+        with pytest.raises(AdminSocketError, match="another thinserve answers"):
+            listen(reactor, sock, AdminSite(AdminAPI(ts.hub), peer_actor))
     finally:
         term.close()
         await ts.stopService()
-    await wait_for(lambda: term.closed, 10, "the terminal to see thinserve go")
+    await wait_until(lambda: term.closed, 10, "the terminal to see thinserve go")
 
     # A socket left behind by a thinserve that died does not stop the next one.
     stale = socket.socket(socket.AF_UNIX)
@@ -544,20 +547,20 @@ def test_admin_socket_setting_is_checked() -> None:
         from_dict({**desktops, "server": {"admin_socket": "admin.sock"}})
     with pytest.raises(ConfigError, match="at most 107 bytes"):
         from_dict({**desktops, "server": {"admin_socket": "/" + "x" * 120}})
-    assert admin_api.socket_path("") is None
-    assert admin_api.socket_path(None) == runtime_dir() / "admin.sock"
+    assert socket_path("") is None
+    assert socket_path(None) == runtime_dir() / "admin.sock"
 
 
 def test_latest_audit_returns_the_newest_entries_in_order() -> None:
     from thinserve.store.sqlite import SqliteStore
 
     store = SqliteStore()
-    assert admin_api.latest_audit(store, 10) == []
+    assert latest_audit(store, 10) == []
     for i in range(1234):
         store.append_audit(float(i), "admin:test", "note", f"t{i % 3}", str(i))
     everything = store.list_audit(limit=5000)
     for limit in (1, 2, 7, 50, 1000, 1234):
-        assert admin_api.latest_audit(store, limit) == everything[-limit:]
+        assert latest_audit(store, limit) == everything[-limit:]
     about_t1 = [e for e in everything if e.subject == "t1"]
-    assert admin_api.latest_audit(store, 20, "t1") == about_t1[-20:]
+    assert latest_audit(store, 20, "t1") == about_t1[-20:]
     store.close()

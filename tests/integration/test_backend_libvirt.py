@@ -24,21 +24,14 @@ from typing import Any
 import pytest
 import pytest_twisted
 
-from tests.support_vm import (
-    Console,
-    StatusLog,
-    as_deferred,
-    in_ci,
-    lit_pixels,
-    require,
-    require_qemu,
-    shared_dir,
-    tiny_linux,
-    vm_accel,
-    wait_for_text,
-)
-from thinserve.backends.base import BackendError, ConsoleAddress, DesktopStatus
+from tests.support.aio import as_deferred
+from tests.support.backendvm import require_qemu, shared_dir, tiny_linux, vm_accel, wait_for_text
+from tests.support.console import Console, lit_pixels
+from tests.support.need import in_ci, need
+from tests.support.statuslog import StatusLog
+from thinserve.backends.base import BackendError, ConsoleAddress
 from thinserve.backends.images import READY_MARKER
+from thinserve.desktop_state import DesktopState
 
 
 def _import_libvirt() -> Any:
@@ -122,8 +115,8 @@ async def test_lists_starts_and_stops_domains_and_reads_their_consoles(
         try:
             listed = await as_deferred(backend.list_desktops())
             assert sorted((d.name, d.backend, d.status) for d in listed) == [
-                (by_port, "libvirt", DesktopStatus.STOPPED),
-                (by_socket, "libvirt", DesktopStatus.STOPPED),
+                (by_port, "libvirt", DesktopState.STOPPED),
+                (by_socket, "libvirt", DesktopState.STOPPED),
             ]
             address = await as_deferred(backend.ensure_running(by_port))
             assert address == ConsoleAddress("tcp:host=127.0.0.1:port=5901", password="s3cret")
@@ -137,11 +130,11 @@ async def test_lists_starts_and_stops_domains_and_reads_their_consoles(
             assert not admin_conn.lookupByName(by_socket).isActive()
             for name in (by_port, by_socket):
                 assert log.statuses(name) == [
-                    DesktopStatus.STOPPED,  # as first listed
-                    DesktopStatus.STARTING,
-                    DesktopStatus.RUNNING,
-                    DesktopStatus.STOPPING,
-                    DesktopStatus.STOPPED,
+                    DesktopState.STOPPED,  # as first listed
+                    DesktopState.STARTING,
+                    DesktopState.RUNNING,
+                    DesktopState.STOPPING,
+                    DesktopState.STOPPED,
                 ]
             with pytest.raises(BackendError, match="not one of the libvirt desktops"):
                 await as_deferred(backend.ensure_running("test"))
@@ -163,17 +156,17 @@ async def test_changes_made_elsewhere_are_reported(
         try:
             await as_deferred(backend.open())
             dom.create()  # an administrator starts it with virsh
-            await as_deferred(log.wait_for(name, DesktopStatus.RUNNING, 5))
+            await as_deferred(log.wait_for(name, DesktopState.RUNNING, 5))
             dom.suspend()
-            detail = await as_deferred(log.wait_for(name, DesktopStatus.STOPPED, 5))
+            detail = await as_deferred(log.wait_for(name, DesktopState.STOPPED, 5))
             assert detail == "paused"
             mark = len(log.entries)
             await as_deferred(backend.ensure_running(name))  # resumes the paused domain
             assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-            await as_deferred(log.wait_for(name, DesktopStatus.RUNNING, 5, after=mark))
+            await as_deferred(log.wait_for(name, DesktopState.RUNNING, 5, after=mark))
             mark = len(log.entries)
             dom.destroy()
-            detail = await as_deferred(log.wait_for(name, DesktopStatus.STOPPED, 5, after=mark))
+            detail = await as_deferred(log.wait_for(name, DesktopState.STOPPED, 5, after=mark))
             assert detail == ("destroyed" if use_events else "")
         finally:
             await as_deferred(backend.close())
@@ -304,10 +297,10 @@ def _user_exists(name: str) -> bool:
 @pytest.fixture(scope="module")
 def libvirtd_uri() -> Iterator[str]:
     """A private libvirtd (root, its sockets in a temporary directory)."""
-    require(os.geteuid() == 0, "a system libvirtd needs root; run the tests as root")
+    need(os.geteuid() == 0, "a system libvirtd needs root; run the tests as root")
     for program in ("libvirtd", "virtlogd"):
-        require(shutil.which(program) is not None, f"{program} is missing: {INSTALL_LIBVIRTD}")
-    require(_user_exists("libvirt-qemu"), f"no libvirt-qemu user: {INSTALL_LIBVIRTD}")
+        need(shutil.which(program) is not None, f"{program} is missing: {INSTALL_LIBVIRTD}")
+    need(_user_exists("libvirt-qemu"), f"no libvirt-qemu user: {INSTALL_LIBVIRTD}")
     require_qemu()
     if _socket_alive(Path("/run/libvirt/libvirt-sock")):
         yield "qemu:///system"  # the machine's own libvirtd: use it, start no second one
@@ -354,7 +347,7 @@ def _wait_for_socket(path: Path, daemon: subprocess.Popen[bytes], workdir: Path)
         if daemon.poll() is not None or time.monotonic() > deadline:
             log = workdir / "libvirtd.log"
             tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
-            require(False, f"libvirtd did not start here ({INSTALL_LIBVIRTD}): {tail}")
+            need(False, f"libvirtd did not start here ({INSTALL_LIBVIRTD}): {tail}")
         time.sleep(0.1)
 
 
@@ -401,15 +394,15 @@ async def test_real_qemu_domain_through_libvirtd(libvirtd_uri: str) -> None:
         with defined(admin, xml):
             address = await as_deferred(backend.ensure_running(name))
             assert address.endpoint.startswith("unix:path=/") and address.endpoint.endswith(".sock")
-            assert log.statuses(name)[-2:] == [DesktopStatus.STARTING, DesktopStatus.RUNNING]
+            assert log.statuses(name)[-2:] == [DesktopState.STARTING, DesktopState.RUNNING]
             console = await Console.open(address)
             await as_deferred(wait_for_text(serial, READY_MARKER, BOOT_SECONDS))
-            await console.wait_until(lambda f: lit_pixels(f) > 500, 30, "the booted guest")
+            await console.wait_for_frame(lambda f: lit_pixels(f) > 500, 30, "the booted guest")
 
             started, mark = time.monotonic(), len(log.entries)
             await as_deferred(backend.stop(name))  # ACPI power button -> guest powers off
             assert time.monotonic() - started < config.shutdown_timeout
-            detail = await as_deferred(log.wait_for(name, DesktopStatus.STOPPED, 10, after=mark))
+            detail = await as_deferred(log.wait_for(name, DesktopState.STOPPED, 10, after=mark))
             assert detail == "shut down"
     finally:
         if console is not None:

@@ -19,20 +19,15 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from tests.support_vm import (
-    Console,
-    StatusLog,
-    as_deferred,
-    lit_pixels,
-    require,
-    require_qemu,
-    tiny_linux,
-    vm_accel,
-    wait_for_text,
-)
-from thinserve.backends.base import BackendError, ConsoleAddress, DesktopStatus
+from tests.support.aio import as_deferred
+from tests.support.backendvm import require_qemu, tiny_linux, vm_accel, wait_for_text
+from tests.support.console import Console, lit_pixels
+from tests.support.need import need
+from tests.support.statuslog import StatusLog
+from thinserve.backends.base import BackendError, ConsoleAddress
 from thinserve.backends.images import READY_MARKER, backing_file, kernel_release, tiny_vm_modules
 from thinserve.backends.qemu import QemuBackend, QemuDesktopConfig, pool
+from thinserve.desktop_state import DesktopState
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +99,7 @@ async def test_two_guests_boot_take_typing_panic_and_power_down(
     "tiny" shows its console, runs a typed command and then panics;
     "other" is powered down through its ACPI power button.
     """
-    require(
+    need(
         len(tiny_vm_modules(kernel_release(config.kernel))) == 4,  # type: ignore[arg-type]
         "the kernel's evdev/button/pvpanic modules: apt-get install linux-image-amd64",
     )
@@ -122,7 +117,7 @@ async def test_two_guests_boot_take_typing_panic_and_power_down(
         await check_power_down(backend, other, log)
 
         await console.type_text("echo c > /proc/sysrq-trigger")
-        detail = await as_deferred(log.wait_for("tiny", DesktopStatus.CRASHED, 60))
+        detail = await as_deferred(log.wait_for("tiny", DesktopState.CRASHED, 60))
         assert detail == "the guest operating system panicked"
         assert backend.vms["tiny"].run is None
     finally:
@@ -137,11 +132,11 @@ async def check_running_console(
     assert address.endpoint == f"unix:path={config.directory / 'vnc.sock'}"
     assert address.password is None
     assert stat.S_IMODE(config.directory.stat().st_mode) == 0o700
-    assert log.statuses("tiny") == [DesktopStatus.STARTING, DesktopStatus.RUNNING]
+    assert log.statuses("tiny") == [DesktopState.STARTING, DesktopState.RUNNING]
     infos = await as_deferred(backend.list_desktops())
     assert [(i.name, i.backend, i.status) for i in infos] == [
-        ("tiny", "qemu", DesktopStatus.RUNNING),
-        ("other", "qemu", DesktopStatus.RUNNING),
+        ("tiny", "qemu", DesktopState.RUNNING),
+        ("other", "qemu", DesktopState.RUNNING),
     ]
     assert infos[0].detail == f"{config.accel.upper()}, 1 CPUs, 128 MiB"
     mice = await as_deferred(backend.execute("tiny", "query-mice"))
@@ -151,11 +146,11 @@ async def check_running_console(
 
 async def check_typing(console: Console, config: QemuDesktopConfig) -> None:
     assert config.serial_log is not None
-    before = await console.wait_until(lambda f: lit_pixels(f) > 500, 30, "any text")
+    before = await console.wait_for_frame(lambda f: lit_pixels(f) > 500, 30, "any text")
     await console.type_text("echo typed-ok > /dev/ttyS0")
     serial = await as_deferred(wait_for_text(config.serial_log, "typed-ok", 60))
     assert serial.splitlines() == [READY_MARKER, "typed-ok"]
-    after = await console.wait_until(lambda f: (f != before).any(), 10, "the typed line")
+    after = await console.wait_for_frame(lambda f: (f != before).any(), 10, "the typed line")
     assert int((after != before).sum()) > 100  # a whole command line of glyphs
 
 
@@ -168,10 +163,10 @@ async def check_power_down(backend: QemuBackend, config: QemuDesktopConfig, log:
     await as_deferred(backend.stop(config.name))
     assert time.monotonic() - started < config.shutdown_timeout  # no fallback to quit
     assert log.entries[mark:] == [
-        (config.name, DesktopStatus.STOPPING, "powering off"),
-        (config.name, DesktopStatus.STOPPED, "the guest powered off"),
+        (config.name, DesktopState.STOPPING, "powering off"),
+        (config.name, DesktopState.STOPPED, "the guest powered off"),
     ]
-    assert backend.vms[config.name].info().status is DesktopStatus.STOPPED
+    assert backend.vms[config.name].info().status is DesktopState.STOPPED
     assert process_gone(pid)
 
 
@@ -188,10 +183,10 @@ async def test_killed_qemu_is_reported_crashed(config: QemuDesktopConfig) -> Non
     try:
         first, second = await as_deferred(start_twice())
         assert first == second
-        assert log.statuses("tiny") == [DesktopStatus.STARTING, DesktopStatus.RUNNING]  # one QEMU
+        assert log.statuses("tiny") == [DesktopState.STARTING, DesktopState.RUNNING]  # one QEMU
         pid = backend.vms["tiny"].run.process.pid  # type: ignore[union-attr]
         os.kill(pid, signal.SIGKILL)
-        detail = await as_deferred(log.wait_for("tiny", DesktopStatus.CRASHED, 30))
+        detail = await as_deferred(log.wait_for("tiny", DesktopState.CRASHED, 30))
         assert detail == "QEMU ended unexpectedly (killed by SIGKILL)"
         assert process_gone(pid)
 
@@ -199,12 +194,12 @@ async def test_killed_qemu_is_reported_crashed(config: QemuDesktopConfig) -> Non
         await as_deferred(backend.ensure_running("tiny"))  # a crashed desktop starts again
         await as_deferred(backend.stop("tiny", force=True))
         assert [s for _, s, _ in log.entries[mark:]] == [
-            DesktopStatus.STARTING,
-            DesktopStatus.RUNNING,
-            DesktopStatus.STOPPING,
-            DesktopStatus.STOPPED,
+            DesktopState.STARTING,
+            DesktopState.RUNNING,
+            DesktopState.STOPPING,
+            DesktopState.STOPPED,
         ]
-        assert log.entries[-1] == ("tiny", DesktopStatus.STOPPED, "stopped")
+        assert log.entries[-1] == ("tiny", DesktopState.STOPPED, "stopped")
     finally:
         await as_deferred(force_stop_all(backend))
 
@@ -274,7 +269,7 @@ async def test_a_pool_shares_one_template(config: QemuDesktopConfig) -> None:
         for desktop in desktops:
             await as_deferred(backend.ensure_running(desktop.name))
         infos = await as_deferred(backend.list_desktops())
-        assert [i.status for i in infos] == [DesktopStatus.RUNNING] * 2
+        assert [i.status for i in infos] == [DesktopState.RUNNING] * 2
         overlays = {d.overlay for d in desktops}
         assert len(overlays) == 2
         for overlay in overlays:
@@ -295,8 +290,8 @@ async def test_close_quits_a_guest_that_ignores_the_power_button(
     await as_deferred(backend.close())
     assert time.monotonic() - started >= 1.0
     assert log.entries[-2:] == [
-        ("tiny", DesktopStatus.STOPPING, "powering off"),
-        ("tiny", DesktopStatus.STOPPED, "stopped"),
+        ("tiny", DesktopState.STOPPING, "powering off"),
+        ("tiny", DesktopState.STOPPED, "stopped"),
     ]
     assert process_gone(pid)
 
@@ -308,7 +303,7 @@ async def test_a_broken_desktop_is_crashed_with_qemus_reason(config: QemuDesktop
     backend = QemuBackend([broken], on_status=log)
     with pytest.raises(BackendError, match="no-such-option"):
         await as_deferred(backend.ensure_running("tiny"))
-    assert log.statuses("tiny") == [DesktopStatus.STARTING, DesktopStatus.CRASHED]
+    assert log.statuses("tiny") == [DesktopState.STARTING, DesktopState.CRASHED]
     with pytest.raises(BackendError, match="no QEMU desktop named 'other'"):
         await as_deferred(backend.ensure_running("other"))
 

@@ -27,19 +27,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from twisted.internet.interfaces import IListeningPort
 
 from protocols.rfb.client import ClientConnection, ServerInitReceived
-from tests.integration.relayparts import start_thinserve
-from tests.support_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    RawPeer,
+from tests.support.aio import as_deferred
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, require_browser
+from tests.support.rawpeer import RawPeer, connect_raw
+from tests.support.server import start_thinserve
+from tests.support.waiting import wait_until
+from tests.support.webserve import listen
+from tests.support.websocket import (
     WebSocketStream,
-    as_deferred,
     client_frame,
-    connect_raw,
-    eventually,
     head_complete,
-    listen,
-    require_browser,
     server_frames,
     split_response,
     upgrade_request,
@@ -345,7 +342,7 @@ async def test_the_key_survives_a_reload_and_a_new_profile_is_a_new_terminal(
     async def scenario() -> None:
         async with chromium(tmp_path / "one") as page:
             first = await connected_id(page, url)
-            assert await eventually(lambda: only_key(first))
+            await wait_until(lambda: only_key(first), 10, f"{first} to be the only proven key")
             assert first in ts.hub.terminals
             session = ts.hub.terminals[first].session
             assert await page.evaluate(KEY_RECORD_JS) == {
@@ -361,11 +358,11 @@ async def test_the_key_survives_a_reload_and_a_new_profile_is_a_new_terminal(
             async def reconnected() -> bool:
                 return await only_key(first) and ts.hub.terminals[first].session is not session
 
-            assert await eventually(reconnected)
+            await wait_until(reconnected, 10, "the reloaded page back on the same terminal")
         async with chromium(tmp_path / "two") as page:
             second = await connected_id(page, url)
             assert second != first
-            assert await eventually(lambda: only_key(second))
+            await wait_until(lambda: only_key(second), 10, f"{second} to be the only proven key")
             assert second in ts.hub.terminals
 
     try:
@@ -385,7 +382,7 @@ async def test_a_second_tab_takes_the_terminal_and_the_first_stays_away(tmp_path
     async def scenario() -> None:
         async with chromium(tmp_path / "tabs") as first:
             terminal = await connected_id(first, url)
-            assert await eventually(lambda: async_true(terminal in ts.hub.terminals))
+            await wait_until(lambda: terminal in ts.hub.terminals, 10, f"{terminal} on thinserve")
             older = ts.hub.terminals[terminal].session
             second = await first.context.new_page()
             assert await connected_id(second, url) == terminal
@@ -402,10 +399,6 @@ async def test_a_second_tab_takes_the_terminal_and_the_first_stays_away(tmp_path
         await as_deferred(scenario())
     finally:
         await ts.stopService()
-
-
-async def async_true(value: bool) -> bool:
-    return value
 
 
 @pytest_twisted.ensureDeferred
@@ -431,7 +424,7 @@ async def test_a_page_that_cannot_keep_a_key_connects_keyless_and_says_so(
             async def keyless() -> bool:
                 return proven_keys(ts) == [None]
 
-            assert await eventually(keyless)
+            await wait_until(keyless, 10, "the page to connect without a key")
             assert not any(t.startswith("key-") for t in ts.hub.terminals)
 
     try:

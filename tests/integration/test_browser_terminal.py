@@ -7,31 +7,28 @@ the page thinserve serves, with noVNC rendering into its canvas.
 
 from __future__ import annotations
 
+import itertools
 import logging
-import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task
 
 from protocols.rfb.client import ClientConnection, ServerInitReceived, UpdateDone
 from protocols.rfb.constants import Encoding
-from tests.support_browser import (
+from tests.support.aio import as_deferred
+from tests.support.backpressure import fix_socket_buffers, stalled
+from tests.support.browser import browser_page, canvas_pixels, require_browser
+from tests.support.rawpeer import RawPeer, connect_raw
+from tests.support.reactor import transport_of
+from tests.support.waiting import wait_until
+from tests.support.webserve import Served, listen, plain_site, self_signed_tls, serve_frame
+from tests.support.websocket import (
     WebSocketStream,
-    as_deferred,
-    browser_page,
-    canvas_pixels,
     client_frame,
-    connect_raw,
-    eventually,
     head_complete,
-    listen,
-    plain_site,
-    require_browser,
-    self_signed_tls,
-    serve_frame,
     server_frames,
     split_response,
     upgrade_request,
@@ -43,6 +40,7 @@ pytestmark = pytest.mark.integration
 
 WIDTH, HEIGHT = 640, 480
 OPCODE_TEXT, OPCODE_BINARY, OPCODE_CLOSE = 0x1, 0x2, 0x8
+BARRIER_KEY = 0xFFE3  # Control_L: a key event the server forwards, to show it read up to there
 
 
 def frame() -> np.ndarray:
@@ -52,15 +50,15 @@ def frame() -> np.ndarray:
 async def http_get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     peer = await connect_raw(port)
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    peer.transport.write(request.encode())
+    transport_of(peer).write(request.encode())
     return split_response(await peer.wait_closed())
 
 
 async def handshake(
     port: int, origin: str | None, protocols: str | None = "binary", tls: bool = False
-):
+) -> tuple[RawPeer, int, dict[str, str]]:
     peer = await connect_raw(port, tls)
-    peer.transport.write(upgrade_request(port, origin, protocols))
+    transport_of(peer).write(upgrade_request(port, origin, protocols))
     status, headers, _ = split_response(await peer.wait_for(head_complete))
     return peer, status, headers
 
@@ -126,7 +124,7 @@ async def test_same_origin_handshake_carries_rfb_in_binary_messages(protocols: s
         frames = server_frames(data.partition(b"\r\n\r\n")[2])
         assert frames[0] == (OPCODE_BINARY, b"RFB 003.008\n")
         assert len(served.sessions) == 1
-        peer.transport.loseConnection()
+        transport_of(peer).loseConnection()
     finally:
         await served.port.stopListening()
 
@@ -165,7 +163,7 @@ async def test_configured_origin_is_accepted() -> None:
     try:
         peer, status, _ = await handshake(served.number, "https://term.example.org")
         assert status == 101
-        peer.transport.loseConnection()
+        transport_of(peer).loseConnection()
         _, status, _ = await handshake(served.number, served.origin)
         assert status == 403  # the page's own origin was switched off
     finally:
@@ -181,7 +179,7 @@ async def test_tls_listener_expects_https_origins(tmp_path: Path) -> None:
         )
         assert status == 101
         await peer.wait_for(lambda d: b"RFB 003.008" in d)
-        peer.transport.loseConnection()
+        transport_of(peer).loseConnection()
         peer, status, _ = await handshake(served.number, served.origin, tls=True)  # http://
         assert status == 403
     finally:
@@ -212,7 +210,7 @@ async def test_other_subprotocols_are_refused(protocols: str) -> None:
 
 
 # -- bounded messages -----
-async def open_socket(served):
+async def open_socket(served: Served) -> RawPeer:
     peer, status, _ = await handshake(served.number, served.origin)
     assert status == 101
     await peer.wait_for(lambda d: b"RFB 003.008" in d)
@@ -226,7 +224,7 @@ async def test_oversized_frame_closes_without_waiting_for_its_payload() -> None:
     try:
         peer = await open_socket(served)
         # Claim 100 MB, send only the header: the server must not wait to buffer it.
-        peer.transport.write(client_frame(OPCODE_BINARY, b"", declared=100_000_000))
+        transport_of(peer).write(client_frame(OPCODE_BINARY, b"", declared=100_000_000))
         data = await peer.wait_closed()
         assert close_code(data.partition(b"\r\n\r\n")[2]) == 1009  # message too big
         assert served.sessions[0].proto is None  # the session was detached
@@ -243,7 +241,7 @@ async def test_message_split_over_frames_is_bounded_too() -> None:
         piece = b"\0" * 3000
         first = bytearray(client_frame(OPCODE_BINARY, piece))
         first[0] &= 0x7F  # not the final fragment
-        peer.transport.write(bytes(first) + client_frame(0x0, piece))  # continuation
+        transport_of(peer).write(bytes(first) + client_frame(0x0, piece))  # continuation
         data = await peer.wait_closed()
         assert close_code(data.partition(b"\r\n\r\n")[2]) == 1009
     finally:
@@ -255,7 +253,7 @@ async def test_text_messages_are_refused() -> None:
     served = await serve_frame(frame())
     try:
         peer = await open_socket(served)
-        peer.transport.write(client_frame(OPCODE_TEXT, b"RFB 003.008\n"))
+        transport_of(peer).write(client_frame(OPCODE_TEXT, b"RFB 003.008\n"))
         data = await peer.wait_closed()
         assert close_code(data.partition(b"\r\n\r\n")[2]) == 1003
     finally:
@@ -288,7 +286,7 @@ async def test_rfb_client_over_raw_websocket_gets_the_frame_in_bounded_messages(
         assert np.array_equal(client.framebuffer, expected)
         assert max(sizes) == limit  # a raw frame is 1.2 MB: it went out in pieces
         assert sum(sizes) > WIDTH * HEIGHT * 4
-        peer.transport.loseConnection()
+        transport_of(peer).loseConnection()
     finally:
         await served.port.stopListening()
 
@@ -304,44 +302,54 @@ async def test_a_browser_that_stops_reading_pauses_its_session() -> None:
         while not any(isinstance(e, UpdateDone) for e in await rfb_events(stream, client)):
             pass
         session = served.sessions[0]
-        fix_socket_buffers(peer.transport, session.proto.transport.transport)
-        peer.transport.pauseProducing()  # the browser stops reading
+        proto = session.proto
+        assert proto is not None
+        server_socket = proto.transport  # the WebSocket framing, over TCP
+        fix_socket_buffers(peer.transport, server_socket)
+        transport_of(peer).pauseProducing()  # the browser stops reading
+        keys_read = 0
 
         async def new_picture_and_request(seed: int) -> None:
+            """A new picture and a request for it; returns once the server has read
+            the request (a key event sent behind it has reached the desktop)."""
+            nonlocal keys_read
             served.source.set_frame(noise_frame(WIDTH, HEIGHT, seed=seed))
             client.request_update(incremental=True)
+            client.key_event(True, BARRIER_KEY)
             stream.send(client.data_to_send())
-            await task.deferLater(reactor, 0.02)
+            keys_read += 1
+            await wait_until(
+                lambda: len(served.sink.keys) == keys_read, 10, "the server to read the request"
+            )
 
-        paused_in_a_row = 0
-        for seed in range(2, 300):  # until the socket buffers stay full
-            await new_picture_and_request(seed)
-            paused_in_a_row = paused_in_a_row + 1 if session.proto.paused else 0
-            if paused_in_a_row == 5:
-                break
-        assert paused_in_a_row == 5
+        seeds = itertools.count(2)
+
+        async def stalled_after_another_picture() -> bool:
+            if stalled(proto.paused, server_socket):
+                return True
+            await new_picture_and_request(next(seeds))
+            return False
+
+        await wait_until(
+            stalled_after_another_picture, 30, "the socket buffers to fill and pause the session"
+        )
         sent_while_paused = session.updates_sent
-        for seed in range(300, 310):
-            await new_picture_and_request(seed)
-        assert session.proto.paused
-        assert session.updates_sent == sent_while_paused  # nothing piles up in memory
-        peer.transport.resumeProducing()
-
-        async def drained() -> bool:
-            return not session.proto.paused and session.updates_sent > sent_while_paused
-
-        assert await as_deferred(eventually(drained))
-        peer.transport.loseConnection()
+        for _ in range(10):
+            await new_picture_and_request(next(seeds))
+        assert proto.paused
+        assert session.updates_sent == sent_while_paused, (
+            f"{session.updates_sent - sent_while_paused} updates went out to a browser "
+            "that reads nothing"
+        )  # nothing piles up in memory
+        transport_of(peer).resumeProducing()
+        await wait_until(
+            lambda: not proto.paused and session.updates_sent > sent_while_paused,
+            10,
+            "the session to send again once the browser reads",
+        )
+        transport_of(peer).loseConnection()
     finally:
         await served.port.stopListening()
-
-
-def fix_socket_buffers(client: object, server: object, size: int = 1 << 16) -> None:
-    """Stop the kernel from growing both sockets' buffers while the test runs
-    (Linux autotunes them, on loopback up to tens of MB): once full, they stay
-    full, as on a real link to a stalled browser."""
-    client.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # type: ignore[attr-defined]
-    server.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)  # type: ignore[attr-defined]
 
 
 async def rfb_events(stream: WebSocketStream, client: ClientConnection) -> list[object]:
@@ -364,7 +372,7 @@ def browser_profile(tmp_path: Path) -> Path:
     return tmp_path / "chromium-profile"
 
 
-async def open_terminal(page, served, query: str = "resize=off") -> None:
+async def open_terminal(page: Any, served: Served, query: str = "resize=off") -> None:
     await page.goto(served.url(query))
     await page.wait_for_selector("body[data-state=connected]", timeout=10_000)
 
@@ -384,7 +392,11 @@ async def test_canvas_shows_the_framebuffer_pixel_for_pixel(browser_profile: Pat
                 shown = await canvas_pixels(page)
                 return shown is not None and np.array_equal(shown, expected)
 
-            assert await eventually(matches), _difference(shown, expected)
+            await wait_until(
+                matches,
+                10,
+                lambda: f"the canvas to show the frame ({_difference(shown, expected)})",
+            )
             assert await page.inner_text("#status") == "Connected to test desktop"
             assert page.console_errors == []
 
@@ -418,9 +430,9 @@ async def test_changes_on_the_desktop_reach_the_canvas(browser_profile: Path) ->
                 shown = await canvas_pixels(page)
                 return shown is not None and np.array_equal(shown, picture)
 
-            assert await eventually(lambda: shows(first))
+            await wait_until(lambda: shows(first), 10, "the canvas to show the first frame")
             served.source.set_frame(second)
-            assert await eventually(lambda: shows(second))
+            await wait_until(lambda: shows(second), 10, "the canvas to show the changed frame")
 
     try:
         await as_deferred(scenario())
@@ -471,7 +483,7 @@ async def test_typed_keys_arrive_as_key_events(browser_profile: Path) -> None:
             async def all_arrived() -> bool:
                 return len(served.sink.keys) >= len(expected) + len(chords)
 
-            await eventually(all_arrived)
+            await wait_until(all_arrived, 10, lambda: f"every key (so far {served.sink.keys})")
             assert served.sink.keys == expected + chords
 
     try:
@@ -502,7 +514,7 @@ async def test_clicks_arrive_at_framebuffer_coordinates(browser_profile: Path) -
                     events.index((middle, 0, 0)) + 1 :
                 ]
 
-            await eventually(released_last)
+            await wait_until(released_last, 10, lambda: f"the clicks ({served.sink.pointers})")
             events = served.sink.pointers
             for x, y, _, mask in clicks:
                 down = events.index((mask, x, y))
@@ -591,8 +603,13 @@ async def test_photo_content_with_the_default_jpeg_quality_stays_close(
                 error = np.abs(channels(shown) - channels(expected))
                 return float(error.mean()) < 2.5 and int(error.max()) <= 24
 
-            assert await eventually(close_enough), (
-                None if error is None else (float(error.mean()), int(error.max()))
+            await wait_until(
+                close_enough,
+                10,
+                lambda: (
+                    "the canvas to come close to the frame (mean, max error: "
+                    f"{None if error is None else (float(error.mean()), int(error.max()))})"
+                ),
             )
             assert page.console_errors == []
 
@@ -618,7 +635,7 @@ async def test_scaled_view_maps_clicks_back_to_the_desktop(browser_profile: Path
             async def clicked() -> bool:
                 return any(b == 1 for b, _, _ in served.sink.pointers)
 
-            assert await eventually(clicked)
+            await wait_until(clicked, 10, "the click on the desktop")
             _, x, y = next(p for p in served.sink.pointers if p[0] == 1)
             assert abs(x - WIDTH / 2) <= 2 and abs(y - HEIGHT / 2) <= 2
 
@@ -642,7 +659,7 @@ async def test_remote_resize_gives_the_terminal_the_window_size(browser_profile:
                 shown = await canvas_pixels(page)
                 return shown is not None and shown.shape == (wanted[1], wanted[0])
 
-            assert await eventually(resized)
+            await wait_until(resized, 10, f"a canvas of {wanted[0]}x{wanted[1]}")
             # The desktop refused to change (the sink said no), so the relay
             # scales it to the terminal's size instead.
             assert served.sink.sizes[-1] == wanted
@@ -661,7 +678,9 @@ async def test_page_reconnects_after_the_connection_drops(browser_profile: Path)
     async def scenario() -> None:
         async with browser_page(browser_profile) as page:
             await open_terminal(page, served)
-            served.sessions[0].proto.transport.loseConnection()
+            proto = served.sessions[0].proto
+            assert proto is not None
+            transport_of(proto).loseConnection()
             await page.wait_for_selector("body[data-state=disconnected]", timeout=5_000)
             assert "Reconnecting" in await page.inner_text("#status")
             await page.wait_for_selector("body[data-state=connected]", timeout=10_000)

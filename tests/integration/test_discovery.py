@@ -25,20 +25,15 @@ from twisted.internet.task import deferLater
 from protocols.rfb.client import ServerInitReceived, UpdateDone
 from protocols.rfb.constants import Encoding, SecurityType
 from protocols.terminal import SERVICE_TYPE, TerminalAdvert
-from tests.support_netns import (
-    AVAHI_PACKAGES,
-    Child,
-    NetNamespace,
-    PrivateAvahi,
-    avahi_problem,
-    missing,
-    resolved_services,
-    run,
-)
+from tests.support.avahi import AVAHI_PACKAGES, PrivateAvahi, avahi_problem, resolved_services
+from tests.support.children import Child, run
+from tests.support.need import need
+from tests.support.netns import NetNamespace
+from tests.support.waiting import wait_until
 from thinserve.discovery import ServerAdvertiser, TerminalBrowser
 from thinserve.relay.session import TerminalSession
 from thinserve.relay.source import Source
-from thinserve.reverse import Backoff, ReverseConnector, connect_to_terminal
+from thinserve.reverse import ReverseConnector, connect_to_terminal, retry_delays
 from thinserve.rfbclient import ClientOptions, RFBClientProtocol
 from thinserve.rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 
@@ -59,14 +54,6 @@ def rfb_server_factory() -> RFBServerFactory:
         ServerOptions(),
         lambda: TerminalSession(on_attach=lambda s: Source(fixed_frame(), DESKTOP_NAME)),
     )
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await deferLater(reactor, 0.02)
 
 
 class ListeningViewer:
@@ -165,13 +152,11 @@ async def test_connect_to_terminal_reports_a_refused_connection() -> None:
 
 
 # -- the connector ---------------------------------------------------------------------------------
-def test_backoff_doubles_up_to_its_maximum_and_resets() -> None:
-    backoff = Backoff(initial=0.5, maximum=3.0, jitter=0.0)
-    assert [backoff.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-    backoff.reset()
-    assert backoff.next() == 0.5
-    jittery = Backoff(initial=1.0, maximum=1.0, jitter=0.1)
-    assert all(0.9 <= jittery.next() <= 1.1 for _ in range(50))
+def test_retry_delays_double_up_to_their_maximum() -> None:
+    delays = retry_delays(0.5, 3.0, jitter=0.0)
+    assert [delays(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    jittery = retry_delays(1.0, 1.0, jitter=0.1)
+    assert all(0.9 <= jittery(n) <= 1.1 for n in range(1, 50))
 
 
 @pytest_twisted.ensureDeferred
@@ -182,14 +167,15 @@ async def test_connector_retries_until_the_terminal_listens_and_stops_when_it_go
     disconnected: list[TerminalAdvert] = []
     connector = ReverseConnector(
         reactor,
-        rfb_server_factory(),
+        lambda _advert: rfb_server_factory(),
         connect_timeout=2,
         initial_delay=0.05,
         max_delay=0.2,
         stable_after=60,
-        on_connected=lambda a, p: connected.append(a),
+        on_connected=connected.append,
         on_disconnected=disconnected.append,
     )
+    connector.startService()
     viewer = ListeningViewer()
     try:
         connector.terminal_added(advert)
@@ -218,29 +204,89 @@ async def test_connector_retries_until_the_terminal_listens_and_stops_when_it_go
         assert len(viewer.protocols) == 2
         assert connector.links == {}
     finally:
-        connector.stop(disconnect=True)
+        connector.stopService()
         await viewer.close()
 
 
 @pytest_twisted.ensureDeferred
 async def test_connector_follows_an_advert_to_its_new_port_at_once() -> None:
-    connector = ReverseConnector(reactor, rfb_server_factory(), initial_delay=30, max_delay=30)
+    connector = ReverseConnector(
+        reactor, lambda _advert: rfb_server_factory(), initial_delay=30, max_delay=30
+    )
+    connector.startService()
     viewer = ListeningViewer()
     try:
         old = advert_for(free_port())
         connector.terminal_added(old)
-        link = connector.links[old.service_name.lower()]
-        await wait_until(lambda: link.attempts == 1 and link.timer is not None, 5, "a refusal")
+        first = connector.links[old.service_name.lower()]
+        await wait_until(lambda: first.attempts == 1 and first.retries == 1, 5, "a refusal")
 
         new = advert_for(viewer.listen())
         started = time.monotonic()
         connector.terminal_updated(new)  # no 30 s wait: a new address is tried now
         await wait_until(lambda: bool(viewer.frames), 5, "a connection to the new port")
         assert time.monotonic() - started < 5
-        assert link.attempts == 2
+        link = connector.links[new.service_name.lower()]
+        assert link is not first and link.attempts == 1 and not first.running
     finally:
-        connector.stop(disconnect=True)
+        connector.stopService()
         await viewer.close()
+
+
+class Dropper:
+    """A listening terminal that ends each connection: at once, or after ``hold`` seconds."""
+
+    def __init__(self) -> None:
+        self.hold = 0.0
+        self.connected: list[float] = []  # time.monotonic() of each connection
+        self.dropped: list[float] = []
+        self.port: IListeningPort | None = None
+
+    def listen(self) -> int:
+        factory = protocol.Factory.forProtocol(lambda: _Dropping(self))
+        self.port = reactor.listenTCP(0, factory, interface=LOOPBACK)  # type: ignore[attr-defined]
+        return self.port.getHost().port  # type: ignore[no-any-return, attr-defined]
+
+
+class _Dropping(protocol.Protocol):
+    def __init__(self, dropper: Dropper) -> None:
+        self.dropper = dropper
+
+    def connectionMade(self) -> None:
+        self.dropper.connected.append(time.monotonic())
+        reactor.callLater(self.dropper.hold, self.transport.loseConnection)  # type: ignore[attr-defined, union-attr]
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.dropper.dropped.append(time.monotonic())
+
+
+@pytest_twisted.ensureDeferred
+async def test_connector_backs_off_from_a_terminal_that_drops_it_until_a_connection_lasts() -> None:
+    dropper = Dropper()
+    advert = advert_for(dropper.listen())
+    connector = ReverseConnector(
+        reactor,
+        lambda _advert: rfb_server_factory(),
+        initial_delay=0.1,
+        max_delay=2.0,
+        stable_after=0.5,
+    )
+    connector.startService()
+    try:
+        connector.terminal_added(advert)
+        await wait_until(lambda: len(dropper.connected) >= 5, 15, "five dropped connections")
+        dropper.hold = 1.0  # the next connection lasts: "stable"
+        await wait_until(lambda: len(dropper.connected) >= 7, 15, "two more connections")
+        waits = [dropper.connected[n + 1] - dropper.dropped[n] for n in range(6)]
+        # Each drop doubles the delay (0.1 s, 0.2 s, ... each within 10 %) ...
+        for n in range(5):
+            assert waits[n] >= 0.9 * 0.1 * 2**n, waits
+        # ... until a connection that lasted starts the delays over (else 2 s now).
+        assert waits[5] < 1.0, waits
+    finally:
+        connector.stopService()
+        assert dropper.port is not None
+        await dropper.port.stopListening()
 
 
 # -- zeroconf between two processes on loopback ---------------------------------------------------
@@ -400,7 +446,7 @@ async def test_browser_follows_a_terminal_published_by_another_process(
 def avahi(tmp_path: Path) -> Iterator[PrivateAvahi]:
     problem = avahi_problem()
     if problem is not None:
-        missing(f"the Avahi test cannot run: {problem}", AVAHI_PACKAGES)
+        need(False, f"the Avahi test cannot run: {problem}; install {AVAHI_PACKAGES}")
     netns = NetNamespace()
     daemons = PrivateAvahi(netns, tmp_path)
     try:
@@ -424,7 +470,10 @@ async def test_avahi_sees_thinserve_and_thinserve_dials_an_avahi_terminal(
         advertiser = ServerAdvertiser(
             rfb_port.getHost().port, server_name, interfaces=[LOOPBACK], ipv4_only=True
         )
-        connector = ReverseConnector(reactor, rfb_server_factory(), initial_delay=0.2)
+        connector = ReverseConnector(
+            reactor, lambda _advert: rfb_server_factory(), initial_delay=0.2
+        )
+        connector.startService()
         events = Events(f"avahi term {token}", connector)
         browser = events.browser(interfaces=[LOOPBACK], ipv4_only=True)
         viewer = ListeningViewer()
@@ -469,14 +518,14 @@ async def test_avahi_sees_thinserve_and_thinserve_dials_an_avahi_terminal(
             # avahi-publish ends: Avahi says goodbye, thinserve forgets the terminal.
             await publish.stop()
             await wait_until(lambda: events.kinds(terminal)[-1:] == ["removed"], 10, "removal")
-            assert not connector.links[advert.service_name.lower()].active
+            assert not connector.links[advert.service_name.lower()].advertised
 
             await advertiser.stop()
             await wait_until_withdrawn(avahi, server_name)
         finally:
             if publish is not None:
                 await publish.stop()
-            connector.stop(disconnect=True)
+            connector.stopService()
             await browser.stop()
             await advertiser.stop()
             await viewer.close()
@@ -484,7 +533,8 @@ async def test_avahi_sees_thinserve_and_thinserve_dials_an_avahi_terminal(
 
 
 async def wait_until_withdrawn(avahi: PrivateAvahi, name: str) -> None:
-    deadline = time.monotonic() + 10
-    while name in resolved_services(await run(["avahi-browse", "-rptk", "_rfb._tcp"], avahi.env)):
-        assert time.monotonic() < deadline, f"{name!r} still listed after unregistering"
-        await deferLater(reactor, 0.3)
+    async def withdrawn() -> bool:
+        listing = await run(["avahi-browse", "-rptk", "_rfb._tcp"], avahi.env)
+        return name not in resolved_services(listing)
+
+    await wait_until(withdrawn, 10, f"{name!r} to be withdrawn", interval=0.3)

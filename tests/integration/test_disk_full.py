@@ -27,7 +27,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from tests.integration.relayparts import Terminal, wait_for
 from tests.integration.test_admin import (
     cli,
     cli_ok,
@@ -38,6 +37,8 @@ from tests.integration.test_admin import (
 )
 from tests.integration.test_rfb_interop import office_frame
 from tests.support.need import need
+from tests.support.terminal import Terminal
+from tests.support.waiting import wait_until
 from thinserve.admin.client import AdminClient, AdminError
 from thinserve.relay import screens
 from thinserve.store import DiskFullError
@@ -145,7 +146,9 @@ async def test_a_full_disk_is_reported_clearly_and_thinserve_recovers_by_itself(
                 await term.wait_screen(refusal)
                 assert not np.array_equal(term.framebuffer[:240, :320], frame1)
                 assert not np.array_equal(term.framebuffer[:240, :320], frame2)
-            await wait_for(lambda: all(t.closed for t in knocking), 20, "refused terminals closed")
+            await wait_until(
+                lambda: all(t.closed for t in knocking), 20, "refused terminals closed"
+            )
             problem = f"disk full at {state}: cannot write the database {database}"
             hint = "free space there; a running thinserve recovers by itself, no restart needed"
             # One ERROR line with the cause, not one per connection.

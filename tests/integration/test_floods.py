@@ -22,9 +22,10 @@ import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
 from bench.floodpeer import Flood, flood, sources
-from tests.integration.relayparts import Terminal, wait_for
 from tests.support.ports import free_tcp_port
 from tests.support.procs import spawn
+from tests.support.terminal import Terminal
+from tests.support.waiting import wait_until
 from tests.support.xscreen import paint_root
 from thinserve.admin.client import AdminClient
 
@@ -87,7 +88,7 @@ class Painter:
 async def update_rate(term: Terminal, updates: int = 20) -> float:
     """Updates per second the paired terminal decodes while the desktop changes."""
     start, began = term.updates, time.monotonic()
-    await wait_for(lambda: term.updates >= start + updates, 120, f"{updates} updates")
+    await wait_until(lambda: term.updates >= start + updates, 120, f"{updates} updates")
     return updates / (time.monotonic() - began)
 
 
@@ -105,7 +106,7 @@ async def test_a_flood_costs_little_and_the_paired_terminal_keeps_updating(
     term = Terminal()
     floods: list[Flood] = []
     try:
-        await wait_for(lambda: (tmp_path / "admin.sock").exists(), 60, "thinserve to start")
+        await wait_until(lambda: (tmp_path / "admin.sock").exists(), 60, "thinserve to start")
         admin = AdminClient(str(tmp_path / "admin.sock"))
         await threads.deferToThread(admin.pair, "viewer-127.0.0.2", "d1", True, True)
         await term.connect(port, source="127.0.0.2")
@@ -116,12 +117,12 @@ async def test_a_flood_costs_little_and_the_paired_terminal_keeps_updating(
         # each further waiting connection costs.
         first = await flood(reactor, port, sources(WARM_UP, "127.3"), lambda: None)
         floods.append(first)
-        await wait_for(lambda: first.count("updated") == WARM_UP, 120, "the first wave")
+        await wait_until(lambda: first.count("updated") == WARM_UP, 120, "the first wave")
         warm_rss = rss_bytes(server.pid)
         rate = defer.ensureDeferred(update_rate(term))  # while the next waves arrive
         second = await flood(reactor, port, sources(MEASURED, "127.5"), lambda: None)
         floods.append(second)
-        await wait_for(lambda: second.count("updated") == MEASURED, 120, "the second wave")
+        await wait_until(lambda: second.count("updated") == MEASURED, 120, "the second wave")
         per_connection = (rss_bytes(server.pid) - warm_rss) / MEASURED
         # The cap is reached: more unpaired terminals see "server busy", then close.
         third = await flood(reactor, port, sources(TURNED_AWAY, "127.6"), lambda: None)
@@ -132,14 +133,14 @@ async def test_a_flood_costs_little_and_the_paired_terminal_keeps_updating(
         assert per_connection < MAX_BYTES_PER_UNPAIRED
         assert during_rate * RATE_FACTOR >= before_rate, (before_rate, during_rate)
         try:
-            await wait_for(lambda: third.count("closed") == TURNED_AWAY, 60, "the third wave")
+            await wait_until(lambda: third.count("closed") == TURNED_AWAY, 60, "the third wave")
         except AssertionError:
             stages = Counter(p.stage for p in third.peers)
             raise AssertionError(f"third wave: {dict(stages)}") from None
         assert first.count("updated") == WARM_UP and second.count("updated") == MEASURED
 
         crowd = await flood(reactor, port, ["127.4.0.1"] * (PER_ADDRESS + 1), lambda: None)
-        await wait_for(lambda: crowd.count("refused") == 1, 30, "the connection past the cap")
+        await wait_until(lambda: crowd.count("refused") == 1, 30, "the connection past the cap")
         (refused,) = [p for p in crowd.peers if p.stage == "refused"]
         assert refused.reason == f"Too many connections from 127.4.0.1 ({PER_ADDRESS}); " + (
             "close one and try again."

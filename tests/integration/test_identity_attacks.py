@@ -1,6 +1,6 @@
 """An attacker on the terminals' LAN, for real: can it get a terminal's desktop?
 
-Everything runs in network namespaces the test makes (tests/support_netns.py
+Everything runs in network namespaces the test makes (tests/support/netns.py
 ``Lan``), on the private subnet 10.213.7.0/24:
 
 - ``server`` (10.213.7.1, a bridge): a real ``thinserve serve`` process,
@@ -32,7 +32,6 @@ import datetime
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +46,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import protocol, reactor, threads
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 
 from protocols.identity import public_key_fingerprint, terminal_id
 from protocols.rfb.client import ClientEvent, CursorShape, ServerInitReceived, UpdateDone
 from protocols.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from protocols.terminal import SERVICE_TYPE, TerminalAdvert
+from tests.support.adverts import ZeroconfPublisher
+from tests.support.need import need
+from tests.support.netns import Lan, lan_problem
 from tests.support.pixels import diff_summary
-from tests.support.procs import Spawned, spawn, wait_until
+from tests.support.procs import Spawned, spawn
+from tests.support.waiting import wait_until, wait_until_blocking
 from tests.support.xvnc import XvncServer
-from tests.support_netns import Lan, ZeroconfPublisher, lan_problem, missing
 from thinserve import rfbclient
 from thinserve.admin.client import AdminClient, AdminError
 from thinserve.relay import screens
@@ -212,7 +213,9 @@ class Site:
         )
         command = self.lan.server.command([*THINSERVE, "serve", "--config", str(config)])
         self.proc = spawn(command, self.workdir / "thinserve.log")
-        wait_until(self._desktop_live, START_WAIT, "thinserve and its live desktop", self.proc)
+        wait_until_blocking(
+            self._desktop_live, START_WAIT, "thinserve and its live desktop", self.proc
+        )
         assert self.ca_file.exists(), self.proc.log_tail()
 
     def _desktop_live(self) -> bool:
@@ -233,19 +236,7 @@ class Site:
     # -- waiting ----------------------------------------------------------------------------
     async def wait(self, check: Callable[[], T | None], what: str) -> T:
         """Until ``check()`` gives something true; that."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            result = check()
-            if result:
-                return result  # type: ignore[return-value]
-            self._still_running(what)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {WAIT:.0f} s waiting for {what}")
-            await deferLater(reactor, 0.05)
-
-    def _still_running(self, what: str) -> None:
-        if self.proc is not None and not self.proc.alive():
-            raise AssertionError(f"while waiting for {what}: {self.proc.describe_exit()}")
+        return await wait_until(check, WAIT, what, self.proc)
 
     # -- the admin API ---------------------------------------------------------------------------
     async def terminals(self) -> list[dict[str, Any]]:
@@ -267,17 +258,16 @@ class Site:
 
     async def wait_rows(self, check: Callable[[list[dict[str, Any]]], T | None], what: str) -> T:
         """Until ``check(rows)`` of the terminals the API lists gives something."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            rows = await self.terminals()
-            found = check(rows)
-            if found is not None:
-                return found
-            self._still_running(what)
-            if time.monotonic() > deadline:
-                listing = json.dumps(rows, indent=1)[-3000:]
-                raise AssertionError(f"timed out waiting for {what}; the API lists:\n{listing}")
-            await deferLater(reactor, 0.1)
+        rows: list[dict[str, Any]] = []
+
+        async def found() -> T | None:
+            rows[:] = await self.terminals()
+            return check(rows)
+
+        def listing() -> str:
+            return f"{what}; the API lists:\n{json.dumps(rows, indent=1)[-3000:]}"
+
+        return await wait_until(found, WAIT, listing, self.proc, interval=0.1)
 
     async def wait_row(
         self, terminal: str, check: Callable[[dict[str, Any]], bool], what: str
@@ -447,7 +437,7 @@ def start_site(xvnc: Callable[..., XvncServer], tmp_path: Path) -> Iterator[Call
     """Factory: the LAN, the desktop, and ``thinserve serve`` in the server namespace."""
     problem = lan_problem()
     if problem is not None:
-        missing(f"the LAN of network namespaces cannot be made: {problem}", "iproute2")
+        need(False, f"the LAN of network namespaces cannot be made: {problem}; install iproute2")
     lan = Lan(SUBNET, prefix="tsid")
     sites: list[Site] = []
 

@@ -13,22 +13,15 @@ import numpy as np
 import pytest
 import pytest_twisted
 
-from tests.realparts import (
-    PROMPT_MARK,
-    QemuVM,
-    TigerViewer,
-    TinyLinux,
-    XvncServer,
-    diff_summary,
-    free_display,
-    free_tcp_port,
-    need,
-    tigervnc_viewer_capture,
-    vncdo,
-    vncdo_capture,
-    wait_until,
-)
-from tests.support.ports import display_free, rfb_banner
+from tests.support.need import need
+from tests.support.pixels import diff_summary
+from tests.support.ports import display_free, free_display, free_tcp_port, rfb_banner
+from tests.support.qemu import QemuVM
+from tests.support.tinylinux import PROMPT_MARK, TinyLinux
+from tests.support.viewer import TigerViewer, tigervnc_viewer_capture
+from tests.support.vncdo import vncdo, vncdo_capture
+from tests.support.waiting import wait_until_blocking
+from tests.support.xvnc import XvncServer
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +125,7 @@ def test_x_programs_draw_inside_xvnc(xvnc: Callable[..., XvncServer], tmp_path: 
         shot = vncdo_capture(server.host, server.port, tmp_path / "xterm.png")
         return shot if np.count_nonzero(shot == 0xFFFFFF) > 1000 else None
 
-    shot = wait_until(white_window, 20.0, "xterm's white window in the capture")
+    shot = wait_until_blocking(white_window, 20.0, "xterm's white window in the capture")
     assert np.any(shot == 0x000000)  # its black text (the prompt) is drawn too
     assert np.all(shot[:5, :] == 0x123456)  # the window starts 10 px down
 

@@ -11,11 +11,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from tests.integration.relayparts import first_free, start_thinserve
 from tests.integration.test_relay import desktop, live
 from tests.integration.test_rfb_interop import office_frame
-from tests.realparts import need
+from tests.support.need import need
 from tests.support.procs import spawn
+from tests.support.server import first_free, start_thinserve
 from tests.support.viewer import start_xvfb
 from tests.support.xscreen import grab_root
 

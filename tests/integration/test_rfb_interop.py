@@ -18,11 +18,10 @@ from twisted.internet import reactor, threads
 
 from protocols.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from protocols.rfb.pixelformat import BGR233, RGB565, PixelCodec, PixelFormat
-from tests.realparts import (
-    diff_summary,
-    tigervnc_viewer_capture,
-    vncdo_capture,
-)
+from tests.support.pixels import diff_summary
+from tests.support.viewer import tigervnc_viewer_capture
+from tests.support.vncdo import vncdo_capture
+from tests.support.waiting import wait_until
 from tests.unit.content import desktop_frame, noise_frame
 from thinserve.relay.session import TerminalSession
 from thinserve.relay.source import Source
@@ -191,11 +190,7 @@ def _qemu_rgb565(frame: np.ndarray) -> np.ndarray:
 
 
 async def _wait_prompt(vm) -> None:
-    from tests.realparts import wait_until
-
-    await threads.deferToThread(
-        wait_until, lambda: vm.prompts() >= 1, 120, "the tiny Linux shell prompt", vm.proc
-    )
+    await wait_until(lambda: vm.prompts() >= 1, 120, "the tiny Linux shell prompt", vm.proc)
 
 
 def blink_mask(

@@ -14,8 +14,9 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.integration.relayparts import Terminal, wait_for
+from tests.support.terminal import Terminal
 from tests.support.tinylinux import PROMPT_MARK
+from tests.support.waiting import wait_until
 from thinserve.broker import ShowDesktop
 from thinserve.config import from_dict
 from thinserve.service import ThinServe
@@ -74,14 +75,24 @@ async def test_pooled_qemu_desktop_starts_on_demand_and_takes_keys(
         # The pool lends vm-1 at once and it reports starting a moment later;
         # a warm QEMU is on its console soon after, so the screen may be brief.
         starting = "terminal viewer-127.0.0.1 now shows the starting screen"
-        await wait_for(lambda: starting in shown(caplog), 30, "the starting screen")
-        await wait_for(lambda: serial.exists() and PROMPT_MARK in serial.read_text(), 120, "boot")
-        await wait_for(lambda: terminal.framebuffer.shape == (400, 720), 60, "the VM console")
+        await wait_until(lambda: starting in shown(caplog), 30, "the starting screen")
+        await wait_until(
+            lambda: serial.exists() and PROMPT_MARK in serial.read_text(),
+            120,
+            lambda: f"boot (serial: {serial.read_text()[-300:] if serial.exists() else ''!r})",
+        )
+        await wait_until(
+            lambda: terminal.framebuffer.shape == (400, 720),
+            60,
+            lambda: f"the VM console (the terminal shows {terminal.framebuffer.shape})",
+        )
         assert isinstance(server.hub.broker.assignment("viewer-127.0.0.1"), ShowDesktop)
         prompts = serial.read_text().count(PROMPT_MARK)
         terminal.type_text("true\n")  # each prompt writes a mark to the serial port
-        await wait_for(
-            lambda: serial.read_text().count(PROMPT_MARK) > prompts, 30, "the typed command"
+        await wait_until(
+            lambda: serial.read_text().count(PROMPT_MARK) > prompts,
+            30,
+            lambda: f"the typed command (serial: {serial.read_text()[-300:]!r})",
         )
         assert server.desktops is not None and server.desktops.running() == ["vm-1"]
         terminal.close()

@@ -17,7 +17,6 @@ import secrets
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -27,15 +26,14 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor, threads
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.task import deferLater
 
 from clients.terminal.keys import Key
 from protocols.rfb.constants import Encoding
 from protocols.terminal import TerminalAdvert
+from tests.support.children import Child
 from tests.support.need import need
 from tests.support.pixels import diff_summary, read_image, u32_to_rgb
-from tests.support.procs import wait_until as wait_until_blocking
-from tests.support_netns import Child
+from tests.support.waiting import wait_until
 from tests.unit.content import desktop_frame
 from tests.unit.test_terminal_keys import expect
 from thinserve.discovery import ServerAdvertiser, TerminalBrowser
@@ -58,14 +56,6 @@ def pygame_installed() -> None:
         importlib.util.find_spec("pygame") is not None,
         "the Python package pygame-ce: pip install pygame-ce (or make venv)",
     )
-
-
-async def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await deferLater(reactor, 0.05)
 
 
 def environment(tmp_path: Path) -> dict[str, str]:
@@ -101,15 +91,18 @@ class Terminal:
 
     async def wait_for_frame(self, want: np.ndarray, timeout: float = 20.0) -> None:
         """Until the newest recorded PNG equals ``want`` pixel for pixel."""
-        deadline = time.monotonic() + timeout
-        while True:
+        got: np.ndarray | None = None
+
+        def shows() -> bool:
+            nonlocal got
             got = self.latest()
-            if got is not None and got.shape == want.shape and np.array_equal(got, want):
-                return
-            if self.child.ended or time.monotonic() > deadline:
-                seen = "no frame" if got is None else diff_summary(got, want)
-                raise AssertionError(f"the terminal never showed the picture ({seen}):\n{self.log}")
-            await deferLater(reactor, 0.1)
+            return got is not None and got.shape == want.shape and np.array_equal(got, want)
+
+        def seen() -> str:
+            shown = "no frame" if got is None else diff_summary(got, want)
+            return f"the terminal to show the picture ({shown}):\n{self.log}"
+
+        await wait_until(shows, timeout, seen, self.child, interval=0.1)
 
     @property
     def log(self) -> str:
@@ -252,7 +245,10 @@ async def test_thinserve_finds_the_advert_and_the_terminal_shows_its_picture(
     )  # fmt: skip
     terminals.append(terminal)
     server = Server(frame)
-    connector = ReverseConnector(reactor, server.factory, initial_delay=0.2, max_delay=1.0)
+    connector = ReverseConnector(
+        reactor, lambda _advert: server.factory, initial_delay=0.2, max_delay=1.0
+    )
+    connector.startService()
     seen: list[tuple[str, TerminalAdvert]] = []
 
     def report(kind: str) -> Callable[[TerminalAdvert], None]:
@@ -285,7 +281,7 @@ async def test_thinserve_finds_the_advert_and_the_terminal_shows_its_picture(
         await terminal.stop()  # it says goodbye: the advert goes at once
         await wait_until(lambda: seen[-1][0] == "removed", 10, "the advert's withdrawal")
     finally:
-        connector.stop(disconnect=True)
+        connector.stopService()
         await browser.stop()
 
 
@@ -462,7 +458,7 @@ async def test_a_real_xvnc_desktop_shows_exactly_and_takes_typed_text(
 
     out = tmp_path / "typed.txt"
     server.run(["xterm", "-geometry", "80x10+0+0", "-e", "sh", "-c", f"cat > {out}"])  # type: ignore[attr-defined]
-    await threads.deferToThread(wait_until_blocking, out.exists, 20, "xterm to start", None)
+    await wait_until(out.exists, 20, "xterm to start")
     printable = "".join(chr(c) for c in range(0x20, 0x7F))
     terminal.send("move 60 40", "wait 0.5", f"type {script_text(printable)}\\n")
     terminal.send("key Up", "key Down", "key Right", "key Left", "key KP_Enter")

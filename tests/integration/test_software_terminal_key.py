@@ -24,7 +24,6 @@ from twisted.internet import reactor, threads
 from twisted.internet.interfaces import IListeningPort
 
 from protocols.rfb.constants import SecurityType, VeNCryptSubtype
-from tests.integration.relayparts import start_thinserve, wait_for
 from tests.integration.test_relay import desktop
 from tests.integration.test_software_terminal import Terminal as SoftwareTerminal
 from tests.integration.test_software_terminal import (  # noqa: F401  (fixtures)
@@ -32,6 +31,8 @@ from tests.integration.test_software_terminal import (  # noqa: F401  (fixtures)
     show_id,
     terminals,
 )
+from tests.support.server import start_thinserve
+from tests.support.waiting import wait_until
 from tests.unit.content import desktop_frame
 from thinserve.broker import BrokerConfig, ScreenKind
 from thinserve.reverse import connect_to_terminal
@@ -123,7 +124,7 @@ async def first_frame(terminal: SoftwareTerminal) -> None:
     """Until the terminal recorded a screen from thinserve (in connect mode thinserve
     draws it in its default size and scales it to the terminal's, so it is not
     compared pixel for pixel)."""
-    await wait_for(lambda: terminal.latest() is not None, 20, "the terminal's first frame")
+    await wait_until(lambda: terminal.latest() is not None, 20, "the terminal's first frame")
 
 
 @pytest_twisted.async_yield_fixture
@@ -160,7 +161,7 @@ async def test_the_terminal_proves_its_key_and_keeps_it_across_restarts(
 
     terminal = SoftwareTerminal(tmp_path, *terminal_args(port))
     terminals.append(terminal)
-    await wait_for(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
+    await wait_until(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
     proto = keyed.proto(terminal_id)
     assert proto.proven_key == fingerprint  # type: ignore[attr-defined]
     assert proto.conn.handshake_result.subtype == VeNCryptSubtype.X509_NONE  # type: ignore[attr-defined]
@@ -183,7 +184,7 @@ async def test_the_terminal_proves_its_key_and_keeps_it_across_restarts(
     # A restart: the same key, the same id, the same desktop at once.
     await terminal.stop()
     terminals.remove(terminal)
-    await wait_for(lambda: not keyed.connected(terminal_id), 20, "the old connection's end")
+    await wait_until(lambda: not keyed.connected(terminal_id), 20, "the old connection's end")
     shutil.rmtree(terminal.frames)
     assert show_id(tmp_path) == terminal_id
     assert fingerprint_of_key_file(key_file(tmp_path)) == fingerprint
@@ -217,7 +218,7 @@ async def test_a_wrong_ca_stops_the_connection_and_the_right_one_lets_it_through
 
     right = SoftwareTerminal(tmp_path, *terminal_args(port, "--ca", certificate[0]))
     terminals.append(right)
-    await wait_for(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
+    await wait_until(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
     assert keyed.proto(terminal_id).proven_key == fingerprint_of_key_file(key_file(tmp_path))  # type: ignore[attr-defined]
     assert keyed.shows_pairing(terminal_id)
     await first_frame(right)
@@ -236,7 +237,7 @@ async def test_a_changed_server_key_is_refused_until_its_line_is_deleted(
     terminal_id = show_id(tmp_path)
     terminal = SoftwareTerminal(tmp_path, *terminal_args(port))
     terminals.append(terminal)
-    await wait_for(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
+    await wait_until(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
     await first_frame(terminal)
     known = known_servers(tmp_path)
     first_line = f"{LOOPBACK}:{port} sha256:{fingerprint_of_certificate(first[0])}"
@@ -245,7 +246,7 @@ async def test_a_changed_server_key_is_refused_until_its_line_is_deleted(
     # The same address answers with another key.
     await keyed.close_port()
     keyed.proto(terminal_id).transport.abortConnection()  # type: ignore[attr-defined]
-    await wait_for(lambda: not keyed.connected(terminal_id), 20, "the connection's end")
+    await wait_until(lambda: not keyed.connected(terminal_id), 20, "the connection's end")
     second = server_certificate(tmp_path / "second")
     keyed.listen(second, port)
     found = await terminal.child.wait_for(r"not trusted: (.*)", timeout=30)
@@ -259,7 +260,7 @@ async def test_a_changed_server_key_is_refused_until_its_line_is_deleted(
     # What the administrator does once the new key is known to be right.
     kept = [line for line in known.read_text().splitlines() if line != first_line]
     known.write_text("".join(f"{line}\n" for line in kept))
-    await wait_for(lambda: keyed.connected(terminal_id), 60, "the terminal to trust the new key")
+    await wait_until(lambda: keyed.connected(terminal_id), 60, "the terminal to trust the new key")
     second_line = f"{LOOPBACK}:{port} sha256:{fingerprint_of_certificate(second[0])}"
     assert second_line in known.read_text().splitlines()
 
@@ -282,7 +283,7 @@ async def test_a_listening_terminal_proves_its_key_and_pins_the_server_that_dial
 
     # thinserve dials; the terminal is still the TLS client, and proves its key.
     await keyed.dial(first, port)
-    await wait_for(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
+    await wait_until(lambda: keyed.connected(terminal_id), 40, f"thinserve to know {terminal_id}")
     proto = keyed.proto(terminal_id)
     assert proto.proven_key == fingerprint_of_key_file(key_file(tmp_path))  # type: ignore[attr-defined]
     await first_frame(terminal)
@@ -293,7 +294,7 @@ async def test_a_listening_terminal_proves_its_key_and_pins_the_server_that_dial
 
     # Another key under that name is refused.
     proto.transport.abortConnection()  # type: ignore[attr-defined]
-    await wait_for(lambda: not keyed.connected(terminal_id), 20, "the connection's end")
+    await wait_until(lambda: not keyed.connected(terminal_id), 20, "the connection's end")
     await keyed.dial(server_certificate(tmp_path / "second"), port)
     found = await terminal.child.wait_for(r"not trusted: (.*)", timeout=30)
     assert f"delete the line for thinserve.test in {known}" in found.group(1)

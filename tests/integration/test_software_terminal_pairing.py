@@ -17,7 +17,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from tests.integration.relayparts import start_thinserve, wait_for
 from tests.integration.test_relay import _xterm_writing, desktop
 from tests.integration.test_software_terminal import Terminal as SoftwareTerminal
 from tests.integration.test_software_terminal import (  # noqa: F401  (fixtures)
@@ -26,7 +25,8 @@ from tests.integration.test_software_terminal import (  # noqa: F401  (fixtures)
     show_id,
     terminals,
 )
-from tests.realparts import wait_until
+from tests.support.server import start_thinserve
+from tests.support.waiting import wait_until
 from thinserve.broker import BrokerConfig, ScreenKind, ShowDesktop
 from thinserve.relay import screens
 
@@ -42,7 +42,7 @@ async def test_software_terminal_is_discovered_paired_and_types(
     server = xvnc(size=(640, 480))
     out = tmp_path / "typed.txt"
     _xterm_writing(server, out)
-    await threads.deferToThread(wait_until, out.exists, 20, "xterm to start", None)
+    await wait_until(out.exists, 20, "xterm to start")
     ts = await start_thinserve(
         [desktop("d1", server)], broker=BrokerConfig(), discovery_interfaces=("127.0.0.1",)
     )
@@ -55,7 +55,7 @@ async def test_software_terminal_is_discovered_paired_and_types(
     )  # fmt: skip
     terminals.append(terminal)
     try:
-        await wait_for(lambda: terminal_id in ts.hub.terminals, 40, "thinserve to dial it")
+        await wait_until(lambda: terminal_id in ts.hub.terminals, 40, "thinserve to dial it")
         shown = ts.hub.broker.assignment(terminal_id)
         assert shown.kind is ScreenKind.PAIRING
         pairing = screens.render(screens.pairing(terminal_id, shown.code, shown.message), 640, 480)
@@ -65,7 +65,7 @@ async def test_software_terminal_is_discovered_paired_and_types(
         desk = await threads.deferToThread(server.grab)
         await terminal.wait_for_frame(desk)
         terminal.send("move 60 40", "wait 0.5", f"type {script_text('paired and typing')}\\n")
-        await wait_for(lambda: out.read_text() == "paired and typing\n", 20, "typed text")
+        await wait_until(lambda: out.read_text() == "paired and typing\n", 20, "typed text")
         assert np.array_equal(terminal.latest().shape, desk.shape)
     finally:
         await ts.stopService()

@@ -15,11 +15,12 @@ import pytest_twisted
 from twisted.internet import threads
 
 from protocols.rfb.client import ClientEvent, UpdateDone
-from tests.integration.relayparts import Terminal, sleep, start_thinserve, wait_for
 from tests.integration.test_discovery import Publisher
 from tests.integration.test_relay import _xterm_writing, desktop
 from tests.integration.test_rfb_interop import office_frame
-from tests.realparts import wait_until
+from tests.support.server import start_thinserve
+from tests.support.terminal import Terminal
+from tests.support.waiting import sleep, wait_until
 from thinserve import rfbclient
 from thinserve.broker import BrokerConfig, ScreenKind, ShowDesktop, ShowScreen
 from thinserve.relay import screens
@@ -56,7 +57,7 @@ async def test_discovered_terminal_shows_its_code_is_paired_and_sees_its_desktop
         def dialled() -> list[str]:
             return [t for t, v in ts.hub.terminals.items() if v.info.name == "Front desk"]
 
-        await wait_for(lambda: bool(dialled()), 40, "thinserve to dial the terminal")
+        await wait_until(lambda: bool(dialled()), 40, "thinserve to dial the terminal")
         (tid,) = dialled()
         assert tid.startswith("viewer-127.0.0.1~") and "desk-7" not in ts.hub.terminals
         shown = ts.hub.broker.assignment(tid)
@@ -79,7 +80,7 @@ async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: 
     server = xvnc(size=(640, 480))
     out = tmp_path / "typed.txt"
     _xterm_writing(server, out)
-    await threads.deferToThread(wait_until, out.exists, 20, "xterm to start", None)
+    await wait_until(out.exists, 20, "xterm to start")
     config = BrokerConfig(unknown_terminal="login", hot_desk=True)
     ts = await start_thinserve([desktop("d1", server)], broker=config)
     try:
@@ -87,7 +88,7 @@ async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: 
         a = await Terminal().connect(ts.port_numbers[0], "127.0.0.2")
         assert ts.hub.broker.assignment("viewer-127.0.0.2").kind is ScreenKind.LOGIN
         a.type_text("alice\t4711\n")
-        await wait_for(
+        await wait_until(
             lambda: isinstance(ts.hub.broker.assignment("viewer-127.0.0.2"), ShowDesktop),
             10,
             "login at A",
@@ -95,10 +96,10 @@ async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: 
         a.pointer(60, 40)
         await sleep(0.3)
         a.type_text("work done at A\n")  # the desktop's state: text in its xterm
-        await wait_for(lambda: out.read_text() == "work done at A\n", 20, "typed text")
+        await wait_until(lambda: out.read_text() == "work done at A\n", 20, "typed text")
         b = await Terminal().connect(ts.port_numbers[0], "127.0.0.3")
         b.type_text("alice\t4711\n")
-        await wait_for(
+        await wait_until(
             lambda: isinstance(ts.hub.broker.assignment("viewer-127.0.0.3"), ShowDesktop),
             10,
             "login at B",
@@ -114,11 +115,11 @@ async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: 
         b.pointer(60, 40)
         await sleep(0.3)
         b.type_text("and at B\n")
-        await wait_for(lambda: out.read_text() == "work done at A\nand at B\n", 20, "B's text")
+        await wait_until(lambda: out.read_text() == "work done at A\nand at B\n", 20, "B's text")
         # A wrong PIN keeps the login screen and says so.
         c = await Terminal().connect(ts.port_numbers[0], "127.0.0.4")
         c.type_text("alice\twrong\n")
-        await wait_for(lambda: _notice(ts, "viewer-127.0.0.4") != "", 20, "the PIN's check")
+        await wait_until(lambda: _notice(ts, "viewer-127.0.0.4") != "", 20, "the PIN's check")
         refused = ts.hub.broker.assignment("viewer-127.0.0.4")
         assert isinstance(refused, ShowScreen) and refused.kind is ScreenKind.LOGIN
         assert refused.message == "Wrong user name or password."
@@ -132,8 +133,8 @@ async def test_hot_desk_desktop_follows_the_user_with_its_state(xvnc, tmp_path: 
 async def test_tigervnc_viewer_in_listen_mode_is_dialled_and_shows_the_desktop(
     xvnc, tigervnc_viewer
 ) -> None:
-    from tests.integration.relayparts import first_free
-    from tests.realparts import free_tcp_port
+    from tests.support.ports import free_tcp_port
+    from tests.support.server import first_free
 
     server = xvnc(size=(640, 480))
     frame = office_frame(640, 480)
@@ -188,7 +189,7 @@ async def test_other_terminals_keep_their_updates_while_a_login_is_checked(xvnc)
         ts.store.add_user(User("alice", "d1", time.time()), heavy)
         ts.hub.pair("viewer-127.0.0.3", "d2")
         watcher = await TimedTerminal().connect(ts.port_numbers[0], "127.0.0.3")
-        await wait_for(lambda: len(watcher.update_times) > 20, 20, "the counter to run")
+        await wait_until(lambda: len(watcher.update_times) > 20, 20, "the counter to run")
         a = await Terminal().connect(ts.port_numbers[0], "127.0.0.2")
         a.type_text("alice\t4711")
         submitted = time.time()
@@ -197,7 +198,7 @@ async def test_other_terminals_keep_their_updates_while_a_login_is_checked(xvnc)
         checking = screens.login_form("alice", 0, "secret", CHECKING, "viewer-127.0.0.2")
         await a.wait_screen(screens.render(checking, width, height))
         a.type_text("\n")  # a second submit while checking: ignored
-        await wait_for(
+        await wait_until(
             lambda: isinstance(ts.hub.broker.assignment("viewer-127.0.0.2"), ShowDesktop),
             30,
             "the login",

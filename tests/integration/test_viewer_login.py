@@ -34,13 +34,16 @@ from Xlib.error import XError
 from Xlib.ext import xtest
 
 from protocols.rfb.constants import VeNCryptSubtype
-from tests.integration.relayparts import Terminal, wait_for
 from tests.integration.test_relay import desktop
 from tests.integration.test_rfb_interop import office_frame
-from tests.realparts import XvncServer, diff_summary, need
-from tests.support.procs import spawn, wait_until
+from tests.support.need import need
+from tests.support.pixels import diff_summary
+from tests.support.procs import spawn
+from tests.support.terminal import Terminal
 from tests.support.viewer import VIEWER_OPTIONS, TigerViewer, start_xvfb
+from tests.support.waiting import wait_until, wait_until_blocking
 from tests.support.xscreen import open_display
+from tests.support.xvnc import XvncServer
 from thinserve import rfbclient
 from thinserve.broker import BrokerConfig
 from thinserve.broker.ratelimit import RateLimit
@@ -150,7 +153,7 @@ class LoginViewer:
             self.windows()
             return not self.viewer.viewer.alive()
 
-        wait_until(ended, timeout, "vncviewer to give up", interval=0.05)
+        wait_until_blocking(ended, timeout, "vncviewer to give up", interval=0.05)
 
     def wait_window(self, title: str, timeout: float = 30.0) -> int:
         """The id of the viewer's mapped window called ``title``, once it is up."""
@@ -160,7 +163,7 @@ class LoginViewer:
             self.windows()
             return window_id(display_name, title)
 
-        return wait_until(window, timeout, f"a window {title!r}", self.viewer.viewer)
+        return wait_until_blocking(window, timeout, f"a window {title!r}", self.viewer.viewer)
 
 
 @pytest.fixture
@@ -271,7 +274,7 @@ class LoginTerminal(Terminal):
         endpoint = f"{rfbclient.tcp('127.0.0.1', port)}:bindAddress={source}"
         self.proto = await rfbclient.connect(endpoint, options, self._on_event)
         self.proto.closed.addBoth(self._closed)
-        await wait_for(lambda: self.updates > 0 or self.closed, 20, "the login's answer")
+        await wait_until(lambda: self.updates > 0 or self.closed, 20, "the login's answer")
         assert not self.closed, f"the login from {source} was refused: {self.proto.error}"
 
 

@@ -25,20 +25,16 @@ from twisted.internet.interfaces import IListeningPort
 from protocols.rfb.client import ClientConnection, ServerInitReceived
 from protocols.rfb.constants import Encoding
 from protocols.rfb.limits import DEFAULT_LIMITS
-from tests.integration.relayparts import start_thinserve
+from tests.support.aio import as_deferred
+from tests.support.browser import browser_page, require_browser
 from tests.support.need import need
-from tests.support_browser import (
-    RawPeer,
-    RecordingSink,
+from tests.support.rawpeer import RawPeer, connect_raw
+from tests.support.server import start_thinserve
+from tests.support.waiting import wait_until
+from tests.support.webserve import RecordingSink, listen, self_signed_tls
+from tests.support.websocket import (
     WebSocketStream,
-    as_deferred,
-    browser_page,
     client_frame,
-    connect_raw,
-    eventually,
-    listen,
-    require_browser,
-    self_signed_tls,
     server_frames,
     split_response,
     upgrade_request,
@@ -492,7 +488,7 @@ async def test_the_largest_clipboard_fits_in_one_message() -> None:
         async def pasted() -> bool:
             return bool(served.sink.clipboard_texts) or peer.closed.called
 
-        assert await as_deferred(eventually(pasted, timeout=30))
+        await wait_until(pasted, 30, "the pasted text (or the connection's end)")
         assert not peer.closed.called, "the server closed the connection"
         assert served.sink.clipboard_texts == [text.decode("latin-1")]
         assert served.sessions[0].proto is not None

@@ -11,8 +11,9 @@ from PIL import Image
 
 def rgb_to_u32(rgb: np.ndarray) -> np.ndarray:
     """An (H, W, 3) uint8 array as an (H, W) uint32 array of 0x00RRGGBB."""
-    rgb = rgb.astype(np.uint32)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    wide = rgb.astype(np.uint32)
+    words: np.ndarray = (wide[..., 0] << 16) | (wide[..., 1] << 8) | wide[..., 2]
+    return words
 
 
 def u32_to_rgb(frame: np.ndarray) -> np.ndarray:
@@ -26,14 +27,6 @@ def read_image(source: Path | bytes) -> np.ndarray:
     handle = io.BytesIO(source) if isinstance(source, bytes) else source
     with Image.open(handle) as image:
         return rgb_to_u32(np.asarray(image.convert("RGB")))
-
-
-def write_png(frame: np.ndarray, path: Path) -> None:
-    Image.fromarray(u32_to_rgb(frame), "RGB").save(path)
-
-
-def distinct_colours(frame: np.ndarray) -> int:
-    return int(np.unique(frame).size)
 
 
 def diff_summary(got: np.ndarray, want: np.ndarray) -> str:

@@ -13,9 +13,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
-
-T = TypeVar("T")
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -102,30 +99,6 @@ def spawn(
             preexec_fn=_child_setup(),
         )
     return Spawned(Path(argv[0]).name, popen, log_path)
-
-
-def wait_until(
-    check: Callable[[], T | bool | None],
-    timeout: float,
-    what: str,
-    proc: Spawned | None = None,
-    interval: float = 0.1,
-) -> T:
-    """Poll check() until it returns neither None nor False; return that.
-
-    Raises RuntimeError if ``proc`` exits first, TimeoutError after ``timeout`` s.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result is not None and result is not False:
-            return result  # type: ignore[return-value]
-        if proc is not None and not proc.alive():
-            raise RuntimeError(f"while waiting for {what}: {proc.describe_exit()}")
-        if time.monotonic() >= deadline:
-            tail = f"\n{proc.name} log ends with:\n{proc.log_tail()}" if proc else ""
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}{tail}")
-        time.sleep(interval)
 
 
 def start_x_server(

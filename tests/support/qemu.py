@@ -7,14 +7,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from .pixels import read_image
 from .ports import LOOPBACK, free_tcp_port, rfb_banner
-from .procs import Spawned, spawn, wait_until
+from .procs import Spawned, spawn
 from .qmp import QmpClient
 from .tinylinux import PROMPT_MARK, TinyLinux
+from .waiting import WaitTimeout, wait_until_blocking
 
 QEMU = "qemu-system-x86_64"
 VNC_BASE_PORT = 5900
@@ -45,10 +47,10 @@ class QemuVM:
 
     def wait_serial(self, text: str, count: int = 1, timeout: float = 60.0) -> None:
         """Wait until ``text`` has appeared ``count`` times on the first serial port."""
-        wait_until(
+        wait_until_blocking(
             lambda: self.serial_text().count(text) >= count,
             timeout,
-            f"{count}x {text!r} on the VM's serial port (so far: {self.serial_text()[-300:]!r})",
+            lambda: f"{count}x {text!r} on the serial port (so far: {self.serial_text()[-300:]!r})",
             self.proc,
         )
 
@@ -112,7 +114,9 @@ def start_qemu(
         port = int(qmp.execute("query-vnc")["service"])
         kvm = bool(qmp.execute("query-kvm")["enabled"])
         vm = QemuVM(port, accel, kvm, workdir, proc, qmp, workdir / "serial.log")
-        wait_until(lambda: rfb_banner(LOOPBACK, port), timeout, f"QEMU VNC on {port}", proc)
+        wait_until_blocking(
+            lambda: rfb_banner(LOOPBACK, port), timeout, f"QEMU VNC on {port}", proc
+        )
     except BaseException:
         proc.stop()
         raise
@@ -126,11 +130,25 @@ def _connect_qmp(path: Path, timeout: float, proc: Spawned) -> QmpClient:
         except ConnectionRefusedError:
             return None
 
-    return wait_until(attempt, timeout, f"QMP socket {path}", proc)
+    return wait_until_blocking(attempt, timeout, f"QMP socket {path}", proc)
 
 
-def kvm_boots_linux(workdir: Path, linux: TinyLinux) -> bool:
-    """Whether this machine's KVM really runs a Linux guest (nested set-ups may hang)."""
+class Bootable(Protocol):
+    """A kernel and initramfs to boot (this package's TinyLinux, or the backends' own)."""
+
+    @property
+    def kernel(self) -> Path: ...
+
+    @property
+    def initrd(self) -> Path: ...
+
+    @property
+    def append(self) -> str: ...
+
+
+def kvm_boots_linux(workdir: Path, linux: Bootable, marker: str = PROMPT_MARK) -> bool:
+    """Whether this machine's KVM really runs a Linux guest (nested set-ups may hang):
+    the guest must write ``marker`` to its serial port within the probe's time."""
     workdir.mkdir(parents=True, exist_ok=True)
     serial = workdir / "serial.log"
     argv = [QEMU, "-display", "none", "-nodefaults", "-m", "128", "-machine", "accel=kvm"]
@@ -138,24 +156,27 @@ def kvm_boots_linux(workdir: Path, linux: TinyLinux) -> bool:
     argv += ["-initrd", str(linux.initrd), "-append", linux.append]
     proc = spawn(argv, workdir / "qemu.log")
     try:
-        wait_until(
-            lambda: serial.exists() and PROMPT_MARK in serial.read_text(),
+        wait_until_blocking(
+            lambda: serial.exists() and marker in serial.read_text(errors="replace"),
             KVM_PROBE_SECONDS,
             "a KVM guest",
             proc,
         )
-    except (TimeoutError, RuntimeError):
+    except (WaitTimeout, RuntimeError):
         return False
     finally:
         proc.stop()
     return True
 
 
-def choose_accel(workdir: Path, linux: TinyLinux | None) -> str:
-    """'kvm:tcg' when KVM is there and boots the tiny Linux, else 'tcg'."""
+def choose_accel(workdir: Path, linux: Bootable | None, marker: str = PROMPT_MARK) -> str:
+    """'kvm:tcg' when KVM is there and boots ``linux`` (up to ``marker``), else 'tcg'.
+
+    ``THINSERVE_QEMU_ACCEL`` forces the answer without a probe.
+    """
     forced = os.environ.get(ACCEL_ENV)
     if forced:
         return forced
     if not kvm_openable() or linux is None:
         return "tcg"
-    return "kvm:tcg" if kvm_boots_linux(workdir, linux) else "tcg"
+    return "kvm:tcg" if kvm_boots_linux(workdir, linux, marker) else "tcg"

@@ -13,8 +13,9 @@ real slow link) and reads again below ``LOW_WATER``.
 
 from __future__ import annotations
 
-from twisted.internet import endpoints, protocol, reactor
-from twisted.internet.interfaces import IDelayedCall, ITransport
+from twisted.internet import endpoints, protocol
+
+from .reactor import DelayedCall, ListeningPort, Transport, running_reactor, transport_of
 
 BURST = 8 * 1024  # bytes the bucket holds at most
 HIGH_WATER = 64 * 1024  # bytes held before the sending side is paused
@@ -56,8 +57,8 @@ class Pipe:
         self.held = bytearray()
         self.forwarded = 0  # bytes written to the sink so far
         self.source: protocol.Protocol | None = None
-        self.sink: ITransport | None = None
-        self._timer: IDelayedCall | None = None
+        self.sink: Transport | None = None
+        self._timer: DelayedCall | None = None
         self._paused = False
 
     def feed(self, data: bytes) -> None:
@@ -70,7 +71,7 @@ class Pipe:
         self._timer = None
         if self.sink is None or not self.held:
             return
-        count = self.bucket.take(len(self.held), reactor.seconds())  # type: ignore[attr-defined]
+        count = self.bucket.take(len(self.held), running_reactor().seconds())
         if count:
             self.sink.write(bytes(self.held[:count]))
             del self.held[:count]
@@ -79,13 +80,13 @@ class Pipe:
             self._pause_source(False)
         if self.held and self._timer is None:
             delay = self.bucket.wait(len(self.held))
-            self._timer = reactor.callLater(delay, self.pump)  # type: ignore[attr-defined]
+            self._timer = running_reactor().callLater(delay, self.pump)
 
     def _pause_source(self, pause: bool) -> None:
         self._paused = pause
-        transport = getattr(self.source, "transport", None)
-        if transport is None:
+        if self.source is None or self.source.transport is None:
             return
+        transport = transport_of(self.source)
         if pause:
             transport.pauseProducing()
         else:
@@ -120,7 +121,7 @@ class Link:
     """One terminal's connection through the proxy: client side, target side."""
 
     def __init__(self, throttle: Throttle) -> None:
-        now = reactor.seconds()  # type: ignore[attr-defined]
+        now = running_reactor().seconds()
         self.throttle = throttle
         self.up = Pipe(TokenBucket(throttle.byte_rate, BURST, now))  # client -> target
         self.down = Pipe(TokenBucket(throttle.byte_rate, BURST, now))  # target -> client
@@ -131,15 +132,18 @@ class Link:
 
     def connect_target(self) -> None:
         """The client is in: connect to the target (the client's bytes wait meanwhile)."""
-        self.down.sink = self.client.transport
+        self.down.sink = transport_of(self.client)
         endpoint = endpoints.TCP4ClientEndpoint(
-            reactor, "127.0.0.1", self.throttle.target_port, bindAddress=(self.throttle.source, 0)
+            running_reactor(),
+            "127.0.0.1",
+            self.throttle.target_port,
+            bindAddress=(self.throttle.source, 0),
         )
         connecting = endpoints.connectProtocol(endpoint, self.target)
         connecting.addCallbacks(self._target_connected, lambda failure: self.close())
 
     def _target_connected(self, target: protocol.Protocol) -> None:
-        self.up.sink = target.transport
+        self.up.sink = transport_of(target)
         self.up.pump()
 
     def set_rate(self, byte_rate: float | None) -> None:
@@ -155,14 +159,14 @@ class Link:
             pipe.stop()
         for side in (self.client, self.target):
             if side.transport is not None:
-                side.transport.loseConnection()
+                transport_of(side).loseConnection()
 
 
-class _Listener(protocol.Factory):
+class _Listener(protocol.Factory[_ClientSide]):
     def __init__(self, throttle: Throttle) -> None:
         self.throttle = throttle
 
-    def buildProtocol(self, addr: object) -> protocol.Protocol:
+    def buildProtocol(self, addr: object) -> _ClientSide:
         link = Link(self.throttle)
         self.throttle.links.append(link)
         return link.client
@@ -178,7 +182,9 @@ class Throttle:
         self.source = source  # the address the target sees connections come from
         self.byte_rate = _byte_rate(bits_per_second)
         self.links: list[Link] = []
-        self._port = reactor.listenTCP(0, _Listener(self), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self._port: ListeningPort = running_reactor().listenTCP(
+            0, _Listener(self), interface="127.0.0.1"
+        )
 
     @property
     def port(self) -> int:

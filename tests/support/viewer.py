@@ -14,9 +14,11 @@ from Xlib import X
 from Xlib.display import Display
 from Xlib.error import XError
 
+from .need import need
 from .ports import tcp_listening
-from .procs import Spawned, spawn, start_x_server, wait_until
+from .procs import Spawned, spawn, start_x_server
 from .vncauth import make_password_file
+from .waiting import wait_until_blocking
 from .xscreen import grab_root, open_display
 
 SCREEN = (1920, 1200)  # the Xvfb screen; larger than any framebuffer it is to show
@@ -63,7 +65,7 @@ class TigerViewer:
 
     def grab_framebuffer(self) -> np.ndarray:
         """The pixels inside the viewer window (the remote framebuffer it shows)."""
-        box = wait_until(self.window_box, 10.0, "the vncviewer window", self.viewer)
+        box = wait_until_blocking(self.window_box, 10.0, "the vncviewer window", self.viewer)
         return grab_root(self.display_name, box)
 
     def wait_for_frame(
@@ -124,6 +126,13 @@ def _largest_mapped_child(display: Display) -> Box | None:
     return best if best is not None and best[2] * best[3] > 1 else None
 
 
+def need_viewer() -> None:
+    """Xvfb, vncviewer and vncpasswd must be there (see ``need``)."""
+    need("Xvfb", "to give vncviewer a screen")
+    need("vncviewer", "to see what a real VNC viewer shows")
+    need("vncpasswd", "to make VNC password files")
+
+
 def start_xvfb(workdir: Path, screen: tuple[int, int] = SCREEN) -> tuple[Spawned, int]:
     argv = ["Xvfb", "-screen", "0", f"{screen[0]}x{screen[1]}x24", "-nolisten", "tcp", "-noreset"]
     return start_x_server(argv, workdir / "Xvfb.log")
@@ -155,7 +164,7 @@ def start_viewer(
     result = TigerViewer(xvfb, display, viewer, workdir, listen_port)
     if listen_port is not None:
         try:
-            wait_until(
+            wait_until_blocking(
                 lambda: tcp_listening(listen_port),
                 10.0,
                 f"vncviewer to listen on {listen_port}",
@@ -181,6 +190,7 @@ def tigervnc_viewer_capture(
     settled one after ``timeout`` seconds; everything started is stopped.  Logs are
     kept in a new folder under ``workdir`` when given, else thrown away.
     """
+    need_viewer()
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="viewer-") as tmp:
             return _capture_in(Path(tmp), f"{host}::{port}", password, until, timeout)

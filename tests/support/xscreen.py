@@ -77,12 +77,3 @@ def grab_root(display_name: str, box: tuple[int, int, int, int] | None = None) -
         return words & np.uint32(0x00FFFFFF)
     finally:
         display.close()
-
-
-def screen_size(display_name: str) -> tuple[int, int]:
-    display = open_display(display_name)
-    try:
-        screen = display.screen()
-        return int(screen.width_in_pixels), int(screen.height_in_pixels)
-    finally:
-        display.close()

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .need import need
 from .ports import LOOPBACK, free_tcp_port, rfb_banner
-from .procs import Spawned, spawn, start_x_server, wait_until
+from .procs import Spawned, spawn, start_x_server
 from .vncauth import make_password_file
+from .waiting import wait_until_blocking
 from .xscreen import grab_root, paint_root
 
 START_ATTEMPTS = 3  # a port picked free can be taken before Xvnc binds it
@@ -76,6 +78,12 @@ class XvncServer:
         self.proc.stop()
 
 
+def need_xvnc() -> None:
+    """Xvnc and vncpasswd must be there (see ``need``)."""
+    need("Xvnc", "to run a real VNC server")
+    need("vncpasswd", "to make VNC password files")
+
+
 def start_xvnc(
     workdir: Path,
     size: tuple[int, int] = (640, 480),
@@ -121,7 +129,9 @@ def _start_once(
             raise PortTaken(str(error)) from error
         raise
     try:
-        wait_until(lambda: rfb_banner(LOOPBACK, port), timeout, f"Xvnc RFB on {port}", proc)
+        wait_until_blocking(
+            lambda: rfb_banner(LOOPBACK, port), timeout, f"Xvnc RFB on {port}", proc
+        )
     except BaseException:
         proc.stop()
         raise

@@ -20,6 +20,7 @@ from protocols.rfb.encodings import RECT_ENCODINGS, Rect
 from protocols.rfb.errors import ProtocolError
 from protocols.rfb.pixelformat import BGR233, COLOUR_MAP_8, NATIVE, RGB565, PixelCodec, PixelFormat
 from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerConnection
+from tests.support.pump import End, pump
 
 from .content import desktop_frame
 
@@ -38,20 +39,18 @@ class Pair:
         self.pump()
 
     def pump(self) -> None:
-        for _ in range(1000):
-            to_server = self.client.data_to_send()
-            to_client = self.server.data_to_send()
-            if not to_server and not to_client:
-                return
-            if to_server:
-                for event in self.server.receive_data(to_server):
-                    self.server_events.append(event)
-                    if isinstance(event, m.ClientInit):
-                        h, w = self.frame.shape
-                        self.server.server_init(w, h, "test desktop")
-            if to_client:
-                self.client_events.extend(self.client.receive_data(to_client))
-        raise AssertionError("connections did not settle")
+        client = End(self.client.data_to_send, self._to_client)
+        pump(client, End(self.server.data_to_send, self._to_server))
+
+    def _to_server(self, data: bytes) -> None:
+        for event in self.server.receive_data(data):
+            self.server_events.append(event)
+            if isinstance(event, m.ClientInit):
+                h, w = self.frame.shape
+                self.server.server_init(w, h, "test desktop")
+
+    def _to_client(self, data: bytes) -> None:
+        self.client_events.extend(self.client.receive_data(data))
 
     def take_server(self, kind: type) -> list:
         found = [e for e in self.server_events if isinstance(e, kind)]

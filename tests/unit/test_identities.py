@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -143,7 +144,7 @@ def test_beyond_loopback_only_x509_subtypes_are_offered_by_default() -> None:
         assert not offered & {257, 258, 259}  # anonymous TLS: never
 
 
-def test_web_listeners_beyond_loopback_become_https(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_web_listeners_beyond_loopback_become_https(tmp_path: Path) -> None:
     cert = ServerCertificate.ensure(tmp_path / "tls:dir")
     key, crt = cert.key_file.replace(":", "\\:"), cert.cert_file.replace(":", "\\:")
     assert https_description("tcp:port=5800:interface=127.0.0.1", cert) is None
@@ -157,14 +158,15 @@ def test_web_listeners_beyond_loopback_become_https(tmp_path) -> None:  # type: 
     )
 
 
-def test_the_server_certificate_is_made_once_and_kept_private(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_the_server_certificate_is_made_once_and_kept_private(tmp_path: Path) -> None:
     first = ServerCertificate.for_database(str(tmp_path / "state" / "thinserve.db"))
     again = ServerCertificate.for_database(str(tmp_path / "state" / "thinserve.db"))
     assert first == again and first.fingerprint == again.fingerprint
     assert os.stat(first.key_file).st_mode & 0o077 == 0
     with open(first.key_file, "rb") as pem:
-        der = serialization.load_pem_private_key(pem.read(), None)
-    assert first.fingerprint == fingerprint(spki_of(der))  # type: ignore[arg-type]
+        key = serialization.load_pem_private_key(pem.read(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert first.fingerprint == fingerprint(spki_of(key))
 
 
 @pytest.mark.parametrize(
@@ -176,7 +178,9 @@ def test_the_server_certificate_is_made_once_and_kept_private(tmp_path) -> None:
         ({"address_pairing": ["10.1.2.0/33"]}, "not a subnet"),
     ],
 )
-def test_link_security_config_errors_say_what_to_write(server: dict, message: str) -> None:
+def test_link_security_config_errors_say_what_to_write(
+    server: dict[str, object], message: str
+) -> None:
     data = {"server": server, "desktop": [{"name": "d", "address": "127.0.0.1:5901"}]}
     with pytest.raises(ConfigError, match=message):
         from_dict(data)
@@ -236,8 +240,8 @@ def test_a_keyless_viewer_is_known_by_address_only_where_the_admin_chose() -> No
 # -- the broker: handshake logins, connections forgotten, address bindings ---------------------
 
 
-def site(**config: object) -> Broker:
-    broker = Broker(SqliteStore(), BrokerConfig(**config), hasher=CHEAP)  # type: ignore[arg-type]
+def site(config: BrokerConfig | None = None) -> Broker:
+    broker = Broker(SqliteStore(), config or BrokerConfig(), hasher=CHEAP)
     for name in ("d1", "d2"):
         broker.register_desktop(name, "xvnc")
     return broker
@@ -257,7 +261,7 @@ def check(broker: Broker, source: str, user: str, secret: str) -> str | None:
 
 
 def test_a_handshake_login_is_checked_limited_per_source_and_audited() -> None:
-    broker = site(hot_desk=True)
+    broker = site(BrokerConfig(hot_desk=True))
     broker.add_user("alice", "right-secret", "admin", desktop="d1")
     assert check(broker, "10.0.0.9", "alice", "wrong") == "Wrong user name or password."
     for _ in range(4):
@@ -276,7 +280,7 @@ def test_a_handshake_login_is_checked_limited_per_source_and_audited() -> None:
 
 def test_handshake_logins_need_hot_desking_and_a_desktop() -> None:
     assert check(site(), "10.0.0.9", "alice", "x") == "User logins are not enabled on this server."
-    broker = site(hot_desk=True)
+    broker = site(BrokerConfig(hot_desk=True))
     broker.add_user("carol", "her-secret", "admin")
     refused = check(broker, "10.0.0.9", "carol", "her-secret")
     assert refused is not None and "No desktop is set up for carol" in refused
@@ -387,7 +391,7 @@ def test_a_new_key_under_a_paired_terminal_s_name_is_told_why() -> None:
 def test_login_form_guesses_are_limited_per_address_across_reconnections() -> None:
     """Each connection of a keyless viewer is a terminal of its own: a guesser
     that reconnects meets the limit for its address."""
-    broker = site(hot_desk=True, unknown_terminal="login")
+    broker = site(BrokerConfig(hot_desk=True, unknown_terminal="login"))
     broker.add_user("alice", "right-secret", "admin", desktop="d1")
 
     def attempt(terminal: str, secret: str) -> object:

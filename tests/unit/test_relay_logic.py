@@ -8,11 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.rfb.encodings import Rect
+from protocols.rfb.server import Cursor
 from thinserve.config import ConfigError, address_to_endpoint, from_dict
 from thinserve.damage import Damage, changed_tiles, grid_rects
 from thinserve.relay.scaling import ScaledSource
 from thinserve.relay.screens import ScreenText, render
-from thinserve.relay.source import Source
+from thinserve.relay.source import Copy, Source
 
 from .content import desktop_frame
 
@@ -75,10 +76,21 @@ def test_scaled_view_follows_damage_and_maps_pointer() -> None:
     seen: list[np.ndarray] = []
 
     class Listener:
+        """Records the tiles the view reports changed; nothing else happens here."""
+
         def on_damage(self, grid: np.ndarray) -> None:
             seen.append(grid.copy())
 
-    view.subscribe(Listener())  # type: ignore[arg-type]
+        def on_update(self, copies: list[Copy], rects: list[Rect], grid: np.ndarray) -> None:
+            self.on_damage(grid)
+
+        def on_resize(self) -> None: ...
+        def on_cursor(self, cursor: Cursor) -> None: ...
+        def on_clipboard(self, text: str) -> None: ...
+        def on_bell(self) -> None: ...
+        def on_resize_refused(self) -> None: ...
+
+    view.subscribe(Listener())
     changed = inner.framebuffer.copy()
     changed[100:120, 200:240] = 0x00FF00FF
     inner.set_frame(changed)
@@ -157,7 +169,7 @@ def test_config_defaults_and_full_file() -> None:
         ({}, "no desktops"),
     ],
 )
-def test_config_errors_say_what_to_change(data: dict, message: str) -> None:
+def test_config_errors_say_what_to_change(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         from_dict(data)
 

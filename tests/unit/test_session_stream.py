@@ -10,6 +10,7 @@ from protocols.rfb import messages as m
 from protocols.rfb.client import ClientConnection, UpdateDone
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
+from tests.support.pump import End, pump
 from thinserve.relay.session import TerminalSession
 from thinserve.relay.source import Source
 from thinserve.rfbserver import RFBServerProtocol, ServerOptions
@@ -49,17 +50,16 @@ class Wire:
 
     def pump(self) -> None:
         """Exchange bytes until both sides are quiet (the clock does not move)."""
-        for _ in range(100):
-            to_client = self.transport.value()
-            self.transport.clear()
-            to_server = self.client.data_to_send()
-            if not to_client and not to_server:
-                return
-            if to_client:
-                self.events += self.client.receive_data(to_client)
-            if to_server:
-                self.proto.dataReceived(to_server)
-        raise AssertionError("the connection did not settle")
+        server = End(self._written, self.proto.dataReceived)
+        pump(server, End(self.client.data_to_send, self._to_client))
+
+    def _written(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def _to_client(self, data: bytes) -> None:
+        self.events += self.client.receive_data(data)
 
     def turn(self) -> None:
         """One turn of the reactor: the next slice goes."""

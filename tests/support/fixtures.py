@@ -1,16 +1,17 @@
-"""Fixtures and helpers that run REAL external programs for integration tests.
+"""pytest fixtures that run REAL external programs for the integration tests.
 
 Everything listens on loopback only, on ports and X displays found at run time,
 waits for readiness with bounded timeouts, and is stopped (whole process group)
 when the test ends, pass or fail.  A missing program fails the test in CI and
-skips it elsewhere (see :func:`need`).
+skips it elsewhere (see ``need``).  tests/conftest.py loads this module as a
+plugin.
 
 Fixtures (factories: call them, as often as needed, to start things):
 
-- ``xvnc(size=(640, 480), password=None, extra_args=())`` -> :class:`XvncServer`
-- ``qemu_vm(linux=False, memory_mb=128, extra_args=())`` -> :class:`QemuVM`
-- ``tigervnc_viewer(server=None, listen_port=None, password=None)`` -> :class:`TigerViewer`
-- ``tiny_linux`` (session): the kernel + busybox initramfs :class:`TinyLinux`
+- ``xvnc(size=(640, 480), password=None, extra_args=())`` -> ``xvnc.XvncServer``
+- ``qemu_vm(linux=False, memory_mb=128, extra_args=())`` -> ``qemu.QemuVM``
+- ``tigervnc_viewer(server=None, listen_port=None, password=None)`` -> ``viewer.TigerViewer``
+- ``tiny_linux`` (session): the kernel + busybox initramfs ``tinylinux.TinyLinux``
 - ``qemu_accel`` (session): "kvm:tcg" when KVM really boots Linux here, else "tcg"
 """
 
@@ -20,70 +21,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-import numpy as np
 import pytest
 
-from tests.support import tinylinux
-from tests.support import viewer as _viewer
-from tests.support.need import in_ci, need
-from tests.support.pixels import diff_summary, read_image, rgb_to_u32, u32_to_rgb
-from tests.support.ports import free_display, free_tcp_port
-from tests.support.procs import wait_until
-from tests.support.qemu import QemuVM, choose_accel, start_qemu
-from tests.support.tinylinux import PROMPT_MARK, TinyLinux
-from tests.support.viewer import TigerViewer, start_viewer
-from tests.support.vncauth import make_password_file
-from tests.support.vncdo import vncdo, vncdo_capture
-from tests.support.xvnc import XvncServer, start_xvnc
-
-__all__ = [
-    "PROMPT_MARK",
-    "QemuVM",
-    "TigerViewer",
-    "TinyLinux",
-    "XvncServer",
-    "diff_summary",
-    "free_display",
-    "free_tcp_port",
-    "in_ci",
-    "need",
-    "qemu_accel",
-    "qemu_vm",
-    "read_image",
-    "rgb_to_u32",
-    "tigervnc_viewer",
-    "tigervnc_viewer_capture",
-    "tiny_linux",
-    "u32_to_rgb",
-    "vncdo",
-    "vncdo_capture",
-    "wait_until",
-    "xvnc",
-]
-
-
-def need_xvnc() -> None:
-    need("Xvnc", "to run a real VNC server")
-    need("vncpasswd", "to make VNC password files")
-
-
-def need_viewer() -> None:
-    need("Xvfb", "to give vncviewer a screen")
-    need("vncviewer", "to see what a real VNC viewer shows")
-    need("vncpasswd", "to make VNC password files")
-
-
-def tigervnc_viewer_capture(
-    host: str,
-    port: int,
-    password: str | None = None,
-    until: Callable[[np.ndarray], bool] | None = None,
-    timeout: float = 30.0,
-    workdir: Path | None = None,
-) -> np.ndarray:
-    """What TigerVNC's vncviewer (on a private Xvfb) shows of host:port, 0x00RRGGBB."""
-    need_viewer()
-    return _viewer.tigervnc_viewer_capture(host, port, password, until, timeout, workdir)
+from . import tinylinux
+from .need import need
+from .qemu import QemuVM, choose_accel, start_qemu
+from .tinylinux import TinyLinux
+from .viewer import TigerViewer, need_viewer, start_viewer
+from .vncauth import make_password_file
+from .xvnc import XvncServer, need_xvnc, start_xvnc
 
 
 class Stoppable(Protocol):

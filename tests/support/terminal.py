@@ -1,17 +1,15 @@
-"""Helpers for relay tests: thinserve in-process, and terminals that watch it.
+"""A terminal connected to thinserve: thinserve's own RFB client, as a terminal would be.
 
-A :class:`Terminal` is thinserve's own RFB client connected to thinserve as
-a terminal would be: it keeps asking for updates and records what arrives,
-so a test can wait until its screen shows something.
+It keeps asking for updates and records what arrives, so a test can wait
+until its screen shows something.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-from twisted.internet import reactor, task
+from twisted.internet import protocol
 
 from protocols.rfb.client import (
     ClientEvent,
@@ -22,9 +20,10 @@ from protocols.rfb.client import (
 from protocols.rfb.constants import Encoding, SecurityType
 from protocols.rfb.server import ClipboardText
 from thinserve import rfbclient
-from thinserve.broker import BrokerConfig
-from thinserve.config import Config, DesktopConfig
-from thinserve.service import ThinServe
+
+from .pixels import diff_summary
+from .reactor import running_reactor, transport_of
+from .waiting import wait_until
 
 TERMINAL_ENCODINGS = (
     Encoding.ZRLE,
@@ -36,57 +35,6 @@ TERMINAL_ENCODINGS = (
     Encoding.EXTENDED_DESKTOP_SIZE,
     Encoding.EXTENDED_CLIPBOARD,
 )
-
-
-def first_free(desktops: Sequence[DesktopConfig]) -> BrokerConfig:
-    """Every terminal gets the first free desktop (a pool of them all)."""
-    names = tuple(d.name for d in desktops)
-    return BrokerConfig(unknown_terminal="pool", pools={"all": names}, default_pool="all")
-
-
-async def start_thinserve(
-    desktops: Sequence[DesktopConfig],
-    broker: BrokerConfig | None = None,
-    web: bool = False,
-    database: str = ":memory:",
-    discovery_interfaces: tuple[str, ...] | None = None,
-    dial: tuple[str, ...] = (),
-    address_pairing: tuple[str, ...] = ("127.0.0.0/8",),
-) -> ThinServe:
-    """thinserve in this process; terminals get desktops by ``broker`` (default:
-    first free).  Discovery runs only when interfaces are given.  Keyless
-    viewers on loopback are known by address (``viewer-127.0.0.N``), as an
-    admin may choose for a subnet, unless ``address_pairing`` says otherwise."""
-    config = Config(
-        listen=("tcp:port=0:interface=127.0.0.1",),
-        web_listen=("tcp:port=0:interface=127.0.0.1",) if web else (),
-        broker=broker or first_free(desktops),
-        database=database,
-        admin_socket="",  # no admin API unless a test asks for one
-        discovery=discovery_interfaces is not None,
-        discovery_interfaces=discovery_interfaces or (),
-        dial=dial,
-        address_pairing=address_pairing,
-        desktops=tuple(desktops),
-        local_desktops=(),
-        source="test",
-    )
-    server = ThinServe(config, reactor)
-    await server.startService()
-    return server
-
-
-async def sleep(seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        await sleep(0.05)
-
 
 # A keyless viewer on loopback, as vncdotool or a VNC viewer set to None is.
 PLAIN_VIEWER = rfbclient.ClientOptions(methods=(SecurityType.NONE,))
@@ -112,12 +60,11 @@ class Terminal:
         endpoint = f"{rfbclient.tcp('127.0.0.1', port)}:bindAddress={source}"
         self.proto = await rfbclient.connect(endpoint, PLAIN_VIEWER, self._on_event)
         self.proto.closed.addBoth(self._closed)
-        await wait_for(lambda: self.updates > 0, 20, "the first update")
+        await wait_until(lambda: self.updates > 0, 20, "the first update")
         return self
 
     def listen(self) -> int:
         """Listen like a VNC "listening viewer"; thinserve connects to us."""
-        from twisted.internet import protocol
 
         def build() -> rfbclient.RFBClientProtocol:
             proto = rfbclient.RFBClientProtocol(PLAIN_VIEWER, self._on_event)
@@ -126,7 +73,7 @@ class Terminal:
             return proto
 
         factory = protocol.Factory.forProtocol(build)
-        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.listening = running_reactor().listenTCP(0, factory, interface="127.0.0.1")
         return self.listening.getHost().port
 
     def _closed(self, reason: object) -> None:
@@ -152,10 +99,13 @@ class Terminal:
         return self.proto.conn.framebuffer
 
     async def wait_screen(self, want: np.ndarray, timeout: float = 20) -> None:
-        await wait_for(
+        await wait_until(
             lambda: self.framebuffer.shape == want.shape and np.array_equal(self.framebuffer, want),
             timeout,
-            "the terminal to show the expected picture",
+            lambda: (
+                "the terminal to show the expected picture "
+                f"({diff_summary(self.framebuffer, want)})"
+            ),
         )
 
     def type_text(self, text: str) -> None:
@@ -181,7 +131,7 @@ class Terminal:
 
     def close(self) -> None:
         if self.proto is not None and self.proto.transport is not None:
-            self.proto.transport.loseConnection()
+            transport_of(self.proto).loseConnection()
 
     def abort(self) -> None:
         """Vanish without a goodbye, as a terminal whose cable is pulled."""

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from twisted.application.internet import backoffPolicy
+
 
 @dataclass(frozen=True)
 class PoolPolicy:
@@ -74,5 +76,10 @@ class DesktopsConfig:
         return self.pools.get(pool) or PoolPolicy()
 
     def retry_after(self, failures: int) -> float:
-        """Seconds to wait after ``failures`` failures in a row: doubling, capped."""
-        return min(self.retry_delay * 2.0 ** max(failures - 1, 0), self.retry_max)
+        """Seconds to wait after ``failures`` failures in a row: doubling, capped.
+
+        Twisted's backoff policy, without jitter: the delay is shown on the
+        terminal's screen and in the log, and a desktop retries alone.
+        """
+        policy = backoffPolicy(self.retry_delay, self.retry_max, factor=2.0, jitter=lambda: 0.0)
+        return policy(max(failures - 1, 0))

@@ -6,11 +6,9 @@ child on 127.0.0.1, and Avahi inside a network namespace the test creates.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from twisted.internet.task import deferLater
 from protocols.rfb.client import ServerInitReceived, UpdateDone
 from protocols.rfb.constants import Encoding, SecurityType
 from protocols.terminal import SERVICE_TYPE, TerminalAdvert
+from tests.support.adverts import ZeroconfPublisher
 from tests.support.avahi import AVAHI_PACKAGES, PrivateAvahi, avahi_problem, resolved_services
 from tests.support.children import Child, run
 from tests.support.need import need
@@ -290,56 +289,6 @@ async def test_connector_backs_off_from_a_terminal_that_drops_it_until_a_connect
 
 
 # -- zeroconf between two processes on loopback ---------------------------------------------------
-PUBLISHER = r"""
-import asyncio, json, sys
-from zeroconf import IPVersion, ServiceInfo
-from zeroconf.asyncio import AsyncZeroconf
-
-TYPE = sys.argv[1]
-
-def info_for(cmd):
-    return ServiceInfo(
-        TYPE, cmd["name"] + "." + TYPE, port=cmd["port"], properties=cmd["properties"],
-        parsed_addresses=cmd["addresses"], server=cmd["name"] + ".local.",
-    )
-
-async def main():
-    zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
-    loop = asyncio.get_running_loop()
-    print("ready", flush=True)
-    while line := await loop.run_in_executor(None, sys.stdin.readline):
-        cmd = json.loads(line)
-        if cmd["op"] == "register":
-            await (await zc.async_register_service(info_for(cmd)))
-        elif cmd["op"] == "update":
-            # Announce twice, a second apart, as RFC 6762 (8.3, 8.4) asks of an
-            # update, so the cache-flush also covers records refreshed just
-            # before the change (python-zeroconf's own repeats come 225 ms apart).
-            await (await zc.async_update_service(info_for(cmd)))
-            await asyncio.sleep(1.1)
-            await (await zc.async_update_service(info_for(cmd)))
-        elif cmd["op"] == "unregister":
-            await (await zc.async_unregister_service(info_for(cmd)))
-        print("done", cmd["seq"], flush=True)
-    await zc.async_close()
-
-asyncio.run(main())
-"""
-
-
-class Publisher:
-    """A terminal in another process, publishing with python-zeroconf on 127.0.0.1."""
-
-    def __init__(self) -> None:
-        self.child = Child.spawn([sys.executable, "-c", PUBLISHER, SERVICE_TYPE])
-        self.seq = 0
-
-    async def send(self, op: str, name: str, port: int, address: str, **props: str) -> None:
-        self.seq += 1
-        command = {"op": op, "seq": self.seq, "name": name, "port": port}
-        command.update(addresses=[address], properties=props)
-        self.child.write(json.dumps(command))
-        await self.child.wait_for(rf"done {self.seq}\n", timeout=15)
 
 
 class Events:
@@ -387,9 +336,9 @@ async def test_browser_follows_a_terminal_published_by_another_process(
     events = Events(prefix)
     browser = events.browser(interfaces=[LOOPBACK], ipv4_only=True, settle_delay=1.2)
     await browser.start()
-    publisher = Publisher()
+    publisher = ZeroconfPublisher(SERVICE_TYPE, "127.0.0.1")
     try:
-        await publisher.child.wait_for("ready")
+        await publisher.ready()
         await publisher.send("register", name, 5901, LOOPBACK, **VALID)
         await publisher.send("register", newer, 5901, LOOPBACK, **{**VALID, "proto": "3"})
         await publisher.send("register", broken, 5901, LOOPBACK, **{**VALID, "screen": "huge"})

@@ -36,6 +36,13 @@ async def main():
         cmd = json.loads(line)
         if cmd["op"] == "register":
             await (await zc.async_register_service(info_for(cmd)))
+        elif cmd["op"] == "update":
+            # Announce twice, a second apart, as RFC 6762 (8.3, 8.4) asks of an
+            # update, so the cache-flush also covers records refreshed just
+            # before the change (python-zeroconf's own repeats come 225 ms apart).
+            await (await zc.async_update_service(info_for(cmd)))
+            await asyncio.sleep(1.1)
+            await (await zc.async_update_service(info_for(cmd)))
         elif cmd["op"] == "unregister":
             await (await zc.async_unregister_service(info_for(cmd)))
         print("done", cmd["seq"], flush=True)
@@ -61,13 +68,19 @@ class ZeroconfPublisher:
         await self.child.wait_for(r"ready\n", timeout)
 
     async def send(
-        self, op: str, name: str, port: int, address: str, host: str, **properties: str
+        self,
+        op: str,
+        name: str,
+        port: int,
+        address: str,
+        host: str | None = None,
+        **properties: str,
     ) -> None:
-        """``op`` "register" or "unregister" the service ``name`` at
-        ``address``:``port`` (host name ``host``.local) with TXT ``properties``;
-        returns once announced."""
+        """``op`` "register", "update" or "unregister" the service ``name`` at
+        ``address``:``port`` (host name ``host``.local, default ``name``) with
+        TXT ``properties``; returns once announced."""
         self.seq += 1
-        command = {"op": op, "seq": self.seq, "name": name, "port": port, "host": host}
+        command = {"op": op, "seq": self.seq, "name": name, "port": port, "host": host or name}
         command.update(addresses=[address], properties=properties)
         self.child.write(json.dumps(command))
         await self.child.wait_for(rf"done {self.seq}\n", timeout=15)

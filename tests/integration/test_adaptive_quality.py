@@ -113,9 +113,21 @@ class Desk:
             await wait_until(
                 lambda: shows(term, frame) and self.quiet(name),  # noqa: B023
                 30,
-                f"terminal {name} to show the picture",
+                lambda: self.why_not(name, frame),  # noqa: B023
             )
         return {name: self.session(name).bytes_sent - before[name] for name in self.terms}
+
+    def why_not(self, name: str, frame: np.ndarray) -> str:
+        """What a wait for terminal ``name`` to show ``frame`` found instead."""
+        session, fb = self.session(name), self.terms[name].framebuffer
+        worst = tile_error(fb, frame).max() if fb.shape == frame.shape else float("nan")
+        paused = session.proto is not None and session.proto.paused
+        return (
+            f"terminal {name} to show the picture (worst tile error {worst:.1f}, "
+            f"quality {quality(session)}, damage left {bool(session.damage)}, "
+            f"sending {session.stream is not None}, asked {session.requested is not None}, "
+            f"paused {paused})"
+        )
 
     async def until(self, check: Callable[[], bool], what: str) -> None:
         """Change the picture until ``check`` holds (at most MAX_FRAMES times)."""

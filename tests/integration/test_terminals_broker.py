@@ -15,9 +15,10 @@ import pytest_twisted
 from twisted.internet import threads
 
 from protocols.rfb.client import ClientEvent, UpdateDone
-from tests.integration.test_discovery import Publisher
+from protocols.terminal import SERVICE_TYPE
 from tests.integration.test_relay import _xterm_writing, desktop
 from tests.integration.test_rfb_interop import office_frame
+from tests.support.adverts import ZeroconfPublisher
 from tests.support.server import start_thinserve
 from tests.support.terminal import Terminal
 from tests.support.waiting import sleep, wait_until
@@ -45,7 +46,7 @@ async def test_discovered_terminal_shows_its_code_is_paired_and_sees_its_desktop
         discovery_interfaces=("127.0.0.1",),
         address_pairing=(),
     )
-    publisher = Publisher()
+    publisher = ZeroconfPublisher(SERVICE_TYPE, "127.0.0.1")
     term = Terminal()
     try:
         port = term.listen()

@@ -23,8 +23,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from twisted.internet import reactor, task
+from twisted.internet import reactor
 
+from tests.support.waiting import wait_until
 from thinserve.broker import (
     ALPHABET,
     FALLBACK_SCREENS,
@@ -816,7 +817,7 @@ async def test_the_verifier_runs_two_at_a_time_and_answers_on_the_reactor_thread
         return n
 
     done = [verifier.run(lambda n=n: work(n)).addCallback(answered) for n in range(6)]
-    await _until(lambda: running[0] == 2)
+    await wait_until(lambda: running[0] == 2, 10, "two workers busy")
     gate.set()
     assert [await d for d in done] == list(range(6))
     verifier.stop()
@@ -836,13 +837,6 @@ async def test_a_stopped_verifier_cancels_the_work_still_queued() -> None:
     assert await first is True
     with pytest.raises(CancelledError):
         await queued
-
-
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await task.deferLater(reactor, 0.01, lambda: None)
 
 
 # Combinations.

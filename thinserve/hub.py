@@ -84,6 +84,7 @@ class Hub:
     ) -> None:
         self.broker = broker
         self.mirrors = mirrors
+        self.desktop_details: dict[str, str] = {}  # desktop -> the manager's last word on it
         reactor = reactor or default_reactor
         self.reactor: Clock = reactor
         self.verifier = verifier or Verifier(reactor)
@@ -364,8 +365,12 @@ class Hub:
         self.reactor.callLater(KICK_GRACE, session.close, why)
 
     # -- desktops ------------------------------------------------------------------------
-    def desktop_state(self, name: str, state: DesktopState, progress: float | None = None) -> None:
-        """The desktop manager's report (DesktopListener): the broker decides what it means."""
+    def desktop_state(
+        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+    ) -> None:
+        """The desktop manager's report (DesktopListener): the broker decides what it
+        means; the detail is kept for the admin API."""
+        self.desktop_details[name] = detail
         self.apply(self.broker.desktop_state(name, state, progress))
 
     # -- admin actions (the admin API calls these) ------------------------------------------

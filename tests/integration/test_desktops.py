@@ -66,9 +66,11 @@ class Recorder:
         self.hub = hub
         self.calls: list[tuple[str, str, float | None]] = []
 
-    def desktop_state(self, name: str, state: DesktopState, progress: float | None = None) -> None:
+    def desktop_state(
+        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+    ) -> None:
         self.calls.append((name, state.value, progress))
-        self.hub.desktop_state(name, state, progress)
+        self.hub.desktop_state(name, state, progress, detail)
 
     def of(self, name: str, since: int = 0) -> list[tuple[str, float | None]]:
         return [(what, p) for n, what, p in self.calls[since:] if n == name]
@@ -366,6 +368,7 @@ async def test_crash_shows_unavailable_and_the_next_want_restarts(
         md = manager.desktops["d1"]
         assert md.state is DesktopState.CRASHED
         assert md.detail == "Xvnc ended unexpectedly (killed by SIGKILL)"
+        assert site.hub.desktop_details["d1"] == md.detail  # what the admin API shows
         assert md.upstream is None  # nothing keeps knocking on a dead socket
         mirror = manager.mirrors["d1"]
         assert mirror.feed is None  # its picture is drawn, not the dead console's

@@ -12,7 +12,7 @@ from PIL import Image
 from ..broker import Assignment, BrokerState, ShowDesktop, ShowScreen
 from ..hub import Hub
 from ..relay.session import TerminalSession
-from ..relay.upstream import Mirror
+from ..relay.upstream import Mirror, MirrorFeed
 from ..store.base import Desktop as DesktopRecord
 from ..store.base import Store
 from ..store.base import Terminal as TerminalRecord
@@ -76,7 +76,7 @@ class Views:
             "configured": mirror is not None,
             "state": state.value if state is not None else None,
             "mirror": _link(mirror) if mirror is not None else None,
-            "detail": feed.why if feed is not None and not live else "",
+            "detail": _detail(feed, self.hub.desktop_details.get(desktop.name, "")),
             "size": _size(mirror.width, mirror.height) if live and mirror is not None else None,
             "controlled_by": controller,
             "controlling_user": view.state.logins.get(controller) if controller else None,
@@ -149,3 +149,11 @@ def _link(mirror: Mirror) -> str:
     if mirror.feed is None:
         return "down"
     return "live" if mirror.feed.live else "connecting"
+
+
+def _detail(feed: MirrorFeed | None, manager_says: str) -> str:
+    """Why the desktop is not on its mirror: the link's reason while it
+    reconnects, else the manager's (a failed start, a crash, a full pool)."""
+    if feed is not None and not feed.live:
+        return feed.why
+    return manager_says if feed is None else ""

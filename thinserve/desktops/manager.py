@@ -56,12 +56,15 @@ class DesktopListener(Protocol):
     """Who hears about desktops' states (the Hub, which tells the broker)."""
 
     def desktop_state(
-        self, name: str, state: DesktopState, progress: float | None = None
-    ) -> None: ...
+        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+    ) -> None:
+        """``detail``: why it is held back, or its last failure ("" when all is well)."""
 
 
 class _Nobody:
-    def desktop_state(self, name: str, state: DesktopState, progress: float | None = None) -> None:
+    def desktop_state(
+        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+    ) -> None:
         pass
 
 
@@ -632,7 +635,7 @@ class DesktopManager:
 
     def _tell(self, md: ManagedDesktop, progress: float | None = None) -> None:
         try:
-            self.listener.desktop_state(md.name, md.state, progress)
+            self.listener.desktop_state(md.name, md.state, progress, md.detail)
         except Exception:
             log.exception("reporting desktop %s %s failed", md.name, md.state.value)
 

@@ -13,14 +13,12 @@ import logging
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytest_twisted
 from twisted.internet import ssl, task
-from twisted.internet.interfaces import IListeningPort
 
 from protocols.rfb.client import ClientConnection, ServerInitReceived
 from protocols.rfb.constants import Encoding
@@ -31,7 +29,7 @@ from tests.support.need import need
 from tests.support.rawpeer import RawPeer, connect_raw
 from tests.support.server import start_thinserve
 from tests.support.waiting import wait_until
-from tests.support.webserve import RecordingSink, listen, self_signed_tls
+from tests.support.webserve import RecordingSink, Served, listen, self_signed_tls
 from tests.support.websocket import (
     WebSocketStream,
     client_frame,
@@ -73,19 +71,6 @@ WEBSOCKET_LOG = "thinserve.web.websocket"
 
 
 # -- a thinserve web listener on loopback ---------------------------------------------------
-@dataclass
-class Served:
-    port: IListeningPort
-    sessions: list[TerminalSession]
-    sink: RecordingSink
-
-    @property
-    def number(self) -> int:
-        return self.port.getHost().port
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.number}"
 
 
 async def serve(
@@ -106,7 +91,7 @@ async def serve(
 
     options = WebOptions(websocket=websocket or WebSocketOptions(), http=http or HTTPLimits())
     site = terminal_site(RFBServerFactory(ServerOptions(), make_session), options)
-    return Served(await listen(site, tls), sessions, sink)
+    return Served(await listen(site, tls), source, sink, sessions)
 
 
 def short(**changes: float) -> HTTPLimits:

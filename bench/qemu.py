@@ -28,7 +28,8 @@ import numpy as np
 from thinserve.backends.images import READY_MARKER, ImageError, TinyLinux, build_tiny_linux
 
 from . import processes
-from .replay import sleep, wait_for
+from .keyecho import echo_once
+from .replay import sleep
 from .terminal import TIGHT, MeasuringTerminal, connect
 from .xvnc import XvncError, _port_open, free_display
 
@@ -38,7 +39,6 @@ TEXT = "thinservebenchmarkwhmbqd"  # letters with many glyph pixels
 BACKSPACE = 0xFF08
 CELL_HEIGHT = 16  # VGA text mode rows
 CURSOR_ROWS = 4  # the bottom rows of a cell, where the cursor blinks
-ECHO_TIMEOUT = 2.0
 KEY_GAP = 0.08  # seconds between one echo and the next key
 
 
@@ -132,34 +132,11 @@ class EchoRun:
         return ordered[min(len(ordered) - 1, round(quantile * (len(ordered) - 1)))] * 1000.0
 
 
-async def echo_once(terminal: MeasuringTerminal, keysym: int) -> float | None:
-    """Seconds from sending the key to a decoded echo; None if none came."""
-    before = glyphs(terminal.conn.framebuffer).copy()
-    echoed: list[float] = []
-
-    def check(now: float) -> None:
-        fb = terminal.conn.framebuffer
-        if not echoed and fb.shape[0] and not np.array_equal(glyphs(fb), before):
-            echoed.append(now)
-
-    terminal.on_update = check
-    terminal.conn.key_event(True, keysym)
-    terminal.conn.key_event(False, keysym)
-    terminal.flush()
-    sent = time.perf_counter()
-    try:
-        if not await wait_for(lambda: bool(echoed), ECHO_TIMEOUT):
-            return None
-    finally:
-        terminal.on_update = None
-    return echoed[0] - sent
-
-
 async def type_and_time(terminal: MeasuringTerminal) -> tuple[list[float], int]:
     keys = [ord(c) for c in TEXT] + [BACKSPACE] * len(TEXT)
     latencies, missed = [], 0
     for keysym in keys:
-        seconds = await echo_once(terminal, keysym)
+        seconds = await echo_once(terminal, keysym, glyphs)
         if seconds is None:
             missed += 1
         else:

@@ -37,6 +37,7 @@ from twisted.internet import defer
 
 from . import processes
 from .floodserver import Sample, Server, Vitals
+from .keyecho import ECHO_TIMEOUT, echo_once
 from .options import SoakOptions
 from .relayreport import markdown
 from .replay import settled, sleep, wait_for
@@ -47,7 +48,6 @@ from .xvnc import Xvnc, XvncError, start_many
 Progress = Callable[[str], None]
 FIRST_ADDRESS = 10  # terminals at 127.0.0.10, .11, ...
 CHURN_PREFIX = "127.7"
-ECHO_TIMEOUT = 2.0  # a key not echoed within this is missed
 HELPER_START_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 5.0
 REST_TIMEOUT = 30.0  # for the descriptors to come back down once the load stops
@@ -67,29 +67,6 @@ class Seat:
     off_desktop: int = 0  # connections that did not show this seat's desktop
     typed: list[tuple[float, float]] = field(default_factory=list)  # (sent at, latency s)
     missed: list[float] = field(default_factory=list)  # sent at, never echoed
-
-
-async def echo_once(terminal: MeasuringTerminal, keysym: int) -> float | None:
-    """Seconds from sending the key to a decoded change of the screen; None if none came."""
-    before = terminal.conn.framebuffer.copy()
-    echoed: list[float] = []
-
-    def check(now: float) -> None:
-        fb = terminal.conn.framebuffer
-        if not echoed and fb.shape == before.shape and not np.array_equal(fb, before):
-            echoed.append(now)
-
-    terminal.on_update = check
-    terminal.conn.key_event(True, keysym)
-    terminal.conn.key_event(False, keysym)
-    terminal.flush()
-    sent = time.perf_counter()
-    try:
-        if not await wait_for(lambda: bool(echoed) or terminal.closed.called, ECHO_TIMEOUT):
-            return None
-    finally:
-        terminal.on_update = None
-    return echoed[0] - sent if echoed else None
 
 
 class Soak:

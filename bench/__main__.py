@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from .content import CONTENTS
 from .options import (
@@ -126,9 +127,13 @@ async def encodings(options: Options) -> int:
     return 0
 
 
-async def relay(options: RelayOptions) -> int:
-    from . import footprint, processes, qemu, relayreport, scale
-    from . import relay as relay_suite
+Lines = list[str]
+
+
+async def _pinned_run(body: Callable[[Lines, bool], Awaitable[Lines]]) -> int:
+    """Pin the benchmark to its cores, run ``body(machine, pinned)``, print the
+    lines it returns and how long it took; a peer that cannot start is an error."""
+    from . import processes
     from .report import load, machine_lines
     from .xvnc import XvncError
 
@@ -136,87 +141,74 @@ async def relay(options: RelayOptions) -> int:
     machine = machine_lines(peer_description(True))
     started = time.monotonic()
     try:
+        lines = await body(machine, pinned)
+    except (XvncError, ConnectionError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if lines:
+        print("\n".join(lines))
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
+    return 0
+
+
+async def relay(options: RelayOptions) -> int:
+    from . import footprint, qemu, relayreport, scale
+    from . import relay as relay_suite
+
+    async def body(machine: Lines, pinned: bool) -> Lines:
         runs = await relay_suite.run(options)
         scaled = await scale.run(options) if options.scale_counts else None
         rest = await footprint.run(options) if options.footprint else None
         qemu_peer, echo = await qemu.run(relay_suite.stderr_progress) if options.qemu else ("", [])
-    except (XvncError, ConnectionError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    out = ["", "## thinserve relay benchmark", ""]
-    out += [f"- {line}" for line in machine]
-    core = "the relay on core 0, the rest on the others" if pinned else "no pinning (one core)"
-    out.append(f"- Relay processes: thinserve and the byte relay as separate processes; {core}")
-    out.append(f"- Workloads of {options.seconds:.0f} s; see docs/performance.md")
-    out += relayreport.runs_section(runs)
-    if scaled is not None:
-        out += relayreport.scale_section(scaled)
-    if rest is not None:
-        out += relayreport.footprint_section(rest)
-    if echo:
-        out += relayreport.qemu_section(qemu_peer, echo)
-    out += relayreport.targets_section(runs, scaled, rest, echo)
-    print("\n".join(out))
-    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
-    return 0
+        out = ["", "## thinserve relay benchmark", ""]
+        out += [f"- {line}" for line in machine]
+        core = "the relay on core 0, the rest on the others" if pinned else "no pinning (one core)"
+        out.append(f"- Relay processes: thinserve and the byte relay as separate processes; {core}")
+        out.append(f"- Workloads of {options.seconds:.0f} s; see docs/performance.md")
+        out += relayreport.runs_section(runs)
+        if scaled is not None:
+            out += relayreport.scale_section(scaled)
+        if rest is not None:
+            out += relayreport.footprint_section(rest)
+        if echo:
+            out += relayreport.qemu_section(qemu_peer, echo)
+        return out + relayreport.targets_section(runs, scaled, rest, echo)
+
+    return await _pinned_run(body)
 
 
 async def tls(options: TLSOptions) -> int:
-    from . import processes, tlscost, tlsreport
+    from . import tlscost, tlsreport
     from .relay import stderr_progress
-    from .report import load, machine_lines
-    from .xvnc import XvncError
 
-    pinned = processes.pin_benchmark()
-    machine = machine_lines(peer_description(True))
-    started = time.monotonic()
-    try:
+    async def body(machine: Lines, pinned: bool) -> Lines:
         result = await tlscost.run(options, stderr_progress)
-    except (XvncError, ConnectionError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(tlsreport.render(options, machine, result, pinned)))
-    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
-    return 0
+        return tlsreport.render(options, machine, result, pinned)
+
+    return await _pinned_run(body)
 
 
 async def flood(options: FloodOptions) -> int:
     from . import flood as flood_suite
-    from . import floodreport, processes
+    from . import floodreport
     from .relay import stderr_progress
-    from .report import load, machine_lines
-    from .xvnc import XvncError
 
-    pinned = processes.pin_benchmark()
-    machine = machine_lines(peer_description(True))
-    started = time.monotonic()
-    try:
+    async def body(machine: Lines, pinned: bool) -> Lines:
         result = await flood_suite.run(options, stderr_progress)
-    except (XvncError, ConnectionError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print("\n".join(floodreport.render(result, machine, pinned)))
-    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
-    return 0
+        return floodreport.render(result, machine, pinned)
+
+    return await _pinned_run(body)
 
 
 async def soak(options: SoakOptions) -> int:
-    from . import processes
     from . import soak as soak_suite
     from .relay import stderr_progress
-    from .report import load, machine_lines
-    from .xvnc import XvncError
 
-    pinned = processes.pin_benchmark()
-    machine = machine_lines(peer_description(True))
-    started = time.monotonic()
-    try:
-        await soak_suite.run(options, machine, pinned, stderr_progress)
-    except (XvncError, ConnectionError, TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
-    return 0
+    async def body(machine: Lines, pinned: bool) -> Lines:
+        await soak_suite.run(options, machine, pinned, stderr_progress)  # prints as it goes
+        return []
+
+    return await _pinned_run(body)
 
 
 def _sizes(args: argparse.Namespace) -> tuple[tuple[int, int], ...]:

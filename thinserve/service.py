@@ -131,9 +131,8 @@ class ThinServe(InOrder):
         """The broker over the store, knowing every desktop; the hub applying its decisions."""
         config = self.config
         broker = Broker(store, config.broker)
-        backends = manager.backend_names()
-        for name, desktop in manager.desktops.items():  # static ones are running already
-            broker.register_desktop(name, backends[name], desktop.state)
+        for name, backend, state in manager.registrations():
+            broker.register_desktop(name, backend, state)
         return Hub(
             broker,
             manager.mirrors,

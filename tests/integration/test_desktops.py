@@ -110,9 +110,8 @@ def open_site(manager: DesktopManager, config: BrokerConfig) -> Site:
         on_desktop_wanted=manager.want,
         address_subnets=("127.0.0.0/8",),  # keyless viewers here are viewer-127.0.0.N
     )
-    backends = manager.backend_names()
-    for name, desktop in manager.desktops.items():
-        broker.register_desktop(name, backends[name], desktop.state)
+    for name, backend, state in manager.registrations():
+        broker.register_desktop(name, backend, state)
     reports = Recorder(hub)
     manager.start(reports, lambda: desktops_in_use(broker.snapshot()))
     hub.start()

@@ -180,12 +180,13 @@ class DesktopManager:
         self.mirrors[name] = mirror
         return md
 
-    def backend_names(self) -> dict[str, str]:
-        """desktop -> backend name ("vnc" for static ones): for register_desktop."""
-        return {
-            name: md.backend.name if md.backend is not None else "vnc"
+    def registrations(self) -> list[tuple[str, str, DesktopState]]:
+        """(desktop, backend name, state) for the broker's register_desktop: static
+        desktops are "vnc" and running already."""
+        return [
+            (name, md.backend.name if md.backend is not None else "vnc", md.state)
             for name, md in self.desktops.items()
-        }
+        ]
 
     # -- running ---------------------------------------------------------------------------
     def start(self, listener: DesktopListener, in_use: Callable[[], Holders]) -> None:

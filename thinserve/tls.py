@@ -85,18 +85,27 @@ if TYPE_CHECKING:
     TLSContext: TypeAlias = ContextFactory | IOpenSSLClientConnectionCreator
 
 
-@implementer(IOpenSSLContextFactory)
-class AnonymousContextFactory:
-    """Anonymous (EC)DH TLS 1.2, as VeNCrypt's TLSNone/TLSVnc/TLSPlain use."""
+class _BuiltOnce:
+    """An OpenSSL context made on first use and kept: every connection of
+    the factory shares it."""
 
-    def __init__(self, server: bool) -> None:
-        self.server = server
-        self._context: SSL.Context | None = None
+    _context: SSL.Context | None = None
 
     def getContext(self) -> SSL.Context:
         if self._context is None:
             self._context = self._make_context()
         return self._context
+
+    def _make_context(self) -> SSL.Context:
+        raise NotImplementedError
+
+
+@implementer(IOpenSSLContextFactory)
+class AnonymousContextFactory(_BuiltOnce):
+    """Anonymous (EC)DH TLS 1.2, as VeNCrypt's TLSNone/TLSVnc/TLSPlain use."""
+
+    def __init__(self, server: bool) -> None:
+        self.server = server
 
     def _make_context(self) -> SSL.Context:
         method = SSL.TLS_SERVER_METHOD if self.server else SSL.TLS_CLIENT_METHOD
@@ -275,7 +284,7 @@ def load_ca_file(ca_file: str) -> list[x509.Certificate]:
 
 
 @implementer(IOpenSSLContextFactory)
-class CheckedClientContext:
+class CheckedClientContext(_BuiltOnce):
     """The client context of one connection whose server ``server_check`` judges.
 
     With ``ca_file`` OpenSSL first checks the server's chain against its
@@ -300,12 +309,6 @@ class CheckedClientContext:
         self.certificate: x509.Certificate | None = None  # the server's, once accepted
         self.refusal: str | None = None
         self._chain_errors: list[int] = []
-        self._context: SSL.Context | None = None
-
-    def getContext(self) -> SSL.Context:
-        if self._context is None:
-            self._context = self._make_context()
-        return self._context
 
     def _make_context(self) -> SSL.Context:
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)

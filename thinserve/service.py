@@ -272,15 +272,17 @@ class LocalDesktop(service.Service):
         self.reactor = reactor
         self.desktop: LocalXvncDesktop | None = None
 
-    def startService(self) -> None:
+    def startService(self) -> defer.Deferred[None]:
         super().startService()
         self.desktop = LocalXvncDesktop(self.config, self.reactor)
-        self.desktop.start()
+        return self.desktop.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> defer.Deferred[None]:
+        """Fires once Xvnc and its session are gone."""
         super().stopService()
-        if self.desktop is not None:
-            self.desktop.stop()
+        if self.desktop is None:
+            return defer.succeed(None)
+        return self.desktop.stop()
 
     def address(self) -> DesktopAddress:
         """Where its VNC server is, once started."""

@@ -47,19 +47,27 @@ class LocalXvncDesktop:
         options = XvncOptions(runtime_dir=runtime_dir() / "local")
         self.session = XvncSession(desktop, options, self._status, reactor or global_reactor())
         self._down = asyncio.Event()
+        self._tried = asyncio.Event()  # the first start is over, for better or worse
         self._keeper: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         return f"unix:{self.session.vnc_socket}"
 
-    def start(self) -> None:
+    def start(self) -> Deferred[None]:
+        """Keep the desktop running.  The Deferred fires once the first start is
+        over, whether it worked or not (a failure is logged and retried), so
+        whoever links to the desktop next finds its socket there."""
         if shutil.which("Xvnc") is None:
             raise XvncMissing(
                 "Xvnc is not installed: apt-get install tigervnc-standalone-server "
                 "(or configure [[desktop]] entries instead of local desktops)"
             )
         self._keeper = asyncio.ensure_future(self._keep_running())
+        return Deferred.fromFuture(asyncio.ensure_future(self._first_start()))
+
+    async def _first_start(self) -> None:
+        await self._tried.wait()
 
     def stop(self) -> Deferred[None]:
         """End the desktop for good; the Deferred fires once its processes are gone."""
@@ -76,6 +84,8 @@ class LocalXvncDesktop:
                 delay = RESTART_DELAY
             except BackendError:
                 pass  # reported as CRASHED, which sets _down
+            finally:
+                self._tried.set()
             await self._down.wait()
             crashed = self.session.status is DesktopState.CRASHED
             log.log(

@@ -16,6 +16,8 @@ from typing import Any
 
 from protocols.rfb.constants import Encoding
 
+from .backends.accounts import default_desktop_user
+from .backends.xvnc_config import USER_PATTERN
 from .broker import BrokerConfig
 from .broker.config import from_table as broker_from_table
 from .config_reader import ConfigError as ConfigError  # the config file's one error type
@@ -23,6 +25,13 @@ from .config_reader import Table
 from .desktop_config import DesktopSetup
 from .desktop_config import read as read_desktops
 from .linksecurity import ALLOW_NONE_CHOICES
+from .paths import (
+    ADMIN_SOCKET_NAME,
+    DATABASE_NAME,
+    default_runtime_dir,
+    default_state_dir,
+    runtime_dir_in,
+)
 
 ENCODING_NAMES = {
     "raw": Encoding.RAW,
@@ -56,11 +65,17 @@ class DesktopConfig:
 
 @dataclass(frozen=True)
 class LocalDesktopConfig:
-    """An Xvnc desktop session thinserve starts on this machine."""
+    """An Xvnc desktop session thinserve starts on this machine.
+
+    ``user``: the Unix account the session runs as (None: thinserve's own);
+    never root.  ``command``: None runs the default session (IceWM and a
+    terminal, see docs/desktops.md).
+    """
 
     name: str
     geometry: str = "1280x800"
-    command: str | None = None  # None: the first session program found
+    command: str | None = None
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,45 +111,80 @@ class Config:
     desktops: tuple[DesktopConfig, ...] = ()
     setup: DesktopSetup = field(default_factory=DesktopSetup)  # VMs, sessions, pools
     local_desktops: tuple[LocalDesktopConfig, ...] = field(
-        default_factory=lambda: (LocalDesktopConfig("desktop-1"),)
+        # As root (or with CAP_SETUID+CAP_SETGID) the unprivileged thinserve-desktop.
+        default_factory=lambda: (LocalDesktopConfig("desktop-1", user=default_desktop_user()),)
     )
+    # What survives a restart (database, certificate, desktop records, lock)
+    # and what does not (sockets); see thinserve.paths.
+    state_dir: Path = field(default_factory=default_state_dir)
+    runtime_dir: Path = field(default_factory=default_runtime_dir)
+    # Stop the desktops thinserve started when it stops; otherwise they keep
+    # running and the next start finds them again.
+    stop_desktops: bool = False
     source: str = "embedded defaults"
 
+    @property
+    def database_path(self) -> str:
+        """The database: ``database`` when set, else state_dir/thinserve.db."""
+        return self.database or str(self.state_dir / DATABASE_NAME)
 
-def load(path: str | Path | None) -> Config:
-    """The configuration in ``path``, or the embedded defaults when None."""
+    @property
+    def admin_socket_path(self) -> Path | None:
+        """The admin socket: ``admin_socket``, else runtime_dir/admin.sock; None when off."""
+        if self.admin_socket == "":
+            return None
+        return (
+            Path(self.admin_socket) if self.admin_socket else self.runtime_dir / ADMIN_SOCKET_NAME
+        )
+
+
+def load(path: str | Path | None, state_dir: Path | None = None) -> Config:
+    """The configuration in ``path``, or the embedded defaults when None.
+
+    ``state_dir`` (``serve --state-dir``) overrides the file's, and puts the
+    runtime directory inside it unless the file names one.
+    """
     if path is None:
-        return Config()
+        if state_dir is None:
+            return Config()
+        return Config(state_dir=state_dir, runtime_dir=runtime_dir_in(state_dir))
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; see docs/configuration.md") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_dict(data, str(path))
+    return from_dict(data, str(path), state_dir)
 
 
-def from_dict(data: dict[str, Any], source: str = "config") -> Config:
+def from_dict(
+    data: dict[str, Any], source: str = "config", state_dir: Path | None = None
+) -> Config:
     """The configuration in ``data``, a parsed file named ``source``.
 
     Every table is read first (types and ranges), then unknown keys are
     refused, then the desktops are checked against each other.
     """
     root = Table(data, source)
-    config = _read(root)
+    config = _read(root, state_dir)
     root.done()
     _check_desktops(config)
     return config
 
 
-def _read(root: Table) -> Config:
+def _read(root: Table, state_dir: Path | None) -> Config:
     setup = read_desktops(root)
     desktops = tuple(_desktop(t) for t in root.tables("desktop"))
     local = tuple(_local(t) for t in root.tables("local_desktop"))
     broker = broker_from_table(root.table("broker"))
     server, discovery = root.table("server"), root.table("discovery")
     tls_cert, tls_key = _tls_files(server)
+    state, runtime = _directories(server, state_dir)
     config = Config(
         listen=server.texts("listen", Config.listen, ENDPOINTS_EXAMPLE, allow_empty=False),
         web_listen=server.texts("web_listen", Config.web_listen, ENDPOINTS_EXAMPLE),
@@ -161,6 +211,8 @@ def _read(root: Table) -> Config:
         desktops=desktops,
         local_desktops=local,
         setup=setup,
+        state_dir=state,
+        runtime_dir=runtime,
         source=root.source,
     )
     server.done()
@@ -199,6 +251,24 @@ def _tls_files(server: Table) -> tuple[str | None, str | None]:
         if path is not None and not os.path.isabs(path):
             raise server.error(name, "give an absolute path", path)
     return cert, key
+
+
+def _directories(server: Table, given: Path | None) -> tuple[Path, Path]:
+    """The state and runtime directories: ``given`` (the command line) first, then the file."""
+    state = _directory(server, "state_dir", "/var/lib/thinserve")
+    runtime = _directory(server, "runtime_dir", "/run/thinserve")
+    if given is not None:
+        return given, runtime or runtime_dir_in(given)
+    return state or default_state_dir(), runtime or default_runtime_dir()
+
+
+def _directory(server: Table, key: str, example: str) -> Path | None:
+    path = server.optional_text(key)
+    if path is None:
+        return None
+    if not os.path.isabs(path):
+        raise server.error(key, f'give an absolute path, e.g. "{example}"', path)
+    return Path(path)
 
 
 def _subnets(server: Table) -> tuple[str, ...]:
@@ -263,6 +333,13 @@ def _local(table: Table) -> LocalDesktopConfig:
     _check_name(table, local.name)
     if not re.fullmatch(r"\d{2,5}x\d{2,5}", local.geometry):
         raise table.error("geometry", "write WIDTHxHEIGHT, e.g. 1280x800", local.geometry)
+    if local.user is not None and not USER_PATTERN.fullmatch(local.user):
+        raise table.error("user", 'give a Unix user name, e.g. "thinserve-desktop"', local.user)
+    if local.user == "root":
+        raise table.error(
+            "user",
+            'a desktop never runs as root: give an unprivileged account, e.g. "thinserve-desktop"',
+        )
     return local
 
 

@@ -101,7 +101,8 @@ async def test_a_flood_costs_little_and_the_paired_terminal_keeps_updating(
     config = tmp_path / "thinserve.toml"
     config.write_text(config_text(port, desktop.port, tmp_path))
     log = tmp_path / "thinserve.log"
-    server = spawn([sys.executable, "-m", "thinserve.cli", "serve", "--config", str(config)], log)
+    argv = [sys.executable, "-m", "thinserve.cli", "serve", "--config", str(config)]
+    server = spawn([*argv, "--state-dir", str(tmp_path / "state")], log)
     painter = Painter(desktop.display_name, (320, 240))
     term = Terminal()
     floods: list[Flood] = []

@@ -211,7 +211,8 @@ class Site:
             f"name = {json.dumps(DESKTOP)}\n"
             f"address = {json.dumps('unix:' + str(self.workdir / 'xvnc.sock'))}\n"
         )
-        command = self.lan.server.command([*THINSERVE, "serve", "--config", str(config)])
+        state = ["--state-dir", str(self.workdir / "state")]
+        command = self.lan.server.command([*THINSERVE, "serve", "--config", str(config), *state])
         self.proc = spawn(command, self.workdir / "thinserve.log")
         wait_until_blocking(
             self._desktop_live, START_WAIT, "thinserve and its live desktop", self.proc

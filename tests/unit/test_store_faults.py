@@ -255,8 +255,9 @@ def serve(tmp_path: Path, database: Path) -> subprocess.CompletedProcess[str]:
         f'[server]\ndatabase = "{database}"\nlisten = ["tcp:0:interface=127.0.0.1"]\n'
         'admin_socket = ""\n\n[[desktop]]\nname = "d1"\naddress = "127.0.0.1:1"\n'
     )
+    own = ["--state-dir", str(tmp_path / "server")]  # its own state lock, not the machine's
     return subprocess.run(
-        [*THINSERVE, "--log-level", "error", "serve", "--config", str(config)],
+        [*THINSERVE, "--log-level", "error", "serve", "--config", str(config), *own],
         capture_output=True,
         text=True,
         timeout=60,

@@ -17,34 +17,35 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..paths import ADMIN_SOCKET_NAME, SYSTEM_RUNTIME_DIR, default_runtime_dir, runtime_dir_in
+
 API_PREFIX = "/api/v1"
-SOCKET_NAME = "admin.sock"
+SOCKET_NAME = ADMIN_SOCKET_NAME
 SOCKET_ENV = "THINSERVE_ADMIN_SOCKET"
-SYSTEM_SOCKET = Path("/run/thinserve") / SOCKET_NAME
+SYSTEM_SOCKET = SYSTEM_RUNTIME_DIR / SOCKET_NAME
 
 
 def runtime_socket_path(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
-    """The socket in thinserve's runtime directory for this user.
-
-    The same directory as ``thinserve.backends.xvnc.runtime_dir()``, computed
-    without creating it: $XDG_RUNTIME_DIR/thinserve, /run/thinserve for root,
-    else /tmp/thinserve-UID.
-    """
-    environ = os.environ if environ is None else environ
-    euid = os.geteuid() if uid is None else uid
-    real_uid = os.getuid() if uid is None else uid
-    base = environ.get("XDG_RUNTIME_DIR") or ("/run" if euid == 0 else "/tmp")
-    name = "thinserve" if base != "/tmp" else f"thinserve-{real_uid}"
-    return Path(base) / name / SOCKET_NAME
+    """The socket in thinserve's default runtime directory for this user
+    (thinserve.paths): $RUNTIME_DIRECTORY, /run/thinserve for root,
+    $XDG_RUNTIME_DIR/thinserve, else /tmp/thinserve-UID."""
+    return default_runtime_dir(environ, uid, uid) / SOCKET_NAME
 
 
-def client_socket_path(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
+def client_socket_path(
+    environ: Mapping[str, str] | None = None,
+    uid: int | None = None,
+    state_dir: str | Path | None = None,
+) -> Path:
     """Where the CLI looks for the server when not told (--socket).
 
-    $THINSERVE_ADMIN_SOCKET if set; else this user's runtime socket; else the
-    system service's /run/thinserve/admin.sock when only that one exists (so
-    a user who may not use it is told so, rather than that nothing runs).
+    STATE_DIR/run/admin.sock for --state-dir; else $THINSERVE_ADMIN_SOCKET if
+    set; else this user's runtime socket; else the system service's
+    /run/thinserve/admin.sock when only that one exists (so a user who may
+    not use it is told so, rather than that nothing runs).
     """
+    if state_dir is not None:
+        return runtime_dir_in(Path(state_dir).absolute()) / SOCKET_NAME
     environ = os.environ if environ is None else environ
     if environ.get(SOCKET_ENV):
         return Path(environ[SOCKET_ENV])

@@ -81,23 +81,25 @@ def socket_path(configured: str | None) -> Path | None:
         return None
     if configured is not None:
         return Path(configured)
-    from ..backends.xvnc import runtime_dir
+    from ..paths import default_runtime_dir
 
-    return runtime_dir() / SOCKET_NAME
+    return default_runtime_dir() / SOCKET_NAME
 
 
 def listen(reactor: UnixReactor, path: Path, site: server.Site) -> IListeningPort:
-    """Listen on ``path``: mode 0600, in a 0700 directory made if missing.
+    """Listen on ``path``: mode 0600, in a 0700 directory made if missing (the
+    runtime directory may be 0711 or 0755, for desktops' sockets beside it:
+    the socket's own mode keeps others out).
 
     A socket file left by a thinserve that died is replaced; a live one is
     not (AdminSocketError).
     """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = stat.S_IMODE(path.parent.stat().st_mode)
-    if mode & 0o077:
+    if mode & 0o022:
         log.warning(
-            "admin socket directory %s is mode %o; make it 0700 so only thinserve's user "
-            "can reach the socket",
+            "admin socket directory %s is mode %o; make it 0755 or stricter so only "
+            "thinserve's user can replace the socket",
             path.parent,
             mode,
         )

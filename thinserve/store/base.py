@@ -206,6 +206,11 @@ class Store(Protocol):
         """Ordered by name."""
         ...
 
+    def delete_desktop(self, name: str) -> bool:
+        """Forget a desktop: its record and its pairings; users who owned it own
+        none.  Whether there was one.  Session history is untouched."""
+        ...
+
     # Pairings.
 
     def pair(self, pairing: Pairing) -> None:

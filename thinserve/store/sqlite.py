@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..paths import DATABASE_NAME, default_state_dir
 from .base import (
     AuditEntry,
     CannotOpenError,
@@ -58,19 +59,15 @@ _CORRUPT, _FULL, _CANTOPEN, _PROTOCOL, _NOTADB = 11, 13, 14, 15, 26
 
 
 def default_path(environ: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
-    """Where the database lives unless configured otherwise.
+    """Where the database lives unless configured otherwise: thinserve.db in
+    the default state directory (thinserve.paths; a configured state
+    directory's database is ``Config.database_path``).
 
     Root (a system service): /var/lib/thinserve/thinserve.db.  Anyone else:
     $XDG_DATA_HOME/thinserve/thinserve.db, else
-    ~/.local/share/thinserve/thinserve.db.
+    ~/.local/share/thinserve/thinserve.db.  $STATE_DIRECTORY (systemd) first.
     """
-    environ = os.environ if environ is None else environ
-    euid = os.geteuid() if euid is None else euid
-    if euid == 0:
-        return Path("/var/lib/thinserve/thinserve.db")
-    base = environ.get("XDG_DATA_HOME") or ""
-    root = Path(base) if os.path.isabs(base) else Path(environ.get("HOME", "~")) / ".local/share"
-    return root.expanduser() / "thinserve" / "thinserve.db"
+    return default_state_dir(environ, euid) / DATABASE_NAME
 
 
 class SqliteStore:
@@ -254,6 +251,12 @@ class SqliteStore:
     def list_desktops(self) -> list[Desktop]:
         rows = self._all("SELECT name, backend, pool FROM desktops ORDER BY name")
         return [Desktop(*r) for r in rows]
+
+    def delete_desktop(self, name: str) -> bool:
+        with self.atomic():
+            self._write("DELETE FROM pairings WHERE desktop = ?", (name,))
+            self._write("UPDATE users SET desktop = NULL WHERE desktop = ?", (name,))
+            return self._write("DELETE FROM desktops WHERE name = ?", (name,)).rowcount > 0
 
     # Pairings.
 

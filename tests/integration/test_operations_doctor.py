@@ -1,0 +1,204 @@
+"""``thinserve doctor`` on real problems: a KVM this user cannot use, a PATH
+without Xvnc, a port another program holds.  Each is reported with its fix,
+and the exit status says whether anything FAILed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.need import need
+from tests.support.ports import LOOPBACK, free_tcp_port
+from tests.support.procs import spawn
+from tests.support.waiting import wait_until_blocking
+from thinserve.operations import ports
+
+pytestmark = pytest.mark.integration
+
+THINSERVE = str(Path(sys.executable).parent / "thinserve")
+DOCTOR_TIMEOUT = 120.0  # seconds; the KVM test guest takes about one
+
+
+def write_config(directory: Path, listen: str = "tcp:port=0:interface=127.0.0.1") -> Path:
+    """A configuration with one remote desktop (no Xvnc needed), discovery off."""
+    path = directory / "thinserve.toml"
+    path.write_text(
+        f'[server]\nlisten = ["{listen}"]\nweb_listen = []\n'
+        "[discovery]\nenabled = false\n"
+        '[[desktop]]\nname = "remote"\naddress = "127.0.0.1:5999"\n'
+    )
+    path.chmod(0o644)
+    return path
+
+
+def doctor(
+    *options: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> tuple[int, list[dict[str, Any]]]:
+    done = subprocess.run(
+        [*prefix, THINSERVE, "doctor", "--json", *options],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=DOCTOR_TIMEOUT,
+        check=False,
+    )
+    assert done.stdout, f"doctor printed nothing; stderr: {done.stderr[-2000:]}"
+    return done.returncode, json.loads(done.stdout)["checks"]
+
+
+def named(checks: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    found = [c for c in checks if c["name"] == name]
+    assert found, f"no {name} check in {checks}"
+    return found
+
+
+def test_a_kvm_this_user_cannot_open_is_reported_with_its_fix() -> None:
+    """As an unprivileged user outside the kvm group, /dev/kvm is not
+    read-write: a WARN (nothing configured needs KVM), with the adduser fix."""
+    need(os.geteuid() == 0, "root, to run the doctor as another user with setpriv")
+    need("setpriv", "to run the doctor as an unprivileged user")
+    need(Path("/dev/kvm").exists(), "/dev/kvm (KVM) to take away from a user")
+    with tempfile.TemporaryDirectory(prefix="thinserve-doctor-") as tmp:
+        directory = Path(tmp)
+        directory.chmod(0o755)
+        config = write_config(directory)
+        state = directory / "state"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp}
+        as_nobody = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+        status, checks = doctor(
+            "--config", str(config), "--state-dir", str(state), env=env, prefix=as_nobody
+        )
+    (kvm,) = named(checks, "KVM")
+    assert kvm["status"] == "WARN", kvm
+    assert "/dev/kvm is not read-write for nobody" in kvm["message"]
+    assert kvm["fix"].startswith("adduser nobody kvm")
+    assert status == 0, f"a WARN alone must not fail the doctor: {checks}"
+
+
+def test_kvm_that_works_boots_the_test_guest(tmp_path: Path) -> None:
+    """Where this user can use KVM, the doctor says so only after a guest ran."""
+    need("qemu-system-x86_64", "to boot the doctor's KVM test guest")
+    need(os.access("/dev/kvm", os.R_OK | os.W_OK), "read-write /dev/kvm for this user")
+    status, checks = doctor("--config", str(write_config(tmp_path)), "--state-dir", str(tmp_path))
+    (kvm,) = named(checks, "KVM")
+    assert kvm == {
+        "name": "KVM",
+        "status": "OK",
+        "message": "a test guest booted with KVM",
+        "fix": "",
+    }
+    assert status == 0, checks
+
+
+def test_a_missing_xvnc_fails_when_a_local_desktop_needs_it(tmp_path: Path) -> None:
+    """The embedded defaults have a local desktop: without Xvnc on PATH, FAIL and exit 1."""
+    need("Xvnc", "to take it away from PATH")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty)}
+    status, checks = doctor(
+        "--defaults", "--state-dir", str(tmp_path / "state"), "--no-guest", env=env
+    )
+    (xvnc,) = named(checks, "Xvnc")
+    assert xvnc["status"] == "FAIL", xvnc
+    assert "Xvnc is not on PATH" in xvnc["message"]
+    assert xvnc["fix"] == "apt-get install tigervnc-standalone-server"
+    assert status == 1
+
+
+def test_a_missing_xvnc_is_only_a_warning_without_local_desktops(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}
+    status, checks = doctor(
+        "--config", str(write_config(tmp_path)), "--state-dir", str(tmp_path), "--no-guest", env=env
+    )
+    (xvnc,) = named(checks, "Xvnc")
+    assert xvnc["status"] == "WARN", xvnc
+    assert status == 0, checks
+
+
+def test_a_port_held_by_another_program_fails_naming_it(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    config = write_config(tmp_path, f"tcp:port={port}:interface={LOOPBACK}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((LOOPBACK, port))
+        holder.listen()
+        status, checks = doctor("--config", str(config), "--state-dir", str(tmp_path), "--no-guest")
+    (check,) = named(checks, f"port {port}")
+    assert check["status"] == "FAIL", check
+    assert f"(pid {os.getpid()})" in check["message"], check
+    assert check["fix"].startswith(f"ss -ltnp 'sport = :{port}'")
+    assert status == 1
+
+
+def test_a_free_port_is_ok(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    config = write_config(tmp_path, f"tcp:port={port}:interface={LOOPBACK}")
+    status, checks = doctor("--config", str(config), "--state-dir", str(tmp_path), "--no-guest")
+    (check,) = named(checks, f"port {port}")
+    assert check["status"] == "OK", check
+    assert status == 0, checks
+
+
+def test_the_text_output_prints_each_fix_under_its_problem(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    config = write_config(tmp_path, f"tcp:port={port}:interface={LOOPBACK}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind((LOOPBACK, port))
+        holder.listen()
+        done = subprocess.run(
+            [
+                THINSERVE,
+                "doctor",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(tmp_path),
+                "--no-guest",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=DOCTOR_TIMEOUT,
+            check=False,
+        )
+    lines = done.stdout.splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith(f"FAIL port {port}:"))
+    fix = f"ss -ltnp 'sport = :{port}' (stop that program, or change listen/web_listen in [server])"
+    assert lines[index + 1] == f"     fix: {fix}"
+    assert done.returncode == 1
+
+
+def test_a_port_held_by_this_thinserve_is_ok(tmp_path: Path) -> None:
+    """The server of the same state directory holds the port: that is as it should be."""
+    port = free_tcp_port()
+    config = write_config(tmp_path, f"tcp:port={port}:interface={LOOPBACK}")
+    state = tmp_path / "state"
+    server = spawn(
+        [THINSERVE, "serve", "--config", str(config), "--state-dir", str(state)],
+        tmp_path / "serve.log",
+    )
+    try:
+        wait_until_blocking(
+            lambda: ports.in_use(ports.Port(port, LOOPBACK)),
+            60,
+            f"thinserve to listen on port {port}",
+            server,
+        )
+        status, checks = doctor("--config", str(config), "--state-dir", str(state), "--no-guest")
+    finally:
+        server.stop()
+    (check,) = named(checks, f"port {port}")
+    assert check == {
+        "name": f"port {port}",
+        "status": "OK",
+        "message": f"held by this thinserve (pid {server.pid})",
+        "fix": "",
+    }
+    assert status == 0, checks

@@ -166,14 +166,24 @@ def per_user(runtime_dir: Path, tmp_path: Path) -> list[XvncDesktopConfig]:
     ]
 
 
-def processes_with(file: str, entry: str) -> list[int]:
-    """Live processes whose /proc ``file`` (cmdline, environ) holds ``entry`` as one item."""
+def processes_with(file: str, entry: str, uid: int | None = None) -> list[int]:
+    """Live processes of ``uid`` (default: this test's) whose /proc ``file``
+    (cmdline, environ) holds ``entry`` as one item."""
     found = []
-    for pid in processes_of(os.geteuid()):
+    for pid in processes_of(os.geteuid() if uid is None else uid):
         with contextlib.suppress(OSError):
             if entry.encode() in Path(f"/proc/{pid}/{file}").read_bytes().split(b"\0"):
                 found.append(pid)
     return found
+
+
+def local_user(request: pytest.FixtureRequest) -> Account:
+    """Who a local desktop runs as here: as root tsuser1 (thinserve never runs
+    a desktop as root), else this test's own user."""
+    if os.geteuid() != 0:
+        return Account.of(None)
+    users: dict[str, Account] = request.getfixturevalue("unix_users")
+    return users["tsuser1"]
 
 
 def white_corner(frame: np.ndarray) -> bool:
@@ -404,17 +414,23 @@ async def test_xvnc_is_blamed_even_when_its_session_program_is_seen_ending_first
 
 @pytest_twisted.ensureDeferred
 async def test_a_local_desktop_is_served_at_once_and_comes_back_after_xvnc_dies(
-    runtime_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runtime_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """A ``[[local_desktop]]``: thinserve starts its Xvnc and session program by
     itself, a terminal sees the session, a killed Xvnc comes back without anyone
     asking, and stopping thinserve ends both."""
     need_xvnc_session()
+    account = local_user(request)
+    runtime_dir.chmod(0o711)  # as /run: the desktop's user passes through to its session
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))  # thinserve's runtime directory
-    typed = tmp_path / "typed"
+    typed = tmp_path / "typed" if account.is_me else Path(account.home) / "typed"
     socket = runtime_dir / "thinserve" / "local" / "sockets" / "here" / "vnc.sock"
     session = f"XDG_RUNTIME_DIR={runtime_dir}/thinserve/local/sessions/here/runtime"
-    local = LocalDesktopConfig("here", geometry=GEOMETRY, command=xterm_writing(typed))
+    user = None if account.is_me else account.name
+    local = LocalDesktopConfig("here", geometry=GEOMETRY, command=xterm_writing(typed), user=user)
     config = Config(
         listen=("tcp:port=0:interface=127.0.0.1",),
         web_listen=(),
@@ -423,11 +439,15 @@ async def test_a_local_desktop_is_served_at_once_and_comes_back_after_xvnc_dies(
         admin_socket="",
         discovery=False,
         local_desktops=(local,),
+        state_dir=tmp_path / "state",
+        runtime_dir=runtime_dir / "thinserve",
+        stop_desktops=True,
         source="test",
     )
 
     def left() -> list[int]:
-        return processes_with("cmdline", str(socket)) + processes_with("environ", session)
+        mine = processes_with("cmdline", str(socket), account.uid)
+        return mine + processes_with("environ", session, account.uid)
 
     server = ThinServe(config, reactor)
     await server.startService()
@@ -436,16 +456,16 @@ async def test_a_local_desktop_is_served_at_once_and_comes_back_after_xvnc_dies(
         term = await Terminal().connect(server.port_numbers[0])
         terms.append(term)
         await wait_until(lambda: xterm_shown(term.framebuffer, typed), 30, "the session's xterm")
-        assert mode_and_owner(socket) == (0o600, os.geteuid())
-        [xvnc] = processes_with("cmdline", str(socket))
-        programs = processes_with("environ", session)
+        assert mode_and_owner(socket) == (0o600, account.uid)
+        [xvnc] = processes_with("cmdline", str(socket), account.uid)
+        programs = processes_with("environ", session, account.uid)
         assert programs  # the session program (xterm) with the session's environment
         typed.unlink()
         os.kill(xvnc, signal.SIGKILL)
         await wait_until(lambda: not white_corner(term.framebuffer), 20, "the xterm gone")
         await wait_until(lambda: xterm_shown(term.framebuffer, typed), 30, "a new session's xterm")
         assert not any(alive(pid) for pid in [xvnc, *programs])
-        [again] = processes_with("cmdline", str(socket))
+        [again] = processes_with("cmdline", str(socket), account.uid)
         assert again != xvnc
     finally:
         for term in terms:
@@ -514,9 +534,9 @@ async def test_errors_say_what_to_do(unix_users: dict[str, Account], runtime_dir
         check=False,
     )  # fmt: skip
     assert result.stdout.strip() == (
-        "desktop d runs as user tsuser2, but thinserve runs as tsuser1: only root can start "
-        "sessions for other users (run thinserve as root, or drop the desktop's user setting "
-        "to run it as yourself)"
+        "desktop d runs as user tsuser2, but thinserve runs as tsuser1 without CAP_SETUID and "
+        "CAP_SETGID: only root (or the packaged service) can start sessions for other users "
+        "(run thinserve as root, or drop the desktop's user setting to run it as yourself)"
     ), result.stderr
 
 

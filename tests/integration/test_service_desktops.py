@@ -8,6 +8,7 @@ keys reach the guest.  The QEMU runs under TCG here; see docs/backends.md.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,7 @@ async def test_pooled_qemu_desktop_starts_on_demand_and_takes_keys(
                 "database": str(tmp_path / "ts.db"),
                 "admin_socket": "",
                 "address_pairing": ["127.0.0.0/8"],  # the viewer here is viewer-127.0.0.1
+                "state_dir": str(tmp_path / "state"),
             },
             "discovery": {"enabled": False},
             "broker": {
@@ -68,7 +70,7 @@ async def test_pooled_qemu_desktop_starts_on_demand_and_takes_keys(
         },
         "test",
     )
-    server = ThinServe(config, reactor)
+    server = ThinServe(replace(config, stop_desktops=True), reactor)  # the VM ends with it
     await server.startService()
     try:
         terminal = await Terminal().connect(server.port_numbers[0])

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 from ..desktop_state import DesktopState
+
+if TYPE_CHECKING:
+    from .records import RecordStore
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,31 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class Outliving(Protocol):
+    """A backend whose desktops outlive thinserve (docs/desktops.md)."""
+
+    def keep_records(self, records: RecordStore) -> None:
+        """Record running desktops in ``records``, so a later thinserve finds them."""
+        ...
+
+    async def adopt(self) -> list[str]:
+        """Take over the recorded desktops still running; their names."""
+        ...
+
+    async def release(self) -> None:
+        """Let go of every desktop, leaving the recorded ones running."""
+        ...
+
+
 class BackendError(Exception):
     """A backend could not do what was asked; the message says what to do."""
 
 
 class DesktopUnit(Protocol):
     """What a backend of one object per desktop asks of that object."""
+
+    records: RecordStore | None
 
     def info(self) -> DesktopInfo: ...
 
@@ -80,6 +102,10 @@ class DesktopUnit(Protocol):
     async def stop(self, force: bool = False) -> None: ...
 
     async def reset(self) -> None: ...
+
+    async def adopt(self) -> bool: ...
+
+    async def release(self) -> None: ...
 
 
 U = TypeVar("U", bound=DesktopUnit)
@@ -95,8 +121,11 @@ class UnitBackend(Generic[U]):
     name = "units"
     kind = "such"
 
-    def __init__(self, on_status: StatusListener | None) -> None:
+    def __init__(
+        self, on_status: StatusListener | None, records: RecordStore | None = None
+    ) -> None:
         self.on_status = on_status
+        self.records = records
         self.units: dict[str, U] = {}
 
     def _report(self, desktop: str, status: DesktopState, detail: str) -> None:
@@ -128,3 +157,18 @@ class UnitBackend(Generic[U]):
     async def close(self) -> None:
         """Stop every desktop (each within its own timeout)."""
         await asyncio.gather(*(u.stop() for u in self.units.values()), return_exceptions=True)
+
+    def keep_records(self, records: RecordStore) -> None:
+        self.records = records
+        for unit in self.units.values():
+            unit.records = records
+
+    async def adopt(self) -> list[str]:
+        """Take over the desktops a previous thinserve left running (reported RUNNING)."""
+        names = list(self.units)
+        taken = await asyncio.gather(*(self.units[n].adopt() for n in names))
+        return [name for name, took in zip(names, taken, strict=True) if took]
+
+    async def release(self) -> None:
+        """Let go of every desktop: recorded ones keep running, the others stop."""
+        await asyncio.gather(*(u.release() for u in self.units.values()), return_exceptions=True)

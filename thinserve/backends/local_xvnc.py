@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 
 from ..desktop_state import DesktopState
+from .accounts import local_desktop_account
 from .base import BackendError
 from .processes import global_reactor
+from .records import RecordStore
 from .rundirs import runtime_dir
 from .xvnc_config import XvncDesktopConfig, XvncOptions
 from .xvnc_session import XvncSession
@@ -39,13 +42,26 @@ class XvncMissing(RuntimeError):
 class LocalXvncDesktop:
     """One Xvnc desktop with its session program, kept running."""
 
-    def __init__(self, config: LocalDesktopConfig, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        config: LocalDesktopConfig,
+        reactor: Any = None,
+        runtime: Path | None = None,
+        records: RecordStore | None = None,
+    ) -> None:
+        """``runtime``: thinserve's runtime directory (None: rundirs.runtime_dir());
+        ``records``: where the running session is recorded, so that it outlives
+        thinserve (None: it ends with thinserve)."""
         # ``reactor`` provides IReactorProcess: a zope interface mypy cannot check.
         self.config = config
         command = config.command or None  # empty: the first session program found
-        desktop = XvncDesktopConfig(config.name, geometry=config.geometry, command=command)
-        options = XvncOptions(runtime_dir=runtime_dir() / "local")
-        self.session = XvncSession(desktop, options, self._status, reactor or global_reactor())
+        desktop = XvncDesktopConfig(
+            config.name, user=config.user, geometry=config.geometry, command=command
+        )
+        options = XvncOptions(runtime_dir=(runtime or runtime_dir()) / "local")
+        self.session = XvncSession(
+            desktop, options, self._status, reactor or global_reactor(), records
+        )
         self._down = asyncio.Event()
         self._tried = asyncio.Event()  # the first start is over, for better or worse
         self._keeper: asyncio.Task[None] | None = None
@@ -63,6 +79,7 @@ class LocalXvncDesktop:
                 "Xvnc is not installed: apt-get install tigervnc-standalone-server "
                 "(or configure [[desktop]] entries instead of local desktops)"
             )
+        local_desktop_account(self.config.name, self.config.user)  # never root; it must exist
         self._keeper = asyncio.ensure_future(self._keep_running())
         return Deferred.fromFuture(asyncio.ensure_future(self._first_start()))
 
@@ -74,6 +91,13 @@ class LocalXvncDesktop:
         if self._keeper is not None:
             self._keeper.cancel()
         return Deferred.fromFuture(asyncio.ensure_future(self.session.stop(force=True)))
+
+    def release(self) -> Deferred[None]:
+        """Let go of the desktop, leaving it running for the next thinserve to take
+        over (lifecycle.py); without a record it is stopped instead."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+        return Deferred.fromFuture(asyncio.ensure_future(self.session.release()))
 
     async def _keep_running(self) -> None:
         delay = RESTART_DELAY

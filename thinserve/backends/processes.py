@@ -58,9 +58,11 @@ def returncode(reason: Failure) -> int:
 
 
 def wrapper() -> list[str]:
-    """setsid (its own process group) and a parent-death signal, when available."""
-    if shutil.which("setsid") and shutil.which("setpriv"):
-        return ["setsid", "setpriv", "--pdeathsig", "TERM", "--"]
+    """setsid, when available: its own session and process group, so nothing of
+    thinserve's (its terminal, its group's signals) reaches it and it outlives
+    thinserve.  No parent-death signal: a desktop is ended only when asked."""
+    if shutil.which("setsid"):
+        return ["setsid"]
     return []
 
 

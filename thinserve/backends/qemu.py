@@ -30,6 +30,15 @@ ending QEMU is STOPPED; QEMU dying any other way, or the guest panicking
 
 Acceleration: KVM when /dev/kvm opens read-write (``accel="auto"``), else
 TCG; ``accel`` forces either.  DesktopInfo.detail says which was used.
+
+Outliving thinserve.  QEMU runs in its own session, its output goes to
+``qemu.log`` in the desktop's directory (never a pipe, whose reader would
+go with thinserve), and nothing ends it with thinserve.  Besides the QMP
+socket it connects to, QEMU listens on a second QMP socket (``monitor.sock``),
+so the next thinserve can reach a VM it finds in the desktop's record
+(lifecycle.py): it watches QEMU through a pidfd (pidwatch.py) and reads the
+same QMP events.  QEMU's exit status only reaches its parent, so a VM taken
+over is judged by those events alone.
 """
 
 from __future__ import annotations
@@ -40,8 +49,9 @@ import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
 import tempfile
-from collections import deque
 from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,6 +69,9 @@ from .base import (
 )
 from .images import ImageError, create_overlay, image_format
 from .lifecycle import DesktopLifecycle, describe_exit, rfb_greets
+from .outputlog import devnull, last_line, open_for_output
+from .pidwatch import PidWatch, end_recorded, start_time, watch
+from .records import DesktopRecord, RecordedProcess, RecordStore
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +82,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
 QUIT_TIMEOUT = 10.0
 PROBE_INTERVAL = 0.2
+QMP_TIMEOUT = 5.0  # a VM taken over must answer QMP within this
 
 
 def as_deferred(coro: Coroutine[Any, Any, T]) -> Deferred[T]:
@@ -149,20 +163,32 @@ def choose_accelerator(requested: str) -> str:
 
 @dataclass
 class _Run:
-    """What one QEMU process left behind: how it ended and why."""
+    """What one QEMU process left behind: how it ended and why.
 
-    process: asyncio.subprocess.Process
+    ``process`` is set when this thinserve started QEMU (its parent, which
+    hears its exit status); a VM taken over has only its pid and pidfd.
+    """
+
+    pid: int
+    start: int
     qmp: QMPClient
     accel: str
-    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    watch: PidWatch | None = None
     shutdown_reason: str | None = None
     panicked: bool = False
     stop_requested: bool = False
     ready: bool = False  # started: from now on its exit is reported by the watcher
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    stderr_task: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # the process is gone
+    exited: asyncio.Event = field(default_factory=asyncio.Event)  # and its end is judged
     events_task: asyncio.Task[None] | None = None
     exit_task: asyncio.Task[None] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL exactly this QEMU (through its pidfd)."""
+        if self.watch is not None:
+            self.watch.signal(signal.SIGKILL)
 
 
 class QemuVM(DesktopLifecycle):
@@ -175,8 +201,10 @@ class QemuVM(DesktopLifecycle):
     config: QemuDesktopConfig
     run: _Run | None
 
-    def __init__(self, config: QemuDesktopConfig, report: StatusListener) -> None:
-        super().__init__(report)
+    def __init__(
+        self, config: QemuDesktopConfig, report: StatusListener, records: RecordStore | None = None
+    ) -> None:
+        super().__init__(report, records)
         self.config = config
         self._socket_dir: Path | None = None
 
@@ -205,6 +233,15 @@ class QemuVM(DesktopLifecycle):
     @property
     def qmp_socket(self) -> Path:
         return self.socket_dir / "qmp.sock"
+
+    @property
+    def monitor_socket(self) -> Path:
+        """QMP served by QEMU itself, for a later thinserve to connect to."""
+        return self.socket_dir / "monitor.sock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.config.directory / "qemu.log"
 
     @property
     def start_timeout(self) -> float:
@@ -246,23 +283,21 @@ class QemuVM(DesktopLifecycle):
                 f"{self.config.qemu_binary} not found: apt-get install qemu-system-x86 qemu-utils"
             )
         self.socket_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for stale in (self.vnc_socket, self.qmp_socket):
+        for stale in (self.vnc_socket, self.qmp_socket, self.monitor_socket):
             stale.unlink(missing_ok=True)
+        self.log_file.unlink(missing_ok=True)
         qmp = QMPClient(self.config.name)
         await qmp.start_server(str(self.qmp_socket))
         try:
-            process = await asyncio.create_subprocess_exec(
-                *self.command(accel),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            process = self._spawn(accel)
         except BaseException:
             await qmp.disconnect()
             raise
-        self.run = run = _Run(process=process, qmp=qmp, accel=accel)
-        run.stderr_task = asyncio.ensure_future(self._read_stderr(run))
+        started = start_time(process.pid) or 0
+        self.run = run = _Run(process.pid, started, qmp, accel, self.log_file, process=process)
+        run.watch = watch(process.pid, started, run.ended.set)
+        if run.watch is None:
+            run.ended.set()  # gone already: its exit status says why
         run.exit_task = asyncio.ensure_future(self._watch_exit(run))
         log.info("desktop %s: QEMU started, pid %d, %s", self.config.name, process.pid, accel)
         await self._race_exit(run, run.exited, qmp.accept(), "connect to QMP")
@@ -270,12 +305,24 @@ class QemuVM(DesktopLifecycle):
         await self._race_exit(run, run.exited, qmp.execute("cont"), "resume the guest")
         return run
 
+    def _spawn(self, accel: str) -> subprocess.Popen[bytes]:
+        """QEMU in its own session, its output in its log file: it outlives thinserve."""
+        stdin, output = devnull(), open_for_output(self.log_file)
+        try:
+            return subprocess.Popen(
+                self.command(accel),
+                stdin=stdin,
+                stdout=output,
+                stderr=output,
+                start_new_session=True,
+            )
+        finally:
+            os.close(stdin)
+            os.close(output)
+
     def command(self, accel: str) -> list[str]:
         """The QEMU command line for this desktop with accelerator ``accel``."""
         cfg = self.config
-        prefix = []
-        if shutil.which("setpriv"):
-            prefix = ["setpriv", "--pdeathsig", "TERM", "--"]  # QEMU ends with thinserve
         args = [
             cfg.qemu_binary,
             "-name", f"{cfg.name},process=qemu-{cfg.name}",
@@ -292,6 +339,8 @@ class QemuVM(DesktopLifecycle):
             "-action", "panic=shutdown",
             "-chardev", f"socket,id=qmp,path={self.qmp_socket}",
             "-mon", "chardev=qmp,mode=control",
+            "-chardev", f"socket,id=monitor,path={self.monitor_socket},server=on,wait=off",
+            "-mon", "chardev=monitor,mode=control",
             "-S",
         ]  # fmt: skip
         cpu = cfg.cpu_model or ("host" if accel == "kvm" else None)
@@ -302,7 +351,7 @@ class QemuVM(DesktopLifecycle):
             args += ["-nic", cfg.nic]
         if cfg.serial_log is not None:
             args += ["-serial", f"file:{cfg.serial_log}"]
-        return prefix + args + list(cfg.extra_args)
+        return args + list(cfg.extra_args)
 
     def _boot_args(self) -> list[str]:
         cfg = self.config
@@ -343,14 +392,6 @@ class QemuVM(DesktopLifecycle):
 
     # --- watching ------------------------------------------------------------------
 
-    async def _read_stderr(self, run: _Run) -> None:
-        assert run.process.stderr is not None
-        async for raw in run.process.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            if line:
-                run.stderr.append(line)
-                log.info("desktop %s: qemu: %s", self.config.name, line)
-
     async def _read_events(self, run: _Run) -> None:
         async for event in run.qmp.events:
             self._note_event(run, event)
@@ -379,10 +420,8 @@ class QemuVM(DesktopLifecycle):
             self._note_event(run, event)
 
     async def _watch_exit(self, run: _Run) -> None:
-        returncode = await run.process.wait()
-        if run.stderr_task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(run.stderr_task, 2.0)  # the last error lines
+        await run.ended.wait()
+        returncode = run.process.wait() if run.process is not None else None  # ended: no wait
         await self._last_events(run)
         status, detail = self._ending(run, returncode)
         log.log(
@@ -397,7 +436,7 @@ class QemuVM(DesktopLifecycle):
             self._set(status, detail)
         run.exited.set()
 
-    def _ending(self, run: _Run, returncode: int) -> tuple[DesktopState, str]:
+    def _ending(self, run: _Run, returncode: int | None) -> tuple[DesktopState, str]:
         reason = run.shutdown_reason
         if run.panicked or reason == "guest-panic":
             return DesktopState.CRASHED, "the guest operating system panicked"
@@ -410,11 +449,15 @@ class QemuVM(DesktopLifecycle):
         if reason:
             return DesktopState.STOPPED, f"QEMU shut down ({reason})"
         why = f"QEMU ended unexpectedly ({describe_exit(returncode)})"
-        return DesktopState.CRASHED, f"{why}: {self._last_line(run)}" if run.stderr else why
+        words = self._last_line(run)
+        return DesktopState.CRASHED, f"{why}: {words}" if words != "no error message" else why
 
     @staticmethod
     def _last_line(run: _Run) -> str:
-        return run.stderr[-1] if run.stderr else "no error message"
+        return last_line(run.log)
+
+    def _output_files(self) -> list[Path]:
+        return [self.log_file]
 
     async def _last_words(self, run: _Run) -> str:
         return self._last_line(run)  # read by _watch_exit before it sets ``exited``
@@ -440,8 +483,7 @@ class QemuVM(DesktopLifecycle):
         try:
             await asyncio.wait_for(run.exited.wait(), QUIT_TIMEOUT)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                run.process.kill()
+            run.kill()
             await run.exited.wait()
 
     async def reset(self) -> None:
@@ -450,6 +492,75 @@ class QemuVM(DesktopLifecycle):
         async with self._lock:
             if self.config.template is not None:
                 await self._new_overlay()
+
+    # --- outliving thinserve ------------------------------------------------------------
+
+    def _record(self, run: _Run) -> DesktopRecord:
+        return DesktopRecord(
+            name=self.config.name,
+            backend=self.backend,
+            processes=(RecordedProcess("qemu", run.pid, run.start),),
+            vnc_socket=str(self.vnc_socket),
+            summary=self._summary(run.accel),
+            qmp_socket=str(self.monitor_socket),
+            run_dirs=(str(self.config.directory), str(self.socket_dir)),
+            overlay=str(self.config.overlay) if self.config.template is not None else None,
+        )
+
+    def _recorded_socket_dir(self, record: DesktopRecord) -> Path:
+        """Where the record's sockets are: the desktop's directory or its own temporary one."""
+        directory = Path(record.vnc_socket).parent
+        own = directory == self.config.directory or (
+            directory.parent == Path(tempfile.gettempdir())
+            and directory.name.startswith(f"thinserve-{self.config.name}-")
+        )
+        if not own or record.qmp_socket != str(directory / "monitor.sock"):
+            raise BackendError(f"its sockets {record.vnc_socket} are not the desktop's")
+        return directory
+
+    async def _adopt(self, record: DesktopRecord) -> str:
+        recorded = record.process("qemu")
+        if recorded is None:
+            raise BackendError("it names no QEMU process")
+        self._socket_dir = self._recorded_socket_dir(record)
+        if not await rfb_greets(self.vnc_socket):
+            raise BackendError(f"its console {self.vnc_socket} does not answer RFB")
+        qmp = QMPClient(self.config.name)
+        try:
+            await asyncio.wait_for(qmp.connect(str(self.monitor_socket)), QMP_TIMEOUT)
+            status = await asyncio.wait_for(qmp.execute("query-status"), QMP_TIMEOUT)
+        except (QMPError, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await qmp.disconnect()
+            why = f"its QMP socket {self.monitor_socket} does not answer: {exc}"
+            raise BackendError(why) from None
+        accel = "kvm" if record.summary.startswith("KVM") else "tcg"
+        run = _Run(recorded.pid, recorded.start, qmp, accel, self.log_file)
+        run.watch = watch(recorded.pid, recorded.start, run.ended.set)
+        if run.watch is None:
+            await qmp.disconnect()
+            raise BackendError(f"QEMU pid {recorded.pid} ended meanwhile")
+        self.run = run
+        run.events_task = asyncio.ensure_future(self._read_events(run))
+        run.exit_task = asyncio.ensure_future(self._watch_exit(run))
+        log.debug("desktop %s: QEMU says %s", self.config.name, status)
+        return record.summary
+
+    async def _clean_up(self, record: DesktopRecord) -> None:
+        """SIGTERM is QEMU's own clean quit (reason host-signal); SIGKILL if it hangs."""
+        for recorded in record.processes:
+            await end_recorded(recorded.pid, recorded.start, QUIT_TIMEOUT)
+        self._socket_dir = None
+
+    def _let_go(self, run: _Run) -> None:
+        for task in (run.events_task, run.exit_task):
+            if task is not None:
+                task.cancel()
+        if run.watch is not None:
+            run.watch.cancel()
+        if run.process is not None:
+            _reap_later(run.process)
+        self._end_later(_hang_up(run.qmp))
 
     async def execute(self, command: str, arguments: dict[str, object] | None = None) -> object:
         run = self.run
@@ -461,6 +572,28 @@ class QemuVM(DesktopLifecycle):
             raise BackendError(f"desktop {self.config.name}: QMP {command}: {exc}") from exc
 
 
+async def _hang_up(qmp: QMPClient) -> None:
+    with contextlib.suppress(Exception):
+        await qmp.disconnect()
+
+
+_released: set[subprocess.Popen[bytes]] = set()
+
+
+def _reap_later(process: subprocess.Popen[bytes]) -> None:
+    """A QEMU left running is still this process's child: reap it when it ends,
+    so it never lingers as a zombie (another thinserve may have taken it over)."""
+    _released.add(process)
+
+    def reaped() -> None:
+        process.poll()
+        _released.discard(process)
+
+    started = start_time(process.pid)
+    if started is None or watch(process.pid, started, reaped) is None:
+        reaped()
+
+
 class QemuBackend(UnitBackend[QemuVM]):
     """The desktops of one or more QemuDesktopConfig, each its own QEMU."""
 
@@ -468,9 +601,12 @@ class QemuBackend(UnitBackend[QemuVM]):
     kind = "QEMU"
 
     def __init__(
-        self, desktops: Iterable[QemuDesktopConfig], on_status: StatusListener | None = None
+        self,
+        desktops: Iterable[QemuDesktopConfig],
+        on_status: StatusListener | None = None,
+        records: RecordStore | None = None,
     ) -> None:
-        super().__init__(on_status)
+        super().__init__(on_status, records)
         for config in desktops:
             self.configure(config)
 
@@ -478,7 +614,7 @@ class QemuBackend(UnitBackend[QemuVM]):
         """Add a desktop or change its settings (they apply at its next start)."""
         vm = self.vms.get(config.name)
         if vm is None:
-            self.vms[config.name] = QemuVM(config, self._report)
+            self.vms[config.name] = QemuVM(config, self._report, self.records)
         else:
             vm.reconfigure(config)
 

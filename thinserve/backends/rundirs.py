@@ -12,7 +12,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from .accounts import Account
+from .accounts import Account, can_switch_users
 from .base import BackendError
 
 XAUTH_FAMILY_WILD = 0xFFFF
@@ -23,9 +23,16 @@ def runtime_dir() -> Path:
     """A private directory for sockets: $XDG_RUNTIME_DIR/thinserve or similar."""
     base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else "/tmp")
     path = Path(base) / ("thinserve" if base != "/tmp" else f"thinserve-{os.getuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    mode = passable_mode()  # local desktops' users pass through to their sessions
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    os.chmod(path, mode)
     return path
+
+
+def passable_mode() -> int:
+    """thinserve's directories: others may pass through (not list them) when
+    sessions run as other users; else only thinserve's user enters."""
+    return 0o711 if can_switch_users() else 0o700
 
 
 def sessions_dir() -> Path:
@@ -39,8 +46,8 @@ def sessions_dir() -> Path:
 
 
 def make_base(base: Path) -> None:
-    """thinserve's directory: others may pass through (as root) but not list it."""
-    mode = 0o711 if os.geteuid() == 0 else 0o700
+    """thinserve's directory: others may pass through (when switching users) but not list it."""
+    mode = passable_mode()
     for path in (base, base / "sockets", base / "sessions"):
         path.mkdir(mode=mode, parents=True, exist_ok=True)
         st = path.lstat()

@@ -11,6 +11,13 @@ session.  When Xvnc dies its session program loses the display and dies
 too, and thinserve may hear of the two ends in either order; so a session
 program's end counts only while Xvnc is alive.  Once Xvnc is in its exit,
 its own end, due at once, says what happened.
+
+Both outlive thinserve (lifecycle.py): their output goes to files in the
+desktop's private log directory (outputlog.py), nothing ties them to
+thinserve's life, and the desktop's record says how to find them again.
+A session taken over this way is watched through pidfds (pidwatch.py);
+its exit status, which only a parent would hear, is the one the session's
+shell wrapper writes to ``exit-status`` in the session directory.
 """
 
 from __future__ import annotations
@@ -19,11 +26,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,20 +37,23 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from ..desktop_state import DesktopState
+from . import default_session
 from .accounts import Account, account_for
 from .base import BackendError, StatusListener
 from .lifecycle import DesktopLifecycle, describe_exit, rfb_greets
+from .outputlog import devnull, last_line, open_for_output
+from .pidwatch import PidWatch, end_recorded, start_time, watch
 from .processes import (
     ProcessReactor,
     ProcessTransport,
     ending,
-    pid_of,
     returncode,
     signal_group,
     sweep,
     until_execed,
     wrapper,
 )
+from .records import DesktopRecord, RecordedProcess, RecordStore
 from .rundirs import fresh_dir, give, make_base, sessions_dir, write_private, xauthority_entry
 from .xvnc_config import XvncDesktopConfig, XvncOptions
 
@@ -56,37 +64,51 @@ MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 PROBE_INTERVAL = 0.1
 KILL_TIMEOUT = 5.0
-X_LOG_MARK = re.compile(r"^\s*\([A-Z!+*-]{2}\)")  # the X server's (EE), (II), (WW), (**)
 KEPT_VARIABLES = ("LANG", "LC_ALL", "TZ")
+STATUS_FILE = "exit-status"
+# The session's program runs under a shell that writes its exit status to
+# STATUS_FILE and then ends the same way (the same status, or the same signal),
+# so a later thinserve, which is not its parent, still tells a logout from a crash.
+SESSION_SHELL = (
+    '/bin/sh -c "$1"; status=$?; echo "$status" > "$2"; '
+    'if [ "$status" -gt 128 ] && [ "$status" -lt 160 ]; then kill -$((status - 128)) $$; fi; '
+    'exit "$status"'
+)
+MAX_STATUS_BYTES = 16
 
 
 def default_session_command() -> str | None:
+    """thinserve's default session (IceWM and a terminal), else the first program found."""
+    if (session := default_session.command()) is not None:
+        return session
     for program in SESSION_PROGRAMS:
         if shutil.which(program):
             return program
     return None
 
 
-class _Watched(ProcessProtocol):
-    """Collects a process's output lines and tells its owner when it ends."""
+def read_status(path: Path) -> int | None:
+    """The exit status the session's shell wrote; None when it wrote none (a signal)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        text = file.read(MAX_STATUS_BYTES).strip()
+    return int(text) if text.isdigit() else None
 
-    def __init__(self, label: str, on_end: Callable[[Failure], None]) -> None:
-        self.label = label
+
+class _Watched(ProcessProtocol):
+    """Reads Xvnc's display number and tells its owner when the process ends."""
+
+    def __init__(self, on_end: Callable[[Failure], None]) -> None:
         self.on_end = on_end
-        self.lines: deque[str] = deque(maxlen=20)
         self.display: asyncio.Future[int] | None = None
-        self.closed = asyncio.Event()
         self._displayfd = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 3:
             self._display_data(data)
-            return
-        for line in data.decode(errors="replace").splitlines():
-            text = X_LOG_MARK.sub("", line).strip()  # "(EE) Fatal ..." -> "Fatal ..."
-            if text:
-                self.lines.append(text)
-                log.debug("%s: %s", self.label, text)
 
     def _display_data(self, data: bytes) -> None:
         self._displayfd = (self._displayfd + data)[-32:]
@@ -96,20 +118,42 @@ class _Watched(ProcessProtocol):
                 self.display.set_result(int(text))
 
     def processExited(self, reason: Failure) -> None:
-        # Not processEnded: that waits until every copy of the output pipes is
+        # Not processEnded: that waits until every copy of the displayfd pipe is
         # closed, which a program the session left running may hold for ever.
         self.on_end(reason)
 
-    def processEnded(self, reason: Failure) -> None:
-        self.closed.set()
 
-    async def all_said(self, timeout: float = 1.0) -> None:
-        """Until the output pipes are closed (so its last words arrived), or ``timeout``."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), timeout)
+@dataclass
+class _Proc:
+    """Xvnc or the session program: started here (a transport) or taken over (a pidfd).
 
-    def last_words(self) -> str:
-        return self.lines[-1] if self.lines else "no error message"
+    Each leads its own process group, so signals go to the whole group.
+    """
+
+    pid: int | None = None
+    start: int | None = None
+    transport: ProcessTransport | None = None
+    watch: PidWatch | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def present(self) -> bool:
+        return self.transport is not None or self.watch is not None
+
+    def signal_group(self, signum: int) -> None:
+        if self.transport is not None:
+            signal_group(self.transport, signum)
+        elif self.pid is not None and not self.exited.is_set():
+            try:
+                os.killpg(self.pid, signum)  # not ended, so the pid is still its own
+            except (ProcessLookupError, PermissionError):
+                if self.watch is not None:
+                    self.watch.signal(signum)
+
+    def recorded(self, role: str) -> RecordedProcess:
+        if self.pid is None or self.start is None:
+            raise ValueError(f"{role} has no pid")
+        return RecordedProcess(role, self.pid, self.start)
 
 
 @dataclass
@@ -119,17 +163,33 @@ class _Run:
     account: Account
     socket: Path
     session_dir: Path
-    xvnc: ProcessTransport | None = None
-    xvnc_watch: _Watched | None = None
-    session: ProcessTransport | None = None
-    session_watch: _Watched | None = None
+    log_dir: Path
+    xvnc: _Proc = field(default_factory=_Proc)
+    session: _Proc = field(default_factory=_Proc)
     display: int | None = None
-    xvnc_pid: int | None = None
-    session_pgid: int | None = None  # the session's process group, kept after it ends
     ready: bool = False
     stop_requested: bool = False
-    xvnc_exited: asyncio.Event = field(default_factory=asyncio.Event)
-    session_exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def xvnc_pid(self) -> int | None:
+        return self.xvnc.pid
+
+    @property
+    def session_pgid(self) -> int | None:
+        """The session's process group, kept after it ends."""
+        return self.session.pid
+
+    @property
+    def xvnc_log(self) -> Path:
+        return self.log_dir / "xvnc.log"
+
+    @property
+    def session_log(self) -> Path:
+        return self.log_dir / "session.log"
+
+    @property
+    def status_file(self) -> Path:
+        return self.session_dir / STATUS_FILE
 
 
 class XvncSession(DesktopLifecycle):
@@ -146,8 +206,9 @@ class XvncSession(DesktopLifecycle):
         options: XvncOptions,
         report: StatusListener,
         reactor: ProcessReactor,
+        records: RecordStore | None = None,
     ) -> None:
-        super().__init__(report)
+        super().__init__(report, records)
         self.config = config
         self.options = options
         self.reactor = reactor
@@ -169,6 +230,11 @@ class XvncSession(DesktopLifecycle):
     @property
     def session_dir(self) -> Path:
         return self.base / "sessions" / self.config.name
+
+    @property
+    def log_dir(self) -> Path:
+        """The programs' output: thinserve's own directory, 0700."""
+        return self.base / "logs" / self.config.name
 
     @property
     def start_timeout(self) -> float:
@@ -207,6 +273,8 @@ class XvncSession(DesktopLifecycle):
                 "choose a shorter runtime_dir"
             )
         make_base(self.base)
+        (self.base / "logs").mkdir(mode=0o700, exist_ok=True)
+        fresh_dir(self.log_dir, None)
         fresh_dir(self.socket_dir, self._xvnc_account(account))
         session_dir = self.session_dir
         fresh_dir(session_dir, None)  # thinserve's until filled, then the user's
@@ -214,23 +282,23 @@ class XvncSession(DesktopLifecycle):
         write_private(session_dir / "Xauthority", xauthority_entry(secrets.token_bytes(16)))
         for path in (session_dir / "runtime", session_dir / "Xauthority", session_dir):
             give(path, account)
-        self.run = _Run(account, self.vnc_socket, session_dir)
+        self.run = _Run(account, self.vnc_socket, session_dir, self.log_dir)
         return self.run
 
     def _xvnc_account(self, account: Account) -> Account:
         return account if self.config.xvnc_as_user else Account.of(None)
 
     async def _start_xvnc(self, run: _Run, binary: str) -> None:
-        watch = _Watched(f"Xvnc {self.config.name}", lambda r: self._xvnc_ended(run, r))
+        watch = _Watched(lambda r: self._xvnc_ended(run, returncode(r)))
         watch.display = asyncio.get_running_loop().create_future()
-        run.xvnc_watch = watch
         account = self._xvnc_account(run.account)
         argv = [*wrapper(), binary, *self.xvnc_args(run)]
-        run.xvnc = self._spawn(watch, argv, account, self._xvnc_env(account), "/", displayfd=True)
-        run.xvnc_pid = run.xvnc.pid
+        env = self._xvnc_env(account)
+        transport = self._spawn(watch, argv, account, env, "/", run.xvnc_log, displayfd=True)
+        self._started(run.xvnc, transport)
         name = self.config.name
         log.info("desktop %s: Xvnc started as %s, pid %s", name, account.name, run.xvnc_pid)
-        exited = run.xvnc_exited
+        exited = run.xvnc.exited
         run.display = await self._race_exit(run, exited, watch.display, "report its display")
         await self._race_exit(run, exited, self._until_rfb(run.socket), "answer on its RFB socket")
 
@@ -259,20 +327,27 @@ class XvncSession(DesktopLifecycle):
                 f"desktop {self.config.name}: no session program found (tried "
                 f"{', '.join(SESSION_PROGRAMS)}); install one or set command"
             )
-        watch = _Watched(f"session {self.config.name}", lambda r: self._session_ended(run, r))
-        run.session_watch = watch
+        watch = _Watched(lambda r: self._session_ended(run, returncode(r)))
         home = run.account.home if os.path.isdir(run.account.home) else "/"
-        argv = [*wrapper(), "/bin/sh", "-c", command]
-        run.session = self._spawn(watch, argv, run.account, self.session_env(run), home)
-        run.session_pgid = run.session.pid
+        shell = ["/bin/sh", "-c", SESSION_SHELL, "thinserve-session", command]
+        argv = [*wrapper(), *shell, str(run.status_file)]
+        env = self.session_env(run)
+        transport = self._spawn(watch, argv, run.account, env, home, run.session_log)
+        self._started(run.session, transport)
         log.info(
             "desktop %s: session %r started as %s on :%s, pid %s",
             self.config.name,
-            command,
+            command.splitlines()[0],  # a script's first line names it
             run.account.name,
             run.display,
             run.session_pgid,
         )
+
+    @staticmethod
+    def _started(proc: _Proc, transport: ProcessTransport) -> None:
+        proc.transport = transport
+        proc.pid = transport.pid
+        proc.start = start_time(proc.pid) if proc.pid is not None else None
 
     def _spawn(
         self,
@@ -281,22 +356,30 @@ class XvncSession(DesktopLifecycle):
         account: Account,
         env: dict[str, str],
         cwd: str,
+        output: Path,
         displayfd: bool = False,
     ) -> ProcessTransport:
-        fds: dict[int, str | int] = {0: "w", 1: "r", 2: "r"}
+        """Start ``argv``; its output goes to the file ``output``, never to a pipe:
+        a pipe nobody reads once thinserve has gone would kill it (SIGPIPE)."""
+        stdin, out = devnull(), open_for_output(output)
+        fds: dict[int, str | int] = {0: stdin, 1: out, 2: out}
         if displayfd:
-            fds[3] = "r"
+            fds[3] = "r"  # written once at start, then closed by Xvnc
         switch = not account.is_me
-        return self.reactor.spawnProcess(
-            watch,
-            shutil.which(argv[0]) or argv[0],
-            argv,
-            env=env,
-            path=cwd,
-            uid=account.uid if switch else None,
-            gid=account.gid if switch else None,
-            childFDs=fds,
-        )
+        try:
+            return self.reactor.spawnProcess(
+                watch,
+                shutil.which(argv[0]) or argv[0],
+                argv,
+                env=env,
+                path=cwd,
+                uid=account.uid if switch else None,
+                gid=account.gid if switch else None,
+                childFDs=fds,
+            )
+        finally:
+            os.close(stdin)
+            os.close(out)
 
     def _xvnc_env(self, account: Account) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "HOME": account.home}
@@ -325,10 +408,10 @@ class XvncSession(DesktopLifecycle):
             await asyncio.sleep(PROBE_INTERVAL)
 
     async def _last_words(self, run: _Run) -> str:
-        if run.xvnc_watch is None:
-            return "no error message"
-        await run.xvnc_watch.all_said()
-        return run.xvnc_watch.last_words()
+        return last_line(run.xvnc_log)
+
+    def _output_files(self) -> list[Path]:
+        return [self.log_dir / "xvnc.log", self.log_dir / "session.log"]
 
     # --- watching --------------------------------------------------------------------
 
@@ -336,57 +419,51 @@ class XvncSession(DesktopLifecycle):
         """True while ``run`` is up and nobody is ending it: an end is news."""
         return run.ready and not run.stop_requested and self.run is run
 
-    def _xvnc_ended(self, run: _Run, reason: Failure) -> None:
-        run.xvnc_exited.set()
+    def _xvnc_ended(self, run: _Run, code: int | None) -> None:
+        """Xvnc ended; ``code`` as asyncio's, None when it was not thinserve's child."""
+        run.xvnc.exited.set()
         remove_stale_display(run.display, run.xvnc_pid)
         if not self._current(run):
             return
-        code = returncode(reason)
 
         def detail() -> str:
             text = f"Xvnc ended unexpectedly ({describe_exit(code)})"
-            if code > 0 and run.xvnc_watch is not None:
-                text += f": {run.xvnc_watch.last_words()}"  # a fatal error is its last line
+            if code is None or code > 0:
+                text += f": {last_line(run.xvnc_log)}"  # a fatal error is its last line
             return text
 
-        self._ended(run, DesktopState.CRASHED, detail, run.xvnc_watch)
+        self._ended(run, DesktopState.CRASHED, detail)
 
-    def _session_ended(self, run: _Run, reason: Failure) -> None:
-        run.session_exited.set()
+    def _session_ended(self, run: _Run, code: int | None) -> None:
+        """The session program ended; ``code`` None: read what its shell wrote."""
+        run.session.exited.set()
         if not self._current(run):
             return
         if run.xvnc_pid is not None and ending(run.xvnc_pid):
             log.debug("desktop %s: the session ended as Xvnc went", self.config.name)
             return  # Xvnc's own end follows and says why
-        code = returncode(reason)
+        if code is None:
+            code = read_status(run.status_file)
         if code == 0:
             self._ended(run, DesktopState.STOPPED, lambda: "the session ended (logged out)")
             return
 
         def detail() -> str:
             text = f"the session program failed ({describe_exit(code)})"
-            words = run.session_watch.last_words() if run.session_watch else ""
-            return f"{text}: {words}" if words else text
+            words = last_line(run.session_log)
+            return f"{text}: {words}" if words != "no error message" else text
 
-        self._ended(run, DesktopState.CRASHED, detail, run.session_watch)
+        self._ended(run, DesktopState.CRASHED, detail)
 
-    def _ended(
-        self,
-        run: _Run,
-        status: DesktopState,
-        detail: Callable[[], str],
-        said_by: _Watched | None = None,
-    ) -> None:
+    def _ended(self, run: _Run, status: DesktopState, detail: Callable[[], str]) -> None:
         """One half of the session ended by itself: end the other, then report.
 
-        ``detail`` is read once the program's last output arrived (``said_by``).
+        The programs wrote their output to files, so their last words are there.
         """
         run.stop_requested = True
         self.run = None
 
         async def finish() -> None:
-            if said_by is not None:
-                await said_by.all_said()
             why = detail()
             crashed = status is DesktopState.CRASHED
             level = logging.WARNING if crashed else logging.INFO
@@ -403,29 +480,29 @@ class XvncSession(DesktopLifecycle):
 
     async def _kill(self, run: _Run, force: bool) -> None:
         """End the session (gracefully unless ``force``), then Xvnc; wait for both."""
-        signal_group(run.session, signal.SIGTERM)
-        if run.session is not None and not force:
+        run.session.signal_group(signal.SIGTERM)
+        if run.session.present and not force:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.session_exited.wait(), self.options.stop_timeout)
-        signal_group(run.xvnc, signal.SIGTERM)
-        for proc, exited in ((run.xvnc, run.xvnc_exited), (run.session, run.session_exited)):
-            if proc is not None:
-                await self._until_exited(proc, exited)
+                await asyncio.wait_for(run.session.exited.wait(), self.options.stop_timeout)
+        run.xvnc.signal_group(signal.SIGTERM)
+        for proc in (run.xvnc, run.session):
+            if proc.present:
+                await self._until_exited(proc)
         if run.session_pgid is not None:  # what the session left behind in its group
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(run.session_pgid, signal.SIGKILL)
         await sweep(run.account.uid, f"XDG_RUNTIME_DIR={run.session_dir / 'runtime'}")
 
-    async def _until_exited(self, proc: ProcessTransport, exited: asyncio.Event) -> None:
-        """Until ``exited``; SIGKILL after KILL_TIMEOUT."""
+    async def _until_exited(self, proc: _Proc) -> None:
+        """Until ``proc`` has exited; SIGKILL after KILL_TIMEOUT."""
         try:
-            await asyncio.wait_for(exited.wait(), KILL_TIMEOUT)
+            await asyncio.wait_for(proc.exited.wait(), KILL_TIMEOUT)
         except TimeoutError:
-            signal_group(proc, signal.SIGKILL)
+            proc.signal_group(signal.SIGKILL)
             try:
-                await asyncio.wait_for(exited.wait(), KILL_TIMEOUT)
+                await asyncio.wait_for(proc.exited.wait(), KILL_TIMEOUT)
             except TimeoutError:
-                log.error("desktop %s: pid %s survives SIGKILL", self.config.name, pid_of(proc))
+                log.error("desktop %s: pid %s survives SIGKILL", self.config.name, proc.pid)
 
     async def reset(self) -> None:
         """A fresh session next time: stop now (the next start makes new directories)."""
@@ -436,7 +513,59 @@ class XvncSession(DesktopLifecycle):
         run = self.run
         if run is None:
             return None, None
-        return pid_of(run.xvnc), pid_of(run.session)
+        return run.xvnc.pid, run.session.pid
+
+    # --- outliving thinserve ------------------------------------------------------------
+
+    def _record(self, run: _Run) -> DesktopRecord:
+        return DesktopRecord(
+            name=self.config.name,
+            backend=self.backend,
+            processes=(run.xvnc.recorded("xvnc"), run.session.recorded("session")),
+            vnc_socket=str(run.socket),
+            summary=self._summary(run),
+            display=run.display,
+            user=run.account.name,
+            uid=run.account.uid,
+            run_dirs=(str(self.socket_dir), str(run.session_dir), str(run.log_dir)),
+        )
+
+    async def _adopt(self, record: DesktopRecord) -> str:
+        account = account_for(self.config.name, self.config.user)
+        if (record.user, record.uid) != (account.name, account.uid):
+            raise BackendError(f"it runs as {record.user}, the desktop is now {account.name}'s")
+        if record.vnc_socket != str(self.vnc_socket) or record.display is None:
+            raise BackendError(f"its socket {record.vnc_socket} is not {self.vnc_socket}")
+        if not await rfb_greets(self.vnc_socket):
+            raise BackendError(f"its socket {record.vnc_socket} does not answer RFB")
+        run = _Run(account, self.vnc_socket, self.session_dir, self.log_dir)
+        run.display = record.display
+        for role, proc, on_end in (
+            ("xvnc", run.xvnc, lambda: self._xvnc_ended(run, None)),
+            ("session", run.session, lambda: self._session_ended(run, None)),
+        ):
+            recorded = record.process(role)
+            assert recorded is not None  # alive, so recorded (lifecycle checked)
+            proc.pid, proc.start = recorded.pid, recorded.start
+            proc.watch = watch(recorded.pid, recorded.start, on_end)
+            if proc.watch is None:
+                self._let_go(run)
+                raise BackendError(f"{role} pid {recorded.pid} ended meanwhile")
+        self.run = run
+        return record.summary or self._summary(run)
+
+    async def _clean_up(self, record: DesktopRecord) -> None:
+        for recorded in record.processes:
+            await end_recorded(recorded.pid, recorded.start, KILL_TIMEOUT)
+        if record.uid is not None:
+            await sweep(record.uid, f"XDG_RUNTIME_DIR={self.session_dir / 'runtime'}")
+        xvnc = record.process("xvnc")
+        remove_stale_display(record.display, xvnc.pid if xvnc is not None else None)
+
+    def _let_go(self, run: _Run) -> None:
+        for proc in (run.xvnc, run.session):
+            if proc.watch is not None:
+                proc.watch.cancel()
 
 
 def remove_stale_display(display: int | None, pid: int | None) -> None:

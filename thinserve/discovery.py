@@ -20,7 +20,9 @@ when it withdraws or stops being valid.  Adverts that break the contract are
 logged and ignored.  No callback fires after ``stop``.
 
 ``ServerAdvertiser`` registers thinserve's RFB port as ``_rfb._tcp`` so
-Avahi/Bonjour VNC viewers list it.
+Avahi/Bonjour VNC viewers list it, at the addresses ``advertised_addresses``
+chooses: only those the port really listens on, and never loopback on the
+LAN (a viewer there could not connect to it).
 
 Pass ``interfaces`` (a list of local IP addresses) and ``ipv4_only`` to
 limit where mDNS runs, or ``zeroconf`` to share one AsyncZeroconf (then it
@@ -62,6 +64,7 @@ from protocols.terminal import (
 log = logging.getLogger(__name__)
 
 RFB_SERVICE_TYPE = "_rfb._tcp.local."
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # a port listening on every address
 DNS_A, DNS_TXT, DNS_AAAA, DNS_SRV, DNS_IN = 1, 16, 28, 33, 1  # RFC 1035, 3596, 2782
 RESOLVE_PASSES = 5  # now, then 1.5, 4.5, 10.5, 22.5 s later by default
 TerminalCallback = Callable[[TerminalAdvert], None]
@@ -393,6 +396,33 @@ def local_addresses(ipv4_only: bool = False) -> list[str]:
             if usable and str(address) not in found:
                 found.append(str(address))
     return found
+
+
+def advertised_addresses(
+    host: str, interfaces: Sequence[str] | None = None, ipv4_only: bool = False
+) -> list[str]:
+    """Where viewers can reach a port listening on ``host``: the addresses to advertise.
+
+    A wildcard port (``0.0.0.0``, ``::``) is reachable at the machine's
+    addresses (``interfaces`` when discovery is limited to them; IPv4 ones
+    only for ``0.0.0.0``).  A port bound to one address is reachable there
+    only, and only if mDNS runs there: one of ``interfaces`` when given, else
+    any address but loopback, which no other machine can reach.  [] means do
+    not advertise it.
+    """
+    host = host.strip("[]").split("%")[0]
+    if host in WILDCARD_HOSTS:
+        found = list(interfaces) if interfaces else local_addresses(ipv4_only)
+        if host == "0.0.0.0":
+            found = [a for a in found if ipaddress.ip_address(a).version == 4]
+        return found
+    if interfaces:
+        return [host] if host in interfaces else []
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return []
+    return [] if loopback else [host]
 
 
 def _where(advert: TerminalAdvert) -> str:

@@ -26,6 +26,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
+from . import logs
 from .broker import (
     SYSTEM,
     Assignment,
@@ -161,6 +162,7 @@ class Hub:
             _identity_words(found.kind, proto.login_user),
             host,
             _describe(assignment),
+            extra=logs.fields(terminal=terminal_id, user=proto.login_user, event="connected"),
         )
         session.control = _takes_input(assignment)
         return self._source_for(terminal_id, assignment, session)
@@ -285,7 +287,12 @@ class Hub:
                 self.broker.forget_terminal(terminal_id, "its connection ended")
             except StoreError as exc:  # forgotten later, with the unpaired ones
                 self._store_fault(f"cannot forget terminal {terminal_id}", exc)
-        log.info("terminal %s disconnected: %s", terminal_id, session.ended or "closed")
+        log.info(
+            "terminal %s disconnected: %s",
+            terminal_id,
+            session.ended or "closed",
+            extra=logs.fields(terminal=terminal_id, event="disconnected"),
+        )
         self.apply(changes)
 
     # -- applying decisions -----------------------------------------------------------
@@ -297,7 +304,12 @@ class Hub:
             session = terminal.session
             source = self._source_for(change.terminal_id, change.assignment, session)
             session.show(source, control=_takes_input(change.assignment))
-            log.info("terminal %s now shows %s", change.terminal_id, _describe(change.assignment))
+            log.info(
+                "terminal %s now shows %s",
+                change.terminal_id,
+                _describe(change.assignment),
+                extra=logs.fields(terminal=change.terminal_id, event="shows"),
+            )
 
     def _source_for(
         self, terminal_id: str, assignment: Assignment, session: TerminalSession
@@ -337,7 +349,12 @@ class Hub:
         try:
             prepared = self.broker.prepare_login(terminal_id, user, secret)
         except BrokerError as exc:
-            log.warning("login at terminal %s refused: %s", terminal_id, exc)
+            log.warning(
+                "login at terminal %s refused: %s",
+                terminal_id,
+                exc,
+                extra=logs.fields(terminal=terminal_id, user=user, event="login-refused"),
+            )
             return
         if not isinstance(prepared, LoginCheck):
             self.apply(prepared)  # refused unchecked: the form says why
@@ -366,16 +383,36 @@ class Hub:
 
     # -- desktops ------------------------------------------------------------------------
     def desktop_state(
-        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+        self,
+        name: str,
+        state: DesktopState,
+        progress: float | None = None,
+        detail: str = "",
+        failed_start: bool = False,
     ) -> None:
         """The desktop manager's report (DesktopListener): the broker decides what it
-        means; the detail is kept for the admin API."""
+        means; the detail is kept for the admin API.  A desktop that could not
+        start says why on its terminals' screens."""
         self.desktop_details[name] = detail
-        self.apply(self.broker.desktop_state(name, state, progress))
+        failure = detail if failed_start else ""
+        self.apply(self.broker.desktop_state(name, state, progress, failure))
+
+    def withdraw_desktop(self, name: str) -> None:
+        """A desktop no longer configured: its terminals fall back (a reload)."""
+        self.desktop_details.pop(name, None)
+        self.apply(self.broker.unregister_desktop(name))
 
     # -- admin actions (the admin API calls these) ------------------------------------------
     def pair(self, terminal_id: str, desktop: str, actor: str = SYSTEM) -> None:
-        self.apply(self.broker.pair(terminal_id, desktop, actor))
+        changes = self.broker.pair(terminal_id, desktop, actor)
+        log.info(
+            "terminal %s paired with %s by %s",
+            terminal_id,
+            desktop,
+            actor,
+            extra=logs.fields(terminal=terminal_id, desktop=desktop, event="paired"),
+        )
+        self.apply(changes)
 
     def pair_code(
         self, code: str, desktop: str, actor: str = SYSTEM, by_address: bool = False
@@ -386,7 +423,12 @@ class Hub:
             if terminal is not None:
                 terminal.session.terminal_id = new
                 self.terminals[new] = terminal
-                log.info("terminal %s is now %s (paired by address)", old, new)
+                log.info(
+                    "terminal %s is now %s (paired by address)",
+                    old,
+                    new,
+                    extra=logs.fields(terminal=new, desktop=desktop, event="paired"),
+                )
         self.apply(changes)
 
     def unpair(self, terminal_id: str, actor: str = SYSTEM) -> None:
@@ -407,7 +449,11 @@ def _screen_text(screen: ShowScreen) -> screens.ScreenText:
     if kind is ScreenKind.PAIRING:
         return screens.pairing(screen.terminal_id or "", screen.code or "", screen.message)
     if kind is ScreenKind.NO_DESKTOP_FREE:
+        if screen.desktop:  # every desktop of the pool failed: say why
+            return screens.could_not_start(screen.desktop, screen.message)
         return screens.no_desktop_free()
+    if kind is ScreenKind.FAILED:
+        return screens.could_not_start(screen.desktop or "the desktop", screen.message)
     if kind is ScreenKind.STARTING:
         return screens.starting(screen.desktop or "", screen.progress)
     if kind is ScreenKind.IN_USE:

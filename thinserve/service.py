@@ -27,9 +27,11 @@ manager), and closes the store last.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar, cast
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -40,18 +42,23 @@ from protocols.terminal import TerminalAdvert
 
 from .admin import api as admin_api
 from .admission import Admission
+from .backends.base import Outliving
 from .backends.qemu import QemuBackend
+from .backends.records import RecordStore, end_desktop, records_in
 from .backends.xvnc import LocalXvncDesktop, XvncBackend
 from .blacklist import Blacklist
 from .broker import Broker, TerminalInfo
 from .config import Config, ConfigError, LocalDesktopConfig, address_to_endpoint
 from .credentials import Credentials
 from .desktops import DesktopListener, DesktopManager, Holders, desktops_in_use
-from .discovery import ServerAdvertiser, TerminalBrowser
+from .desktops.bridge import bridge
+from .desktops.wiring import add_sessions, add_vms, is_unstartable, static_address
+from .discovery import ServerAdvertiser, TerminalBrowser, advertised_addresses
 from .hub import Hub
 from .linksecurity import SecurityPolicy, ServerCertificate, https_description, is_loopback
 from .listeners import AnyFactory, Listeners, Port
 from .relay.upstream import DesktopAddress, Upstream
+from .reload import Spec, compare, desktop_specs, restart_needed
 from .reverse import ReverseConnector
 from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 from .servicetree import Child, InOrder, settled
@@ -82,6 +89,8 @@ class ThinServe(InOrder):
         self.certificate: ServerCertificate | None = None
         self.desktops: DesktopManager | None = None
         self.hub: Hub | None = None
+        self.local: LocalDesktops | None = None
+        self.qemu: QemuBackend | None = None
         self.listeners: list[Listeners] = []  # the terminal ports, then the web ports
 
     def startService(self) -> defer.Deferred[None]:
@@ -102,15 +111,24 @@ class ThinServe(InOrder):
         assert store is not None  # opened by startService
         self.store = store
         self.certificate = certificate = _certificate(config, database)
-        local = await self._run(LocalDesktops(config.local_desktops, self.reactor))
+        local = self.local = await self._run(
+            LocalDesktops(config.local_desktops, self.reactor, server=config)
+        )
         manager = self.desktops = await self._desktop_manager(local.addresses())
         hub = self.hub = self._hub(store, manager)
         broker = hub.broker
         await self._run(
-            DesktopManagerService(manager, hub, lambda: desktops_in_use(broker.snapshot()))
+            DesktopManagerService(
+                manager,
+                hub,
+                lambda: desktops_in_use(broker.snapshot()),
+                stop_desktops=config.stop_desktops,
+            )
         )
         await self._run(HubService(hub))
-        await self._run(AdminSocket(self.reactor, hub, config.admin_socket, self._admin_info))
+        await self._run(
+            AdminSocket(self.reactor, hub, config.admin_socket, self._admin_info, manager)
+        )
         rfb = RFBServerFactory(
             terminal_options(config, hub, certificate),
             hub.new_session,
@@ -123,7 +141,7 @@ class ThinServe(InOrder):
         await self._start_web(rfb, certificate)
         connector = await self._start_reverse(hub, certificate)
         if config.discovery:
-            await self._run(Discovery(config, connector, _tcp_ports(terminals.ports())))
+            await self._run(Discovery(config, connector, _tcp_binds(terminals.ports())))
             log.info("looking for terminals over zeroconf")
         self.running = True  # only now: a child added to a running parent starts unawaited
 
@@ -172,24 +190,55 @@ class ThinServe(InOrder):
         for address in local:
             manager.add_static(address)
         for d in self.config.desktops:
-            manager.add_static(
-                DesktopAddress(d.name, d.endpoint, d.password, d.username, d.ca_file, d.encodings)
-            )
+            manager.add_static(static_address(d))
         if setup.xvnc_desktops:
-            configs = [c for c, _ in setup.xvnc_desktops]
-            xvnc = XvncBackend(configs, options=setup.xvnc, reactor=self.reactor)
-            for xvnc_config, estimate in setup.xvnc_desktops:
-                manager.add(xvnc_config.name, xvnc, boot_estimate=estimate)
+            add_sessions(manager, setup.xvnc_desktops, setup.xvnc, self.reactor)
         if setup.qemu_desktops:
-            qemu = QemuBackend([c for c, _ in setup.qemu_desktops])
-            for qemu_config, estimate in setup.qemu_desktops:
-                manager.add(qemu_config.name, qemu, boot_estimate=estimate)
+            self.qemu = add_vms(manager, None, setup.qemu_desktops)
         if setup.libvirt:  # libvirt-python is optional: imported only when used
             from .backends.libvirt_backend import LibvirtBackend
 
             for libvirt in setup.libvirt:
                 await manager.add_backend(LibvirtBackend(libvirt))
+        await self._take_over_desktops(manager)
         return manager
+
+    async def _take_over_desktops(
+        self, manager: DesktopManager, only: object | None = None
+    ) -> None:
+        """Desktops thinserve starts outlive it: each is recorded under state_dir,
+        and those a previous thinserve left running are taken over now (reported
+        running).  Per-user Xvnc sessions live in the runtime directory unless
+        [xvnc] runtime_dir says otherwise (docs/desktops.md)."""
+        records = records_in(self.config.state_dir)
+        if only is None:  # at start; a reload stops what it removes itself
+            await self._end_unconfigured(manager, records)
+        backends = {id(md.backend): md.backend for md in manager.desktops.values() if md.backend}
+        for backend in backends.values():
+            if only is not None and backend is not only:  # a reload's new backend only
+                continue
+            if isinstance(backend, XvncBackend):
+                backend.use_runtime_dir(self.config.runtime_dir / "sessions")
+            if isinstance(backend, Outliving):
+                backend.keep_records(records)
+                taken = await bridge(backend.adopt())
+                if taken:
+                    log.info("running desktops taken over: %s", ", ".join(taken))
+
+    @staticmethod
+    async def _end_unconfigured(manager: DesktopManager, records: RecordStore) -> None:
+        """A desktop left running that the configuration no longer names is ended:
+        nobody could be given it, and it would hold its memory for good."""
+        for name in records.names():
+            if name in manager.desktops:
+                continue
+            record = records.load(name)
+            if record is not None:
+                log.warning(
+                    "desktop %s was left running but is no longer configured: ending it", name
+                )
+                await bridge(end_desktop(record))
+            records.remove(name)
 
     async def _start_web(self, factory: RFBServerFactory, certificate: ServerCertificate) -> None:
         """The browser terminal, on the same sessions as the RFB listener."""
@@ -245,6 +294,96 @@ class ThinServe(InOrder):
             "fingerprint": f"sha256:{self.certificate.fingerprint}",
         }
 
+    # -- reloading ---------------------------------------------------------------------------
+    def reload(self, config: Config) -> defer.Deferred[list[str]]:
+        """Apply ``config`` without dropping any live session; fires with one line
+        per change, "restart to apply: ..." for what is only read at start.
+
+        Desktops added are managed, registered with the broker and offered to
+        terminals; desktops removed are withdrawn (their terminals fall back
+        to their pairing or waiting screen) and, if thinserve runs them,
+        stopped; pool policies and the broker's policy are swapped in.
+        Terminals of other desktops keep their connections and pictures.
+        """
+        return defer.ensureDeferred(self._reload(config))
+
+    async def _reload(self, new: Config) -> list[str]:
+        manager, hub = self.desktops, self.hub
+        if not self.running or manager is None or hub is None:
+            raise RuntimeError("thinserve is not running: nothing to reload")
+        old = self.config
+        lines = restart_needed(old, new)
+        unstartable = frozenset(name for name in manager.desktops if is_unstartable(manager, name))
+        old_specs, specs = desktop_specs(old), desktop_specs(new)
+        changes = compare(old_specs, specs, unstartable)
+        manager.reconfigure(new.setup.manager, new.broker.pools)
+        if old.setup.manager != new.setup.manager:
+            lines.append("applied: the pool policies ([desktops])")
+        for name in changes.replaced:
+            lines.append(await self._remove_desktop(name, old_specs[name]))
+        for name in changes.added + changes.replaced:
+            lines.append(await self._add_desktop(name, specs[name]))
+        if old.broker != new.broker:
+            hub.apply(hub.broker.reconfigure(new.broker))
+            lines.append("applied: the broker's policy ([broker])")
+        for name in changes.removed:
+            lines.append(await self._remove_desktop(name, old_specs[name]))
+        for name in changes.reconfigured:
+            assert self.qemu is not None  # a QEMU desktop was there before
+            self.qemu.configure(specs[name][1][0])
+            lines.append(f"desktop {name}: its new settings apply at its next start")
+        lines += [f"restart to apply: the settings of desktop {name}" for name in changes.later]
+        self.config = replace(
+            old,
+            desktops=new.desktops,
+            local_desktops=new.local_desktops,
+            setup=replace(new.setup, xvnc=old.setup.xvnc, libvirt=old.setup.libvirt),
+            broker=new.broker,
+            source=new.source,
+        )
+        for line in lines or ["nothing changed"]:
+            log.info("reload: %s", line)
+        return lines
+
+    async def _add_desktop(self, name: str, spec: Spec) -> str:
+        """Manage, register and check a desktop the new configuration adds."""
+        manager, hub, local = self.desktops, self.hub, self.local
+        assert manager is not None and hub is not None and local is not None
+        kind, item = spec
+        known = {id(md.backend) for md in manager.desktops.values()}
+        try:
+            if kind == "desktop":
+                manager.add_static(static_address(item))
+            elif kind == "local_desktop":
+                manager.add_static((await local.add(item, self.reactor)).address())
+            elif kind == "xvnc_desktop":
+                add_sessions(manager, [item], self.config.setup.xvnc, self.reactor)
+            else:
+                self.qemu = add_vms(manager, self.qemu, [item])
+        except Exception as exc:
+            log.exception("reload: desktop %s", name)
+            return f"desktop {name} not added: {exc}"
+        backend, state = next((b, s) for n, b, s in manager.registrations() if n == name)
+        hub.apply(hub.broker.register_desktop(name, backend, state))
+        new_backend = manager.desktops[name].backend
+        if new_backend is not None and id(new_backend) not in known:
+            await self._take_over_desktops(manager, only=new_backend)
+        problem = manager.check(name)
+        return f"desktop {name} added" + (f", but it cannot start: {problem}" if problem else "")
+
+    async def _remove_desktop(self, name: str, spec: Spec) -> str:
+        """Withdraw a desktop the new configuration drops: its terminals first."""
+        manager, hub, local = self.desktops, self.hub, self.local
+        assert manager is not None and hub is not None and local is not None
+        hub.withdraw_desktop(name)
+        if name not in manager.desktops:
+            return f"desktop {name} removed"
+        outcome = await manager.remove(name)
+        if spec[0] == "local_desktop":
+            await local.drop(name)
+            outcome = "its Xvnc is stopped"
+        return f"desktop {name} removed: {outcome}"
+
 
 # -- the parts ------------------------------------------------------------------------------
 class StoreService(service.Service):
@@ -265,24 +404,40 @@ class StoreService(service.Service):
 
 
 class LocalDesktop(service.Service):
-    """One local Xvnc desktop: started before the desktop manager links to it."""
+    """One local Xvnc desktop: started before the desktop manager links to it.
 
-    def __init__(self, config: LocalDesktopConfig, reactor: Any) -> None:
+    With the server's configuration (``server``) its socket is in the runtime
+    directory and it outlives thinserve: recorded under the state directory,
+    left running on stop (unless ``stop_desktops``) and taken over by the
+    next start.  Without one it ends with thinserve.
+    """
+
+    def __init__(
+        self, config: LocalDesktopConfig, reactor: Any, server: Config | None = None
+    ) -> None:
         self.config = config
         self.reactor = reactor
+        self.server = server
         self.desktop: LocalXvncDesktop | None = None
 
     def startService(self) -> defer.Deferred[None]:
         super().startService()
-        self.desktop = LocalXvncDesktop(self.config, self.reactor)
+        server = self.server
+        if server is None:
+            self.desktop = LocalXvncDesktop(self.config, self.reactor)
+        else:
+            records = records_in(server.state_dir)
+            self.desktop = LocalXvncDesktop(self.config, self.reactor, server.runtime_dir, records)
         return self.desktop.start()
 
     def stopService(self) -> defer.Deferred[None]:
-        """Fires once Xvnc and its session are gone."""
+        """Fires once Xvnc and its session are gone, or left to run on their own."""
         super().stopService()
         if self.desktop is None:
             return defer.succeed(None)
-        return self.desktop.stop()
+        if self.server is None or self.server.stop_desktops:
+            return self.desktop.stop()
+        return self.desktop.release()
 
     def address(self) -> DesktopAddress:
         """Where its VNC server is, once started."""
@@ -293,25 +448,53 @@ class LocalDesktop(service.Service):
 class LocalDesktops(InOrder):
     """The local Xvnc desktops, one LocalDesktop each."""
 
-    def __init__(self, configs: Sequence[LocalDesktopConfig], reactor: Any) -> None:
+    def __init__(
+        self, configs: Sequence[LocalDesktopConfig], reactor: Any, server: Config | None = None
+    ) -> None:
         super().__init__()
-        self.desktops = [LocalDesktop(config, reactor) for config in configs]
+        self.server = server
+        self.desktops = [LocalDesktop(config, reactor, server) for config in configs]
         for desktop in self.desktops:
             self.addService(desktop)
 
     def addresses(self) -> list[DesktopAddress]:
         return [desktop.address() for desktop in self.desktops]
 
+    async def add(self, config: LocalDesktopConfig, reactor: Any) -> LocalDesktop:
+        """Start one more (a reload added it), then keep it with the others."""
+        desktop = LocalDesktop(config, reactor, self.server)
+        await settled(desktop.startService())
+        self.desktops.append(desktop)
+        self.services.append(desktop)  # not addService: that would start it again
+        cast(Any, desktop).parent = self  # Twisted declares it None
+        return desktop
+
+    async def drop(self, name: str) -> None:
+        """Stop one that is no longer configured (its Xvnc too), and let it go."""
+        desktop = next(d for d in self.desktops if d.config.name == name)
+        self.desktops.remove(desktop)
+        self.services.remove(desktop)
+        desktop.parent = None
+        service.Service.stopService(desktop)
+        if desktop.desktop is not None:
+            await desktop.desktop.stop()
+
 
 class DesktopManagerService(service.Service):
-    """The desktop manager: reports to the hub from start, closes every desktop link on stop."""
+    """The desktop manager: reports to the hub from start, closes every desktop link on
+    stop, and leaves the desktops running unless ``stop_desktops``."""
 
     def __init__(
-        self, manager: DesktopManager, listener: DesktopListener, in_use: Callable[[], Holders]
+        self,
+        manager: DesktopManager,
+        listener: DesktopListener,
+        in_use: Callable[[], Holders],
+        stop_desktops: bool = False,
     ) -> None:
         self.manager = manager
         self.listener = listener
         self.in_use = in_use
+        self.stop_desktops = stop_desktops
 
     def startService(self) -> None:
         super().startService()
@@ -319,7 +502,7 @@ class DesktopManagerService(service.Service):
 
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
-        return self.manager.close()
+        return self.manager.close(self.stop_desktops)
 
 
 class HubService(service.Service):
@@ -346,11 +529,13 @@ class AdminSocket(service.Service):
         hub: Hub,
         configured: str | None,
         info: Callable[[], dict[str, object]],
+        desktops: DesktopManager | None = None,
     ) -> None:
         self.reactor = reactor
         self.hub = hub
         self.configured = configured
         self.info = info
+        self.desktops = desktops
         self.port: Port | None = None
 
     def startService(self) -> defer.Deferred[None]:
@@ -358,7 +543,9 @@ class AdminSocket(service.Service):
         return defer.ensureDeferred(self._listen())
 
     async def _listen(self) -> None:
-        self.port = await admin_api.start(self.reactor, self.hub, self.configured, self.info)
+        self.port = await admin_api.start(
+            self.reactor, self.hub, self.configured, self.info, self.desktops
+        )
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
@@ -368,9 +555,12 @@ class AdminSocket(service.Service):
 
 class Discovery(InOrder):
     """Zeroconf: the browser that finds terminals (handing them to the reverse
-    connector), then one advertiser per RFB port so VNC viewers list thinserve."""
+    connector), then one advertiser per RFB port so VNC viewers list thinserve,
+    at the addresses each port listens on (discovery.advertised_addresses)."""
 
-    def __init__(self, config: Config, connector: ReverseConnector, ports: list[int]) -> None:
+    def __init__(
+        self, config: Config, connector: ReverseConnector, ports: list[tuple[str, int]]
+    ) -> None:
         super().__init__()
         interfaces = list(config.discovery_interfaces) or None
         browser = TerminalBrowser(
@@ -380,8 +570,21 @@ class Discovery(InOrder):
             interfaces=interfaces,
         )
         self.addService(browser)
-        for port in ports:
-            self.addService(ServerAdvertiser(port, name=config.name, interfaces=interfaces))
+        for host, port in ports:
+            addresses = advertised_addresses(host, interfaces)
+            if not addresses:
+                log.info(
+                    "not advertising %s:%d over zeroconf: %s",
+                    host,
+                    port,
+                    "it listens on loopback only, which a viewer on the LAN cannot reach"
+                    if _is_loopback(host)
+                    else "it listens on no address of [discovery] interfaces",
+                )
+                continue
+            self.addService(
+                ServerAdvertiser(port, name=config.name, addresses=addresses, interfaces=interfaces)
+            )
 
 
 class DialledTerminalFactory(protocol.Factory):
@@ -447,10 +650,18 @@ def _certificate(config: Config, database: str) -> ServerCertificate:
     return certificate
 
 
-def _tcp_ports(ports: list[Port]) -> list[int]:
-    """The port numbers of the TCP ones (a Unix socket has none to advertise)."""
-    numbers = [getattr(port.getHost(), "port", None) for port in ports]
-    return [number for number in numbers if isinstance(number, int)]
+def _tcp_binds(ports: list[Port]) -> list[tuple[str, int]]:
+    """(address, port number) of the TCP ones (a Unix socket has none to advertise)."""
+    hosts = [port.getHost() for port in ports]
+    binds = [(str(getattr(h, "host", "")), getattr(h, "port", None)) for h in hosts]
+    return [(host, number) for host, number in binds if isinstance(number, int)]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _wanting(manager: DesktopManager) -> Callable[[str], None]:

@@ -39,9 +39,9 @@ from thinserve.admin.client import AdminClient, AdminError, UnixHTTPConnection
 from thinserve.admin.handlers import AdminAPI
 from thinserve.admin.http import AdminSite
 from thinserve.admin.socket import AdminSocketError, listen, peer_actor, socket_path
-from thinserve.backends.xvnc import runtime_dir
 from thinserve.broker import BrokerConfig
 from thinserve.config import Config, DesktopConfig
+from thinserve.paths import default_runtime_dir
 from thinserve.relay import screens
 from thinserve.service import ThinServe
 
@@ -455,7 +455,7 @@ async def test_restart_thinserve_pairings_remain_terminals_reconnect_and_see_the
 # -- the API's own rules ----------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_api_rejects_bad_requests_with_json_errors(tmp_path: Path) -> None:
-    assert admin.runtime_socket_path() == runtime_dir() / "admin.sock"
+    assert admin.runtime_socket_path() == default_runtime_dir() / "admin.sock"
     gone = socket.socket()
     gone.bind(("127.0.0.1", 0))
     port = gone.getsockname()[1]
@@ -548,7 +548,7 @@ def test_admin_socket_setting_is_checked() -> None:
     with pytest.raises(ConfigError, match="at most 107 bytes"):
         from_dict({**desktops, "server": {"admin_socket": "/" + "x" * 120}})
     assert socket_path("") is None
-    assert socket_path(None) == runtime_dir() / "admin.sock"
+    assert socket_path(None) == default_runtime_dir() / "admin.sock"
 
 
 def test_latest_audit_returns_the_newest_entries_in_order() -> None:

@@ -67,10 +67,15 @@ class Recorder:
         self.calls: list[tuple[str, str, float | None]] = []
 
     def desktop_state(
-        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+        self,
+        name: str,
+        state: DesktopState,
+        progress: float | None = None,
+        detail: str = "",
+        failed_start: bool = False,
     ) -> None:
         self.calls.append((name, state.value, progress))
-        self.hub.desktop_state(name, state, progress, detail)
+        self.hub.desktop_state(name, state, progress, detail, failed_start)
 
     def of(self, name: str, since: int = 0) -> list[tuple[str, float | None]]:
         return [(what, p) for n, what, p in self.calls[since:] if n == name]
@@ -164,6 +169,8 @@ def screen_of(shown: object) -> np.ndarray:
     assert isinstance(shown, ShowScreen), shown
     if shown.kind is ScreenKind.STARTING:
         return drawn(screens.starting(shown.desktop or "", shown.progress))
+    if shown.kind is ScreenKind.FAILED:
+        return drawn(screens.could_not_start(shown.desktop or "", shown.message))
     assert shown.kind is ScreenKind.UNAVAILABLE, shown.kind
     return drawn(screens.unavailable(shown.desktop or "the desktop", 0, shown.message))
 
@@ -407,8 +414,8 @@ async def test_a_desktop_that_cannot_start_is_retried_later_and_later(
         assert md.failures == 1 and md.retry_at == clock.seconds() + 5.0
         assert md.detail.startswith("Xvnc exited before it could report its display")
         assert md.detail.endswith("Unrecognized option: -no-such-option")  # Xvnc's own words
-        shown = site.shown("viewer-127.0.0.2")
-        assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.UNAVAILABLE
+        shown = site.shown("viewer-127.0.0.2")  # the terminal is told why
+        assert shown == ShowScreen(ScreenKind.FAILED, md.detail, desktop="d1")
         await term.wait_screen(screen_of(shown))
 
         clock.advance(5.0)  # offered again: the terminal wants it, it fails again
@@ -416,6 +423,41 @@ async def test_a_desktop_that_cannot_start_is_retried_later_and_later(
         assert md.retry_at == clock.seconds() + 8.0  # 10 s, capped by retry_max
         assert md.state is DesktopState.CRASHED
         assert [w for w, _ in site.reports.of("d1")].count("starting") >= 2
+        term.close()
+    finally:
+        await site.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_desktop_lacking_what_it_needs_is_failed_at_once_and_starts_once_fixed(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    backend = xvnc_desktops(runtime_dir, ["d1"], tmp_path)
+    clock = task.Clock()
+    manager = DesktopManager(DesktopsConfig(retry_delay=5.0, retry_max=8.0), clock=clock)
+    lacking = ["its template /nowhere/office.qcow2 does not exist"]
+    manager.add("d1", backend, check=lambda: lacking[0])
+    site = open_site(manager, BrokerConfig())  # start: the check fails, nobody asked yet
+    site.broker.pair("viewer-127.0.0.2", "d1", "admin:test")
+    try:
+        md = manager.desktops["d1"]
+        assert md.state is DesktopState.CRASHED and md.detail == lacking[0]
+        assert site.hub.desktop_details["d1"] == lacking[0]  # what the admin API shows
+        term = await FilmingTerminal().connect(site.port, "127.0.0.2")
+        shown = site.shown("viewer-127.0.0.2")
+        assert shown == ShowScreen(ScreenKind.FAILED, lacking[0], desktop="d1")
+        await term.wait_screen(screen_of(shown))
+
+        for _ in range(3):  # still lacking: it stays failed, and the backend is never asked
+            clock.advance(8.0)
+            assert md.state is DesktopState.CRASHED and not md.busy
+        assert xvnc_pid(backend, "d1") is None
+        assert "starting" not in [w for w, _ in site.reports.of("d1")]
+
+        lacking[0] = ""  # fixed: offered at the next retry, started for its terminal
+        clock.advance(8.0)
+        await term.wait_mirror(site, "d1")
+        assert md.state is DesktopState.RUNNING and alive(xvnc_pid(backend, "d1"))
         term.close()
     finally:
         await site.close()

@@ -6,9 +6,11 @@ child on 127.0.0.1, and Avahi inside a network namespace the test creates.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,14 +29,21 @@ from tests.support.adverts import ZeroconfPublisher
 from tests.support.avahi import AVAHI_PACKAGES, PrivateAvahi, avahi_problem, resolved_services
 from tests.support.children import Child, run
 from tests.support.need import need
-from tests.support.netns import NetNamespace
+from tests.support.netns import Lan, NetNamespace, lan_problem
 from tests.support.waiting import wait_until
-from thinserve.discovery import ServerAdvertiser, TerminalBrowser
+from thinserve.config import Config, DesktopConfig
+from thinserve.discovery import (
+    ServerAdvertiser,
+    TerminalBrowser,
+    advertised_addresses,
+    local_addresses,
+)
 from thinserve.relay.session import TerminalSession
 from thinserve.relay.source import Source
 from thinserve.reverse import ReverseConnector, connect_to_terminal, retry_delays
 from thinserve.rfbclient import ClientOptions, RFBClientProtocol
 from thinserve.rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
+from thinserve.service import ThinServe
 
 pytestmark = pytest.mark.integration
 
@@ -487,3 +496,116 @@ async def wait_until_withdrawn(avahi: PrivateAvahi, name: str) -> None:
         return name not in resolved_services(listing)
 
     await wait_until(withdrawn, 10, f"{name!r} to be withdrawn", interval=0.3)
+
+
+# -- what thinserve's _rfb._tcp advert lists ------------------------------------------------------
+RFB_BROWSER = r"""
+import asyncio, json, sys
+from zeroconf import IPVersion, ServiceStateChange
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+TYPE = "_rfb._tcp.local."
+
+async def main():
+    zc = AsyncZeroconf(interfaces=[sys.argv[1]], ip_version=IPVersion.V4Only)
+    names = asyncio.Queue()
+    def changed(zeroconf, service_type, name, state_change):
+        if state_change is ServiceStateChange.Added:
+            names.put_nowait(name)
+    browser = AsyncServiceBrowser(zc.zeroconf, [TYPE], handlers=[changed])
+    print("ready", flush=True)
+    while True:
+        name = await names.get()
+        info = AsyncServiceInfo(TYPE, name)
+        if await info.async_request(zc.zeroconf, 3000):
+            found = {"name": name, "port": info.port, "addresses": info.parsed_addresses()}
+            print(json.dumps(found), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def rfb_adverts(child: Child) -> dict[int, list[str]]:
+    """port -> addresses, of the _rfb._tcp services the browser child resolved."""
+    found = [json.loads(line) for line in child.text.splitlines() if line.startswith("{")]
+    return {advert["port"]: advert["addresses"] for advert in found}
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    problem = lan_problem()
+    need(problem is None, f"the LAN test cannot run: {problem}")
+    subnet = f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
+    network = Lan(subnet, prefix="tsmd")
+    try:
+        network.create()
+        network.add_host("viewer", 2)
+        yield network
+    finally:
+        network.delete()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_rfb_advert_lists_only_the_addresses_thinserve_listens_on(
+    lan: Lan, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="thinserve.service")
+    server = lan.server_address
+    config = Config(
+        # Loopback only (first, so its advert would come first), the LAN address, every address.
+        listen=(
+            "tcp:port=0:interface=127.0.0.1",
+            f"tcp:port=0:interface={server}",
+            "tcp:port=0",
+        ),
+        web_listen=(),
+        name=f"ts{secrets.token_hex(3)}",
+        database=":memory:",
+        admin_socket="",
+        discovery=True,
+        desktops=(DesktopConfig("d1", "127.0.0.1:1"),),
+        local_desktops=(),
+        state_dir=tmp_path / "state",
+        runtime_dir=tmp_path / "run",
+        source="test",
+    )
+    ts = ThinServe(config, reactor)
+    with lan.server.entered():  # its ports and its mDNS sockets belong to the server's namespace
+        await ts.startService()
+    browser = Child.spawn(
+        lan.hosts["viewer"].command([sys.executable, "-c", RFB_BROWSER, lan.address(2)])
+    )
+    try:
+        loopback, on_lan, everywhere = ts.port_numbers
+        await browser.wait_for("ready\n", 15)
+        await wait_until(
+            lambda: {on_lan, everywhere} <= set(rfb_adverts(browser)),
+            20,
+            lambda: f"both adverts on the LAN (seen: {browser.text[-500:]!r})",
+            browser,
+        )
+        adverts = rfb_adverts(browser)
+        assert adverts[on_lan] == [server]
+        assert adverts[everywhere] == [server]  # the namespace's one address beyond loopback
+        assert loopback not in adverts  # announced first had it been advertised
+        said = [r.getMessage() for r in caplog.records]
+        assert (
+            f"not advertising 127.0.0.1:{loopback} over zeroconf: it listens on loopback only, "
+            "which a viewer on the LAN cannot reach"
+        ) in said
+    finally:
+        await browser.stop()
+        await ts.stopService()
+
+
+def test_advertised_addresses_follow_what_a_port_is_bound_to() -> None:
+    here = local_addresses()
+    assert advertised_addresses("0.0.0.0") == [a for a in here if "." in a]
+    assert advertised_addresses("::") == here
+    assert advertised_addresses("0.0.0.0", ["10.1.2.3"]) == ["10.1.2.3"]
+    assert advertised_addresses("10.1.2.3") == ["10.1.2.3"]
+    assert advertised_addresses("10.1.2.3", ["10.1.2.3", "10.9.9.9"]) == ["10.1.2.3"]
+    assert advertised_addresses("10.1.2.4", ["10.1.2.3"]) == []  # mDNS does not run there
+    assert advertised_addresses("127.0.0.1") == []  # no other machine can reach it
+    assert advertised_addresses("::1") == []
+    assert advertised_addresses("127.0.0.1", ["127.0.0.1"]) == ["127.0.0.1"]  # chosen: loopback

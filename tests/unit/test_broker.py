@@ -966,15 +966,102 @@ def test_paired_desktop_not_running_shows_progress_then_the_desktop() -> None:
     assert _is_desktop(site.screens["t1"], "d1")
 
 
-def test_desktops_not_registered_in_this_run_are_unavailable(tmp_path: Path) -> None:
+def test_a_terminal_paired_with_a_desktop_not_configured_shows_its_pairing_screen(
+    tmp_path: Path,
+) -> None:
     store = SqliteStore(tmp_path / "db")
     site = Site(PAIRING, store)
     site.broker.pair("t1", "d1", "admin")
     store_again = store  # the same database, a new broker that registered nothing
     broker = Broker(store_again, PAIRING, clock=site.clock, hasher=CHEAP)
-    assert _kind(broker.terminal_connected("t1")) is ScreenKind.UNAVAILABLE
+    shown = broker.terminal_connected("t1")
+    assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.PAIRING
+    assert shown.message == "Its desktop d1 is no longer configured."
     broker.register_desktop("d1", "xvnc")
     assert _is_desktop(broker.assignment("t1"), "d1")
+
+
+def test_a_desktop_that_could_not_start_says_why_and_a_crashed_one_is_unavailable() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    site.connect("t1")
+    site.apply(site.broker.desktop_state("d1", DesktopState.CRASHED, failure="no template"))
+    assert site.screens["t1"] == ShowScreen(ScreenKind.FAILED, "no template", desktop="d1")
+    site.apply(site.broker.desktop_state("d1", DesktopState.CRASHED))  # crashed, no start failure
+    assert _kind(site.screens["t1"]) is ScreenKind.UNAVAILABLE
+    site.apply(site.broker.desktop_state("d1", DesktopState.CRASHED, failure="no template"))
+    site.apply(site.broker.desktop_state("d1", DesktopState.STOPPED))  # fixed: offered again
+    assert _is_desktop(site.screens["t1"], "d1")
+
+
+def test_a_pool_whose_desktops_all_failed_says_why_rather_than_all_in_use() -> None:
+    site = Site(POOL)
+    shown = site.connect("t1")
+    assert _is_desktop(shown, "p1")
+    for name in POOL.pools["lab"]:
+        site.apply(site.broker.desktop_state(name, DesktopState.CRASHED, failure=f"{name} broke"))
+    waiting = site.screens["t1"]
+    assert isinstance(waiting, ShowScreen) and waiting.kind is ScreenKind.NO_DESKTOP_FREE
+    assert (waiting.desktop, waiting.message) == ("p1", "p1 broke")
+    site.apply(site.broker.desktop_state("p2", DesktopState.STOPPED))
+    assert _is_desktop(site.screens["t1"], "p2")
+
+
+def test_an_unregistered_desktop_sends_its_terminal_back_and_only_its_terminal() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    site.broker.pair("t2", "d2", "admin")
+    site.connect("t1"), site.connect("t2"), site.connect("t3")
+    site.apply(site.broker.shadow("t3", "d1", "admin"))
+    changes = site.apply(site.broker.unregister_desktop("d1"))
+    assert {c.terminal_id for c in changes} == {"t1", "t3"}
+    assert _kind(site.screens["t1"]) is ScreenKind.PAIRING
+    assert _kind(site.screens["t3"]) is ScreenKind.PAIRING  # no longer watching it
+    assert _is_desktop(site.screens["t2"], "d2")
+    assert site.store.pairing_for("t1") is not None  # kept until forgotten
+    with pytest.raises(BrokerError, match="not registered"):
+        site.broker.pair("t3", "d9", "admin")
+    site.apply(site.broker.register_desktop("d1", "xvnc"))  # configured again: back
+    assert _is_desktop(site.screens["t1"], "d1")
+
+
+def test_forget_desktop_refuses_a_configured_one_and_drops_pairings_and_owners() -> None:
+    site = Site(PAIRING)
+    site.broker.add_user("ann", "1234", "admin", "d1")
+    site.broker.pair("t1", "d2", "admin")
+    with pytest.raises(BrokerError, match="is configured"):
+        site.broker.forget_desktop("d2", "admin:root")
+    site.broker.unregister_desktop("d1")
+    site.broker.unregister_desktop("d2")
+    site.broker.forget_desktop("d2", "admin:root")
+    site.broker.forget_desktop("d1", "admin:root")
+    assert [d.name for d in site.store.list_desktops()] == ["d3"]
+    assert site.store.pairing_for("t1") is None
+    assert site.store.get_user("ann") is not None and site.store.get_user("ann").desktop is None
+    forgotten = [e for e in site.store.list_audit() if e.action == "desktop-forget"]
+    assert [(e.subject, e.detail, e.actor) for e in forgotten] == [
+        ("d2", "paired with t1", "admin:root"),
+        ("d1", "owned by ann", "admin:root"),
+    ]
+    with pytest.raises(BrokerError, match="not registered"):
+        site.broker.forget_desktop("d1", "admin:root")
+
+
+def test_reconfigure_swaps_the_policy_live() -> None:
+    site = Site(PAIRING)
+    assert _kind(site.connect("t1")) is ScreenKind.PAIRING
+    site.broker.pair("t2", "d2", "admin")
+    assert _is_desktop(site.connect("t2"), "d2")
+    site.broker.register_desktop("p1", "qemu")
+    pooled = BrokerConfig(unknown_terminal="pool", pools={"vms": ("p1",)}, default_pool="vms")
+    site.apply(site.broker.reconfigure(pooled))
+    assert _is_desktop(site.screens["t1"], "p1")  # unknown terminals now get a pool desktop
+    assert _is_desktop(site.screens["t2"], "d2")  # the paired one is untouched
+    assert site.store.get_desktop("p1").pool == "vms"
+    assert "broker-policy" in site.actions()
+    site.apply(site.broker.reconfigure(PAIRING))
+    assert _kind(site.screens["t1"]) is ScreenKind.PAIRING
+    assert site.store.get_desktop("p1").pool is None
 
 
 # Random sequences of every event, with invariants checked after each step.

@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
 
+from ..desktops import DesktopManager
 from ..hub import Hub
 from .handlers import AdminAPI
 from .http import AdminSite
@@ -27,6 +28,7 @@ async def start(
     hub: Hub,
     configured: str | None,
     info: Callable[[], dict[str, Any]] | None = None,
+    desktops: DesktopManager | None = None,
 ) -> IListeningPort | None:
     """Serve the admin API for ``hub`` where ``configured`` says (see socket_path).
 
@@ -39,7 +41,7 @@ async def start(
         if path is None:
             log.info("admin API off ([server] admin_socket is empty)")
             return None
-        port = listen(reactor, path, AdminSite(AdminAPI(hub, info), peer_actor))
+        port = listen(reactor, path, AdminSite(AdminAPI(hub, info, desktops), peer_actor))
     except (AdminSocketError, OSError) as exc:
         if configured is not None:
             raise AdminSocketError(str(exc)) from None

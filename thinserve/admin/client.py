@@ -19,6 +19,7 @@ from . import API_PREFIX
 
 MAX_RESPONSE = 64 * 1024 * 1024  # a snapshot PNG of a very large screen fits
 DEFAULT_TIMEOUT = 30.0
+DESKTOP_TIMEOUT = 600.0  # starting or gently stopping a VM takes a while
 
 
 class AdminError(Exception):
@@ -165,6 +166,14 @@ class AdminClient:
 
     def desktops(self) -> list[dict[str, Any]]:
         return self._rows("/desktops")
+
+    def desktop_action(self, name: str, action: str) -> dict[str, Any]:
+        """``action`` start, stop or reset on desktop ``name``; answers once done."""
+        slow = AdminClient(self.socket_path, max(self.timeout, DESKTOP_TIMEOUT))
+        return slow._object("POST", "/desktops/" + quote(name, safe="") + "/" + action, {})
+
+    def forget_desktop(self, name: str) -> dict[str, Any]:
+        return self._object("DELETE", "/desktops/" + quote(name, safe=""))
 
     def pair(
         self, terminal_id: str, desktop: str, new: bool = False, by_address: bool = False

@@ -41,9 +41,14 @@ def add_commands(sub: Subcommands) -> None:
         metavar="PATH",
         help=f"the admin socket (default: ${SOCKET_ENV}, else {client_socket_path()})",
     )
+    common.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the server run with serve --state-dir DIR (its socket DIR/run/admin.sock)",
+    )
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     _add(sub, common, "terminals", "list terminals and what each shows", terminals)
-    _add(sub, common, "desktops", "list desktops, their link and who uses them", desktops)
+    _add_desktops(sub, common)
     _add(
         sub,
         common,
@@ -117,6 +122,26 @@ def _add_pairing(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     pair_p.add_argument("names", nargs="+", metavar="TERMINAL DESKTOP")
 
 
+DESKTOP_ACTIONS = {
+    "start": "start a desktop now (waits until it runs or fails)",
+    "stop": "stop a desktop now (a terminal given it starts it again)",
+    "reset": "reset a desktop to its template, or a fresh session",
+    "forget": "remove a desktop no longer configured from the database, with its pairings",
+}
+
+
+def _add_desktops(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``thinserve desktops`` lists them; ``thinserve desktops ACTION NAME`` acts on one."""
+    what = "list desktops, their state and who uses them; or act on one"
+    desktops_p = _add(sub, common, "desktops", what, desktops)
+    actions = desktops_p.add_subparsers(
+        dest="desktops_command", metavar="{start,stop,reset,forget}"
+    )
+    for action, help_text in DESKTOP_ACTIONS.items():
+        func = forget_desktop if action == "forget" else desktop_action
+        _add(actions, common, action, help_text, func).add_argument("desktop", metavar="NAME")
+
+
 def _add_users(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     users_p = sub.add_parser("users", help="hot-desking users", description="hot-desking users")
     users_sub = users_p.add_subparsers(dest="users_command", metavar="{add,list,delete}")
@@ -135,7 +160,7 @@ def _add_users(sub: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the admin command ``args`` names; return the exit code."""
-    client = AdminClient(args.socket or client_socket_path())
+    client = AdminClient(args.socket or client_socket_path(state_dir=args.state_dir))
     try:
         args.admin(client, args)
     except AdminError as exc:
@@ -209,13 +234,13 @@ def desktops(client: AdminClient, args: argparse.Namespace) -> None:
     headers = ("DESKTOP", "BACKEND", "LINK", "STATE", "SIZE", "CONTROLLED BY", "USER")
     print(
         table(
-            (*headers, "WATCHERS", "PAIRED WITH", "OWNER", "POOL"),
+            (*headers, "WATCHERS", "PAIRED WITH", "OWNER", "POOL", "WHY"),
             (
                 (
                     d["name"],
                     d["backend"],
                     d["mirror"] or "not configured",
-                    d["state"],
+                    d["state"] or "not configured",
                     size_text(d["size"]),
                     d["controlled_by"],
                     d["controlling_user"],
@@ -223,11 +248,31 @@ def desktops(client: AdminClient, args: argparse.Namespace) -> None:
                     d["paired_terminal"],
                     d["owner"],
                     d["pool"],
+                    d["detail"] or None,
                 )
                 for d in rows
             ),
         )
     )
+
+
+def desktop_action(client: AdminClient, args: argparse.Namespace) -> None:
+    action = args.desktops_command
+    result = client.desktop_action(args.desktop, action)
+    if _json_out(args, result):
+        return
+    row = result.get("desktop") or {}
+    done = {"start": "started", "stop": "stopped", "reset": "reset"}[action]
+    now = row.get("state") or "unknown"
+    why = f" ({clean(str(row['detail']))})" if row.get("detail") else ""
+    print(f"desktop {clean(args.desktop)} {done}; now {now}{why}")
+
+
+def forget_desktop(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.forget_desktop(args.desktop)
+    if _json_out(args, result):
+        return
+    print(f"desktop {clean(args.desktop)} forgotten, with its pairings")
 
 
 def state(client: AdminClient, args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from twisted.internet import defer, threads
 
 from ..broker import PairingCodeError, by_address_id, normalise_code
+from ..desktops import DesktopManager
 from ..hub import Hub
 from ..relay.session import TerminalSession
 from ..store.base import Desktop as DesktopRecord
@@ -26,7 +27,7 @@ from ..terminal_ids import kind_of
 from . import fields
 from .audit import latest_audit
 from .errors import NOT_CONNECTED_HINT, ApiError, not_found
-from .views import Views, encode_png, shows
+from .views import Views, encode_png, shows, state_word
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ ROUTES = (
     Route("GET", ("terminals", "*"), "get_terminal"),
     Route("GET", ("terminals", "*", "snapshot.png"), "get_snapshot"),
     Route("GET", ("desktops",), "get_desktops"),
+    Route("POST", ("desktops", "*", "start"), "post_desktop_start"),
+    Route("POST", ("desktops", "*", "stop"), "post_desktop_stop"),
+    Route("POST", ("desktops", "*", "reset"), "post_desktop_reset"),
+    Route("DELETE", ("desktops", "*"), "delete_desktop"),
     Route("POST", ("pair",), "post_pair"),
     Route("POST", ("pair-code",), "post_pair_code"),
     Route("POST", ("unpair",), "post_unpair"),
@@ -69,8 +74,14 @@ ROUTES = (
 class AdminAPI:
     """What administrators can see and do, on the hub and its broker's store."""
 
-    def __init__(self, hub: Hub, info: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        info: Callable[[], dict[str, Any]] | None = None,
+        desktops: DesktopManager | None = None,
+    ) -> None:
         self.hub = hub
+        self.desktops = desktops
         self.broker = hub.broker
         self.store: Store = hub.broker.store
         self.views = Views(hub)
@@ -85,7 +96,7 @@ class AdminAPI:
             "logins": state.logins,
             "watchers": state.watchers,
             "leases": {desktop: ":".join(holder) for desktop, holder in state.leases.items()},
-            "desktops": {name: s.value for name, s in state.desktops.items()},
+            "desktops": {name: state_word(s) for name, s in state.desktops.items()},
             "shown": {t: shows(a) for t, a in state.shown.items()},
             "pairings": {p.terminal_id: p.desktop for p in self.store.list_pairings()},
         }
@@ -229,6 +240,64 @@ class AdminAPI:
             raise not_found("user", name, known, "see `thinserve users list`")
         self.hub.apply(self.broker.delete_user(name, call.actor))
         return {"ok": True, "changed": True, "user": None}
+
+    # -- desktops ---------------------------------------------------------------------------
+    def post_desktop_start(self, call: Call) -> defer.Deferred[dict[str, Any]]:
+        """Start a desktop now; answers once it runs or failed to start."""
+        name, manager = self._run_by_thinserve(call)
+        problem = manager.check(name)
+        if problem:
+            raise ApiError(409, f"desktop {name!r} cannot start: {problem}", "fix that, then retry")
+        self.broker.record(call.actor, "desktop-start", name)
+        return manager.want(name).addCallback(lambda _: self._desktop_done(name))
+
+    def post_desktop_stop(self, call: Call) -> defer.Deferred[dict[str, Any]]:
+        """Stop a desktop now (a terminal still given it starts it again)."""
+        name, manager = self._run_by_thinserve(call)
+        self.broker.record(call.actor, "desktop-stop", name)
+        return manager.stop(name).addCallback(lambda _: self._desktop_done(name))
+
+    def post_desktop_reset(self, call: Call) -> defer.Deferred[dict[str, Any]]:
+        """Back to its template (or a fresh session) before its next start."""
+        name, manager = self._run_by_thinserve(call)
+        self.broker.record(call.actor, "desktop-reset", name)
+        return manager.reset(name).addCallback(lambda _: self._desktop_done(name))
+
+    def delete_desktop(self, call: Call) -> dict[str, Any]:
+        """Forget a desktop no longer configured: its record and its pairings."""
+        name = call.params[0]
+        self._known_desktop(name)
+        if self.broker.is_registered(name):
+            raise ApiError(
+                409,
+                f"desktop {name!r} is configured; only desktops removed from the "
+                "configuration can be forgotten",
+                "remove it from the config file and reload thinserve "
+                "(systemctl reload thinserve) first",
+            )
+        self.broker.forget_desktop(name, call.actor)
+        return {"ok": True, "changed": True, "desktop": None}
+
+    def _run_by_thinserve(self, call: Call) -> tuple[str, DesktopManager]:
+        """The desktop named in the path, which thinserve starts and stops itself."""
+        name = call.params[0]
+        self._known_desktop(name)
+        manager = self.desktops
+        md = manager.desktops.get(name) if manager is not None else None
+        if manager is None or md is None:
+            raise ApiError(409, f"desktop {name!r} is not configured", "see `thinserve desktops`")
+        if md.backend is None:
+            raise ApiError(
+                409,
+                f"desktop {name!r} is a VNC server thinserve does not run",
+                "start, stop or reset it where it runs",
+            )
+        return name, manager
+
+    def _desktop_done(self, name: str) -> dict[str, Any]:
+        record = self.store.get_desktop(name)
+        row = self.views.desktop(record, self.views.picture()) if record is not None else None
+        return {"ok": True, "changed": True, "desktop": row}
 
     # -- lookups ----------------------------------------------------------------------------
     def _terminal_records(self) -> list[TerminalRecord]:

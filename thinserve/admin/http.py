@@ -190,23 +190,28 @@ def _json(request: Reply, status: int, payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
 
 
-def _later(request: Reply, result: defer.Deferred[bytes]) -> int:
-    """Answer with a PNG once ``result`` has it."""
+def _later(request: Reply, result: defer.Deferred[Any]) -> int:
+    """Answer once ``result`` has fired: PNG bytes (a snapshot) or a JSON
+    answer (a desktop started or stopped)."""
     gone: list[bool] = []
     request.notifyFinish().addErrback(lambda failure: gone.append(True))
 
-    def send(png: bytes) -> None:
+    def send(answer: Any) -> None:
         if gone:
+            return
+        if not isinstance(answer, bytes):
+            request.write(_json(request, 200, answer))
+            request.finish()
             return
         request.setHeader(b"Content-Type", b"image/png")
         request.setHeader(b"Cache-Control", b"no-store")
-        request.write(png)
+        request.write(answer)
         request.finish()
 
     def fail(failure: Failure) -> None:
-        log.error("admin snapshot failed: %s", failure.getErrorMessage())
+        log.error("admin request failed: %s", failure.getErrorMessage())
         if not gone:
-            body = {"error": "could not encode the snapshot", "hint": "see thinserve's log"}
+            body = {"error": "the request failed", "hint": "see thinserve's log"}
             request.write(_json(request, 500, body))
             request.finish()
 

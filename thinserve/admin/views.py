@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..broker import Assignment, BrokerState, ShowDesktop, ShowScreen
+from ..broker import Assignment, BrokerState, DesktopState, ShowDesktop, ShowScreen
 from ..hub import Hub
 from ..relay.session import TerminalSession
 from ..relay.upstream import Mirror, MirrorFeed
@@ -74,7 +74,7 @@ class Views:
             "backend": desktop.backend,
             "pool": desktop.pool,
             "configured": mirror is not None,
-            "state": state.value if state is not None else None,
+            "state": state_word(state) if state is not None else None,
             "mirror": _link(mirror) if mirror is not None else None,
             "detail": _detail(feed, self.hub.desktop_details.get(desktop.name, "")),
             "size": _size(mirror.width, mirror.height) if live and mirror is not None else None,
@@ -97,6 +97,12 @@ class Views:
             }
             for u in self.store.list_users()
         ]
+
+
+def state_word(state: DesktopState) -> str:
+    """A desktop's state as the admin sees it: the state machine's words, but
+    "failed" for crashed (it could not start, or it crashed; ``detail`` says why)."""
+    return "failed" if state is DesktopState.CRASHED else state.value
 
 
 def shows(assignment: Assignment | None) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ class ScreenKind(enum.Enum):
     NO_DESKTOP_FREE = "no-desktop-free"  # waiting for a pool desktop
     STARTING = "starting"  # the desktop is starting; progress if known
     UNAVAILABLE = "unavailable"  # the desktop is down or unknown
+    FAILED = "failed"  # the desktop could not start; the message says why
     IN_USE = "in-use"  # the desktop is controlled at another terminal
     KICKED = "kicked"  # shown once, then the relay closes the connection
 
@@ -87,7 +88,8 @@ class ShowScreen:
     the pairing code to show (formatted, e.g. "K7D-Q2M") with the terminal's
     ``terminal_id`` (required on PAIRING, shown in a corner of LOGIN and
     NO_DESKTOP_FREE when pairing codes are on); ``desktop`` and ``progress``
-    (0..1) describe a desktop being waited for.
+    (0..1) describe a desktop being waited for.  FAILED, and NO_DESKTOP_FREE
+    naming a ``desktop``, say that desktop could not start, ``message`` why.
     """
 
     kind: ScreenKind

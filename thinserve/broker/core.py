@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
+from .. import logs
 from ..desktop_state import DesktopState
 from ..secrets import SecretHasher
 from ..store.base import (
@@ -174,6 +175,7 @@ class Broker:
         self._waiting: list[Holder] = []
         self._states: dict[str, DesktopState] = {}
         self._progress: dict[str, float | None] = {}
+        self._failures: dict[str, str] = {}  # desktop -> why it could not start
         self._shown: dict[str, Assignment] = {}
         self._controller: dict[str, str] = {}  # desktop -> terminal in control
         self._sessions: dict[str, int] = {}  # terminal -> open session record
@@ -209,13 +211,18 @@ class Broker:
         return self._settle()
 
     def desktop_state(
-        self, desktop: str, state: DesktopState, progress: float | None = None
+        self,
+        desktop: str,
+        state: DesktopState,
+        progress: float | None = None,
+        failure: str = "",
     ) -> list[Change]:
         """The relay's word on ``desktop`` (thinserve/desktop_state.py).
 
         While it starts its terminals show progress (0..1) if known; a held
         back or crashed desktop is unavailable, and a pool lease on it is
-        given up.
+        given up.  ``failure``: why a crashed desktop could not start; its
+        terminals are told so rather than to wait.
         """
         if desktop not in self._states:
             raise BrokerError(f"desktop {desktop!r} is not registered")
@@ -223,7 +230,83 @@ class Broker:
             progress = min(max(float(progress), 0.0), 1.0)
         self._states[desktop] = state
         self._progress[desktop] = progress
+        if state is DesktopState.CRASHED and failure:
+            self._failures[desktop] = _printable(failure, 300)
+        else:
+            self._failures.pop(desktop, None)
         return self._settle()
+
+    def unregister_desktop(self, desktop: str, actor: str = SYSTEM) -> list[Change]:
+        """``desktop`` is no longer configured: nobody is shown it any more.
+
+        Its terminal falls back to its pairing (or login, or waiting) screen;
+        its record and pairing stay in the store until ``forget_desktop``, so
+        configuring it again brings it back to the same terminal.
+        """
+        if desktop not in self._states:
+            return self._take([])
+        for terminal_id, watched in list(self._watch.items()):
+            if watched == desktop:
+                del self._watch[terminal_id]
+                self._audit(actor, "unshadow", terminal_id, f"desktop {desktop} removed")
+        del self._states[desktop]
+        self._progress.pop(desktop, None)
+        self._failures.pop(desktop, None)
+        self._audit(actor, "desktop-removed", desktop, "no longer configured")
+        return self._settle()
+
+    def is_registered(self, desktop: str) -> bool:
+        return desktop in self._states
+
+    def reconfigure(self, config: BrokerConfig, actor: str = SYSTEM) -> list[Change]:
+        """Run by ``config`` from now on (a reload); every terminal is decided again.
+
+        Failure counts are kept unless their limit changed; pool leases are
+        kept while their desktop stays in the pool the holder needs.
+        """
+        old, self.config = self.config, config
+        for name, limiter in self._limiter_names():
+            if getattr(old, name) != getattr(config, name):
+                setattr(self, limiter, FailureLimiter(getattr(config, name)))
+        with self.store.atomic():
+            for desktop in self._states:
+                record = self.store.get_desktop(desktop)
+                backend = record.backend if record is not None else "vnc"
+                self.store.upsert_desktop(Desktop(desktop, backend, config.pool_of(desktop)))
+            if old != config:
+                self._audit(actor, "broker-policy", "broker", "reloaded")
+        return self._settle()
+
+    def _limiter_names(self) -> list[tuple[str, str]]:
+        """(config field, attribute) of each failure limiter."""
+        return [
+            ("login_failures_per_terminal", "_login_by_terminal"),
+            ("login_failures_per_terminal", "_login_by_source"),
+            ("login_failures_per_user", "_login_by_user"),
+            ("code_failures_per_actor", "_codes_by_actor"),
+            ("code_failures_total", "_codes_total"),
+        ]
+
+    def forget_desktop(self, desktop: str, actor: str) -> None:
+        """Remove a desktop that is no longer configured from the store: its
+        record and its pairings; users who owned it own none."""
+        _check_text(actor, "actor")
+        if desktop in self._states:
+            raise BrokerError(
+                f"desktop {desktop!r} is configured; remove it from the config file "
+                "and reload first"
+            )
+        with self.store.atomic():
+            if self.store.get_desktop(desktop) is None:
+                raise BrokerError(f"desktop {desktop!r} is not registered")
+            paired = [p.terminal_id for p in self.store.list_pairings() if p.desktop == desktop]
+            owners = [u.name for u in self.store.users_with_desktop(desktop)]
+            self.store.delete_desktop(desktop)
+            for terminal_id in paired:
+                self._audit(actor, "unpair", terminal_id, f"desktop {desktop} forgotten")
+            for user in owners:
+                self._audit(actor, "user-desktop", user, f"desktop {desktop} forgotten")
+            self._audit(actor, "desktop-forget", desktop, _forgotten(paired, owners))
 
     # Terminals.
 
@@ -599,6 +682,12 @@ class Broker:
             self._login_by_source.failed(check.source, now)
         actor = f"user:{_printable(check.user, 64)}"
         self._audit(actor, "login-failed", check.terminal_id, "wrong secret")
+        log.warning(
+            "login of %s at terminal %s failed: wrong secret",
+            actor,
+            check.terminal_id,
+            extra=logs.fields(terminal=check.terminal_id, event="login-failed"),
+        )
         if conn is not None:
             conn.notice = "Wrong user name or password."
 
@@ -615,6 +704,12 @@ class Broker:
             self._logins[terminal_id] = user
             conn.notice = ""
             self._audit(actor, "login", terminal_id)
+        log.info(
+            "user %s logged in at terminal %s",
+            user,
+            terminal_id,
+            extra=logs.fields(terminal=terminal_id, user=user, event="login"),
+        )
         return self._settle()
 
     def _end_login_elsewhere(self, terminal_id: str, user: str) -> None:
@@ -966,12 +1061,24 @@ class Broker:
                 return ShowScreen(ScreenKind.NO_DESKTOP_FREE, message), None
             return self._view(desktop, control=True), desktop
         pairing = pairings.get(terminal_id)
-        if pairing is not None and self.config.pool_of(pairing.desktop) is None:
+        if self._holds(pairing):
+            assert pairing is not None
             return self._view(pairing.desktop, control=True), pairing.desktop
         leased = self._lease_of(("terminal", terminal_id))
         if leased is not None:
             return self._view(leased, control=True), leased
-        return self._fallback(terminal_id, now, refresh), None
+        notice = ""
+        if pairing is not None and pairing.desktop not in self._states:
+            notice = f"Its desktop {pairing.desktop} is no longer configured."
+        return self._fallback(terminal_id, now, refresh, notice), None
+
+    def _holds(self, pairing: Pairing | None) -> bool:
+        """Whether ``pairing`` gives its terminal a desktop: one configured, in no pool."""
+        return (
+            pairing is not None
+            and pairing.desktop in self._states
+            and self.config.pool_of(pairing.desktop) is None
+        )
 
     def _view(self, desktop: str, control: bool) -> Assignment:
         state = self._states.get(desktop)
@@ -981,13 +1088,16 @@ class Broker:
             progress = self._progress.get(desktop)
             message = "Starting the desktop."
             return ShowScreen(ScreenKind.STARTING, message, desktop=desktop, progress=progress)
+        failure = self._failures.get(desktop)
+        if failure:
+            return ShowScreen(ScreenKind.FAILED, failure, desktop=desktop)
         message = "The desktop is not available. Please wait or ask the administrator."
         return ShowScreen(ScreenKind.UNAVAILABLE, message, desktop=desktop)
 
     def _fallback(
-        self, terminal_id: str, now: float, refresh: Collection[str] | None
+        self, terminal_id: str, now: float, refresh: Collection[str] | None, notice: str = ""
     ) -> ShowScreen:
-        notice = self._conns[terminal_id].notice
+        notice = self._conns[terminal_id].notice or notice
         code = None
         if self.config.pairing_codes:
             code = self._code_for(terminal_id, now, refresh is None or terminal_id in refresh)
@@ -996,10 +1106,22 @@ class Broker:
             "login": ScreenKind.LOGIN,
             "pool": ScreenKind.NO_DESKTOP_FREE,
         }[self.config.unknown_terminal]
+        failed = None
         if kind is ScreenKind.NO_DESKTOP_FREE and not notice:
+            failed = self._pool_failure(self.config.default_pool)
             notice = "All desktops are in use. This terminal will get the next free one."
         shown_id = terminal_id if code is not None else None
+        if failed is not None:
+            return ShowScreen(kind, self._failures[failed], code, shown_id, desktop=failed)
         return ShowScreen(kind, notice, code, shown_id)
+
+    def _pool_failure(self, pool: str | None) -> str | None:
+        """The first desktop of ``pool`` that could not start, when none of them is
+        usable: waiting for "the next free one" would be waiting for nothing."""
+        members = self.config.pools.get(pool, ()) if pool is not None else ()
+        if any(_usable(self._states.get(d)) for d in members):
+            return None
+        return next((d for d in members if d in self._failures), None)
 
     def _code_for(self, terminal_id: str, now: float, refresh: bool) -> str:
         """The formatted pairing code ``terminal_id`` shows, made if needed."""
@@ -1109,9 +1231,8 @@ class Broker:
         """Free leases nobody needs any more; lend free desktops to those waiting."""
         needs = self._lease_needs(pairings)
         for desktop, holder in list(self._leases.items()):
-            if needs.get(holder) != self.config.pool_of(desktop) or not _usable(
-                self._states.get(desktop)
-            ):
+            pool = self.config.pool_of(desktop)  # None once a reload took it out of its pool
+            if pool is None or needs.get(holder) != pool or not _usable(self._states.get(desktop)):
                 del self._leases[desktop]
         held = set(self._leases.values())
         waiting = [h for h in self._waiting if h in needs and h not in held]
@@ -1137,8 +1258,7 @@ class Broker:
                 if user_pool is not None and self._own_desktop(user) is None:
                     needs[("user", user)] = user_pool
                 continue
-            pairing = pairings.get(terminal_id)
-            if pairing is not None and self.config.pool_of(pairing.desktop) is None:
+            if self._holds(pairings.get(terminal_id)):
                 continue
             if self.config.unknown_terminal == "pool" and default_pool is not None:
                 needs[("terminal", terminal_id)] = default_pool
@@ -1236,6 +1356,13 @@ def _terminal(terminal_id: str, info: TerminalInfo, now: float) -> Terminal:
         screen_height=min(max(int(info.screen_height), 0), 65535),
         last_seen=now,
     )
+
+
+def _forgotten(paired: list[str], owners: list[str]) -> str:
+    """The audit detail of a forgotten desktop: the pairings and owners it had."""
+    parts = [f"paired with {', '.join(paired)}"] if paired else []
+    parts += [f"owned by {', '.join(owners)}"] if owners else []
+    return _printable("; ".join(parts) or "unused", 300)
 
 
 def _describe(info: TerminalInfo) -> str:

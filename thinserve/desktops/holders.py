@@ -7,7 +7,7 @@ from collections.abc import Collection, Hashable, Mapping
 from ..broker import BrokerState, ScreenKind, ShowDesktop, ShowScreen
 
 Holders = Mapping[str, Hashable] | Collection[str]  # desktop -> who holds it, or just names
-WAITING_SCREENS = (ScreenKind.STARTING, ScreenKind.UNAVAILABLE)
+WAITING_SCREENS = (ScreenKind.STARTING, ScreenKind.UNAVAILABLE, ScreenKind.FAILED)
 
 
 def desktops_in_use(state: BrokerState) -> dict[str, str]:

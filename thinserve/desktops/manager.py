@@ -32,7 +32,8 @@ from typing import Any, Protocol, TypeVar, cast
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 
-from ..backends.base import Backend, ConsoleAddress
+from .. import logs
+from ..backends.base import Backend, ConsoleAddress, Outliving
 from ..clock import Clock, reactor_clock
 from ..desktop_state import DesktopMachine, DesktopState, Event
 from ..relay import screens
@@ -56,20 +57,35 @@ class DesktopListener(Protocol):
     """Who hears about desktops' states (the Hub, which tells the broker)."""
 
     def desktop_state(
-        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+        self,
+        name: str,
+        state: DesktopState,
+        progress: float | None = None,
+        detail: str = "",
+        failed_start: bool = False,
     ) -> None:
-        """``detail``: why it is held back, or its last failure ("" when all is well)."""
+        """``detail``: why it is held back, or its last failure ("" when all is well);
+        ``failed_start``: it is crashed because it could not start (``detail`` says why)."""
 
 
 class _Nobody:
     def desktop_state(
-        self, name: str, state: DesktopState, progress: float | None = None, detail: str = ""
+        self,
+        name: str,
+        state: DesktopState,
+        progress: float | None = None,
+        detail: str = "",
+        failed_start: bool = False,
     ) -> None:
         pass
 
 
 class DesktopEnded(RuntimeError):
     """The backend says the desktop stopped while it was being started."""
+
+
+class CannotStart(DesktopEnded):
+    """A check before the start found what the desktop lacks (desktops/checks.py)."""
 
 
 class DesktopManager:
@@ -100,6 +116,9 @@ class DesktopManager:
         self.listener: DesktopListener = _Nobody()
         self.in_use: Callable[[], Holders] = dict
         self._backends: list[Backend] = []
+        self._checks: dict[str, Callable[[], str]] = {}  # desktop -> what it lacks, or ""
+        self._failed_starts: set[str] = set()  # crashed because they could not start
+        self._begun = False
         self._ticker = task.LoopingCall(self.tick)
         self._ticker.clock = cast(IReactorTime, self.clock)
         self._closed = False
@@ -112,16 +131,21 @@ class DesktopManager:
         *,
         boot_estimate: float | None = None,
         stop_on_release: bool | None = None,
+        check: Callable[[], str] | None = None,
     ) -> ManagedDesktop:
         """Manage ``name`` of ``backend`` (stopped until wanted or spare).
 
         ``stop_on_release`` None asks the backend's ``stop_on_release(name)``
-        (XvncBackend: keep_after_logout off; others: False).
+        (XvncBackend: keep_after_logout off; others: False).  ``check`` says
+        what the desktop lacks to start ("" when nothing): run by ``start``
+        and before every start (desktops/checks.py).
         """
         if stop_on_release is None:
             stop_on_release = backend.stop_on_release(name)
         estimate = boot_estimate or BOOT_ESTIMATES.get(backend.name, DEFAULT_BOOT_ESTIMATE)
         md = self._new(name, backend, estimate, stop_on_release, S.STOPPED)
+        if check is not None:
+            self._checks[name] = check
         md.mirror.show_screen(screens.starting(name, None))
         if not any(b is backend for b in self._backends):
             self._backends.append(backend)
@@ -143,6 +167,9 @@ class DesktopManager:
         """A VNC endpoint that is always there: its Upstream runs from start()."""
         md = self._new(address.name, None, 0.0, False, S.RUNNING)
         md.address = address
+        if self._begun and not self._closed:  # added by a reload: link it now
+            md.upstream = Upstream(address, md.mirror, clock=self.reactor)
+            md.upstream.start()
         return md
 
     def add_backend(
@@ -198,19 +225,97 @@ class DesktopManager:
         """
         self.listener = listener
         self.in_use = in_use
+        self._begun = True
         for md in self.desktops.values():
             if md.address is not None:
                 md.upstream = Upstream(md.address, md.mirror, clock=self.reactor)
                 md.upstream.start()
+        for name in list(self._checks):
+            self.check(name)
         self._ticker.start(self.config.tick, now=True)
 
-    def close(self) -> defer.Deferred[None]:
-        """Stop ticking, disconnect every mirror, close the backends."""
+    def check(self, name: str) -> str:
+        """Run ``name``'s check now: a problem is logged once and the desktop is
+        failed at once, with the problem as its reason.  Returns the problem."""
+        md = self.desktops[name]
+        problem = self._problem(md)
+        if not problem or md.busy or md.state.active:
+            return problem
+        log.warning("desktop %s cannot start: %s", name, problem)
+        md.detail = problem
+        md.failures += 1
+        md.retry_at = self.clock.seconds() + self.config.retry_after(md.failures)
+        self._failed_starts.add(name)
+        self._blank(md, screens.could_not_start(name, problem))
+        if md.state is S.CRASHED:
+            self._tell(md)
+        else:  # stopped or held: a start that fails before it begins
+            md.machine.handle(E.START)
+            md.machine.handle(E.FAILED)
+        return problem
+
+    def _problem(self, md: ManagedDesktop) -> str:
+        check = self._checks.get(md.name)
+        if check is None:
+            return ""
+        try:
+            return check()
+        except Exception as exc:  # a check must never stop the manager
+            log.exception("checking desktop %s failed", md.name)
+            return f"checking it failed: {exc}"
+
+    def remove(self, name: str) -> defer.Deferred[str]:
+        """Stop managing ``name``, no longer configured; fires with what became of it.
+
+        Nobody hears of it any more (its terminals were given other screens
+        first).  A desktop thinserve runs is stopped, gently: nobody can be
+        given it again, and a desktop left running unmanaged would hold its
+        memory and disk for good.  A static desktop's link is closed.
+        """
+        md = self.desktops.pop(name)
+        self.mirrors.pop(name, None)
+        self._checks.pop(name, None)
+        self._failed_starts.discard(name)
+        md.machine.observer = None
+        if md.backend is None:
+            return self._disconnect(md).addCallback(lambda _: "its link is closed")
+        if not (md.state.active or md.busy):
+            return self._disconnect(md).addCallback(lambda _: "it was not running")
+
+        async def stop() -> None:
+            if md.state.active or md.state is S.CRASHED:
+                await self._stop_op(md, False)
+            else:
+                await self._disconnect(md)
+
+        return self._run(md, stop).addCallback(lambda _: "it is stopped")
+
+    def reconfigure(self, config: DesktopsConfig, pools: Mapping[str, Sequence[str]]) -> None:
+        """New pool policies and pools (a reload), for the desktops managed now and later."""
+        unknown = sorted(set(config.pools) - set(pools))
+        if unknown:
+            raise ValueError(f"policies for pools the broker does not have: {', '.join(unknown)}")
+        tick = self.config.tick
+        self.config = config
+        self.pools = {name: tuple(members) for name, members in pools.items()}
+        self._pool_of = {d: name for name, members in self.pools.items() for d in members}
+        for md in self.desktops.values():
+            md.pool = self._pool_of.get(md.name)
+        if self._ticker.running and config.tick != tick:
+            self._ticker.stop()
+            self._ticker.start(config.tick, now=False)
+
+    def close(self, stop_desktops: bool = False) -> defer.Deferred[None]:
+        """Stop ticking, disconnect every mirror, let go of the backends.
+
+        Desktops thinserve started keep running (recorded, for the next start
+        to take over) unless ``stop_desktops``: then the backends stop them.
+        """
         self._closed = True
         if self._ticker.running:
             self._ticker.stop()
         closing = [self._disconnect(md) for md in self.desktops.values()]
-        closing += [bridge(b.close()) for b in self._backends]
+        closing += [bridge(_let_go(b, stop_desktops)) for b in self._backends]
         return defer.gatherResults(closing, consumeErrors=True).addBoth(lambda _: None)
 
     # -- requests --------------------------------------------------------------------------
@@ -332,12 +437,29 @@ class DesktopManager:
                 continue
             if md.retry_at is not None and now < md.retry_at:
                 continue
+            if self._still_lacking(md, now):
+                continue
             if full and md.holder is None:
                 md.machine.handle(E.HOLD)
                 continue
             md.retry_at = None
             md.mirror.show_screen(screens.starting(md.name, None))
             md.machine.handle(E.OFFER)
+
+    def _still_lacking(self, md: ManagedDesktop, now: float) -> bool:
+        """A failed desktop whose check still fails stays failed, quietly, and is
+        looked at again later; one whose problem changed says the new one."""
+        problem = self._problem(md)
+        if not problem:
+            return False
+        md.retry_at = now + self.config.retry_after(md.failures)
+        if problem != md.detail:
+            md.detail = problem
+            self._failed_starts.add(md.name)
+            log.warning("desktop %s cannot start: %s", md.name, problem)
+            self._blank(md, screens.could_not_start(md.name, problem))
+            self._tell(md)
+        return True
 
     def _keep_spares(
         self,
@@ -442,6 +564,9 @@ class DesktopManager:
             if md.state is not S.STARTING:
                 md.machine.handle(E.START)
             progress.start(self.config.progress_interval, now=True)
+            problem = self._problem(md)
+            if problem:
+                raise CannotStart(problem)
             address = await bridge(md.backend.ensure_running(md.name))
             self._connect(md, address)
             await self._until_live(md)
@@ -497,9 +622,15 @@ class DesktopManager:
         md.failures = 0
         md.retry_at = None
         md.detail = ""
+        self._failed_starts.discard(md.name)
         if md.holder is None:
             md.idle_since = self.clock.seconds()
-        log.info("desktop %s is up (%.1f s)", md.name, took)
+        log.info(
+            "desktop %s is up (%.1f s)",
+            md.name,
+            took,
+            extra=logs.fields(desktop=md.name, event="up"),
+        )
         md.machine.handle(E.UP)
 
     async def _start_failed(self, md: ManagedDesktop, exc: BaseException) -> None:
@@ -510,7 +641,14 @@ class DesktopManager:
         delay = self.config.retry_after(md.failures)
         md.detail = why
         md.retry_at = self.clock.seconds() + delay
-        log.warning("desktop %s did not start: %s; retrying in %.0f s", md.name, why, delay)
+        self._failed_starts.add(md.name)
+        log.warning(
+            "desktop %s did not start: %s; retrying in %.0f s",
+            md.name,
+            why,
+            delay,
+            extra=logs.fields(desktop=md.name, event="start-failed"),
+        )
         self._blank(md, screens.unavailable(md.name, delay, _short(why)))
         if not isinstance(exc, DesktopEnded):
             await self._quietly_stop(md)  # whatever half-started is ended
@@ -590,6 +728,7 @@ class DesktopManager:
         """A running desktop stopped or crashed by itself."""
         crashed = status is S.CRASHED
         md.detail = detail
+        self._failed_starts.discard(md.name)
         if crashed:
             md.failures += 1
         delay = self.config.retry_after(md.failures) if crashed else 0.0
@@ -630,13 +769,22 @@ class DesktopManager:
     def _changed(self, name: str, old: DesktopState, new: DesktopState) -> None:
         """The machine's observer: the listener hears every change but STARTING,
         which the start reports itself, with its progress."""
-        log.debug("desktop %s: %s -> %s", name, old.value, new.value)
+        log.debug(
+            "desktop %s: %s -> %s",
+            name,
+            old.value,
+            new.value,
+            extra=logs.fields(desktop=name, event=new.value),
+        )
         if new is not S.STARTING:
             self._tell(self.desktops[name])
 
     def _tell(self, md: ManagedDesktop, progress: float | None = None) -> None:
+        if self._closed:  # the hub and the store may be gone: nobody listens any more
+            return
+        failed_start = md.state is S.CRASHED and md.name in self._failed_starts
         try:
-            self.listener.desktop_state(md.name, md.state, progress, md.detail)
+            self.listener.desktop_state(md.name, md.state, progress, md.detail, failed_start)
         except Exception:
             log.exception("reporting desktop %s %s failed", md.name, md.state.value)
 
@@ -665,6 +813,13 @@ class DesktopManager:
 
         self.reactor.callLater(0, run)
         return result
+
+
+def _let_go(backend: Backend, stop_desktops: bool) -> Awaitable[None]:
+    """A backend's desktops left running (when they can outlive thinserve), or stopped."""
+    if not stop_desktops and isinstance(backend, Outliving):
+        return backend.release()
+    return backend.close()
 
 
 def _stop_loop(loop: task.LoopingCall) -> None:

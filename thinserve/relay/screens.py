@@ -7,6 +7,7 @@ room on any terminal.  Each screen returns an internal framebuffer
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -17,6 +18,8 @@ BACKGROUND = (24, 44, 72)
 FOREGROUND = (240, 244, 248)
 ACCENT = (255, 196, 64)
 DIM = (150, 170, 195)
+REASON_WIDTH = 60  # characters per line of a failure's reason
+REASON_LINES = 4
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,15 @@ def unavailable(desktop: str, retry_in: float, reason: str = "") -> ScreenText:
         f"Retrying in {retry_in:.0f} s" if retry_in >= 1 else "Retrying",
     )
     return ScreenText("Desktop unavailable", lines + ((reason,) if reason else ()))
+
+
+def could_not_start(desktop: str, reason: str) -> ScreenText:
+    """A desktop that failed to start: its name, then why, in lines that fit."""
+    lines = tuple(textwrap.wrap(reason, REASON_WIDTH, max_lines=REASON_LINES)) or ("",)
+    return ScreenText(
+        f"Desktop {desktop} could not start",
+        (*lines, "It is tried again by itself. Tell the administrator if this stays."),
+    )
 
 
 def no_desktop_free() -> ScreenText:

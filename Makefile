@@ -5,6 +5,8 @@
 #   make lint   ruff check + ruff format --check + mypy
 #   make bench  the benchmarks
 #   make deps   only the Debian packages (touches nothing when all are there)
+#   make deb    the Debian package, dist/thinserve_VERSION_amd64.deb (packaging/README.md)
+#   make deb-check  build it, install it here, check it, purge it again
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -17,10 +19,12 @@ PYTEST_ARGS ?=
 # Debian's own python3, libvirt-dev/pkg-config to build libvirt-python, and
 # npm (installed only when missing: Node.js builds often carry their own) fetches
 # the pinned noVNC release for the browser terminal; stress-ng loads the CPUs
-# for make test-load.
+# for make test-load.  The default desktop's session: IceWM, xterm and PCManFM
+# (docs/desktops.md).
 DEBIAN_PACKAGES := \
 	tigervnc-standalone-server tigervnc-tools tigervnc-viewer \
 	xvfb xterm xdotool xclip x11-apps x11-utils x11-xserver-utils imagemagick \
+	icewm pcmanfm \
 	fonts-dejavu-core \
 	qemu-system-x86 qemu-utils busybox-static cpio linux-image-amd64 \
 	libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu \
@@ -34,10 +38,10 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -y \
 	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 	-o DPkg::Lock::Timeout=600
 
-.PHONY: help deps venv novnc run test test-load lint bench
+.PHONY: help deps venv novnc desktop-account run test test-load lint bench deb deb-check
 
 help:
-	@sed -n '2,8s/^# \{0,1\}//p' Makefile
+	@sed -n '2,10s/^# \{0,1\}//p' Makefile
 
 deps:
 	@missing=$$(for package in $(DEBIAN_PACKAGES); do \
@@ -72,11 +76,22 @@ $(NOVNC): clients/web/package.json clients/web/package-lock.json | deps
 	npm ci --prefix clients/web --no-audit --no-fund
 	touch $@
 
-run: deps $(STAMP) $(NOVNC)
-	$(BIN)/thinserve serve
+# The unprivileged account the default desktop runs as when thinserve runs as
+# root (thinserve refuses to run a desktop as root).  As anyone else the
+# desktop runs as that user, and there is nothing to make.
+DESKTOP_ACCOUNT := thinserve-desktop
+desktop-account:
+	@if [ "$$(id -u)" = 0 ] && ! getent passwd $(DESKTOP_ACCOUNT) >/dev/null; then \
+		echo "make: creating the account $(DESKTOP_ACCOUNT) for the default desktop"; \
+		useradd --system --create-home --home-dir /var/lib/$(DESKTOP_ACCOUNT) \
+			--shell /bin/bash $(DESKTOP_ACCOUNT); \
+	fi
+
+run: deps $(STAMP) $(NOVNC) desktop-account
+	$(BIN)/thinserve serve --defaults --state-dir .state
 
 # pytest takes its options from setup.cfg; add more with PYTEST_ARGS="-k name".
-test: deps $(STAMP) $(NOVNC)
+test: deps $(STAMP) $(NOVNC) desktop-account
 	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status
@@ -88,7 +103,7 @@ test: deps $(STAMP) $(NOVNC)
 # or PYTEST_ARGS="-k name".
 LOAD_TESTS ?= tests/integration
 LOAD_CPUS ?= 2
-test-load: deps $(STAMP) $(NOVNC)
+test-load: deps $(STAMP) $(NOVNC) desktop-account
 	@stress-ng --cpu $(LOAD_CPUS) --timeout 6h --quiet & hog=$$!; \
 	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT; \
 	status=0; $(BIN)/pytest $(LOAD_TESTS) $(PYTEST_ARGS) || status=$$?; \
@@ -103,3 +118,15 @@ lint: $(STAMP)
 
 bench: deps $(STAMP)
 	$(BIN)/python -m bench
+
+# The Debian package (packaging/build-deb): a virtualenv for /opt/thinserve,
+# the unit, /etc/thinserve, the man page.  deb-check runs lintian on it, then
+# installs it on this machine, checks it as an admin would (doctor, the unit,
+# accounts, the service started as its unit says) and purges it again.
+deb: deps $(NOVNC)
+	packaging/build-deb
+
+deb-check: deb $(STAMP)
+	@command -v lintian >/dev/null || $(APT_GET) install --no-install-recommends lintian </dev/null
+	lintian --fail-on error,warning dist/thinserve_*_amd64.deb
+	$(BIN)/python packaging/check-installed dist/thinserve_*_amd64.deb

@@ -8,7 +8,9 @@ VeNCrypt X509None costs next to None, through thinserve.  ``python -m bench
 flood``: a paired terminal before, during and after a flood of fake
 terminals from many addresses; ``python -m bench soak``: terminals
 connecting, typing and leaving for minutes, thinserve's memory and
-descriptors over time (neither is part of the default run).  Tables go to
+descriptors over time; ``python -m bench restart``: how long a restart keeps
+the default desktop from its terminals, taken over next to started afresh
+(none of the three is part of the default run).  Tables go to
 stdout, progress to stderr; docs/performance.md explains every column.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +35,7 @@ from .options import (
 )
 from .xvnc import INSTALL_HINT, xvnc_path, xvnc_version
 
-COMMANDS = ("all", "encodings", "relay", "tls", "flood", "soak")
+COMMANDS = ("all", "encodings", "relay", "tls", "flood", "soak", "restart")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -43,7 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "of real workloads: direct, byte relay, thinserve); no command runs both. 'tls' "
         "(connection set-up, typing and full-frame times over X509None next to None). "
         "'flood' (a paired terminal before, during and after a flood of fake terminals), "
-        "'soak' (terminals coming and going for minutes: memory, descriptors, latency).",
+        "'soak' (terminals coming and going for minutes: memory, descriptors, latency), "
+        "'restart' (a desktop taken over by a restarted thinserve next to a fresh one).",
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="all")
     parser.add_argument("--quick", action="store_true", help="the short run (see docs)")
@@ -246,14 +250,31 @@ async def run_command(args: argparse.Namespace) -> int:
     return status
 
 
+def restart(quick: bool) -> int:
+    """The restart benchmark: plain processes and threads, no reactor of its own."""
+    from . import restart as restart_suite
+    from .report import load, machine_lines
+
+    started = time.monotonic()
+    try:
+        results = restart_suite.run(3 if quick else 7, _to_stderr)
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(restart_suite.render(results, machine_lines(xvnc_version()))))
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "restart":
+        return restart(args.quick) if xvnc_path() else _no_xvnc()
     if args.command == "all" and args.no_xvnc:
         args.command = "encodings"  # the relay suite needs Xvnc
     needs_xvnc = args.command in ("relay", "tls", "flood", "soak") or not args.no_xvnc
     if needs_xvnc and xvnc_path() is None:
-        print(f"error: Xvnc is not installed: {INSTALL_HINT} (or pass --no-xvnc)", file=sys.stderr)
-        return 2
+        return _no_xvnc()
     install_reactor()
     from twisted.internet import defer, task
 
@@ -268,6 +289,15 @@ def main(argv: list[str] | None = None) -> int:
         if exit_.code not in (0, None):
             return int(exit_.code) if isinstance(exit_.code, int) else 1
     return status[0]
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _no_xvnc() -> int:
+    print(f"error: Xvnc is not installed: {INSTALL_HINT} (or pass --no-xvnc)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import shutil
 import struct
 from pathlib import Path
 
+from ..paths import default_runtime_dir
 from .accounts import Account, can_switch_users
 from .base import BackendError
 
@@ -20,9 +21,8 @@ COOKIE = "MIT-MAGIC-COOKIE-1"
 
 
 def runtime_dir() -> Path:
-    """A private directory for sockets: $XDG_RUNTIME_DIR/thinserve or similar."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or ("/run" if os.geteuid() == 0 else "/tmp")
-    path = Path(base) / ("thinserve" if base != "/tmp" else f"thinserve-{os.getuid()}")
+    """thinserve's default runtime directory (thinserve.paths), made private."""
+    path = default_runtime_dir()
     mode = passable_mode()  # local desktops' users pass through to their sessions
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     os.chmod(path, mode)

@@ -337,7 +337,7 @@ class XvncSession(DesktopLifecycle):
         log.info(
             "desktop %s: session %r started as %s on :%s, pid %s",
             self.config.name,
-            command.splitlines()[0],  # a script's first line names it
+            command.splitlines()[0].lstrip("# "),  # a script's first line names it
             run.account.name,
             run.display,
             run.session_pgid,

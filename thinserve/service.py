@@ -42,17 +42,15 @@ from protocols.terminal import TerminalAdvert
 
 from .admin import api as admin_api
 from .admission import Admission
-from .backends.base import Outliving
 from .backends.qemu import QemuBackend
-from .backends.records import RecordStore, end_desktop, records_in
-from .backends.xvnc import LocalXvncDesktop, XvncBackend
+from .backends.records import records_in
+from .backends.xvnc import LocalXvncDesktop
 from .blacklist import Blacklist
 from .broker import Broker, TerminalInfo
 from .config import Config, ConfigError, LocalDesktopConfig, address_to_endpoint
 from .credentials import Credentials
 from .desktops import DesktopListener, DesktopManager, Holders, desktops_in_use
-from .desktops.bridge import bridge
-from .desktops.wiring import add_sessions, add_vms, is_unstartable, static_address
+from .desktops.wiring import add_sessions, add_vms, is_unstartable, static_address, take_over
 from .discovery import ServerAdvertiser, TerminalBrowser, advertised_addresses
 from .hub import Hub
 from .linksecurity import SecurityPolicy, ServerCertificate, https_description, is_loopback
@@ -200,45 +198,8 @@ class ThinServe(InOrder):
 
             for libvirt in setup.libvirt:
                 await manager.add_backend(LibvirtBackend(libvirt))
-        await self._take_over_desktops(manager)
+        await take_over(manager, self.config.state_dir, self.config.runtime_dir)
         return manager
-
-    async def _take_over_desktops(
-        self, manager: DesktopManager, only: object | None = None
-    ) -> None:
-        """Desktops thinserve starts outlive it: each is recorded under state_dir,
-        and those a previous thinserve left running are taken over now (reported
-        running).  Per-user Xvnc sessions live in the runtime directory unless
-        [xvnc] runtime_dir says otherwise (docs/desktops.md)."""
-        records = records_in(self.config.state_dir)
-        if only is None:  # at start; a reload stops what it removes itself
-            await self._end_unconfigured(manager, records)
-        backends = {id(md.backend): md.backend for md in manager.desktops.values() if md.backend}
-        for backend in backends.values():
-            if only is not None and backend is not only:  # a reload's new backend only
-                continue
-            if isinstance(backend, XvncBackend):
-                backend.use_runtime_dir(self.config.runtime_dir / "sessions")
-            if isinstance(backend, Outliving):
-                backend.keep_records(records)
-                taken = await bridge(backend.adopt())
-                if taken:
-                    log.info("running desktops taken over: %s", ", ".join(taken))
-
-    @staticmethod
-    async def _end_unconfigured(manager: DesktopManager, records: RecordStore) -> None:
-        """A desktop left running that the configuration no longer names is ended:
-        nobody could be given it, and it would hold its memory for good."""
-        for name in records.names():
-            if name in manager.desktops:
-                continue
-            record = records.load(name)
-            if record is not None:
-                log.warning(
-                    "desktop %s was left running but is no longer configured: ending it", name
-                )
-                await bridge(end_desktop(record))
-            records.remove(name)
 
     async def _start_web(self, factory: RFBServerFactory, certificate: ServerCertificate) -> None:
         """The browser terminal, on the same sessions as the RFB listener."""
@@ -367,7 +328,8 @@ class ThinServe(InOrder):
         hub.apply(hub.broker.register_desktop(name, backend, state))
         new_backend = manager.desktops[name].backend
         if new_backend is not None and id(new_backend) not in known:
-            await self._take_over_desktops(manager, only=new_backend)
+            dirs = self.config.state_dir, self.config.runtime_dir
+            await take_over(manager, *dirs, only=new_backend)
         problem = manager.check(name)
         return f"desktop {name} added" + (f", but it cannot start: {problem}" if problem else "")
 

@@ -125,7 +125,7 @@ class ThinServe(InOrder):
         )
         await self._run(HubService(hub))
         await self._run(
-            AdminSocket(self.reactor, hub, config.admin_socket, self._admin_info, manager)
+            AdminSocket(self.reactor, hub, config.admin_socket, self._admin_info, manager, local)
         )
         rfb = RFBServerFactory(
             terminal_options(config, hub, certificate),
@@ -384,6 +384,10 @@ class LocalDesktop(service.Service):
 
     def startService(self) -> defer.Deferred[None]:
         super().startService()
+        return self.resume()
+
+    def resume(self) -> defer.Deferred[None]:
+        """Keep a fresh desktop running (at start, or after ``halt``)."""
         server = self.server
         if server is None:
             self.desktop = LocalXvncDesktop(self.config, self.reactor)
@@ -391,6 +395,11 @@ class LocalDesktop(service.Service):
             records = records_in(server.state_dir)
             self.desktop = LocalXvncDesktop(self.config, self.reactor, server.runtime_dir, records)
         return self.desktop.start()
+
+    def halt(self) -> defer.Deferred[None]:
+        """End the desktop until ``resume`` (an admin's ``desktops stop``)."""
+        desktop, self.desktop = self.desktop, None
+        return desktop.stop() if desktop is not None else defer.succeed(None)
 
     def stopService(self) -> defer.Deferred[None]:
         """Fires once Xvnc and its session are gone, or left to run on their own."""
@@ -431,9 +440,25 @@ class LocalDesktops(InOrder):
         cast(Any, desktop).parent = self  # Twisted declares it None
         return desktop
 
+    def names(self) -> list[str]:
+        return [desktop.config.name for desktop in self.desktops]
+
+    def stop(self, name: str) -> defer.Deferred[None]:
+        """End ``name``'s Xvnc and session; nothing starts it again but ``start``
+        or the next start of thinserve.  Its terminals wait meanwhile."""
+        return self._named(name).halt()
+
+    def start(self, name: str) -> defer.Deferred[None]:
+        """Start ``name`` afresh if it is stopped; fires once the start is over."""
+        desktop = self._named(name)
+        return desktop.resume() if desktop.desktop is None else defer.succeed(None)
+
+    def _named(self, name: str) -> LocalDesktop:
+        return next(d for d in self.desktops if d.config.name == name)
+
     async def drop(self, name: str) -> None:
         """Stop one that is no longer configured (its Xvnc too), and let it go."""
-        desktop = next(d for d in self.desktops if d.config.name == name)
+        desktop = self._named(name)
         self.desktops.remove(desktop)
         self.services.remove(desktop)
         desktop.parent = None
@@ -492,12 +517,14 @@ class AdminSocket(service.Service):
         configured: str | None,
         info: Callable[[], dict[str, object]],
         desktops: DesktopManager | None = None,
+        local: LocalDesktops | None = None,
     ) -> None:
         self.reactor = reactor
         self.hub = hub
         self.configured = configured
         self.info = info
         self.desktops = desktops
+        self.local = local
         self.port: Port | None = None
 
     def startService(self) -> defer.Deferred[None]:
@@ -506,7 +533,7 @@ class AdminSocket(service.Service):
 
     async def _listen(self) -> None:
         self.port = await admin_api.start(
-            self.reactor, self.hub, self.configured, self.info, self.desktops
+            self.reactor, self.hub, self.configured, self.info, self.desktops, self.local
         )
 
     def stopService(self) -> defer.Deferred[None] | None:

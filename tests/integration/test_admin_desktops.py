@@ -10,6 +10,7 @@ can be forgotten.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,17 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from tests.integration.test_admin import ACTOR, cli, cli_json, cli_ok, desktop, terminal_row
-from tests.integration.test_desktops import need_xvnc_session, runtime_dir  # noqa: F401
+from tests.integration.test_backend_xvnc import processes_of
+from tests.integration.test_desktops import alive, need_xvnc_session, runtime_dir  # noqa: F401
+from tests.integration.test_desktops_outlive import desktop_user  # noqa: F401
 from tests.integration.test_rfb_interop import office_frame
 from tests.support.terminal import Terminal
 from tests.support.waiting import wait_until
+from thinserve.backends.accounts import Account
 from thinserve.backends.qemu import QemuDesktopConfig
 from thinserve.backends.xvnc import XvncDesktopConfig
 from thinserve.broker import BrokerConfig
-from thinserve.config import Config
+from thinserve.config import Config, LocalDesktopConfig
 from thinserve.desktop_config import DesktopSetup
 from thinserve.relay import screens
 from thinserve.service import ThinServe
@@ -46,12 +50,11 @@ async def start(
         admin_socket=str(sock),
         discovery=False,
         address_pairing=("127.0.0.0/8",),
-        local_desktops=(),
         state_dir=tmp_path / "state",
         runtime_dir=runtime,
         stop_desktops=True,
         source="test",
-        **settings,
+        **({"local_desktops": ()} | settings),
     )
     ts = ThinServe(config, reactor)
     await ts.startService()
@@ -203,4 +206,49 @@ async def test_start_stop_reset_and_forget(
         assert not term.closed
     finally:
         term.close()
+        await ts.stopService()
+
+
+def local_xvnc_pid(ts: ThinServe, name: str) -> int | None:
+    """The Xvnc pid of the local desktop ``name``, None while it is stopped."""
+    assert ts.local is not None
+    desktop = ts.local._named(name).desktop
+    return desktop.session.processes()[0] if desktop is not None else None
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_admin_stops_starts_and_resets_a_local_desktop(
+    tmp_path: Path,
+    runtime_dir: Path,  # noqa: F811
+    desktop_user: Account,  # noqa: F811
+) -> None:
+    need_xvnc_session()
+    os.chmod(runtime_dir, 0o711)  # the desktop's user passes through to its socket
+    local = LocalDesktopConfig(
+        "here", user=desktop_user.name, geometry="320x240", command="sleep 600"
+    )
+    ts, sock = await start(tmp_path, runtime_dir, local_desktops=(local,))
+    try:
+        first = local_xvnc_pid(ts, "here")
+        assert alive(first)
+        said = await cli_ok(sock, "desktops", "stop", "here")
+        assert said.strip().startswith("desktop here stopped")
+        assert local_xvnc_pid(ts, "here") is None and not alive(first)
+        await wait_until(lambda: not processes_of(desktop_user.uid), 10, "its session to end")
+
+        said = await cli_ok(sock, "desktops", "start", "here")
+        assert said.strip().startswith("desktop here started")
+        second = local_xvnc_pid(ts, "here")
+        assert alive(second) and second != first
+
+        await cli_ok(sock, "desktops", "reset", "here")
+        third = local_xvnc_pid(ts, "here")
+        assert alive(third) and third != second and not alive(second)
+        audit = await cli_json(sock, "audit", "--subject", "here")
+        assert [e["action"] for e in audit][-3:] == [
+            "desktop-stop",
+            "desktop-start",
+            "desktop-reset",
+        ]
+    finally:
         await ts.stopService()

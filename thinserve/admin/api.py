@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IListeningPort
 
 from ..desktops import DesktopManager
 from ..hub import Hub
-from .handlers import AdminAPI
+from .handlers import AdminAPI, LocalControl
 from .http import AdminSite
 from .socket import AdminSocketError, listen, peer_actor, socket_path
 
@@ -29,6 +29,7 @@ async def start(
     configured: str | None,
     info: Callable[[], dict[str, Any]] | None = None,
     desktops: DesktopManager | None = None,
+    local: LocalControl | None = None,
 ) -> IListeningPort | None:
     """Serve the admin API for ``hub`` where ``configured`` says (see socket_path).
 
@@ -41,7 +42,7 @@ async def start(
         if path is None:
             log.info("admin API off ([server] admin_socket is empty)")
             return None
-        port = listen(reactor, path, AdminSite(AdminAPI(hub, info, desktops), peer_actor))
+        port = listen(reactor, path, AdminSite(AdminAPI(hub, info, desktops, local), peer_actor))
     except (AdminSocketError, OSError) as exc:
         if configured is not None:
             raise AdminSocketError(str(exc)) from None

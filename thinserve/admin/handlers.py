@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from twisted.internet import defer, threads
@@ -71,6 +71,17 @@ ROUTES = (
 )
 
 
+class LocalControl(Protocol):
+    """The ``[[local_desktop]]`` sessions, which thinserve keeps running outside
+    the desktop manager: an admin may still stop and start them."""
+
+    def names(self) -> list[str]: ...
+
+    def stop(self, name: str) -> defer.Deferred[None]: ...
+
+    def start(self, name: str) -> defer.Deferred[None]: ...
+
+
 class AdminAPI:
     """What administrators can see and do, on the hub and its broker's store."""
 
@@ -79,9 +90,11 @@ class AdminAPI:
         hub: Hub,
         info: Callable[[], dict[str, Any]] | None = None,
         desktops: DesktopManager | None = None,
+        local: LocalControl | None = None,
     ) -> None:
         self.hub = hub
         self.desktops = desktops
+        self.local = local
         self.broker = hub.broker
         self.store: Store = hub.broker.store
         self.views = Views(hub)
@@ -244,6 +257,10 @@ class AdminAPI:
     # -- desktops ---------------------------------------------------------------------------
     def post_desktop_start(self, call: Call) -> defer.Deferred[dict[str, Any]]:
         """Start a desktop now; answers once it runs or failed to start."""
+        local = self._local(call)
+        if local is not None:
+            self.broker.record(call.actor, "desktop-start", call.params[0])
+            return self._local_done(call, local.start(call.params[0]))
         name, manager = self._run_by_thinserve(call)
         problem = manager.check(name)
         if problem:
@@ -252,13 +269,25 @@ class AdminAPI:
         return manager.want(name).addCallback(lambda _: self._desktop_done(name))
 
     def post_desktop_stop(self, call: Call) -> defer.Deferred[dict[str, Any]]:
-        """Stop a desktop now (a terminal still given it starts it again)."""
+        """Stop a desktop now (a terminal still given it starts it again; a local
+        desktop stays stopped until ``desktops start``)."""
+        local = self._local(call)
+        if local is not None:
+            self.broker.record(call.actor, "desktop-stop", call.params[0])
+            return self._local_done(call, local.stop(call.params[0]))
         name, manager = self._run_by_thinserve(call)
         self.broker.record(call.actor, "desktop-stop", name)
         return manager.stop(name).addCallback(lambda _: self._desktop_done(name))
 
     def post_desktop_reset(self, call: Call) -> defer.Deferred[dict[str, Any]]:
-        """Back to its template (or a fresh session) before its next start."""
+        """Back to its template (or a fresh session) before its next start; a
+        local desktop is started afresh at once."""
+        local = self._local(call)
+        if local is not None:
+            name = call.params[0]
+            self.broker.record(call.actor, "desktop-reset", name)
+            fresh = local.stop(name).addCallback(lambda _: local.start(name))
+            return self._local_done(call, fresh)
         name, manager = self._run_by_thinserve(call)
         self.broker.record(call.actor, "desktop-reset", name)
         return manager.reset(name).addCallback(lambda _: self._desktop_done(name))
@@ -293,6 +322,16 @@ class AdminAPI:
                 "start, stop or reset it where it runs",
             )
         return name, manager
+
+    def _local(self, call: Call) -> LocalControl | None:
+        """The local desktops, when the desktop in the path is one of them."""
+        name = call.params[0]
+        self._known_desktop(name)
+        local = self.local
+        return local if local is not None and name in local.names() else None
+
+    def _local_done(self, call: Call, done: defer.Deferred[None]) -> defer.Deferred[dict[str, Any]]:
+        return done.addCallback(lambda _: self._desktop_done(call.params[0]))
 
     def _desktop_done(self, name: str) -> dict[str, Any]:
         record = self.store.get_desktop(name)

@@ -136,16 +136,22 @@ async def sweep(uid: int, marker: str) -> None:
             pids = session_processes(uid, marker)
 
 
-async def until_execed(pid: int | None, timeout: float = 2.0) -> None:
-    """Until the forked child ``pid`` has become its program (or is gone)."""
+async def until_execed(pid: int | None, timeout: float = 10.0) -> None:
+    """Until the forked child ``pid`` has become its program and, started through
+    the wrapper, leads its own process group (or is gone): only then does a
+    signal to its group reach it.  setsid execs first and leaves thinserve's
+    group a moment later, a moment that grows on a busy machine."""
     if pid is None:
         return
     me = os.path.realpath(f"/proc/{os.getpid()}/exe")
+    grouped = bool(wrapper())
     for _ in range(int(timeout / 0.005)):
         try:
-            if os.path.realpath(f"/proc/{pid}/exe") != me:
-                return
+            execed = os.path.realpath(f"/proc/{pid}/exe") != me
+            leads = os.getpgid(pid) == pid
         except OSError:
+            return
+        if execed and (leads or not grouped):
             return
         await asyncio.sleep(0.005)
 

@@ -9,6 +9,7 @@ and boots the tiny demo Linux as a real QEMU domain through it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -168,6 +169,30 @@ async def test_changes_made_elsewhere_are_reported(
             dom.destroy()
             detail = await as_deferred(log.wait_for(name, DesktopState.STOPPED, 5, after=mark))
             assert detail == ("destroyed" if use_events else "")
+        finally:
+            await as_deferred(backend.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_event_that_arrives_after_the_fact_replays_nothing(
+    admin_conn: libvirt.virConnect,
+) -> None:
+    """On a busy machine libvirt's "started" event can arrive after the domain was
+    stopped again: it is checked against the domain's state, not taken as news."""
+    name = unique("late")
+    xml = fake_domain_xml(name, "<graphics type='vnc' port='5906' autoport='no'/>")
+    log = StatusLog()
+    backend = LibvirtBackend(LibvirtConfig(uri=TEST_URI, domains=(name,)), log)
+    with defined(admin_conn, xml) as dom:
+        try:
+            await as_deferred(backend.list_desktops())
+            assert log.statuses(name) == [DesktopState.STOPPED]
+            backend._on_event(name, libvirt.VIR_DOMAIN_EVENT_STARTED, 0)  # late: it is off
+            await as_deferred(asyncio.gather(*backend._confirming))
+            assert log.statuses(name) == [DesktopState.STOPPED]
+            dom.create()  # an event the domain's state bears out is still reported
+            await as_deferred(log.wait_for(name, DesktopState.RUNNING, 5))
+            assert log.statuses(name) == [DesktopState.STOPPED, DesktopState.RUNNING]
         finally:
             await as_deferred(backend.close())
 

@@ -243,6 +243,7 @@ class LibvirtBackend:
         self._conn_lock = threading.Lock()
         self._event_id: int | None = None
         self._poll_task: asyncio.Task[None] | None = None
+        self._confirming: set[asyncio.Task[None]] = set()  # events being checked
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.threads, thread_name_prefix="libvirt"
@@ -292,7 +293,20 @@ class LibvirtBackend:
     def _on_event(self, name: str, event: int, detail: int) -> None:
         mapped = status_of_event(event, detail)
         if mapped is not None and self._wanted(name):
-            self._report(name, *mapped)
+            task = asyncio.ensure_future(self._confirm(name, *mapped))
+            self._confirming.add(task)
+            task.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, name: str, status: DesktopState, detail: str) -> None:
+        """Report an event's status only if the domain is still in it.  On a busy
+        machine an event arrives late, after a stop or start this backend has
+        already reported; taken as it comes it would replay the past."""
+        try:
+            state, reason = await self._call(self._state_after_stop, name)
+        except BackendError:
+            return
+        if status_of_state(state, reason)[0] is status:
+            self._report(name, status, detail)
 
     def _wanted(self, name: str) -> bool:
         return not self.config.domains or name in self.config.domains

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.need import need
 from thinserve.backends import accounts, default_session
 from thinserve.backends.accounts import (
     DESKTOP_ACCOUNT,
@@ -91,8 +92,7 @@ def test_a_missing_desktop_account_names_the_command_that_makes_it() -> None:
 
 
 def test_a_local_desktop_as_root_is_refused_with_what_to_do() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("only root's own desktop would run as root")
+    need(os.geteuid() == 0, "root: only root's own desktop would run as root (CI runs as root)")
     with pytest.raises(BackendError, match=f'set user = "{DESKTOP_ACCOUNT}"') as refused:
         accounts.local_desktop_account("desktop-1", None)
     assert MAKE_DESKTOP_ACCOUNT in str(refused.value)

@@ -66,14 +66,10 @@ def backup(config: Config, target: Path) -> str:
         raise BackupError(f"there is no database at {database}: nothing to back up yet")
     if target.exists():
         raise BackupError(f"{target} exists; give a new file name (backups never overwrite)")
-    partial = target.with_name(target.name + PARTIAL)
-    try:
+    with _staged(target.with_name(target.name + PARTIAL)) as partial:
         copy_database(database, partial)
         version = verify(partial)
         os.replace(partial, target)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return f"backed up {database} to {target} (schema version {version})"
 
 
@@ -169,15 +165,12 @@ def restore(config: Config, source: Path) -> str:
         owner = _owner_of(database)
         incoming = database.with_name(database.name + ".restoring")
         incoming.unlink(missing_ok=True)
-        try:
+        with _staged(incoming):
             copy_database(source, incoming)
             verify(incoming)
             _match_owner(incoming, owner)
             kept = _keep_old(database)
             os.replace(incoming, database)
-        except BaseException:
-            incoming.unlink(missing_ok=True)
-            raise
     _fsync(database.parent)
     before = f"; the previous one is {kept}" if kept else ""
     return f"restored {source} (schema version {version}) to {database}{before}"
@@ -192,6 +185,17 @@ def refuse_if_running(state_dir: Path) -> None:
             f"thinserve ({who}) is running on {state_dir}: stop it first "
             "(systemctl stop thinserve), restore, then start it again"
         )
+
+
+@contextlib.contextmanager
+def _staged(path: Path) -> Iterator[Path]:
+    """A copy is made at ``path`` and then renamed into place; if anything fails
+    on the way, the half-made copy goes."""
+    try:
+        yield path
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

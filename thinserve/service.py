@@ -368,15 +368,12 @@ class StoreService(service.Service):
 class LocalDesktop(service.Service):
     """One local Xvnc desktop: started before the desktop manager links to it.
 
-    With the server's configuration (``server``) its socket is in the runtime
-    directory and it outlives thinserve: recorded under the state directory,
-    left running on stop (unless ``stop_desktops``) and taken over by the
-    next start.  Without one it ends with thinserve.
+    Its socket is in the server's runtime directory and it outlives
+    thinserve: recorded under the state directory, left running on stop
+    (unless ``stop_desktops``) and taken over by the next start.
     """
 
-    def __init__(
-        self, config: LocalDesktopConfig, reactor: Any, server: Config | None = None
-    ) -> None:
+    def __init__(self, config: LocalDesktopConfig, reactor: Any, server: Config) -> None:
         self.config = config
         self.reactor = reactor
         self.server = server
@@ -389,11 +386,8 @@ class LocalDesktop(service.Service):
     def resume(self) -> defer.Deferred[None]:
         """Keep a fresh desktop running (at start, or after ``halt``)."""
         server = self.server
-        if server is None:
-            self.desktop = LocalXvncDesktop(self.config, self.reactor)
-        else:
-            records = records_in(server.state_dir)
-            self.desktop = LocalXvncDesktop(self.config, self.reactor, server.runtime_dir, records)
+        records = records_in(server.state_dir)
+        self.desktop = LocalXvncDesktop(self.config, self.reactor, server.runtime_dir, records)
         return self.desktop.start()
 
     def halt(self) -> defer.Deferred[None]:
@@ -406,7 +400,7 @@ class LocalDesktop(service.Service):
         super().stopService()
         if self.desktop is None:
             return defer.succeed(None)
-        if self.server is None or self.server.stop_desktops:
+        if self.server.stop_desktops:
             return self.desktop.stop()
         return self.desktop.release()
 
@@ -419,9 +413,7 @@ class LocalDesktop(service.Service):
 class LocalDesktops(InOrder):
     """The local Xvnc desktops, one LocalDesktop each."""
 
-    def __init__(
-        self, configs: Sequence[LocalDesktopConfig], reactor: Any, server: Config | None = None
-    ) -> None:
+    def __init__(self, configs: Sequence[LocalDesktopConfig], reactor: Any, server: Config) -> None:
         super().__init__()
         self.server = server
         self.desktops = [LocalDesktop(config, reactor, server) for config in configs]

@@ -5,8 +5,8 @@ starts it: ``handlers`` say what each call does, ``http`` is the HTTP/JSON
 layer, ``socket`` the socket and its peer check); the ``thinserve`` admin
 commands (``thinserve.admin.commands``) talk to it through a small blocking
 client (``thinserve.admin.client``).  Who may use the socket is decided by
-the file system: the socket is mode 0600 inside a 0700 directory.  See
-docs/admin.md.
+the file system: the socket is mode 0600, in a directory only thinserve's
+user may write.  See docs/admin.md.
 
 This module stays free of Twisted imports so the CLI starts quickly.
 """

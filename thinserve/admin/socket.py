@@ -1,7 +1,8 @@
 """Where the admin API listens: a Unix socket only thinserve's user can open.
 
 Whoever can open the socket is an administrator: the socket is mode 0600
-inside a 0700 directory, so only thinserve's own user and root get in; the
+in a directory only thinserve's user may write, so only that user and root
+get in; the
 API also checks the peer's uid (SO_PEERCRED), and that user is the actor
 the audit log names, e.g. "admin:root".
 """
@@ -87,7 +88,7 @@ def socket_path(configured: str | None) -> Path | None:
 
 
 def listen(reactor: UnixReactor, path: Path, site: server.Site) -> IListeningPort:
-    """Listen on ``path``: mode 0600, in a 0700 directory made if missing (the
+    """Listen on ``path``: mode 0600, in a directory made 0700 if missing (the
     runtime directory may be 0711 or 0755, for desktops' sockets beside it:
     the socket's own mode keeps others out).
 

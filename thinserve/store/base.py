@@ -1,7 +1,8 @@
 """The storage interface: what the broker keeps across restarts.
 
 A ``Store`` holds terminals, desktops, pairings, pairing codes, users (with
-an opaque secret hash), session history and the audit log.  It holds no
+an opaque secret hash), the dashboard's admin accounts and API tokens (hashes
+only), session history and the audit log.  It holds no
 policy: the broker decides, the store remembers.  ``SqliteStore`` is the
 implementation shipped; another database (PostgreSQL) fills the same
 Protocol with the same semantics, which docs/broker.md spells out.
@@ -145,6 +146,35 @@ class User:
     name: str
     desktop: str | None
     created: float
+    disabled: bool = False  # refused at the login screen until enabled again
+
+
+@dataclass(frozen=True)
+class Admin:
+    """An account of the admin dashboard; its password is kept as an opaque hash.
+
+    ``failures`` counts wrong passwords since the last right one;
+    ``locked_until`` (epoch seconds, 0 for never) refuses logins until then,
+    and is kept here so that a restart does not lift a lockout.
+    """
+
+    name: str
+    role: str  # "helpdesk" or "admin" (thinserve.admin.principal.ROLES)
+    created: float
+    disabled: bool = False
+    locked_until: float = 0.0
+    failures: int = 0
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """A bearer token acting for an admin account; only a hash of the token is stored."""
+
+    id: str
+    admin: str
+    label: str
+    created: float
+    last_used: float | None = None
 
 
 @dataclass(frozen=True)
@@ -284,8 +314,76 @@ class Store(Protocol):
 
     def users_with_desktop(self, desktop: str) -> list[User]: ...
 
+    def set_user_disabled(self, name: str, disabled: bool) -> None:
+        """NotFoundError if there is no such user."""
+        ...
+
     def delete_user(self, name: str) -> bool:
         """True if the user existed."""
+        ...
+
+    # Admin accounts of the dashboard, and their API tokens.  Hashes are opaque
+    # here: thinserve.secrets hashes passwords, thinserve.dashboard.accounts tokens.
+
+    def add_admin(self, admin: Admin, secret_hash: str) -> None:
+        """ConflictError if the name is taken."""
+        ...
+
+    def get_admin(self, name: str) -> Admin | None: ...
+
+    def list_admins(self) -> list[Admin]:
+        """Ordered by name."""
+        ...
+
+    def admin_secret_hash(self, name: str) -> str | None: ...
+
+    def set_admin_secret_hash(self, name: str, secret_hash: str) -> None:
+        """NotFoundError if there is no such admin."""
+        ...
+
+    def set_admin_disabled(self, name: str, disabled: bool) -> None:
+        """NotFoundError if there is no such admin."""
+        ...
+
+    def set_admin_role(self, name: str, role: str) -> None:
+        """NotFoundError if there is no such admin."""
+        ...
+
+    def record_admin_failure(self, name: str, now: float, locked_until: float) -> int:
+        """Count a wrong password for ``name``; return the new count (0 if there
+        is no such admin).  The count goes on past a lock: only a right password
+        or ``clear_admin_failures`` resets it.  A lock that has expired at
+        ``now`` is dropped; a ``locked_until`` later than the stored one locks
+        the account until then (0: no new lock)."""
+        ...
+
+    def clear_admin_failures(self, name: str) -> None:
+        """Reset the count of wrong passwords and lift any lock."""
+        ...
+
+    def delete_admin(self, name: str) -> bool:
+        """Remove an admin and its API tokens; True if it existed."""
+        ...
+
+    def add_token(self, token: ApiToken, token_hash: str) -> None:
+        """ConflictError if the id is taken, the admin has a token with that
+        label already, or there is no such admin."""
+        ...
+
+    def token_hash(self, token_id: str) -> str | None: ...
+
+    def get_token(self, token_id: str) -> ApiToken | None: ...
+
+    def list_tokens(self, admin: str | None = None) -> list[ApiToken]:
+        """Ordered by admin, then label; only ``admin``'s when given."""
+        ...
+
+    def delete_token(self, token_id: str) -> bool:
+        """True if the token existed."""
+        ...
+
+    def touch_token(self, token_id: str, when: float) -> None:
+        """Note when the token was last used (nothing if it is gone)."""
         ...
 
     # Session history.

@@ -80,6 +80,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_subject ON audit (subject, id)",
         ),
     ),
+    Migration(
+        "admin accounts, API tokens, disabled users",
+        (
+            "ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",
+            """CREATE TABLE admins (
+                name TEXT PRIMARY KEY,
+                role TEXT NOT NULL,
+                secret_hash TEXT NOT NULL,
+                created REAL NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                locked_until REAL NOT NULL DEFAULT 0,
+                failures INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE api_tokens (
+                id TEXT PRIMARY KEY,
+                admin TEXT NOT NULL REFERENCES admins (name),
+                label TEXT NOT NULL,
+                token_hash TEXT NOT NULL,
+                created REAL NOT NULL,
+                last_used REAL,
+                CONSTRAINT api_tokens_label UNIQUE (admin, label)
+            )""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,6 +27,8 @@ from typing import Any
 
 from ..paths import DATABASE_NAME, default_state_dir
 from .base import (
+    Admin,
+    ApiToken,
     AuditEntry,
     CannotOpenError,
     ConflictError,
@@ -339,10 +341,10 @@ class SqliteStore:
 
     def get_user(self, name: str) -> User | None:
         row = self._one(f"SELECT {_USER} FROM users WHERE name = ?", (name,))
-        return User(*row) if row else None
+        return _user(row) if row else None
 
     def list_users(self) -> list[User]:
-        return [User(*r) for r in self._all(f"SELECT {_USER} FROM users ORDER BY name")]
+        return [_user(r) for r in self._all(f"SELECT {_USER} FROM users ORDER BY name")]
 
     def user_secret_hash(self, name: str) -> str | None:
         row = self._one("SELECT secret_hash FROM users WHERE name = ?", (name,))
@@ -360,10 +362,105 @@ class SqliteStore:
 
     def users_with_desktop(self, desktop: str) -> list[User]:
         rows = self._all(f"SELECT {_USER} FROM users WHERE desktop = ? ORDER BY name", (desktop,))
-        return [User(*r) for r in rows]
+        return [_user(r) for r in rows]
+
+    def set_user_disabled(self, name: str, disabled: bool) -> None:
+        cursor = self._write("UPDATE users SET disabled = ? WHERE name = ?", (int(disabled), name))
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"no user {name!r}")
 
     def delete_user(self, name: str) -> bool:
         return self._write("DELETE FROM users WHERE name = ?", (name,)).rowcount > 0
+
+    # Admin accounts.
+
+    def add_admin(self, admin: Admin, secret_hash: str) -> None:
+        self._write(
+            "INSERT INTO admins (name, role, secret_hash, created, disabled, locked_until,"
+            " failures) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                admin.name,
+                admin.role,
+                secret_hash,
+                admin.created,
+                int(admin.disabled),
+                admin.locked_until,
+                admin.failures,
+            ),
+        )
+
+    def get_admin(self, name: str) -> Admin | None:
+        row = self._one(f"SELECT {_ADMIN} FROM admins WHERE name = ?", (name,))
+        return _admin(row) if row else None
+
+    def list_admins(self) -> list[Admin]:
+        return [_admin(r) for r in self._all(f"SELECT {_ADMIN} FROM admins ORDER BY name")]
+
+    def admin_secret_hash(self, name: str) -> str | None:
+        row = self._one("SELECT secret_hash FROM admins WHERE name = ?", (name,))
+        return str(row[0]) if row else None
+
+    def set_admin_secret_hash(self, name: str, secret_hash: str) -> None:
+        self._update_admin(name, "secret_hash = ?", (secret_hash,))
+
+    def set_admin_disabled(self, name: str, disabled: bool) -> None:
+        self._update_admin(name, "disabled = ?", (int(disabled),))
+
+    def set_admin_role(self, name: str, role: str) -> None:
+        self._update_admin(name, "role = ?", (role,))
+
+    def record_admin_failure(self, name: str, now: float, locked_until: float) -> int:
+        with self.atomic():
+            self._write(
+                "UPDATE admins SET failures = failures + 1, locked_until = MAX("
+                "CASE WHEN locked_until <= ? THEN 0 ELSE locked_until END, ?) WHERE name = ?",
+                (now, locked_until, name),
+            )
+            row = self._one("SELECT failures FROM admins WHERE name = ?", (name,))
+            return int(row[0]) if row else 0
+
+    def clear_admin_failures(self, name: str) -> None:
+        self._write("UPDATE admins SET failures = 0, locked_until = 0 WHERE name = ?", (name,))
+
+    def delete_admin(self, name: str) -> bool:
+        with self.atomic():
+            self._write("DELETE FROM api_tokens WHERE admin = ?", (name,))
+            return self._write("DELETE FROM admins WHERE name = ?", (name,)).rowcount > 0
+
+    def _update_admin(self, name: str, assignment: str, params: tuple[Any, ...]) -> None:
+        cursor = self._write(f"UPDATE admins SET {assignment} WHERE name = ?", (*params, name))
+        if cursor.rowcount == 0:
+            raise NotFoundError(f"no admin {name!r}")
+
+    # API tokens.
+
+    def add_token(self, token: ApiToken, token_hash: str) -> None:
+        self._write(
+            "INSERT INTO api_tokens (id, admin, label, token_hash, created, last_used)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (token.id, token.admin, token.label, token_hash, token.created, token.last_used),
+        )
+
+    def token_hash(self, token_id: str) -> str | None:
+        row = self._one("SELECT token_hash FROM api_tokens WHERE id = ?", (token_id,))
+        return str(row[0]) if row else None
+
+    def get_token(self, token_id: str) -> ApiToken | None:
+        row = self._one(f"SELECT {_TOKEN} FROM api_tokens WHERE id = ?", (token_id,))
+        return ApiToken(*row) if row else None
+
+    def list_tokens(self, admin: str | None = None) -> list[ApiToken]:
+        where, params = "", []
+        if admin is not None:
+            where, params = "WHERE admin = ?", [admin]
+        rows = self._all(f"SELECT {_TOKEN} FROM api_tokens {where} ORDER BY admin, label", params)
+        return [ApiToken(*r) for r in rows]
+
+    def delete_token(self, token_id: str) -> bool:
+        return self._write("DELETE FROM api_tokens WHERE id = ?", (token_id,)).rowcount > 0
+
+    def touch_token(self, token_id: str, when: float) -> None:
+        self._write("UPDATE api_tokens SET last_used = ? WHERE id = ?", (when, token_id))
 
     # Sessions.
 
@@ -426,9 +523,21 @@ class SqliteStore:
 _TERMINAL = "id, name, model, address, screen_width, screen_height, last_seen"
 _PAIRING = "terminal_id, desktop, created, actor"
 _CODE = "code, terminal_id, created, expires, failures"
-_USER = "name, desktop, created"
+_USER = "name, desktop, created, disabled"
+_ADMIN = "name, role, created, disabled, locked_until, failures"
+_TOKEN = "id, admin, label, created, last_used"
 _SESSION = "id, terminal_id, desktop, user_name, started, ended"
 _AUDIT = "id, time, actor, action, subject, detail"
+
+
+def _user(row: tuple[Any, ...]) -> User:
+    name, desktop, created, disabled = row
+    return User(name, desktop, created, bool(disabled))
+
+
+def _admin(row: tuple[Any, ...]) -> Admin:
+    name, role, created, disabled, locked_until, failures = row
+    return Admin(name, role, created, bool(disabled), float(locked_until), int(failures))
 
 
 def _fault(path: str, code: int | None, cause: str) -> StoreFault | None:

@@ -16,6 +16,7 @@ here, so the caller sees only what it must act on.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from .handshake import HandshakeEvent, ServerHandshake
 from .limits import DEFAULT_LIMITS, Limits
 from .pixelformat import DEFAULT_COLOUR_MAP, NATIVE, PixelCodec, PixelFormat
 from .updates import ClientSettings, Part, RectEncoder
+from .updatestats import RECT_HEADER, UpdateStats, rect_kind
 
 FENCE_FLAGS_SUPPORTED = FenceFlag.BLOCK_BEFORE | FenceFlag.BLOCK_AFTER | FenceFlag.SYNC_NEXT
 
@@ -256,6 +258,9 @@ class ServerConnection(Connection[ServerHandshake]):
             parts += self.rect_encoder.plan(fb, region)
         head = m.FramebufferUpdate(ready).pack_head(len(ready) + len(parts))
         self._out += head
+        stats = UpdateStats()
+        for header, payload in ready:
+            stats.add(rect_kind(header.encoding, payload), RECT_HEADER + len(payload))
         stream = self._stream = UpdateStream(
             self.rect_encoder,
             fb,
@@ -264,6 +269,7 @@ class ServerConnection(Connection[ServerHandshake]):
             len(head),
             out=self._stream_out,
             on_done=self._stream_done,
+            stats=stats,
         )
         if not parts:
             stream.send()  # nothing to encode: done at once
@@ -365,6 +371,7 @@ class UpdateStream:
 
     Each rectangle goes to ``out`` as it is encoded; ``on_done`` is called once,
     after the last, so that messages held back behind the update can follow.
+    ``stats`` says what the update carried so far, per kind of rectangle.
     """
 
     def __init__(
@@ -377,6 +384,7 @@ class UpdateStream:
         *,
         out: Callable[[bytes], None],
         on_done: Callable[[], None],
+        stats: UpdateStats | None = None,
     ) -> None:
         self._encoder = encoder
         self._fb = fb
@@ -386,6 +394,7 @@ class UpdateStream:
         self._on_done = on_done
         self._finished = False
         self.bytes = head  # queued so far, the header included
+        self.stats = stats if stats is not None else UpdateStats()
 
     @property
     def done(self) -> bool:
@@ -397,11 +406,16 @@ class UpdateStream:
         At least one rectangle goes each call.  Returns whether more remain.
         """
         budget = pixels
+        clock = time.perf_counter
         while self._parts and (budget is None or budget > 0):
             part = self._parts.popleft()
+            started = clock()
             header, payload = self._encoder.encode_part(self._fb, part, self._codec)
+            took = clock() - started
             self._out(header.pack() + payload)
-            self.bytes += 12 + len(payload)
+            size = RECT_HEADER + len(payload)
+            self.bytes += size
+            self.stats.add_encoded(rect_kind(header.encoding, payload), size, took)
             if budget is not None:
                 budget -= part.rect.area
         if not self._parts and not self._finished:

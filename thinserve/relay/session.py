@@ -25,6 +25,7 @@ from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerEvent, UpdateStream
 from protocols.rfb.updates import BAND_PIXELS
 
+from .. import metrics
 from ..broker import TerminalInfo
 from ..clock import Clock, Timer, reactor_clock
 from ..damage import TILE, Damage, intersect
@@ -85,6 +86,7 @@ class TerminalSession:
         self.ignored: set[str] = set()  # what the terminal sent that was ignored, noted once
         self.bytes_sent = 0
         self.updates_sent = 0
+        self.connected_at = self.last_input = self.clock.seconds()  # for the idle time
         self.link = LinkQuality()  # the JPEG quality the terminal's link carries
         self.stream: UpdateStream | None = None  # the update going out, slice by slice
         self.stream_started = 0.0
@@ -261,6 +263,7 @@ class TerminalSession:
             log.info("terminal %s: %s; ignored", peer, reason)
 
     def _input(self, event: ServerEvent) -> None:
+        self.last_input = self.clock.seconds()
         if not self.control or self.view is None or self.view.input is None:
             return
         sink = self.view.input
@@ -411,6 +414,7 @@ class TerminalSession:
         self.stream = None
         self.bytes_sent += stream.bytes
         self.updates_sent += 1
+        metrics.update_sent(stream.stats)
         self._time_link(stream.bytes)
         self.try_send()  # asked for more meanwhile, or continuous updates
 

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -32,6 +33,7 @@ from zope.interface import implementer
 
 from protocols.rfb import messages as m
 from protocols.rfb.client import (
+    ClientConnection,
     ClientEvent,
     CursorShape,
     DesktopResized,
@@ -44,7 +46,7 @@ from protocols.rfb.encodings import Rect
 from protocols.rfb.pixelformat import NATIVE
 from protocols.rfb.server import ClipboardText
 
-from .. import rfbclient
+from .. import metrics, rfbclient
 from ..clock import Clock, reactor_clock
 from . import screens
 from .source import Copy, InputSink, Source, rects_grid, tile_grid_shape
@@ -235,6 +237,8 @@ class Upstream:
         self.service: ClientService | None = None
         self._failures = 0
         self.why = "not connected yet"
+        self._latency = metrics.upstream_latency(address.name)
+        self._asked: float | None = None  # when the update on its way was asked for
         self._delays = backoffPolicy(
             self.first_delay, self.max_delay, factor=2.0, jitter=lambda: random.uniform(0, 0.1)
         )
@@ -305,7 +309,7 @@ class Upstream:
             self._live(proto)
         elif isinstance(event, UpdateDone):
             self._updated(event)
-            conn.request_update(incremental=True)
+            self._ask(conn)
         elif isinstance(event, DesktopResized):
             self.can_set_size = self.can_set_size or event.screens != ()
             self.mirror.take_framebuffer(conn.framebuffer)
@@ -333,6 +337,14 @@ class Upstream:
         others = [r for r, e in zip(event.rects, kinds, strict=True) if e != Encoding.COPYRECT]
         self.mirror.updated(copies, others)
 
+    def _ask(self, conn: ClientConnection, incremental: bool = True) -> None:
+        """Ask for the next update; the one just done is timed from its request."""
+        now = time.monotonic()
+        if self._asked is not None:
+            self._latency.observe(now - self._asked)
+        self._asked = now
+        conn.request_update(incremental=incremental)
+
     def _live(self, proto: rfbclient.RFBClientProtocol) -> None:
         if self.service is None:
             return  # stopped while it was shaking hands
@@ -342,7 +354,8 @@ class Upstream:
         self._failures = 0
         conn.set_pixel_format(NATIVE)
         conn.set_encodings(self.address.wanted_encodings())
-        conn.request_update(incremental=False)
+        self._asked = None
+        self._ask(conn, incremental=False)
         self.proto = proto
         self.mirror.name = conn.name or self.address.name
         self.mirror.take_framebuffer(conn.framebuffer)

@@ -17,6 +17,7 @@ while a secret is checked.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ from twisted.internet import task
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
-from . import logs
+from . import logs, metrics
 from .broker import (
     SYSTEM,
     Assignment,
@@ -49,7 +50,7 @@ from .relay.session import TerminalSession
 from .relay.source import Source
 from .relay.upstream import DEFAULT_SIZE, Mirror
 from .store.base import StoreError, StoreFault
-from .terminal_ids import kind_of, lasts_one_connection
+from .terminal_ids import ONE_CONNECTION, kind_of, lasts_one_connection
 from .verifier import Verifier
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 5.0
 STORE_FAULT_REPORT_EVERY = 60.0  # seconds between log lines about one kind of store fault
 KICK_GRACE = 3.0  # seconds the "disconnected" screen shows before the connection closes
+VIEWER_PREFIX = "dashboard-"  # an admin's viewer: dashboard-ADMIN~N, for one connection
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +103,11 @@ class Hub:
         self._ticker.clock = reactor
         self._store_faults: dict[str, tuple[float, int]] = {}  # kind -> (quiet until, held)
         self.stopped = False
+        # Called after anything a dashboard shows may have changed: what a
+        # terminal shows, who is connected, a desktop's state.  Cheap callbacks
+        # only (they note the change and return); a failing one is logged.
+        self.on_change: list[Callable[[], None]] = []
+        self._viewer_numbers = itertools.count(1)
 
     def start(self) -> None:
         self._ticker.start(TICK_SECONDS, now=False)
@@ -165,7 +172,35 @@ class Hub:
             extra=logs.fields(terminal=terminal_id, user=proto.login_user, event="connected"),
         )
         session.control = _takes_input(assignment)
-        return self._source_for(terminal_id, assignment, session)
+        source = self._source_for(terminal_id, assignment, session)
+        self.changed()
+        return source
+
+    def viewer_session(
+        self, actor: str, admin: str, desktop: str, control: bool
+    ) -> TerminalSession:
+        """A session for an admin's viewer in the dashboard: it watches ``desktop``
+        view-only or, with ``control``, takes it over (Broker.viewer_connected)."""
+        viewer_id = f"{VIEWER_PREFIX}{admin}{ONE_CONNECTION}{next(self._viewer_numbers)}"
+
+        def attach(session: TerminalSession) -> Source:
+            session.terminal_id = viewer_id
+            self.terminals[viewer_id] = Terminal(session)
+            try:
+                changes = self.broker.viewer_connected(
+                    viewer_id, desktop, control, actor, id(session)
+                )
+            except (BrokerError, StoreError) as exc:
+                return self._refuse(session, viewer_id, screens.kicked(str(exc)))
+            log.info("%s opened a viewer on %s (%s)", actor, desktop, _describe_viewer(control))
+            self.apply([c for c in changes if c.terminal_id != viewer_id])
+            assignment = self.broker.assignment(viewer_id)
+            session.control = _takes_input(assignment)
+            self.changed()
+            return self._source_for(viewer_id, assignment, session)
+
+        info = TerminalInfo(name=f"dashboard viewer of {admin}")
+        return TerminalSession(attach, self._detach, info=info)
 
     def _too_many_waiting(self, terminal_id: str, user: str | None) -> bool:
         """Whether a terminal with no pairing (and no login) arrives while
@@ -294,8 +329,17 @@ class Hub:
             extra=logs.fields(terminal=terminal_id, event="disconnected"),
         )
         self.apply(changes)
+        self.changed()
 
     # -- applying decisions -----------------------------------------------------------
+    def changed(self) -> None:
+        """Tell the ``on_change`` callbacks that something a dashboard shows changed."""
+        for callback in list(self.on_change):
+            try:
+                callback()
+            except Exception:
+                log.exception("a change callback failed")
+
     def apply(self, changes: list[Change]) -> None:
         for change in changes:
             terminal = self.terminals.get(change.terminal_id)
@@ -310,6 +354,8 @@ class Hub:
                 _describe(change.assignment),
                 extra=logs.fields(terminal=change.terminal_id, event="shows"),
             )
+        if changes:
+            self.changed()
 
     def _source_for(
         self, terminal_id: str, assignment: Assignment, session: TerminalSession
@@ -394,12 +440,15 @@ class Hub:
         means; the detail is kept for the admin API.  A desktop that could not
         start says why on its terminals' screens."""
         self.desktop_details[name] = detail
+        metrics.desktop_state(name, state)
         failure = detail if failed_start else ""
         self.apply(self.broker.desktop_state(name, state, progress, failure))
+        self.changed()
 
     def withdraw_desktop(self, name: str) -> None:
         """A desktop no longer configured: its terminals fall back (a reload)."""
         self.desktop_details.pop(name, None)
+        metrics.desktop_removed(name)
         self.apply(self.broker.unregister_desktop(name))
 
     # -- admin actions (the admin API calls these) ------------------------------------------
@@ -461,6 +510,10 @@ def _screen_text(screen: ShowScreen) -> screens.ScreenText:
     if kind is ScreenKind.KICKED:
         return screens.kicked(screen.message)
     return screens.unavailable(screen.desktop or "the desktop", 0, screen.message)
+
+
+def _describe_viewer(control: bool) -> str:
+    return "in control; its terminal is view-only" if control else "view-only"
 
 
 def _takes_input(assignment: Assignment) -> bool:

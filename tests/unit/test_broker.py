@@ -1474,3 +1474,77 @@ BrokerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
 )
 test_broker_invariants_hold_under_random_events = BrokerMachine.TestCase
+
+
+# Admins' viewers (the dashboard): watching and taking over.
+
+
+def _viewer(site: Site, viewer_id: str, desktop: str, control: bool) -> list[Change]:
+    site.screens[viewer_id] = ShowScreen(ScreenKind.UNAVAILABLE, "")  # replaced by the changes
+    return site.apply(
+        site.broker.viewer_connected(viewer_id, desktop, control, "web:ann", object())
+    )
+
+
+def test_a_viewer_watches_without_touching_the_terminal_in_control() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    site.connect("t1")
+    changes = _viewer(site, "dashboard-ann~1", "d1", control=False)
+    assert [c.terminal_id for c in changes] == ["dashboard-ann~1"]
+    assert _is_desktop(site.screens["dashboard-ann~1"], "d1", control=False)
+    assert _is_desktop(site.screens["t1"], "d1", control=True)
+    assert site.actions()[-1] == "shadow"
+    assert site.store.get_terminal("dashboard-ann~1") is None  # nothing stored about it
+
+
+def test_taking_over_makes_the_terminal_view_only_until_the_viewer_leaves() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    site.connect("t1")
+    _viewer(site, "dashboard-ann~1", "d1", control=True)
+    assert _is_desktop(site.screens["dashboard-ann~1"], "d1", control=True)
+    assert _is_desktop(site.screens["t1"], "d1", control=False)
+    assert site.broker.snapshot().taken == {"d1": "dashboard-ann~1"}
+    entry = site.store.list_audit()[-1]
+    assert (entry.actor, entry.action, entry.subject) == ("web:ann", "take-over", "d1")
+    assert "terminal t1 is view-only" in entry.detail
+    site.disconnect("dashboard-ann~1")
+    assert _is_desktop(site.screens["t1"], "d1", control=True)
+    assert site.actions()[-1] == "take-over-end"
+    assert site.broker.snapshot().taken == {}
+
+
+def test_a_taken_over_desktop_stays_with_the_viewer_when_its_terminal_reconnects() -> None:
+    site = Site(PAIRING)
+    site.broker.pair("t1", "d1", "admin")
+    _viewer(site, "dashboard-ann~1", "d1", control=True)
+    assert _is_desktop(site.connect("t1"), "d1", control=False)
+    assert _is_desktop(site.broker.assignment("dashboard-ann~1"), "d1", control=True)
+
+
+def test_one_take_over_at_a_time() -> None:
+    site = Site(PAIRING)
+    _viewer(site, "dashboard-ann~1", "d1", control=True)
+    with pytest.raises(BrokerError, match="already taken over"):
+        site.broker.viewer_connected("dashboard-bob~2", "d1", True, "web:bob", object())
+    assert not site.broker.is_connected("dashboard-bob~2")
+    with pytest.raises(BrokerError, match="not registered"):
+        site.broker.viewer_connected("dashboard-bob~3", "nowhere", False, "web:bob", object())
+
+
+def test_a_disabled_user_is_logged_out_and_refused() -> None:
+    site = _hot_desk_site()
+    site.connect("A")
+    site.apply(site.broker.login("A", "alice", "1234"))
+    assert _is_desktop(site.screens["A"], "d1")
+    site.apply(site.broker.set_user_disabled("alice", True, "web:ann"))
+    assert _kind(site.screens["A"]) is ScreenKind.LOGIN
+    shown = site.broker.assignment("A")
+    assert isinstance(shown, ShowScreen) and "disabled" in shown.message
+    site.apply(site.broker.login("A", "alice", "1234"))
+    assert _kind(site.screens["A"]) is ScreenKind.LOGIN
+    assert site.store.list_audit()[-1].action == "login-failed"
+    site.apply(site.broker.set_user_disabled("alice", False, "web:ann"))
+    site.apply(site.broker.login("A", "alice", "1234"))
+    assert _is_desktop(site.screens["A"], "d1")

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Collection, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 
-from .. import logs
+from .. import logs, metrics
 from ..desktop_state import DesktopState
 from ..secrets import SecretHasher
 from ..store.base import (
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 SYSTEM = "thinserve"  # the actor for what the broker does on its own
 MAX_ID = 128
 FORGET_EVERY = 3600.0  # seconds between looks for terminals to forget
+DISABLED_NOTICE = "This account is disabled; ask the administrator."
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -151,6 +152,7 @@ class BrokerState:
     desktops: dict[str, DesktopState]
     shown: dict[str, Assignment] = field(default_factory=dict)
     checking: dict[str, str] = field(default_factory=dict)  # terminal -> user being checked
+    taken: dict[str, str] = field(default_factory=dict)  # desktop -> admin viewer in control
 
 
 class Broker:
@@ -171,6 +173,7 @@ class Broker:
         self._conns: dict[str, _Connection] = {}
         self._logins: dict[str, str] = {}
         self._watch: dict[str, str] = {}
+        self._taken: dict[str, str] = {}  # desktop -> the admin's viewer in control of it
         self._leases: dict[str, Holder] = {}
         self._waiting: list[Holder] = []
         self._states: dict[str, DesktopState] = {}
@@ -470,6 +473,7 @@ class Broker:
             leases=dict(self._leases),
             watchers=dict(self._watch),
             desktops=dict(self._states),
+            taken=dict(self._taken),
             shown=dict(self._shown),
             checking={c.terminal_id: c.user for c in self._checks.values()},
         )
@@ -582,6 +586,9 @@ class Broker:
         if not verdict.ok:
             self._login_failed(None, check, self._clock())
             return "Wrong user name or password."
+        if self._disabled(check.user):
+            self._audit(actor, "login-failed", check.terminal_id, "the account is disabled")
+            return DISABLED_NOTICE
         if self._own_desktop(check.user) is None and self.config.user_pool is None:
             self._audit(actor, "login-failed", check.terminal_id, "no desktop for this user")
             return f"No desktop is set up for {check.user}; ask the administrator."
@@ -693,6 +700,10 @@ class Broker:
 
     def _login_ok(self, conn: _Connection, terminal_id: str, user: str) -> list[Change]:
         actor = f"user:{user}"
+        if self._disabled(user):
+            self._audit(actor, "login-failed", terminal_id, "the account is disabled")
+            conn.notice = DISABLED_NOTICE
+            return self._settle()
         if self._own_desktop(user) is None and self.config.user_pool is None:
             self._audit(actor, "login-failed", terminal_id, "no desktop for this user")
             conn.notice = f"No desktop is set up for {user}; ask the administrator."
@@ -771,6 +782,24 @@ class Broker:
             self.store.delete_user(name)
             self._audit(actor, "user-delete", name)
         return self._settle()
+
+    def set_user_disabled(self, name: str, disabled: bool, actor: str) -> list[Change]:
+        """Disable a user (logged out now, refused at every login) or enable them again."""
+        _check_text(actor, "actor")
+        with self.store.atomic():
+            self._user(name)
+            self.store.set_user_disabled(name, disabled)
+            self._audit(actor, "user-disable" if disabled else "user-enable", name)
+            terminal = self._terminal_of(name)
+            if disabled and terminal is not None:
+                del self._logins[terminal]
+                self._conns[terminal].notice = "This account has been disabled."
+                self._audit(actor, "logout", terminal, f"user {name} disabled")
+        return self._settle()
+
+    def _disabled(self, user: str) -> bool:
+        record = self.store.get_user(user)
+        return record is not None and record.disabled
 
     def _user(self, name: str) -> User:
         user = self.store.get_user(name)
@@ -981,6 +1010,38 @@ class Broker:
         self._audit(actor, "unshadow", terminal_id, f"desktop {desktop}")
         return self._settle()
 
+    def viewer_connected(
+        self, viewer_id: str, desktop: str, control: bool, actor: str, connection: Hashable
+    ) -> list[Change]:
+        """An admin's viewer (the dashboard's) connected to ``desktop``.
+
+        View-only, it watches like a shadowing terminal.  With ``control`` it
+        takes the desktop over: the viewer gets control and the terminal that
+        had it keeps showing the desktop, view-only, until the viewer leaves.
+        Nothing is stored about the viewer beyond the audit log and its
+        session record.  Returns every change, the viewer's own included.
+        """
+        _check_text(viewer_id, "viewer id")
+        _check_text(actor, "actor")
+        if viewer_id in self._conns:
+            raise AlreadyConnectedError(f"viewer {viewer_id!r} is already connected")
+        if desktop not in self._states:
+            raise BrokerError(f"desktop {desktop!r} is not registered")
+        if control and desktop in self._taken:
+            raise BrokerError(
+                f"desktop {desktop!r} is already taken over by {self._taken[desktop]}"
+            )
+        self._conns[viewer_id] = _Connection(connection)
+        if control:
+            self._taken[desktop] = viewer_id
+            held = self._controller.get(desktop)
+            detail = f"terminal {held} is view-only meanwhile" if held else "no terminal held it"
+            self._audit(actor, "take-over", desktop, f"viewer {viewer_id}; {detail}")
+        else:
+            self._watch[viewer_id] = desktop
+            self._audit(actor, "shadow", desktop, f"viewer {viewer_id}, view-only")
+        return self._settle()
+
     # Who owns what.
 
     def _check_owner_free(self, desktop: str, user: str | None = None) -> None:
@@ -1017,6 +1078,9 @@ class Broker:
     def _drop(self, terminal_id: str, why: str) -> None:
         del self._conns[terminal_id]
         self._watch.pop(terminal_id, None)
+        for desktop in [d for d, viewer in self._taken.items() if viewer == terminal_id]:
+            del self._taken[desktop]
+            self._audit(SYSTEM, "take-over-end", desktop, f"viewer {terminal_id}: {why}")
         user = self._logins.pop(terminal_id, None)
         if user is not None:
             self._audit(f"user:{user}", "logout", terminal_id, why)
@@ -1049,7 +1113,30 @@ class Broker:
         now: float,
         refresh: Collection[str] | None,
     ) -> tuple[Assignment, str | None]:
-        """What ``terminal_id`` should show, and which desktop it claims control of."""
+        """What ``terminal_id`` should show, and which desktop it claims control of.
+
+        A desktop an admin's viewer took over is shown to the terminal that
+        would control it, view-only; only the viewer claims it.
+        """
+        assignment, claim = self._wanted(terminal_id, pairings, now, refresh)
+        if claim is None:
+            return assignment, None
+        taker = self._taken.get(claim)
+        if taker is not None and taker != terminal_id:
+            return self._view(claim, control=False), None
+        return assignment, claim
+
+    def _wanted(
+        self,
+        terminal_id: str,
+        pairings: dict[str, Pairing],
+        now: float,
+        refresh: Collection[str] | None,
+    ) -> tuple[Assignment, str | None]:
+        """What ``terminal_id`` asks for, before any take-over."""
+        taken = next((d for d, viewer in self._taken.items() if viewer == terminal_id), None)
+        if taken is not None:
+            return self._view(taken, control=True), taken
         watched = self._watch.get(terminal_id)
         if watched is not None:
             return self._view(watched, control=False), None
@@ -1252,7 +1339,7 @@ class Broker:
         user_pool = self.config.user_pool
         for terminal_id in self._conns:
             user = self._logins.get(terminal_id)
-            if terminal_id in self._watch:
+            if terminal_id in self._watch or terminal_id in self._taken.values():
                 continue
             if user is not None:
                 if user_pool is not None and self._own_desktop(user) is None:
@@ -1283,6 +1370,7 @@ class Broker:
         self.store.append_audit(
             self._clock(), _printable(actor, 160), action, _printable(subject, 160), detail
         )
+        metrics.audited(action)
 
     def _limiters(self) -> tuple[FailureLimiter, ...]:
         return (

@@ -38,7 +38,7 @@ from thinserve.admin.audit import latest_audit
 from thinserve.admin.client import AdminClient, AdminError, UnixHTTPConnection
 from thinserve.admin.handlers import AdminAPI
 from thinserve.admin.http import AdminSite
-from thinserve.admin.socket import AdminSocketError, listen, peer_actor, socket_path
+from thinserve.admin.socket import AdminSocketError, listen, peer_principal, socket_path
 from thinserve.broker import BrokerConfig
 from thinserve.config import Config, DesktopConfig
 from thinserve.paths import default_runtime_dir
@@ -316,7 +316,7 @@ async def test_errors_say_what_to_do_and_shadowing_is_view_only(xvnc, tmp_path: 
         try:
             open_dir.chmod(0o755)
             loose = open_dir / "admin.sock"
-            site = AdminSite(AdminAPI(ts.hub), peer_actor)
+            site = AdminSite(AdminAPI(ts.hub), peer_principal)
             port = listen(reactor, loose, site)
             loose.chmod(0o666)
             done = await threads.deferToThread(
@@ -428,7 +428,7 @@ async def test_restart_thinserve_pairings_remain_terminals_reconnect_and_see_the
         await term.wait_screen(frame)
         # A second thinserve cannot take over the live socket.
         with pytest.raises(AdminSocketError, match="another thinserve answers"):
-            listen(reactor, sock, AdminSite(AdminAPI(ts.hub), peer_actor))
+            listen(reactor, sock, AdminSite(AdminAPI(ts.hub), peer_principal))
     finally:
         term.close()
         await ts.stopService()

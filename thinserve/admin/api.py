@@ -9,29 +9,24 @@ and fields), the HTTP layer (http) and the socket with its peer check
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IListeningPort
 
-from ..desktops import DesktopManager
-from ..hub import Hub
-from .handlers import AdminAPI, LocalControl
+from .handlers import ROUTES, AdminAPI, Route
 from .http import AdminSite
-from .socket import AdminSocketError, listen, peer_actor, socket_path
+from .socket import AdminSocketError, listen, peer_principal, socket_path
 
 log = logging.getLogger(__name__)
 
 
 async def start(
     reactor: Any,  # any reactor providing IReactorUNIX (a zope interface mypy cannot read)
-    hub: Hub,
+    api: AdminAPI,
     configured: str | None,
-    info: Callable[[], dict[str, Any]] | None = None,
-    desktops: DesktopManager | None = None,
-    local: LocalControl | None = None,
+    routes: tuple[Route, ...] = ROUTES,
 ) -> IListeningPort | None:
-    """Serve the admin API for ``hub`` where ``configured`` says (see socket_path).
+    """Serve ``api`` where ``configured`` says (see socket_path).
 
     With the default path, a problem is logged and thinserve runs without the
     API; a configured path must work (AdminSocketError otherwise).  A
@@ -42,7 +37,7 @@ async def start(
         if path is None:
             log.info("admin API off ([server] admin_socket is empty)")
             return None
-        port = listen(reactor, path, AdminSite(AdminAPI(hub, info, desktops, local), peer_actor))
+        port = listen(reactor, path, AdminSite(api, peer_principal, routes))
     except (AdminSocketError, OSError) as exc:
         if configured is not None:
             raise AdminSocketError(str(exc)) from None

@@ -9,8 +9,11 @@ from ..store.base import AuditEntry, Store
 AUDIT_PAGE = 500
 
 
-def latest_audit(store: Store, limit: int, subject: str | None = None) -> list[AuditEntry]:
-    """The newest ``limit`` audit entries, oldest first.
+def latest_audit(
+    store: Store, limit: int, subject: str | None = None, before: int | None = None
+) -> list[AuditEntry]:
+    """The newest ``limit`` audit entries (older than id ``before``, if
+    given), oldest first: the next page back starts before the first one.
 
     The Store lists entries oldest first after an id, so find the newest id
     (a logarithmic search) and read back from there; with a subject, page
@@ -20,11 +23,14 @@ def latest_audit(store: Store, limit: int, subject: str | None = None) -> list[A
         tail: deque[AuditEntry] = deque(maxlen=limit)
         after = 0
         while page := store.list_audit(after_id=after, limit=AUDIT_PAGE, subject=subject):
-            tail.extend(page)
+            tail.extend(e for e in page if before is None or e.id < before)
             after = page[-1].id
+            if before is not None and after >= before:
+                break
         return list(tail)
-    last = _last_audit_id(store)
-    return store.list_audit(after_id=max(0, last - limit), limit=limit)
+    last = _last_audit_id(store) if before is None else before - 1
+    entries = store.list_audit(after_id=max(0, last - limit), limit=limit)
+    return [e for e in entries if e.id <= last]
 
 
 def _last_audit_id(store: Store) -> int:

@@ -215,6 +215,42 @@ class AdminClient:
     def delete_user(self, name: str) -> dict[str, Any]:
         return self._object("DELETE", "/users/" + quote(name, safe=""))
 
+    def user_secret(self, name: str, secret: str) -> dict[str, Any]:
+        return self._object(
+            "POST", "/users/" + quote(name, safe="") + "/secret", {"secret": secret}
+        )
+
+    def user_action(self, name: str, action: str) -> dict[str, Any]:
+        """``action`` disable or enable on user ``name``."""
+        return self._object("POST", "/users/" + quote(name, safe="") + "/" + action, {})
+
+    def admins(self) -> list[dict[str, Any]]:
+        return self._rows("/admins")
+
+    def add_admin(self, name: str, password: str, role: str = "admin") -> dict[str, Any]:
+        return self._object("POST", "/admins", {"name": name, "password": password, "role": role})
+
+    def admin_password(self, name: str, password: str) -> dict[str, Any]:
+        path = "/admins/" + quote(name, safe="") + "/password"
+        return self._object("POST", path, {"password": password})
+
+    def admin_action(self, name: str, action: str) -> dict[str, Any]:
+        """``action`` disable, enable or unlock on admin ``name``."""
+        return self._object("POST", "/admins/" + quote(name, safe="") + "/" + action, {})
+
+    def remove_admin(self, name: str) -> dict[str, Any]:
+        return self._object("DELETE", "/admins/" + quote(name, safe=""))
+
+    def tokens(self, admin: str | None = None) -> list[dict[str, Any]]:
+        return self._rows("/tokens", {"admin": admin})
+
+    def add_token(self, admin: str, label: str) -> dict[str, Any]:
+        """A new API token; the answer's "token" is shown only this once."""
+        return self._object("POST", "/tokens", {"admin": admin, "label": label})
+
+    def remove_token(self, token_id: str) -> dict[str, Any]:
+        return self._object("DELETE", "/tokens/" + quote(token_id, safe=""))
+
     def sessions(
         self, limit: int | None = None, terminal: str | None = None
     ) -> list[dict[str, Any]]:

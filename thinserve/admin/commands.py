@@ -65,6 +65,8 @@ def add_commands(sub: Subcommands) -> None:
     _terminal_command(sub, common, "unshadow", "stop a terminal watching a desktop", unshadow)
     _terminal_command(sub, common, "kick", "disconnect a terminal", kick)
     _add_users(sub, common)
+    _add_admins(sub, common)
+    _add_tokens(sub, common)
     sessions_p = _add(sub, common, "sessions", "who used which desktop, newest first", sessions)
     sessions_p.add_argument("--limit", type=int, default=50, help="at most N (default 50)")
     sessions_p.add_argument("--terminal", metavar="TERMINAL", help="only this terminal")
@@ -144,7 +146,9 @@ def _add_desktops(sub: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def _add_users(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     users_p = sub.add_parser("users", help="hot-desking users", description="hot-desking users")
-    users_sub = users_p.add_subparsers(dest="users_command", metavar="{add,list,delete}")
+    users_sub = users_p.add_subparsers(
+        dest="users_command", metavar="{add,list,delete,passwd,disable,enable}"
+    )
     users_sub.required = True
     add_p = _add(users_sub, common, "add", "add a user (asks for the PIN or password)", add_user)
     add_p.add_argument("name", metavar="NAME")
@@ -156,6 +160,86 @@ def _add_users(sub: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     _add(users_sub, common, "list", "list users", list_users)
     _add(users_sub, common, "delete", "delete a user", delete_user).add_argument("name")
+    passwd_p = _add(
+        users_sub, common, "passwd", "give a user a new PIN or password (asks for it)", user_passwd
+    )
+    passwd_p.add_argument("name", metavar="NAME")
+    passwd_p.add_argument(
+        "--secret-stdin",
+        action="store_true",
+        help="read the PIN or password from the first line of standard input",
+    )
+    for action, what in USER_ACTIONS.items():
+        _add(users_sub, common, action, what, user_action).add_argument("name", metavar="NAME")
+
+
+USER_ACTIONS = {
+    "disable": "refuse a user's logins (logs them out now)",
+    "enable": "accept a disabled user's logins again",
+}
+ADMIN_ACTIONS = {
+    "disable": "disable a dashboard admin: its sessions and API tokens stop at once",
+    "enable": "enable a disabled dashboard admin again",
+    "unlock": "lift the lockout after too many wrong passwords",
+}
+
+
+def _add_admins(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``thinserve admins ...``: the accounts that log in to the web dashboard."""
+    what = "the web dashboard's admin accounts"
+    admins_p = sub.add_parser("admins", help=what, description=what)
+    admins_sub = admins_p.add_subparsers(
+        dest="admins_command", metavar="{add,list,passwd,disable,enable,unlock,remove}"
+    )
+    admins_sub.required = True
+    add_p = _add(
+        admins_sub, common, "add", "add an admin account (asks for its password)", add_admin
+    )
+    add_p.add_argument("name", metavar="NAME")
+    add_p.add_argument(
+        "--role",
+        choices=("admin", "helpdesk"),
+        default="admin",
+        help="admin: everything; helpdesk: look, shadow and kick (default admin)",
+    )
+    add_p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    _add(admins_sub, common, "list", "list admin accounts", list_admins)
+    passwd_p = _add(admins_sub, common, "passwd", "set an admin's password (asks)", admin_passwd)
+    passwd_p.add_argument("name", metavar="NAME")
+    passwd_p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+    for action, help_text in ADMIN_ACTIONS.items():
+        _add(admins_sub, common, action, help_text, admin_action).add_argument(
+            "name", metavar="NAME"
+        )
+    _add(
+        admins_sub, common, "remove", "remove an admin account and its API tokens", remove_admin
+    ).add_argument("name", metavar="NAME")
+
+
+def _add_tokens(sub: Subcommands, common: argparse.ArgumentParser) -> None:
+    """``thinserve tokens ...``: bearer tokens for scripts and Prometheus."""
+    what = "API tokens for the dashboard's API and metrics"
+    tokens_p = sub.add_parser("tokens", help=what, description=what)
+    tokens_sub = tokens_p.add_subparsers(dest="tokens_command", metavar="{add,list,remove}")
+    tokens_sub.required = True
+    add_p = _add(
+        tokens_sub, common, "add", "make a token acting as ADMIN (shown only once)", add_token
+    )
+    add_p.add_argument("account", metavar="ADMIN")  # "admin" is the command's function
+    add_p.add_argument("--label", required=True, help="what the token is for, e.g. grafana")
+    list_p = _add(tokens_sub, common, "list", "list tokens (never the tokens themselves)", tokens)
+    list_p.add_argument("--admin", dest="account", metavar="ADMIN", help="only this admin's tokens")
+    _add(tokens_sub, common, "remove", "remove a token", remove_token).add_argument(
+        "id", metavar="ID"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -447,6 +531,128 @@ def read_secret(args: argparse.Namespace) -> str:
             "standard input is not a terminal: use --secret-stdin and pipe the secret"
         )
     first = getpass.getpass(f"PIN or password for {clean(args.name)}: ")
+    second = getpass.getpass("The same again: ")
+    if first != second:
+        raise AdminError("the two entries differ; nothing was changed", "run the command again")
+    return first
+
+
+def user_passwd(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.user_secret(args.name, read_secret(args))
+    if not _json_out(args, result):
+        print(f"user {clean(args.name)} has a new PIN or password")
+
+
+def user_action(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.user_action(args.name, args.users_command)
+    if _json_out(args, result):
+        return
+    done = f"{args.users_command}d"
+    print(f"user {clean(args.name)} {done}" + ("" if result["changed"] else " already"))
+
+
+# -- dashboard admins and API tokens ----------------------------------------------------------
+def list_admins(client: AdminClient, args: argparse.Namespace) -> None:
+    rows = client.admins()
+    if _json_out(args, rows):
+        return
+    if not rows:
+        print("no admin accounts yet: add one with `thinserve admins add NAME`")
+        return
+    print(
+        table(
+            ("ADMIN", "ROLE", "STATE", "WRONG PASSWORDS", "CREATED"),
+            (
+                (a["name"], a["role"], admin_state(a), a["failures"], when(a["created"]))
+                for a in rows
+            ),
+        )
+    )
+
+
+def admin_state(row: dict[str, Any]) -> str:
+    if row["disabled"]:
+        return "disabled"
+    if row["locked"]:
+        return f"locked until {when(row['locked_until'])}"
+    return "enabled"
+
+
+def add_admin(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.add_admin(args.name, read_password(args), args.role)
+    if not _json_out(args, result):
+        print(f"added {args.role} {clean(args.name)}")
+
+
+def admin_passwd(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.admin_password(args.name, read_password(args))
+    if not _json_out(args, result):
+        print(f"admin {clean(args.name)} has a new password; its dashboard sessions ended")
+
+
+def admin_action(client: AdminClient, args: argparse.Namespace) -> None:
+    action = args.admins_command
+    result = client.admin_action(args.name, action)
+    if _json_out(args, result):
+        return
+    done = {"disable": "disabled", "enable": "enabled", "unlock": "unlocked"}[action]
+    print(f"admin {clean(args.name)} {done}" + ("" if result["changed"] else " already"))
+
+
+def remove_admin(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.remove_admin(args.name)
+    if not _json_out(args, result):
+        print(f"removed admin {clean(args.name)} and its API tokens")
+
+
+def tokens(client: AdminClient, args: argparse.Namespace) -> None:
+    rows = client.tokens(args.account)
+    if _json_out(args, rows):
+        return
+    if not rows:
+        print("no API tokens: make one with `thinserve tokens add ADMIN --label LABEL`")
+        return
+    print(
+        table(
+            ("ID", "ADMIN", "LABEL", "CREATED", "LAST USED"),
+            (
+                (t["id"], t["admin"], t["label"], when(t["created"]), when(t["last_used"]))
+                for t in rows
+            ),
+        )
+    )
+
+
+def add_token(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.add_token(args.account, args.label)
+    if _json_out(args, result):
+        return
+    print(clean(result["token"]))  # alone on standard output, for TOKEN=$(thinserve tokens add ...)
+    print(
+        f"API token {clean(result['id'])} acts as {clean(args.account)} ({clean(args.label)}); "
+        "store it now: it will not be shown again",
+        file=sys.stderr,
+    )
+
+
+def remove_token(client: AdminClient, args: argparse.Namespace) -> None:
+    result = client.remove_token(args.id)
+    if not _json_out(args, result):
+        print(f"removed API token {clean(args.id)}")
+
+
+def read_password(args: argparse.Namespace) -> str:
+    """An admin's new password: from stdin's first line, or asked twice."""
+    if args.password_stdin:
+        password = sys.stdin.readline(MAX_SECRET_LINE).rstrip("\r\n")
+        if not password:
+            raise AdminError("no password on standard input", "pipe one line, e.g. printf")
+        return password
+    if not sys.stdin.isatty():
+        args.parser.error(
+            "standard input is not a terminal: use --password-stdin and pipe the password"
+        )
+    first = getpass.getpass(f"Password for {clean(args.name)} (10 to 128 characters): ")
     second = getpass.getpass("The same again: ")
     if first != second:
         raise AdminError("the two entries differ; nothing was changed", "run the command again")

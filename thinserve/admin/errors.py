@@ -1,5 +1,11 @@
 """How the admin API says no: an HTTP status and a JSON body that says what
-went wrong and what to do (``{"error": ..., "hint": ...}``)."""
+went wrong and what to do.
+
+Every error body is ``{"code": ..., "message": ..., "error": ..., "hint": ...}``:
+``code`` is one of CODES and never changes meaning (scripts branch on it),
+``message`` says what went wrong (``error`` repeats it, for older clients),
+``hint`` what to do next.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +21,44 @@ MAX_KNOWN = 100
 NOT_CONNECTED_HINT = "it must be connected for this; see `thinserve terminals`"
 
 
+# The stable error codes, by the HTTP status they usually come with.
+CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    409: "conflict",
+    413: "too_large",
+    414: "too_large",
+    415: "unsupported_media_type",
+    423: "locked",
+    431: "too_large",
+    429: "rate_limited",
+    500: "internal",
+    503: "store_unavailable",
+    507: "store_unavailable",
+}
+CSRF = "csrf"  # a 403 for a missing or wrong X-CSRF-Token
+
+
 class ApiError(Exception):
     """An answer other than success: HTTP ``status`` and a JSON body."""
 
-    def __init__(self, status: int, message: str, hint: str = "", **extra: Any) -> None:
+    def __init__(
+        self, status: int, message: str, hint: str = "", code: str | None = None, **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status = status
-        self.payload: dict[str, Any] = {"error": message, "hint": hint, **extra}
+        self.code = code or CODES.get(status, "internal" if status >= 500 else "bad_request")
+        self.payload: dict[str, Any] = {
+            "code": self.code,
+            "message": message,
+            "error": message,
+            "hint": hint,
+            **extra,
+        }
 
 
 def not_found(kind: str, name: str, known: Iterable[str], hint: str) -> ApiError:
@@ -72,4 +109,4 @@ def store_error(exc: StoreError) -> ApiError:
         status = 500
     else:
         status = 503
-    return ApiError(status, exc.problem, exc.hint)
+    return ApiError(status, exc.problem, exc.hint, code="store_unavailable")

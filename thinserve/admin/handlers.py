@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from twisted.internet import defer, threads
@@ -27,6 +27,11 @@ from ..terminal_ids import kind_of
 from . import fields
 from .audit import latest_audit
 from .errors import NOT_CONNECTED_HINT, ApiError, not_found
+from .principal import ADMIN, HELPDESK, READ, Principal
+
+if TYPE_CHECKING:
+    from ..dashboard.viewer import ViewersAPI
+    from .accounts_api import AccountsAPI
 from .views import Views, encode_png, shows, state_word
 
 
@@ -38,37 +43,43 @@ class Call:
     params: tuple[str, ...]
     query: dict[str, str]
     body: dict[str, Any]
+    principal: Principal | None = None  # None only in tests that call a handler directly
 
 
 @dataclass(frozen=True)
 class Route:
     method: str
     pattern: tuple[str, ...]  # "*" matches one path segment
-    handler: str  # an AdminAPI method taking a Call
+    handler: str  # a method taking a Call, of AdminAPI or of its attribute ``owner``
+    needs: str = READ  # the role it takes: READ, HELPDESK or ADMIN (thinserve.admin.principal)
+    owner: str = ""
+    summary: str = ""  # one line for the OpenAPI document
 
 
-ROUTES = (
-    Route("GET", ("state",), "get_state"),
-    Route("GET", ("terminals",), "get_terminals"),
-    Route("GET", ("terminals", "*"), "get_terminal"),
-    Route("GET", ("terminals", "*", "snapshot.png"), "get_snapshot"),
-    Route("GET", ("desktops",), "get_desktops"),
-    Route("POST", ("desktops", "*", "start"), "post_desktop_start"),
-    Route("POST", ("desktops", "*", "stop"), "post_desktop_stop"),
-    Route("POST", ("desktops", "*", "reset"), "post_desktop_reset"),
-    Route("DELETE", ("desktops", "*"), "delete_desktop"),
-    Route("POST", ("pair",), "post_pair"),
-    Route("POST", ("pair-code",), "post_pair_code"),
-    Route("POST", ("unpair",), "post_unpair"),
-    Route("POST", ("kick",), "post_kick"),
-    Route("POST", ("shadow",), "post_shadow"),
-    Route("POST", ("unshadow",), "post_unshadow"),
-    Route("GET", ("users",), "get_users"),
-    Route("POST", ("users",), "post_users"),
-    Route("DELETE", ("users", "*"), "delete_user"),
-    Route("GET", ("sessions",), "get_sessions"),
-    Route("GET", ("audit",), "get_audit"),
+CORE_ROUTES = (
+    Route("GET", ("state",), "get_state", summary="What the broker decided, and the server"),
+    Route("GET", ("terminals",), "get_terminals", summary="Terminals and what each shows"),
+    Route("GET", ("terminals", "*"), "get_terminal", summary="One terminal"),
+    Route("GET", ("terminals", "*", "snapshot.png"), "get_snapshot", summary="A terminal's screen"),
+    Route("GET", ("desktops",), "get_desktops", summary="Desktops, their state and holders"),
+    Route("POST", ("desktops", "*", "start"), "post_desktop_start", ADMIN, summary="Start"),
+    Route("POST", ("desktops", "*", "stop"), "post_desktop_stop", ADMIN, summary="Stop"),
+    Route("POST", ("desktops", "*", "reset"), "post_desktop_reset", ADMIN, summary="Reset"),
+    Route("DELETE", ("desktops", "*"), "delete_desktop", ADMIN, summary="Forget a desktop"),
+    Route("POST", ("pair",), "post_pair", ADMIN, summary="Pair a terminal with a desktop"),
+    Route("POST", ("pair-code",), "post_pair_code", ADMIN, summary="Pair by a screen's code"),
+    Route("POST", ("unpair",), "post_unpair", ADMIN, summary="Remove a terminal's pairing"),
+    Route("DELETE", ("terminals", "*"), "delete_terminal", ADMIN, summary="Forget a terminal"),
+    Route("POST", ("kick",), "post_kick", HELPDESK, summary="Disconnect a terminal"),
+    Route("POST", ("shadow",), "post_shadow", ADMIN, summary="Let a terminal watch a desktop"),
+    Route("POST", ("unshadow",), "post_unshadow", ADMIN, summary="Stop a terminal watching"),
+    Route("GET", ("users",), "get_users", summary="Hot-desking users"),
+    Route("POST", ("users",), "post_users", ADMIN, summary="Add a user"),
+    Route("DELETE", ("users", "*"), "delete_user", ADMIN, summary="Remove a user"),
+    Route("GET", ("sessions",), "get_sessions", summary="Session history, newest first"),
+    Route("GET", ("audit",), "get_audit", summary="The audit log"),
 )
+ROUTES = CORE_ROUTES
 
 
 class LocalControl(Protocol):
@@ -99,6 +110,10 @@ class AdminAPI:
         self.store: Store = hub.broker.store
         self.views = Views(hub)
         self.info = info or dict
+        # Route owners beside this object (Route.owner): the accounts' handlers
+        # and the dashboard's viewers, when the server has them.
+        self.accounts: AccountsAPI | None = None
+        self.viewers: ViewersAPI | None = None
 
     # -- reading ----------------------------------------------------------------------------
     def get_state(self, call: Call) -> dict[str, Any]:
@@ -153,14 +168,19 @@ class AdminAPI:
         ]
 
     def get_audit(self, call: Call) -> list[dict[str, Any]]:
-        fields.only_keys(call.query, {"limit", "subject", "after"}, "query parameter")
+        fields.only_keys(call.query, {"limit", "subject", "after", "before"}, "query parameter")
         limit = fields.limit(call.query, 50)
         subject = call.query.get("subject") or None
+        if "after" in call.query and "before" in call.query:
+            raise ApiError(400, "give 'after' or 'before', not both", "after: newer; before: older")
         if "after" in call.query:
             after = fields.whole(call.query, "after", 0, 0, 2**62)
             entries = self.store.list_audit(after_id=after, limit=limit, subject=subject)
         else:
-            entries = latest_audit(self.store, limit, subject)
+            before = (
+                fields.whole(call.query, "before", 0, 1, 2**62) if "before" in call.query else None
+            )
+            entries = latest_audit(self.store, limit, subject, before)
         return [
             {
                 "id": e.id,
@@ -210,6 +230,19 @@ class AdminAPI:
         self.hub.unpair(terminal_id, call.actor)
         return self._done(terminal_id, changed)
 
+    def delete_terminal(self, call: Call) -> dict[str, Any]:
+        """Forget a terminal that is not connected: its record, pairing and code."""
+        terminal_id = call.params[0]
+        self._known_terminal(terminal_id)
+        if self.broker.is_connected(terminal_id):
+            raise ApiError(
+                409, f"terminal {terminal_id!r} is connected", "kick it first, then forget it"
+            )
+        with self.store.atomic():
+            self.broker.record(call.actor, "terminal-forget", terminal_id)
+            self.broker.forget_terminal(terminal_id, f"forgotten by {call.actor}")
+        return {"ok": True, "changed": True, "terminal": None}
+
     def post_kick(self, call: Call) -> dict[str, Any]:
         fields.only_keys(call.body, {"terminal"}, "field")
         terminal_id = fields.text(call.body, "terminal")
@@ -257,6 +290,7 @@ class AdminAPI:
     # -- desktops ---------------------------------------------------------------------------
     def post_desktop_start(self, call: Call) -> defer.Deferred[dict[str, Any]]:
         """Start a desktop now; answers once it runs or failed to start."""
+        fields.only_keys(call.body, set(), "field")
         local = self._local(call)
         if local is not None:
             self.broker.record(call.actor, "desktop-start", call.params[0])
@@ -271,6 +305,7 @@ class AdminAPI:
     def post_desktop_stop(self, call: Call) -> defer.Deferred[dict[str, Any]]:
         """Stop a desktop now (a terminal still given it starts it again; a local
         desktop stays stopped until ``desktops start``)."""
+        fields.only_keys(call.body, set(), "field")
         local = self._local(call)
         if local is not None:
             self.broker.record(call.actor, "desktop-stop", call.params[0])
@@ -282,6 +317,7 @@ class AdminAPI:
     def post_desktop_reset(self, call: Call) -> defer.Deferred[dict[str, Any]]:
         """Back to its template (or a fresh session) before its next start; a
         local desktop is started afresh at once."""
+        fields.only_keys(call.body, set(), "field")
         local = self._local(call)
         if local is not None:
             name = call.params[0]

@@ -1,8 +1,10 @@
 """The admin API's HTTP layer: routes, bounded JSON bodies, JSON answers.
 
 Requests are bounded (64 KiB bodies, JSON objects with known keys only);
-errors are JSON ``{"error": ..., "hint": ...}`` with a fitting HTTP status.
-Who is asking is decided by the caller (``actor_of``), at the socket.
+errors are JSON ``{"code": ..., "message": ..., "hint": ...}`` with a fitting
+HTTP status (thinserve.admin.errors).  Who is asking is decided by the
+caller (``principal_of``): the Unix socket's peer, or the dashboard's login
+or API token; each route says which role it needs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from . import API_PREFIX
 from .errors import ApiError, broker_error, store_error
 from .fields import BODY_HINT
 from .handlers import ROUTES, AdminAPI, Call, Route
+from .principal import Principal
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
@@ -35,7 +38,7 @@ MAX_BODY = 64 * 1024
 IDLE_TIMEOUT = 60  # seconds before an idle admin connection is closed
 JSON_TYPE = b"application/json"
 
-Actor = Callable[[server.Request], str]  # "admin:USER" for whoever sent the request
+Authenticate = Callable[[server.Request], Principal]  # raises ApiError 401/403
 
 
 class Reply(Protocol):
@@ -69,40 +72,51 @@ class AdminResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, api: AdminAPI, actor_of: Actor) -> None:
+    def __init__(
+        self, api: AdminAPI, principal_of: Authenticate, routes: tuple[Route, ...] = ROUTES
+    ) -> None:
         super().__init__()  # Twisted leaves it unannotated
         self.api = api
-        self.actor_of = actor_of
+        self.principal_of = principal_of
+        self.routes = routes
 
     def render(self, request: server.Request) -> bytes | int:
         try:
             result = self._call(request)
-        except ApiError as exc:
-            return _json(request, exc.status, exc.payload)
-        except BrokerError as exc:
-            error = broker_error(exc)
+        except Exception as exc:
+            error = _answer_for(exc, request)
             return _json(request, error.status, error.payload)
-        except StoreError as exc:
-            error = store_error(exc)
-            if isinstance(exc, StoreFault):
-                what = (request.method + b" " + request.uri[:200]).decode("ascii", "replace")
-                log.error("admin request %s failed: %s", what, exc)
-            return _json(request, error.status, error.payload)
-        except Exception:
-            log.exception("admin request %s failed", request.uri[:200])
-            body = {"error": "internal error", "hint": "see thinserve's log"}
-            return _json(request, 500, body)
+        if request.method != b"GET":  # a change: live pages look again
+            if isinstance(result, defer.Deferred):
+                result.addBoth(self._changed)
+            else:
+                self._changed(None)
         if isinstance(result, defer.Deferred):
             return _later(request, result)
         return _json(request, 200, result)
 
+    def _changed(self, result: Any) -> Any:
+        self.api.hub.changed()
+        return result
+
     def _call(self, request: server.Request) -> Any:
-        actor = self.actor_of(request)
+        principal = self.principal_of(request)
         method = request.method.decode("ascii", "replace")
-        route, params = _route(method, _segments(request.path))
+        route, params = _route(method, _segments(request.path), self.routes)
+        if not principal.may(route.needs):
+            raise ApiError(
+                403,
+                f"{principal.actor} ({principal.role}) may not {method} "
+                f"{request.path[:200].decode('ascii', 'replace')}",
+                f"it needs the {route.needs} role; ask an admin",
+            )
+        target = getattr(self.api, route.owner) if route.owner else self.api
+        if target is None:
+            raise ApiError(404, "this endpoint is not served here", "use the dashboard's listener")
         query = _query(request)
         body = _body(request) if method in ("POST", "PUT", "PATCH") else {}
-        return getattr(self.api, route.handler)(Call(actor, params, query, body))
+        call = Call(principal.actor, params, query, body, principal)
+        return getattr(target, route.handler)(call)
 
 
 class AdminSite(server.Site):
@@ -112,9 +126,13 @@ class AdminSite(server.Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, api: AdminAPI, actor_of: Actor) -> None:
+    def __init__(
+        self, api: AdminAPI, principal_of: Authenticate, routes: tuple[Route, ...] = ROUTES
+    ) -> None:
         super().__init__(  # Twisted leaves it unannotated
-            AdminResource(api, actor_of), timeout=IDLE_TIMEOUT, parsePOSTFormSubmission=False
+            AdminResource(api, principal_of, routes),
+            timeout=IDLE_TIMEOUT,
+            parsePOSTFormSubmission=False,
         )
 
     def getContentFile(self, length: int | None) -> BoundedBody:
@@ -140,9 +158,11 @@ def _segments(path: bytes) -> list[str]:
         raise ApiError(400, "path segments must be UTF-8", "") from None
 
 
-def _route(method: str, segments: list[str]) -> tuple[Route, tuple[str, ...]]:
+def _route(
+    method: str, segments: list[str], routes: tuple[Route, ...]
+) -> tuple[Route, tuple[str, ...]]:
     allowed = []
-    for route in ROUTES:
+    for route in routes:
         if len(route.pattern) != len(segments):
             continue
         if all(p == "*" or p == s for p, s in zip(route.pattern, segments, strict=True)):
@@ -190,7 +210,22 @@ def _json(request: Reply, status: int, payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
 
 
-def _later(request: Reply, result: defer.Deferred[Any]) -> int:
+def _answer_for(exc: Exception, request: server.Request) -> ApiError:
+    """The answer to a request that raised ``exc``; faults and bugs are logged."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, BrokerError):
+        return broker_error(exc)
+    what = (request.method + b" " + request.uri[:200]).decode("ascii", "replace")
+    if isinstance(exc, StoreError):
+        if isinstance(exc, StoreFault):
+            log.error("admin request %s failed: %s", what, exc)
+        return store_error(exc)
+    log.error("admin request %s failed", what, exc_info=exc)
+    return ApiError(500, "internal error", "see thinserve's log")
+
+
+def _later(request: server.Request, result: defer.Deferred[Any]) -> int:
     """Answer once ``result`` has fired: PNG bytes (a snapshot) or a JSON
     answer (a desktop started or stopped)."""
     gone: list[bool] = []
@@ -209,10 +244,10 @@ def _later(request: Reply, result: defer.Deferred[Any]) -> int:
         request.finish()
 
     def fail(failure: Failure) -> None:
-        log.error("admin request failed: %s", failure.getErrorMessage())
+        exc = failure.value
+        error = _answer_for(exc if isinstance(exc, Exception) else Exception(exc), request)
         if not gone:
-            body = {"error": "the request failed", "hint": "see thinserve's log"}
-            request.write(_json(request, 500, body))
+            request.write(_json(request, error.status, error.payload))
             request.finish()
 
     result.addCallbacks(send, fail)

@@ -23,6 +23,7 @@ from twisted.web import server
 
 from . import SOCKET_NAME
 from .errors import ApiError
+from .principal import Principal, socket_principal
 
 log = logging.getLogger("thinserve.admin.api")  # one name for all the admin API's lines
 
@@ -44,6 +45,11 @@ class UnixReactor(Protocol):
 @runtime_checkable
 class _SocketTransport(Protocol):
     def getHandle(self) -> socket.socket: ...
+
+
+def peer_principal(request: server.Request) -> Principal:
+    """The Unix user at the other end of the socket, as an administrator."""
+    return socket_principal(peer_actor(request))
 
 
 def peer_actor(request: server.Request) -> str:

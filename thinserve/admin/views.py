@@ -93,6 +93,7 @@ class Views:
                 "name": u.name,
                 "desktop": u.desktop,
                 "created": u.created,
+                "disabled": u.disabled,
                 "logged_in_at": at.get(u.name),
             }
             for u in self.store.list_users()
@@ -129,11 +130,14 @@ def _viewers(shown: dict[str, Assignment], desktop: str) -> tuple[list[str], lis
 
 
 def _session_view(session: TerminalSession) -> dict[str, Any]:
+    now = session.clock.seconds()
     return {
         "width": session.width,
         "height": session.height,
         "bytes_sent": session.bytes_sent,
         "updates_sent": session.updates_sent,
+        "connected_for": round(now - session.connected_at, 1),
+        "idle_for": round(now - session.last_input, 1),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from ..store.base import AuditEntry, Store
 
@@ -10,20 +11,27 @@ AUDIT_PAGE = 500
 
 
 def latest_audit(
-    store: Store, limit: int, subject: str | None = None, before: int | None = None
+    store: Store,
+    limit: int,
+    subject: str | None = None,
+    before: int | None = None,
+    keep: Callable[[AuditEntry], bool] | None = None,
 ) -> list[AuditEntry]:
     """The newest ``limit`` audit entries (older than id ``before``, if
-    given), oldest first: the next page back starts before the first one.
+    given, and those ``keep`` accepts), oldest first: the next page back
+    starts before the first one.
 
     The Store lists entries oldest first after an id, so find the newest id
-    (a logarithmic search) and read back from there; with a subject, page
-    through that subject's entries keeping only the tail.
+    (a logarithmic search) and read back from there; with a subject or a
+    filter, page through the entries keeping only the tail.
     """
-    if subject is not None:
+    if subject is not None or keep is not None:
         tail: deque[AuditEntry] = deque(maxlen=limit)
         after = 0
         while page := store.list_audit(after_id=after, limit=AUDIT_PAGE, subject=subject):
-            tail.extend(e for e in page if before is None or e.id < before)
+            tail.extend(
+                e for e in page if (before is None or e.id < before) and (keep is None or keep(e))
+            )
             after = page[-1].id
             if before is not None and after >= before:
                 break

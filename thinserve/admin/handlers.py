@@ -20,8 +20,8 @@ from ..broker import PairingCodeError, by_address_id, normalise_code
 from ..desktops import DesktopManager
 from ..hub import Hub
 from ..relay.session import TerminalSession
+from ..store.base import AuditEntry, Store
 from ..store.base import Desktop as DesktopRecord
-from ..store.base import Store
 from ..store.base import Terminal as TerminalRecord
 from ..terminal_ids import kind_of
 from . import fields
@@ -168,19 +168,22 @@ class AdminAPI:
         ]
 
     def get_audit(self, call: Call) -> list[dict[str, Any]]:
-        fields.only_keys(call.query, {"limit", "subject", "after", "before"}, "query parameter")
+        allowed = {"limit", "subject", "actor", "action", "after", "before"}
+        fields.only_keys(call.query, allowed, "query parameter")
         limit = fields.limit(call.query, 50)
         subject = call.query.get("subject") or None
+        keep = _audit_filter(call.query.get("actor") or "", call.query.get("action") or "")
         if "after" in call.query and "before" in call.query:
             raise ApiError(400, "give 'after' or 'before', not both", "after: newer; before: older")
         if "after" in call.query:
             after = fields.whole(call.query, "after", 0, 0, 2**62)
             entries = self.store.list_audit(after_id=after, limit=limit, subject=subject)
+            entries = [e for e in entries if keep is None or keep(e)]
         else:
             before = (
                 fields.whole(call.query, "before", 0, 1, 2**62) if "before" in call.query else None
             )
-            entries = latest_audit(self.store, limit, subject, before)
+            entries = latest_audit(self.store, limit, subject, before, keep)
         return [
             {
                 "id": e.id,
@@ -414,6 +417,13 @@ class AdminAPI:
         record = self._record(terminal_id)
         row = self.views.terminal(record, self.views.picture()) if record is not None else None
         return {"ok": True, "changed": changed, "terminal": row}
+
+
+def _audit_filter(actor: str, action: str) -> Callable[[AuditEntry], bool] | None:
+    """Entries whose actor contains ``actor`` and whose action is ``action``."""
+    if not actor and not action:
+        return None
+    return lambda e: actor in e.actor and (not action or e.action == action)
 
 
 def _check_pairable(terminal_id: str, by_address: bool) -> None:

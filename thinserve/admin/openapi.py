@@ -62,6 +62,8 @@ QUERIES: dict[str, list[dict[str, Any]]] = {
     "get_audit": [
         LIMIT,
         {"name": "subject", "in": "query", "schema": STRING},
+        {"name": "actor", "in": "query", "schema": STRING},
+        {"name": "action", "in": "query", "schema": STRING},
         {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0}},
         {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}},
     ],

@@ -32,6 +32,7 @@ DEBIAN_PACKAGES := \
 	avahi-daemon avahi-utils libnss-mdns dbus iproute2 \
 	chromium remmina remmina-plugin-vnc python3-venv stress-ng
 NOVNC := clients/web/node_modules/@novnc/novnc/core/rfb.js
+PICO := clients/dashboard/node_modules/@picocss/pico/css/pico.classless.min.css
 
 # Never ask anything: no terminal, keep existing config files, wait for a busy dpkg lock.
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -y \
@@ -68,12 +69,18 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# The browser terminal's noVNC, pinned in clients/web/package-lock.json.
-novnc: $(NOVNC)
+# The browser terminal's noVNC, pinned in clients/web/package-lock.json, and the
+# dashboard's Pico CSS, pinned in clients/dashboard/package-lock.json.
+novnc: $(NOVNC) $(PICO)
 
 $(NOVNC): clients/web/package.json clients/web/package-lock.json | deps
 	command -v npm >/dev/null || $(APT_GET) install --no-install-recommends npm </dev/null
 	npm ci --prefix clients/web --no-audit --no-fund
+	touch $@
+
+$(PICO): clients/dashboard/package.json clients/dashboard/package-lock.json | deps
+	command -v npm >/dev/null || $(APT_GET) install --no-install-recommends npm </dev/null
+	npm ci --prefix clients/dashboard --no-audit --no-fund
 	touch $@
 
 # The unprivileged account the default desktop runs as when thinserve runs as
@@ -87,11 +94,11 @@ desktop-account:
 			--shell /bin/bash $(DESKTOP_ACCOUNT); \
 	fi
 
-run: deps $(STAMP) $(NOVNC) desktop-account
+run: deps $(STAMP) $(NOVNC) $(PICO) desktop-account
 	$(BIN)/thinserve serve --defaults --state-dir .state
 
 # pytest takes its options from setup.cfg; add more with PYTEST_ARGS="-k name".
-test: deps $(STAMP) $(NOVNC) desktop-account
+test: deps $(STAMP) $(NOVNC) $(PICO) desktop-account
 	@status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; \
 	exit $$status
@@ -103,7 +110,7 @@ test: deps $(STAMP) $(NOVNC) desktop-account
 # or PYTEST_ARGS="-k name".
 LOAD_TESTS ?= tests/integration
 LOAD_CPUS ?= 2
-test-load: deps $(STAMP) $(NOVNC) desktop-account
+test-load: deps $(STAMP) $(NOVNC) $(PICO) desktop-account
 	@stress-ng --cpu $(LOAD_CPUS) --timeout 6h --quiet & hog=$$!; \
 	trap 'kill $$hog 2>/dev/null; wait $$hog 2>/dev/null' EXIT; \
 	status=0; $(BIN)/pytest $(LOAD_TESTS) $(PYTEST_ARGS) || status=$$?; \
@@ -123,7 +130,7 @@ bench: deps $(STAMP)
 # the unit, /etc/thinserve, the man page.  deb-check runs lintian on it, then
 # installs it on this machine, checks it as an admin would (doctor, the unit,
 # accounts, the service started as its unit says) and purges it again.
-deb: deps $(NOVNC)
+deb: deps $(NOVNC) $(PICO)
 	packaging/build-deb
 
 deb-check: deb $(STAMP)

@@ -84,6 +84,8 @@ class Config:
     # The browser terminal (noVNC over WebSocket); () turns it off.
     web_listen: tuple[str, ...] = ("tcp:port=5800:interface=127.0.0.1",)
     web_allowed_origins: tuple[str, ...] = ()
+    # The admin dashboard and its HTTP API (docs/dashboard.md); () turns it off.
+    dashboard_listen: tuple[str, ...] = ("tcp:port=5880:interface=127.0.0.1",)
     dial: tuple[str, ...] = ()  # listening viewers thinserve connects to (host[:port])
     name: str = "thinserve"
     password: str | None = None
@@ -189,6 +191,9 @@ def _read(root: Table, state_dir: Path | None) -> Config:
         listen=server.texts("listen", Config.listen, ENDPOINTS_EXAMPLE, allow_empty=False),
         web_listen=server.texts("web_listen", Config.web_listen, ENDPOINTS_EXAMPLE),
         web_allowed_origins=server.texts("web_allowed_origins", (), '["https://desk.example"]'),
+        dashboard_listen=server.texts(
+            "dashboard_listen", Config.dashboard_listen, ENDPOINTS_EXAMPLE
+        ),
         dial=_dial(server),
         name=server.text("name", Config.name),
         password=server.optional_text("password"),

@@ -15,6 +15,8 @@ browser (WebSocket), or being discovered over zeroconf and connected to.
   admin socket     AdminSocket             the admin API
   terminal ports   listeners.Listeners     the RFB listening ports
   web ports        listeners.Listeners     the browser terminal's (if configured)
+  dashboard        Dashboard, Listeners    the admin dashboard: thumbnails, events,
+                                           metrics, then its ports (if configured)
   reverse          reverse.ReverseConnector  a ClientService per listening
                                            terminal or viewer it dials
   discovery        Discovery               the zeroconf browser, then one
@@ -36,11 +38,13 @@ from typing import Any, TypeVar, cast
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet import reactor as default_reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress
 
 from protocols.terminal import TerminalAdvert
 
-from .admin import api as admin_api
+from .admin import api as admin_socket
+from .admin.handlers import AdminAPI, Route
 from .admission import Admission
 from .backends.qemu import QemuBackend
 from .backends.records import records_in
@@ -49,6 +53,8 @@ from .blacklist import Blacklist
 from .broker import Broker, TerminalInfo
 from .config import Config, ConfigError, LocalDesktopConfig, address_to_endpoint
 from .credentials import Credentials
+from .dashboard.site import DashboardMissing
+from .dashboard.wiring import SOCKET_ROUTES, Admin, Dashboard, admin_api
 from .desktops import DesktopListener, DesktopManager, Holders, desktops_in_use
 from .desktops.wiring import add_sessions, add_vms, is_unstartable, static_address, take_over
 from .discovery import ServerAdvertiser, TerminalBrowser, advertised_addresses
@@ -62,6 +68,7 @@ from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 from .servicetree import Child, InOrder, settled
 from .store.sqlite import SqliteStore, default_path
 from .viewers import listening_viewer
+from .web import NoVNCMissing
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +131,8 @@ class ThinServe(InOrder):
             )
         )
         await self._run(HubService(hub))
-        await self._run(
-            AdminSocket(self.reactor, hub, config.admin_socket, self._admin_info, manager, local)
-        )
+        admin = admin_api(hub, self._admin_info, manager, local)
+        await self._run(AdminSocket(self.reactor, admin.api, config.admin_socket, SOCKET_ROUTES))
         rfb = RFBServerFactory(
             terminal_options(config, hub, certificate),
             hub.new_session,
@@ -137,6 +143,7 @@ class ThinServe(InOrder):
             log.info("terminals connect to %s", _describe(port))
             self._warn_if_plain(port)
         await self._start_web(rfb, certificate)
+        await self._start_dashboard(admin, certificate)
         connector = await self._start_reverse(hub, certificate)
         if config.discovery:
             await self._run(Discovery(config, connector, _tcp_binds(terminals.ports())))
@@ -220,6 +227,37 @@ class ThinServe(InOrder):
         for secure, port in zip(secured, web.ports(), strict=True):
             scheme = "https" if secure else "http"
             log.info("browser terminal at %s://%s/", scheme, _describe(port))
+
+    async def _start_dashboard(self, admin: Admin, certificate: ServerCertificate) -> None:
+        """The admin dashboard and its HTTP API: HTTPS beyond loopback, like the
+        browser terminal.  Its files missing, or the default port taken, turn it
+        off with a warning; a configured port must work."""
+        configured = self.config.dashboard_listen
+        if not configured:
+            return
+        dashboard = Dashboard(admin, self.reactor)
+        try:
+            site = dashboard.site()
+        except (DashboardMissing, NoVNCMissing) as exc:
+            dashboard.events.close()
+            log.warning("dashboard off: %s", exc)
+            return
+        await self._run(dashboard)
+        secured = [https_description(d, certificate) for d in configured]
+        descriptions = [s or d for s, d in zip(secured, configured, strict=True)]
+        try:
+            ports = await self._listen(descriptions, site)
+        except CannotListenError as exc:
+            if configured != Config.dashboard_listen:
+                raise
+            for part in list(self)[-2:]:  # the dashboard and its Listeners, which failed
+                part.stopService()
+                self.removeService(part)
+            log.warning("dashboard off: %s (set dashboard_listen in [server])", exc)
+            return
+        for secure, port in zip(secured, ports.ports(), strict=True):
+            scheme = "https" if secure else "http"
+            log.info("admin dashboard at %s://%s/", scheme, _describe(port))
 
     def _warn_if_plain(self, port: Port) -> None:
         host = str(getattr(port.getHost(), "host", ""))
@@ -503,20 +541,12 @@ class AdminSocket(service.Service):
     """The admin API on its Unix socket (thinserve/admin/api.py), when there is one."""
 
     def __init__(
-        self,
-        reactor: Any,
-        hub: Hub,
-        configured: str | None,
-        info: Callable[[], dict[str, object]],
-        desktops: DesktopManager | None = None,
-        local: LocalDesktops | None = None,
+        self, reactor: Any, api: AdminAPI, configured: str | None, routes: tuple[Route, ...]
     ) -> None:
         self.reactor = reactor
-        self.hub = hub
+        self.api = api
         self.configured = configured
-        self.info = info
-        self.desktops = desktops
-        self.local = local
+        self.routes = routes
         self.port: Port | None = None
 
     def startService(self) -> defer.Deferred[None]:
@@ -524,9 +554,7 @@ class AdminSocket(service.Service):
         return defer.ensureDeferred(self._listen())
 
     async def _listen(self) -> None:
-        self.port = await admin_api.start(
-            self.reactor, self.hub, self.configured, self.info, self.desktops, self.local
-        )
+        self.port = await admin_socket.start(self.reactor, self.api, self.configured, self.routes)
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()

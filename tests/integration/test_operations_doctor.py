@@ -170,7 +170,10 @@ def test_the_text_output_prints_each_fix_under_its_problem(tmp_path: Path) -> No
         )
     lines = done.stdout.splitlines()
     index = next(i for i, line in enumerate(lines) if line.startswith(f"FAIL port {port}:"))
-    fix = f"ss -ltnp 'sport = :{port}' (stop that program, or change listen/web_listen in [server])"
+    fix = (
+        f"ss -ltnp 'sport = :{port}' (stop that program, "
+        "or change listen/web_listen/dashboard_listen in [server])"
+    )
     assert lines[index + 1] == f"     fix: {fix}"
     assert done.returncode == 1
 

@@ -36,6 +36,7 @@ async def start_thinserve(
         broker=broker or first_free(desktops),
         database=database,
         admin_socket="",  # no admin API unless a test asks for one
+        dashboard_listen=(),  # nor a dashboard
         discovery=discovery_interfaces is not None,
         discovery_interfaces=discovery_interfaces or (),
         dial=dial,

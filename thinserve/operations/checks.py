@@ -146,7 +146,7 @@ def listening_ports(config: Config) -> list[Check]:
     """Each configured TCP port free, or held by the thinserve of this state directory."""
     server = statelock.holder(config.state_dir)
     checks = []
-    for port in ports.tcp_ports(config.listen + config.web_listen):
+    for port in ports.tcp_ports(config.listen + config.web_listen + config.dashboard_listen):
         name = f"port {port.port}"
         if not ports.in_use(port):
             checks.append(ok(name, f"free ({port.endpoint})"))
@@ -161,7 +161,7 @@ def listening_ports(config: Config) -> list[Check]:
                 name,
                 f"in use by {who}: thinserve cannot listen on {port.endpoint}",
                 f"ss -ltnp 'sport = :{port.port}' (stop that program, or change listen/"
-                "web_listen in [server])",
+                "web_listen/dashboard_listen in [server])",
             )
         )
     return checks

@@ -23,7 +23,9 @@ holds a connection for as long as it likes.  ``BoundedHTTPChannel`` adds:
 A WebSocket upgrade hands the connection over (``hand_over``): the clocks
 stop, and bytes that arrived right behind the upgrade request go to the
 WebSocket protocol instead of being buffered for an HTTP request that never
-comes.
+comes.  A response that streams for as long as the client stays (the
+dashboard's Server-Sent Events) stops the clocks the same way
+(``stream_response``).
 """
 
 from __future__ import annotations
@@ -254,17 +256,23 @@ class BoundedHTTPChannel(_HTTPChannel):
         self._stop_clocks()
         self._upgraded = protocol
 
+    def stream_response(self) -> None:
+        """The response under way lasts as long as the client keeps it open
+        (Server-Sent Events): no deadline for sending it and no idle timer.
+        The resource streaming it drops a client that stops reading."""
+        self._stop_clocks()
+
     # -- refusing and closing ---------------------------------------------------------------
     def _refuse(self, status: HTTPStatus, reason: str) -> None:
         link = self._link
         if self._closing or link is None:
             return
         self._report("refused with %d: %s", status.value, reason)
-        body = f"{status.phrase}: {reason}\n".encode()
+        content_type, body = self.site.refusal(status, reason)
         head = (
             f"HTTP/1.1 {status.value} {status.phrase}\r\n"
             "Connection: close\r\n"
-            "Content-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
         link.write(head + body)
@@ -331,3 +339,7 @@ class BoundedSite(_Site):
         self.limits = limits or HTTPLimits()
         self.timeOut = self.limits.idle_timeout  # twisted.web's idle timer
         self.refusals = RefusalLog(log)
+
+    def refusal(self, status: HTTPStatus, reason: str) -> tuple[str, bytes]:
+        """The content type and body of a refusal the channel writes itself."""
+        return "text/plain; charset=utf-8", f"{status.phrase}: {reason}\n".encode()

@@ -12,10 +12,12 @@ offered: it encrypts but does not say who the server is.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -92,12 +94,23 @@ class ServerCertificate:
     def for_database(cls, database: str) -> ServerCertificate:
         """The generated certificate kept beside the database (tls/ next to it).
 
-        An in-memory database (tests) gets a certificate in a fresh
-        temporary directory.
+        An in-memory database (tests, benchmarks) gets one certificate per
+        process, in a temporary directory removed when the process exits.
         """
         if database == ":memory:":
-            return cls.ensure(Path(tempfile.mkdtemp(prefix="thinserve-tls-")))
+            return cls.ensure(_process_tls_dir())
         return cls.ensure(Path(os.path.dirname(os.path.abspath(database))) / "tls")
+
+
+_process_tls: list[Path] = []  # the temporary certificate directory of this process, once made
+
+
+def _process_tls_dir() -> Path:
+    if not _process_tls:
+        made = Path(tempfile.mkdtemp(prefix="thinserve-tls-"))
+        atexit.register(shutil.rmtree, made, ignore_errors=True)
+        _process_tls.append(made)
+    return _process_tls[0]
 
 
 def this_host_names() -> list[str]:

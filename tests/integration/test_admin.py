@@ -357,6 +357,7 @@ async def test_users_add_then_hot_desk_login_reaches_the_desktop(xvnc, tmp_path:
             "name": "alice",
             "desktop": "d1",
             "created": added["user"]["created"],
+            "disabled": False,
             "logged_in_at": None,
         }
         # Asked twice on a terminal; entries that differ change nothing.

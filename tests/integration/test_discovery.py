@@ -559,6 +559,7 @@ async def test_the_rfb_advert_lists_only_the_addresses_thinserve_listens_on(
             "tcp:port=0",
         ),
         web_listen=(),
+        dashboard_listen=(),
         name=f"ts{secrets.token_hex(3)}",
         database=":memory:",
         admin_socket="",

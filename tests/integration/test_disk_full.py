@@ -174,7 +174,12 @@ async def test_a_full_disk_is_reported_clearly_and_thinserve_recovers_by_itself(
             with pytest.raises(AdminError) as refused:
                 await threads.deferToThread(client.pair_code, code, "d2", by_address=True)
             assert refused.value.status == 507
-            assert refused.value.payload == {"error": problem, "hint": hint}
+            assert refused.value.payload == {
+                "code": "store_unavailable",
+                "message": problem,
+                "error": problem,
+                "hint": hint,
+            }
             failed = f"admin request POST /api/v1/pair-code failed: {problem}; {hint}"
             assert errors(caplog, "thinserve.admin.api") == [failed, failed]  # CLI, then client
             assert (await terminal_row(sock, "viewer-127.0.0.3"))["pairing_code"] == code

@@ -62,6 +62,7 @@ def configured(
     return Config(
         listen=listen,
         web_listen=(),
+        dashboard_listen=(),
         broker=broker or BrokerConfig(),
         database=str(tmp_path / "ts.db"),
         admin_socket="",

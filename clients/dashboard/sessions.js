@@ -7,29 +7,48 @@ import { openViewer } from "./viewer-open.js";
 import { act, dash, duration, h, table, timeCell } from "./ui.js";
 
 const PAGE = 50;
-const MOST = 1000;
 
 export default {
   title: "Sessions",
   needs: "read",
   mount(root, ctx) {
     const listing = h("section", { id: "sessions" });
-    const more = h("button", { type: "button", className: "secondary", id: "sessions-more" }, "Show older sessions");
-    root.append(h("h1", {}, "Sessions"), listing, more);
-    let limit = PAGE;
-    more.addEventListener("click", () => {
-      limit = Math.min(MOST, limit + PAGE);
+    const older = h("button", { type: "button", className: "secondary", id: "sessions-more" }, "Older sessions");
+    const newest = h("button", { type: "button", className: "secondary", id: "sessions-newest" }, "Newest sessions");
+    root.append(h("h1", {}, "Sessions"), listing, h("p", {}, newest, " ", older));
+    let before = null; // null: the newest page; else the history before this session id
+    let last = null; // the oldest session id shown
+    older.addEventListener("click", () => {
+      before = last;
+      view.refresh();
+    });
+    newest.addEventListener("click", () => {
+      before = null;
       view.refresh();
     });
 
     async function load() {
-      const [rows, terminals] = await Promise.all([get(`sessions?limit=${limit}`), get("terminals")]);
-      const connected = new Set(terminals.filter((t) => t.connected).map((t) => t.id));
-      more.hidden = rows.length < limit || limit >= MOST;
-      return {
-        running: rows.filter((s) => s.ended === null && connected.has(s.terminal)),
-        ended: rows.filter((s) => s.ended !== null),
-      };
+      const query = new URLSearchParams({ limit: String(PAGE) });
+      if (before !== null) {
+        query.set("before", String(before));
+      }
+      const [rows, terminals] = await Promise.all([get(`sessions?${query}`), get("terminals")]);
+      last = rows.length ? rows[rows.length - 1].id : null;
+      older.hidden = rows.length < PAGE;
+      newest.hidden = before === null;
+      // Who is in control now comes from the terminals themselves, however old
+      // their session is; the history pages never hide one.
+      const running = terminals
+        .filter((t) => t.connected && t.shows && t.shows.kind === "desktop" && t.shows.control)
+        .map((t) => ({
+          id: t.id,
+          terminal: t.id,
+          desktop: t.shows.desktop,
+          user: t.user,
+          connected: t.session ? t.session.connected_for : null,
+          idle: t.session ? t.session.idle_for : null,
+        }));
+      return { running, ended: rows.filter((s) => s.ended !== null) };
     }
 
     function render(data) {
@@ -37,15 +56,16 @@ export default {
         h("h2", {}, "Now"),
         table(
           "",
-          ["Terminal", "Desktop", "User", "Started", "Actions"],
+          ["Terminal", "Desktop", "User", "Connected for", "Idle for", "Actions"],
           data.running.map((s) =>
             h(
               "tr",
-              { dataset: { session: s.id, terminal: s.terminal, desktop: s.desktop } },
+              { dataset: { terminal: s.terminal, desktop: s.desktop } },
               h("th", { scope: "row" }, h("code", {}, s.terminal)),
               h("td", {}, s.desktop),
               h("td", {}, dash(s.user)),
-              h("td", {}, timeCell(s.started)),
+              h("td", {}, s.connected === null ? "-" : duration(s.connected)),
+              h("td", {}, s.idle === null ? "-" : duration(s.idle)),
               h("td", { className: "actions" }, actions(s)),
             ),
           ),

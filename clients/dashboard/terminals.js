@@ -5,7 +5,9 @@
 
 import { del, get, path, post } from "./api.js";
 import { liveView } from "./live.js";
-import { act, badge, choice, dash, dialogForm, confirmDialog, h, showDone, size, table, timeCell } from "./ui.js";
+import { act, badge, choice, dash, dialogForm, confirmDialog, duration, h, showDone, size, table, timeCell } from "./ui.js";
+
+const IDLE_SHOWN = 60; // seconds without a key or pointer event before "idle" shows
 
 const IDENTITY = {
   key: ["key", "Proved by the terminal's own key"],
@@ -61,6 +63,7 @@ export default {
         paired: t.paired_desktop,
         user: t.user,
         lastSeen: t.last_seen,
+        idle: t.session ? t.session.idle_for : null,
       };
     }
 
@@ -85,7 +88,12 @@ export default {
             ),
             h("td", {}, dash(t.paired)),
             h("td", {}, dash(t.user)),
-            h("td", {}, t.connected ? "now" : timeCell(t.lastSeen)),
+            h(
+              "td",
+              {},
+              t.connected ? "now" : timeCell(t.lastSeen),
+              t.connected && t.idle >= IDLE_SHOWN ? h("small", {}, `idle ${duration(t.idle)}`) : null,
+            ),
             h("td", { className: "actions" }, actions(t)),
           ),
         ),

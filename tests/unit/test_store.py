@@ -267,3 +267,15 @@ def test_default_path_follows_xdg_and_root() -> None:
     assert home == Path("/home/u/.local/share/thinserve/thinserve.db")
     relative = default_path({"XDG_DATA_HOME": "rel", "HOME": "/home/u"}, euid=1000)
     assert relative == home  # the XDG spec says to ignore relative paths
+
+
+def test_session_pages_go_back_by_id(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "pages.db"))
+    store.upsert_desktop(Desktop("d1", "xvnc"))
+    ids = [store.start_session(f"t{n % 2}", "d1", None, float(n)) for n in range(7)]
+    first = store.list_sessions(limit=3)
+    assert [s.id for s in first] == ids[::-1][:3]
+    second = store.list_sessions(limit=3, before_id=first[-1].id)
+    assert [s.id for s in second] == ids[::-1][3:6]
+    t0 = store.list_sessions(limit=10, terminal_id="t0", before_id=ids[4])
+    assert [s.id for s in t0] == [ids[2], ids[0]]

@@ -152,9 +152,10 @@ class AdminAPI:
         return self.views.users()
 
     def get_sessions(self, call: Call) -> list[dict[str, Any]]:
-        fields.only_keys(call.query, {"limit", "terminal"}, "query parameter")
+        fields.only_keys(call.query, {"limit", "terminal", "before"}, "query parameter")
         limit = fields.limit(call.query, 50)
         terminal = call.query.get("terminal") or None
+        before = fields.whole(call.query, "before", 0, 1, 2**62) if "before" in call.query else None
         return [
             {
                 "id": s.id,
@@ -164,7 +165,7 @@ class AdminAPI:
                 "started": s.started,
                 "ended": s.ended,
             }
-            for s in self.store.list_sessions(limit=limit, terminal_id=terminal)
+            for s in self.store.list_sessions(limit=limit, terminal_id=terminal, before_id=before)
         ]
 
     def get_audit(self, call: Call) -> list[dict[str, Any]]:

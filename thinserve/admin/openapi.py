@@ -57,7 +57,11 @@ BODIES: dict[str, tuple[dict[str, dict[str, Any]], tuple[str, ...]]] = {
 }
 LIMIT = {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}
 QUERIES: dict[str, list[dict[str, Any]]] = {
-    "get_sessions": [LIMIT, {"name": "terminal", "in": "query", "schema": STRING}],
+    "get_sessions": [
+        LIMIT,
+        {"name": "terminal", "in": "query", "schema": STRING},
+        {"name": "before", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    ],
     "get_tokens": [{"name": "admin", "in": "query", "schema": STRING}],
     "get_audit": [
         LIMIT,

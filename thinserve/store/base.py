@@ -401,9 +401,10 @@ class Store(Protocol):
         ...
 
     def list_sessions(
-        self, limit: int = 100, terminal_id: str | None = None
+        self, limit: int = 100, terminal_id: str | None = None, before_id: int | None = None
     ) -> list[SessionRecord]:
-        """Newest first."""
+        """Newest first; with ``before_id``, only those with a smaller id (the
+        page before)."""
         ...
 
     # Audit log: append only.

@@ -484,13 +484,17 @@ class SqliteStore:
         return self._write("UPDATE sessions SET ended = ? WHERE ended IS NULL", (ended,)).rowcount
 
     def list_sessions(
-        self, limit: int = 100, terminal_id: str | None = None
+        self, limit: int = 100, terminal_id: str | None = None, before_id: int | None = None
     ) -> list[SessionRecord]:
-        where, params = "", []
+        conditions = ["id < ?"]
+        params: list[int | str] = [before_id if before_id is not None else 2**62]
         if terminal_id is not None:
-            where, params = "WHERE terminal_id = ?", [terminal_id]
+            conditions.append("terminal_id = ?")
+            params.append(terminal_id)
+        where = " AND ".join(conditions)
         rows = self._all(
-            f"SELECT {_SESSION} FROM sessions {where} ORDER BY id DESC LIMIT ?", [*params, limit]
+            f"SELECT {_SESSION} FROM sessions WHERE {where} ORDER BY id DESC LIMIT ?",
+            [*params, limit],
         )
         return [SessionRecord(*r) for r in rows]
 

@@ -22,6 +22,7 @@ from thinserve.dashboard.thumbnails import (
     MAX_ENCODING,
     MAX_SIDE,
     MIN_INTERVAL,
+    RESYNC,
     TICK,
     WATCH_WINDOW,
     ThumbnailResource,
@@ -141,6 +142,11 @@ class Setup:
 
     def count_change(self) -> None:
         self.changes += 1
+
+    def hub_changed(self) -> None:
+        """What the hub does after a terminal's screen changed."""
+        for callback in list(self.hub.on_change):
+            callback()
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass, tick by tick."""
@@ -271,10 +277,12 @@ def test_a_terminal_picture_follows_what_the_terminal_shows(setup: Setup) -> Non
     assert_looks_like(decode(jpeg), scaled(pairing.framebuffer, (320, 240)))
 
     session.view = first
+    setup.hub_changed()
     setup.advance(MIN_INTERVAL)
     _, jpeg = setup.thumbs.image("terminal", "T1") or (0, b"")
     assert_looks_like(decode(jpeg), scaled(one, (320, 240)))
     session.view = second
+    setup.hub_changed()
     setup.advance(MIN_INTERVAL)
     version, jpeg = setup.thumbs.image("terminal", "T1") or (0, b"")
     assert_looks_like(decode(jpeg), scaled(two, (320, 240)))
@@ -286,9 +294,22 @@ def test_a_terminal_picture_follows_what_the_terminal_shows(setup: Setup) -> Non
     assert (setup.thumbs.image("terminal", "T1") or (0, b""))[0] == version
 
     del setup.hub.terminals["T1"]  # disconnected
+    setup.hub_changed()
     setup.advance(TICK)
     assert "terminal/T1" not in setup.thumbs.versions()
     assert picture not in second.listeners
+
+
+def test_a_screen_replaced_without_a_hub_change_is_followed_within_resync(setup: Setup) -> None:
+    one, two = blocks(640, 480, 1), blocks(640, 480, 2)
+    session = Session(mirror_showing("v1", one))
+    setup.hub.terminals["T1"] = Terminal(session)
+    setup.thumbs.start()
+    setup.thumbs.add_watcher()
+    session.view = mirror_showing("v2", two)  # a resize's scaled view: no hub change
+    setup.advance(RESYNC)
+    _, jpeg = setup.thumbs.image("terminal", "T1") or (0, b"")
+    assert_looks_like(decode(jpeg), scaled(two, (320, 240)))
 
 
 def test_stop_unsubscribes_everything(setup: Setup) -> None:
@@ -298,9 +319,11 @@ def test_stop_unsubscribes_everything(setup: Setup) -> None:
     setup.thumbs.start()
     setup.thumbs.add_watcher()
     assert mirror.listeners and view.listeners
+    assert setup.hub.on_change  # it follows the terminals' screens
     setup.thumbs.stop()
     assert mirror.listeners == [] and view.listeners == []
     assert setup.clock.getDelayedCalls() == []
+    assert setup.hub.on_change == []
 
 
 # -- the resource -------------------------------------------------------------------------

@@ -362,7 +362,8 @@ def encode_jpeg(frame: np.ndarray, max_side: int = MAX_SIDE, quality: int = QUAL
         image = image.reduce(factor)
     if image.size != size:
         image = image.resize(size, Image.Resampling.BOX)
-    return simplejpeg.encode_jpeg(np.asarray(image), quality=quality, colorspace="RGB")
+    pixels = np.asarray(image)
+    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420")
 
 
 # -- HTTP ---------------------------------------------------------------------------------

@@ -349,18 +349,18 @@ def thumbnail_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[i
 def encode_jpeg(frame: np.ndarray, max_side: int = MAX_SIDE, quality: int = QUALITY) -> bytes:
     """``frame`` (uint32 0x00RRGGBB) scaled down (area average), as a JPEG.
 
-    The whole-number part of the scale is Pillow's ``reduce`` (a box average
-    at about twice the speed of ``resize``), the rest ``resize``; simplejpeg
+    A whole-number scale is Pillow's ``reduce`` (a box average at about
+    twice the speed of ``resize``), any other ``resize``; simplejpeg
     (libjpeg-turbo) encodes.  Runs in a worker thread: it reads only its own
     copy of the picture."""
     height, width = frame.shape
     words = np.ascontiguousarray(frame, dtype="<u4")  # bytes B, G, R, 0
     image = Image.frombuffer("RGB", (width, height), words, "raw", "BGRX", 0, 1)
     size = thumbnail_size(width, height, max_side)
-    factor = min(width // size[0], height // size[1])
-    if factor > 1:
-        image = image.reduce(factor)
-    if image.size != size:
+    factor = width // size[0]
+    if factor > 1 and (width, height) == (size[0] * factor, size[1] * factor):
+        image = image.reduce(factor)  # the same box average as resize, about twice as fast
+    elif image.size != size:
         image = image.resize(size, Image.Resampling.BOX)
     pixels = np.asarray(image)
     return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420")

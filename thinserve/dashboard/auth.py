@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
 
-from ..admin.errors import ApiError, store_error
+from ..admin.errors import CSRF, ApiError, store_error
 from ..admin.principal import Principal
 from ..secrets import SecretHasher
 from ..store.base import Admin, Store, StoreError
@@ -172,7 +172,7 @@ def check_csrf(request: server.Request, session: Session) -> None:
             "this change lacks the session's CSRF token",
             "send the csrf value of the login answer (or of GET /api/v1/session) "
             "in the X-CSRF-Token header",
-            code="csrf",
+            code=CSRF,
         )
 
 

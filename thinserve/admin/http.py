@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
@@ -84,8 +85,7 @@ class AdminResource(resource.Resource):
         try:
             result = self._call(request)
         except Exception as exc:
-            error = _answer_for(exc, request)
-            return _json(request, error.status, error.payload)
+            return error_reply(request, _answer_for(exc, request))
         if request.method != b"GET":  # a change: live pages look again
             if isinstance(result, defer.Deferred):
                 result.addBoth(self._changed)
@@ -93,7 +93,7 @@ class AdminResource(resource.Resource):
                 self._changed(None)
         if isinstance(result, defer.Deferred):
             return _later(request, result)
-        return _json(request, 200, result)
+        return json_reply(request, 200, result)
 
     def _changed(self, result: Any) -> Any:
         self.api.hub.changed()
@@ -203,11 +203,21 @@ def _body(request: server.Request) -> dict[str, Any]:
     return body
 
 
-def _json(request: Reply, status: int, payload: Any) -> bytes:
+def json_reply(request: Reply, status: int, payload: Any) -> bytes:
+    """Set ``status`` and the JSON headers on ``request``; the body for ``payload``."""
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_TYPE + b"; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+
+
+def error_reply(request: Reply, error: ApiError) -> bytes:
+    """``error`` as the API's JSON answer; one that says how long to wait
+    (``retry_after``) also says so in whole seconds as Retry-After."""
+    retry = error.payload.get("retry_after")
+    if retry is not None:
+        request.setHeader(b"Retry-After", str(max(1, math.ceil(float(retry)))).encode())
+    return json_reply(request, error.status, error.payload)
 
 
 def _answer_for(exc: Exception, request: server.Request) -> ApiError:
@@ -235,7 +245,7 @@ def _later(request: server.Request, result: defer.Deferred[Any]) -> int:
         if gone:
             return
         if not isinstance(answer, bytes):
-            request.write(_json(request, 200, answer))
+            request.write(json_reply(request, 200, answer))
             request.finish()
             return
         request.setHeader(b"Content-Type", b"image/png")
@@ -247,7 +257,7 @@ def _later(request: server.Request, result: defer.Deferred[Any]) -> int:
         exc = failure.value
         error = _answer_for(exc if isinstance(exc, Exception) else Exception(exc), request)
         if not gone:
-            request.write(_json(request, error.status, error.payload))
+            request.write(error_reply(request, error))
             request.finish()
 
     result.addCallbacks(send, fail)

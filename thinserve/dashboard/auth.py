@@ -33,6 +33,7 @@ from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
 
 from ..admin.errors import CSRF, ApiError, store_error
+from ..admin.http import error_reply, json_reply
 from ..admin.principal import Principal
 from ..secrets import SecretHasher
 from ..store.base import Admin, Store, StoreError
@@ -52,19 +53,6 @@ MAX_NAME = 128
 UNSAFE = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
 JSON_TYPE = b"application/json"
 LOGIN_HINT = "log in at the dashboard (POST /api/v1/login), or send Authorization: Bearer TOKEN"
-_CODES = {
-    400: "bad_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "too_large",
-    415: "unsupported_media_type",
-    423: "locked",
-    429: "rate_limited",
-    500: "internal",
-}
 
 
 @dataclass
@@ -218,12 +206,12 @@ class LoginResource(resource.Resource):
             if what == b"login":
                 return self._login(request, secure)
             if what == b"logout":
-                return answer(request, 200, self._logout(request, secure))
-            return answer(request, 200, self._session(request, secure))
+                return json_reply(request, 200, self._logout(request, secure))
+            return json_reply(request, 200, self._session(request, secure))
         except ApiError as exc:
-            return error_answer(request, exc)
+            return error_reply(request, exc)
         except StoreError as exc:
-            return error_answer(request, store_error(exc))
+            return error_reply(request, store_error(exc))
 
     def _login(self, request: server.Request, secure: bool) -> int:
         body = json_body(request)
@@ -249,7 +237,7 @@ class LoginResource(resource.Resource):
                 b"Set-Cookie", (cookie + ("; Secure" if secure else "")).encode()
             )
             reply = {"name": admin.name, "role": admin.role, "csrf": session.csrf}
-            _send(request, gone, answer(request, 200, reply))
+            _send(request, gone, json_reply(request, 200, reply))
 
         def refused(failure: Failure) -> None:
             exc = failure.value
@@ -258,7 +246,7 @@ class LoginResource(resource.Resource):
             if not isinstance(exc, ApiError):
                 log.error("dashboard login failed: %s", failure.getTraceback())
                 exc = ApiError(500, "the login could not be checked", "see thinserve's log")
-            _send(request, gone, error_answer(request, exc))
+            _send(request, gone, error_reply(request, exc))
 
         checked.addCallbacks(logged_in, refused)
         return NOT_DONE_YET
@@ -309,23 +297,6 @@ def json_body(request: server.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", "send a JSON object")
     return body
-
-
-def answer(request: server.Request, status: int, payload: Any) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_TYPE + b"; charset=utf-8")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
-
-
-def error_answer(request: server.Request, exc: ApiError) -> bytes:
-    """The error body every API error has: code, message (and error), hint."""
-    payload = dict(exc.payload)
-    payload.setdefault("code", _CODES.get(exc.status, "internal"))
-    payload.setdefault("message", payload.get("error", ""))
-    if "retry_after" in payload:
-        request.setHeader(b"Retry-After", str(payload["retry_after"]).encode())
-    return answer(request, exc.status, payload)
 
 
 def _send(request: server.Request, gone: list[bool], data: bytes) -> None:

@@ -38,8 +38,9 @@ from twisted.web import resource, server
 from zope.interface import implementer
 
 from ..admin.errors import ApiError
+from ..admin.http import error_reply
 from ..clock import Clock, Timer
-from .thumbnails import Thumbnails, answer_error
+from .thumbnails import Thumbnails
 
 if TYPE_CHECKING:
     from ..hub import Hub
@@ -100,7 +101,7 @@ class EventsResource(resource.Resource):
     # -- HTTP -----------------------------------------------------------------------------
     def render_GET(self, request: server.Request) -> bytes | int:
         if len(self.clients) >= self.max_clients:
-            return answer_error(request, _too_many(self.max_clients))
+            return error_reply(request, _too_many(self.max_clients))
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")  # nginx: pass each event on at once

@@ -32,7 +32,7 @@ from twisted.web.pages import notFound
 
 from ..admin.errors import ApiError
 from ..admin.handlers import AdminAPI, Route
-from ..admin.http import AdminResource, BoundedBody, _json
+from ..admin.http import AdminResource, BoundedBody, error_reply
 from ..admin.openapi import openapi_document
 from ..admin.principal import Principal
 from ..web.channel import BoundedSite
@@ -71,7 +71,7 @@ class DashboardParts:
     login: Resource
     events: Resource
     thumbnails: Resource
-    viewer_socket: Any  # built with ``reject`` and ``authenticate`` from here
+    viewer_socket: Resource
     metrics: Resource
     client_dir: Path = DASHBOARD_DIR
     web: WebOptions = field(default_factory=WebOptions)
@@ -79,14 +79,6 @@ class DashboardParts:
 
 def is_secure(request: server.Request) -> bool:
     return interfaces.ISSLTransport.providedBy(request.channel.transport)
-
-
-def reject(request: server.Request, error: ApiError) -> bytes:
-    """``error`` as the API's JSON answer (429s also say Retry-After)."""
-    retry = error.payload.get("retry_after")
-    if error.status == 429 and retry is not None:
-        request.setHeader(b"Retry-After", str(max(1, int(float(retry) + 0.999))).encode())
-    return _json(request, error.status, error.payload)
 
 
 class Guarded(resource.Resource):
@@ -106,7 +98,7 @@ class Guarded(resource.Resource):
             if not principal.may(self.needs):
                 raise ApiError(403, f"{principal.actor} may not see this", f"it needs {self.needs}")
         except ApiError as exc:
-            return reject(request, exc)
+            return error_reply(request, exc)
         result: bytes | int = self.inner.render(request)
         return result
 

@@ -24,7 +24,6 @@ thumbnail resource uses it as its ETag.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from ..admin.errors import ApiError, not_found
+from ..admin.http import error_reply
 from ..clock import Clock
 from ..relay.source import Copy, Source
 
@@ -392,18 +392,18 @@ class ThumbnailResource(resource.Resource):
         try:
             kind, name = _target(request.postpath or [])
         except ApiError as error:
-            return answer_error(request, error)
+            return error_reply(request, error)
         thumbnails = self.thumbnails
         if not thumbnails.known(kind, name):
             hint = f"see GET /api/v1/{kind}s for the names; a terminal must be connected"
-            return answer_error(request, not_found(kind, name, thumbnails.names(kind), hint))
+            return error_reply(request, not_found(kind, name, thumbnails.names(kind), hint))
         found = thumbnails.image(kind, name)
         if found is not None:
             return _send(request, found)
         try:
             waiting = thumbnails.fetch(kind, name)
         except TooManyWaiting as exc:
-            return answer_error(request, _not_ready(str(exc)))
+            return error_reply(request, _not_ready(str(exc)))
         waiting.addTimeout(FETCH_TIMEOUT, cast(IReactorTime, thumbnails.clock))
         _answer_later(request, waiting, kind, name)
         return server.NOT_DONE_YET
@@ -453,14 +453,14 @@ def _answer_later(
         if gone[0]:
             return
         if found is None:
-            request.write(answer_error(request, not_found(kind, name, [], "it went away")))
+            request.write(error_reply(request, not_found(kind, name, [], "it went away")))
         else:
             request.write(_send(request, found))
         request.finish()
 
     def failed(failure: Failure) -> None:
         if not gone[0]:
-            request.write(answer_error(request, _not_ready(failure.getErrorMessage())))
+            request.write(error_reply(request, _not_ready(failure.getErrorMessage())))
             request.finish()
 
     waiting.addCallbacks(answer, failed)
@@ -474,14 +474,3 @@ def _not_ready(why: str) -> ApiError:
         code="rate_limited",
         retry_after=RETRY_AFTER,
     )
-
-
-def answer_error(request: server.Request, error: ApiError) -> bytes:
-    """Set ``error``'s status and headers on ``request``; its JSON body."""
-    request.setResponseCode(error.status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    retry = error.payload.get("retry_after")
-    if retry is not None:
-        request.setHeader(b"Retry-After", str(retry).encode())
-    return json.dumps(error.payload).encode() + b"\n"

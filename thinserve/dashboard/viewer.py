@@ -27,6 +27,7 @@ from protocols.rfb.constants import SecurityType
 from ..admin.errors import ApiError
 from ..admin.fields import only_keys, text
 from ..admin.handlers import Call, Route
+from ..admin.http import error_reply
 from ..admin.principal import ADMIN_ROLE, HELPDESK, Principal
 from ..hub import Hub
 from ..rfbserver import RFBServerFactory, ServerOptions
@@ -132,21 +133,18 @@ class ViewerSocket(resource.Resource):
 
     isLeaf = True
 
-    def __init__(
-        self, hub: Hub, tickets: Tickets, authenticate: Authenticate, reject: Callable[..., bytes]
-    ) -> None:
+    def __init__(self, hub: Hub, tickets: Tickets, authenticate: Authenticate) -> None:
         super().__init__()  # Twisted leaves it unannotated
         self.hub = hub
         self.tickets = tickets
         self.authenticate = authenticate
-        self.reject = reject  # writes an ApiError as JSON
 
     def render(self, request: server.Request) -> bytes | int:
         try:
             principal = self.authenticate(request)
             ticket = self._ticket(request, principal)
         except ApiError as exc:
-            return self.reject(request, exc)
+            return error_reply(request, exc)
         factory = RFBServerFactory(
             ServerOptions(methods=(SecurityType.NONE,)),
             lambda: self.hub.viewer_session(

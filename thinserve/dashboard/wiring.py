@@ -25,7 +25,7 @@ from ..verifier import Verifier
 from .accounts import Accounts
 from .auth import Authenticator, LoginResource
 from .events import EventsResource
-from .site import DashboardParts, DashboardSite, dashboard_site, is_secure, reject
+from .site import DashboardParts, DashboardSite, dashboard_site, is_secure
 from .thumbnails import ThumbnailResource, Thumbnails
 from .viewer import VIEWER_ROUTES, Tickets, ViewersAPI, ViewerSocket
 
@@ -81,10 +81,7 @@ class Dashboard(service.Service):
         hub = self.api.hub
         auth = self.auth
         socket = ViewerSocket(
-            hub,
-            self.admin.tickets,
-            lambda request: auth.principal(request, is_secure(request)),
-            reject,
+            hub, self.admin.tickets, lambda request: auth.principal(request, is_secure(request))
         )
         parts = DashboardParts(
             api=self.api,

@@ -114,7 +114,7 @@ class AdminResource(resource.Resource):
         if target is None:
             raise ApiError(404, "this endpoint is not served here", "use the dashboard's listener")
         query = _query(request)
-        body = _body(request) if method in ("POST", "PUT", "PATCH") else {}
+        body = json_body(request) if method in ("POST", "PUT", "PATCH") else {}
         call = Call(principal.actor, params, query, body, principal)
         return getattr(target, route.handler)(call)
 
@@ -187,15 +187,27 @@ def _query(request: server.Request) -> dict[str, str]:
     return query
 
 
-def _body(request: server.Request) -> dict[str, Any]:
-    content: object = request.content  # AdminSite.getContentFile made it
-    if not isinstance(content, BoundedBody) or content.too_large:
-        raise ApiError(413, f"the request body is over {MAX_BODY} bytes", "send less")
+def json_body(request: server.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    """The request's body: a JSON object of at most ``limit`` bytes (413, 415
+    or 400 otherwise).  The sites keep bodies in a BoundedBody, which stops
+    storing past MAX_BODY; any other file is read up to the limit."""
     header = request.getHeader(b"content-type") or b""
     if header.split(b";")[0].strip().lower() != JSON_TYPE:
         raise ApiError(415, "send the body as application/json", "set Content-Type")
+    content = request.content
+    if isinstance(content, BoundedBody):
+        data = b"" if content.too_large else content.getvalue()
+        too_large = content.too_large or content.size > limit
+    else:
+        data = b""
+        if content is not None:
+            content.seek(0)
+            data = content.read(limit + 1)
+        too_large = len(data) > limit
+    if too_large:
+        raise ApiError(413, f"the request body is over {limit} bytes", "send less")
     try:
-        body = json.loads(content.getvalue())
+        body = json.loads(data)
     except (ValueError, RecursionError):
         raise ApiError(400, "the body is not valid JSON", BODY_HINT) from None
     if not isinstance(body, dict):

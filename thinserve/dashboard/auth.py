@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -33,7 +32,7 @@ from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
 
 from ..admin.errors import CSRF, ApiError, store_error
-from ..admin.http import error_reply, json_reply
+from ..admin.http import error_reply, json_body, json_reply
 from ..admin.principal import Principal
 from ..secrets import SecretHasher
 from ..store.base import Admin, Store, StoreError
@@ -51,7 +50,6 @@ MAX_BODY = 16 * 1024  # a login body is a name and a password
 MAX_AUTHORIZATION = 512
 MAX_NAME = 128
 UNSAFE = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
-JSON_TYPE = b"application/json"
 LOGIN_HINT = "log in at the dashboard (POST /api/v1/login), or send Authorization: Bearer TOKEN"
 
 
@@ -214,7 +212,7 @@ class LoginResource(resource.Resource):
             return error_reply(request, store_error(exc))
 
     def _login(self, request: server.Request, secure: bool) -> int:
-        body = json_body(request)
+        body = json_body(request, MAX_BODY)
         name, password = body.get("name"), body.get("password")
         if set(body) != {"name", "password"} or not isinstance(name, str):
             raise ApiError(400, 'send {"name": ..., "password": ...}', "", code="bad_request")
@@ -276,27 +274,6 @@ class LoginResource(resource.Resource):
             "csrf": csrf,
             "actor": principal.actor,
         }
-
-
-def json_body(request: server.Request) -> dict[str, Any]:
-    """The request's JSON object, at most MAX_BODY bytes."""
-    header = request.getHeader(b"content-type") or b""
-    if header.split(b";")[0].strip().lower() != JSON_TYPE:
-        raise ApiError(415, "send the body as application/json", "set Content-Type")
-    content = request.content
-    if content is None or getattr(content, "too_large", False):
-        raise ApiError(413, f"the request body is over {MAX_BODY} bytes", "send less")
-    content.seek(0)
-    data = content.read(MAX_BODY + 1)
-    if len(data) > MAX_BODY:
-        raise ApiError(413, f"the request body is over {MAX_BODY} bytes", "send less")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "the body is not valid JSON", "send a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object", "send a JSON object")
-    return body
 
 
 def _send(request: server.Request, gone: list[bool], data: bytes) -> None:

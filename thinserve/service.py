@@ -245,16 +245,18 @@ class ThinServe(InOrder):
         await self._run(dashboard)
         secured = [https_description(d, certificate) for d in configured]
         descriptions = [s or d for s, d in zip(secured, configured, strict=True)]
+        ports = Listeners(self.reactor, descriptions, site)
         try:
-            ports = await self._listen(descriptions, site)
+            await self._run(ports)
         except CannotListenError as exc:
             if configured != Config.dashboard_listen:
                 raise
-            for part in list(self)[-2:]:  # the dashboard and its Listeners, which failed
+            for part in (ports, dashboard):
                 part.stopService()
                 self.removeService(part)
             log.warning("dashboard off: %s (set dashboard_listen in [server])", exc)
             return
+        self.listeners.append(ports)
         for secure, port in zip(secured, ports.ports(), strict=True):
             scheme = "https" if secure else "http"
             log.info("admin dashboard at %s://%s/", scheme, _describe(port))

@@ -293,7 +293,10 @@ def start_key_logger(server: XvncServer, log: Path) -> None:
     """An xterm on the desktop, focused, writing every key it gets to ``log``."""
     command = f"stty raw -echo; exec cat > {log}"
     server.run(["xterm", "-geometry", "60x8+0+0", "-e", "sh", "-c", command])
-    server.call(["xdotool", "search", "--sync", "--class", "xterm", "windowfocus", "--sync"])
+    # --onlyvisible: a window that exists but is not mapped yet cannot take the focus
+    # (BadMatch), and on a busy machine search may find it in that moment.
+    search = ["xdotool", "search", "--sync", "--onlyvisible", "--class", "xterm"]
+    server.call([*search, "windowfocus", "--sync"])
 
 
 def keys(log: Path) -> str:

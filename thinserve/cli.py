@@ -277,13 +277,13 @@ class Lifecycle:
         self.notifier.stopping(f"could not start: {self.failure}" if self.failure else "stopping")
 
     def status(self) -> str:
-        """What systemctl status shows: where terminals and browsers connect."""
-        kinds = ("terminals on", "browsers on")
+        """What systemctl status shows: where terminals, browsers and the
+        dashboard connect."""
         parts = []
-        for kind, listeners in zip(kinds, self.server.listeners, strict=False):
+        for listeners in self.server.listeners:
             ports = [_address(port.getHost()) for port in listeners.ports()]
             if ports:
-                parts.append(f"{kind} {', '.join(ports)}")
+                parts.append(f"{listeners.kind} on {', '.join(ports)}")
         return "; ".join(parts) or "running"
 
     def reload(self) -> None:

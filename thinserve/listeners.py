@@ -51,8 +51,11 @@ class Listeners(InOrder):
     """One factory's listening ports: a StreamServerEndpointService per Twisted
     endpoint description.  Each fails to start at once if it cannot listen."""
 
-    def __init__(self, reactor: Any, descriptions: Sequence[str], factory: AnyFactory) -> None:
+    def __init__(
+        self, reactor: Any, descriptions: Sequence[str], factory: AnyFactory, kind: str = ""
+    ) -> None:
         super().__init__()
+        self.kind = kind  # who connects, for the logs and systemd's status: "terminals", ...
         self.kept: list[_KeepsPort] = []
         for description in descriptions:
             listener = strports.service(with_backlog(description), _factory(factory), reactor)

@@ -138,7 +138,7 @@ class ThinServe(InOrder):
             hub.new_session,
             Admission(config.max_connections, config.max_per_address),
         )
-        terminals = await self._listen(config.listen, rfb)
+        terminals = await self._listen(config.listen, rfb, "terminals")
         for port in terminals.ports():
             log.info("terminals connect to %s", _describe(port))
             self._warn_if_plain(port)
@@ -182,8 +182,10 @@ class ThinServe(InOrder):
         await settled(part.startService())
         return part
 
-    async def _listen(self, descriptions: Sequence[str], factory: AnyFactory) -> Listeners:
-        listeners = await self._run(Listeners(self.reactor, descriptions, factory))
+    async def _listen(
+        self, descriptions: Sequence[str], factory: AnyFactory, kind: str
+    ) -> Listeners:
+        listeners = await self._run(Listeners(self.reactor, descriptions, factory, kind))
         self.listeners.append(listeners)
         return listeners
 
@@ -223,7 +225,8 @@ class ThinServe(InOrder):
             return
         configured = self.config.web_listen
         secured = [https_description(d, certificate) for d in configured]
-        web = await self._listen([s or d for s, d in zip(secured, configured, strict=True)], site)
+        descriptions = [s or d for s, d in zip(secured, configured, strict=True)]
+        web = await self._listen(descriptions, site, "browsers")
         for secure, port in zip(secured, web.ports(), strict=True):
             scheme = "https" if secure else "http"
             log.info("browser terminal at %s://%s/", scheme, _describe(port))
@@ -245,7 +248,7 @@ class ThinServe(InOrder):
         await self._run(dashboard)
         secured = [https_description(d, certificate) for d in configured]
         descriptions = [s or d for s, d in zip(secured, configured, strict=True)]
-        ports = Listeners(self.reactor, descriptions, site)
+        ports = Listeners(self.reactor, descriptions, site, "the dashboard")
         try:
             await self._run(ports)
         except CannotListenError as exc:

@@ -9,8 +9,9 @@ flood``: a paired terminal before, during and after a flood of fake
 terminals from many addresses; ``python -m bench soak``: terminals
 connecting, typing and leaving for minutes, thinserve's memory and
 descriptors over time; ``python -m bench restart``: how long a restart keeps
-the default desktop from its terminals, taken over next to started afresh
-(none of the three is part of the default run).  Tables go to
+the default desktop from its terminals, taken over next to started afresh;
+``python -m bench dashboard``: what the admin dashboard's live wall costs
+thinserve with 50 desktops (none of these is part of the default run).  Tables go to
 stdout, progress to stderr; docs/performance.md explains every column.
 """
 
@@ -35,7 +36,7 @@ from .options import (
 )
 from .xvnc import INSTALL_HINT, xvnc_path, xvnc_version
 
-COMMANDS = ("all", "encodings", "relay", "tls", "flood", "soak", "restart")
+COMMANDS = ("all", "encodings", "relay", "tls", "flood", "soak", "restart", "dashboard")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(connection set-up, typing and full-frame times over X509None next to None). "
         "'flood' (a paired terminal before, during and after a flood of fake terminals), "
         "'soak' (terminals coming and going for minutes: memory, descriptors, latency), "
-        "'restart' (a desktop taken over by a restarted thinserve next to a fresh one).",
+        "'restart' (a desktop taken over by a restarted thinserve next to a fresh one), "
+        "'dashboard' (thinserve's CPU with the dashboard's live wall of 50 desktops).",
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="all")
     parser.add_argument("--quick", action="store_true", help="the short run (see docs)")
@@ -255,13 +257,32 @@ def restart(quick: bool) -> int:
     from . import restart as restart_suite
     from .report import load, machine_lines
 
+    machine = machine_lines(xvnc_version())  # the load before the run
     started = time.monotonic()
     try:
         results = restart_suite.run(3 if quick else 7, _to_stderr)
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(restart_suite.render(results, machine_lines(xvnc_version()))))
+    print("\n".join(restart_suite.render(results, machine)))
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
+    return 0
+
+
+def dashboard(quick: bool) -> int:
+    """The dashboard benchmark: plain processes and threads, no reactor of its own."""
+    from . import dashboard as dashboard_suite
+    from .report import load, machine_lines
+
+    options = dashboard_suite.DashboardOptions.of(quick)
+    machine = machine_lines(xvnc_version())  # the load before the run
+    started = time.monotonic()
+    try:
+        results = dashboard_suite.run(options, _to_stderr)
+    except (RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(dashboard_suite.render(options, results, machine)))
     print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end {load()})")
     return 0
 
@@ -270,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "restart":
         return restart(args.quick) if xvnc_path() else _no_xvnc()
+    if args.command == "dashboard":
+        return dashboard(args.quick) if xvnc_path() else _no_xvnc()
     if args.command == "all" and args.no_xvnc:
         args.command = "encodings"  # the relay suite needs Xvnc
     needs_xvnc = args.command in ("relay", "tls", "flood", "soak") or not args.no_xvnc

@@ -151,12 +151,18 @@ def thinserve(
     return ServerProcess(args, port)
 
 
-def config_toml(port: int, desktops: list[tuple[str, int]], server: tuple[str, ...] = ()) -> str:
+def config_toml(
+    port: int,
+    desktops: list[tuple[str, int]],
+    server: tuple[str, ...] = (),
+    database: str | None = ":memory:",
+) -> str:
+    """``database`` None: thinserve's own, in its state directory."""
     names = ", ".join(f'"{name}"' for name, _ in desktops)
     lines = [
         "[server]",
         f'listen = ["tcp:port={port}:interface=127.0.0.1"]',
-        'database = ":memory:"',
+        *([f'database = "{database}"'] if database else []),
         *server,
         "",
         "[discovery]",

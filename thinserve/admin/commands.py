@@ -520,21 +520,8 @@ def delete_user(client: AdminClient, args: argparse.Namespace) -> None:
 
 def read_secret(args: argparse.Namespace) -> str:
     """The new user's PIN or password: from stdin's first line, or asked twice."""
-    if args.secret_stdin:
-        line = sys.stdin.readline(MAX_SECRET_LINE)
-        secret = line.rstrip("\r\n")
-        if not secret:
-            raise AdminError("no PIN or password on standard input", "pipe one line, e.g. printf")
-        return secret
-    if not sys.stdin.isatty():
-        args.parser.error(
-            "standard input is not a terminal: use --secret-stdin and pipe the secret"
-        )
-    first = getpass.getpass(f"PIN or password for {clean(args.name)}: ")
-    second = getpass.getpass("The same again: ")
-    if first != second:
-        raise AdminError("the two entries differ; nothing was changed", "run the command again")
-    return first
+    prompt = f"PIN or password for {clean(args.name)}: "
+    return _typed_twice(args, args.secret_stdin, "secret", "PIN or password", prompt)
 
 
 def user_passwd(client: AdminClient, args: argparse.Namespace) -> None:
@@ -643,16 +630,25 @@ def remove_token(client: AdminClient, args: argparse.Namespace) -> None:
 
 def read_password(args: argparse.Namespace) -> str:
     """An admin's new password: from stdin's first line, or asked twice."""
-    if args.password_stdin:
-        password = sys.stdin.readline(MAX_SECRET_LINE).rstrip("\r\n")
-        if not password:
-            raise AdminError("no password on standard input", "pipe one line, e.g. printf")
-        return password
+    prompt = f"Password for {clean(args.name)} (10 to 128 characters): "
+    return _typed_twice(args, args.password_stdin, "password", "password", prompt)
+
+
+def _typed_twice(
+    args: argparse.Namespace, from_stdin: bool, option: str, what: str, prompt: str
+) -> str:
+    """A secret from stdin's first line (with --OPTION-stdin), or typed twice at
+    the terminal; ``what`` names it in the messages."""
+    if from_stdin:
+        secret = sys.stdin.readline(MAX_SECRET_LINE).rstrip("\r\n")
+        if not secret:
+            raise AdminError(f"no {what} on standard input", "pipe one line, e.g. printf")
+        return secret
     if not sys.stdin.isatty():
         args.parser.error(
-            "standard input is not a terminal: use --password-stdin and pipe the password"
+            f"standard input is not a terminal: use --{option}-stdin and pipe the {option}"
         )
-    first = getpass.getpass(f"Password for {clean(args.name)} (10 to 128 characters): ")
+    first = getpass.getpass(prompt)
     second = getpass.getpass("The same again: ")
     if first != second:
         raise AdminError("the two entries differ; nothing was changed", "run the command again")

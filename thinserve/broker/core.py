@@ -775,10 +775,7 @@ class Broker:
         _check_text(actor, "actor")
         with self.store.atomic():
             self._user(name)
-            terminal = self._terminal_of(name)
-            if terminal is not None:
-                del self._logins[terminal]
-                self._audit(actor, "logout", terminal, f"user {name} deleted")
+            self._log_out(name, actor, f"user {name} deleted")
             self.store.delete_user(name)
             self._audit(actor, "user-delete", name)
         return self._settle()
@@ -790,12 +787,19 @@ class Broker:
             self._user(name)
             self.store.set_user_disabled(name, disabled)
             self._audit(actor, "user-disable" if disabled else "user-enable", name)
-            terminal = self._terminal_of(name)
-            if disabled and terminal is not None:
-                del self._logins[terminal]
-                self._conns[terminal].notice = "This account has been disabled."
-                self._audit(actor, "logout", terminal, f"user {name} disabled")
+            if disabled:
+                terminal = self._log_out(name, actor, f"user {name} disabled")
+                if terminal is not None:
+                    self._conns[terminal].notice = "This account has been disabled."
         return self._settle()
+
+    def _log_out(self, name: str, actor: str, why: str) -> str | None:
+        """End ``name``'s login, if any (audited); the terminal it was at."""
+        terminal = self._terminal_of(name)
+        if terminal is not None:
+            del self._logins[terminal]
+            self._audit(actor, "logout", terminal, why)
+        return terminal
 
     def _disabled(self, user: str) -> bool:
         record = self.store.get_user(user)
@@ -1367,10 +1371,7 @@ class Broker:
         self._audit(actor, action, subject, _printable(detail, 300))
 
     def _audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
-        self.store.append_audit(
-            self._clock(), _printable(actor, 160), action, _printable(subject, 160), detail
-        )
-        metrics.audited(action)
+        append_audit(self.store, self._clock(), actor, action, subject, detail)
 
     def _limiters(self) -> tuple[FailureLimiter, ...]:
         return (
@@ -1426,6 +1427,15 @@ def _check_user_name(name: str) -> None:
             "a user name is 1 to 64 letters, digits, '.', '_', '@' or '-', "
             "starting with a letter or digit"
         )
+
+
+def append_audit(
+    store: Store, now: float, actor: str, action: str, subject: str, detail: str = ""
+) -> None:
+    """One audit entry, its actor and subject made printable and bounded;
+    counted for the metrics.  The broker's, and the admin accounts' too."""
+    store.append_audit(now, _printable(actor, 160), action, _printable(subject, 160), detail)
+    metrics.audited(action)
 
 
 def _printable(text: str, limit: int) -> str:

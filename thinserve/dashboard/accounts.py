@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from .. import metrics
 from ..admin.errors import ApiError, not_found
 from ..admin.principal import ROLES, Principal
+from ..broker.core import append_audit
 from ..secrets import SecretHasher
 from ..store.base import Admin, ApiToken, ConflictError, Store
 from ..verifier import Verifier
@@ -348,10 +348,7 @@ class Accounts:
         return admin
 
     def audit(self, actor: str, action: str, subject: str, detail: str = "") -> None:
-        self.store.append_audit(
-            self.clock(), printable(actor, 160), action, printable(subject, 160), detail
-        )
-        metrics.audited(action)
+        append_audit(self.store, self.clock(), actor, action, subject, detail)
 
     def _revoke(self, name: str) -> None:
         for listener in list(self.on_revoke):
@@ -376,12 +373,6 @@ def check_password(password: str) -> None:
 def token_hash(token: str) -> str:
     """What the store keeps of a token: its SHA-256, in hex."""
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def printable(text: str, limit: int) -> str:
-    """``text`` safe for the audit log: no control characters, bounded."""
-    text = _CONTROL.sub("?", text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _exists(name: str) -> ApiError:

@@ -105,37 +105,31 @@ def test_update_stats_add_up_to_the_update_the_client_reads() -> None:
     assert all(seconds > 0 for seconds in stats.seconds.values())
 
 
+def _update_readings() -> dict[str, float]:
+    """The series one update moves, as Prometheus would scrape them."""
+    return {
+        "updates": value("thinserve_updates_sent_total"),
+        "zrle rects": value("thinserve_rectangles_sent_total", encoding="zrle"),
+        "zrle bytes": value("thinserve_sent_bytes_total", encoding="zrle"),
+        "copy rects": value("thinserve_rectangles_sent_total", encoding="copyrect"),
+        "copy bytes": value("thinserve_sent_bytes_total", encoding="copyrect"),
+        "zrle count": value("thinserve_encode_seconds_count", encoding="zrle"),
+        "zrle sum": value("thinserve_encode_seconds_sum", encoding="zrle"),
+        "zrle 2.5ms": value("thinserve_encode_seconds_bucket", encoding="zrle", le="0.0025"),
+        "zrle 1ms": value("thinserve_encode_seconds_bucket", encoding="zrle", le="0.001"),
+        "raw count": value("thinserve_encode_seconds_count", encoding="raw"),
+    }
+
+
 def test_update_sent_counts_each_kind_once_per_update() -> None:
     stats = UpdateStats()
     stats.add("copyrect", 16)
     stats.add_encoded("zrle", 1000, 0.002)
     stats.add_encoded("zrle", 500, 0.001)
     stats.add_encoded("raw", 76, 0.00002)
-    before = {
-        "updates": value("thinserve_updates_sent_total"),
-        "zrle rects": value("thinserve_rectangles_sent_total", encoding="zrle"),
-        "zrle bytes": value("thinserve_sent_bytes_total", encoding="zrle"),
-        "copy rects": value("thinserve_rectangles_sent_total", encoding="copyrect"),
-        "copy bytes": value("thinserve_sent_bytes_total", encoding="copyrect"),
-        "zrle count": value("thinserve_encode_seconds_count", encoding="zrle"),
-        "zrle sum": value("thinserve_encode_seconds_sum", encoding="zrle"),
-        "zrle 2.5ms": value("thinserve_encode_seconds_bucket", encoding="zrle", le="0.0025"),
-        "zrle 1ms": value("thinserve_encode_seconds_bucket", encoding="zrle", le="0.001"),
-        "raw count": value("thinserve_encode_seconds_count", encoding="raw"),
-    }
+    before = _update_readings()
     metrics.update_sent(stats)
-    after = {
-        "updates": value("thinserve_updates_sent_total"),
-        "zrle rects": value("thinserve_rectangles_sent_total", encoding="zrle"),
-        "zrle bytes": value("thinserve_sent_bytes_total", encoding="zrle"),
-        "copy rects": value("thinserve_rectangles_sent_total", encoding="copyrect"),
-        "copy bytes": value("thinserve_sent_bytes_total", encoding="copyrect"),
-        "zrle count": value("thinserve_encode_seconds_count", encoding="zrle"),
-        "zrle sum": value("thinserve_encode_seconds_sum", encoding="zrle"),
-        "zrle 2.5ms": value("thinserve_encode_seconds_bucket", encoding="zrle", le="0.0025"),
-        "zrle 1ms": value("thinserve_encode_seconds_bucket", encoding="zrle", le="0.001"),
-        "raw count": value("thinserve_encode_seconds_count", encoding="raw"),
-    }
+    after = _update_readings()
     moved = {key: round(after[key] - before[key], 9) for key in before}
     assert moved == {
         "updates": 1,

@@ -206,26 +206,12 @@ def _special_paths() -> dict[str, Any]:
                 "responses": {"200": {"description": "text/event-stream"}},
             }
         },
-        "/thumbnails/desktops/{desktop}.jpg": {
-            "get": {
-                "operationId": "desktop_thumbnail",
-                "parameters": [
-                    {"name": "desktop", "in": "path", "required": True, "schema": STRING}
-                ],
-                "summary": "A desktop's thumbnail (JPEG; ETag is its version)",
-                "responses": {"200": {"description": "image/jpeg"}, "304": {"description": "same"}},
-            }
-        },
-        "/thumbnails/terminals/{terminal}.jpg": {
-            "get": {
-                "operationId": "terminal_thumbnail",
-                "parameters": [
-                    {"name": "terminal", "in": "path", "required": True, "schema": STRING}
-                ],
-                "summary": "What a terminal shows, as a thumbnail",
-                "responses": {"200": {"description": "image/jpeg"}, "304": {"description": "same"}},
-            }
-        },
+        "/thumbnails/desktops/{desktop}.jpg": _thumbnail(
+            "desktop", "A desktop's thumbnail (JPEG; ETag is its version)"
+        ),
+        "/thumbnails/terminals/{terminal}.jpg": _thumbnail(
+            "terminal", "What a terminal shows, as a thumbnail"
+        ),
         "/viewers/rfb": {
             "get": {
                 "operationId": "viewer_socket",
@@ -233,4 +219,16 @@ def _special_paths() -> dict[str, Any]:
                 "responses": {"101": {"description": "switching to WebSocket"}},
             }
         },
+    }
+
+
+def _thumbnail(kind: str, summary: str) -> dict[str, Any]:
+    """The GET of a thumbnail of ``kind`` ("desktop" or "terminal"), named in its path."""
+    return {
+        "get": {
+            "operationId": f"{kind}_thumbnail",
+            "parameters": [{"name": kind, "in": "path", "required": True, "schema": STRING}],
+            "summary": summary,
+            "responses": {"200": {"description": "image/jpeg"}, "304": {"description": "same"}},
+        }
     }

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -216,8 +217,9 @@ def json_body(request: server.Request, limit: int = MAX_BODY) -> dict[str, Any]:
 
 
 def json_reply(request: Reply, status: int, payload: Any) -> bytes:
-    """Set ``status`` and the JSON headers on ``request``; the body for ``payload``."""
-    request.setResponseCode(status)
+    """Set ``status`` and the JSON headers on ``request``; the body for ``payload``.
+    The reason phrase is the standard one (twisted.web knows none for 423 or 429)."""
+    request.setResponseCode(status, HTTPStatus(status).phrase.encode())
     request.setHeader(b"Content-Type", JSON_TYPE + b"; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")
     return json.dumps(payload, ensure_ascii=False).encode() + b"\n"

@@ -17,7 +17,7 @@ only learn *what* changed::
 from __future__ import annotations
 
 import struct
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +119,9 @@ class ClientConnection(Connection[ClientHandshake]):
         self.framebuffer = np.zeros((0, 0), dtype=np.uint32)
         # Inside a FramebufferUpdate: part of its rectangles are in the framebuffer.
         self.in_update = False
+        # Called as an update begins, before any of its rectangles is written:
+        # the owner may give ``framebuffer`` a fresh array to write to then.
+        self.on_update_start: Callable[[], None] | None = None
         self._copies: list[tuple[Rect, int, int]] = []  # CopyRects of the update being read
         self.name = ""
         self.codec: PixelCodec | None = None
@@ -216,6 +219,8 @@ class ClientConnection(Connection[ClientHandshake]):
         head = yield 3
         (count,) = struct.unpack_from(">H", head, 1)
         self.in_update = True
+        if self.on_update_start is not None:
+            self.on_update_start()
         changed: list[Rect] = []
         encodings: list[int] = []
         self._copies = []

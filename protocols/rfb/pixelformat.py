@@ -191,12 +191,19 @@ class PixelCodec:
 
     def pack_cpixels(self, pixels: np.ndarray) -> bytes:
         """ZRLE CPIXELs: the wire pixel with its unused byte dropped."""
-        wire = np.frombuffer(self.to_wire(pixels), dtype=np.uint8)
+        return self.pack_cpixel_words(self.to_words(pixels))
+
+    def pack_cpixel_words(self, words: np.ndarray) -> bytes:
+        """ZRLE CPIXELs of wire pixel values (as :meth:`to_words` gives them)."""
+        wire = np.asarray(words).astype(self.pf.wire_dtype, copy=False).reshape(-1)
         skip = self._cpixel_skip_byte
         if skip is None:
             return wire.tobytes()
-        keep = [i for i in range(4) if i != skip]
-        return wire.reshape(-1, 4)[:, keep].tobytes()
+        # The three bytes kept are adjacent: copying them as one 3-byte item
+        # per pixel is several times faster than picking bytes.
+        offset = 1 if skip == 0 else 0
+        kept = np.dtype({"names": ["c"], "formats": ["V3"], "offsets": [offset], "itemsize": 4})
+        return wire.view(kept)["c"].tobytes()
 
     def unpack_cpixels(self, data: bytes | memoryview, count: int) -> np.ndarray:
         skip = self._cpixel_skip_byte

@@ -32,9 +32,13 @@ from .errors import ProtocolError
 from .handshake import HandshakeEvent, ServerHandshake
 from .limits import DEFAULT_LIMITS, Limits
 from .pixelformat import DEFAULT_COLOUR_MAP, NATIVE, PixelCodec, PixelFormat
+from .sharing import Job, SharedWork
 from .updates import ClientSettings, Part, RectEncoder
 from .updatestats import RECT_HEADER, UpdateStats, rect_kind
 
+# Rectangles at least this big are prepared in worker threads when a pool is
+# given (smaller ones cost less than the trip to a worker and back).
+POOL_MIN_PIXELS = 16 * 1024
 FENCE_FLAGS_SUPPORTED = FenceFlag.BLOCK_BEFORE | FenceFlag.BLOCK_AFTER | FenceFlag.SYNC_NEXT
 
 
@@ -234,6 +238,9 @@ class ServerConnection(Connection[ServerHandshake]):
         fb: np.ndarray,
         regions: Sequence[Rect],
         copies: Sequence[tuple[Rect, int, int]] = (),
+        *,
+        work: SharedWork | None = None,
+        pool: Callable[[Job], None] | None = None,
     ) -> UpdateStream:
         """Start a FramebufferUpdate: queued pseudo-rects, copies, then regions.
 
@@ -242,7 +249,8 @@ class ServerConnection(Connection[ServerHandshake]):
         rectangles and CopyRects are queued at once; the regions' pixels are
         encoded as the returned stream is sent, so the first rectangles can
         be on their way while later ones are encoded.  Until the stream is
-        done, other messages wait behind it.
+        done, other messages wait behind it.  ``work`` and ``pool``: see
+        :class:`UpdateStream`.
         """
         if self._stream is not None:
             raise RuntimeError("the previous FramebufferUpdate is still being sent")
@@ -253,9 +261,9 @@ class ServerConnection(Connection[ServerHandshake]):
             if self.settings.supports(Encoding.COPYRECT):
                 ready.append(self.rect_encoder.encode_copy(dest, sx, sy))
             else:
-                parts += self.rect_encoder.plan(fb, dest)
+                parts += self.rect_encoder.plan(fb, dest, work)
         for region in regions:
-            parts += self.rect_encoder.plan(fb, region)
+            parts += self.rect_encoder.plan(fb, region, work)
         head = m.FramebufferUpdate(ready).pack_head(len(ready) + len(parts))
         self._out += head
         stats = UpdateStats()
@@ -270,6 +278,8 @@ class ServerConnection(Connection[ServerHandshake]):
             out=self._stream_out,
             on_done=self._stream_done,
             stats=stats,
+            work=work,
+            pool=pool,
         )
         if not parts:
             stream.send()  # nothing to encode: done at once
@@ -372,6 +382,14 @@ class UpdateStream:
     Each rectangle goes to ``out`` as it is encoded; ``on_done`` is called once,
     after the last, so that messages held back behind the update can follow.
     ``stats`` says what the update carried so far, per kind of rectangle.
+
+    Each rectangle's pixels-only work is a :class:`Job`, shared through
+    ``work`` with other connections encoding the same picture.  With
+    ``pool`` (only for a still picture: workers read it while the caller
+    goes on), large rectangles' jobs are handed to worker threads at once,
+    so the whole update is prepared on every core while its first
+    rectangles go out; the connection's own part (zlib) is done here, in
+    order.
     """
 
     def __init__(
@@ -385,34 +403,63 @@ class UpdateStream:
         out: Callable[[bytes], None],
         on_done: Callable[[], None],
         stats: UpdateStats | None = None,
+        work: SharedWork | None = None,
+        pool: Callable[[Job], None] | None = None,
     ) -> None:
         self._encoder = encoder
         self._fb = fb
-        self._parts = deque(parts)
         self._codec = codec
+        self._work = work
+        self._pool = pool
+        self._parts = deque((part, encoder.job(fb, part, codec, work)) for part in parts)
         self._out = out
         self._on_done = on_done
         self._finished = False
         self.bytes = head  # queued so far, the header included
         self.stats = stats if stats is not None else UpdateStats()
+        if pool is not None:
+            self._hand_out(pool)
+
+    def _hand_out(self, pool: Callable[[Job], None]) -> None:
+        """Queue the large rectangles' jobs, but the first: the caller is about
+        to do that one itself, so it leaves without a trip through a worker."""
+        for index, (part, job) in enumerate(self._parts):
+            if index and part.rect.area >= POOL_MIN_PIXELS and not job.queued and not job.done:
+                job.queued = True
+                pool(job)
 
     @property
     def done(self) -> bool:
         return not self._parts
 
+    @property
+    def waiting_for(self) -> Job | None:
+        """The job another thread runs now, which the next rectangle needs."""
+        if self._parts and self._parts[0][1].running_elsewhere:
+            return self._parts[0][1]
+        return None
+
     def send(self, pixels: int | None = None) -> bool:
         """Encode and queue rectangles: all, or about ``pixels`` pixels' worth.
 
-        At least one rectangle goes each call.  Returns whether more remain.
+        With a budget, it stops early at a rectangle that another thread is
+        still preparing (see ``waiting_for``) rather than wait for it.
+        Returns whether more remain.
         """
         budget = pixels
         clock = time.perf_counter
         while self._parts and (budget is None or budget > 0):
-            part = self._parts.popleft()
+            part, job = self._parts[0]
+            if budget is not None and job.running_elsewhere:
+                break
+            self._parts.popleft()
+            ran_here = not job.done and not job.running_elsewhere
             started = clock()
-            header, payload = self._encoder.encode_part(self._fb, part, self._codec)
-            took = clock() - started
-            self._out(header.pack() + payload)
+            prepared = job.result()
+            header, payload = self._encoder.finish(part, prepared, self._codec)
+            took = clock() - started + (0.0 if ran_here else job.seconds)
+            self._out(header.pack())
+            self._out(payload)
             size = RECT_HEADER + len(payload)
             self.bytes += size
             self.stats.add_encoded(rect_kind(header.encoding, payload), size, took)
@@ -424,8 +471,21 @@ class UpdateStream:
         return bool(self._parts)
 
     def blank(self) -> None:
-        """Send the rest black: what it showed is no longer the client's to see."""
+        """Send the rest black: what it showed is no longer the client's to see.
+
+        Work already prepared from the picture is dropped with it.
+        """
         self._fb = np.zeros_like(self._fb)
+        self._work = self._pool = None
+        self.renew()
+
+    def renew(self) -> None:
+        """Prepare the rest anew, with the encoders' settings as they are now
+        (a lower JPEG quality for a slow link takes effect mid-update)."""
+        encoder, fb, codec, work = self._encoder, self._fb, self._codec, self._work
+        self._parts = deque((part, encoder.job(fb, part, codec, work)) for part, _ in self._parts)
+        if self._pool is not None:
+            self._hand_out(self._pool)
 
 
 def pack_mask(mask: np.ndarray) -> bytes:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from typing import cast
 
 import numpy as np
 
@@ -19,11 +21,11 @@ from .encodings import (
     CopyRectEncoder,
     Encoder,
     Rect,
-    StatelessEncoder,
     make_encoder,
 )
 from .messages import RectHeader
 from .pixelformat import PixelCodec
+from .sharing import Job, SharedWork
 
 # Solid rectangles: cheapest form first (Tight fill, RRE with no subrects, ...).
 _SOLID_ORDER = (Encoding.TIGHT, Encoding.RRE, Encoding.HEXTILE, Encoding.ZRLE)
@@ -98,12 +100,20 @@ class RectEncoder:
         """Headers and payloads for one damaged rectangle of ``fb``."""
         return [self.encode_part(fb, part, codec) for part in self.plan(fb, rect)]
 
-    def plan(self, fb: np.ndarray, rect: Rect) -> list[Part]:
+    def plan(self, fb: np.ndarray, rect: Rect, work: SharedWork | None = None) -> list[Part]:
         """The pieces ``rect`` goes out as, each with its encoding, before encoding.
 
         Cheap (splitting and a solid check per piece), so the number of
-        rectangles of an update is known before any is encoded.
+        rectangles of an update is known before any is encoded.  With
+        ``work`` (the picture's), connections that accept the same
+        encodings share one plan.
         """
+        if work is None:
+            return self._plan(fb, rect)
+        key = ("plan", rect, self.settings.rect_encodings)
+        return cast(list[Part], work.plan(key, lambda: self._plan(fb, rect)))
+
+    def _plan(self, fb: np.ndarray, rect: Rect) -> list[Part]:
         parts = []
         for piece in self._split(rect, self.settings.preferred):
             encoding = self._choose(_view(fb, piece))
@@ -112,20 +122,30 @@ class RectEncoder:
             parts += [Part(sub, encoding) for sub in self._split(piece, encoding)]
         return parts
 
+    def job(self, fb: np.ndarray, part: Part, codec: PixelCodec, work: SharedWork | None) -> Job:
+        """The pixels-only half of encoding ``part`` (see ``Encoder.prepare``).
+
+        With ``work`` (the picture's), it is shared with every connection
+        whose encoder has the same settings and pixel format.
+        """
+        encoder = self.encoder(part.encoding)
+        run = partial(encoder.prepare, _view(fb, part.rect), codec)
+        if work is None:
+            return Job(run)
+        key = (part.rect, part.encoding, encoder.settings_key(), codec.pf)
+        return work.job(key, run, part.rect.area)
+
+    def finish(self, part: Part, prepared: object, codec: PixelCodec) -> tuple[RectHeader, bytes]:
+        """Header and payload of a prepared piece, through this connection's streams."""
+        encoding, payload = self.encoder(part.encoding).finish(prepared, codec)
+        rect = part.rect
+        return RectHeader(rect.x, rect.y, rect.w, rect.h, encoding), payload
+
     def encode_part(
         self, fb: np.ndarray, part: Part, codec: PixelCodec
     ) -> tuple[RectHeader, bytes]:
-        """Header and payload of one planned piece."""
-        rect, encoding = part.rect, part.encoding
-        pixels = _view(fb, rect)
-        encoder = self.encoder(encoding)
-        if isinstance(encoder, StatelessEncoder):
-            payload = encoder.encode_unless_raw(pixels, codec)
-            if payload is None or len(payload) > pixels.size * codec.bytes_per_pixel:
-                encoding, payload = Encoding.RAW, codec.to_wire(pixels)
-        else:
-            payload = encoder.encode(pixels, codec)
-        return RectHeader(rect.x, rect.y, rect.w, rect.h, encoding), payload
+        """Header and payload of one planned piece, all done here."""
+        return self.finish(part, self.job(fb, part, codec, None).result(), codec)
 
     def encode_copy(self, dest: Rect, src_x: int, src_y: int) -> tuple[RectHeader, bytes]:
         """Header and payload of a CopyRect: ``dest`` repeats the pixels at (src_x, src_y)."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import make_decoder, make_encoder, tight_gradient, tight_select
 from protocols.rfb.encodings.base import Rect, run_decoder
-from protocols.rfb.encodings.tight import TightDecoder, TightEncoder
+from protocols.rfb.encodings.tight import INDEPENDENT_BYTES, TightDecoder, TightEncoder
 from protocols.rfb.encodings.tight_gradient import gradient_filter, gradient_unfilter
 from protocols.rfb.encodings.tight_select import MAX_PALETTE, find_palette
 from protocols.rfb.encodings.tight_wire import pack_compact, read_compact
@@ -485,7 +485,7 @@ def test_sequence_through_one_pair(name: str, quality: int | None) -> None:
 def test_streams_keep_their_dictionary() -> None:
     codec = codec_of("native")
     encoder, decoder = TightEncoder(), TightDecoder()
-    px = noise(40, 200)
+    px = noise(40, 60)  # data under INDEPENDENT_BYTES: the connection's stream
     first = encoder.encode(px, codec)
     second = encoder.encode(px, codec)
     assert len(second) * 4 < len(first)  # back-references into the first rectangle
@@ -493,6 +493,25 @@ def test_streams_keep_their_dictionary() -> None:
     np.testing.assert_array_equal(decode(decoder, second, px.shape, codec), px)
     with pytest.raises(ProtocolError):
         decode(TightDecoder(), second, px.shape, codec)
+
+
+def test_large_rectangles_go_as_fresh_streams_that_every_connection_shares() -> None:
+    codec = codec_of("native")
+    small, large = noise(20, 30), noise(40, 200)
+    assert large.size * 3 >= INDEPENDENT_BYTES > small.size * 3
+    used, fresh = TightEncoder(), TightEncoder()
+    decoder = TightDecoder()
+    decode(decoder, used.encode(small, codec), small.shape, codec)  # a stream with history
+    payload = used.encode(large, codec)
+    assert payload == fresh.encode(large, codec)  # the same bytes, whatever came before
+    assert payload[0] & 0x0F == 1 << stream_of(payload)  # the peer resets the stream first
+    np.testing.assert_array_equal(decode(decoder, payload, large.shape, codec), large)
+    after = used.encode(small, codec)  # the stream's state is the fresh one's: reset again
+    assert after[0] & 0x0F == 1 << stream_of(after)
+    np.testing.assert_array_equal(decode(decoder, after, small.shape, codec), small)
+    again = used.encode(small, codec)
+    assert again[0] & 0x0F == 0
+    np.testing.assert_array_equal(decode(decoder, again, small.shape, codec), small)
 
 
 def test_compression_change_resets_streams() -> None:

@@ -18,9 +18,11 @@ from protocols.rfb.encodings import make_decoder, make_encoder
 from protocols.rfb.encodings.base import Rect, run_decoder
 from protocols.rfb.encodings.zlibenc import (
     READ_CHUNK,
+    WINDOW_BYTES,
     DeflateStream,
     ZlibDecoder,
     ZlibEncoder,
+    deflate_alone,
 )
 from protocols.rfb.encodings.zlibenc import frame as frame_payload
 from protocols.rfb.encodings.zrle import TRIAL_AREA, ZRLEDecoder, ZRLEEncoder, encode_tiles
@@ -214,6 +216,25 @@ def test_compression_level_changes_mid_stream(encoding: str) -> None:
     # Level 0 stores (at least the inflated size); level 9 compresses.
     inflated = len(codec.to_wire(pixels) if encoding == "zlib" else encode_tiles(pixels, codec))
     assert min(sizes[0]) >= inflated > max(sizes[9])
+
+
+def test_chunks_deflated_alone_continue_one_stream() -> None:
+    """Chunks deflated away from the stream go between its own chunks: one
+    inflater reads them all, a stream that starts with one gets the zlib
+    header, and what follows may refer back into the spliced data."""
+    rng = np.random.default_rng(13)
+    pieces = [rng.integers(0, 256, 40_000, dtype=np.uint8).tobytes() for _ in range(3)]
+    stream = DeflateStream()
+    chunks = [stream.splice(deflate_alone(pieces[0], 2), pieces[0])]
+    chunks.append(stream.compress(pieces[0][-20_000:]))
+    chunks.append(stream.compress(pieces[1], 1))
+    chunks.append(stream.splice(deflate_alone(pieces[2], 0), pieces[2][-WINDOW_BYTES:]))
+    chunks.append(stream.compress_smallest([[pieces[1][:1000], pieces[2][-1000:]]]))
+    inflater = zlib.decompressobj()
+    inflated = [inflater.decompress(chunk) for chunk in chunks]
+    assert inflated == [pieces[0], pieces[0][-20_000:], pieces[1], pieces[2], pieces[2][-1000:]]
+    assert len(chunks[1]) < 200  # the spliced data's end, repeated: a few references
+    assert len(chunks[3]) > len(pieces[2])  # level 0: stored
 
 
 def test_level_set_before_first_rectangle_applies() -> None:

@@ -16,12 +16,18 @@ Decoder generator protocol::
 
 Encoders and decoders are per connection: stateful ones (zlib streams) keep
 their state between rectangles, exactly as the peer's does.
+
+Encoding is split in two so that many connections watching the same pixels
+share the work: ``prepare`` does what depends only on the pixels, the pixel
+format and ``settings_key`` (content analysis, JPEG, tile data), is pure and
+may run in a worker thread; ``finish`` applies the connection's own stream
+state (zlib) on the reactor thread, in wire order.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Generator
+from collections.abc import Generator, Hashable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -51,6 +57,14 @@ class CopyFrom:
     src_y: int
 
 
+@dataclass(frozen=True)
+class Ready:
+    """A prepared rectangle that needs nothing more from the connection."""
+
+    encoding: int
+    payload: bytes
+
+
 DecodeResult = np.ndarray | CopyFrom
 DecodeGen = Generator[int, bytes, DecodeResult]
 
@@ -70,9 +84,29 @@ class Encoder(ABC):
     max_area: ClassVar[int] = 0
     band_pixels: ClassVar[int] = 0
 
-    @abstractmethod
     def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
         """Payload for one rectangle of ``pixels`` (shape (h, w))."""
+        return self.finish(self.prepare(pixels, codec), codec)[1]
+
+    @abstractmethod
+    def prepare(self, pixels: np.ndarray, codec: PixelCodec) -> object:
+        """What depends only on ``pixels``, the format and ``settings_key()``.
+
+        Pure and thread-safe: its result is shared between connections with
+        equal keys and formats, and may be computed in a worker thread.
+        """
+
+    def finish(self, prepared: object, codec: PixelCodec) -> tuple[int, bytes]:
+        """Per connection, in wire order: (encoding for the header, payload).
+
+        The default fits stateless encoders, whose ``prepare`` is final.
+        """
+        assert isinstance(prepared, Ready), "a stateful encoder must override finish"
+        return prepared.encoding, prepared.payload
+
+    def settings_key(self) -> Hashable:
+        """Besides the pixels and the pixel format, what decides ``prepare``."""
+        return ()
 
     def configure(self, quality: int | None, compression: int | None) -> None:
         """Apply the peer's JPEG quality and compression level (0..9 or None).
@@ -94,6 +128,13 @@ class StatelessEncoder(Encoder):
     @abstractmethod
     def encode_unless_raw(self, pixels: np.ndarray, codec: PixelCodec) -> bytes | None:
         """The payload, or None when it is provably longer than Raw."""
+
+    def prepare(self, pixels: np.ndarray, codec: PixelCodec) -> Ready:
+        """This encoding's payload, or Raw where Raw is smaller."""
+        payload = self.encode_unless_raw(pixels, codec)
+        if payload is None or len(payload) > pixels.size * codec.bytes_per_pixel:
+            return Ready(0, codec.to_wire(pixels))
+        return Ready(self.encoding, payload)
 
 
 class Decoder(ABC):

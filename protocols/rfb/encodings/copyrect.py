@@ -16,7 +16,7 @@ _SOURCE = struct.Struct(">HH")
 class CopyRectEncoder(Encoder):
     encoding = Encoding.COPYRECT
 
-    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+    def prepare(self, pixels: np.ndarray, codec: PixelCodec) -> object:
         raise TypeError("CopyRect carries no pixels; use encode_copy(src_x, src_y)")
 
     def encode_copy(self, src_x: int, src_y: int) -> bytes:

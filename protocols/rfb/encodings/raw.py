@@ -6,14 +6,14 @@ import numpy as np
 
 from ..constants import Encoding
 from ..pixelformat import PixelCodec
-from .base import DecodeGen, Decoder, Encoder, Rect, pixels_result, read_exact
+from .base import DecodeGen, Decoder, Encoder, Ready, Rect, pixels_result, read_exact
 
 
 class RawEncoder(Encoder):
     encoding = Encoding.RAW
 
-    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
-        return codec.to_wire(pixels)
+    def prepare(self, pixels: np.ndarray, codec: PixelCodec) -> Ready:
+        return Ready(self.encoding, codec.to_wire(pixels))
 
 
 class RawDecoder(Decoder):

@@ -16,7 +16,8 @@ Streams used here: 0 full colour, 1 mono palette, 2 indexed palette,
 from __future__ import annotations
 
 import sys
-from collections.abc import Generator
+from collections.abc import Generator, Hashable
+from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
@@ -25,7 +26,7 @@ from ..constants import Encoding
 from ..errors import ProtocolError, require
 from ..limits import DEFAULT_LIMITS, Limits
 from ..pixelformat import PixelCodec, rgb_to_words
-from .base import DecodeGen, Decoder, Encoder, Rect, pixels_result, read_exact
+from .base import DecodeGen, Decoder, Encoder, Ready, Rect, pixels_result, read_exact
 from .tight_gradient import (
     ChannelLayout,
     channels_to_pixels,
@@ -65,9 +66,16 @@ from .tight_wire import (
     InflateStreams,
     basic_control,
     deflate_bound,
+    independent_chunk,
     pack_compact,
     read_compact,
 )
+
+# Filtered data of at least this many bytes is compressed once on a fresh
+# zlib stream and shared (see ``independent_chunk``); less rides on the
+# connection's stream, whose history pays on small rectangles (a glyph
+# repeats one typed before).
+INDEPENDENT_BYTES = 8 * 1024
 
 
 def tpixels_from_words(words: np.ndarray, codec: PixelCodec) -> bytes:
@@ -89,76 +97,115 @@ class TightEncoder(Encoder):
     def configure(self, quality: int | None, compression: int | None) -> None:
         self._settings = TightSettings.of(quality, compression)
 
-    def encode(self, pixels: np.ndarray, codec: PixelCodec) -> bytes:
+    def settings_key(self) -> Hashable:
+        return self._settings
+
+    def prepare(self, pixels: np.ndarray, codec: PixelCodec) -> Ready | Basic:
+        """Fill or JPEG (final), or the filtered data for a zlib stream."""
         px = np.asarray(pixels, dtype=np.uint32)
         if px.ndim != 2 or px.shape[1] > self.max_width or px.size > self.max_area:
             raise ValueError(f"Tight rectangle of shape {px.shape} is too large or not 2-D")
         if px.size == 0:
-            return bytes([FILL << 4]) + tpixels_from_words(np.zeros(1, np.uint32), codec)
+            return _fill(np.zeros(1, np.uint32), codec)
         words = codec.to_words(px)
-        jpeg_ok = self._settings.jpeg_allowed(codec, px.size)
+        settings = self._settings
+        jpeg_ok = settings.jpeg_allowed(codec, px.size)
         gradient = gradient_allowed(codec)
         # The palette is capped only for rectangles that would otherwise go to
         # JPEG; screen content keeps its lossless palette.  The uncapped palette
         # is tried first: within the cap, judging the content changes nothing,
         # and beyond it the palette's runs measure the tones exactly.
-        palette = find_palette(words, self._settings.palette_limit(px.size, codec, False))
+        palette = find_palette(words, settings.palette_limit(px.size, codec, False))
         if palette is not None and palette.colours.size == 1:
-            return bytes([FILL << 4]) + tpixels_from_words(palette.colours, codec)
-        capped = self._settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
+            return _fill(palette.colours, codec)
+        capped = settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
         if palette is not None:
             if palette.colours.size <= capped or not (jpeg_ok and palette.many_tones()):
-                return self._palette(palette, codec)
-            return self._jpeg(px)
+                return _palette(palette, codec, settings)
+            return _jpeg(px, settings)
         tones = content_tones(px) if jpeg_ok or gradient else ContentTones(False, False)
-        jpeg = jpeg_ok and tones.many
-        return self._full_colour(px, words, codec, jpeg, gradient and tones.smooth)
+        if jpeg_ok and tones.many:
+            return _jpeg(px, settings)
+        return _full_colour(px, words, codec, settings, gradient and tones.smooth)
 
-    def _palette(self, palette: Palette, codec: PixelCodec) -> bytes:
-        colours = palette.colours
-        header = bytes([FILTER_PALETTE, colours.size - 1]) + tpixels_from_words(colours, codec)
-        if colours.size == 2:
-            data = np.packbits(palette.indices(), axis=1).tobytes()
-            return self._basic(STREAM_MONO, header, data, self._settings.palette_zlib)
-        data = palette.indices().tobytes()
-        return self._basic(STREAM_INDEXED, header, data, self._settings.palette_zlib)
+    def finish(self, prepared: object, codec: PixelCodec) -> tuple[int, bytes]:
+        """Final rectangles as they are; filtered data through this connection's streams."""
+        if isinstance(prepared, Ready):
+            return prepared.encoding, prepared.payload
+        assert isinstance(prepared, Basic)
+        return self.encoding, self._basic(prepared)
 
-    def _full_colour(
-        self, px: np.ndarray, words: np.ndarray, codec: PixelCodec, jpeg: bool, gradient: bool
-    ) -> bytes:
-        if jpeg:
-            return self._jpeg(px)
-        if gradient:
-            layout = ChannelLayout.of(codec)
-            residuals = gradient_filter(pixel_channels(px, codec, layout), layout.maxes)
-            data = channels_to_tpixels(residuals, codec, layout)
-            header = bytes([FILTER_GRADIENT])
-            return self._basic(STREAM_GRADIENT, header, data, self._settings.full_zlib)
-        if codec.tight_pixel_bytes == 3:
-            data = codec.pack_tpixels(px)
-        else:
-            data = tpixels_from_words(words, codec)
-        return self._basic(STREAM_FULL, b"", data, self._settings.full_zlib)
-
-    def _basic(self, stream: int, header: bytes, data: bytes, level: int) -> bytes:
+    def _basic(self, basic: Basic) -> bytes:
         """Control byte, filter header, then the data raw or zlib-compressed."""
-        if len(data) < MIN_TO_COMPRESS:
-            body, resets = data, 0
+        if basic.chunk is not None:
+            resets = self._streams.send_independent(basic.stream)
+            body = pack_compact(len(basic.chunk)) + basic.chunk
+        elif len(basic.data) < MIN_TO_COMPRESS:
+            body, resets = basic.data, 0
         else:
-            chunk, resets = self._streams.compress(stream, data, level)
+            chunk, resets = self._streams.compress(basic.stream, basic.data, basic.level)
             body = pack_compact(len(chunk)) + chunk
-        control = basic_control(stream, bool(header), resets)
-        return bytes([control]) + header + body
+        control = basic_control(basic.stream, bool(basic.header), resets)
+        return bytes([control]) + basic.header + body
 
-    def _jpeg(self, px: np.ndarray) -> bytes:
-        quality, subsampling = self._settings.jpeg
-        # The words' own bytes, no conversion: 0x00RRGGBB is B, G, R, 0 in
-        # memory on little-endian machines and 0, R, G, B on big-endian ones.
-        quads = np.ascontiguousarray(px, dtype=np.uint32).view(np.uint8)
-        quads = quads.reshape(px.shape[0], px.shape[1], 4)
-        layout = "BGRX" if sys.byteorder == "little" else "XRGB"
-        data: bytes = simplejpeg.encode_jpeg(quads, quality, layout, subsampling)
-        return bytes([JPEG << 4]) + pack_compact(len(data)) + data
+
+@dataclass(frozen=True)
+class Basic:
+    """A rectangle for Tight's basic compression: which stream, the filter
+    header, the filtered data and the zlib level; large data comes instead
+    already compressed, as a chunk of a fresh stream (``independent_chunk``)."""
+
+    stream: int
+    header: bytes
+    data: bytes
+    level: int
+    chunk: bytes | None = None
+
+
+def _basic(stream: int, header: bytes, data: bytes, level: int) -> Basic:
+    """Large data is compressed here, once for every connection."""
+    if len(data) < INDEPENDENT_BYTES:
+        return Basic(stream, header, data, level)
+    return Basic(stream, header, b"", level, independent_chunk(data, level))
+
+
+def _fill(colour: np.ndarray, codec: PixelCodec) -> Ready:
+    return Ready(Encoding.TIGHT, bytes([FILL << 4]) + tpixels_from_words(colour, codec))
+
+
+def _palette(palette: Palette, codec: PixelCodec, settings: TightSettings) -> Basic:
+    colours = palette.colours
+    header = bytes([FILTER_PALETTE, colours.size - 1]) + tpixels_from_words(colours, codec)
+    if colours.size == 2:
+        data = np.packbits(palette.indices(), axis=1).tobytes()
+        return _basic(STREAM_MONO, header, data, settings.palette_zlib)
+    return _basic(STREAM_INDEXED, header, palette.indices().tobytes(), settings.palette_zlib)
+
+
+def _full_colour(
+    px: np.ndarray, words: np.ndarray, codec: PixelCodec, settings: TightSettings, gradient: bool
+) -> Basic:
+    if gradient:
+        layout = ChannelLayout.of(codec)
+        residuals = gradient_filter(pixel_channels(px, codec, layout), layout.maxes)
+        data = channels_to_tpixels(residuals, codec, layout)
+        return _basic(STREAM_GRADIENT, bytes([FILTER_GRADIENT]), data, settings.full_zlib)
+    if codec.tight_pixel_bytes == 3:
+        data = codec.pack_tpixels(px)
+    else:
+        data = tpixels_from_words(words, codec)
+    return _basic(STREAM_FULL, b"", data, settings.full_zlib)
+
+
+def _jpeg(px: np.ndarray, settings: TightSettings) -> Ready:
+    quality, subsampling = settings.jpeg
+    # The words' own bytes, no conversion: 0x00RRGGBB is B, G, R, 0 in
+    # memory on little-endian machines and 0, R, G, B on big-endian ones.
+    quads = np.ascontiguousarray(px, dtype=np.uint32).view(np.uint8)
+    quads = quads.reshape(px.shape[0], px.shape[1], 4)
+    layout = "BGRX" if sys.byteorder == "little" else "XRGB"
+    data: bytes = simplejpeg.encode_jpeg(quads, quality, layout, subsampling)
+    return Ready(Encoding.TIGHT, bytes([JPEG << 4]) + pack_compact(len(data)) + data)
 
 
 class TightDecoder(Decoder):

@@ -57,6 +57,7 @@ PHOTO_MAX_ROUGHNESS = 2500.0  # mean squared prediction error, 8-bit components
 SAMPLE_ROWS = 32  # rows sampled to judge the content
 SAMPLE_PIXELS = 4096  # ... fewer on wide rectangles, about this many pixels
 PALETTE_SAMPLE = 4096  # values sampled to reject many-colour rectangles early
+SMALL_PALETTE_PIXELS = 2048  # blocks up to this size get their palette in one sort
 RUN_SAMPLE = 1024  # run values whose colours make the first lookup table
 # Palette indices: a table of 2**HASH_BITS slots, keyed by the top bits of the
 # colour times one of these odd constants (multiplicative hashing).
@@ -128,6 +129,7 @@ class Palette:
     shape: tuple[int, int]
     starts: np.ndarray
     index: np.ndarray
+    pixel_index: np.ndarray | None = None  # each pixel's index, where already known
 
     def many_tones(self) -> bool:
         """``ContentTones.many``, measured exactly on the runs: few pixels repeat their left one."""
@@ -139,8 +141,13 @@ class Palette:
 
     def indices(self) -> np.ndarray:
         """(h, w) index of each pixel's colour: uint8, or bool for two colours."""
-        per_run = self.index.view(bool) if self.colours.size == 2 else self.index
-        lengths = np.diff(self.starts, append=self.shape[0] * self.shape[1])
+        two = self.colours.size == 2
+        if self.pixel_index is not None:
+            return self.pixel_index.view(bool) if two else self.pixel_index
+        per_run = self.index.view(bool) if two else self.index
+        lengths = np.empty_like(self.starts)
+        np.subtract(self.starts[1:], self.starts[:-1], out=lengths[:-1])
+        lengths[-1] = self.shape[0] * self.shape[1] - self.starts[-1]
         return np.repeat(per_run, lengths).reshape(self.shape)
 
 
@@ -154,6 +161,8 @@ def find_palette(words: np.ndarray, limit: int) -> Palette | None:
     too many colours, so the outcome is exact.
     """
     flat = words.reshape(-1)
+    if flat.size <= SMALL_PALETTE_PIXELS:
+        return _small_palette(words, limit)
     if _too_many(flat, limit, PALETTE_SAMPLE // 8):  # rejects most photos at once
         return None
     starts = run_starts(flat)
@@ -168,6 +177,20 @@ def find_palette(words: np.ndarray, limit: int) -> Palette | None:
             return None
         index, _ = table.lookup(values)
     return Palette(table.colours, words.shape, starts, index)
+
+
+def _small_palette(words: np.ndarray, limit: int) -> Palette | None:
+    """``find_palette`` for a small block (a typed glyph, a cursor's trail):
+    a binary search of the sorted colours gives every pixel's index, cheaper
+    than building a lookup table."""
+    flat = words.reshape(-1)
+    colours = distinct(flat)
+    if colours.size > limit:
+        return None
+    pixel_index = np.searchsorted(colours, flat).astype(np.uint8)
+    starts = run_starts(flat)
+    shape = (words.shape[0], words.shape[1])
+    return Palette(colours, shape, starts, pixel_index[starts], pixel_index.reshape(shape))
 
 
 def _too_many(values: np.ndarray, limit: int, size: int) -> bool:

@@ -43,7 +43,7 @@ from .broker.core import AlreadyConnectedError, LoginCheck, LoginVerdict
 from .clock import Clock
 from .desktop_state import DesktopState
 from .identities import IdentityRules
-from .relay import screens
+from .relay import encodepool, screens
 from .relay.drawn import DrawnScreen
 from .relay.login import LoginScreen
 from .relay.session import TerminalSession
@@ -91,6 +91,9 @@ class Hub:
         reactor = reactor or default_reactor
         self.reactor: Clock = reactor
         self.verifier = verifier or Verifier(reactor)
+        # Large updates are prepared in worker threads on the real reactor;
+        # with a test's clock everything stays on one thread, in turns.
+        self.workers = encodepool.shared() if reactor is default_reactor else None
         self.terminals: dict[str, Terminal] = {}
         self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
         self.identities = IdentityRules(
@@ -135,7 +138,13 @@ class Hub:
     ) -> TerminalSession:
         """A session for one connection; ``info`` and ``advertised_key`` come
         from a discovered terminal's advert: recorded, never trusted."""
-        return TerminalSession(self._attach, self._detach, info=info, advertised_key=advertised_key)
+        return TerminalSession(
+            self._attach,
+            self._detach,
+            info=info,
+            advertised_key=advertised_key,
+            workers=self.workers,
+        )
 
     def _attach(self, session: TerminalSession) -> Source:
         proto = session.proto
@@ -200,7 +209,7 @@ class Hub:
             return self._source_for(viewer_id, assignment, session)
 
         info = TerminalInfo(name=f"dashboard viewer of {admin}")
-        return TerminalSession(attach, self._detach, info=info)
+        return TerminalSession(attach, self._detach, info=info, workers=self.workers)
 
     def _too_many_waiting(self, terminal_id: str, user: str | None) -> bool:
         """Whether a terminal with no pairing (and no login) arrives while

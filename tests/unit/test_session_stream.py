@@ -189,3 +189,33 @@ def test_no_update_is_cut_from_a_source_halfway_through_its_own() -> None:
     wire.pump()
     assert len(wire.take(UpdateDone)) == 1
     np.testing.assert_array_equal(wire.client.framebuffer, source.framebuffer)
+
+
+def test_terminals_watching_one_desktop_share_its_encoding_work() -> None:
+    frame = desktop_frame(W, H, seed=12)
+    source = Source(frame.copy(), "desk")
+    wires = [Wire(source), Wire(source)]
+    wires[1].clock = wires[1].session.clock = wires[0].clock  # one reactor
+
+    def until_sent() -> None:
+        while any(w.session.stream is not None for w in wires):
+            wires[0].clock.turn()
+            for wire in wires:
+                wire.pump()
+
+    for wire in wires:
+        full_request(wire)
+    jobs = [[job for _, job in w.session.stream._parts] for w in wires]  # type: ignore[union-attr]
+    assert jobs[0] and all(a is b for a, b in zip(jobs[0], jobs[1], strict=True))
+    until_sent()
+    changed = desktop_frame(W, H, seed=13)
+    source.set_frame(changed)  # a new picture: none of the old work is taken for it
+    for wire in wires:
+        wire.client.request_update(incremental=True)
+        wire.pump()
+    fresh = [[job for _, job in w.session.stream._parts] for w in wires]  # type: ignore[union-attr]
+    assert fresh[0] and all(a is b for a, b in zip(fresh[0], fresh[1], strict=True))
+    assert not set(map(id, fresh[0])) & set(map(id, jobs[0]))
+    until_sent()
+    for wire in wires:
+        np.testing.assert_array_equal(wire.client.framebuffer, changed)

@@ -82,7 +82,7 @@ class ScaledSource(Source):
     def _redraw(self, y: int, x: int, h: int, w: int) -> None:
         rows = self.rows[y : y + h]
         cols = self.cols[x : x + w]
-        self.framebuffer[y : y + len(rows), x : x + len(cols)] = self.inner.framebuffer[
+        self.writable()[y : y + len(rows), x : x + len(cols)] = self.inner.framebuffer[
             np.ix_(rows, cols)
         ]
 

@@ -23,6 +23,7 @@ from protocols.rfb import messages as m
 from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerEvent, UpdateStream
+from protocols.rfb.sharing import Job
 from protocols.rfb.updates import BAND_PIXELS
 
 from .. import metrics
@@ -31,6 +32,7 @@ from ..clock import Clock, Timer, reactor_clock
 from ..damage import TILE, Damage, intersect
 from ..rfbserver import RFBServerProtocol
 from .bandwidth import LinkQuality
+from .encodepool import EncodeWorkers
 from .scaling import ScaledSource
 from .source import Source
 
@@ -57,8 +59,12 @@ class TerminalSession:
         *,
         info: TerminalInfo | None = None,
         advertised_key: str | None = None,
+        workers: EncodeWorkers | None = None,
     ) -> None:
         self._on_attach = on_attach
+        # Threads that prepare large updates' rectangles (None: all is done
+        # on the reactor thread, in turns).
+        self.workers = workers
         self._on_detach = on_detach
         self.clock = clock or reactor_clock()
         # Who the terminal is: what it said about itself and the key its
@@ -87,10 +93,12 @@ class TerminalSession:
         self.bytes_sent = 0
         self.updates_sent = 0
         self.connected_at = self.last_input = self.clock.seconds()  # for the idle time
-        self.link = LinkQuality()  # the JPEG quality the terminal's link carries
+        # The JPEG quality the terminal's link carries, read from its socket.
+        self.link = LinkQuality(lambda: None if self.proto is None else self.proto.transport)
         self.stream: UpdateStream | None = None  # the update going out, slice by slice
         self.stream_started = 0.0
         self._next_slice: Timer | None = None
+        self._waiting = False  # for a worker to finish the next rectangle
 
     # -- Session interface (RFBServerProtocol) --------------------------------------
     def attach(self, proto: RFBServerProtocol) -> None:
@@ -212,25 +220,31 @@ class TerminalSession:
             self.on_cursor(self.view.cursor)
         self.try_send()
 
-    def _adapt_quality(self) -> None:
-        """Encode with the JPEG quality the link carries, at most the terminal's.
+    def _adapt_quality(self) -> bool:
+        """Encode with the JPEG quality the link carries, at most the terminal's;
+        True if it changed.
 
-        Checked before each update: a SetEncodings resets the encoders to the
-        terminal's own level, which is then the new ceiling.
+        Checked before each update and each slice of a long one, the link
+        read right then: a SetEncodings resets the encoders to the terminal's
+        own level, which is then the new ceiling.  The log line names the
+        figures that set the link's level.
         """
         assert self.proto is not None
         conn = self.proto.conn
+        now = time.monotonic()
+        self.link.observe(now)
         quality = self.link.quality(conn.settings.quality)
         if quality == conn.jpeg_quality:
-            return
+            return False
         log.info(
-            "terminal %s: JPEG quality level %s (asked for %s, link %.0f kbit/s)",
+            "terminal %s: JPEG quality level %s (asked for %s): %s",
             self.proto.peer(),
             quality,
             conn.settings.quality,
-            self.link.kbps or 0.0,
+            self.link.describe(now),
         )
         conn.jpeg_quality = quality
+        return True
 
     def _set_desktop_size(self, req: m.SetDesktopSize) -> None:
         assert self.proto is not None
@@ -387,29 +401,35 @@ class TerminalSession:
         copies, self.copies = self.copies, []
         self._adapt_quality()
         self.stream_started = time.monotonic()
-        self.stream = conn.begin_update(self._picture(rects), rects, copies)
+        picture, pool = self._picture(rects)
+        work = self.view.work()
+        self.stream = conn.begin_update(picture, rects, copies, work=work, pool=pool)
         self._send_slice()
 
-    def _picture(self, rects: list[Rect]) -> np.ndarray:
-        """What an update of ``rects`` shows: a still copy if it takes several slices.
+    def _picture(self, rects: list[Rect]) -> tuple[np.ndarray, Callable[[Job], None] | None]:
+        """What an update of ``rects`` shows: a still copy if it takes several
+        slices, and then the workers that may prepare it meanwhile.
 
         The source keeps changing while a long update goes out; encoding its
         later slices from the live picture would tear it (and leave the
-        terminal's pixels matching no moment of the source's).
+        terminal's pixels matching no moment of the source's).  The source
+        lends its picture and writes to a copy while it is held.
         """
         assert self.view is not None
-        live = self.view.framebuffer
-        return live.copy() if sum(r.area for r in rects) > SLICE_PIXELS else live
+        if sum(r.area for r in rects) <= SLICE_PIXELS:
+            return self.view.framebuffer, None
+        return self.view.still(), self.workers.submit if self.workers is not None else None
 
     def _send_slice(self) -> None:
         """Send the next slice of the update going out; the rest on a later turn."""
         assert self.proto is not None and self.stream is not None
         stream = self.stream
+        if self._adapt_quality():
+            stream.renew()  # a slow link shows during a long update: the rest goes lighter
         more = stream.send(SLICE_PIXELS)
         self.proto.flush()
         if more:
-            if self._next_slice is None:
-                self._next_slice = self.clock.callLater(0, self._later_slice)
+            self._next_turn(stream)
             return
         self.stream = None
         self.bytes_sent += stream.bytes
@@ -419,7 +439,8 @@ class TerminalSession:
         self.try_send()  # asked for more meanwhile, or continuous updates
 
     def _time_link(self, size: int) -> None:
-        """Time how long the terminal takes to take in what was just sent.
+        """Time how long the terminal takes to take in what was just sent,
+        where its socket gives no TCP_INFO (``self.link`` ignores it elsewhere).
 
         A classic viewer's next request says it for the update before; a
         terminal on continuous updates answers a fence (see
@@ -436,6 +457,21 @@ class TerminalSession:
     def _fence_answered(self, fence: m.Fence) -> None:
         if fence.payload == LINK_FENCE:
             self.link.fence_answered(time.monotonic())
+
+    def _next_turn(self, stream: UpdateStream) -> None:
+        """Send the next slice on a later turn, or once a worker has prepared it."""
+        if self._next_slice is not None or self._waiting:
+            return
+        job = stream.waiting_for
+        if job is not None and self.workers is not None:
+            self._waiting = True
+            self.workers.when_done(job, self._worker_done)
+        else:
+            self._next_slice = self.clock.callLater(0, self._later_slice)
+
+    def _worker_done(self) -> None:
+        self._waiting = False
+        self._later_slice()
 
     def _later_slice(self) -> None:
         self._next_slice = None

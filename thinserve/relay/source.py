@@ -8,12 +8,14 @@ mirror forwards to the desktop).
 
 from __future__ import annotations
 
+import weakref
 from typing import Protocol
 
 import numpy as np
 
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import Cursor
+from protocols.rfb.sharing import SharedWork
 
 from ..damage import TILE, changed_tiles
 
@@ -49,6 +51,10 @@ class Source:
         self.cursor: Cursor | None = None
         self.input: InputSink | None = None
         self.listeners: list[SourceListener] = []
+        self._work: SharedWork | None = None
+        # The framebuffer lent out by still(), and the view it was lent as:
+        # held by whoever sends from it (the source itself holds the array).
+        self._lent: tuple[np.ndarray, weakref.ref[np.ndarray]] | None = None
 
     @property
     def width(self) -> int:
@@ -62,6 +68,49 @@ class Source:
     def settled(self) -> bool:
         """Whether the picture is whole: not halfway through one of the source's updates."""
         return True
+
+    def work(self) -> SharedWork:
+        """The encoding work shared by every terminal sending this picture."""
+        if self._work is None:
+            self._work = SharedWork()
+        return self._work
+
+    def still(self) -> np.ndarray:
+        """The picture as it is now, unchanging for as long as it is held.
+
+        It is the framebuffer itself, lent: whoever writes pixels first gets
+        a copy to write to (``writable``), so a picture nobody changes while
+        it goes out is never copied, and the first rectangles of a long
+        update leave without waiting for a copy of the whole screen.
+        """
+        fb = self.framebuffer
+        if not fb.flags.writeable:
+            return fb  # never written: still already
+        view = self._lent_view()
+        if view is None:
+            view = fb[:]
+            self._lent = (fb, weakref.ref(view))
+        return view
+
+    def _lent_view(self) -> np.ndarray | None:
+        """The view the framebuffer is lent as, if anyone still holds it."""
+        if self._lent is None or self._lent[0] is not self.framebuffer:
+            return None
+        return self._lent[1]()
+
+    def writable(self) -> np.ndarray:
+        """The framebuffer, to change in place: a copy if the current one is
+        lent out as a still picture and still held."""
+        if self._lent_view() is not None:
+            self.framebuffer = self.framebuffer.copy()
+        self._lent = None
+        return self.framebuffer
+
+    def changed(self) -> None:
+        """The pixels changed: work done on the previous picture is not for this one."""
+        if self._work is not None:
+            self._work.release()
+            self._work = None
 
     def subscribe(self, listener: SourceListener) -> None:
         if listener not in self.listeners:
@@ -79,6 +128,7 @@ class Source:
         self.damaged_grid(rects_grid(rects, self.width, self.height))
 
     def damaged_grid(self, grid: np.ndarray) -> None:
+        self.changed()
         for listener in list(self.listeners):
             listener.on_damage(grid)
 
@@ -90,10 +140,11 @@ class Source:
             return
         grid = changed_tiles(self.framebuffer, frame)
         if grid.any():
-            self.framebuffer[:] = frame
+            self.writable()[:] = frame
             self.damaged_grid(grid)
 
     def resized(self) -> None:
+        self.changed()
         for listener in list(self.listeners):
             listener.on_resize()
 

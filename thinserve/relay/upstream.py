@@ -161,6 +161,7 @@ class Mirror(Source):
         (``on_update``).  An update that changed nothing is passed on too:
         listeners may have held back while it was half-applied.
         """
+        self.changed()
         grid = rects_grid(others, self.width, self.height)
         for listener in list(self.listeners):
             listener.on_update(copies, others, grid)
@@ -326,6 +327,12 @@ class Upstream:
         elif isinstance(event, m.Bell):
             self.mirror.bell()
 
+    def _before_update(self, conn: ClientConnection) -> None:
+        """The desktop's next update is about to be written: into a copy, if
+        the mirror has lent its picture to updates still going out."""
+        if self.mirror.framebuffer is conn.framebuffer:
+            conn.framebuffer = self.mirror.writable()
+
     def _updated(self, event: UpdateDone) -> None:
         """Tell the mirror what changed: copies apart when they came first."""
         copies = list(event.copies)
@@ -359,6 +366,7 @@ class Upstream:
         self.proto = proto
         self.mirror.name = conn.name or self.address.name
         self.mirror.take_framebuffer(conn.framebuffer)
+        conn.on_update_start = lambda: self._before_update(conn)
         log.info("desktop %s live at %dx%d", self.address.name, conn.width, conn.height)
         if self.listener is not None:
             self.listener.link_live(self.address.name)

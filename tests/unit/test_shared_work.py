@@ -1,0 +1,177 @@
+"""Encoding work shared between connections and done in worker threads.
+
+Connections that send the same picture with the same settings share each
+rectangle's pixels-only work (``SharedWork``); large rectangles may be
+prepared in worker threads.  Either way every connection's bytes must be
+exactly those it would send alone: its own zlib streams still run in order.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from protocols.rfb import messages as m
+from protocols.rfb import server
+from protocols.rfb.client import UpdateDone
+from protocols.rfb.constants import Encoding
+from protocols.rfb.encodings import Rect
+from protocols.rfb.sharing import Job, SharedWork
+
+from .content import desktop_frame, noise_frame
+from .test_connection import H, Pair, W
+
+WHOLE = [Rect(0, y, W, 40) for y in range(0, H, 40)]  # five rectangles
+PROFILES = {
+    "tight-jpeg": [Encoding.TIGHT, Encoding.JPEG_QUALITY_0 + 8, Encoding.COMPRESS_LEVEL_0 + 2],
+    "tight": [Encoding.TIGHT],
+    "zrle": [Encoding.ZRLE],
+    "hextile": [Encoding.HEXTILE],
+    "zlib": [Encoding.ZLIB],
+    "raw": [Encoding.RAW],
+}
+
+
+def ready_pair(encodings: list[int]) -> Pair:
+    pair = Pair()
+    pair.client.set_encodings([*encodings, Encoding.COPYRECT])
+    pair.full_update()
+    pair.take_client(UpdateDone)
+    pair.client.request_update(incremental=False)
+    pair.pump()
+    pair.take_server(m.FramebufferUpdateRequest)
+    return pair
+
+
+def picture() -> np.ndarray:
+    """Windows, text and a smooth patch, noise below: every Tight method is used."""
+    frame = desktop_frame(W, H, seed=11)
+    frame[H * 3 // 4 :] = noise_frame(W, H - H * 3 // 4, seed=12)
+    return frame
+
+
+def sent_alone(encodings: list[int], frame: np.ndarray, updates: int = 2) -> bytes:
+    pair = ready_pair(encodings)
+    for _ in range(updates):
+        pair.server.send_update(frame, WHOLE)
+    return pair.server.data_to_send()
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_shared_work_gives_each_connection_the_bytes_it_would_send_alone(profile: str) -> None:
+    frame = picture()
+    expected = sent_alone(PROFILES[profile], frame)
+    pairs = [ready_pair(PROFILES[profile]) for _ in range(3)]
+    for _ in range(2):  # the second update runs on zlib streams the first has filled
+        work = SharedWork()
+        streams = [p.server.begin_update(frame, WHOLE, work=work) for p in pairs]
+        for stream in streams:
+            stream.send()
+    for pair in pairs:
+        assert pair.server.data_to_send() == expected
+
+
+def test_connections_with_equal_settings_share_one_job_per_rectangle() -> None:
+    frame = picture()
+    work = SharedWork()
+    first, second = ready_pair(PROFILES["tight-jpeg"]), ready_pair(PROFILES["tight-jpeg"])
+    other = ready_pair([Encoding.TIGHT, Encoding.JPEG_QUALITY_0 + 3])
+    jobs = [
+        [job for _, job in pair.server.begin_update(frame, WHOLE, work=work)._parts]
+        for pair in (first, second, other)
+    ]
+    assert len(jobs[0]) > 1
+    assert all(a is b for a, b in zip(jobs[0], jobs[1], strict=True))
+    assert not any(a is b for a, b in zip(jobs[0], jobs[2], strict=True))  # its quality differs
+
+
+def test_jobs_outlive_finished_updates_until_the_picture_changes() -> None:
+    frame = picture()
+    work = SharedWork()
+    first, second = ready_pair(PROFILES["tight"]), ready_pair(PROFILES["tight"])
+    first.server.begin_update(frame, WHOLE, work=work).send()
+    stream = second.server.begin_update(frame, WHOLE, work=work)
+    assert all(job.done for _, job in stream._parts)  # the first one's work, kept
+    stream.send()
+    work.release()
+    third = ready_pair(PROFILES["tight"])
+    assert not any(job.done for _, job in third.server.begin_update(frame, WHOLE, work=work)._parts)
+
+
+@pytest.mark.parametrize("profile", ["tight-jpeg", "zrle", "hextile"])
+def test_worker_threads_change_no_byte(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "POOL_MIN_PIXELS", 1)  # these rectangles are small
+    frame = picture()
+    expected = sent_alone(PROFILES[profile], frame)
+    pair = ready_pair(PROFILES[profile])
+    threads: set[str] = set()
+
+    def run(job: Job) -> None:
+        threads.add(threading.current_thread().name)
+        job.run()
+
+    with ThreadPoolExecutor(2, thread_name_prefix="test-encode") as pool:
+        for _ in range(2):
+            stream = pair.server.begin_update(frame, WHOLE, pool=lambda job: pool.submit(run, job))
+            while stream.send(pixels=1):
+                waiting = stream.waiting_for
+                if waiting is not None:
+                    waiting.result()  # a worker has it: wait for it
+    assert pair.server.data_to_send() == expected
+    assert any(name.startswith("test-encode") for name in threads)
+
+
+def test_blank_drops_work_prepared_from_the_picture() -> None:
+    frame = picture()
+    work = SharedWork()
+    watcher, leaver = ready_pair(PROFILES["tight"]), ready_pair(PROFILES["tight"])
+    watcher.server.begin_update(frame, WHOLE, work=work).send()  # every job is done
+    stream = leaver.server.begin_update(frame, WHOLE, work=work)
+    stream.send(pixels=1)
+    stream.blank()
+    stream.send()
+    leaver.pump()
+    fb = leaver.client.framebuffer
+    np.testing.assert_array_equal(fb[:40], frame[:40])  # the first rectangle went out
+    assert not fb[40:].any()  # then black, though its pictures were prepared
+
+
+def test_job_runs_once_and_hands_its_error_to_every_taker() -> None:
+    calls: list[int] = []
+
+    def fail() -> object:
+        calls.append(1)
+        raise ValueError("bad pixels")
+
+    job = Job(fail)
+    told: list[bool] = []
+    job.when_done(lambda: told.append(True))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="bad pixels"):
+            job.result()
+    assert calls == [1] and told == [True]
+    job.when_done(lambda: told.append(True))  # already done: at once
+    assert told == [True, True]
+
+
+def test_encode_workers_run_jobs_in_threads_and_report_back_through_the_reactor() -> None:
+    from thinserve.relay.encodepool import EncodeWorkers
+
+    back: list[str] = []
+    reported = threading.Event()
+
+    def call_from_thread(callback: object) -> None:  # the reactor's callFromThread
+        back.append(threading.current_thread().name)
+        assert callable(callback)
+        callback()
+
+    workers = EncodeWorkers(1, call_from_thread)
+    ran: list[str] = []
+    job = Job(lambda: ran.append(threading.current_thread().name))
+    workers.when_done(job, reported.set)
+    workers.submit(job)
+    assert reported.wait(10)
+    assert ran[0].startswith("encode") and back == ran  # told from the worker, via the reactor

@@ -11,14 +11,21 @@ connecting, typing and leaving for minutes, thinserve's memory and
 descriptors over time; ``python -m bench restart``: how long a restart keeps
 the default desktop from its terminals, taken over next to started afresh;
 ``python -m bench dashboard``: what the admin dashboard's live wall costs
-thinserve with 50 desktops (none of these is part of the default run).  Tables go to
-stdout, progress to stderr; docs/performance.md explains every column.
+thinserve with 50 desktops; ``python -m bench fullscreen``: a full-screen
+update on a fresh connection and a refresh, Xvnc directly next to
+thinserve, timed to the first rectangle, the last byte and decoded;
+``python -m bench fanout``: many terminals watching one desktop, Xvnc
+directly next to thinserve, then many terminals on many desktops through
+thinserve; ``python -m bench adaptive``: the adaptive benchmark
+(``bench/adaptive.py``).  None of these is part of the default run.  Tables
+go to stdout, progress to stderr; docs/performance.md explains every column.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import subprocess
 import sys
 import time
@@ -28,7 +35,9 @@ from .content import CONTENTS
 from .options import (
     RELAY_SIZES,
     RELAY_WORKLOADS,
+    FanoutOptions,
     FloodOptions,
+    FullscreenOptions,
     Options,
     RelayOptions,
     SoakOptions,
@@ -36,7 +45,19 @@ from .options import (
 )
 from .xvnc import INSTALL_HINT, xvnc_path, xvnc_version
 
-COMMANDS = ("all", "encodings", "relay", "tls", "flood", "soak", "restart", "dashboard")
+COMMANDS = (
+    "all",
+    "encodings",
+    "relay",
+    "tls",
+    "flood",
+    "soak",
+    "restart",
+    "dashboard",
+    "fullscreen",
+    "fanout",
+    "adaptive",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,7 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "'flood' (a paired terminal before, during and after a flood of fake terminals), "
         "'soak' (terminals coming and going for minutes: memory, descriptors, latency), "
         "'restart' (a desktop taken over by a restarted thinserve next to a fresh one), "
-        "'dashboard' (thinserve's CPU with the dashboard's live wall of 50 desktops).",
+        "'dashboard' (thinserve's CPU with the dashboard's live wall of 50 desktops), "
+        "'fullscreen' (a full-screen update and a refresh: first rectangle, last byte, "
+        "decoded and bytes, Xvnc directly next to thinserve), 'fanout' (many terminals "
+        "watching one desktop, Xvnc directly next to thinserve: latency and CPU; then many "
+        "terminals on many desktops through thinserve), 'adaptive' (bench/adaptive.py).",
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="all")
     parser.add_argument("--quick", action="store_true", help="the short run (see docs)")
@@ -91,7 +116,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="flood: fake terminals, one per address (default 2000, quick 500)",
     )
     floods.add_argument("--minutes", type=float, help="soak: how long (default 30, quick 1)")
+    fans = parser.add_argument_group("fullscreen and fanout")
+    fans.add_argument(
+        "--terminals",
+        type=int,
+        help="fanout: terminals watching the one desktop (default 50, quick 20)",
+    )
+    fans.add_argument(
+        "--rounds",
+        type=int,
+        help="fullscreen: timed rounds (default 9, quick 3); fanout: replays per path "
+        "(default 3, quick 1)",
+    )
     args = parser.parse_args(argv)
+    if args.terminals is not None and not 1 <= args.terminals <= 1000:
+        parser.error("--terminals: from 1 to 1000")
+    if args.rounds is not None and not 1 <= args.rounds <= 100:
+        parser.error("--rounds: from 1 to 100")
     if args.addresses is not None and not 1 <= args.addresses <= 60_000:
         parser.error("--addresses: from 1 to 60000")
     if args.minutes is not None and not 0.1 <= args.minutes <= 24 * 60:
@@ -217,12 +258,26 @@ async def soak(options: SoakOptions) -> int:
     return await _pinned_run(body)
 
 
+async def fanout(options: FanoutOptions) -> int:
+    from . import fanout as fanout_suite
+    from . import fanoutreport
+    from .relay import stderr_progress
+
+    async def body(machine: Lines, pinned: bool) -> Lines:
+        result = await fanout_suite.run(options, stderr_progress)
+        return fanoutreport.render(result, machine, pinned)
+
+    return await _pinned_run(body)
+
+
 def _sizes(args: argparse.Namespace) -> tuple[tuple[int, int], ...]:
     return tuple((int(w), int(h)) for w, h in (size.split("x") for size in args.size))
 
 
 async def run_command(args: argparse.Namespace) -> int:
     status = 0
+    if args.command == "fanout":
+        return await fanout(FanoutOptions.of(args.quick, args.terminals, args.rounds))
     if args.command == "flood":
         return await flood(FloodOptions.of(args.quick, args.addresses))
     if args.command == "soak":
@@ -287,15 +342,50 @@ def dashboard(quick: bool) -> int:
     return 0
 
 
+def fullscreen(options: FullscreenOptions) -> int:
+    """The full-screen benchmark: plain processes and blocking sockets, no reactor."""
+    from . import fullreport, processes
+    from . import fullscreen as fullscreen_suite
+    from .report import load, machine_lines
+
+    processes.pin_benchmark()
+    machine = machine_lines(xvnc_version())  # the load before the run
+    try:
+        result = fullscreen_suite.run(options, _to_stderr)
+    except (RuntimeError, OSError) as exc:  # CaptureError and XvncError among them
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(fullreport.render(result, machine)))
+    print(f"\n(run took {result.seconds:.0f} s; load average at the end {load()})")
+    return 0
+
+
+def adaptive(quick: bool) -> int:
+    """The adaptive benchmark, bench/adaptive.py, imported only when asked for."""
+    try:
+        suite = importlib.import_module("bench.adaptive")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench.adaptive":
+            raise
+        print("error: bench/adaptive.py is not there: nothing to run", file=sys.stderr)
+        return 2
+    return int(suite.main(quick))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "adaptive":
+        return adaptive(args.quick)
+    if args.command == "fullscreen":
+        options = FullscreenOptions.of(args.quick, args.rounds)
+        return fullscreen(options) if xvnc_path() else _no_xvnc()
     if args.command == "restart":
         return restart(args.quick) if xvnc_path() else _no_xvnc()
     if args.command == "dashboard":
         return dashboard(args.quick) if xvnc_path() else _no_xvnc()
     if args.command == "all" and args.no_xvnc:
         args.command = "encodings"  # the relay suite needs Xvnc
-    needs_xvnc = args.command in ("relay", "tls", "flood", "soak") or not args.no_xvnc
+    needs_xvnc = args.command in ("relay", "tls", "flood", "soak", "fanout") or not args.no_xvnc
     if needs_xvnc and xvnc_path() is None:
         return _no_xvnc()
     install_reactor()

@@ -8,7 +8,10 @@ more desktop, one more terminal, and a desktop with its terminal.
 
 Idle CPU: thinserve with one desktop and one connected terminal, first
 with nothing changing, then with the ``clock`` workload ticking once a
-second, each for ``idle_seconds``.
+second, each for ``idle_seconds`` but at least ``MIN_IDLE_SECONDS``.  The
+kernel counts CPU time in clock ticks (10 ms at 100 Hz), so one tick over
+the window is the smallest share the figure can show: 0.03% of a core
+over 30 s, where a 3 s window could show only 0% or 0.33%.
 
 Call only with the asyncio reactor installed and running.
 """
@@ -32,6 +35,7 @@ from .xvnc import Xvnc, start_many
 FOOTPRINT_SIZE = (1920, 1080)
 FOOTPRINT_DESKTOPS = 5
 QUIET_TIMEOUT = 15.0
+MIN_IDLE_SECONDS = 30.0  # long enough to resolve a few hundredths of a percent
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,12 @@ class Footprint:
     idle_still: float  # share of a core: nothing changing
     idle_clock: float  # share of a core: the clock ticking
     clock_latency_ms: float  # median, for the record
+    idle_window: float  # seconds each idle CPU figure was measured over
+
+    @property
+    def idle_resolution(self) -> float:
+        """The smallest share of a core the idle figures can show: one clock tick."""
+        return 1.0 / processes.CLOCK_TICKS / self.idle_window
 
     @property
     def per_desktop(self) -> float:
@@ -94,7 +104,8 @@ async def idle_share(server: processes.ServerProcess, seconds: float) -> float:
 
 async def run(options: RelayOptions, progress: Progress = stderr_progress) -> Footprint:
     width, height = FOOTPRINT_SIZE
-    workload = clock(width, height, options.idle_seconds)
+    window = max(options.idle_seconds, MIN_IDLE_SECONDS)
+    workload = clock(width, height, window)
     xvncs = [Xvnc(width, height, name=f"memory-{i}") for i in range(FOOTPRINT_DESKTOPS)]
     progress(f"[footprint] starting {len(xvncs)} Xvnc desktops at {width}x{height}")
     start_many(xvncs)
@@ -102,7 +113,7 @@ async def run(options: RelayOptions, progress: Progress = stderr_progress) -> Fo
     try:
         for xvnc in xvncs:
             Painter(xvnc).show_initial(workload)
-        one = await _one_desktop(xvncs[0], workload, options, progress)
+        one = await _one_desktop(xvncs[0], workload, window, progress)
         progress(f"[footprint] thinserve with {len(xvncs)} desktops")
         many = processes.thinserve([(x.name, x.port) for x in xvncs])
         many.start()
@@ -126,6 +137,7 @@ async def run(options: RelayOptions, progress: Progress = stderr_progress) -> Fo
             one.still,
             one.ticking,
             one.latency_ms,
+            window,
         )
     finally:
         for xvnc in xvncs:
@@ -142,9 +154,9 @@ class _OneDesktop:
 
 
 async def _one_desktop(
-    xvnc: Xvnc, workload: Workload, options: RelayOptions, progress: Progress
+    xvnc: Xvnc, workload: Workload, window: float, progress: Progress
 ) -> _OneDesktop:
-    progress("[footprint] thinserve with one desktop: memory, then idle CPU")
+    progress(f"[footprint] thinserve with one desktop: memory, then idle CPU ({window:.0f} s each)")
     server = processes.thinserve([(xvnc.name, xvnc.port)])
     server.start()
     terminals: list[MeasuringTerminal] = []
@@ -152,7 +164,7 @@ async def _one_desktop(
         rss = await quiet(server.pid)
         terminals = await terminals_for(server, 1, workload.initial, 1)
         rss_terminal = await quiet(server.pid)
-        still = await idle_share(server, options.idle_seconds)
+        still = await idle_share(server, window)
         tracker = Tracker(workload.steps)
         terminals[0].tracker = tracker
         meter = processes.Meter(server.pid).start()

@@ -58,7 +58,7 @@ class RelayOptions:
                 scale_counts=(50,),
                 scale_seconds=6.0,
                 scale_size=RELAY_SIZES[0],
-                idle_seconds=3.0,
+                idle_seconds=30.0,
                 footprint=True,
                 qemu=False,
             )
@@ -70,7 +70,7 @@ class RelayOptions:
             scale_counts=(10, 25, 50, 65, 80),
             scale_seconds=12.0,
             scale_size=RELAY_SIZES[0],
-            idle_seconds=10.0,
+            idle_seconds=30.0,
             footprint=True,
         )
 
@@ -143,3 +143,45 @@ class SoakOptions:
         if quick:
             return cls(minutes or 1.0, 5.0, 24, (640, 480), (10, 30), 0.15, (0.5, 2.0), 40, 32)
         return cls(minutes or 30.0, 30.0, 24, (640, 480), (10, 30), 0.15, (0.5, 2.0), 80, 64)
+
+
+FULLSCREEN_CONTENTS = ("probe", "text-heavy", "windows", "photo")
+
+
+@dataclass(frozen=True)
+class FullscreenOptions:
+    """What ``python -m bench fullscreen`` measures: full-screen updates, Xvnc and thinserve."""
+
+    size: tuple[int, int]
+    contents: tuple[str, ...]  # keys of bench.fullscreen.CONTENTS
+    profiles: tuple[str, ...]  # keys of bench.terminal.PROFILES
+    rounds: int  # timed visits per path, content and profile, the paths alternating
+    warmup: int  # untimed visits per path first
+
+    @classmethod
+    def of(cls, quick: bool, rounds: int | None = None) -> FullscreenOptions:
+        default = 3 if quick else 9
+        return cls((1920, 1080), FULLSCREEN_CONTENTS, ("tight", "zrle"), rounds or default, 1)
+
+
+@dataclass(frozen=True)
+class FanoutOptions:
+    """What ``python -m bench fanout`` measures: many terminals on one desktop, then
+    many terminals on many desktops."""
+
+    size: tuple[int, int]
+    terminals: int  # watching the one desktop, on each path
+    seconds: float  # length of each replay
+    rate: float  # steps a second on the one desktop (a clock tick each second, keys between)
+    rounds: int  # replays per path, the paths alternating
+    crowd_terminals: int  # the second table: terminals in all, through thinserve
+    crowd_desktops: int  # ... watching this many desktops, as many on each
+    crowd_rate: float  # steps a second on each of those desktops
+
+    @classmethod
+    def of(
+        cls, quick: bool, terminals: int | None = None, rounds: int | None = None
+    ) -> FanoutOptions:
+        if quick:
+            return cls((1920, 1080), terminals or 20, 6.0, 10.0, rounds or 1, 50, 5, 5.0)
+        return cls((1920, 1080), terminals or 50, 15.0, 10.0, rounds or 3, 200, 20, 5.0)

@@ -82,9 +82,10 @@ class Meter:
 class ServerProcess:
     """A relay process listening on a loopback port, pinned to the relay core."""
 
-    def __init__(self, args: list[str], port: int) -> None:
+    def __init__(self, args: list[str], port: int, pinned: bool = True) -> None:
         self.args = args
         self.port = port
+        self.pinned = pinned  # False: free to use every core
         self.process: subprocess.Popen[bytes] | None = None
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (its stderr, kept open while it runs)
 
@@ -98,8 +99,9 @@ class ServerProcess:
             self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log
         )
         atexit.register(self.stop)
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(self.process.pid, {RELAY_CORE})
+        if self.pinned:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.process.pid, {RELAY_CORE})
         deadline = time.monotonic() + START_TIMEOUT
         while not _port_open(self.port):
             if self.process.poll() is not None:
@@ -139,16 +141,20 @@ def byte_relay(target_port: int) -> ServerProcess:
 
 
 def thinserve(
-    desktops: list[tuple[str, int]], workdir: Path | None = None, server: tuple[str, ...] = ()
+    desktops: list[tuple[str, int]],
+    workdir: Path | None = None,
+    server: tuple[str, ...] = (),
+    pinned: bool = True,
 ) -> ServerProcess:
     """thinserve serving ``desktops`` ((name, Xvnc port) each), every terminal
-    getting the first free one; ``server``: more lines for its [server] table."""
+    getting the first free one; ``server``: more lines for its [server] table;
+    ``pinned`` False: on every core rather than the relay's."""
     port = free_port()
     folder = workdir or Path(tempfile.mkdtemp(prefix="thinserve-bench-"))
     config = folder / "thinserve.toml"
     config.write_text(config_toml(port, desktops, server))
     args = [sys.executable, "-m", "bench.serverproc", str(config)]
-    return ServerProcess(args, port)
+    return ServerProcess(args, port, pinned)
 
 
 def config_toml(

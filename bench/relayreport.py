@@ -189,6 +189,10 @@ def footprint_section(f: Footprint) -> list[str]:
         ["one Xvnc desktop itself, for comparison", f"{f.xvnc_rss / MIB:.1f} MiB"],
         ["idle CPU: nothing changing", f"{f.idle_still:.2%} of a core"],
         ["idle CPU: clock ticking each second", f"{f.idle_clock:.2%} of a core"],
+        [
+            "idle CPU: window (resolution)",
+            f"{f.idle_window:.0f} s each ({f.idle_resolution:.3%} of a core)",
+        ],
         ["clock tick latency, median", f"{_ms(f.clock_latency_ms)} ms"],
     ]
     out = ["", f"### Footprint at {width}x{height} (thinserve's resident memory, VmRSS)", ""]

@@ -63,10 +63,13 @@ def _port_open(port: int) -> bool:
 class Xvnc:
     """One Xvnc process of a given size, and an X connection to draw on it."""
 
-    def __init__(self, width: int, height: int, name: str = "bench") -> None:
+    def __init__(
+        self, width: int, height: int, name: str = "bench", extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.width = width
         self.height = height
         self.name = name  # the desktop name Xvnc announces in ServerInit
+        self.extra_args = extra_args  # more Xvnc options (e.g. -rfbunixpath PATH)
         self.display_number = 0
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -98,6 +101,7 @@ class Xvnc:
             "-SecurityTypes", "None",
             "-geometry", f"{self.width}x{self.height}", "-depth", "24",
             "-nolisten", "tcp", "-s", "0", "-AlwaysShared", "-desktop", self.name,
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

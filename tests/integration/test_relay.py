@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import threads
 
+from protocols.rfb.constants import Encoding
 from tests.integration.test_rfb_interop import (
     assert_same,
     assert_same_but_blink,
@@ -475,5 +476,49 @@ async def test_scrolling_through_forwarded_copyrects_stays_exact(
         assert 1000 < int((inside == 0).sum()) < inside.size // 2
         term.close()
         direct.close()
+    finally:
+        await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_terminals_watching_one_desktop_through_worker_threads_see_it_exactly(
+    xvnc: Callable[..., XvncServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large updates prepared in worker threads and shared between the
+    terminals watching: every terminal still gets the desktop pixel for
+    pixel, in its own encoding, as the desktop changes under the updates."""
+    from twisted.internet import reactor
+
+    from thinserve.relay import encodepool
+
+    workers = encodepool.EncodeWorkers(2, reactor.callFromThread)  # type: ignore[attr-defined]
+    handed: list[object] = []
+    submit = workers.submit
+    monkeypatch.setattr(workers, "submit", lambda job: (handed.append(job), submit(job)))
+    monkeypatch.setattr(encodepool, "_shared", workers)
+    server = xvnc(size=(1280, 1024))
+    server.paint(desktop_frame(1280, 1024, seed=21))
+    ts = await start_thinserve([desktop("d1", server)])
+    try:
+        await live(ts)
+        resizes = (Encoding.COPYRECT, Encoding.DESKTOP_SIZE, Encoding.EXTENDED_DESKTOP_SIZE)
+        profiles = [
+            (Encoding.TIGHT, *resizes),
+            (Encoding.ZRLE, *resizes),
+            (Encoding.TIGHT, *resizes),
+        ]
+        terms = []
+        for number, encodings in enumerate(profiles, start=2):
+            terms.append(await Terminal(encodings).connect(ts.port_numbers[0], f"127.0.0.{number}"))
+            if number > 2:
+                hub(ts).shadow(f"viewer-127.0.0.{number}", "d1", actor="admin")
+        for seed in (22, 23, 24):  # whole-screen changes, one after the other
+            frame = desktop_frame(1280, 1024, seed=seed)
+            await threads.deferToThread(server.paint, frame)
+            for term in terms:
+                await term.wait_screen(frame)
+        assert handed, "no rectangle went to a worker thread"
+        for term in terms:
+            term.close()
     finally:
         await ts.stopService()

@@ -45,7 +45,8 @@ class Connection:
         self.rwnd = 0.0
         self.sndbuf = 0.0
         self.times_limits = True  # False: a kernel before 4.10
-        self.link = LinkQuality(lambda: self, lambda transport: self.info())
+        # Read at every tick: the policy's timing, not the session's spacing.
+        self.link = LinkQuality(lambda: self, lambda transport: self.info(), read_spacing=0.0)
         self.changes: list[tuple[float, int, str]] = []  # (time, new level, logged figures)
         self.link.observe(self.now)
 

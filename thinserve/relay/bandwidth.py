@@ -71,7 +71,10 @@ NETWORK_SHARE = 0.4  # the link is the limit when the network held data back thi
 MIN_ACKED = 64 * 1024  # bytes acknowledged in a window before its rate means anything
 BUSY_FLOOR = 0.01  # seconds: the kernel counts busy time in clock ticks (1-10 ms)
 SNAPSHOT_SPACING = 0.05  # seconds between the TCP_INFO answers kept
-READ_SPACING = SNAPSHOT_SPACING  # between two reads of TCP_INFO: closer ones add nothing
+# Seconds between two reads of TCP_INFO: the session asks at every update and
+# request, and with many terminals at many updates a second the reads would
+# be a good part of its work; a drop still needs NETWORK_SHARE of WINDOW.
+READ_SPACING = 0.2
 MAX_SNAPSHOTS = 64  # at most this many kept (WINDOW / SNAPSHOT_SPACING fit)
 
 # The fallback: timing the terminal's answers.
@@ -398,8 +401,10 @@ class LinkQuality:
         self,
         transport: Callable[[], object] | None = None,
         tcp_info: TcpInfoSource = info_of,
+        read_spacing: float = READ_SPACING,
     ) -> None:
         self._transport = transport or (lambda: None)
+        self._read_spacing = read_spacing
         self._tcp_info = tcp_info
         self.tcp: TcpPolicy | None = None  # set when TCP_INFO says what held sending back
         self.timed = transport is None  # no TCP_INFO: the terminal's answers are timed
@@ -409,14 +414,15 @@ class LinkQuality:
         self._read_at = -math.inf
 
     def observe(self, now: float) -> bool:
-        """Read the link at ``now`` (unless read in the last READ_SPACING
-        seconds: many terminals at many updates a second would make this a
-        good part of the work); True if its level changed."""
-        if now - self._read_at < READ_SPACING:
+        """Read the link at ``now``, unless it was read less than the read
+        spacing ago; True if its level changed."""
+        if now - self._read_at < self._read_spacing:
+            return False
+        info = self._read()
+        if info is None:
             return False
         self._read_at = now
-        info = self._read()
-        return self.tcp is not None and info is not None and self.tcp.observe(info, now)
+        return self.tcp is not None and self.tcp.observe(info, now)
 
     def _read(self) -> TcpInfo | None:
         if self.timed:

@@ -1,14 +1,17 @@
 """Worker threads that prepare the large rectangles of updates.
 
-numpy, libjpeg-turbo and zlib release the GIL while they work (Tight's
-analysis holds it about 40% of the time on text, 25% on photos), so a
-full-screen update prepared by the reactor thread and the workers uses
-every core.  One worker per core but the reactor's: the reactor thread
-prepares the rectangle it sends next itself, and more threads would only
-queue for the GIL.  The GIL's switch interval is shortened so that the
-reactor thread, which sends, gets it back soon from a worker that holds
-it.  A job's end is brought back to the reactor thread with
-``callFromThread``.
+numpy, libjpeg-turbo and zlib release the GIL while they work, but only
+part of the time (Tight's analysis holds it about 40% of the time on text,
+25% on photos): a worker competes with the reactor thread, which prepares
+the rectangle it sends next itself and sends.  Measured on two cores
+(``python -m bench fullscreen``), one worker made a full screen slower
+(Tight on a desktop of terminals: 25.0 ms to the last byte, 20.5 without),
+the desktop's own VNC server needing the other core; so workers start
+from the third core on: one per core beyond two (at most MAX_THREADS).
+``THINSERVE_ENCODE_THREADS`` sets the number (0: none).  The GIL's switch
+interval is shortened while workers run, so that the reactor thread gets
+the GIL back soon from a worker that holds it.  A job's end is brought
+back to the reactor thread with ``callFromThread``.
 """
 
 from __future__ import annotations
@@ -55,14 +58,14 @@ _shared: EncodeWorkers | None = None
 
 
 def shared() -> EncodeWorkers | None:
-    """The process's workers: one thread per core but one (at least one, at
-    most MAX_THREADS), or as many as THINSERVE_ENCODE_THREADS says (0: none,
-    everything on the reactor thread)."""
+    """The process's workers (None: everything on the reactor thread): one
+    thread per core beyond two (at most MAX_THREADS), or as many as
+    THINSERVE_ENCODE_THREADS says."""
     global _shared
     if _shared is None:
         from twisted.internet import reactor
 
-        threads = min(MAX_THREADS, max(1, len(os.sched_getaffinity(0)) - 1))
+        threads = min(MAX_THREADS, max(0, len(os.sched_getaffinity(0)) - 2))
         threads = int(os.environ.get("THINSERVE_ENCODE_THREADS", threads))
         if threads <= 0:
             return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 TCP_INFO = 11  # the socket option's number on Linux (include/uapi/linux/tcp.h)
 ASKED_BYTES = 256  # asked of the kernel: enough for every field read here
@@ -27,33 +27,32 @@ BASE_BYTES = 104  # struct tcp_info of Linux 2.6 (up to tcpi_total_retrans)
 MAX_HOPS = 8  # transports wrapped in transports (WebSocket over TLS over TCP) followed
 TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
-# (offset, struct format) of the fields read, little- or big-endian as the host.
-_U32, _U64 = "=I", "=Q"
-_FIELDS = {
-    "state": (0, "=B"),
-    "flags": (7, "=B"),  # bit 0: tcpi_delivery_rate_app_limited
-    "snd_mss": (16, _U32),
-    "unacked": (24, _U32),  # segments sent and not yet acknowledged
-    "sacked": (28, _U32),  # of them, selectively acknowledged (SACK)
-    "rtt": (68, _U32),  # smoothed, microseconds
-    "snd_cwnd": (80, _U32),  # segments
-    "bytes_acked": (120, _U64),  # Linux 4.1
-    "notsent": (144, _U32),  # Linux 4.6: bytes written, not yet sent
-    "min_rtt": (148, _U32),  # Linux 4.6, microseconds
-    "delivery_rate": (160, _U64),  # Linux 4.9, bytes per second
-    "busy": (168, _U64),  # Linux 4.10, microseconds with data to send or in flight ...
-    "rwnd_limited": (176, _U64),  # ... of them limited by the receiver's window
-    "sndbuf_limited": (184, _U64),  # ... or by the sender's buffer
-    "bytes_sent": (200, _U64),  # Linux 4.19
-}
+# The fields read, in host byte order: those of Linux 2.6 in one piece (pad
+# bytes skip the others), then the later ones by the kernel that added them,
+# each group at its offset.
+_BASE = struct.Struct(
+    "=B6xB"  # 0 state, 7 flags (bit 0: tcpi_delivery_rate_app_limited)
+    "8xI"  # 16 snd_mss
+    "4xII"  # 24 unacked (segments sent, not yet acknowledged), 28 sacked (SACK)
+    "36xI"  # 68 rtt (smoothed, microseconds)
+    "8xI"  # 80 snd_cwnd (segments)
+)
+_LATER = (  # (offset, struct, names)
+    (120, struct.Struct("=Q"), ("bytes_acked",)),  # Linux 4.1
+    (144, struct.Struct("=II"), ("notsent", "min_rtt")),  # 4.6: bytes not yet sent; microseconds
+    (160, struct.Struct("=Q"), ("delivery_rate",)),  # 4.9: bytes per second
+    # 4.10: microseconds with data to send or in flight, and of them limited
+    # by the receiver's window or by the sender's buffer
+    (168, struct.Struct("=QQQ"), ("busy", "rwnd_limited", "sndbuf_limited")),
+    (200, struct.Struct("=Q"), ("bytes_sent",)),  # 4.19
+)
 
 
 class TcpInfoError(ValueError):
     """A TCP_INFO answer too short to be one."""
 
 
-@dataclass(frozen=True)
-class TcpInfo:
+class TcpInfo(NamedTuple):
     """The fields of one TCP_INFO answer that measure a link; times in seconds.
 
     Counters (``bytes_acked``, ``busy`` and the limited times) only grow
@@ -103,36 +102,29 @@ def parse(raw: bytes) -> TcpInfo:
             f"TCP_INFO answer of {len(raw)} bytes, under the {BASE_BYTES} of any Linux "
             "since 2.6: not a Linux tcp_info; the link is timed by the terminal's answers instead"
         )
-    raw = raw[:ASKED_BYTES]
-    found = {name: _field(raw, offset, fmt) for name, (offset, fmt) in _FIELDS.items()}
+    state, flags, snd_mss, unacked, sacked, rtt, snd_cwnd = _BASE.unpack_from(raw)
+    later: dict[str, int] = {}
+    for offset, layout, names in _LATER:
+        if offset + layout.size <= len(raw):  # else an older kernel's shorter struct
+            later.update(zip(names, layout.unpack_from(raw, offset), strict=True))
+    delivery_rate = later.get("delivery_rate")
     return TcpInfo(
-        state=_int(found["state"]),
-        snd_mss=_int(found["snd_mss"]),
-        unacked=_int(found["unacked"]),
-        sacked=_int(found["sacked"]),
-        rtt=_int(found["rtt"]) / 1e6,
-        snd_cwnd=_int(found["snd_cwnd"]),
-        app_limited=bool(_int(found["flags"]) & 1),
-        bytes_acked=found["bytes_acked"],
-        notsent=found["notsent"],
-        min_rtt=_seconds(found["min_rtt"]),
-        delivery_rate=None if found["delivery_rate"] is None else float(found["delivery_rate"]),
-        busy=_seconds(found["busy"]),
-        rwnd_limited=_seconds(found["rwnd_limited"]),
-        sndbuf_limited=_seconds(found["sndbuf_limited"]),
-        bytes_sent=found["bytes_sent"],
+        state=state,
+        snd_mss=snd_mss,
+        unacked=unacked,
+        sacked=sacked,
+        rtt=rtt / 1e6,
+        snd_cwnd=snd_cwnd,
+        app_limited=bool(flags & 1),
+        bytes_acked=later.get("bytes_acked"),
+        notsent=later.get("notsent"),
+        min_rtt=_seconds(later.get("min_rtt")),
+        delivery_rate=None if delivery_rate is None else float(delivery_rate),
+        busy=_seconds(later.get("busy")),
+        rwnd_limited=_seconds(later.get("rwnd_limited")),
+        sndbuf_limited=_seconds(later.get("sndbuf_limited")),
+        bytes_sent=later.get("bytes_sent"),
     )
-
-
-def _field(raw: bytes, offset: int, fmt: str) -> int | None:
-    if offset + struct.calcsize(fmt) > len(raw):
-        return None  # an older kernel's shorter struct
-    return int(struct.unpack_from(fmt, raw, offset)[0])
-
-
-def _int(value: int | None) -> int:
-    assert value is not None  # inside the base struct, which parse checked
-    return value
 
 
 def _seconds(microseconds: int | None) -> float | None:

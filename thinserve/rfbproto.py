@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
 
-from twisted.internet import protocol
+from twisted.internet import protocol, tcp
 from twisted.internet.interfaces import IAddress
 
 from protocols.rfb.client import ClientConnection
@@ -44,6 +44,25 @@ class TLSTransport(Transport, Protocol):
     def abortConnection(self) -> None: ...
 
 
+def send_now(transport: object) -> None:
+    """Hand what was just written on a plain TCP socket to the kernel now.
+
+    Twisted sends written bytes on the reactor's next turn; an update
+    written for each of fifty terminals watching one desktop would all
+    wait for the last to be encoded, and a typed character for a turn of
+    the loop.  A TCP transport's ``doWrite`` sends what it can at once
+    (what does not fit stays for the reactor, as before).  TLS and
+    WebSocket transports, and one that is closing, are left to the reactor.
+    """
+    if (
+        isinstance(transport, tcp.Connection)
+        and transport.connected
+        and not transport.disconnecting
+        and not getattr(transport, "TLS", False)
+    ):
+        transport.doWrite()
+
+
 class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
     """Glue around a sans-I/O connection (``self.conn``) of either role."""
 
@@ -63,8 +82,12 @@ class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
         link = self.link
         if link is None:
             return
+        wrote = False
         while data := self.conn.data_to_send():
             link.write(data)
+            wrote = True
+        if wrote:
+            send_now(self.transport)
 
     def write_before_tls(self) -> None:
         """Write the last bytes that go out in clear, and only those."""

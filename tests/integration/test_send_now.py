@@ -1,0 +1,98 @@
+"""Updates leave at once: written bytes reach the kernel before the reactor turns.
+
+Twisted sends what a protocol writes on the reactor's next turn.  thinserve
+hands an update to the kernel as soon as it is written (``send_now``), so a
+terminal's update does not wait for the other terminals' updates encoded in
+the same turn, nor a typed character for a turn of the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+
+from tests.support.waiting import wait_until
+from thinserve.rfbproto import send_now
+
+pytestmark = pytest.mark.integration
+
+
+class Kept(protocol.Protocol):
+    def connectionMade(self) -> None:
+        self.factory.made.callback(self)  # type: ignore[attr-defined]
+
+
+def kernel_has(sock: socket.socket, size: int) -> bytes:
+    """What the peer's socket holds now, without waiting and without the reactor."""
+    try:
+        return sock.recv(size, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+    except BlockingIOError:
+        return b""
+
+
+def _closed(sock: socket.socket) -> bool:
+    """The peer closed: a read answers at once with nothing."""
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+
+
+@pytest_twisted.ensureDeferred
+async def test_written_bytes_reach_the_peer_before_the_reactor_turns() -> None:
+    factory = protocol.Factory.forProtocol(Kept)
+    factory.made = defer.Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    peer.settimeout(None)  # plain blocking: MSG_DONTWAIT then answers at once
+    try:
+        server: Kept = await factory.made  # type: ignore[attr-defined]
+        transport = server.transport
+        transport.write(b"left for the reactor")  # type: ignore[union-attr]
+        assert kernel_has(peer, 100) == b""  # Twisted holds it until its next turn
+        transport.write(b", sent now")  # type: ignore[union-attr]
+        send_now(transport)
+        assert kernel_has(peer, 100) == b"left for the reactor, sent now"
+        peer.recv(100)  # there: does not block
+        transport.loseConnection()  # type: ignore[union-attr]
+        send_now(transport)  # closing: left to the reactor, which ends the connection
+        await wait_until(lambda: _closed(peer), 10, "the close")
+    finally:
+        peer.close()
+        await port.stopListening()
+
+
+def test_other_transports_are_left_alone() -> None:
+    send_now(None)
+    send_now(object())
+
+
+@pytest.mark.parametrize("size", [1 << 22])
+@pytest_twisted.ensureDeferred
+async def test_what_does_not_fit_stays_for_the_reactor(size: int) -> None:
+    factory = protocol.Factory.forProtocol(Kept)
+    factory.made = defer.Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    peer.settimeout(None)  # plain blocking: MSG_DONTWAIT then answers at once
+    try:
+        server: Kept = await factory.made  # type: ignore[attr-defined]
+        data = bytes(range(256)) * (size // 256)
+        server.transport.write(data)  # type: ignore[union-attr]
+        send_now(server.transport)  # more than the socket takes at once
+        got = bytearray()
+
+        def read() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                got.extend(peer.recv(1 << 20, socket.MSG_DONTWAIT))
+            return len(got) == size
+
+        await wait_until(read, 20, "every byte")
+        assert bytes(got) == data
+    finally:
+        peer.close()
+        await port.stopListening()

@@ -14,6 +14,9 @@ import sys
 
 
 def main(path: str) -> int:
+    from thinserve.cli import install_reactor
+
+    install_reactor()  # the asyncio reactor, as `thinserve serve`, before anything imports one
     from thinserve.cli import run_server
     from thinserve.config import load
 

@@ -236,8 +236,8 @@ async def test_wall_shows_real_thumbnails_and_pairing_by_code_switches_the_termi
             await page.fill("#audit-action", "pair")
             await page.click("#audit-filter button[type=submit]")
             first = page.locator("#audit-table tbody tr").first
-            await wait_for_live_text(first, f"web:{ADMIN}")
-            assert tid in await first.inner_text()
+            await wait_for_live_text(first, tid)  # the filtered table, not the one before
+            assert f"web:{ADMIN}" in await first.inner_text()
             await page.fill("#audit-action", "")
             await page.click("#audit-filter button[type=submit]")
             await wait_for_live_text(page.locator("#audit-table"), "user-add")

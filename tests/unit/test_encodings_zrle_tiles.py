@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -32,26 +31,15 @@ from protocols.rfb.encodings.zrle import (
     suited_level,
 )
 from protocols.rfb.encodings.zrle_write import tile_alternatives, tile_bytes
-from protocols.rfb.pixelformat import (
-    BGR233,
-    COLOUR_MAP_8,
-    NATIVE,
-    RGB565,
-    PixelCodec,
-    PixelFormat,
-)
+from protocols.rfb.pixelformat import PixelCodec, PixelFormat
+
+from .test_encodings_zlib_zrle import FORMATS as ZLIB_FORMATS
 
 FORMATS = {
-    "native": NATIVE,
-    "native-be": replace(NATIVE, big_endian=True),
-    "bgr-32": PixelFormat(32, 24, False, True, 255, 255, 255, 0, 8, 16),
-    "rgb-high-32": PixelFormat(32, 24, False, True, 255, 255, 255, 24, 16, 8),
+    **ZLIB_FORMATS,
     "rgb-high-32-be": PixelFormat(32, 24, True, True, 255, 255, 255, 24, 16, 8),
     "depth-32": PixelFormat(32, 32, False, True, 255, 255, 255, 16, 8, 0),  # 4-byte CPIXELs
     "spread-32": PixelFormat(32, 24, True, True, 255, 255, 255, 24, 8, 0),  # 4-byte CPIXELs
-    "rgb565": RGB565,
-    "bgr233": BGR233,
-    "colour-map-8": COLOUR_MAP_8,
 }
 CODECS = {name: PixelCodec(pf) for name, pf in FORMATS.items()}
 TILE = 64

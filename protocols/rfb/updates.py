@@ -179,11 +179,17 @@ def bands(rect: Rect, pixels: int = BAND_PIXELS) -> Iterator[Rect]:
 
     An update made of bands can be sent band by band (the terminal decodes
     the first while the next is encoded); 64 rows keep ZRLE's 64x64 and
-    Hextile's 16x16 tiles where they would be in the whole rectangle.
+    Hextile's 16x16 tiles where they would be in the whole rectangle.  Of a
+    rectangle that takes several bands the first is the narrowest (64 rows),
+    so its first pixels leave soon.
     """
     rows = max(BAND_ROWS, pixels // max(rect.w, 1) // BAND_ROWS * BAND_ROWS)
-    for y in range(rect.y, rect.y + rect.h, rows):
-        yield Rect(rect.x, y, rect.w, min(rows, rect.y + rect.h - y))
+    y, end = rect.y, rect.y + rect.h
+    first = BAND_ROWS if rect.h > rows else rows
+    while y < end:
+        height = min(first if y == rect.y else rows, end - y)
+        yield Rect(rect.x, y, rect.w, height)
+        y += height
 
 
 def split_rect(rect: Rect, max_width: int, max_area: int) -> Iterator[Rect]:

@@ -9,7 +9,7 @@ from protocols.rfb import messages as m
 from protocols.rfb.client import UpdateDone
 from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
-from protocols.rfb.updates import BAND_PIXELS, BAND_ROWS, ClientSettings, Part, RectEncoder
+from protocols.rfb.updates import BAND_PIXELS, BAND_ROWS, ClientSettings, Part, RectEncoder, bands
 
 from .content import desktop_frame
 from .test_connection import H, Pair, W
@@ -227,3 +227,11 @@ def test_solid_rectangles_stay_hextile_without_zrle() -> None:
     fb = np.full((H, W), 0x336699, dtype=np.uint32)
     rect = Rect(0, 0, W, H)
     assert {part.encoding for part in encoder.plan(fb, rect)} == {Encoding.HEXTILE}
+
+
+def test_the_first_band_of_a_large_rectangle_is_the_narrowest() -> None:
+    rect = Rect(0, 0, 1920, 1080)
+    heights = [band.h for band in bands(rect, 1 << 18)]
+    assert heights[0] == BAND_ROWS  # its pixels leave first, soonest
+    assert set(heights[1:-1]) == {2 * BAND_ROWS} and sum(heights) == 1080
+    assert [band.h for band in bands(Rect(0, 0, 1920, 100), 1 << 18)] == [100]  # one band: whole

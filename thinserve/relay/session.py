@@ -401,14 +401,17 @@ class TerminalSession:
         copies, self.copies = self.copies, []
         self._adapt_quality()
         self.stream_started = time.monotonic()
-        picture, pool = self._picture(rects)
+        long = sum(r.area for r in rects) > SLICE_PIXELS
+        picture, pool = self._picture(long)
         work = self.view.work()
         self.stream = conn.begin_update(picture, rects, copies, work=work, pool=pool)
-        self._send_slice()
+        # A long update's first rectangle goes out alone: the terminal draws it
+        # while the rest is encoded.
+        self._send_slice(1 if long else SLICE_PIXELS)
 
-    def _picture(self, rects: list[Rect]) -> tuple[np.ndarray, Callable[[Job], None] | None]:
-        """What an update of ``rects`` shows: a still copy if it takes several
-        slices, and then the workers that may prepare it meanwhile.
+    def _picture(self, long: bool) -> tuple[np.ndarray, Callable[[Job], None] | None]:
+        """What an update shows: a still picture if it is ``long`` (takes
+        several slices), and then the workers that may prepare it meanwhile.
 
         The source keeps changing while a long update goes out; encoding its
         later slices from the live picture would tear it (and leave the
@@ -416,17 +419,18 @@ class TerminalSession:
         lends its picture and writes to a copy while it is held.
         """
         assert self.view is not None
-        if sum(r.area for r in rects) <= SLICE_PIXELS:
+        if not long:
             return self.view.framebuffer, None
         return self.view.still(), self.workers.submit if self.workers is not None else None
 
-    def _send_slice(self) -> None:
-        """Send the next slice of the update going out; the rest on a later turn."""
+    def _send_slice(self, pixels: int = SLICE_PIXELS) -> None:
+        """Send the next slice (about ``pixels``) of the update going out; the
+        rest on a later turn."""
         assert self.proto is not None and self.stream is not None
         stream = self.stream
         if self._adapt_quality():
             stream.renew()  # a slow link shows during a long update: the rest goes lighter
-        more = stream.send(SLICE_PIXELS)
+        more = stream.send(pixels)
         self.proto.flush()
         if more:
             self._next_turn(stream)

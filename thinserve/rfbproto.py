@@ -52,12 +52,15 @@ def send_now(transport: object) -> None:
     wait for the last to be encoded, and a typed character for a turn of
     the loop.  A TCP transport's ``doWrite`` sends what it can at once
     (what does not fit stays for the reactor, as before).  TLS and
-    WebSocket transports, and one that is closing, are left to the reactor.
+    WebSocket transports, and one that is closing, are left to the reactor;
+    so is one whose producer is paused: its ``doWrite`` would resume the
+    producer (the session) from inside the session's own write.
     """
     if (
         isinstance(transport, tcp.Connection)
         and transport.connected
         and not transport.disconnecting
+        and not transport.producerPaused
         and not getattr(transport, "TLS", False)
     ):
         transport.doWrite()

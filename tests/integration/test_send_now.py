@@ -96,3 +96,39 @@ async def test_what_does_not_fit_stays_for_the_reactor(size: int) -> None:
     finally:
         peer.close()
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_paused_producer_is_left_to_the_reactor() -> None:
+    """Sending now would resume a paused producer (a terminal's session) from
+    inside its own write: that waits for the reactor, as before."""
+    factory = protocol.Factory.forProtocol(Kept)
+    factory.made = defer.Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    peer.settimeout(None)
+    resumed: list[bool] = []
+
+    class Producer:
+        def resumeProducing(self) -> None:
+            resumed.append(True)
+
+        def pauseProducing(self) -> None:
+            pass
+
+        def stopProducing(self) -> None:
+            pass
+
+    try:
+        server: Kept = await factory.made  # type: ignore[attr-defined]
+        transport = server.transport
+        transport.registerProducer(Producer(), True)  # type: ignore[union-attr]
+        transport.producerPaused = True  # type: ignore[union-attr]  # as its full buffer does
+        transport.write(b"waits")  # type: ignore[union-attr]
+        send_now(transport)
+        assert kernel_has(peer, 100) == b"" and not resumed
+        await wait_until(lambda: kernel_has(peer, 100) == b"waits", 10, "the reactor's write")
+        assert resumed  # by the reactor, on its own turn
+    finally:
+        peer.close()
+        await port.stopListening()

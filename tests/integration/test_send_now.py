@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -24,6 +26,23 @@ pytestmark = pytest.mark.integration
 class Kept(protocol.Protocol):
     def connectionMade(self) -> None:
         self.factory.made.callback(self)  # type: ignore[attr-defined]
+
+
+@contextlib.asynccontextmanager
+async def connected() -> AsyncIterator[tuple[Any, socket.socket]]:
+    """thinserve's side of a loopback TCP connection (a Twisted transport)
+    and the peer's plain blocking socket, read without the reactor."""
+    factory = protocol.Factory.forProtocol(Kept)
+    factory.made = defer.Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    peer.settimeout(None)  # plain blocking: MSG_DONTWAIT then answers at once
+    try:
+        server: Kept = await factory.made  # type: ignore[attr-defined]
+        yield server.transport, peer
+    finally:
+        peer.close()
+        await port.stopListening()
 
 
 def kernel_has(sock: socket.socket, size: int) -> bytes:
@@ -44,26 +63,16 @@ def _closed(sock: socket.socket) -> bool:
 
 @pytest_twisted.ensureDeferred
 async def test_written_bytes_reach_the_peer_before_the_reactor_turns() -> None:
-    factory = protocol.Factory.forProtocol(Kept)
-    factory.made = defer.Deferred()  # type: ignore[attr-defined]
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
-    peer.settimeout(None)  # plain blocking: MSG_DONTWAIT then answers at once
-    try:
-        server: Kept = await factory.made  # type: ignore[attr-defined]
-        transport = server.transport
-        transport.write(b"left for the reactor")  # type: ignore[union-attr]
+    async with connected() as (transport, peer):
+        transport.write(b"left for the reactor")
         assert kernel_has(peer, 100) == b""  # Twisted holds it until its next turn
-        transport.write(b", sent now")  # type: ignore[union-attr]
+        transport.write(b", sent now")
         send_now(transport)
         assert kernel_has(peer, 100) == b"left for the reactor, sent now"
         peer.recv(100)  # there: does not block
-        transport.loseConnection()  # type: ignore[union-attr]
+        transport.loseConnection()
         send_now(transport)  # closing: left to the reactor, which ends the connection
         await wait_until(lambda: _closed(peer), 10, "the close")
-    finally:
-        peer.close()
-        await port.stopListening()
 
 
 def test_other_transports_are_left_alone() -> None:
@@ -74,16 +83,10 @@ def test_other_transports_are_left_alone() -> None:
 @pytest.mark.parametrize("size", [1 << 22])
 @pytest_twisted.ensureDeferred
 async def test_what_does_not_fit_stays_for_the_reactor(size: int) -> None:
-    factory = protocol.Factory.forProtocol(Kept)
-    factory.made = defer.Deferred()  # type: ignore[attr-defined]
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
-    peer.settimeout(None)  # plain blocking: MSG_DONTWAIT then answers at once
-    try:
-        server: Kept = await factory.made  # type: ignore[attr-defined]
+    async with connected() as (transport, peer):
         data = bytes(range(256)) * (size // 256)
-        server.transport.write(data)  # type: ignore[union-attr]
-        send_now(server.transport)  # more than the socket takes at once
+        transport.write(data)
+        send_now(transport)  # more than the socket takes at once
         got = bytearray()
 
         def read() -> bool:
@@ -93,20 +96,12 @@ async def test_what_does_not_fit_stays_for_the_reactor(size: int) -> None:
 
         await wait_until(read, 20, "every byte")
         assert bytes(got) == data
-    finally:
-        peer.close()
-        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_paused_producer_is_left_to_the_reactor() -> None:
     """Sending now would resume a paused producer (a terminal's session) from
     inside its own write: that waits for the reactor, as before."""
-    factory = protocol.Factory.forProtocol(Kept)
-    factory.made = defer.Deferred()  # type: ignore[attr-defined]
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    peer = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
-    peer.settimeout(None)
     resumed: list[bool] = []
 
     class Producer:
@@ -119,16 +114,11 @@ async def test_a_paused_producer_is_left_to_the_reactor() -> None:
         def stopProducing(self) -> None:
             pass
 
-    try:
-        server: Kept = await factory.made  # type: ignore[attr-defined]
-        transport = server.transport
-        transport.registerProducer(Producer(), True)  # type: ignore[union-attr]
-        transport.producerPaused = True  # type: ignore[union-attr]  # as its full buffer does
-        transport.write(b"waits")  # type: ignore[union-attr]
+    async with connected() as (transport, peer):
+        transport.registerProducer(Producer(), True)
+        transport.producerPaused = True  # as its full buffer does
+        transport.write(b"waits")
         send_now(transport)
         assert kernel_has(peer, 100) == b"" and not resumed
         await wait_until(lambda: kernel_has(peer, 100) == b"waits", 10, "the reactor's write")
         assert resumed  # by the reactor, on its own turn
-    finally:
-        peer.close()
-        await port.stopListening()

@@ -34,6 +34,7 @@ from protocols.rfb.encodings.zrle_write import tile_alternatives, tile_bytes
 from protocols.rfb.pixelformat import PixelCodec, PixelFormat
 
 from .test_encodings_zlib_zrle import FORMATS as ZLIB_FORMATS
+from .test_encodings_zlib_zrle import expected_packed_rows
 
 FORMATS = {
     **ZLIB_FORMATS,
@@ -70,20 +71,6 @@ def spec_length(run: int) -> bytes:
     return b"\xff" * ((run - 1) // 255) + bytes([(run - 1) % 255])
 
 
-def spec_packed(indexes: np.ndarray, bits: int) -> bytes:
-    out = bytearray()
-    for row in indexes.tolist():
-        value, used = 0, 0
-        for index in row:
-            value, used = (value << bits) | index, used + bits
-            if used == 8:
-                out.append(value)
-                value, used = 0, 0
-        if used:
-            out.append(value << (8 - used))
-    return bytes(out)
-
-
 def reference_tile(pixels: np.ndarray, codec: PixelCodec) -> bytes:
     """One tile, in the smallest subencoding before zlib."""
     height, width = pixels.shape
@@ -110,7 +97,7 @@ def reference_tile(pixels: np.ndarray, codec: PixelCodec) -> bytes:
     if k <= 16:
         bits = 1 if k == 2 else 2 if k <= 4 else 4
         indexes = np.vectorize(place.__getitem__)(words).reshape(height, width)
-        options[k] = table + spec_packed(indexes, bits)
+        options[k] = table + expected_packed_rows(indexes, bits)
     sub = min(options, key=lambda s: (len(options[s]), s))
     return bytes([sub]) + options[sub]
 

@@ -224,7 +224,7 @@ class TerminalSession:
         """Encode with the JPEG quality the link carries, at most the terminal's;
         True if it changed.
 
-        Checked before each update and each slice of a long one, the link
+        Checked before each update and each later slice of a long one, the link
         read right then: a SetEncodings resets the encoders to the terminal's
         own level, which is then the new ceiling.  The log line names the
         figures that set the link's level.
@@ -382,7 +382,7 @@ class TerminalSession:
         if proto is None or proto.paused or self.view is None:
             return
         if self.stream is not None:
-            self._send_slice()
+            self._next_slice_of_stream()
             return
         conn = proto.conn
         if self.requested is None and not conn.continuous_updates:
@@ -428,8 +428,6 @@ class TerminalSession:
         rest on a later turn."""
         assert self.proto is not None and self.stream is not None
         stream = self.stream
-        if self._adapt_quality():
-            stream.renew()  # a slow link shows during a long update: the rest goes lighter
         more = stream.send(pixels)
         self.proto.flush()
         if more:
@@ -480,7 +478,16 @@ class TerminalSession:
     def _later_slice(self) -> None:
         self._next_slice = None
         if self.stream is not None and self.proto is not None and not self.proto.paused:
-            self._send_slice()
+            self._next_slice_of_stream()
+
+    def _next_slice_of_stream(self) -> None:
+        """A later slice of the update going out, with the link read again: a
+        slow link shows during a long update, and the rest goes lighter.  (The
+        first slice follows the reading made just before the update began.)"""
+        assert self.stream is not None
+        if self._adapt_quality():
+            self.stream.renew()
+        self._send_slice()
 
     def _drop_stream(self) -> None:
         self.stream = None

@@ -30,7 +30,8 @@ DEBIAN_PACKAGES := \
 	libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu \
 	libvirt-clients libvirt-daemon-system \
 	avahi-daemon avahi-utils libnss-mdns dbus iproute2 \
-	chromium remmina remmina-plugin-vnc python3-venv stress-ng
+	chromium remmina remmina-plugin-vnc python3-venv stress-ng \
+	postgresql
 NOVNC := clients/web/node_modules/@novnc/novnc/core/rfb.js
 PICO := clients/dashboard/node_modules/@picocss/pico/css/pico.classless.min.css
 

@@ -13,6 +13,8 @@ Fixtures (factories: call them, as often as needed, to start things):
 - ``tigervnc_viewer(server=None, listen_port=None, password=None)`` -> ``viewer.TigerViewer``
 - ``tiny_linux`` (session): the kernel + busybox initramfs ``tinylinux.TinyLinux``
 - ``qemu_accel`` (session): "kvm:tcg" when KVM really boots Linux here, else "tcg"
+- ``postgres_server`` (session): a real PostgreSQL on loopback, ``postgres.PostgresServer``
+- ``postgres_url``: the URL of an empty database of its own on that server
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 
 from . import tinylinux
 from .need import need
+from .postgres import PostgresServer
 from .qemu import QemuVM, choose_accel, start_qemu
 from .tinylinux import TinyLinux
 from .viewer import TigerViewer, need_viewer, start_viewer
@@ -135,3 +138,17 @@ def tigervnc_viewer(tmp_path: Path) -> Iterator[Callable[..., TigerViewer]]:
 
     yield start
     started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.new_database()

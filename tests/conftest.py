@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.support.need import in_ci
 
-pytest_plugins = ("tests.support.fixtures",)
+pytest_plugins = ("tests.support.fixtures", "tests.support.stores")
 
 # CI: the same examples on every run, no per-example deadline on a busy 2-core machine.
 settings.register_profile(

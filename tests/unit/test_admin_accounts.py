@@ -7,7 +7,6 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +23,8 @@ from thinserve.dashboard import auth as auth_module
 from thinserve.dashboard.accounts import LOCK_AFTER, LOCK_SECONDS, Accounts
 from thinserve.dashboard.auth import Authenticator, LoginResource
 from thinserve.secrets import SecretHasher
-from thinserve.store import SqliteStore
 from thinserve.store.base import Admin, ApiToken
+from thinserve.store.sql import SqlStore
 from thinserve.verifier import Verifier
 
 PASSWORD = "correct horse battery"
@@ -65,7 +64,7 @@ class Answer:
 
 @dataclass
 class World:
-    store: SqliteStore
+    store: SqlStore
     clock: Clock
     hasher: WatchedHasher
     verifier: Verifier
@@ -83,14 +82,13 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    store = SqliteStore(tmp_path / "thinserve.db")
+def world(store: SqlStore) -> Iterator[World]:
+    """On SQLite, then on PostgreSQL (tests/support/stores.py closes the store)."""
     clock, hasher = Clock(), WatchedHasher()
     verifier = Verifier(reactor)
     auth = Authenticator(store, hasher, verifier, clock)
     yield World(store, clock, hasher, verifier, auth, LoginResource(auth))
     verifier.stop()
-    store.close()
 
 
 def make_request(
@@ -408,7 +406,7 @@ async def test_a_bearer_token_acts_with_its_admins_role_without_csrf(world: Worl
     await add_admin(world, "hal", "helpdesk")
     record, token = world.accounts.add_token("hal", "grafana", "admin:root")
     assert token.startswith(f"tst_{record.id}_") and len(token) == 4 + 16 + 1 + 43
-    assert token not in json.dumps([r for r in world.store._db.execute("SELECT * FROM api_tokens")])
+    assert token not in json.dumps(world.store._all("SELECT * FROM api_tokens"))
     for method in (b"GET", b"POST", b"DELETE"):
         assert principal(world, method, token=token) == Principal(
             "token:hal/grafana", "hal", "helpdesk"

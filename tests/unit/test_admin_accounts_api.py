@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from thinserve.broker import Broker
 from thinserve.dashboard.accounts import Accounts
 from thinserve.hub import Hub
 from thinserve.secrets import SecretHasher
-from thinserve.store import SqliteStore
+from thinserve.store.sql import SqlStore
 from thinserve.verifier import Verifier
 
 CHEAP = SecretHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -31,20 +30,19 @@ PASSWORD = "correct horse battery"
 @dataclass
 class Setup:
     api: AccountsAPI
-    store: SqliteStore
+    store: SqlStore
     broker: Broker
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
-    store = SqliteStore(tmp_path / "thinserve.db")
+def setup(store: SqlStore) -> Iterator[Setup]:
+    """On SQLite, then on PostgreSQL (tests/support/stores.py closes the store)."""
     broker = Broker(store, hasher=CHEAP)
     verifier = Verifier(reactor)
     hub = Hub(broker, {}, reactor, verifier=verifier)
     accounts = Accounts(store, CHEAP, verifier)
     yield Setup(AccountsAPI(store, accounts, hub), store, broker)
     verifier.stop()
-    store.close()
 
 
 def call(

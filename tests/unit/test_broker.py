@@ -1,4 +1,8 @@
-"""The broker: every policy, their combinations, and invariants under random events."""
+"""The broker: every policy, their combinations, and invariants under random events.
+
+Every test runs twice: with the broker's store on SQLite, then on PostgreSQL
+(``stores``, an autouse fixture, says which for the Sites and machines it makes).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from pathlib import Path
 
@@ -22,9 +26,11 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 from twisted.internet import reactor
 
+from tests.support.stores import STORE_KINDS, location_for
 from tests.support.waiting import wait_until
 from thinserve.broker import (
     ALPHABET,
@@ -55,11 +61,50 @@ from thinserve.broker.ratelimit import FailureLimiter
 from thinserve.relay import screens
 from thinserve.relay.login import CHECKING, KEY_ESCAPE, KEY_RETURN, KEY_TAB, LoginScreen
 from thinserve.secrets import SecretHasher
-from thinserve.store import Pairing, SqliteStore, User
+from thinserve.store import Pairing, User, open_store
+from thinserve.store.sql import SqlStore
 from thinserve.verifier import Verifier
 
 CHEAP = SecretHasher(time_cost=1, memory_cost=8, parallelism=1)
 OWN_DESKTOPS = ("d1", "d2", "d3")
+
+
+class Stores:
+    """Fresh stores of the kind the running test asks for; closed when it ends."""
+
+    def __init__(self) -> None:
+        self.kind = "sqlite"
+        self.request: pytest.FixtureRequest | None = None
+        self.opened: list[SqlStore] = []
+
+    def location(self, directory: Path) -> str:
+        """A new empty database: a file in ``directory``, or on the PostgreSQL server."""
+        assert self.request is not None, "only inside a test"
+        return location_for(self.kind, self.request, directory)
+
+    def open(self, location: str) -> SqlStore:
+        store = open_store(location)
+        assert isinstance(store, SqlStore)
+        self.opened.append(store)
+        return store
+
+    def new(self) -> SqlStore:
+        """A store of its own: in memory on SQLite, a new database on PostgreSQL."""
+        if self.kind == "sqlite":
+            return self.open(":memory:")
+        return self.open(self.location(Path(tempfile.gettempdir())))
+
+
+STORES = Stores()
+
+
+@pytest.fixture(autouse=True, params=STORE_KINDS)
+def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
+    STORES.kind, STORES.request = request.param, request
+    yield STORES
+    for store in STORES.opened:
+        store.close()
+    STORES.opened, STORES.request = [], None
 
 
 class Clock:
@@ -76,9 +121,9 @@ class Clock:
 class Site:
     """A broker over an in-memory store, and the screens a relay would show."""
 
-    def __init__(self, config: BrokerConfig, store: SqliteStore | None = None) -> None:
+    def __init__(self, config: BrokerConfig, store: SqlStore | None = None) -> None:
         self.clock = Clock()
-        self.store = store or SqliteStore()
+        self.store = store or STORES.new()
         self.broker = Broker(self.store, config, clock=self.clock, hasher=CHEAP)
         for name in OWN_DESKTOPS:
             self.broker.register_desktop(name, "xvnc")
@@ -966,11 +1011,9 @@ def test_paired_desktop_not_running_shows_progress_then_the_desktop() -> None:
     assert _is_desktop(site.screens["t1"], "d1")
 
 
-def test_a_terminal_paired_with_a_desktop_not_configured_shows_its_pairing_screen(
-    tmp_path: Path,
-) -> None:
-    store = SqliteStore(tmp_path / "db")
-    site = Site(PAIRING, store)
+def test_a_terminal_paired_with_a_desktop_not_configured_shows_its_pairing_screen() -> None:
+    site = Site(PAIRING)
+    store = site.store
     site.broker.pair("t1", "d1", "admin")
     store_again = store  # the same database, a new broker that registered nothing
     broker = Broker(store_again, PAIRING, clock=site.clock, hasher=CHEAP)
@@ -1088,7 +1131,7 @@ class BrokerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="thinserve-broker-"))
-        self.path = self.dir / "thinserve.db"
+        self.location = STORES.location(self.dir)
         self.screens: dict[str, Assignment] = {}
 
     @initialize(unknown=st.sampled_from(["pairing", "login", "pool"]), codes=st.booleans())
@@ -1112,7 +1155,7 @@ class BrokerMachine(RuleBasedStateMachine):
         self.user_desktops = {name: desktop for name, (_, desktop) in USERS.items()}
 
     def _open(self) -> None:
-        self.store = SqliteStore(self.path)
+        self.store = open_store(self.location)
         self.broker = Broker(self.store, self.config, clock=self.clock, hasher=CHEAP)
         for name in ALL_DESKTOPS:
             self.broker.register_desktop(name, "test")
@@ -1467,13 +1510,18 @@ class BrokerMachine(RuleBasedStateMachine):
                 assert stored.code == normalise_code(shown.code, self.config.code_length)
 
 
-BrokerMachine.TestCase.settings = settings(
-    max_examples=250,
-    stateful_step_count=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
-)
-test_broker_invariants_hold_under_random_events = BrokerMachine.TestCase
+def test_broker_invariants_hold_under_random_events(stores: Stores) -> None:
+    """Fewer runs on PostgreSQL: each makes a database, and the same broker
+    logic is explored on SQLite; these check that the store behaves the same."""
+    run_state_machine_as_test(
+        BrokerMachine,
+        settings=settings(
+            max_examples=250 if stores.kind == "sqlite" else 25,
+            stateful_step_count=50,
+            deadline=None,
+            suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+        ),
+    )
 
 
 # Admins' viewers (the dashboard): watching and taking over.

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from .. import statelock
 from ..config import Config, ConfigError
+from ..store.location import describe_location, is_postgres, sqlite_path
 from ..store.migrations import SCHEMA_VERSION
 
 BEFORE_RESTORE = ".before-restore"
@@ -148,8 +149,16 @@ def _connect_read_only(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 def database_of(config: Config) -> Path:
-    """The database file the configuration names."""
+    """The database file the configuration names; a PostgreSQL database is refused
+    (its own tools back it up)."""
     database = config.database or str(config.state_dir / "thinserve.db")
+    if is_postgres(database):
+        raise BackupError(
+            f"the configured database {describe_location(database)} is on PostgreSQL: "
+            "back it up with pg_dump and restore it with pg_restore (docs/install.md); "
+            "thinserve backup and restore copy an SQLite file"
+        )
+    database = sqlite_path(database)
     if database == ":memory:":
         raise BackupError("the configured database is in memory: there is nothing on disk")
     return Path(database)

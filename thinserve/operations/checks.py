@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import statelock
 from ..config import Config
+from ..store.location import local_file
 from . import kvmprobe, network, ports
 from .report import Check, fail, ok, problem, warn
 
@@ -86,10 +87,9 @@ def kvm(config: Config, boot_guest: bool = True, device: Path = Path("/dev/kvm")
 
 
 def libvirt(config: Config) -> list[Check]:
-    """Each configured libvirt connection answers (bounded by a timeout)."""
+    """Each configured libvirt host answers (bounded by a timeout)."""
     checks = []
-    for setting in config.setup.libvirt:
-        uri = str(setting.uri)
+    for uri in (str(host.uri) for lc in config.setup.libvirt for host in lc.connections):
         error = _libvirt_error(uri)
         if error is None:
             checks.append(ok("libvirt", f"{uri} answers"))
@@ -208,7 +208,7 @@ def certificate(config: Config) -> list[Check]:
     if config.tls_cert and config.tls_key:
         cert, key, fix = Path(config.tls_cert), Path(config.tls_key), "tls_cert/tls_key in [server]"
     else:
-        directory = Path(config.database_path).parent / "tls"
+        directory = Path(local_file(config.database_path, config.state_dir)).parent / "tls"
         cert, key = directory / "server.crt", directory / "server.key"
         if not cert.exists() and not key.exists():
             return [ok("certificate", f"none yet: thinserve makes one in {directory} at start")]

@@ -1,4 +1,10 @@
-"""What thinserve remembers: the Store interface and its SQLite implementation."""
+"""What thinserve remembers: the Store interface, on SQLite or PostgreSQL.
+
+``open_store(location)`` opens the store ``[server] database`` names (a
+path or a URL, see location.py); ``describe_location`` is that location
+without its password, for logs.  PostgresStore is imported only when a
+PostgreSQL URL is opened.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +27,10 @@ from .base import (
     StoreFault,
     StoreIOError,
     Terminal,
+    UnreachableError,
     User,
 )
+from .location import describe_location, is_postgres, local_file, open_store
 from .sqlite import SqliteStore, default_path
 
 __all__ = [
@@ -45,6 +53,11 @@ __all__ = [
     "StoreFault",
     "StoreIOError",
     "Terminal",
+    "UnreachableError",
     "User",
     "default_path",
+    "describe_location",
+    "is_postgres",
+    "local_file",
+    "open_store",
 ]

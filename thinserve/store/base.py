@@ -3,13 +3,15 @@
 A ``Store`` holds terminals, desktops, pairings, pairing codes, users (with
 an opaque secret hash), the dashboard's admin accounts and API tokens (hashes
 only), session history and the audit log.  It holds no
-policy: the broker decides, the store remembers.  ``SqliteStore`` is the
-implementation shipped; another database (PostgreSQL) fills the same
-Protocol with the same semantics, which docs/broker.md spells out.
+policy: the broker decides, the store remembers.  ``SqliteStore`` (one
+node) and ``PostgresStore`` (several nodes sharing one database) fill the
+same Protocol with the same semantics, which docs/broker.md spells out;
+their SQL is shared (sql.py).
 
 Times are seconds since the epoch as floats.  Every method is atomic on its
 own; ``atomic()`` groups several calls into one transaction.  A method that
-cannot use its database (disk full, locked, read-only, damaged) raises a
+cannot use its database (disk full, locked, read-only, damaged, server
+unreachable) raises a
 ``StoreFault`` naming the database and what to do; its transaction is rolled
 back, and the store works again once the cause is gone.
 """
@@ -79,6 +81,13 @@ class CannotOpenError(StoreFault):
     """The database file cannot be opened or created."""
 
     reason = "it cannot open its database"
+
+
+class UnreachableError(StoreFault):
+    """The database server cannot be reached: it is down, restarting, or the
+    network or its address is wrong.  The next call tries to connect again."""
+
+    reason = "it cannot reach its database"
 
 
 class SchemaTooNewError(StoreError):

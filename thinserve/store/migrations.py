@@ -104,6 +104,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "nodes of a site and their leases",
+        (
+            """CREATE TABLE nodes (
+                name TEXT PRIMARY KEY,
+                address TEXT NOT NULL DEFAULT '',
+                started REAL NOT NULL,
+                heartbeat REAL NOT NULL,
+                expires REAL NOT NULL,
+                terminals INTEGER NOT NULL DEFAULT 0,
+                desktops INTEGER NOT NULL DEFAULT 0,
+                version TEXT NOT NULL DEFAULT '',
+                fingerprint TEXT NOT NULL DEFAULT ''
+            )""",
+            """CREATE TABLE leases (
+                kind TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                node TEXT NOT NULL,
+                acquired REAL NOT NULL,
+                expires REAL NOT NULL,
+                CONSTRAINT leases_key PRIMARY KEY (kind, subject)
+            )""",
+            "CREATE INDEX leases_node ON leases (node)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import logs, operations
 from .admin import commands
+from .cluster import command as cluster_command
 from .paths import ADMIN_SOCKET_NAME, SYSTEM_CONFIG, default_runtime_dir
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_options(serve_p, defaults=False)
     commands.add_commands(sub)
     operations.add_commands(sub)
+    cluster_command.add_commands(sub)
     return parser
 
 

@@ -87,7 +87,7 @@ def test_a_whole_site_builds_the_backends_own_settings() -> None:
         # Unknown keys, at every level, with what is allowed.
         (
             {"sever": {}, **DESKTOP},
-            "f.toml: unknown key(s) sever; allowed: broker, desktop, desktops, discovery, "
+            "f.toml: unknown key(s) sever; allowed: broker, cluster, desktop, desktops, discovery, "
             "libvirt, local_desktop, qemu_desktop, server, xvnc, xvnc_desktop",
         ),
         (

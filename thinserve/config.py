@@ -20,6 +20,8 @@ from .backends.accounts import default_desktop_user
 from .backends.xvnc_config import USER_PATTERN
 from .broker import BrokerConfig
 from .broker.config import from_table as broker_from_table
+from .cluster.config import ClusterConfig
+from .cluster.config import from_table as cluster_from_table
 from .config_reader import ConfigError as ConfigError  # the config file's one error type
 from .config_reader import Table
 from .desktop_config import DesktopSetup
@@ -89,7 +91,9 @@ class Config:
     dial: tuple[str, ...] = ()  # listening viewers thinserve connects to (host[:port])
     name: str = "thinserve"
     password: str | None = None
-    database: str | None = None  # None: the default path (see thinserve.store)
+    # A path, sqlite:///path or postgresql://user@host/db; None: the default path
+    # (see thinserve.store.location).
+    database: str | None = None
     # The admin API's Unix socket: None for the runtime directory's admin.sock,
     # "" for no admin API (see docs/admin.md).
     admin_socket: str | None = None
@@ -108,6 +112,8 @@ class Config:
     max_per_address: int = 16
     max_unpaired: int = 200
     broker: BrokerConfig = field(default_factory=BrokerConfig)
+    # This node of a site sharing a PostgreSQL database (docs/scale-out.md).
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     discovery: bool = True  # browse for terminals, advertise _rfb._tcp
     discovery_interfaces: tuple[str, ...] = ()  # () = all
     desktops: tuple[DesktopConfig, ...] = ()
@@ -197,7 +203,7 @@ def _read(root: Table, state_dir: Path | None) -> Config:
         dial=_dial(server),
         name=server.text("name", Config.name),
         password=server.optional_text("password"),
-        database=server.optional_text("database"),
+        database=_database(server),
         admin_socket=_admin_socket(server),
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -211,6 +217,7 @@ def _read(root: Table, state_dir: Path | None) -> Config:
         max_per_address=server.whole("max_per_address", Config.max_per_address, 1, 100_000),
         max_unpaired=server.whole("max_unpaired", Config.max_unpaired, 1, 100_000),
         broker=broker,
+        cluster=cluster_from_table(root.table("cluster")),
         discovery=discovery.flag("enabled", True),
         discovery_interfaces=discovery.texts("interfaces", (), '["eth0"]'),
         desktops=desktops,
@@ -226,10 +233,14 @@ def _read(root: Table, state_dir: Path | None) -> Config:
 
 
 def _check_desktops(config: Config) -> None:
-    """At least one desktop, each name once, and pools made of known desktops."""
+    """At least one desktop (but on a node of a site: its desktops may all run on
+    other nodes), each name once, and pools made of known desktops."""
     names = [d.name for d in config.desktops] + [d.name for d in config.local_desktops]
+    from .store.location import is_postgres
+
     names += config.setup.names
-    if not names and not config.setup.libvirt:
+    shared = config.database is not None and is_postgres(config.database)
+    if not names and not config.setup.libvirt and not shared:
         raise ConfigError(
             f"{config.source}: no desktops; add [[desktop]], [[local_desktop]], "
             "[[xvnc_desktop]], [[qemu_desktop]] or [[libvirt]]"
@@ -299,6 +310,21 @@ def _dial(server: Table) -> tuple[str, ...]:
         except ViewerAddressError as exc:
             raise server.error("dial", str(exc)) from None
     return addresses
+
+
+def _database(server: Table) -> str | None:
+    """A path, sqlite:///path, or postgresql://... (thinserve.store.location);
+    the password in a URL is never quoted back."""
+    from .store.location import describe_location, is_postgres, sqlite_path
+
+    location = server.optional_text("database")
+    if not location or is_postgres(location):
+        return location
+    try:
+        sqlite_path(location)
+    except ValueError as exc:
+        raise server.error("database", str(exc), describe_location(location)) from None
+    return location
 
 
 def _admin_socket(server: Table) -> str | None:

@@ -349,6 +349,15 @@ class Hub:
             except Exception:
                 log.exception("a change callback failed")
 
+    def refresh(self) -> None:
+        """The shared store changed elsewhere: show each terminal what it now decides."""
+        try:
+            changes = self.broker.refresh()
+        except StoreError as exc:
+            self._store_fault("cannot read what another node changed", exc)
+            return
+        self.apply(changes)
+
     def apply(self, changes: list[Change]) -> None:
         for change in changes:
             terminal = self.terminals.get(change.terminal_id)

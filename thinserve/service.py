@@ -8,7 +8,7 @@ browser (WebSocket), or being discovered over zeroconf and connected to.
 
 ``ThinServe``'s children, in the order they start (they stop in reverse):
 
-  store            StoreService            the SQLite store
+  store            StoreService            the store (SQLite or PostgreSQL)
   local desktops   LocalDesktops           one LocalDesktop (Xvnc) each
   desktop manager  DesktopManagerService   the desktops' links and lifecycles
   hub              HubService              the broker's decisions on the sessions
@@ -33,7 +33,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -66,7 +66,13 @@ from .reload import Spec, compare, desktop_specs, restart_needed
 from .reverse import ReverseConnector
 from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 from .servicetree import Child, InOrder, settled
-from .store.sqlite import SqliteStore, default_path
+from .store import Store, describe_location, local_file, open_store
+from .store.changes import Change
+from .store.location import is_postgres
+
+if TYPE_CHECKING:
+    from .cluster.service import ClusterService
+from .store.sqlite import default_path
 from .viewers import listening_viewer
 from .web import NoVNCMissing
 
@@ -90,9 +96,10 @@ class ThinServe(InOrder):
         self.config = config
         # IReactorTCP, IReactorTime & co: zope interfaces, which mypy cannot check
         self.reactor: Any = reactor or default_reactor
-        self.store: SqliteStore | None = None
+        self.store: Store | None = None
         self.certificate: ServerCertificate | None = None
         self.desktops: DesktopManager | None = None
+        self.cluster: ClusterService | None = None
         self.hub: Hub | None = None
         self.local: LocalDesktops | None = None
         self.qemu: QemuBackend | None = None
@@ -115,13 +122,20 @@ class ThinServe(InOrder):
         store = (await self._run(StoreService(database))).store
         assert store is not None  # opened by startService
         self.store = store
-        self.certificate = certificate = _certificate(config, database)
+        self.certificate = certificate = _certificate(
+            config, local_file(database, config.state_dir)
+        )
+        cluster = await self._join_cluster(database)
         local = self.local = await self._run(
             LocalDesktops(config.local_desktops, self.reactor, server=config)
         )
         manager = self.desktops = await self._desktop_manager(local.addresses())
+        if cluster is not None:
+            await self._claim_desktops(cluster, manager)
         hub = self.hub = self._hub(store, manager)
         broker = hub.broker
+        if cluster is not None:
+            self._follow_cluster(cluster, hub, manager)
         await self._run(
             DesktopManagerService(
                 manager,
@@ -150,7 +164,53 @@ class ThinServe(InOrder):
             log.info("looking for terminals over zeroconf")
         self.running = True  # only now: a child added to a running parent starts unawaited
 
-    def _hub(self, store: SqliteStore, manager: DesktopManager) -> Hub:
+    async def _join_cluster(self, database: str) -> ClusterService | None:
+        """On a PostgreSQL database this server is one node of a site (docs/scale-out.md)."""
+        if not is_postgres(database):
+            return None
+        from .cluster.service import ClusterService  # psycopg: only on PostgreSQL
+        from .store.postgres import PostgresStore
+
+        store = self.store
+        assert isinstance(store, PostgresStore)
+        settings = self.config.cluster
+        cluster = ClusterService(
+            store.connection_url,
+            settings.node_name,
+            settings.node_address,
+            heartbeat=settings.heartbeat,
+            lease=settings.lease,
+            reactor=self.reactor,
+        )
+        self.cluster = await self._run(cluster)
+        return cluster
+
+    async def _claim_desktops(self, cluster: ClusterService, manager: DesktopManager) -> None:
+        """Run only the desktops this node holds the lease of; another node runs the rest."""
+        from .cluster.ownership import claim_desktops
+
+        elsewhere = await claim_desktops(cluster, list(manager.desktops))
+        for name in elsewhere:
+            await manager.let_go(name)
+
+    def _follow_cluster(self, cluster: ClusterService, hub: Hub, manager: DesktopManager) -> None:
+        """What other nodes change reaches this node's terminals; lost desktops are let go."""
+        from .cluster.ownership import on_lost_desktops
+
+        def changed(change: Change) -> None:
+            log.info("the site changed (%s %s): deciding again", change.kind, change.subject)
+            hub.refresh()
+
+        def let_go(name: str) -> None:
+            if name in manager.desktops:
+                hub.apply(hub.broker.unregister_desktop(name))
+                manager.let_go(name)
+
+        cluster.on_change = changed
+        cluster.on_lost = on_lost_desktops(let_go)
+        cluster.load = lambda: (len(hub.terminals), len(manager.desktops))
+
+    def _hub(self, store: Store, manager: DesktopManager) -> Hub:
         """The broker over the store, knowing every desktop; the hub applying its decisions."""
         config = self.config
         broker = Broker(store, config.broker)
@@ -392,15 +452,16 @@ class ThinServe(InOrder):
 
 # -- the parts ------------------------------------------------------------------------------
 class StoreService(service.Service):
-    """The SQLite store: opened first, closed last."""
+    """The store (an SQLite file or a PostgreSQL URL): opened first, closed last."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.store: SqliteStore | None = None
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.store: Store | None = None
 
     def startService(self) -> None:
         super().startService()
-        self.store = SqliteStore(self.path)
+        self.store = open_store(self.location)
+        log.info("database %s", describe_location(self.location))
 
     def stopService(self) -> None:
         super().stopService()

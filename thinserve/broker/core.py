@@ -428,6 +428,12 @@ class Broker:
             raise NotConnectedError(f"terminal {terminal_id!r} is not connected")
         return self._shown[terminal_id]
 
+    def refresh(self) -> list[Change]:
+        """Another node changed the shared store (a pairing, a user, a desktop):
+        decide again for every connected terminal, from what is stored now.
+        Pairing codes already on screens stay."""
+        return self._settle(refresh=())
+
     def tick(self) -> list[Change]:
         """Expire pairing codes and refresh the screens showing them.
 

@@ -290,6 +290,16 @@ class DesktopManager:
 
         return self._run(md, stop).addCallback(lambda _: "it is stopped")
 
+    def let_go(self, name: str) -> defer.Deferred[None]:
+        """Stop managing ``name`` without touching the desktop itself: another
+        node of the site runs it.  Only this node's console link is closed."""
+        md = self.desktops.pop(name)
+        self.mirrors.pop(name, None)
+        self._checks.pop(name, None)
+        self._failed_starts.discard(name)
+        md.machine.observer = None
+        return self._disconnect(md)
+
     def reconfigure(self, config: DesktopsConfig, pools: Mapping[str, Sequence[str]]) -> None:
         """New pool policies and pools (a reload), for the desktops managed now and later."""
         unknown = sorted(set(config.pools) - set(pools))

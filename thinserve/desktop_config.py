@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends.libvirt_placement import HostConfig
 from .backends.qemu import QemuDesktopConfig, pool
 from .backends.xvnc import XvncDesktopConfig, XvncOptions
 from .config_reader import ConfigError, Table
@@ -74,4 +75,21 @@ def _libvirt(tables: list[Table]) -> tuple[Any, ...]:
             f"{tables[0].where}: libvirt-python is not installed; "
             "pip install 'thinserve[libvirt]' (needs Debian's libvirt-dev and pkg-config)"
         ) from None
-    return tuple(t.build(LibvirtConfig) for t in tables)
+    return tuple(t.build(LibvirtConfig, {tuple[HostConfig, ...]: _libvirt_hosts}) for t in tables)
+
+
+def _libvirt_hosts(table: Table, key: str) -> tuple[HostConfig, ...]:
+    """A libvirt table's ``hosts = [{ uri = "..." }, ...]`` (or ``[[libvirt.hosts]]``)."""
+    value = table.take(key)
+    if not isinstance(value, list) or not value or not all(isinstance(h, dict) for h in value):
+        raise table.error(
+            key, 'write each host as a table, e.g. [{ uri = "qemu+ssh://kvm1/system" }]'
+        )
+    if "uri" in table.data:
+        raise table.error(key, "give either uri (one host) or hosts, not both")
+    return tuple(
+        Table(host, table.source, f"{table.path}.{key}", f"{table.where} {key} #{i + 1}").build(
+            HostConfig
+        )
+        for i, host in enumerate(value)
+    )

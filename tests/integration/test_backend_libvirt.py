@@ -3,8 +3,11 @@
 ``test:///default`` is libvirt's in-process test hypervisor: domains defined
 there start and stop at once and send real lifecycle events, which is how
 the backend's Xen path (``xen:///system``, same API and XML) is exercised
-here.  The last test starts a private libvirtd (when the machine allows it)
-and boots the tiny demo Linux as a real QEMU domain through it.
+here.  The last two tests start a private libvirtd (when the machine allows
+it): one boots the tiny demo Linux as a real QEMU domain through it, the
+other places a desktop made from a template on that libvirtd, the emptier
+of two hosts (the other a test driver host; tests/integration/
+test_backend_libvirt_hosts.py has the rest of multi-host placement).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from thinserve.backends.libvirt_backend import (  # noqa: E402
     LibvirtConfig,
     console_address,
 )
+from thinserve.backends.libvirt_placement import HostConfig  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -432,5 +436,52 @@ async def test_real_qemu_domain_through_libvirtd(libvirtd_uri: str) -> None:
     finally:
         if console is not None:
             console.close()
+        admin.close()
+        await as_deferred(backend.close())
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_template_desktop_is_placed_on_the_real_libvirtd_of_two_hosts(
+    libvirtd_uri: str, tmp_path: Path
+) -> None:
+    """Two hosts: the real libvirtd and a test driver "host" already running three
+    domains.  The desktop, defined nowhere, is made from the template on the
+    emptier real host and started there as a QEMU domain."""
+    linux = tiny_linux()
+    kernel = shared_dir() / "vmlinuz"
+    if not kernel.exists():
+        shutil.copyfile(linux.kernel, kernel)
+    serial = shared_dir() / "libvirt-serial.log"
+    serial.touch()
+    template = tmp_path / "tiny.xml"
+    template.write_text(tiny_domain_xml("tiny-template", kernel, linux.initrd, serial, vm_accel()))
+    busy = tmp_path / "busy.xml"
+    busy.write_text(
+        "<node><memory>8388608</memory>"
+        + "".join(fake_domain_xml(f"busy-{i}", "") for i in range(3))
+        + "</node>"
+    )
+    name = unique("placed")
+    config = LibvirtConfig(
+        hosts=(HostConfig(f"test://{busy}"), HostConfig(libvirtd_uri)),
+        domains=(name,),
+        template=template,
+        shutdown_timeout=30,
+    )
+    backend = LibvirtBackend(config)
+    admin = libvirt.open(libvirtd_uri)
+    try:
+        address = await as_deferred(backend.ensure_running(name))
+        assert address.endpoint.startswith("unix:path=/") and address.endpoint.endswith(".sock")
+        dom = admin.lookupByName(name)
+        assert dom.isActive() and dom.isPersistent()
+        await as_deferred(backend.stop(name, force=True))
+        assert not dom.isActive()
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dom = admin.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
         admin.close()
         await as_deferred(backend.close())

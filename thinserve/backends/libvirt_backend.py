@@ -1,17 +1,25 @@
 """Desktops that are libvirt domains: KVM/QEMU, Xen, or anything a URI reaches.
 
-The backend opens one libvirt connection (``qemu:///system``,
-``xen:///system``, ``qemu+ssh://host/system``, ``test:///default``, ...),
-lists its domains as desktops, starts a domain on demand, shuts it down
-(ACPI first, then ``destroy`` after a timeout) and reads the VNC console
-address from the running domain's graphics XML.
+The backend talks to one libvirt host (``uri``: ``qemu:///system``,
+``xen:///system``, ``qemu+ssh://host/system``, ``test:///default``, ...) or
+to several (``hosts``, thinserve/backends/libvirt_hosts.py).  It lists their
+domains as desktops, starts a domain on demand, shuts it down (ACPI first,
+then ``destroy`` after a timeout) and reads the VNC console address from
+the running domain's graphics XML (thinserve/backends/libvirt_xml.py).
+
+A desktop defined on one host runs there.  One defined on several hosts
+(shared storage), or on none and made from the ``template``, is placed when
+it starts: each candidate host is measured then (running domains, free
+memory) and the rule of thinserve/backends/libvirt_placement.py picks one.
+A host that cannot be reached is skipped, its desktops are reported
+unavailable with the reason, and it is tried again every ``poll_interval``.
 
 libvirt-python calls block, so every call runs in a small thread pool of
 the backend's own; the coroutines themselves are asyncio coroutines (from
 Twisted: ``Deferred.fromFuture(asyncio.ensure_future(coro))``).  Domain
 lifecycle events arrive on libvirt's default event loop, which runs in one
-daemon thread per process, and are handed to the asyncio loop; a driver that
-cannot deliver events is polled every ``poll_interval`` seconds instead.
+daemon thread per process, and are handed to the asyncio loop; a host whose
+driver cannot deliver events is polled every ``poll_interval`` seconds.
 
 Domains live on without thinserve: ``close`` leaves them as they are.
 """
@@ -19,15 +27,14 @@ Domains live on without thinserve: ``close`` leaves them as they are.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
-import ipaddress
 import logging
-import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -35,203 +42,79 @@ import libvirt
 
 from ..desktop_state import DesktopState
 from .base import BackendError, ConsoleAddress, DesktopInfo, StatusListener
+from .libvirt_hosts import Host, HostDown, domain_state, domain_states, measure
+from .libvirt_hosts import start_event_loop as start_event_loop
+from .libvirt_placement import (
+    LEAST_LOADED,
+    PLACEMENTS,
+    HostConfig,
+    HostLoad,
+    choose_host,
+    describe,
+    why_full,
+)
+from .libvirt_states import RUNNING_STATES, desktop_status, status_of_event
+from .libvirt_states import status_of_state as status_of_state
+from .libvirt_xml import console_address as console_address
+from .libvirt_xml import domain_from_template, read_template
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-WILDCARDS = ("", "0.0.0.0", "::")
+DEFAULT_URI = "qemu:///system"
 STATE_POLL = 0.5  # seconds between state checks while waiting for a shutdown
-
-_event_loop_lock = threading.Lock()
-_event_loop_thread: threading.Thread | None = None
-
-
-def start_event_loop() -> None:
-    """Run libvirt's default event loop in a daemon thread (once per process).
-
-    It must run before a connection is opened for that connection's events
-    and keepalives to work.
-    """
-    global _event_loop_thread
-    with _event_loop_lock:
-        if _event_loop_thread is not None:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        _event_loop_thread = threading.Thread(
-            target=_run_event_loop, name="libvirt-events", daemon=True
-        )
-        _event_loop_thread.start()
-
-
-def _run_event_loop() -> None:
-    while True:
-        libvirt.virEventRunDefaultImpl()
 
 
 @dataclass(frozen=True)
 class LibvirtConfig:
-    """Which libvirt to talk to and which of its domains are desktops."""
+    """Which libvirt hosts to talk to and which of their domains are desktops."""
 
-    uri: str = "qemu:///system"
-    domains: tuple[str, ...] = ()  # empty: every domain the connection lists
+    uri: str = DEFAULT_URI  # one host; or:
+    domains: tuple[str, ...] = ()  # empty: every domain the hosts list
     console_host: str | None = None  # connect consoles here instead (e.g. a tunnel)
     shutdown_timeout: float = 60.0  # then destroy
     use_events: bool = True  # False: poll even if the driver has lifecycle events
-    poll_interval: float = 5.0  # when polling
+    poll_interval: float = 5.0  # when polling, and between tries of a host that is down
     threads: int = 4
+    hosts: tuple[HostConfig, ...] = ()  # several hosts, instead of uri and console_host
+    placement: str = LEAST_LOADED  # or "first"
+    template: Path | None = None  # domain XML for desktops defined on no host
 
     def __post_init__(self) -> None:
         if not self.uri:
             raise ValueError("libvirt: uri must not be empty")
         if self.threads < 1 or self.shutdown_timeout < 0 or self.poll_interval <= 0:
             raise ValueError("libvirt: threads >= 1, shutdown_timeout >= 0, poll_interval > 0")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"libvirt: placement must be one of {', '.join(PLACEMENTS)}")
+        if self.hosts and (self.uri != DEFAULT_URI or self.console_host is not None):
+            raise ValueError(
+                "libvirt: give either uri (one host) or hosts, not both; "
+                "with hosts, console_host goes into each host"
+            )
+        uris = [host.uri for host in self.hosts]
+        twice = sorted({uri for uri in uris if uris.count(uri) > 1})
+        if twice:
+            raise ValueError(f"libvirt: host {twice[0]} is listed twice in hosts")
+        if self.template is not None and not self.domains:
+            raise ValueError("libvirt: template needs domains, the desktops made from it")
 
     @property
     def remote_host(self) -> str | None:
-        """The host named in the URI (None for a local hypervisor)."""
+        """The host named in ``uri`` (None for a local hypervisor)."""
         return urlsplit(self.uri).hostname
 
-
-# --- domain states ---------------------------------------------------------------
-
-_STOPPED_DETAIL = {
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shut down",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: "migrated away",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved",
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: "reverted to a snapshot",
-}
-
-
-_RUNNING = (DesktopState.RUNNING, "")
-_PAUSED = (DesktopState.STOPPED, "paused")
-_SUSPENDED = (DesktopState.STOPPED, "suspended")
-_SHUTTING_DOWN = (DesktopState.STOPPING, "shutting down")
-_GUEST_CRASHED = (DesktopState.CRASHED, "the guest crashed")
-_STATES = {
-    libvirt.VIR_DOMAIN_RUNNING: _RUNNING,
-    libvirt.VIR_DOMAIN_BLOCKED: _RUNNING,
-    libvirt.VIR_DOMAIN_PAUSED: _PAUSED,
-    libvirt.VIR_DOMAIN_PMSUSPENDED: _SUSPENDED,
-    libvirt.VIR_DOMAIN_SHUTDOWN: _SHUTTING_DOWN,
-    libvirt.VIR_DOMAIN_CRASHED: _GUEST_CRASHED,
-}
-_SHUTOFF_REASONS = {
-    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: _GUEST_CRASHED,
-    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: (DesktopState.CRASHED, "the domain failed to start"),
-}
-_EVENTS = {
-    libvirt.VIR_DOMAIN_EVENT_STARTED: _RUNNING,
-    libvirt.VIR_DOMAIN_EVENT_RESUMED: _RUNNING,
-    libvirt.VIR_DOMAIN_EVENT_SUSPENDED: _PAUSED,
-    libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: _SUSPENDED,
-    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: _SHUTTING_DOWN,
-    libvirt.VIR_DOMAIN_EVENT_CRASHED: _GUEST_CRASHED,
-    libvirt.VIR_DOMAIN_EVENT_DEFINED: (DesktopState.STOPPED, ""),
-    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: (DesktopState.STOPPED, "removed"),
-}
-_STOPPED_EVENTS = {
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: _GUEST_CRASHED,
-    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: (DesktopState.CRASHED, "the hypervisor failed"),
-}
-
-
-def status_of_state(state: int, reason: int) -> tuple[DesktopState, str]:
-    """Map a libvirt domain state and its reason to a desktop status and detail."""
-    if state == libvirt.VIR_DOMAIN_SHUTOFF:
-        return _SHUTOFF_REASONS.get(reason, (DesktopState.STOPPED, ""))
-    return _STATES.get(state, (DesktopState.STOPPED, "no state"))
-
-
-def status_of_event(event: int, detail: int) -> tuple[DesktopState, str] | None:
-    """Map a lifecycle event to a status, or None when it changes nothing."""
-    if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
-        stopped = (DesktopState.STOPPED, _STOPPED_DETAIL.get(detail, ""))
-        return _STOPPED_EVENTS.get(detail, stopped)
-    return _EVENTS.get(event)
-
-
-# --- console address from the domain XML --------------------------------------------
-
-
-def console_address(
-    domain_xml: str, remote_host: str | None = None, console_host: str | None = None
-) -> ConsoleAddress:
-    """Where the VNC console of a running domain is, read from its XML.
-
-    ``remote_host`` is the hypervisor host when the connection is remote: a
-    wildcard listen address means "connect to that host", and a loopback
-    address or Unix socket there is unreachable.  ``console_host``, when
-    given, replaces whatever host the XML says (for a tunnel or NAT).
-    """
-    try:
-        root = ET.fromstring(domain_xml)
-    except ET.ParseError as exc:
-        raise BackendError(f"libvirt returned unreadable domain XML: {exc}") from exc
-    name = root.findtext("name") or "?"
-    graphics = root.find("./devices/graphics[@type='vnc']")
-    if graphics is None:
-        raise BackendError(f"domain {name} has no VNC console: add <graphics type='vnc'/>")
-    password = graphics.get("passwd") or None
-    socket = _socket_path(graphics)
-    if socket:
-        if remote_host and not console_host:
-            raise BackendError(
-                f"domain {name}: its VNC console is a Unix socket on {remote_host}; "
-                "listen on an address instead"
-            )
-        return ConsoleAddress(endpoint=f"unix:path={socket}", password=password)
-    port = int(graphics.get("port") or "-1")
-    if port <= 0:
-        raise BackendError(f"domain {name} has no VNC port yet (is it running?)")
-    host = console_host or _console_host(name, _listen_address(graphics), remote_host)
-    return ConsoleAddress(endpoint=tcp_endpoint(host, port), password=password)
-
-
-def _socket_path(graphics: ET.Element) -> str | None:
-    if graphics.get("socket"):
-        return graphics.get("socket")
-    for listen in graphics.findall("listen"):
-        if listen.get("type") == "socket" and listen.get("socket"):
-            return listen.get("socket")
-    return None
-
-
-def _listen_address(graphics: ET.Element) -> str:
-    for listen in graphics.findall("listen"):
-        if listen.get("type") in ("address", "network") and listen.get("address"):
-            return str(listen.get("address"))
-    return graphics.get("listen") or ""
-
-
-def _console_host(name: str, address: str, remote_host: str | None) -> str:
-    if address in WILDCARDS:
-        return remote_host or "127.0.0.1"
-    if remote_host and _is_loopback(address):
-        raise BackendError(
-            f"domain {name}: its VNC console listens on {address} of {remote_host}, "
-            "which is not reachable from here; set console_host if you tunnel it"
-        )
-    return address
-
-
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
-def tcp_endpoint(host: str, port: int) -> str:
-    """A Twisted client endpoint description (IPv6 colons escaped)."""
-    return f"tcp:host={host.replace(':', chr(92) + ':')}:port={port}"
+    @property
+    def connections(self) -> tuple[HostConfig, ...]:
+        """Every host: ``hosts``, or the one ``uri`` names."""
+        return self.hosts or (HostConfig(self.uri, self.console_host),)
 
 
 # --- the backend ----------------------------------------------------------------------
 
 
 class LibvirtBackend:
-    """Desktops that are the domains of one libvirt connection."""
+    """Desktops that are the domains of one or more libvirt hosts."""
 
     name = "libvirt"
 
@@ -239,56 +122,59 @@ class LibvirtBackend:
         self.config = config
         self.on_status = on_status
         self.known: dict[str, tuple[DesktopState, str]] = {}
-        self._conn: libvirt.virConnect | None = None
-        self._conn_lock = threading.Lock()
-        self._event_id: int | None = None
+        handler = self._lifecycle if config.use_events else None
+        self.hosts = [Host(host, handler) for host in config.connections]
         self._poll_task: asyncio.Task[None] | None = None
         self._confirming: set[asyncio.Task[None]] = set()  # events being checked
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._starts: dict[str, asyncio.Lock] = {}  # one start of a desktop at a time
+        self._placing = asyncio.Lock()  # one measure-and-choose at a time
+        self._starting: collections.Counter[str] = collections.Counter()  # host -> starts
+        self._started: collections.Counter[str] = collections.Counter()  # desktop -> starts
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.threads, thread_name_prefix="libvirt"
         )
 
     # --- plumbing ---------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking libvirt call in the pool; libvirt errors become BackendError."""
+    async def _on(self, host: Host, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on ``host``, in the pool.
+
+        A host that cannot be reached is remembered as down (and not asked
+        again for half a poll interval); other libvirt errors become
+        BackendError.
+        """
         self._loop = asyncio.get_running_loop()
+        if host.resting():
+            raise HostDown(host.error)
         try:
-            return await self._loop.run_in_executor(self._pool, fn, *args)
+            result = await self._loop.run_in_executor(self._pool, host.run, fn, *args)
+        except HostDown as exc:
+            host.went_down(str(exc), self.config.poll_interval / 2)
+            raise
         except libvirt.libvirtError as exc:
-            raise BackendError(f"libvirt ({self.config.uri}): {exc.get_error_message()}") from exc
+            host.came_back()
+            raise BackendError(f"libvirt ({host.name}): {exc.get_error_message()}") from exc
+        host.came_back()
+        return result
 
-    def _connection(self) -> libvirt.virConnect:
-        """The open connection, reopened after it dropped (called in a pool thread)."""
-        with self._conn_lock:
-            if self._conn is not None and self._conn.isAlive():
-                return self._conn
-            start_event_loop()
-            conn = libvirt.open(self.config.uri)
-            if self.config.remote_host:
-                with contextlib.suppress(libvirt.libvirtError):
-                    conn.setKeepAlive(5, 3)
-            self._event_id = self._register_events(conn)
-            self._conn = conn
-            return conn
+    async def _each(self, fn: Callable[..., T], *args: Any) -> list[T | BackendError]:
+        """``fn`` on every host at once: its result, or the BackendError it raised."""
+        results = await asyncio.gather(
+            *(self._on(host, fn, *args) for host in self.hosts), return_exceptions=True
+        )
+        answers: list[T | BackendError] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, BackendError):
+                raise result
+            answers.append(result)
+        return answers
 
-    def _register_events(self, conn: libvirt.virConnect) -> int | None:
-        if not self.config.use_events:
-            return None
-        try:
-            return conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
-            )
-        except libvirt.libvirtError as exc:
-            log.info("libvirt %s: no lifecycle events (%s); polling", self.config.uri, exc)
-            return None
-
-    def _lifecycle(self, conn: object, dom: Any, event: int, detail: int, opaque: object) -> None:
+    def _lifecycle(self, name: str, event: int, detail: int) -> None:
         """Runs on libvirt's event thread: hand the event to the asyncio loop."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_event, dom.name(), event, detail)
+            loop.call_soon_threadsafe(self._on_event, name, event, detail)
 
     def _on_event(self, name: str, event: int, detail: int) -> None:
         mapped = status_of_event(event, detail)
@@ -298,18 +184,31 @@ class LibvirtBackend:
             task.add_done_callback(self._confirming.discard)
 
     async def _confirm(self, name: str, status: DesktopState, detail: str) -> None:
-        """Report an event's status only if the domain is still in it.  On a busy
+        """Report an event's status only if the desktop is still in it.  On a busy
         machine an event arrives late, after a stop or start this backend has
-        already reported; taken as it comes it would replay the past."""
-        try:
-            state, reason = await self._call(self._state_after_stop, name)
-        except BackendError:
+        already reported; taken as it comes it would replay the past.  While this
+        backend starts the desktop itself (defining it from the template, then
+        creating it, QEMU paused then resumed), the start reports the outcome and
+        events that overlap it are left out."""
+        starts = self._started[name]
+        if self._starting_now(name):
             return
-        if status_of_state(state, reason)[0] is status:
+        await self._find(name)
+        if self._starting_now(name) or self._started[name] != starts:
+            return
+        if self._status(name)[0] is status:
             self._report(name, status, detail)
+
+    def _starting_now(self, name: str) -> bool:
+        lock = self._starts.get(name)
+        return lock is not None and lock.locked()
 
     def _wanted(self, name: str) -> bool:
         return not self.config.domains or name in self.config.domains
+
+    def _check_wanted(self, name: str) -> None:
+        if not self._wanted(name):
+            raise BackendError(f"{name!r} is not one of the libvirt desktops")
 
     def _report(self, name: str, status: DesktopState, detail: str) -> None:
         """Tell ``on_status`` when a desktop's status changes (the detail alone: no)."""
@@ -319,86 +218,226 @@ class LibvirtBackend:
             self.on_status(name, status, detail)
 
     async def open(self) -> None:
-        """Connect now (otherwise the first call connects); start polling if needed."""
-        await self._call(self._connection)
-        if self._event_id is None and self._poll_task is None:
+        """Connect to every host now (otherwise the first call connects) and watch them.
+        A host that cannot be reached is logged and tried again later."""
+        await self._each(_nothing)
+        self._watch()
+
+    def _watch(self) -> None:
+        if self._poll_task is None:
             self._poll_task = asyncio.ensure_future(self._poll())
 
     async def _poll(self) -> None:
+        """List the desktops every poll_interval while a host is down, lost its
+        connection, or sends no events; otherwise events tell what changes."""
         while True:
-            with contextlib.suppress(BackendError):
-                await self.list_desktops()
             await asyncio.sleep(self.config.poll_interval)
+            with contextlib.suppress(BackendError):
+                if not await self._all_watched():
+                    await self.list_desktops()
+
+    async def _all_watched(self) -> bool:
+        if any(host.error for host in self.hosts):
+            return False
+        loop = asyncio.get_running_loop()
+        watched = [loop.run_in_executor(self._pool, host.watched) for host in self.hosts]
+        return all(await asyncio.gather(*watched))
 
     # --- reading ------------------------------------------------------------------------
 
-    def _states(self) -> list[tuple[str, int, int]]:
-        domains = self._connection().listAllDomains(0)
-        found = []
-        for dom in domains:
-            with contextlib.suppress(libvirt.libvirtError):  # it may vanish meanwhile
-                state, reason = dom.state()
-                found.append((dom.name(), state, reason))
-        return found
-
     async def list_desktops(self) -> list[DesktopInfo]:
-        await self.open()
+        self._watch()
+        starts = collections.Counter(self._started)
+        results = await self._each(domain_states)
+        for host, result in zip(self.hosts, results, strict=True):
+            if not isinstance(result, BackendError):
+                host.seen = result
+        names = self._names()
+        failures = [str(r) for r in results if isinstance(r, BackendError)]
+        if not names and len(failures) == len(self.hosts):
+            raise BackendError("; ".join(failures))
         desktops = []
-        for name, state, reason in sorted(await self._call(self._states)):
-            if self._wanted(name):
-                status, detail = status_of_state(state, reason)
+        for name in sorted(names):
+            status, detail = self._status(name)
+            if self._starting_now(name) or self._started[name] != starts[name]:
+                status, detail = self.known.get(name, (status, detail))  # the start reports
+            else:
                 self._report(name, status, detail)
-                desktops.append(DesktopInfo(name, self.name, status, detail))
+            desktops.append(DesktopInfo(name, self.name, status, detail))
         return desktops
 
-    def _domain(self, name: str) -> libvirt.virDomain:
-        if not self._wanted(name):
-            raise BackendError(f"{name!r} is not one of the libvirt desktops")
-        try:
-            return self._connection().lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise BackendError(f"no domain named {name!r} on {self.config.uri}") from exc
-            raise
+    def _names(self) -> set[str]:
+        """The desktops: wanted domains of every host (of a host that is down, those
+        it had), and the listed domains when a template makes them or a host is down."""
+        names = {name for host in self.hosts for name in host.seen if self._wanted(name)}
+        if self.config.template is not None or any(host.error for host in self.hosts):
+            names.update(self.config.domains)
+        return names
 
-    def _state(self, name: str) -> tuple[int, int]:
-        state, reason = self._domain(name).state()
-        return state, reason
+    def _status(self, name: str) -> tuple[DesktopState, str]:
+        found = desktop_status(name, self.hosts)
+        if found is not None:
+            return found
+        down = [host.error for host in self.hosts if host.error]
+        if down and self.config.template is None:
+            return DesktopState.CRASHED, f"no host that answers defines it; {down[0]}"
+        return DesktopState.STOPPED, ""  # gone (a transient domain that stopped), or to be made
 
-    def _state_after_stop(self, name: str) -> tuple[int, int]:
-        """The state, or shut off when a transient domain went away on stopping."""
-        try:
-            return self._state(name)
-        except BackendError:
-            return libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED
+    async def _find(self, name: str) -> None:
+        """Ask every host now whether it defines ``name``, and in which state."""
+        for host, result in zip(self.hosts, await self._each(domain_state, name), strict=True):
+            if isinstance(result, BackendError):
+                continue
+            if result is None:
+                host.seen.pop(name, None)
+            else:
+                host.seen[name] = result
 
-    def _live_xml(self, name: str) -> str:
-        return self._domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE)
+    def _active_on(self, name: str, states: tuple[int, ...] = ()) -> Host | None:
+        """The host that answers where the domain is active (in one of ``states``)."""
+        for host in self.hosts:
+            state = host.seen.get(name) if not host.error else None
+            if state is None or state[0] == libvirt.VIR_DOMAIN_SHUTOFF:
+                continue
+            if not states or state[0] in states:
+                return host
+        return None
+
+    def _where(self) -> str:
+        if len(self.hosts) == 1:
+            return self.hosts[0].name
+        return f"any host ({', '.join(host.name for host in self.hosts)})"
 
     async def console(self, desktop: str) -> ConsoleAddress:
         """The console address of a running desktop."""
-        xml = await self._call(self._live_xml, desktop)
-        return console_address(xml, self.config.remote_host, self.config.console_host)
+        await self._find(desktop)
+        host = self._active_on(desktop) or next(
+            (h for h in self.hosts if not h.error and desktop in h.seen), None
+        )
+        if host is None:
+            raise BackendError(f"no domain named {desktop!r} on {self._where()}")
+        return await self._console_on(host, desktop)
 
-    # --- starting and stopping ------------------------------------------------------------
+    async def _console_on(self, host: Host, desktop: str) -> ConsoleAddress:
+        xml = await self._on(host, _live_xml, desktop)
+        return console_address(xml, host.config.remote_host, host.config.console_host)
+
+    # --- starting ---------------------------------------------------------------------------
 
     async def ensure_running(self, desktop: str) -> ConsoleAddress:
-        await self.open()
-        state, _ = await self._call(self._state, desktop)
-        if state not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-            self._report(desktop, DesktopState.STARTING, "")
-            try:
-                await self._call(self._start, desktop)
-            except BackendError as exc:
-                self._report(desktop, DesktopState.CRASHED, str(exc))
-                raise
-        address = await self.console(desktop)
+        self._check_wanted(desktop)
+        self._watch()
+        async with self._starts.setdefault(desktop, asyncio.Lock()):
+            self._started[desktop] += 1
+            await self._find(desktop)
+            host = self._active_on(desktop, RUNNING_STATES)
+            if host is None:
+                candidates = self._candidates(desktop)
+                self._report(desktop, DesktopState.STARTING, "")
+                try:
+                    host = await self._start(desktop, candidates)
+                except BackendError as exc:
+                    self._report(desktop, DesktopState.CRASHED, str(exc))
+                    raise
+            address = await self._console_on(host, desktop)
         self._report(desktop, DesktopState.RUNNING, "")
         return address
 
-    def _start(self, name: str) -> None:
-        """Bring the domain to running, whatever state it is in (in a pool thread)."""
-        dom = self._domain(name)
+    def _candidates(self, desktop: str) -> list[Host]:
+        """The hosts ``desktop`` may start on; an error says why there is none."""
+        active = self._active_on(desktop)
+        if active is not None:  # paused, shutting down, crashed: bring it up there
+            return [active]
+        lost = [host for host in self.hosts if host.error and desktop in host.seen]
+        for host in lost:
+            if host.seen[desktop][0] != libvirt.VIR_DOMAIN_SHUTOFF:
+                raise BackendError(
+                    f"{desktop} was running on {host.name}, which is down ({host.error}); "
+                    "it is not started elsewhere while its disks may be in use there"
+                )
+        defined = [host for host in self.hosts if not host.error and desktop in host.seen]
+        if defined:
+            return defined
+        if lost:
+            raise BackendError(f"{desktop} is defined only on a host that is down: {lost[0].error}")
+        up = [host for host in self.hosts if not host.error]
+        if self.config.template is None:
+            down = "".join(f"; {host.error}" for host in self.hosts if host.error)
+            raise BackendError(
+                f"no domain named {desktop!r} on {self._where()}{down}: define it on a host "
+                "(virsh define), or set template so thinserve defines it where it starts it"
+            )
+        if not up:
+            reasons = "; ".join(host.error for host in self.hosts)
+            raise BackendError(f"no libvirt host can be reached: {reasons}")
+        return up
+
+    async def _start(self, desktop: str, candidates: list[Host]) -> Host:
+        """Bring ``desktop`` up on one of ``candidates``: the one it is active on,
+        else the one placement picks (defined there from the template if needed)."""
+        if self._active_on(desktop) is not None:
+            host = candidates[0]
+            host.seen[desktop] = await self._on(host, self._bring_up, desktop, None)
+            return host
+        host = await self._place(desktop, candidates)
+        try:
+            xml = None if desktop in host.seen else await self._template_xml(desktop)
+            host.seen[desktop] = await self._on(host, self._bring_up, desktop, xml)
+        finally:
+            self._starting[host.name] -= 1
+        return host
+
+    async def _place(self, desktop: str, candidates: list[Host]) -> Host:
+        """Measure the candidates now and pick one; it counts one start more until
+        the caller is done, so concurrent starts see each other."""
+        async with self._placing:
+            measured = await asyncio.gather(
+                *(self._on(host, measure) for host in candidates), return_exceptions=True
+            )
+            loads: list[HostLoad] = []
+            skipped: list[str] = []
+            for host, result in zip(candidates, measured, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, BackendError):
+                        raise result
+                    log.info("libvirt: %s not placed on %s: %s", desktop, host.name, result)
+                    skipped.append(str(result))
+                    continue
+                loads.append(host.load(*result, self._starting[host.name]))
+            chosen = choose_host(loads, self.config.placement)
+            if chosen is None:
+                why = why_full(loads) if loads else "; ".join(skipped)
+                raise BackendError(f"cannot start {desktop}: {why}")
+            self._starting[chosen.name] += 1
+        log.info("libvirt: %s starts on %s (%s)", desktop, chosen.name, describe(chosen))
+        return next(host for host in candidates if host.name == chosen.name)
+
+    async def _template_xml(self, desktop: str) -> str:
+        if self.config.template is None:
+            raise BackendError(f"no domain named {desktop!r} on the chosen host")
+        loop = asyncio.get_running_loop()
+        text = await loop.run_in_executor(self._pool, read_template, self.config.template)
+        return domain_from_template(text, desktop)
+
+    def _bring_up(self, conn: libvirt.virConnect, name: str, xml: str | None) -> tuple[int, int]:
+        """Bring the domain to running, whatever state it is in (in a pool thread);
+        with ``xml``, define it from that first (and undefine it if it fails to start).
+        Returns its state then."""
+        if xml is None:
+            dom = conn.lookupByName(name)
+            self._resume_or_create(dom)
+        else:
+            dom = conn.defineXML(xml)
+            try:
+                dom.create()
+            except libvirt.libvirtError:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.undefine()
+                raise
+        state, reason = dom.state()
+        return state, reason
+
+    def _resume_or_create(self, dom: libvirt.virDomain) -> None:
         state = dom.state()[0]
         if state == libvirt.VIR_DOMAIN_SHUTDOWN:
             self._wait_inactive(dom, self.config.shutdown_timeout)
@@ -407,7 +446,7 @@ class LibvirtBackend:
             dom.resume()
         elif state == libvirt.VIR_DOMAIN_PMSUSPENDED:
             dom.pMWakeup(0)
-        elif state not in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+        elif state not in RUNNING_STATES:
             if dom.isActive():  # crashed but kept for inspection
                 dom.destroy()
             dom.create()
@@ -421,27 +460,47 @@ class LibvirtBackend:
             time.sleep(STATE_POLL)
         return True
 
+    # --- stopping ---------------------------------------------------------------------------
+
     async def stop(self, desktop: str, force: bool = False) -> None:
-        await self.open()
+        self._check_wanted(desktop)
+        self._watch()
         self._report(desktop, DesktopState.STOPPING, "destroying" if force else "shutting down")
-        how = await self._call(self._stop, desktop, force)
-        state, reason = await self._call(self._state_after_stop, desktop)
-        status, detail = status_of_state(state, reason)
-        self._report(desktop, status, how if status is DesktopState.STOPPED else detail)
+        how = ""
+        try:
+            await self._find(desktop)
+            how = await self._stop_where_active(desktop, force)
+        finally:
+            await self._find(desktop)
+            status, detail = self._status(desktop)
+            self._report(desktop, status, how if status is DesktopState.STOPPED else detail)
+
+    async def _stop_where_active(self, desktop: str, force: bool) -> str:
+        host = self._active_on(desktop)
+        if host is not None:
+            return await self._on(host, self._stop, desktop, force)
+        for lost in self.hosts:
+            state = lost.seen.get(desktop) if lost.error else None
+            if state is not None and state[0] != libvirt.VIR_DOMAIN_SHUTOFF:
+                raise BackendError(f"cannot stop {desktop}: {lost.error}")
+        known = any(desktop in host.seen for host in self.hosts)
+        if not known and self.config.template is None:
+            raise BackendError(f"no domain named {desktop!r} on {self._where()}")
+        return ""
 
     async def reset(self, desktop: str) -> None:
-        """A domain has no template here: a forced stop ends the last user's session."""
+        """A forced stop ends the last user's session (a domain keeps its disks)."""
         await self.stop(desktop, force=True)
 
     def stop_on_release(self, desktop: str) -> bool:
         return False
 
-    def _stop(self, name: str, force: bool) -> str:
+    def _stop(self, conn: libvirt.virConnect, name: str, force: bool) -> str:
         """ACPI shutdown, then destroy after shutdown_timeout (in a pool thread).
 
         Returns how it went: "shut down", "destroyed", or "" if it was not running.
         """
-        dom = self._domain(name)
+        dom = conn.lookupByName(name)
         if not dom.isActive():
             return ""
         if not force:
@@ -459,17 +518,16 @@ class LibvirtBackend:
         if self._poll_task is not None:
             self._poll_task.cancel()
             self._poll_task = None
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._disconnect)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._pool, host.disconnect) for host in self.hosts)
+        )
         self._pool.shutdown(wait=False)
 
-    def _disconnect(self) -> None:
-        with self._conn_lock:
-            conn, self._conn = self._conn, None
-            if conn is None:
-                return
-            if self._event_id is not None:
-                with contextlib.suppress(libvirt.libvirtError):
-                    conn.domainEventDeregisterAny(self._event_id)
-                self._event_id = None
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
+
+def _nothing(conn: libvirt.virConnect) -> None:
+    """A call that only connects."""
+
+
+def _live_xml(conn: libvirt.virConnect, name: str) -> str:
+    return str(conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))

@@ -147,7 +147,10 @@ def test_an_expired_lease_nobody_took_is_still_renewed(
 
 def test_leases_another_run_left_are_not_renewed(url: str, node: Callable[[str], Leases]) -> None:
     """A lease this node's earlier run held is not silently kept alive."""
-    execute(url, "INSERT INTO leases VALUES ('desktop', 'old', 'node-a', 0, 1e12)")
+    execute(
+        url,
+        "INSERT INTO leases (kind, subject, node, acquired, expires) VALUES ('desktop', 'old', 'node-a', 0, 1e12)",
+    )
     a = node("node-a")
     assert a.acquire("desktop", "d1", SHORT)
     assert a.renew_all(LONG) == []

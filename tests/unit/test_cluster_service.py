@@ -97,7 +97,10 @@ async def test_a_node_learns_of_the_leases_it_lost_and_releases_the_rest_when_it
     postgres_url: str,
 ) -> None:
     url = with_schema(postgres_url)
-    execute(url, "INSERT INTO leases VALUES ('desktop', 'stale', 'node-a', 0, 1e12)")
+    execute(
+        url,
+        "INSERT INTO leases (kind, subject, node, acquired, expires) VALUES ('desktop', 'stale', 'node-a', 0, 1e12)",
+    )
     a = await started(url, "node-a")
     try:
         assert execute(url, "SELECT subject FROM leases") == []  # an earlier run's: released

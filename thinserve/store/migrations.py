@@ -105,7 +105,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        "nodes of a site and their leases",
+        "nodes of a site, their leases, and who is logged in where",
         (
             """CREATE TABLE nodes (
                 name TEXT PRIMARY KEY,
@@ -122,11 +122,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 kind TEXT NOT NULL,
                 subject TEXT NOT NULL,
                 node TEXT NOT NULL,
+                holder TEXT NOT NULL DEFAULT '',
                 acquired REAL NOT NULL,
                 expires REAL NOT NULL,
                 CONSTRAINT leases_key PRIMARY KEY (kind, subject)
             )""",
             "CREATE INDEX leases_node ON leases (node)",
+            """CREATE TABLE logins (
+                user_name TEXT PRIMARY KEY,
+                terminal_id TEXT NOT NULL,
+                node TEXT NOT NULL,
+                since REAL NOT NULL
+            )""",
         ),
     ),
 )

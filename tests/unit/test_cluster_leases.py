@@ -149,7 +149,8 @@ def test_leases_another_run_left_are_not_renewed(url: str, node: Callable[[str],
     """A lease this node's earlier run held is not silently kept alive."""
     execute(
         url,
-        "INSERT INTO leases (kind, subject, node, acquired, expires) VALUES ('desktop', 'old', 'node-a', 0, 1e12)",
+        "INSERT INTO leases (kind, subject, node, acquired, expires)"
+        " VALUES ('desktop', 'old', 'node-a', 0, 1e12)",
     )
     a = node("node-a")
     assert a.acquire("desktop", "d1", SHORT)

@@ -133,7 +133,8 @@ def test_the_leases_a_node_holds_are_counted(url: str, registries: list[NodeRegi
     a.join()
     execute(
         url,
-        "INSERT INTO leases (kind, subject, node, acquired, expires) VALUES ('desktop', 'd1', 'node-a', 0, 1e12),"
+        "INSERT INTO leases (kind, subject, node, acquired, expires)"
+        " VALUES ('desktop', 'd1', 'node-a', 0, 1e12),"
         " ('desktop', 'd2', 'node-a', 0, 1e12), ('desktop', 'd3', 'node-a', 0, 1)",
     )
     assert by_name(a)["node-a"].leases == 2  # the expired one does not count

@@ -99,7 +99,8 @@ async def test_a_node_learns_of_the_leases_it_lost_and_releases_the_rest_when_it
     url = with_schema(postgres_url)
     execute(
         url,
-        "INSERT INTO leases (kind, subject, node, acquired, expires) VALUES ('desktop', 'stale', 'node-a', 0, 1e12)",
+        "INSERT INTO leases (kind, subject, node, acquired, expires)"
+        " VALUES ('desktop', 'stale', 'node-a', 0, 1e12)",
     )
     a = await started(url, "node-a")
     try:

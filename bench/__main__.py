@@ -17,7 +17,9 @@ thinserve, timed to the first rectangle, the last byte and decoded;
 ``python -m bench fanout``: many terminals watching one desktop, Xvnc
 directly next to thinserve, then many terminals on many desktops through
 thinserve; ``python -m bench adaptive``: the adaptive benchmark
-(``bench/adaptive.py``).  None of these is part of the default run.  Tables
+(``bench/adaptive.py``); ``python -m bench cluster``: one node on a remote
+PostgreSQL next to one on SQLite, and the database's work
+(``bench/cluster.py``).  None of these is part of the default run.  Tables
 go to stdout, progress to stderr; docs/performance.md explains every column.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +38,7 @@ from .content import CONTENTS
 from .options import (
     RELAY_SIZES,
     RELAY_WORKLOADS,
+    ClusterOptions,
     FanoutOptions,
     FloodOptions,
     FullscreenOptions,
@@ -57,6 +61,7 @@ COMMANDS = (
     "fullscreen",
     "fanout",
     "adaptive",
+    "cluster",
 )
 
 
@@ -74,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "'fullscreen' (a full-screen update and a refresh: first rectangle, last byte, "
         "decoded and bytes, Xvnc directly next to thinserve), 'fanout' (many terminals "
         "watching one desktop, Xvnc directly next to thinserve: latency and CPU; then many "
-        "terminals on many desktops through thinserve), 'adaptive' (bench/adaptive.py).",
+        "terminals on many desktops through thinserve), 'adaptive' (bench/adaptive.py), "
+        "'cluster' (bench/cluster.py).",
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="all")
     parser.add_argument("--quick", action="store_true", help="the short run (see docs)")
@@ -270,12 +276,34 @@ async def fanout(options: FanoutOptions) -> int:
     return await _pinned_run(body)
 
 
+async def cluster(options: ClusterOptions) -> int:
+    """Inside the LAN that bench/clusterlan.py made (the database's URL in the environment)."""
+    from . import cluster as cluster_suite
+    from . import clusterreport
+    from .clusterlan import DATABASE_ENV, SUBNET
+    from .relay import stderr_progress
+
+    admin_url = os.environ[DATABASE_ENV]
+    where = (
+        f"PostgreSQL (fsync and synchronous commit on) on another host of a private LAN "
+        f"{SUBNET}.0/24 (network namespaces, veth and a bridge, no added delay)"
+    )
+
+    async def body(machine: Lines, pinned: bool) -> Lines:
+        runs = await cluster_suite.run(options, admin_url, stderr_progress)
+        return clusterreport.render(options, runs, machine, where)
+
+    return await _pinned_run(body)
+
+
 def _sizes(args: argparse.Namespace) -> tuple[tuple[int, int], ...]:
     return tuple((int(w), int(h)) for w, h in (size.split("x") for size in args.size))
 
 
 async def run_command(args: argparse.Namespace) -> int:
     status = 0
+    if args.command == "cluster":
+        return await cluster(ClusterOptions.of(args.quick, args.rounds))
     if args.command == "fanout":
         return await fanout(FanoutOptions.of(args.quick, args.terminals, args.rounds))
     if args.command == "flood":
@@ -372,6 +400,9 @@ def adaptive(quick: bool) -> int:
     return int(suite.main(quick))
 
 
+CLUSTER_DATABASE_ENV = "THINSERVE_BENCH_DATABASE"  # bench/clusterlan.py sets it
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "adaptive":
@@ -383,9 +414,15 @@ def main(argv: list[str] | None = None) -> int:
         return restart(args.quick) if xvnc_path() else _no_xvnc()
     if args.command == "dashboard":
         return dashboard(args.quick) if xvnc_path() else _no_xvnc()
+    if args.command == "cluster" and not os.environ.get(CLUSTER_DATABASE_ENV):
+        from .clusterlan import run_outside
+
+        return run_outside(sys.argv[1:] if argv is None else argv) if xvnc_path() else _no_xvnc()
     if args.command == "all" and args.no_xvnc:
         args.command = "encodings"  # the relay suite needs Xvnc
-    needs_xvnc = args.command in ("relay", "tls", "flood", "soak", "fanout") or not args.no_xvnc
+    needs_xvnc = (
+        args.command in ("relay", "tls", "flood", "soak", "fanout", "cluster") or not args.no_xvnc
+    )
     if needs_xvnc and xvnc_path() is None:
         return _no_xvnc()
     install_reactor()

@@ -114,7 +114,18 @@ class FanoutResult:
 class Stage:
     """Desktops with their workloads and painters; thinserve in front when asked."""
 
-    def __init__(self, count: int, size: tuple[int, int], seconds: float, rate: float) -> None:
+    def __init__(
+        self,
+        count: int,
+        size: tuple[int, int],
+        seconds: float,
+        rate: float,
+        database: str | None = ":memory:",
+        extra: str = "",
+    ) -> None:
+        """``database`` and ``extra`` (TOML) for the thinserve it starts."""
+        self.database = database
+        self.extra = extra
         width, height = size
         self.xvncs = [Xvnc(width, height, name=f"fanout-{i:02d}") for i in range(count)]
         self.workloads: dict[str, Workload] = {
@@ -154,7 +165,11 @@ class Stage:
             "max_connections = 5000",
         )
         self.server = processes.thinserve(
-            [(x.name, x.port) for x in self.xvncs], self.folder, server
+            [(x.name, x.port) for x in self.xvncs],
+            self.folder,
+            server,
+            database=self.database,
+            extra=self.extra,
         )
         self.server.start()
         if not await wait_for(socket.exists, ADMIN_TIMEOUT):
@@ -215,6 +230,9 @@ class Stage:
             counts[desktop] += 1
         return watching
 
+    def replayed(self) -> None:
+        """Called as a replay ends, before its terminals leave."""
+
     async def measure(self, path: str, count: int) -> FanoutRun:
         pairs = await self.connect(count)
         try:
@@ -229,6 +247,7 @@ class Stage:
             ours = processes.Meter(self.server.pid).start() if self.server is not None else None
             generator = processes.Meter(os.getpid()).start()
             late = await replay(list(desktops.values()))
+            self.replayed()
             generator_cpu, seconds = generator.read()
             xvnc_cpu = sum(m.read()[0] for m in xvnc)
             thinserve_cpu = ours.read()[0] if ours is not None else None

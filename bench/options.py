@@ -185,3 +185,22 @@ class FanoutOptions:
         if quick:
             return cls((1920, 1080), terminals or 20, 6.0, 10.0, rounds or 1, 50, 5, 5.0)
         return cls((1920, 1080), terminals or 50, 15.0, 10.0, rounds or 3, 200, 20, 5.0)
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """What ``python -m bench cluster`` measures: crowds of terminals through one node
+    on a remote PostgreSQL next to the same node on SQLite."""
+
+    size: tuple[int, int]
+    crowds: tuple[int, ...]  # terminals in all, one crowd size after another
+    desktops: int  # the terminals watch this many desktops, as many on each
+    seconds: float  # length of each replay
+    rate: float  # steps a second on each desktop
+    rounds: int  # replays per crowd size and database
+
+    @classmethod
+    def of(cls, quick: bool, rounds: int | None = None) -> ClusterOptions:
+        if quick:
+            return cls((1280, 1024), (50,), 5, 6.0, 5.0, rounds or 1)
+        return cls((1920, 1080), (100, 200, 300), 20, 15.0, 5.0, rounds or 2)

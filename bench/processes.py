@@ -145,14 +145,17 @@ def thinserve(
     workdir: Path | None = None,
     server: tuple[str, ...] = (),
     pinned: bool = True,
+    database: str | None = ":memory:",
+    extra: str = "",
 ) -> ServerProcess:
     """thinserve serving ``desktops`` ((name, Xvnc port) each), every terminal
     getting the first free one; ``server``: more lines for its [server] table;
-    ``pinned`` False: on every core rather than the relay's."""
+    ``pinned`` False: on every core rather than the relay's; ``database`` as
+    config_toml takes it; ``extra``: more TOML at the end (a [cluster] table)."""
     port = free_port()
     folder = workdir or Path(tempfile.mkdtemp(prefix="thinserve-bench-"))
     config = folder / "thinserve.toml"
-    config.write_text(config_toml(port, desktops, server))
+    config.write_text(config_toml(port, desktops, server, database) + extra)
     args = [sys.executable, "-m", "bench.serverproc", str(config)]
     return ServerProcess(args, port, pinned)
 
@@ -168,7 +171,7 @@ def config_toml(
     lines = [
         "[server]",
         f'listen = ["tcp:port={port}:interface=127.0.0.1"]',
-        *([f'database = "{database}"'] if database else []),
+        *([f"database = {json.dumps(database)}"] if database else []),
         *server,
         "",
         "[discovery]",

@@ -55,19 +55,48 @@ def need_postgres() -> Path:
 class PostgresServer:
     """One PostgreSQL server on loopback for a test session."""
 
-    def __init__(self, bin_dir: Path, root: Path, port: int) -> None:
+    def __init__(
+        self,
+        bin_dir: Path,
+        root: Path,
+        port: int,
+        host: str = LOOPBACK,
+        wrap: Sequence[str] = (),
+        durable: bool = False,
+        clients: str | None = None,
+        options: str = "",
+    ) -> None:
         self.bin_dir = bin_dir
         self.root = root
         self.data = root / "data"
         self.socket_dir = root
         self.port = port
-        self.host = LOOPBACK
+        self.host = host
+        self.wrap = tuple(wrap)
+        self.durable = durable
+        self.clients = clients
+        self.options = options
 
     @classmethod
-    def start(cls, bin_dir: Path | None = None) -> PostgresServer:
+    def start(
+        cls,
+        bin_dir: Path | None = None,
+        host: str = LOOPBACK,
+        wrap: Sequence[str] = (),
+        durable: bool = False,
+        port: int | None = None,
+        clients: str | None = None,
+        options: str = "",
+    ) -> PostgresServer:
+        """``wrap``: a command prefix the server runs under (``ip netns exec NS``, to
+        put it in a network namespace, listening on ``host`` there).  ``durable``:
+        PostgreSQL's own defaults (fsync, synchronous commit) rather than the tests'
+        fast ones, for benchmarks.  ``clients``: a subnet (CIDR) whose hosts may
+        connect too, over TCP, as the loopback may.  ``options``: more server
+        options (``-c name=value ...``)."""
         bin_dir = bin_dir or need_postgres()
         root = Path(tempfile.mkdtemp(prefix="thinserve-pg-"))
-        server = cls(bin_dir, root, free_tcp_port())
+        server = cls(bin_dir, root, port or free_tcp_port(), host, wrap, durable, clients, options)
         try:
             server._init()
             server._run(
@@ -108,18 +137,22 @@ class PostgresServer:
                 "--no-sync",
             ]
         )
+        if self.clients is not None:
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all thinserve {self.clients} trust\n")
 
     def _options(self) -> str:
+        fast = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
         return (
             f"-h {self.host} -p {self.port} -k {self.socket_dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=200"
+            f"{'' if self.durable else fast}-c max_connections=200 {self.options}"
         )
 
     def _run(self, argv: Sequence[str]) -> None:
         command = [str(self.bin_dir / argv[0]), *argv[1:]]
         if os.geteuid() == 0:
             command = ["runuser", "-u", RUN_AS, "--", *command]
+        command = [*self.wrap, *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             log = self.root / "server.log"

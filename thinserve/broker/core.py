@@ -14,7 +14,11 @@ every connected terminal should show from what justifies it, in this order:
 
 A desktop has one owner (a pairing, a user, or a pool), so at most one
 terminal can claim control of it; a guard still refuses a second claim
-should the store ever say otherwise.  See docs/broker.md.
+should the store ever say otherwise.  When several nodes share the store,
+the broker is given ``SiteClaims`` and grants control of a desktop only
+while its node holds the desktop's control lease (see claims.py), and
+logins are recorded in the store so that a login at one node ends the
+user's login at another.  See docs/broker.md.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .. import logs, metrics
@@ -34,6 +38,7 @@ from ..secrets import SecretHasher
 from ..store.base import (
     ConflictError,
     Desktop,
+    Login,
     Pairing,
     PairingCode,
     Store,
@@ -44,6 +49,7 @@ from ..store.base import (
 from ..terminal_ids import ADDRESS_PREFIX, address_of
 from . import codes
 from .assignment import Assignment, Change, ScreenKind, ShowDesktop, ShowScreen, _grant
+from .claims import SiteClaims
 from .config import BrokerConfig
 from .ratelimit import FailureLimiter
 
@@ -53,6 +59,8 @@ SYSTEM = "thinserve"  # the actor for what the broker does on its own
 MAX_ID = 128
 FORGET_EVERY = 3600.0  # seconds between looks for terminals to forget
 DISABLED_NOTICE = "This account is disabled; ask the administrator."
+IN_USE_NOTICE = "This desktop is in use at another terminal."
+MOVED_NOTICE = "The session moved to another terminal."
 _USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -165,8 +173,10 @@ class Broker:
         *,
         clock: Callable[[], float] = time.time,
         hasher: SecretHasher | None = None,
+        claims: SiteClaims | None = None,
     ) -> None:
         self.store = store
+        self.site = claims  # None: the only node, deciding alone
         self.config = config or BrokerConfig()
         self._clock = clock
         self._hasher = hasher or SecretHasher()
@@ -196,6 +206,9 @@ class Broker:
         ended = store.end_open_sessions(self._clock())
         if ended:
             log.info("closed %d session records left open by the last run", ended)
+        if claims is not None:
+            for login in store.list_logins(claims.node):  # left by the last run of this node
+                store.delete_login(login.user, login.terminal_id, claims.node)
 
     # Desktops: the relay registers its desktops and reports their state.
 
@@ -401,6 +414,7 @@ class Broker:
             and not isinstance(self._shown[terminal_id], ShowDesktop)
             and terminal_id not in self._logins
             and self.config.unknown_terminal != "pool"
+            and (self.site is None or terminal_id not in self._controller.values())
         )
 
     def forget_terminal(self, terminal_id: str, why: str) -> None:
@@ -431,8 +445,51 @@ class Broker:
     def refresh(self) -> list[Change]:
         """Another node changed the shared store (a pairing, a user, a desktop):
         decide again for every connected terminal, from what is stored now.
-        Pairing codes already on screens stay."""
+        Pairing codes already on screens stay.  With site claims, what other
+        nodes hold is read again and logins another node took or ended end here."""
+        if self.site is not None:
+            self.site.stale()
+        self._logins_gone()
         return self._settle(refresh=())
+
+    def lapsed_control(self) -> list[Change]:
+        """With site claims: terminals in control of a desktop whose control lease
+        this node no longer holds (not renewed in time) show UNAVAILABLE at once.
+
+        Touches the store only to close their sessions, and goes on when it
+        cannot: a node cut off from the database must stop granting control
+        before another node may take the lease.  The hub calls it before
+        every ``tick``; the next decision grants control again if the lease
+        can be taken again.
+        """
+        if self.site is None:
+            return []
+        held = self.site.held()
+        now = self._clock()
+        changes: list[Change] = []
+        store_works = True
+        for terminal_id, shown in list(self._shown.items()):
+            if not isinstance(shown, ShowDesktop) or not shown.control:
+                continue
+            if held.get(shown.desktop) == terminal_id:
+                continue
+            log.warning("terminal %s: control of %s lapsed", terminal_id, shown.desktop)
+            screen = self._view_lapsed(shown.desktop)
+            self._shown[terminal_id] = screen
+            if self._controller.get(shown.desktop) == terminal_id:
+                del self._controller[shown.desktop]
+            if store_works:  # one try: a store out of reach costs its timeout once
+                try:
+                    self._end_session(terminal_id, now)
+                except StoreError as exc:  # closed when the next broker starts
+                    log.warning("could not close the session of %s: %s", terminal_id, exc)
+                    store_works = False
+            changes.append(Change(terminal_id, screen))
+        return changes
+
+    def _view_lapsed(self, desktop: str) -> ShowScreen:
+        message = "The desktop is not available. Please wait or ask the administrator."
+        return ShowScreen(ScreenKind.UNAVAILABLE, message, desktop=desktop)
 
     def tick(self) -> list[Change]:
         """Expire pairing codes and refresh the screens showing them.
@@ -446,6 +503,7 @@ class Broker:
         if now >= self._next_forget:
             self._next_forget = now + FORGET_EVERY
             self.forget_unpaired(now - self.config.forget_unpaired_after)
+        self._logins_gone()
         return self._settle()
 
     def forget_unpaired(self, seen_before: float) -> int:
@@ -608,7 +666,7 @@ class Broker:
 
     def logout(self, terminal_id: str) -> list[Change]:
         """The user at ``terminal_id`` logs out; the terminal falls back."""
-        user = self._logins.pop(terminal_id, None)
+        user = self._pop_login(terminal_id)
         if user is None:
             return self._take([])
         self._audit(f"user:{user}", "logout", terminal_id)
@@ -730,14 +788,59 @@ class Broker:
         return self._settle()
 
     def _end_login_elsewhere(self, terminal_id: str, user: str) -> None:
+        """``user`` logs in at ``terminal_id``: their login at another terminal
+        ends, and so does another user's here.  With site claims the user's
+        login row moves here too; the node it was at ends it there when it
+        hears (``_logins_gone``)."""
         previous = self._terminal_of(user)
         if previous is not None and previous != terminal_id:
             del self._logins[previous]
-            self._conns[previous].notice = "The session moved to another terminal."
+            self._conns[previous].notice = MOVED_NOTICE
             self._audit(f"user:{user}", "takeover", terminal_id, f"from terminal {previous}")
         replaced = self._logins.get(terminal_id)
         if replaced is not None and replaced != user:
+            self._pop_login(terminal_id)
             self._audit(f"user:{replaced}", "logout", terminal_id, f"replaced by {user}")
+        if self.site is not None:
+            node = self.site.node
+            moved = self.store.set_login(Login(user, terminal_id, node, self._clock()))
+            if moved is not None and moved.node != node:
+                detail = f"from terminal {moved.terminal_id} at node {moved.node}"
+                self._audit(f"user:{user}", "takeover", terminal_id, detail)
+
+    def _pop_login(self, terminal_id: str) -> str | None:
+        """End the login at ``terminal_id`` here (and its row, while it is ours); the user."""
+        user = self._logins.pop(terminal_id, None)
+        if user is not None and self.site is not None:
+            self.store.delete_login(user, terminal_id, self.site.node)
+        return user
+
+    def _logins_gone(self) -> None:
+        """Logins here whose row another node took (the user logged in there) or
+        removed (the user was deleted or disabled there) end here, as a local
+        move does: the terminal falls back to its login screen."""
+        if self.site is None or not self._logins:
+            return
+        rows = {(r.user, r.terminal_id) for r in self.store.list_logins(self.site.node)}
+        for terminal_id, user in list(self._logins.items()):
+            if (user, terminal_id) in rows:
+                continue
+            del self._logins[terminal_id]
+            elsewhere = self.store.get_login(user)
+            if elsewhere is not None:
+                notice, where = MOVED_NOTICE, f"moved to node {elsewhere.node}"
+            elif self._disabled(user):
+                notice, where = "This account has been disabled.", "disabled at another node"
+            else:
+                notice, where = "The session was ended at another node.", "ended elsewhere"
+            self._conns[terminal_id].notice = notice
+            log.info(
+                "user %s at terminal %s: the login %s",
+                user,
+                terminal_id,
+                where,
+                extra=logs.fields(terminal=terminal_id, user=user, event="logout"),
+            )
 
     # Users (administration).
 
@@ -805,6 +908,8 @@ class Broker:
         if terminal is not None:
             del self._logins[terminal]
             self._audit(actor, "logout", terminal, why)
+        if self.site is not None:
+            self.store.delete_login(name)  # wherever it is: that node ends it when it hears
         return terminal
 
     def _disabled(self, user: str) -> bool:
@@ -913,6 +1018,9 @@ class Broker:
         for table in (self._logins, self._watch):
             if old in table:
                 table[new] = table.pop(old)
+        user = self._logins.get(new)
+        if user is not None and self.site is not None:
+            self.store.set_login(Login(user, new, self.site.node, now))
         if record is not None:
             self.store.upsert_terminal(replace(record, id=new, last_seen=now))
         self.forget_terminal(old, f"now {new}")
@@ -1004,7 +1112,7 @@ class Broker:
         _check_text(actor, "actor")
         if desktop not in self._states:
             raise BrokerError(f"desktop {desktop!r} is not registered")
-        user = self._logins.pop(terminal_id, None)
+        user = self._pop_login(terminal_id)
         if user is not None:
             self._audit(actor, "logout", terminal_id, f"user {user}, for shadowing")
         self._stop_waiting(terminal_id)
@@ -1091,7 +1199,7 @@ class Broker:
         for desktop in [d for d, viewer in self._taken.items() if viewer == terminal_id]:
             del self._taken[desktop]
             self._audit(SYSTEM, "take-over-end", desktop, f"viewer {terminal_id}: {why}")
-        user = self._logins.pop(terminal_id, None)
+        user = self._pop_login(terminal_id)
         if user is not None:
             self._audit(f"user:{user}", "logout", terminal_id, why)
 
@@ -1114,7 +1222,12 @@ class Broker:
             if claim is not None:
                 claims.setdefault(claim, []).append(terminal_id)
         self._resolve_conflicts(claims, wanted)
-        return self._take(self._publish(wanted, now))
+        if self.site is None:
+            return self._take(self._publish(wanted, now))
+        self._claim_control(self.site, wanted)
+        changes = self._publish(wanted, now)
+        self._release_control(self.site)  # only once no terminal here shows them in control
+        return self._take(changes)
 
     def _decide(
         self,
@@ -1262,10 +1375,28 @@ class Broker:
             for terminal_id in claimants:
                 if terminal_id != keeper:
                     log.warning("desktop %s is claimed by %s and %s", desktop, keeper, terminal_id)
-                    message = "This desktop is in use at another terminal."
-                    wanted[terminal_id] = ShowScreen(ScreenKind.IN_USE, message, desktop=desktop)
+                    wanted[terminal_id] = _in_use(desktop)
             controller[desktop] = keeper
         self._controller = controller
+
+    def _claim_control(self, site: SiteClaims, wanted: dict[str, Assignment]) -> None:
+        """Leave control of a desktop with its terminal here only while this node
+        holds the desktop's control lease for it; the others show IN_USE."""
+        held = site.held()
+        for desktop, terminal_id in list(self._controller.items()):
+            if held.get(desktop) == terminal_id:
+                continue
+            if not site.elsewhere(desktop) and site.acquire(desktop, terminal_id):
+                continue
+            log.info("desktop %s is controlled at another node", desktop)
+            del self._controller[desktop]
+            wanted[terminal_id] = _in_use(desktop)
+
+    def _release_control(self, site: SiteClaims) -> None:
+        """Give up the control leases of desktops no terminal here controls."""
+        for desktop in site.held():
+            if desktop not in self._controller:
+                site.release(desktop)
 
     def _publish(self, wanted: dict[str, Assignment], now: float) -> list[Change]:
         """Record sessions and what is shown; return the changes, those that
@@ -1327,16 +1458,22 @@ class Broker:
     def _reconcile_leases(self, pairings: dict[str, Pairing]) -> None:
         """Free leases nobody needs any more; lend free desktops to those waiting."""
         needs = self._lease_needs(pairings)
+        controlled = self.site.held() if self.site is not None else {}
         for desktop, holder in list(self._leases.items()):
             pool = self.config.pool_of(desktop)  # None once a reload took it out of its pool
-            if pool is None or needs.get(holder) != pool or not _usable(self._states.get(desktop)):
+            if (
+                pool is None
+                or needs.get(holder) != pool
+                or not _usable(self._states.get(desktop))
+                or self._taken_elsewhere(desktop, controlled)
+            ):
                 del self._leases[desktop]
         held = set(self._leases.values())
         waiting = [h for h in self._waiting if h in needs and h not in held]
         waiting += [h for h in needs if h not in held and h not in waiting]
         self._waiting = []
         for holder in waiting:
-            free = self._free_desktop(needs[holder])
+            free = self._free_desktop(needs[holder], holder)
             if free is None:
                 self._waiting.append(holder)
             else:
@@ -1361,11 +1498,35 @@ class Broker:
                 needs[("terminal", terminal_id)] = default_pool
         return needs
 
-    def _free_desktop(self, pool: str) -> str | None:
+    def _free_desktop(self, pool: str, holder: Holder) -> str | None:
         for desktop in self.config.pools[pool]:
-            if _usable(self._states.get(desktop)) and desktop not in self._leases:
+            if (
+                _usable(self._states.get(desktop))
+                and desktop not in self._leases
+                and self._may_lend(desktop, holder)
+            ):
                 return desktop
         return None
+
+    def _may_lend(self, desktop: str, holder: Holder) -> bool:
+        """Whether ``desktop`` may be lent to ``holder``: always on one node; with
+        site claims, once this node holds its control lease for the holder's
+        terminal (a lend that loses the race tries the next desktop)."""
+        if self.site is None:
+            return True
+        kind, name = holder
+        terminal_id = name if kind == "terminal" else self._terminal_of(name)
+        if terminal_id is None:
+            return False
+        if self.site.held().get(desktop) == terminal_id:
+            return True
+        return not self.site.elsewhere(desktop) and self.site.acquire(desktop, terminal_id)
+
+    def _taken_elsewhere(self, desktop: str, held: Mapping[str, str]) -> bool:
+        """A lent pool desktop whose control lease another node holds now (this
+        node's was not renewed in time): its holder gets another one."""
+        site = self.site
+        return site is not None and desktop not in held and site.elsewhere(desktop)
 
     def _lease_of(self, holder: Holder) -> str | None:
         return next((d for d, h in self._leases.items() if h == holder), None)
@@ -1412,6 +1573,10 @@ def viewer_terminal_id(host: str) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return ADDRESS_PREFIX + address.compressed
+
+
+def _in_use(desktop: str) -> ShowScreen:
+    return ShowScreen(ScreenKind.IN_USE, IN_USE_NOTICE, desktop=desktop)
 
 
 def _controls(assignment: Assignment | None) -> bool:

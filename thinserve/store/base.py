@@ -1,8 +1,9 @@
 """The storage interface: what the broker keeps across restarts.
 
 A ``Store`` holds terminals, desktops, pairings, pairing codes, users (with
-an opaque secret hash), the dashboard's admin accounts and API tokens (hashes
-only), session history and the audit log.  It holds no
+an opaque secret hash), who is logged in where (for the nodes of a site),
+the dashboard's admin accounts and API tokens (hashes only), session history
+and the audit log.  It holds no
 policy: the broker decides, the store remembers.  ``SqliteStore`` (one
 node) and ``PostgresStore`` (several nodes sharing one database) fill the
 same Protocol with the same semantics, which docs/broker.md spells out;
@@ -156,6 +157,17 @@ class User:
     desktop: str | None
     created: float
     disabled: bool = False  # refused at the login screen until enabled again
+
+
+@dataclass(frozen=True)
+class Login:
+    """Who is logged in where, for the nodes of a site sharing the database:
+    one row per user, naming the terminal and the node it is connected to."""
+
+    user: str
+    terminal_id: str
+    node: str
+    since: float
 
 
 @dataclass(frozen=True)
@@ -329,6 +341,27 @@ class Store(Protocol):
 
     def delete_user(self, name: str) -> bool:
         """True if the user existed."""
+        ...
+
+    # Logins: which terminal of which node each logged-in user is at, so that
+    # a login at one node ends the user's login at another (hot-desking).
+
+    def set_login(self, login: Login) -> Login | None:
+        """Record ``login``, replacing the user's previous one; return the one
+        replaced (None if there was none)."""
+        ...
+
+    def get_login(self, user: str) -> Login | None: ...
+
+    def delete_login(
+        self, user: str, terminal_id: str | None = None, node: str | None = None
+    ) -> bool:
+        """Remove the user's login if it is at ``terminal_id`` and ``node`` (each
+        when given); whether one was removed."""
+        ...
+
+    def list_logins(self, node: str | None = None) -> list[Login]:
+        """Ordered by user; only the logins at ``node`` when given."""
         ...
 
     # Admin accounts of the dashboard, and their API tokens.  Hashes are opaque

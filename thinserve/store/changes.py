@@ -4,7 +4,9 @@ A store on PostgreSQL sends ``NOTIFY thinserve, '<kind>:<subject>'`` in the
 same transaction as every write that changes what a terminal should show, so
 the notice arrives only if the write was committed.  The kinds are
 ``pairing`` (subject: a terminal id), ``user`` (a user name) and ``desktop``
-(a desktop name).  A store on SQLite has one node and sends nothing.
+(a desktop name); ``lease`` (a desktop name) is sent by a node taking or
+giving up control of a desktop (thinserve/cluster/claims.py).  A store on
+SQLite has one node and sends nothing.
 
 ``resync`` is never sent by a store: a listener makes it up after its
 connection dropped, to say "re-read everything".
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 
 CHANNEL = "thinserve"
 
-# The kinds a store sends; "resync" is made by a listener, not sent.
-KINDS = frozenset({"pairing", "user", "desktop"})
+# The kinds a store (or a node's control claims) sends; "resync" is made by a listener, not sent.
+KINDS = frozenset({"pairing", "user", "desktop", "lease"})
 
 # PostgreSQL refuses payloads of 8000 bytes or more; ours stay far below.
 MAX_PAYLOAD = 1000

@@ -27,6 +27,7 @@ from .base import (
     ApiToken,
     AuditEntry,
     Desktop,
+    Login,
     NotFoundError,
     Pairing,
     PairingCode,
@@ -325,6 +326,45 @@ class SqlStore:
                 raise NotFoundError(f"no user {name!r}")
             self._notify(Change("user", name))
 
+    # -- logins ------------------------------------------------------------------------------
+
+    def set_login(self, login: Login) -> Login | None:
+        with self.atomic():
+            old = self.get_login(login.user)
+            self._write(
+                "INSERT INTO logins (user_name, terminal_id, node, since) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (user_name) DO UPDATE SET terminal_id = excluded.terminal_id,"
+                " node = excluded.node, since = excluded.since",
+                (login.user, login.terminal_id, login.node, login.since),
+            )
+            self._notify(Change("user", login.user))
+            return old
+
+    def get_login(self, user: str) -> Login | None:
+        row = self._one(f"SELECT {_LOGIN} FROM logins WHERE user_name = ?", (user,))
+        return Login(*row) if row else None
+
+    def delete_login(
+        self, user: str, terminal_id: str | None = None, node: str | None = None
+    ) -> bool:
+        conditions, params = ["user_name = ?"], [user]
+        for column, value in (("terminal_id", terminal_id), ("node", node)):
+            if value is not None:
+                conditions.append(f"{column} = ?")
+                params.append(value)
+        with self.atomic():
+            deleted = self._write(f"DELETE FROM logins WHERE {' AND '.join(conditions)}", params)
+            if deleted:
+                self._notify(Change("user", user))
+            return deleted > 0
+
+    def list_logins(self, node: str | None = None) -> list[Login]:
+        where, params = "", []
+        if node is not None:
+            where, params = "WHERE node = ?", [node]
+        rows = self._all(f"SELECT {_LOGIN} FROM logins {where} ORDER BY user_name", params)
+        return [Login(*r) for r in rows]
+
     # -- admin accounts ----------------------------------------------------------------------
 
     def add_admin(self, admin: Admin, secret_hash: str) -> None:
@@ -483,6 +523,7 @@ _TERMINAL = "id, name, model, address, screen_width, screen_height, last_seen"
 _PAIRING = "terminal_id, desktop, created, actor"
 _CODE = "code, terminal_id, created, expires, failures"
 _USER = "name, desktop, created, disabled"
+_LOGIN = "user_name, terminal_id, node, since"
 _ADMIN = "name, role, created, disabled, locked_until, failures"
 _TOKEN = "id, admin, label, created, last_used"
 _SESSION = "id, terminal_id, desktop, user_name, started, ended"

@@ -27,6 +27,12 @@ def test_every_key_is_read() -> None:
     assert read == ClusterConfig("ts-2", "10.1.2.3", 1.0, 5.5)
 
 
+def test_node_links_are_off_unless_configured() -> None:
+    assert (cluster().node_listen, cluster().secret_file) == (None, None)
+    read = cluster(node_listen="tcp:5999", secret_file="/etc/thinserve/node.secret")
+    assert (read.node_listen, read.secret_file) == ("tcp:5999", "/etc/thinserve/node.secret")
+
+
 @pytest.mark.parametrize(
     ("table", "complaint"),
     [
@@ -39,6 +45,7 @@ def test_every_key_is_read() -> None:
         ({"lease": "10"}, "lease = '10': seconds from 1.0 to 3600.0"),
         ({"heartbeat": 5, "lease": 8}, "lease (8 s) must be at least twice the heartbeat (5 s)"),
         ({"node": "a"}, "unknown key(s) node; allowed:"),
+        ({"node_listen": "tcp:5999"}, "secret_file: node_listen needs the site's node secret"),
     ],
 )
 def test_mistakes_are_named_with_what_to_write(table: dict[str, Any], complaint: str) -> None:

@@ -4,6 +4,9 @@ It reads the database named by the configuration's ``[server] database``
 directly (no running server needed).  On SQLite the site is one node, and
 it says so.  ``--json`` prints ``{"cluster": bool, "nodes": [...]}``.
 Exit codes: 0 listed, 1 the configuration or the database failed.
+
+``thinserve nodes secret PATH`` writes a new node secret (cluster/link.py)
+to a new file; exit code 1 if the file exists or cannot be written.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ def add_commands(sub: Subcommands) -> None:
     add_config_options(parser)
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(operation=run)
+    nodes_sub = parser.add_subparsers(title="other commands", metavar="COMMAND")
+    what = "write a new node secret (every node's [cluster] secret_file) to PATH"
+    secret = nodes_sub.add_parser("secret", help=what, description=what)
+    secret.add_argument("path", metavar="PATH", help="a new file; it is made with mode 600")
+    secret.set_defaults(operation=write_secret)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +66,29 @@ def run(args: argparse.Namespace) -> int:
         _print_json({"cluster": True, "nodes": [_json(n) for n in nodes]})
     else:
         print(nodes_table(nodes))
+    return EXIT_OK
+
+
+def write_secret(args: argparse.Namespace) -> int:
+    """``thinserve nodes secret PATH``: 32 random bytes as hex, in a new file of mode 600."""
+    from .link import write_secret as write
+
+    try:
+        write(args.path)
+    except FileExistsError:
+        print(
+            f"thinserve: {args.path} exists already; every node must keep the same secret, "
+            "so remove it first only if no node uses it, or give another path",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    except OSError as exc:
+        print(f"thinserve: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    print(
+        f"wrote a new node secret to {args.path}; copy it to every node (mode 600, owned by "
+        'thinserve\'s user) and set [cluster] secret_file = "PATH" there'
+    )
     return EXIT_OK
 
 

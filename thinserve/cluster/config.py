@@ -24,12 +24,17 @@ class ClusterConfig:
     """node_name: unique among the nodes sharing the database (default: the
     short host name, made valid).  node_address: where the other nodes reach
     this one (shown by ``thinserve nodes``).  heartbeat: seconds between
-    heartbeats.  lease: seconds a silent node (and its leases) stays alive."""
+    heartbeats.  lease: seconds a silent node (and its leases) stays alive.
+    node_listen: where other nodes connect for the desktops this node runs
+    (a Twisted endpoint; None: nowhere).  secret_file: the site's node
+    secret, the same file on every node (cluster/link.py)."""
 
     node_name: str = field(default_factory=default_name)
     node_address: str = ""
     heartbeat: float = DEFAULT_HEARTBEAT
     lease: float = DEFAULT_EXPIRY
+    node_listen: str | None = None
+    secret_file: str | None = None
 
 
 def from_table(table: Table) -> ClusterConfig:
@@ -54,5 +59,15 @@ def from_table(table: Table) -> ClusterConfig:
             f"{table.where}: lease ({lease:g} s) must be at least twice the heartbeat "
             f"({heartbeat:g} s), so that one late heartbeat does not make the node gone"
         )
+    node_listen = table.optional_text("node_listen") or None
+    secret_file = table.optional_text("secret_file") or None
+    if node_listen is not None and secret_file is None:
+        raise table.error(
+            "secret_file",
+            "node_listen needs the site's node secret: make one with `thinserve nodes secret "
+            'PATH`, copy it to every node and set secret_file = "PATH"',
+        )
     table.done()
-    return ClusterConfig(name or default_name(), address, heartbeat, lease)
+    return ClusterConfig(
+        name or default_name(), address, heartbeat, lease, node_listen, secret_file
+    )

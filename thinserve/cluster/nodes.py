@@ -76,19 +76,20 @@ LIST_NODES = f"""
 JOIN = f"""
     WITH clock AS (SELECT {NOW} AS now)
     INSERT INTO nodes AS n (name, address, started, heartbeat, expires, terminals,
-                            desktops, version)
-    SELECT %s, %s, clock.now, clock.now, clock.now + %s, 0, 0, %s FROM clock
+                            desktops, version, fingerprint)
+    SELECT %s, %s, clock.now, clock.now, clock.now + %s, 0, 0, %s, %s FROM clock
     ON CONFLICT (name) DO UPDATE
         SET address = excluded.address, started = excluded.started,
             heartbeat = excluded.heartbeat, expires = excluded.expires,
-            terminals = 0, desktops = 0, version = excluded.version
+            terminals = 0, desktops = 0, version = excluded.version,
+            fingerprint = excluded.fingerprint
         WHERE n.expires <= excluded.started
     RETURNING n.started"""
 
 HEARTBEAT = f"""
     WITH clock AS (SELECT {NOW} AS now)
     UPDATE nodes SET heartbeat = clock.now, expires = clock.now + %s,
-                     terminals = %s, desktops = %s
+                     terminals = %s, desktops = %s, address = %s, fingerprint = %s
     FROM clock WHERE name = %s AND started = %s
     RETURNING name"""
 
@@ -123,6 +124,9 @@ class NodeRegistry:
         if not 0 < expiry <= MAX_EXPIRY:
             raise ValueError(f"node expiry {expiry} s: give more than 0 and at most {MAX_EXPIRY}")
         self.address = address
+        # The node link's certificate key (cluster/link.py), once it listens; the
+        # address is then host:port of the link.  Both go out with each heartbeat.
+        self.fingerprint = ""
         self.expiry = expiry
         self.version = version
         self.db = Database(url)
@@ -130,7 +134,8 @@ class NodeRegistry:
 
     def join(self) -> None:
         """Enter the table; NodeNameInUse when a live node has our name."""
-        rows = self.db.fetch(JOIN, (self.name, self.address, self.expiry, self.version))
+        params = (self.name, self.address, self.expiry, self.version, self.fingerprint)
+        rows = self.db.fetch(JOIN, params)
         if not rows:
             raise self._in_use()
         self.started = float(rows[0][0])
@@ -142,12 +147,14 @@ class NodeRegistry:
         silent too long and it was taken over; then we join again, which
         raises NodeNameInUse if another live node now has our name.
         """
-        if self.started is not None:
-            params = (self.expiry, terminals, desktops, self.name, self.started)
-            if self.db.fetch(HEARTBEAT, params):
-                return
+        if self.started is not None and self.db.fetch(HEARTBEAT, self._beat(terminals, desktops)):
+            return
         self.join()
-        self.db.fetch(HEARTBEAT, (self.expiry, terminals, desktops, self.name, self.started))
+        self.db.fetch(HEARTBEAT, self._beat(terminals, desktops))
+
+    def _beat(self, terminals: int, desktops: int) -> tuple[object, ...]:
+        where = (self.address, self.fingerprint, self.name, self.started)
+        return (self.expiry, terminals, desktops, *where)
 
     def leave(self) -> None:
         """Remove our row (only ours: not a successor's of the same name)."""

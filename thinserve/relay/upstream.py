@@ -11,15 +11,17 @@ and when it goes down.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import ipaddress
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, cast
 
 import numpy as np
+from cryptography import x509
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.interfaces import (
@@ -31,6 +33,7 @@ from twisted.internet.interfaces import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from protocols.identity import certificate_fingerprint
 from protocols.rfb import messages as m
 from protocols.rfb.client import (
     ClientConnection,
@@ -41,7 +44,7 @@ from protocols.rfb.client import (
     SetDesktopSizeFailed,
     UpdateDone,
 )
-from protocols.rfb.constants import Encoding
+from protocols.rfb.constants import Encoding, VeNCryptSubtype
 from protocols.rfb.encodings import Rect
 from protocols.rfb.pixelformat import NATIVE
 from protocols.rfb.server import ClipboardText
@@ -86,6 +89,9 @@ class DesktopAddress:
     username: str | None = None
     ca_file: str | None = None
     encodings: tuple[int, ...] | None = None  # None: chosen by where it is
+    # The key fingerprint its certificate must carry (protocols/identity.py): the
+    # link is then X509Plain only, TLS pinned to that key (a node link).
+    fingerprint: str | None = None
 
     @property
     def is_local(self) -> bool:
@@ -410,9 +416,36 @@ class _LinkFactory(protocol.Factory):
         options = rfbclient.ClientOptions(
             password=address.password, username=address.username, ca_file=address.ca_file
         )
+        if address.fingerprint is not None:
+            options = replace(
+                options,
+                methods=(VeNCryptSubtype.X509_PLAIN,),
+                server_check=KeyPin(address.fingerprint),
+            )
         proto = rfbclient.RFBClientProtocol(options, upstream._on_event)
         proto.closed.addBoth(lambda reason: upstream._lost(proto, reason))
         return proto
+
+
+class KeyPin:
+    """A server check (thinserve.tls.ServerCheck) that trusts exactly one key:
+    the server's certificate must carry the key whose fingerprint was published."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+
+    def check(self, certificate: x509.Certificate, trusted: bool) -> None:
+        from ..tls import ServerRefused
+
+        found = certificate_fingerprint(certificate)
+        if not hmac.compare_digest(found, self.fingerprint):
+            raise ServerRefused(
+                f"its certificate's key is sha256:{found}, not the pinned sha256:"
+                f"{self.fingerprint}; the node's certificate changed or this is not that node"
+            )
+
+    def confirmed(self, certificate: x509.Certificate) -> None:
+        pass
 
 
 class _Endpoint(Protocol):
@@ -456,4 +489,4 @@ def _short(why: str) -> str:
     return why if len(why) <= 80 else why[:77] + "..."
 
 
-__all__ = ["DesktopAddress", "LinkListener", "Mirror", "MirrorFeed", "Upstream"]
+__all__ = ["DesktopAddress", "KeyPin", "LinkListener", "Mirror", "MirrorFeed", "Upstream"]

@@ -21,6 +21,13 @@ connection outlives) and stops when its connection ends.  Stopping the
 connector closes every connection.  Its ``terminal_added``,
 ``terminal_updated`` and ``terminal_removed`` methods fit
 thinserve.discovery.TerminalBrowser's callbacks.
+
+Several nodes of a site see the same adverts.  Given a ``gate`` (in cluster
+mode, thinserve/cluster/dialing.py) a link asks it before every attempt
+whether this node may dial the terminal (it holds the terminal's ``dial``
+lease); when not, it asks again every ``refused_delay`` seconds, so when the
+dialling node dies another one takes over once its lease expires.  A link
+that is let go gives the lease up.
 """
 
 from __future__ import annotations
@@ -59,6 +66,24 @@ __all__ = [
 ]
 
 LostCallback = Callable[[IProtocol, Failure], None]
+
+
+class DialGate(Protocol):
+    """Which node dials a terminal: one of the site's nodes at a time."""
+
+    def may_dial(self, advert: TerminalAdvert) -> defer.Deferred[bool]:
+        """Whether this node may dial ``advert``'s terminal now (it holds its lease)."""
+        ...
+
+    def done_with(self, advert: TerminalAdvert) -> None:
+        """This node no longer dials ``advert``'s terminal: another may."""
+        ...
+
+
+class DialledElsewhere(ConnectionError):
+    """Another node of the site dials this terminal."""
+
+
 FactoryFor = Callable[[TerminalAdvert], Factory[Any]]
 AdvertCallback = Callable[[TerminalAdvert], None]
 
@@ -164,9 +189,15 @@ class ReverseConnector(service.MultiService):
         stable_after: float = 10.0,
         on_connected: AdvertCallback | None = None,
         on_disconnected: AdvertCallback | None = None,
+        gate: DialGate | None = None,
+        refused_delay: float = 2.0,
     ) -> None:
-        """``factory_for(advert)``: the protocol factory for a terminal's connections."""
+        """``factory_for(advert)``: the protocol factory for a terminal's connections.
+        ``gate``: asked before each attempt (see the module); ``refused_delay``:
+        seconds until it is asked again after saying no."""
         super().__init__()
+        self.gate = gate
+        self.refused_delay = refused_delay
         self.reactor = reactor
         self.factory_for = factory_for
         self.connect_timeout = connect_timeout
@@ -210,15 +241,17 @@ class ReverseConnector(service.MultiService):
         """A new link for ``advert`` (it dials at once while the connector runs)."""
         old = self.links.get(_key(advert))
         if old is not None:
-            self._forget(old)
+            self._forget(old, keep_lease=True)  # the new link dials in its place
         link = self.links[_key(advert)] = TerminalLink(self, advert)
         self.addService(link)
 
-    def _forget(self, link: TerminalLink) -> None:
+    def _forget(self, link: TerminalLink, keep_lease: bool = False) -> None:
         """Stop ``link`` (closing its connection, if any) and let it go."""
         if self.links.get(_key(link.advert)) is link:
             del self.links[_key(link.advert)]
             self.removeService(link)
+            if self.gate is not None and link.may_dial and not keep_lease:
+                self.gate.done_with(link.advert)
 
     def ended(self, link: TerminalLink) -> None:
         """``link``'s connection ended: replace it for a newer advert, let it go if withdrawn."""
@@ -241,6 +274,7 @@ class TerminalLink(ClientService):
         self.attempts = 0
         self.retries = 0  # delays waited since the last stable connection
         self.connected_at: float | None = None
+        self.may_dial = False  # the gate said yes to the last attempt
         self._why = ""
         factory = _Watching(connector.factory_for(advert), self._lost)
         super().__init__(
@@ -265,8 +299,10 @@ class TerminalLink(ClientService):
 
     async def dial(self, factory: IProtocolFactory) -> IProtocol:
         """One attempt: the advertised addresses in turn, until one answers."""
-        self.attempts += 1
         advert, connector = self.advert, self.connector
+        if connector.gate is not None:
+            await self._ask_gate(connector.gate)
+        self.attempts += 1
         error: Exception = ConnectionError("the advert lists no address")
         for host in advert.addresses:
             endpoint = _endpoint(connector.reactor, host, advert.port, connector.connect_timeout)
@@ -279,6 +315,20 @@ class TerminalLink(ClientService):
                 log.debug("terminal %s: %s:%d: %s", advert.instance, host, advert.port, exc)
         self._why = f"unreachable ({error})"
         raise error
+
+    async def _ask_gate(self, gate: DialGate) -> None:
+        """DialledElsewhere unless this node may dial the terminal now."""
+        try:
+            self.may_dial = await gate.may_dial(self.advert)
+        except defer.CancelledError:
+            raise
+        except Exception as exc:
+            self.may_dial = False
+            self._why = f"not dialled: cannot tell which node dials it ({exc})"
+            raise DialledElsewhere(self._why) from None
+        if not self.may_dial:
+            self._why = "dialled by another node"
+            raise DialledElsewhere(self._why)
 
     def _up(self, _proto: IProtocol) -> None:
         self.connected_at = self.connector.reactor.seconds()
@@ -301,7 +351,10 @@ class TerminalLink(ClientService):
 
     def _retry_in(self, _failures: int) -> float:
         """ClientService counts failures since the last connection; the link
-        counts delays since the last stable connection (see the module)."""
+        counts delays since the last stable connection (see the module).
+        A terminal another node dials is asked about again soon, quietly."""
+        if self.connector.gate is not None and not self.may_dial:
+            return self.connector.refused_delay
         self.retries += 1
         delay = self.connector.delays(self.retries)
         log.info("terminal %s %s; retrying in %.1f s", self.advert.instance, self._why, delay)

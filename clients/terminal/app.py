@@ -117,9 +117,8 @@ class TerminalApp:
             return addresses or local_addresses(options.ipv4_only)
 
         if options.mode == "connect":
-            assert options.host is not None
-            target = (options.host, options.port)
-            return DialMode(self.reactor, factory, lambda: [target], self.key.shown_id, ours, "")
+            servers = list(options.servers)
+            return DialMode(self.reactor, factory, lambda: servers, self.key.shown_id, ours, "")
         self.finder = ServerFinder(options.find_name, options.interfaces, options.ipv4_only)
         searching = f"Looking for {options.find_name} on the network (mDNS)..."
         return DialMode(

@@ -1,10 +1,15 @@
 """Connect and find modes: the terminal dials the server, and dials again.
 
-``DialMode`` connects to the first target its ``targets`` function names (a
-fixed ``--connect HOST:PORT``, or what ``--find`` saw with mDNS), and after
-a failure or the end of a session tries again after 1 s, 2 s, 4 s, ... up
-to 30 s (varied by ±10 %); a session that lasted 10 s starts the delays
-over.  When there is no target yet it looks again every second.
+``DialMode`` connects to the targets its ``targets`` function names (the
+``--connect HOST:PORT`` servers, or what ``--find`` saw with mDNS), one
+after the other: each attempt goes to the next one, so after a failure or
+the end of a session the terminal tries the next server (the next node of
+a site) after 1 s, 2 s, 4 s, ... up to 30 s (varied by ±10 %); a session
+that lasted 10 s starts the delays over.  When there is no target yet it
+looks again every second.
+
+Once a session was lost, and until the next one starts, the status screen
+says "Reconnecting..." with the server it lost and the one it tries next.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ CONNECT_TIMEOUT = 10.0
 STABLE_AFTER = 10.0  # a session this long resets the backoff
 LOOK_AGAIN = 1.0  # seconds between looks for a target when there is none
 WAITING = "Waiting for thinserve..."
+RECONNECTING = "Reconnecting..."
 
 
 class DialMode:
@@ -57,6 +63,7 @@ class DialMode:
         self.attempts = 0
         self.last_error = ""
         self.retry_at = 0.0
+        self.lost: Target | None = None  # the server of a session lost, until the next one
         self._timer: IDelayedCall | None = None
         self._attempt: defer.Deferred[Any] | None = None
         self._stopped = False
@@ -98,6 +105,8 @@ class DialMode:
     def _connected(self, proto: Any) -> None:
         self._attempt = None
         self.state = "connected" if getattr(proto, "accepted", True) else "idle"
+        if self.state == "connected":
+            self.lost = None
 
     def _failed(self, failure: Failure, attempt: defer.Deferred[Any]) -> None:
         if attempt is not self._attempt or failure.check(defer.CancelledError):
@@ -111,6 +120,7 @@ class DialMode:
         if lasted >= STABLE_AFTER:
             self.retries = 0
         self.last_error = why
+        self.lost = self.target
         self._retry_later()
 
     def server_name(self) -> str | None:
@@ -133,11 +143,28 @@ class DialMode:
         if self.state == "searching" or self.target is None:
             lines.append(self.searching)
             return WAITING, lines
-        host, port = self.target
-        lines.append(f"Server: {host}:{port}")
+        title = WAITING
+        if self.lost is not None:
+            title = RECONNECTING
+            lines.append(f"Lost the connection to {_shown(self.lost)}")
         if self.state == "waiting":
             seconds = max(0, math.ceil(self.retry_at - self.reactor.seconds()))
-            lines.append(f"Retrying in {seconds} s ({self.last_error})")
+            lines.append(f"Server: {_shown(self._next())}")
+            lines.append(f"Trying in {seconds} s ({self.last_error})")
         else:
+            lines.append(f"Server: {_shown(self.target)}")
             lines.append("Connecting...")
-        return WAITING, lines
+        return title, lines
+
+    def _next(self) -> Target:
+        """The server the next attempt dials."""
+        targets = self.targets()
+        if not targets:
+            assert self.target is not None
+            return self.target
+        return targets[self.attempts % len(targets)]
+
+
+def _shown(target: Target) -> str:
+    host, port = target
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -15,13 +15,15 @@ from .identity import KEY_FILE, checked_id
 MODEL = "thinserve-terminal"
 RFB_PORT = 5900
 HEADLESS_SIZE = (1024, 768)
+MAX_SERVERS = 16  # --connect given this many times at most
 
 
 @dataclass(frozen=True)
 class Options:
     mode: str  # "listen", "connect" or "find"
-    host: str | None = None  # --connect
+    host: str | None = None  # --connect: the first server
     port: int = DEFAULT_PORT  # where to listen, or where to connect
+    servers: tuple[tuple[str, int], ...] = ()  # --connect: every server, in order
     interfaces: tuple[str, ...] = ()
     ipv4_only: bool = False
     name: str | None = None  # DNS-SD instance name
@@ -102,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         "thinserve to connect.",
     )
     how = parser.add_mutually_exclusive_group()
-    how.add_argument("--connect", metavar="HOST[:PORT]", help="connect to this server")
+    how.add_argument(
+        "--connect",
+        "--server",
+        dest="connect",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="connect to this server; repeat it for the other nodes of the site, tried in "
+        "turn when the connection is lost",
+    )
     how.add_argument("--find", action="store_true", help="find thinserve with mDNS (_rfb._tcp)")
     parser.add_argument(
         "--port", type=parse_port, help=f"port to listen on (default {DEFAULT_PORT}; 0: any)"
@@ -152,16 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_servers(parser: argparse.ArgumentParser, given: list[str]) -> tuple[tuple[str, int], ...]:
+    """Each ``--connect`` once, in the order given; at most MAX_SERVERS."""
+    if len(given) > MAX_SERVERS:
+        parser.error(f"{len(given)} servers: give at most {MAX_SERVERS} --connect")
+    servers: list[tuple[str, int]] = []
+    for text in given:
+        try:
+            server = parse_host_port(text)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+        if server not in servers:
+            servers.append(server)
+    return tuple(servers)
+
+
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = build_parser()
     args = parser.parse_args(argv)
     mode, host, port = "listen", None, DEFAULT_PORT if args.port is None else args.port
+    servers: tuple[tuple[str, int], ...] = ()
     if args.connect is not None:
-        try:
-            host, port = parse_host_port(args.connect)
-        except argparse.ArgumentTypeError as exc:
-            parser.error(str(exc))
-        mode = "connect"
+        servers = parse_servers(parser, args.connect)
+        (host, port), mode = servers[0], "connect"
     elif args.find:
         mode = "find"
     interfaces = tuple(args.interfaces)
@@ -176,6 +199,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         mode=mode,
         host=host,
         port=port,
+        servers=servers,
         interfaces=interfaces,
         ipv4_only=args.ipv4_only or all_ipv4,
         name=args.name,

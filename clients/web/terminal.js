@@ -12,6 +12,11 @@
 //   view_only=1    send no keyboard or mouse input
 //   reconnect=0    do not reconnect after the connection drops
 //   quality=0..9, compression=0..9   hints for JPEG quality and compression
+//
+// Several nodes: once connected, the page asks its node for the site's
+// browser terminals (/nodes.json).  When its node stops answering (the
+// connection dropped and one more try failed) it goes to the next node's
+// page, with the same settings.
 
 import RFB from "./novnc/core/rfb.js";
 import { KEY_PROTOCOL, keyProof, keyUnavailable, loadKey } from "./key.js";
@@ -41,6 +46,8 @@ let retryTimer = null;
 let lastFailure = "";
 let keyless = "";  // why this page connects without a key; "" when it has one
 let elsewhere = false;  // another tab of this browser took the terminal over
+let siteNodes = [];  // the site's browser-terminal URLs, from /nodes.json
+let failedTries = 0;  // connections that failed since the last one that worked
 const terminalKey = prepareKey();
 
 // Tabs of one browser share one key, so they are one terminal, and the
@@ -154,8 +161,43 @@ function startRFB(ws) {
   rfb.addEventListener("desktopname", onDesktopName);
 }
 
+async function learnNodes() {
+  try {
+    const answer = await fetch("nodes.json", { cache: "no-store" });
+    if (answer.ok) {
+      const nodes = (await answer.json()).nodes;
+      siteNodes = Array.isArray(nodes) ? nodes.filter((u) => /^https?:\/\//.test(u)) : [];
+    }
+  } catch (error) {
+    // one node, or an older server: reconnect here only
+  }
+}
+
+function originOf(url) {
+  try {
+    return new URL(url).origin;
+  } catch (error) {
+    return null;
+  }
+}
+
+// The node after this one in the site's sorted list (every page walks the
+// same ring), with this page's settings; null when there is no other node.
+function nextNode() {
+  const sorted = [...new Set(siteNodes)].filter((url) => originOf(url) !== null).sort();
+  const here = sorted.findIndex((url) => originOf(url) === window.location.origin);
+  const others = sorted.filter((url) => originOf(url) !== window.location.origin);
+  if (others.length === 0) {
+    return null;
+  }
+  const next = here < 0 ? others[0] : sorted[(here + 1) % sorted.length];
+  return next + window.location.search;
+}
+
 function onConnect() {
   retryMs = RETRY_FIRST_MS;
+  failedTries = 0;
+  learnNodes();
   login.hidden = true;
   setStatus("connected", `Connected${document.title ? ` to ${document.title}` : ""}`);
   rfb.focus();
@@ -193,6 +235,13 @@ function disconnected(reason) {
   }
   if (!settings.reconnect) {
     setStatus("disconnected", `Disconnected: ${why}. Reload the page to connect again.`);
+    return;
+  }
+  failedTries += 1;
+  const next = failedTries > 1 && !lastFailure ? nextNode() : null;
+  if (next !== null) {
+    setStatus("moving", `Disconnected: ${why}. Going to the next node, ${next}…`);
+    window.location.assign(next);
     return;
   }
   const seconds = Math.round(retryMs / 1000);

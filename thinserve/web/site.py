@@ -6,6 +6,8 @@ One twisted.web site on one port serves
 - ``/terminal.js``, ``/key.js``, ``/terminal.css``, ``/favicon.svg``: the page's own files
 - ``/novnc/core/``  and ``/novnc/vendor/``, the pinned noVNC release
 - ``/websockify``   RFB over WebSocket, wrapping the RFB server factory given
+- ``/nodes.json``   the browser terminals of the site's nodes (``WebOptions.nodes``;
+  thinserve/cluster/weburls.py), an empty list for a server of its own
 
 Every response carries a Content-Security-Policy that allows only this
 origin (plus data: images, which noVNC uses for JPEG rectangles and cursors).
@@ -15,7 +17,9 @@ Every connection keeps the deadlines and size bounds of ``WebOptions.http``
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias, cast
@@ -100,6 +104,7 @@ class WebOptions:
     http: HTTPLimits = field(default_factory=HTTPLimits)
     client_dir: Path = CLIENT_DIR
     novnc_dir: Path | None = None  # None: $THINSERVE_NOVNC_DIR or clients/web/node_modules
+    nodes: Callable[[], list[str]] | None = None  # the site's browser-terminal URLs
 
 
 def find_novnc(options: WebOptions) -> Path:
@@ -169,6 +174,21 @@ class TerminalRoot(Folder):
         return super().getChildWithDefault(path, request)
 
 
+class NodesJSON(_Resource):
+    """``{"nodes": [URL, ...]}``: where the page goes when its node stops answering."""
+
+    isLeaf = True
+
+    def __init__(self, nodes: Callable[[], list[str]]) -> None:
+        super().__init__()
+        self.nodes = nodes
+
+    def render_GET(self, request: _Request) -> bytes:
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return json.dumps({"nodes": self.nodes()}).encode()
+
+
 def terminal_resource(rfb_factory: RFBFactory, options: WebOptions) -> TerminalRoot:
     novnc = find_novnc(options)
     client = options.client_dir
@@ -183,6 +203,7 @@ def terminal_resource(rfb_factory: RFBFactory, options: WebOptions) -> TerminalR
         novnc_root.putChild(part.encode(), StaticFile(str(novnc / part)))
     root.putChild(b"novnc", novnc_root)
     root.putChild(WEBSOCKET_PATH, rfb_websocket_resource(rfb_factory, options.websocket))
+    root.putChild(b"nodes.json", NodesJSON(options.nodes or list))
     return root
 
 

@@ -87,6 +87,8 @@ class Hub:
     ) -> None:
         self.broker = broker
         self.mirrors = mirrors
+        # Desktops another node runs, shown over a node link (cluster/remote.py).
+        self.remote_mirrors: dict[str, Mirror] = {}
         self.desktop_details: dict[str, str] = {}  # desktop -> the manager's last word on it
         reactor = reactor or default_reactor
         self.reactor: Clock = reactor
@@ -125,6 +127,7 @@ class Hub:
             terminal.session.close("thinserve is stopping")
 
     def tick(self) -> None:
+        self.apply(self.broker.lapsed_control())  # even when the store cannot be reached
         try:
             changes = self.broker.tick()
         except StoreError as exc:  # the ticker carries on; the next tick tries again
@@ -379,7 +382,8 @@ class Hub:
         self, terminal_id: str, assignment: Assignment, session: TerminalSession
     ) -> Source:
         if isinstance(assignment, ShowDesktop):
-            mirror = self.mirrors[assignment.desktop]
+            name = assignment.desktop
+            mirror = self.mirrors[name] if name in self.mirrors else self.remote_mirrors[name]
             self.on_desktop_wanted(assignment.desktop)
             return mirror
         return self._screen(terminal_id, assignment, session)

@@ -89,8 +89,7 @@ async def test_a_pairing_made_at_one_node_shows_the_desktop_at_the_other(
 
         said = await on_thread(node_a.cli_ok, "unpair", tid)
         await wait_until(
-            lambda: term.framebuffer.shape != frame.shape
-            or not (term.framebuffer == frame).all(),
+            lambda: term.framebuffer.shape != frame.shape or not (term.framebuffer == frame).all(),
             PAIRING_REACHES_WITHIN,
             "the unpaired terminal at node-b to stop showing the desktop",
         )

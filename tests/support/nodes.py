@@ -8,13 +8,16 @@ that node's admin socket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .netns import NetNamespace
 from .ports import LOOPBACK, free_tcp_port, rfb_banner
 from .procs import Spawned, spawn
 from .waiting import wait_until_blocking
@@ -35,6 +38,8 @@ class Node:
     state: Path
     port: int
     proc: Spawned
+    link_port: int | None = None  # where other nodes link to its desktops
+    host: str = LOOPBACK  # the address its ports listen on
 
     @property
     def socket(self) -> Path:
@@ -62,15 +67,36 @@ class Node:
         self.proc.stop()
 
 
-def node_config(name: str, database: str, port: int, desktops: dict[str, int]) -> str:
-    """A node's TOML: loopback only, keyless viewers on loopback known by address."""
+@dataclass(frozen=True)
+class NodeHost:
+    """Where a node runs when not on loopback: its own network namespace on a test
+    LAN, at ``address``; keyless viewers of ``viewers`` (a CIDR) are known by address."""
+
+    netns: NetNamespace
+    address: str
+    viewers: str
+
+
+def node_config(
+    name: str,
+    database: str,
+    port: int,
+    desktops: Mapping[str, int | str],
+    secret: Path | None = None,
+    link_port: int | None = None,
+    host: str = LOOPBACK,
+    viewers: str = "127.0.0.0/8",
+) -> str:
+    """A node's TOML: listening on ``host`` only, keyless viewers of ``viewers`` known
+    by address; with ``secret`` it links to other nodes, with ``link_port`` they link
+    to it.  A desktop is a loopback port or a whole address (``unix:/path``)."""
     lines = [
         "[server]",
-        f'listen = ["tcp:port={port}:interface={LOOPBACK}"]',
+        f'listen = ["tcp:port={port}:interface={host}"]',
         "web_listen = []",
         "dashboard_listen = []",
         f"database = {json.dumps(database)}",
-        'address_pairing = ["127.0.0.0/8"]',
+        f'address_pairing = ["{viewers}"]',
         "[discovery]",
         "enabled = false",
         "[cluster]",
@@ -78,28 +104,54 @@ def node_config(name: str, database: str, port: int, desktops: dict[str, int]) -
         f"heartbeat = {HEARTBEAT}",
         f"lease = {LEASE}",
     ]
-    for desktop, vnc_port in desktops.items():
-        lines += ["[[desktop]]", f'name = "{desktop}"', f'address = "{LOOPBACK}:{vnc_port}"']
+    if secret is not None:
+        lines.append(f"secret_file = {json.dumps(str(secret))}")
+    if link_port is not None:
+        lines += [
+            f'node_listen = "tcp:port={link_port}:interface={host}"',
+            f'node_address = "{host}"',
+        ]
+    for desktop, where in desktops.items():
+        address = where if isinstance(where, str) else f"{LOOPBACK}:{where}"
+        lines += ["[[desktop]]", f'name = "{desktop}"', f"address = {json.dumps(address)}"]
     return "\n".join(lines) + "\n"
 
 
 def start_node(
-    root: Path, name: str, database: str, desktops: dict[str, int] | None = None
+    root: Path,
+    name: str,
+    database: str,
+    desktops: Mapping[str, int | str] | None = None,
+    secret: Path | None = None,
+    node_listen: bool = False,
+    where: NodeHost | None = None,
 ) -> Node:
-    """``thinserve serve`` as node ``name``; returns once its terminal port answers."""
+    """``thinserve serve`` as node ``name``; returns once its terminal port answers.
+
+    ``secret``: the site's node secret file (node links); ``node_listen``: other
+    nodes may link to this node's desktops (at ``Node.link_port``); ``where``: in
+    a network namespace of its own rather than on loopback."""
     state = root / name
     state.mkdir(parents=True, exist_ok=True)
     config = root / f"{name}.toml"
+    host = where.address if where is not None else LOOPBACK
+    viewers = where.viewers if where is not None else "127.0.0.0/8"
     port = free_tcp_port()
-    config.write_text(node_config(name, database, port, desktops or {}))
+    link_port = free_tcp_port() if node_listen else None
+    config.write_text(
+        node_config(name, database, port, desktops or {}, secret, link_port, host, viewers)
+    )
     argv = [*THINSERVE, "--log-format", "text", "serve", "--config", str(config)]
     argv += ["--state-dir", str(state)]
+    if where is not None:
+        argv = where.netns.command(argv)
     proc = spawn(argv, root / f"{name}.log", env=None)
-    node = Node(name, state, port, proc)
-    wait_until_blocking(
-        lambda: rfb_banner(LOOPBACK, port) and node.socket.exists(),
-        START_TIMEOUT,
-        f"node {name} to answer on port {port}",
-        proc,
-    )
+    node = Node(name, state, port, proc, link_port, host)
+
+    def answers() -> bool:
+        with where.netns.entered() if where is not None else contextlib.nullcontext():
+            banner = rfb_banner(host, port)
+        return bool(banner) and node.socket.exists()
+
+    wait_until_blocking(answers, START_TIMEOUT, f"node {name} to answer on port {port}", proc)
     return node

@@ -21,7 +21,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from twisted.application import service
 from twisted.internet import defer, task, threads
@@ -36,6 +36,16 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ANNOUNCE_KIND = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+class Renewing(Protocol):
+    """Leases kept apart from ``leases``, renewed and forgotten with them."""
+
+    def renew_all(self, ttl: float) -> list[Key]: ...
+
+    def forget_all(self) -> list[Key]: ...
+
+    def close(self) -> None: ...
 
 
 def check_timing(heartbeat: float, lease: float) -> None:
@@ -81,6 +91,9 @@ class ClusterService(service.Service):
             version=_installed_version() if version is None else version,
         )
         self.leases = Leases(url, name)
+        # More leases renewed with every heartbeat, and closed on leaving: the
+        # broker's control claims (claims.py).
+        self.renewing: list[Renewing] = []
         self.on_change = on_change
         self.feed = ChangeFeed(url, lambda change: self.on_change(change))
         self.reactor = reactor or _global_reactor()
@@ -137,6 +150,8 @@ class ClusterService(service.Service):
         finally:
             self.leases.close()
             self.registry.close()
+            for more in self.renewing:
+                more.close()
 
     # -- heartbeats -------------------------------------------------------------------------
     def _beat(self) -> None:
@@ -155,7 +170,10 @@ class ClusterService(service.Service):
 
     def _beat_in_thread(self, terminals: int, desktops: int) -> list[Key]:
         self.registry.heartbeat(terminals, desktops)  # raises before any lease is renewed
-        return self.leases.renew_all(self.lease)
+        lost = self.leases.renew_all(self.lease)
+        for more in self.renewing:
+            lost += more.renew_all(self.lease)
+        return lost
 
     def _beaten(self, began: float, lost: list[Key]) -> None:
         self._renewed_at = began
@@ -181,6 +199,8 @@ class ClusterService(service.Service):
         self.problem = problem
         if problem == "name" or time.monotonic() - self._renewed_at >= self.lease:
             lost = self.leases.forget_all()
+            for more in self.renewing:
+                lost += more.forget_all()
             if lost:
                 log.warning("cluster: %d lease(s) lost while this node was not alive", len(lost))
                 self.on_lost(lost)

@@ -17,7 +17,7 @@ import secrets
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +70,10 @@ def environment(tmp_path: Path) -> dict[str, str]:
 class Terminal:
     """thinserve-terminal --headless in a child process, scripted through its stdin."""
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, wrap: Sequence[str] = ()) -> None:
+        """``wrap``: a command prefix (``ip netns exec NS``: a host of a test LAN)."""
         self.frames = tmp_path / "frames"
-        argv = [sys.executable, "-m", "clients.terminal", "--headless"]
+        argv = [*wrap, sys.executable, "-m", "clients.terminal", "--headless"]
         argv += ["--record", str(self.frames), "--script", "-", *args]
         self.child = Child.spawn(argv, environment(tmp_path))
 

@@ -6,6 +6,7 @@ until its screen shows something.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from protocols.rfb.constants import Encoding, SecurityType
 from protocols.rfb.server import ClipboardText
 from thinserve import rfbclient
 
+from .netns import NetNamespace
 from .pixels import diff_summary
 from .reactor import running_reactor, transport_of
 from .waiting import wait_until
@@ -54,11 +56,22 @@ class Terminal:
         self.clipboard: list[str] = []
         self.closed = False
 
-    async def connect(self, port: int, source: str = "127.0.0.1") -> Terminal:
-        """Connect from loopback address ``source``: thinserve tells plain
-        viewers apart by address, as it would tell apart PCs on a LAN."""
-        endpoint = f"{rfbclient.tcp('127.0.0.1', port)}:bindAddress={source}"
-        self.proto = await rfbclient.connect(endpoint, PLAIN_VIEWER, self._on_event)
+    async def connect(
+        self,
+        port: int,
+        source: str = "127.0.0.1",
+        host: str = "127.0.0.1",
+        netns: NetNamespace | None = None,
+        options: rfbclient.ClientOptions = PLAIN_VIEWER,
+    ) -> Terminal:
+        """Connect from address ``source``: thinserve tells plain viewers apart
+        by address, as it would tell apart PCs on a LAN.  With ``netns`` the
+        connection is made in that network namespace (a host of a test LAN);
+        ``options``: how to connect (beyond loopback thinserve asks for VeNCrypt)."""
+        endpoint = f"{rfbclient.tcp(host, port)}:bindAddress={source}"
+        with netns.entered() if netns is not None else contextlib.nullcontext():
+            connecting = rfbclient.connect(endpoint, options, self._on_event)
+        self.proto = await connecting
         self.proto.closed.addBoth(self._closed)
         await wait_until(lambda: self.updates > 0, 20, "the first update")
         return self

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import pytest_twisted
 from twisted.internet import threads
@@ -67,13 +68,10 @@ def secret(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def two_nodes(
-    site: Site, secret: Path, tmp_path: Path, xvnc: Callable[..., Any]
-) -> Iterator[tuple[Node, Node, Any]]:
-    """node-a runs the desktop d1 (a real Xvnc), node-b runs none; both link."""
-    socket = tmp_path / "desktop.sock"
-    server = xvnc(size=(320, 240), extra_args=("-rfbunixpath", str(socket)))
+def start_two(
+    site: Site, secret: Path, tmp_path: Path, socket: Path, extra: str = ""
+) -> list[Node]:
+    """node-a runs the desktop d1 (at ``socket``), node-b runs none; both link."""
     started: list[Node] = []
     try:
         for name, host, desktops in (
@@ -83,13 +81,36 @@ def two_nodes(
             where = site.node_host(name, host)
             started.append(
                 start_node(
-                    tmp_path, name, site.database, desktops, secret, node_listen=True, where=where
+                    tmp_path,
+                    name,
+                    site.database,
+                    desktops,
+                    secret,
+                    node_listen=True,
+                    where=where,
+                    extra=extra,
                 )
             )
-        yield started[0], started[1], server
-    finally:
-        for node in reversed(started):
+    except BaseException:
+        for node in started:
             node.stop()
+        raise
+    return started
+
+
+@pytest.fixture
+def two_nodes(
+    site: Site, secret: Path, tmp_path: Path, xvnc: Callable[..., Any]
+) -> Iterator[tuple[Node, Node, Any]]:
+    """node-a runs the desktop d1 (a real Xvnc), node-b runs none; both link."""
+    socket = tmp_path / "desktop.sock"
+    server = xvnc(size=(320, 240), extra_args=("-rfbunixpath", str(socket)))
+    node_a, node_b = start_two(site, secret, tmp_path, socket)
+    try:
+        yield node_a, node_b, server
+    finally:
+        node_b.stop()
+        node_a.stop()
 
 
 def terminal_row(node: Node, terminal_id: str) -> dict[str, Any] | None:
@@ -169,3 +190,63 @@ async def test_the_terminal_is_back_on_its_desktop_through_node_a_when_node_b_is
     )
     row = await threads.deferToThread(terminal_row, node_a, terminal_id)
     assert row is not None and row["shows"]["desktop"] == "d1" and row["shows"]["control"]
+
+
+HOT_DESK = '[broker]\nunknown_terminal = "login"\nhot_desk = true\n'
+USER, PASSWORD = "alice", "correct horse 42"
+
+
+def login(node: Node, user: str = USER, password: str = PASSWORD) -> rfbclient.ClientOptions:
+    """A user's login at ``node``: VeNCrypt X509Plain, its certificate checked."""
+    return rfbclient.ClientOptions(
+        username=user,
+        password=password,
+        methods=(VeNCryptSubtype.X509_PLAIN,),
+        ca_file=str(node.state / "tls" / "server.crt"),
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_user_s_desktop_follows_them_from_node_a_to_node_b(
+    site: Site, secret: Path, tmp_path: Path, xvnc: Callable[..., Any]
+) -> None:
+    socket = tmp_path / "desktop.sock"
+    server = xvnc(size=(320, 240), extra_args=("-rfbunixpath", str(socket)))
+    frame = office_frame(320, 240)
+    server.paint(frame)
+    node_a, node_b = start_two(site, secret, tmp_path, socket, extra=HOT_DESK)
+    first, second = Terminal(), Terminal()
+    try:
+        await threads.deferToThread(
+            node_a.cli_ok, "users", "add", USER, "--desktop", "d1", "--secret-stdin",
+            stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        at_a, at_b = site.terminal_host("desk1", 31), site.terminal_host("desk2", 32)
+        source_a, source_b = site.lan.address(31), site.lan.address(32)
+        await first.connect(node_a.port, source_a, node_a.host, at_a, login(node_a))
+        await first.wait_screen(frame, timeout=REACHES_WITHIN)
+
+        moved = time.monotonic()
+        await second.connect(node_b.port, source_b, node_b.host, at_b, login(node_b))
+        await second.wait_screen(frame, timeout=REACHES_WITHIN)  # relayed from node-a
+        print(
+            f"\nhot-desk across nodes: the desktop was at node-b's terminal "
+            f"{time.monotonic() - moved:.3f} s after the login there"
+        )
+
+        def first_back_at_login() -> dict[str, Any] | None:
+            row = terminal_row(node_a, f"viewer-{source_a}")
+            return row if row is not None and row["shows"]["kind"] == "login" else None
+
+        await threads.deferToThread(
+            wait_until_blocking, first_back_at_login, REACHES_WITHIN, "node-a's terminal to log out"
+        )
+        assert not np.array_equal(first.framebuffer, frame)  # the desktop left it
+        row = await threads.deferToThread(terminal_row, node_b, f"viewer-{source_b}")
+        assert row is not None and row["user"] == USER
+        assert row["shows"] == {"kind": "desktop", "desktop": "d1", "control": True}
+    finally:
+        first.close()
+        second.close()
+        node_b.stop()
+        node_a.stop()

@@ -45,18 +45,19 @@ class Node:
     def socket(self) -> Path:
         return self.state / "run" / "admin.sock"
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*THINSERVE, *args, "--socket", str(self.socket)],
-            stdin=subprocess.DEVNULL,
+            input=stdin,
+            stdin=None if stdin is not None else subprocess.DEVNULL,
             capture_output=True,
             text=True,
             timeout=60,
             cwd=REPO,
         )
 
-    def cli_ok(self, *args: str) -> str:
-        done = self.cli(*args)
+    def cli_ok(self, *args: str, stdin: str | None = None) -> str:
+        done = self.cli(*args, stdin=stdin)
         assert done.returncode == 0, f"thinserve {' '.join(args)} on {self.name}: {done.stderr}"
         return done.stdout
 
@@ -125,12 +126,14 @@ def start_node(
     secret: Path | None = None,
     node_listen: bool = False,
     where: NodeHost | None = None,
+    extra: str = "",
 ) -> Node:
     """``thinserve serve`` as node ``name``; returns once its terminal port answers.
 
     ``secret``: the site's node secret file (node links); ``node_listen``: other
     nodes may link to this node's desktops (at ``Node.link_port``); ``where``: in
-    a network namespace of its own rather than on loopback."""
+    a network namespace of its own rather than on loopback; ``extra``: more TOML
+    (a [broker] table, say)."""
     state = root / name
     state.mkdir(parents=True, exist_ok=True)
     config = root / f"{name}.toml"
@@ -139,7 +142,7 @@ def start_node(
     port = free_tcp_port()
     link_port = free_tcp_port() if node_listen else None
     config.write_text(
-        node_config(name, database, port, desktops or {}, secret, link_port, host, viewers)
+        node_config(name, database, port, desktops or {}, secret, link_port, host, viewers) + extra
     )
     argv = [*THINSERVE, "--log-format", "text", "serve", "--config", str(config)]
     argv += ["--state-dir", str(state)]

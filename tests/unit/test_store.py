@@ -208,6 +208,17 @@ def test_pairing_codes_are_single_use_and_expire(store: SqlStore) -> None:
     assert store.pairing_code_for("t2") is None and store.pairing_code_for("t3") is not None
 
 
+def test_every_pairing_code_in_one_read(store: SqlStore) -> None:
+    assert store.list_pairing_codes() == []
+    store.put_pairing_code(PairingCode("ABCDEF", "t1", 0.0, 100.0))
+    store.put_pairing_code(PairingCode("GHJKLM", "t2", 1.0, 5.0))  # expired ones too
+    store.record_code_failure("GHJKLM")
+    assert sorted(store.list_pairing_codes(), key=lambda c: c.code) == [
+        PairingCode("ABCDEF", "t1", 0.0, 100.0),
+        PairingCode("GHJKLM", "t2", 1.0, 5.0, failures=1),
+    ]
+
+
 def test_users_and_their_desktops(store: SqlStore) -> None:
     store.upsert_desktop(Desktop("d1", "xvnc"))
     store.add_user(User("alice", "d1", 5.0), "hash-a")

@@ -193,6 +193,8 @@ class Broker:
         self._controller: dict[str, str] = {}  # desktop -> terminal in control
         self._sessions: dict[str, int] = {}  # terminal -> open session record
         self._code_expiry: dict[str, float] = {}
+        self._codes: dict[str, PairingCode] | None = None  # read once per settle
+        self._settling = False
         self._pending: list[Change] = []
         self._renames: list[tuple[str, str]] = []
         self._next_forget = 0.0
@@ -1216,11 +1218,15 @@ class Broker:
         self._reconcile_leases(pairings)
         wanted: dict[str, Assignment] = {}
         claims: dict[str, list[str]] = {}
-        for terminal_id in self._conns:
-            assignment, claim = self._decide(terminal_id, pairings, now, refresh)
-            wanted[terminal_id] = assignment
-            if claim is not None:
-                claims.setdefault(claim, []).append(terminal_id)
+        self._codes, self._settling = None, True
+        try:
+            for terminal_id in self._conns:
+                assignment, claim = self._decide(terminal_id, pairings, now, refresh)
+                wanted[terminal_id] = assignment
+                if claim is not None:
+                    claims.setdefault(claim, []).append(terminal_id)
+        finally:
+            self._codes, self._settling = None, False
         self._resolve_conflicts(claims, wanted)
         if self.site is None:
             return self._take(self._publish(wanted, now))
@@ -1338,7 +1344,7 @@ class Broker:
         shown = self._shown.get(terminal_id)
         if not refresh and isinstance(shown, ShowScreen) and shown.code is not None:
             return shown.code
-        record = self.store.pairing_code_for(terminal_id)
+        record = self._stored_code(terminal_id)
         valid = (
             record is not None and record.expires > now and record.failures < self.config.code_tries
         )
@@ -1346,6 +1352,16 @@ class Broker:
             record = self._new_code(terminal_id, now)
         self._code_expiry[terminal_id] = record.expires
         return codes.format_code(record.code)
+
+    def _stored_code(self, terminal_id: str) -> PairingCode | None:
+        """The stored code of ``terminal_id``.  Within one settle every code is read
+        at once, the first time one is needed: one query rather than one for each
+        terminal on a pairing or login screen (on PostgreSQL, each a round trip)."""
+        if not self._settling:
+            return self.store.pairing_code_for(terminal_id)
+        if self._codes is None:
+            self._codes = {c.terminal_id: c for c in self.store.list_pairing_codes()}
+        return self._codes.get(terminal_id)
 
     def _new_code(self, terminal_id: str, now: float) -> PairingCode:
         for _ in range(16):
@@ -1357,6 +1373,8 @@ class Broker:
                 self.store.put_pairing_code(record)
             except ConflictError:
                 continue
+            if self._codes is not None:
+                self._codes[terminal_id] = record
             return record
         raise BrokerError("could not make a unique pairing code")
 

@@ -294,6 +294,10 @@ class Store(Protocol):
 
     def pairing_code_for(self, terminal_id: str) -> PairingCode | None: ...
 
+    def list_pairing_codes(self) -> list[PairingCode]:
+        """Every pairing code, expired ones included (one read for many terminals)."""
+        ...
+
     def consume_pairing_code(self, code: str, now: float) -> PairingCode | None:
         """Delete and return ``code`` if it exists and has not expired at ``now``.
 

@@ -258,6 +258,9 @@ class SqlStore:
         row = self._one(f"SELECT {_CODE} FROM pairing_codes WHERE terminal_id = ?", (terminal_id,))
         return PairingCode(*row) if row else None
 
+    def list_pairing_codes(self) -> list[PairingCode]:
+        return [PairingCode(*row) for row in self._all(f"SELECT {_CODE} FROM pairing_codes")]
+
     def consume_pairing_code(self, code: str, now: float) -> PairingCode | None:
         rows = self._write_rows(
             f"DELETE FROM pairing_codes WHERE code = ? AND expires > ? RETURNING {_CODE}",

@@ -71,6 +71,21 @@ def test_nodes_lists_the_live_and_the_gone(site: str, tmp_path: Path) -> None:
     assert len(lines) == 3
 
 
+def test_forget_drops_a_gone_node_and_never_a_live_one(site: str, tmp_path: Path) -> None:
+    path = config(tmp_path, site)
+    alive = thinserve("nodes", "forget", "node-a", "--config", path)
+    assert alive.returncode == 1
+    assert "node node-a is alive" in alive.stderr and "stop it first" in alive.stderr
+    unknown = thinserve("nodes", "forget", "node-z", "--config", path)
+    assert unknown.returncode == 1 and "no node named node-z" in unknown.stderr
+
+    gone = thinserve("nodes", "forget", "node-b", "--config", path)
+    assert gone.returncode == 0, gone.stderr
+    assert gone.stdout.strip() == "forgot node node-b"
+    listed = json.loads(thinserve("nodes", "--json", "--config", path).stdout)
+    assert [n["name"] for n in listed["nodes"]] == ["node-a"]
+
+
 def test_nodes_as_json(site: str, tmp_path: Path) -> None:
     done = thinserve("nodes", "--json", "--config", config(tmp_path, site))
     assert done.returncode == 0, done.stderr

@@ -7,6 +7,8 @@ Exit codes: 0 listed, 1 the configuration or the database failed.
 
 ``thinserve nodes secret PATH`` writes a new node secret (cluster/link.py)
 to a new file; exit code 1 if the file exists or cannot be written.
+``thinserve nodes forget NODE`` removes a gone node's row; exit code 1 if
+the node is alive or unknown.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def add_commands(sub: Subcommands) -> None:
     secret = nodes_sub.add_parser("secret", help=what, description=what)
     secret.add_argument("path", metavar="PATH", help="a new file; it is made with mode 600")
     secret.set_defaults(operation=write_secret)
+    what = "remove the record of a gone node (a live node is never removed)"
+    forget = nodes_sub.add_parser("forget", help=what, description=what)
+    add_config_options(forget)
+    forget.add_argument("name", metavar="NODE")
+    forget.set_defaults(operation=forget_gone)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +74,42 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(nodes_table(nodes))
     return EXIT_OK
+
+
+def forget_gone(args: argparse.Namespace) -> int:
+    """``thinserve nodes forget NODE``: drop a gone node's row."""
+    from ..cli import config_from
+    from ..config import ConfigError
+    from ..store.location import is_postgres
+    from .db import ClusterError, Database
+    from .nodes import forget_node, list_nodes
+
+    try:
+        database = config_from(args).database_path
+        if not is_postgres(database):
+            return _one_node(False)
+        db = Database(database)
+        try:
+            forgotten = forget_node(db, args.name)
+            listed = {n.name: n for n in list_nodes(db)}
+        finally:
+            db.close()
+    except (ConfigError, ClusterError, ValueError) as exc:
+        print(f"thinserve: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if forgotten:
+        print(f"forgot node {args.name}")
+        return EXIT_OK
+    node = listed.get(args.name)
+    if node is not None and node.alive:
+        print(
+            f"thinserve: node {args.name} is alive (last heartbeat {age_text(node.age)}); "
+            "stop it first: a node that stops removes its own row",
+            file=sys.stderr,
+        )
+    else:
+        print(f"thinserve: no node named {args.name} in the database", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def write_secret(args: argparse.Namespace) -> int:

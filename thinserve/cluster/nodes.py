@@ -102,6 +102,16 @@ def list_nodes(db: Database) -> list[NodeInfo]:
     return [NodeInfo(*row) for row in db.fetch(LIST_NODES)]
 
 
+FORGET = f"DELETE FROM nodes WHERE name = %s AND expires <= {NOW} RETURNING name"
+
+
+def forget_node(db: Database, name: str) -> bool:
+    """Remove a gone node's row (its record); False when no gone node has that name.
+    A live node is never removed: judged by the database clock, in the same statement."""
+    check_name(name)
+    return bool(db.fetch(FORGET, (name,)))
+
+
 class NodeRegistry:
     """This node's row in the nodes table.
 

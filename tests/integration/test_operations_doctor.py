@@ -205,3 +205,61 @@ def test_a_port_held_by_this_thinserve_is_ok(tmp_path: Path) -> None:
         "fix": "",
     }
     assert status == 0, checks
+
+
+# -- a site on PostgreSQL ------------------------------------------------------------------
+def site_config(directory: Path, database: str, extra: str = "") -> Path:
+    path = directory / "site.toml"
+    path.write_text(
+        f'[server]\nlisten = ["tcp:port=0:interface=127.0.0.1"]\nweb_listen = []\n'
+        f"database = {json.dumps(database)}\n[discovery]\nenabled = false\n"
+        f'[cluster]\nnode_name = "doc-node"\n{extra}'
+    )
+    return path
+
+
+def test_a_site_database_is_checked_schema_node_name_and_secret(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    from thinserve.cluster.nodes import NodeRegistry
+    from thinserve.store import open_store
+
+    open_store(postgres_url).close()  # the tables, as a first node makes them
+    secret = tmp_path / "node.secret"
+    secret.write_text("ab" * 32)
+    secret.chmod(0o644)  # readable by others: refused
+    config = site_config(tmp_path, postgres_url, f"secret_file = {json.dumps(str(secret))}\n")
+    live = NodeRegistry(postgres_url, "doc-node", "10.9.9.9", expiry=60.0)
+    live.join()
+    try:
+        status, checks = doctor("--config", str(config), "--state-dir", str(tmp_path), "--no-guest")
+    finally:
+        live.leave()
+        live.close()
+    (database,) = named(checks, "database")
+    assert database["status"] == "OK" and "answers" in database["message"]
+    (schema,) = named(checks, "schema")
+    assert schema["status"] == "OK", schema
+    (name,) = named(checks, "node name")
+    assert name["status"] == "WARN" and "10.9.9.9" in name["message"], name
+    (found,) = named(checks, "node secret")
+    assert found["status"] == "FAIL" and "chmod 600" in found["message"], found
+    assert status == 1
+
+    secret.chmod(0o600)
+    status, checks = doctor("--config", str(config), "--state-dir", str(tmp_path), "--no-guest")
+    assert [c["status"] for c in checks if c["name"] in ("node name", "node secret")] == [
+        "OK",
+        "OK",
+    ]
+
+
+def test_a_site_database_that_does_not_answer_fails_naming_it(tmp_path: Path) -> None:
+    port = free_tcp_port()  # nothing listens there
+    database = f"postgresql://thinserve:hunter2secret@127.0.0.1:{port}/site"
+    config = site_config(tmp_path, database)
+    status, checks = doctor("--config", str(config), "--state-dir", str(tmp_path), "--no-guest")
+    (found,) = named(checks, "database")
+    assert found["status"] == "FAIL" and f"127.0.0.1:{port}" in found["message"], found
+    assert "hunter2secret" not in json.dumps(checks)
+    assert status == 1

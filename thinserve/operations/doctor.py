@@ -13,7 +13,7 @@ import json
 import sys
 
 from ..config import Config, ConfigError
-from . import checks
+from . import checks, sitechecks
 from .report import FAIL, Check, fail
 
 
@@ -43,6 +43,7 @@ def examine(config: Config, boot_guest: bool = True) -> list[Check]:
         *checks.certificate(config),
         checks.disk_space(config),
         *checks.accounts(config),
+        *sitechecks.site(config),
     ]
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -59,7 +58,7 @@ from .dashboard.wiring import SOCKET_ROUTES, Admin, Dashboard, admin_api
 from .desktops import DesktopListener, DesktopManager, Holders, desktops_in_use
 from .desktops.wiring import add_sessions, add_vms, is_unstartable, static_address, take_over
 from .discovery import ServerAdvertiser, TerminalBrowser, advertised_addresses
-from .hub import TICK_SECONDS, Hub
+from .hub import Hub
 from .linksecurity import SecurityPolicy, ServerCertificate, https_description, is_loopback
 from .listeners import AnyFactory, Listeners, Port
 from .relay.upstream import DesktopAddress, Upstream
@@ -68,14 +67,10 @@ from .reverse import ReverseConnector
 from .rfbserver import RFBServerFactory, RFBServerProtocol, ServerOptions
 from .servicetree import Child, InOrder, settled
 from .store import Store, describe_location, local_file, open_store
-from .store.changes import Change
 from .store.location import is_postgres
 
 if TYPE_CHECKING:
-    from .cluster.claims import ControlClaims
-    from .cluster.link import NodeSecret
-    from .cluster.service import ClusterService
-    from .cluster.takeover import Takeover
+    from .cluster.node import SiteNode
     from .cluster.weburls import WebURLs
 from .store.sqlite import default_path
 from .viewers import listening_viewer
@@ -104,8 +99,7 @@ class ThinServe(InOrder):
         self.store: Store | None = None
         self.certificate: ServerCertificate | None = None
         self.desktops: DesktopManager | None = None
-        self.cluster: ClusterService | None = None
-        self.takeover: Takeover | None = None  # failover of desktops (cluster only)
+        self.site: SiteNode | None = None  # one node of a site: on PostgreSQL only
         self.hub: Hub | None = None
         self.local: LocalDesktops | None = None
         self.qemu: QemuBackend | None = None
@@ -124,7 +118,7 @@ class ThinServe(InOrder):
     async def _start(self) -> None:
         config = self.config
         self.listeners = []
-        self.takeover = None
+        self.site = None
         database = str(config.database or default_path())
         store = (await self._run(StoreService(database))).store
         assert store is not None  # opened by startService
@@ -132,17 +126,17 @@ class ThinServe(InOrder):
         self.certificate = certificate = _certificate(
             config, local_file(database, config.state_dir)
         )
-        cluster = await self._join_cluster(database)
+        site = self.site = await self._join_site(database)
         local = self.local = await self._run(
             LocalDesktops(config.local_desktops, self.reactor, server=config)
         )
         manager = self.desktops = await self._desktop_manager(local.addresses())
-        if cluster is not None:
-            await self._claim_desktops(cluster, manager)
+        if site is not None:
+            await site.claim(manager)
         hub = self.hub = self._hub(store, manager)
         broker = hub.broker
-        if cluster is not None:
-            self._follow_cluster(cluster, hub, manager)
+        if site is not None:
+            site.follow(hub, manager)
         await self._run(
             DesktopManagerService(
                 manager,
@@ -152,10 +146,8 @@ class ThinServe(InOrder):
             )
         )
         await self._run(HubService(hub))
-        if cluster is not None:
-            await self._link_nodes(cluster, hub, manager, certificate)
-        if self.takeover is not None:
-            await self._run(self.takeover)
+        if site is not None:
+            await site.link(hub, manager, certificate)
         admin = admin_api(hub, self._admin_info, manager, local)
         await self._run(AdminSocket(self.reactor, admin.api, config.admin_socket, SOCKET_ROUTES))
         rfb = RFBServerFactory(
@@ -175,163 +167,24 @@ class ThinServe(InOrder):
             log.info("looking for terminals over zeroconf")
         self.running = True  # only now: a child added to a running parent starts unawaited
 
-    async def _join_cluster(self, database: str) -> ClusterService | None:
+    async def _join_site(self, database: str) -> SiteNode | None:
         """On a PostgreSQL database this server is one node of a site (docs/scale-out.md)."""
         if not is_postgres(database):
             return None
-        from .cluster.service import ClusterService  # psycopg: only on PostgreSQL
+        from .cluster.node import SiteNode  # psycopg: only on PostgreSQL
         from .store.postgres import PostgresStore
 
         store = self.store
         assert isinstance(store, PostgresStore)
-        settings = self.config.cluster
-        cluster = ClusterService(
-            store.connection_url,
-            settings.node_name,
-            settings.node_address,
-            heartbeat=settings.heartbeat,
-            lease=settings.lease,
-            reactor=self.reactor,
-        )
-        self.cluster = await self._run(cluster)
-        return cluster
-
-    async def _claim_desktops(self, cluster: ClusterService, manager: DesktopManager) -> None:
-        """Run only the desktops this node holds the lease of; another node runs the rest,
-        and those whose console any node reaches are taken over should it die."""
-        from .cluster.ownership import claim_desktops
-        from .cluster.takeover import Takeover, reachable
-
-        takeover = self.takeover = Takeover(cluster, manager, self.reactor, cluster.heartbeat)
-        static = [d.name for d in self.config.desktops]
-        elsewhere = await claim_desktops(cluster, list(manager.desktops))
-        for name, holder in elsewhere.items():
-            await takeover.let_go(name, holder, reachable(manager, name, static))
-
-    def _follow_cluster(self, cluster: ClusterService, hub: Hub, manager: DesktopManager) -> None:
-        """What other nodes change reaches this node's terminals; lost desktops are let go."""
-        from .cluster.ownership import on_lost_desktops
-
-        def changed(change: Change) -> None:
-            log.info("the site changed (%s %s): deciding again", change.kind, change.subject)
-            hub.refresh()
-
-        takeover = self.takeover
-        assert takeover is not None  # made by _claim_desktops
-        takeover.hub = hub
-        static = [d.name for d in self.config.desktops]
-
-        def let_go(name: str) -> None:
-            takeover.lost_lease(name, static)
-
-        def followed(change: Change) -> None:
-            changed(change)
-            if change.kind == "resync":
-                takeover.try_again()
-
-        cluster.on_change = followed
-        cluster.on_lost = on_lost_desktops(let_go)
-        cluster.load = lambda: (len(hub.terminals), len(manager.desktops))
-
-    async def _link_nodes(
-        self,
-        cluster: ClusterService,
-        hub: Hub,
-        manager: DesktopManager,
-        certificate: ServerCertificate,
-    ) -> None:
-        """Node links (docs/scale-out.md): this node's desktops shown at other nodes'
-        terminals, and theirs at this node's; only with the site's node secret."""
-        from .cluster.link import SecretError, read_secret
-        from .cluster.remote import RemoteDesktops
-        from .store.postgres import PostgresStore
-
-        settings = self.config.cluster
-        if settings.secret_file is None:
-            return
-        try:
-            secret = read_secret(settings.secret_file)
-        except SecretError as exc:
-            raise ConfigError(f"[cluster] secret_file: {exc}") from None
-        if settings.node_listen:
-            await self._listen_for_nodes(cluster, hub, manager, certificate, secret)
-        store = self.store
-        assert isinstance(store, PostgresStore)
-        remote = RemoteDesktops(
-            store.connection_url,
-            cluster.node_name,
-            secret,
-            hub,
-            lambda: manager.desktops,
-            settings.heartbeat,
-            self.reactor,
-        )
-        await self._run(remote)
-        wanted, changed = hub.on_desktop_wanted, cluster.on_change
-
-        def want(name: str) -> None:
-            (remote.want if name in remote.mirrors else wanted)(name)
-
-        def on_change(change: Change) -> None:
-            changed(change)
-            remote.changed(change)
-
-        hub.on_desktop_wanted, cluster.on_change = want, on_change
-
-    async def _listen_for_nodes(
-        self,
-        cluster: ClusterService,
-        hub: Hub,
-        manager: DesktopManager,
-        certificate: ServerCertificate,
-        secret: NodeSecret,
-    ) -> None:
-        """The node port: other nodes' links to the desktops this node runs; its
-        host:port and certificate key go into this node's row at the next heartbeat."""
-        from .cluster.link import NodeLinks, link_factory, published_address
-        from .cluster.ownership import lost_desktops
-        from .desktops.holders import as_mapping
-
-        config, settings = self.config, self.config.cluster
-        assert settings.node_listen is not None
-        links = await self._run(NodeLinks(manager.mirrors, manager.want, hub.workers))
-        broker = hub.broker
-        factory = link_factory(
-            links,
-            secret,
-            certificate.cert_file,
-            certificate.key_file,
-            blacklist=Blacklist(config.blacklist_threshold, config.blacklist_timeout),
-            admission=Admission(config.max_connections, config.max_per_address),
-            audit=lambda host, action, detail: broker.record(
-                "node-port", action, f"from {host}", detail
-            ),
-        )
-        ports = await self._run(Listeners(self.reactor, [settings.node_listen], factory, "nodes"))
-        bound = ports.ports()[0].getHost()
-        try:
-            address = published_address(
-                settings.node_address, str(getattr(bound, "host", "")), getattr(bound, "port", 0)
-            )
-        except ValueError as exc:
-            raise ConfigError(f"[cluster] node_listen: {exc}") from None
-        cluster.registry.address = address
-        cluster.registry.fingerprint = certificate.fingerprint
-        log.info("other nodes link to this node's desktops at %s (TLS)", address)
-        lost, in_use = cluster.on_lost, manager.in_use
-
-        def on_lost(keys: list[tuple[str, str]]) -> None:
-            lost(keys)
-            for name in lost_desktops(keys):
-                links.drop(name, "this node no longer runs the desktop")
-
-        cluster.on_lost = on_lost
-        manager.in_use = lambda: {**links.desktops(), **as_mapping(in_use())}
+        site = SiteNode(self.config, store.connection_url, self.reactor, self._run)
+        await site.join()
+        return site
 
     def _hub(self, store: Store, manager: DesktopManager) -> Hub:
         """The broker over the store, knowing every desktop; the hub applying its decisions."""
         config = self.config
-        broker = Broker(store, config.broker, claims=self._control_claims())
+        claims = self.site.claims() if self.site is not None else None
+        broker = Broker(store, config.broker, claims=claims)
         for name, backend, state in manager.registrations():
             broker.register_desktop(name, backend, state)
         return Hub(
@@ -343,37 +196,14 @@ class ThinServe(InOrder):
             max_unpaired=config.max_unpaired,
         )
 
-    def _control_claims(self) -> ControlClaims | None:
-        """On a site of several nodes, control of a desktop is granted here only while
-        this node holds its control lease (docs/broker.md); renewed by the heartbeat."""
-        cluster, store = self.cluster, self.store
-        if cluster is None:
-            return None
-        from .cluster.claims import ControlClaims
-        from .store.postgres import PostgresStore
-
-        assert isinstance(store, PostgresStore)
-        claims = ControlClaims(
-            store.connection_url,
-            cluster.node_name,
-            cluster.lease,
-            margin=TICK_SECONDS,  # the hub takes lapsed control away at its next tick
-            allowed=lambda: cluster.problem != "name",
-        )
-        cluster.renewing.append(claims)
-        return claims
-
     async def _start_reverse(self, hub: Hub, certificate: ServerCertificate) -> ReverseConnector:
         """Outgoing connections: discovered terminals (added by Discovery) and listening viewers."""
         options = terminal_options(self.config, hub, certificate)
         connector = ReverseConnector(
             self.reactor, lambda advert: DialledTerminalFactory(options, hub, advert)
         )
-        if self.cluster is not None:  # one node of the site dials each terminal
-            from .cluster.dialing import DialLeases
-
-            connector.gate = DialLeases(self.cluster)
-            connector.refused_delay = self.cluster.heartbeat
+        if self.site is not None:
+            self.site.dial_gate(connector)
         for address in self.config.dial:
             connector.terminal_added(listening_viewer(address))
             log.info("dialling the listening viewer at %s", address)
@@ -422,7 +252,7 @@ class ThinServe(InOrder):
         origins = self.config.web_allowed_origins
         options = WebOptions(WebSocketOptions(same_origin=not origins, allowed_origins=origins))
         published: list[WebURLs] = []  # the site's browser terminals (cluster only)
-        if self.cluster is not None:
+        if self.site is not None:
             options = replace(options, nodes=lambda: published[0].site() if published else [])
         try:
             site = terminal_site(factory, options)
@@ -436,27 +266,8 @@ class ThinServe(InOrder):
         for secure, port in zip(secured, web.ports(), strict=True):
             scheme = "https" if secure else "http"
             log.info("browser terminal at %s://%s/", scheme, _describe(port))
-        if self.cluster is not None:
-            published.append(await self._publish_web(self.cluster, secured, web.ports()))
-
-    async def _publish_web(
-        self, cluster: ClusterService, secured: list[str | None], ports: list[Port]
-    ) -> WebURLs:
-        """Tell the site's nodes where this node's browser terminal is, and follow where
-        theirs are, for the page's ``/nodes.json`` (docs/browser-terminal.md)."""
-        from .cluster.weburls import WebURLs, web_url
-        from .store.postgres import PostgresStore
-
-        own = []
-        for secure, port in zip(secured, ports, strict=True):
-            host, number = str(getattr(port.getHost(), "host", "")), port.getHost().port
-            if self.config.cluster.node_address or host in ("0.0.0.0", "::", ""):
-                host = self.config.cluster.node_address or socket.getfqdn()
-            own.append(web_url("https" if secure else "http", host, number))
-        store = self.store
-        assert isinstance(store, PostgresStore)
-        urls = WebURLs(cluster, store.connection_url, own, cluster.heartbeat, self.reactor)
-        return await self._run(urls)
+        if self.site is not None:
+            published.append(await self.site.publish_web(secured, web.ports()))
 
     async def _start_dashboard(self, admin: Admin, certificate: ServerCertificate) -> None:
         """The admin dashboard and its HTTP API: HTTPS beyond loopback, like the

@@ -4,16 +4,17 @@ Each desktop of a site has one owning node, the one holding its console
 link, so two nodes never start, stop or reset the same desktop.  At start a
 node claims a lease (kind ``desktop``) for every desktop it is configured
 with; a desktop whose lease another live node holds is let go here, untouched
-(``DesktopManager.let_go``): that node runs it.  The heartbeats renew the
+(``DesktopManager.let_go``): that node runs it, and takeover.py keeps it
+dormant here if this node could take it over.  The heartbeats renew the
 leases; a lease lost (the database was out of reach for longer than a lease)
 means another node may run the desktop by now, so this node lets it go too
-and its terminals are told it is unavailable.
+(SiteNode.lost) and its terminals are told it is unavailable.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from twisted.internet import defer
@@ -51,18 +52,3 @@ async def claim_desktops(claims: Claims, names: Iterable[str]) -> dict[str, str]
 def lost_desktops(lost: Iterable[Key]) -> list[str]:
     """The desktops among lost leases."""
     return sorted(subject for kind, subject in lost if kind == DESKTOP)
-
-
-def on_lost_desktops(let_go: Callable[[str], object]) -> Callable[[list[Key]], None]:
-    """An ``on_lost`` for ClusterService: every desktop whose lease went is let go."""
-
-    def lost(keys: list[Key]) -> None:
-        for name in lost_desktops(keys):
-            log.error(
-                "desktop %s: this node lost its lease (the database was out of reach); "
-                "another node may run it now, so this node lets it go",
-                name,
-            )
-            let_go(name)
-
-    return lost

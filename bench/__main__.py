@@ -19,8 +19,11 @@ directly next to thinserve, then many terminals on many desktops through
 thinserve; ``python -m bench adaptive``: the adaptive benchmark
 (``bench/adaptive.py``); ``python -m bench cluster``: one node on a remote
 PostgreSQL next to one on SQLite, and the database's work
-(``bench/cluster.py``).  None of these is part of the default run.  Tables
-go to stdout, progress to stderr; docs/performance.md explains every column.
+(``bench/cluster.py``), a desktop relayed from another node next to a local
+one (``bench/clusterrelay.py``) and the recovery after a node is killed
+(``bench/clusterrecovery.py``).  None of these is part of the default run.
+Tables go to stdout, progress to stderr; docs/performance.md explains every
+column.
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--rounds",
         type=int,
         help="fullscreen: timed rounds (default 9, quick 3); fanout: replays per path "
-        "(default 3, quick 1)",
+        "(default 3, quick 1); cluster: replays per crowd and database (default 2, quick 1) "
+        "and of the node relay (default 3, quick 1)",
     )
     args = parser.parse_args(argv)
     if args.terminals is not None and not 1 <= args.terminals <= 1000:
@@ -289,9 +293,22 @@ async def cluster(options: ClusterOptions) -> int:
         f"{SUBNET}.0/24 (network namespaces, veth and a bridge, no added delay)"
     )
 
+    hosts = (
+        f"nodes A and B on hosts of their own on that LAN, the terminals on the bench's "
+        f"host, each from an address of its own; the database on {SUBNET}.2"
+    )
+
     async def body(machine: Lines, pinned: bool) -> Lines:
+        from . import clusternodesreport, clusterrecovery, clusterrelay
+
         runs = await cluster_suite.run(options, admin_url, stderr_progress)
-        return clusterreport.render(options, runs, machine, where)
+        relayed = await clusterrelay.run(options, admin_url, stderr_progress)
+        recovered = await clusterrecovery.run(options, admin_url, stderr_progress)
+        return [
+            *clusterreport.render(options, runs, machine, where),
+            *clusternodesreport.relay_section(options, relayed, hosts),
+            *clusternodesreport.recovery_section(options, recovered, hosts),
+        ]
 
     return await _pinned_run(body)
 

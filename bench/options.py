@@ -198,9 +198,20 @@ class ClusterOptions:
     seconds: float  # length of each replay
     rate: float  # steps a second on each desktop
     rounds: int  # replays per crowd size and database
+    relay_size: tuple[int, int]  # the node relay's one desktop (bench/clusterrelay.py)
+    relay_terminals: int  # watching it at each node
+    relay_seconds: float
+    relay_rate: float
+    relay_rounds: int
+    recovery_rounds: int  # node kills per case and timings (bench/clusterrecovery.py)
 
     @classmethod
     def of(cls, quick: bool, rounds: int | None = None) -> ClusterOptions:
         if quick:
-            return cls((1280, 1024), (50,), 5, 6.0, 5.0, rounds or 1)
-        return cls((1920, 1080), (100, 200, 300), 20, 15.0, 5.0, rounds or 2)
+            return cls(
+                (1280, 1024), (50,), 5, 6.0, 5.0, rounds or 1, (1280, 1024), 3, 6.0, 10.0, 1, 1
+            )
+        return cls(
+            (1920, 1080), (100, 200, 300), 20, 15.0, 5.0, rounds or 2, (1920, 1080), 10, 15.0,
+            10.0, rounds or 3, 5,
+        )  # fmt: skip

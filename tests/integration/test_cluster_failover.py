@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +30,13 @@ from tests.integration.test_software_terminal import (  # noqa: F401  (fixtures)
     terminals,
 )
 from tests.support.failover import kill_node, lease_holder
-from tests.support.nodes import HEARTBEAT, LEASE, Node, start_node
+from tests.support.nodes import HEARTBEAT, LEASE, Node
 from tests.unit.content import desktop_frame
 
 pytestmark = pytest.mark.integration
 
 RECOVERS_WITHIN = 60.0  # seconds from the kill to the desktop's pixels; measured: printed
 LOOPBACK = "127.0.0.1"
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    started: list[Node] = []
-
-    def start(name: str, database: str, desktops: dict[str, int] | None = None) -> Node:
-        started.append(start_node(tmp_path, name, database, desktops))
-        return started[-1]
-
-    yield start
-    for node in reversed(started):
-        node.stop()
 
 
 def connected_at(node: Node, terminal_id: str) -> dict[str, Any] | None:

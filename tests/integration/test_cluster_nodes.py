@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,13 @@ import pytest_twisted
 from twisted.internet import threads
 
 from tests.integration.test_rfb_interop import office_frame
-from tests.support.nodes import THINSERVE, Node, start_node
+from tests.support.nodes import THINSERVE, Node
 from tests.support.terminal import Terminal
 from tests.support.waiting import wait_until, wait_until_blocking
 
 pytestmark = pytest.mark.integration
 
 PAIRING_REACHES_WITHIN = 10.0  # seconds; generous for a busy 2-core machine (measured: printed)
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    started: list[Node] = []
-
-    def start(name: str, database: str, desktops: dict[str, int] | None = None) -> Node:
-        started.append(start_node(tmp_path, name, database, desktops))
-        return started[-1]
-
-    yield start
-    for node in reversed(started):
-        node.stop()
 
 
 async def on_thread(call: Callable[..., Any], *args: Any) -> Any:

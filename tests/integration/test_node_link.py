@@ -11,7 +11,7 @@ credentials over pinned TLS and nothing else.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from protocols.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from tests.integration.test_cluster_nodes import on_thread, terminal_row
 from tests.integration.test_relay import _xterm_writing, pointer_reaches
 from tests.integration.test_rfb_interop import office_frame
-from tests.support.nodes import THINSERVE, Node, start_node
+from tests.support.nodes import THINSERVE, Node
 from tests.support.terminal import Terminal
 from tests.support.waiting import wait_until, wait_until_blocking
 from thinserve import rfbclient
@@ -37,19 +37,6 @@ from thinserve.relay.upstream import KeyPin
 pytestmark = pytest.mark.integration
 
 OPENED = "opened for desktop d1"
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[Callable[..., Node]]:
-    started: list[Node] = []
-
-    def start(name: str, database: str, **options: Any) -> Node:
-        started.append(start_node(tmp_path, name, database, **options))
-        return started[-1]
-
-    yield start
-    for node in reversed(started):
-        node.stop()
 
 
 @pytest.fixture

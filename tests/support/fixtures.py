@@ -15,18 +15,21 @@ Fixtures (factories: call them, as often as needed, to start things):
 - ``qemu_accel`` (session): "kvm:tcg" when KVM really boots Linux here, else "tcg"
 - ``postgres_server`` (session): a real PostgreSQL on loopback, ``postgres.PostgresServer``
 - ``postgres_url``: the URL of an empty database of its own on that server
+- ``nodes(name, database, desktops=None, **options)`` -> ``nodes.Node``: a real ``thinserve serve``
+  node process (``nodes.start_node``), stopped when the test ends
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
 from . import tinylinux
 from .need import need
+from .nodes import Node, start_node
 from .postgres import PostgresServer
 from .qemu import QemuVM, choose_accel, start_qemu
 from .tinylinux import TinyLinux
@@ -152,3 +155,18 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture
 def postgres_url(postgres_server: PostgresServer) -> str:
     return postgres_server.new_database()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    started: list[Node] = []
+
+    def start(
+        name: str, database: str, desktops: dict[str, int | str] | None = None, **options: Any
+    ) -> Node:
+        started.append(start_node(tmp_path, name, database, desktops, **options))
+        return started[-1]
+
+    yield start
+    for node in reversed(started):
+        node.stop()

@@ -186,27 +186,10 @@ class PostgresStore(SqlStore):
 
     # Transactions.
 
-    @contextmanager
-    def atomic(self) -> Iterator[None]:
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._retrying(self._begin)
-        self._depth = 1
-        try:
-            yield
-            self._commit()
-        except BaseException:
-            self._rollback()
-            raise
-        finally:
-            self._depth = 0
-
     def _begin(self) -> None:
+        self._retrying(self._start_writing)
+
+    def _start_writing(self) -> None:
         conn = self._connection()
         with self._faults():
             conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})")

@@ -18,7 +18,7 @@ which both stores make exclusive among writers.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +56,38 @@ class SqlStore:
 
     # -- what each database provides --------------------------------------------------------
 
-    def atomic(self) -> AbstractContextManager[None]:
+    _depth = 0  # how deep in atomic() blocks the store is
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
         """A transaction; nesting joins the outer one.  Exclusive among writers."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._begin()
+        self._depth = 1
+        try:
+            yield
+            self._commit()
+        except BaseException:
+            self._rollback()
+            raise
+        finally:
+            self._depth = 0
+
+    def _begin(self) -> None:
+        """Start a transaction that excludes other writers."""
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _rollback(self) -> None:
+        """End a failed transaction; never raise over the error that caused it."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -94,27 +94,13 @@ class SqliteStore(SqlStore):
 
     # Connection and schema.
 
-    @contextmanager
-    def atomic(self) -> Iterator[None]:
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+    def _begin(self) -> None:
         with self._faults():
             self._db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-            with self._faults():
-                self._db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        finally:
-            self._depth = 0
+
+    def _commit(self) -> None:
+        with self._faults():
+            self._db.execute("COMMIT")
 
     def _rollback(self) -> None:
         """End a failed transaction, leaving the connection ready for the next one.

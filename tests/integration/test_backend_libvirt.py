@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_twisted
@@ -31,28 +30,15 @@ import pytest_twisted
 from tests.support.aio import as_deferred
 from tests.support.backendvm import require_qemu, shared_dir, tiny_linux, vm_accel, wait_for_text
 from tests.support.console import Console, lit_pixels
-from tests.support.need import in_ci, need
+from tests.support.need import need, need_module
 from tests.support.statuslog import StatusLog
 from thinserve.backends.base import BackendError, ConsoleAddress
 from thinserve.backends.images import READY_MARKER
 from thinserve.desktop_state import DesktopState
 
-
-def _import_libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError:
-        message = (
-            "libvirt-python is missing: apt-get install -y libvirt-dev pkg-config "
-            "&& pip install libvirt-python"
-        )
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message, allow_module_level=True)
-    return libvirt
-
-
-libvirt = _import_libvirt()
+libvirt = need_module(
+    "libvirt", "apt-get install -y libvirt-dev pkg-config && pip install libvirt-python"
+)
 
 from thinserve.backends.libvirt_backend import (  # noqa: E402
     LibvirtBackend,

@@ -23,28 +23,15 @@ import pytest
 import pytest_twisted
 
 from tests.support.aio import as_deferred
-from tests.support.need import in_ci
+from tests.support.need import need_module
 from tests.support.statuslog import StatusLog
 from thinserve.backends.base import BackendError, ConsoleAddress
 from thinserve.config_reader import ConfigError, Table
 from thinserve.desktop_state import DesktopState
 
-
-def _import_libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError:
-        message = (
-            "libvirt-python is missing: apt-get install -y libvirt-dev pkg-config "
-            "&& pip install libvirt-python"
-        )
-        if in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message, allow_module_level=True)
-    return libvirt
-
-
-libvirt = _import_libvirt()
+libvirt = need_module(
+    "libvirt", "apt-get install -y libvirt-dev pkg-config && pip install libvirt-python"
+)
 
 from thinserve import desktop_config  # noqa: E402
 from thinserve.backends.libvirt_backend import LibvirtBackend, LibvirtConfig  # noqa: E402

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
+from typing import Any
 
 import pytest
 
@@ -60,3 +62,15 @@ def need(requirement: str | bool, why: str) -> None:
     if in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)  # only outside CI: there a missing part fails above
+
+
+def need_module(name: str, install: str) -> Any:
+    """Import module ``name`` for a test module; missing, it fails the module in CI
+    and skips it elsewhere, saying how to ``install`` it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"{name} is missing: {install}"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)

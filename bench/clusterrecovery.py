@@ -42,6 +42,7 @@ import psycopg
 from PIL import Image
 from twisted.internet import threads
 
+from . import processes
 from .cluster import new_database
 from .clusterlan import terminal_addresses
 from .clusternodes import (
@@ -166,14 +167,7 @@ class SoftwareTerminal:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        processes.end(process)
 
 
 def lease_holder(database: str, subject: str) -> str | None:

@@ -98,6 +98,8 @@ class Hub:
         self.workers = encodepool.shared() if reactor is default_reactor else None
         self.terminals: dict[str, Terminal] = {}
         self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
+        # Tells every node of the site (kind, subject); None: this is the only node.
+        self.announce: Callable[[str, str], object] | None = None
         self.identities = IdentityRules(
             address_subnets,
             address_bound=lambda t: broker.store.pairing_for(t) is not None,
@@ -507,6 +509,15 @@ class Hub:
 
     def kick(self, terminal_id: str, actor: str = SYSTEM) -> None:
         self.apply(self.broker.kick(terminal_id, actor))
+
+    def kick_elsewhere(self, terminal_id: str, actor: str) -> bool:
+        """Kick ``terminal_id`` at whichever node of the site it is connected to;
+        False on a single node.  The node that has it kicks it on the notice."""
+        if self.announce is None:
+            return False
+        self.broker.record(actor, "kick", terminal_id, "asked every node of the site")
+        self.announce("kick", terminal_id)
+        return True
 
     def shadow(self, terminal_id: str, desktop: str, actor: str = SYSTEM) -> None:
         self.apply(self.broker.shadow(terminal_id, desktop, actor))

@@ -120,3 +120,29 @@ def test_a_desktop_on_two_nodes_is_run_by_one(
     assert [listed[n]["state"] for n in ("node-a", "node-b")] == ["alive", "alive"]
     assert (listed["node-a"]["leases"], listed["node-b"]["leases"]) == (1, 0)
     assert listed["node-b"]["desktops"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kick_at_one_node_closes_the_terminal_at_the_other(
+    xvnc: Callable[..., Any], nodes: Callable[..., Node], postgres_url: str
+) -> None:
+    server = xvnc(size=(320, 240))
+    node_b = nodes("node-b", postgres_url, {"d1": server.port})
+    node_a = nodes("node-a", postgres_url)
+    term = Terminal()
+    try:
+        await term.connect(node_b.port, source="127.0.0.8")
+        tid = "viewer-127.0.0.8"
+        await on_thread(
+            wait_until_blocking, lambda: terminal_row(node_b, tid), 20, "node-b to list it"
+        )
+        said = await on_thread(node_a.cli_ok, "kick", tid)
+        assert (
+            said.strip() == f"asked every node to kick {tid}: the node it is connected to closes it"
+        )
+        await wait_until(lambda: term.closed, 20, "node-b to close the kicked terminal")
+        assert f"terminal {tid} kicked by an admin at another node" in node_b.proc.log_tail(40000)
+        audit = await on_thread(node_a.cli_json, "audit")
+        assert any(e["action"] == "kick" and e["subject"] == tid for e in audit), audit
+    finally:
+        term.close()

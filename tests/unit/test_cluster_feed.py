@@ -75,7 +75,7 @@ async def test_bad_notifications_are_logged_and_dropped(
     await as_deferred(feed.start())
     try:
         with caplog.at_level(logging.WARNING, logger="thinserve.cluster.feed"):
-            for bad in ("no-colon", "kick:t1", "pairing:" + "x" * 1000, ":x", "\x1b[2J:x"):
+            for bad in ("no-colon", "reboot:t1", "pairing:" + "x" * 1000, ":x", "\x1b[2J:x"):
                 notify(postgres_url, bad)
             notify(postgres_url, "user:explode")
             notify(postgres_url, "user:alice")

@@ -80,11 +80,11 @@ async def test_two_nodes_see_each_other_and_their_load(postgres_url: str) -> Non
         await wait_until(lambda: rows(url)["node-a"].terminals == 4, TIMEOUT, "the new load")
         listed = await a.service.nodes()
         assert [n.name for n in listed] == ["node-a", "node-b"] and all(n.alive for n in listed)
-        await a.service.announce("kick", "term-7")
+        await a.service.announce("reboot", "term-7")
         await a.service.announce("user", "alice")
         await wait_until(lambda: Change("user", "alice") in b.changes, TIMEOUT, "b hears it")
         await wait_until(lambda: Change("user", "alice") in a.changes, TIMEOUT, "a hears it")
-        assert b.changes == [Change("user", "alice")]  # "kick" is not a kind this version knows
+        assert b.changes == [Change("user", "alice")]  # "reboot" is not a kind this version knows
     finally:
         await a.service.stopService()
     assert set(rows(url)) == {"node-b"}

@@ -226,11 +226,11 @@ def test_change_payloads_round_trip_and_unknown_ones_are_dropped() -> None:
     for change in (Change("pairing", "t:1"), Change("user", ""), Change("desktop", "d ü")):
         assert parse_change(payload(change)) == change
     assert parse_change("resync:") is None
-    assert parse_change("kick:t1") is None  # a kind this version does not know
+    assert parse_change("reboot:t1") is None  # a kind this version does not know
     assert parse_change("nocolon") is None
     assert parse_change("user:" + "x" * 1000) is None
     with pytest.raises(ValueError):
-        payload(Change("kick", "t1"))
+        payload(Change("reboot", "t1"))
     with pytest.raises(ValueError):
         payload(Change("user", "x" * 1000))
 

@@ -488,6 +488,13 @@ def unpair(client: AdminClient, args: argparse.Namespace) -> None:
 
 def kick(client: AdminClient, args: argparse.Namespace) -> None:
     result = client.kick(args.terminal)
+    if result.get("elsewhere"):
+        _confirm(
+            args,
+            result,
+            lambda t: f"asked every node to kick {t}: the node it is connected to closes it",
+        )
+        return
     _confirm(args, result, lambda t: f"kicked {t}: it shows a notice, then its connection closes")
 
 

@@ -250,6 +250,10 @@ class AdminAPI:
     def post_kick(self, call: Call) -> dict[str, Any]:
         fields.only_keys(call.body, {"terminal"}, "field")
         terminal_id = fields.text(call.body, "terminal")
+        elsewhere = not self.broker.is_connected(terminal_id)
+        known = self.store.get_terminal(terminal_id) is not None
+        if elsewhere and known and self.hub.kick_elsewhere(terminal_id, call.actor):
+            return {**self._done(terminal_id, True), "elsewhere": True}
         self._live_session(terminal_id)
         self.hub.kick(terminal_id, call.actor)
         return self._done(terminal_id, True)

@@ -14,8 +14,8 @@ it at each step of its start (thinserve/service.py):
    site's browser terminals for ``/nodes.json``.
 
 What the site says reaches the parts here, in one place each: a change
-(``changed``), lost leases (``lost``), and a desktop a terminal is given
-(``wanted``).
+(``changed``; a ``kick`` closes the terminal if it is here), lost leases
+(``lost``), and a desktop a terminal is given (``wanted``).
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ class SiteNode:
         cluster.on_lost = self.lost
         cluster.load = lambda: (len(hub.terminals), len(manager.desktops))
         self._local_want, hub.on_desktop_wanted = hub.on_desktop_wanted, self.wanted
+        hub.announce = self._announce
         assert self.takeover is not None  # made by claim
         self.takeover.hub = hub
 
@@ -128,6 +129,9 @@ class SiteNode:
     # -- what the site says ---------------------------------------------------------------------
     def changed(self, change: Change) -> None:
         """Another node (or this one) changed the shared store: decide again."""
+        if change.kind == "kick":
+            self._kick(change.subject)
+            return
         log.info("the site changed (%s %s): deciding again", change.kind, change.subject)
         if self.hub is not None:
             self.hub.refresh()
@@ -135,6 +139,18 @@ class SiteNode:
             self.remote.changed(change)
         if change.kind == "resync" and self.takeover is not None:
             self.takeover.try_again()
+
+    def _kick(self, terminal_id: str) -> None:
+        """An admin at some node kicked ``terminal_id``: close it if it is here."""
+        hub = self.hub
+        if hub is not None and hub.broker.is_connected(terminal_id):
+            log.info("terminal %s kicked by an admin at another node", terminal_id)
+            hub.kick(terminal_id, "admin at another node")
+
+    def _announce(self, kind: str, subject: str) -> None:
+        """Tell every node, in a worker thread; a failure is logged, never raised."""
+        told = self.cluster.announce(kind, subject)
+        told.addErrback(lambda failure: log.warning("could not tell the site: %s", failure.value))
 
     def lost(self, keys: list[Key]) -> None:
         """Leases this node lost: its desktops go (dormant where reachable), and other

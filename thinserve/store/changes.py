@@ -5,8 +5,9 @@ same transaction as every write that changes what a terminal should show, so
 the notice arrives only if the write was committed.  The kinds are
 ``pairing`` (subject: a terminal id), ``user`` (a user name) and ``desktop``
 (a desktop name); ``lease`` (a desktop name) is sent by a node taking or
-giving up control of a desktop (thinserve/cluster/claims.py).  A store on
-SQLite has one node and sends nothing.
+giving up control of a desktop (thinserve/cluster/claims.py), and ``kick``
+(a terminal id) by a node whose admin kicked a terminal connected to another
+node.  A store on SQLite has one node and sends nothing.
 
 ``resync`` is never sent by a store: a listener makes it up after its
 connection dropped, to say "re-read everything".
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 CHANNEL = "thinserve"
 
 # The kinds a store (or a node's control claims) sends; "resync" is made by a listener, not sent.
-KINDS = frozenset({"pairing", "user", "desktop", "lease"})
+KINDS = frozenset({"pairing", "user", "desktop", "lease", "kick"})
 
 # PostgreSQL refuses payloads of 8000 bytes or more; ours stay far below.
 MAX_PAYLOAD = 1000

@@ -100,6 +100,9 @@ class Hub:
         self.on_desktop_wanted = on_desktop_wanted or (lambda name: None)
         # Tells every node of the site (kind, subject); None: this is the only node.
         self.announce: Callable[[str, str], object] | None = None
+        # Hears each change of a desktop's state (not its progress), e.g. to tell the site.
+        self.on_state_change: Callable[[str, DesktopState], None] = lambda name, state: None
+        self._states: dict[str, DesktopState] = {}
         self.identities = IdentityRules(
             address_subnets,
             address_bound=lambda t: broker.store.pairing_for(t) is not None,
@@ -467,6 +470,9 @@ class Hub:
         metrics.desktop_state(name, state)
         failure = detail if failed_start else ""
         self.apply(self.broker.desktop_state(name, state, progress, failure))
+        if self._states.get(name) is not state:
+            self._states[name] = state
+            self.on_state_change(name, state)
         self.changed()
 
     def withdraw_desktop(self, name: str) -> None:

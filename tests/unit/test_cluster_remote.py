@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet import task
 
-from thinserve.broker import Broker, ShowDesktop, ShowScreen, TerminalInfo
+from thinserve.broker import Broker, ScreenKind, ShowDesktop, ShowScreen, TerminalInfo
 from thinserve.cluster.link import NodeSecret
 from thinserve.cluster.remote import (
     Owner,
@@ -128,3 +128,38 @@ def test_a_remote_desktop_this_node_takes_over_is_its_own_from_then_on(
     remote.apply({})
     assert hub.broker.is_registered("d1") and "d1" not in hub.remote_mirrors
     assert remote_mirror is not hub.mirrors["d1"]
+
+
+def test_a_remote_desktop_follows_the_state_its_node_tells(
+    site: tuple[RemoteDesktops, Hub],
+) -> None:
+    remote, hub = site
+    broker = hub.broker
+    remote.apply({"d1": Owner("node-a", "10.0.0.1", 5999, FINGERPRINT)})
+    broker.terminal_connected("t1", TerminalInfo())
+    broker.pair("t1", "d1", "admin")
+
+    remote.owner_state("d1", DesktopState.STARTING)
+    shown = broker.assignment("t1")
+    assert isinstance(shown, ShowScreen) and shown.kind is ScreenKind.STARTING
+    remote.owner_state("d1", DesktopState.CRASHED)
+    shown = broker.assignment("t1")
+    assert isinstance(shown, ShowScreen) and "at the node that runs it" in shown.message
+    remote.owner_state("d1", DesktopState.RUNNING)
+    assert isinstance(broker.assignment("t1"), ShowDesktop)
+
+    remote.owner_state("d9", DesktopState.CRASHED)  # not shown here: nothing to follow
+    assert not broker.is_registered("d9")
+
+
+def test_the_hub_tells_each_change_of_a_desktop_s_state_once() -> None:
+    clock = task.Clock()
+    hub = Hub(Broker(SqliteStore()), {}, clock)
+    hub.broker.register_desktop("d1", "xvnc", DesktopState.STOPPED)
+    told: list[tuple[str, DesktopState]] = []
+    hub.on_state_change = lambda name, state: told.append((name, state))
+    hub.desktop_state("d1", DesktopState.STARTING, progress=0.1)
+    hub.desktop_state("d1", DesktopState.STARTING, progress=0.6)  # progress only
+    hub.desktop_state("d1", DesktopState.RUNNING)
+    assert told == [("d1", DesktopState.STARTING), ("d1", DesktopState.RUNNING)]
+    hub.stop()

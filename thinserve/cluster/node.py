@@ -14,7 +14,8 @@ it at each step of its start (thinserve/service.py):
    site's browser terminals for ``/nodes.json``.
 
 What the site says reaches the parts here, in one place each: a change
-(``changed``; a ``kick`` closes the terminal if it is here), lost leases
+(``changed``; a ``kick`` closes the terminal if it is here, a ``state`` is a
+remote desktop's state at its node), lost leases
 (``lost``), and a desktop a terminal is given (``wanted``).
 """
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..admission import Admission
 from ..blacklist import Blacklist
 from ..config import Config, ConfigError
+from ..desktop_state import DesktopState
 from ..store.changes import Change
 from .leases import Key
 
@@ -117,6 +119,7 @@ class SiteNode:
         cluster.load = lambda: (len(hub.terminals), len(manager.desktops))
         self._local_want, hub.on_desktop_wanted = hub.on_desktop_wanted, self.wanted
         hub.announce = self._announce
+        hub.on_state_change = self._tell_state
         assert self.takeover is not None  # made by claim
         self.takeover.hub = hub
 
@@ -132,6 +135,9 @@ class SiteNode:
         if change.kind == "kick":
             self._kick(change.subject)
             return
+        if change.kind == "state":
+            self._owner_state(change.subject)
+            return
         log.info("the site changed (%s %s): deciding again", change.kind, change.subject)
         if self.hub is not None:
             self.hub.refresh()
@@ -146,6 +152,21 @@ class SiteNode:
         if hub is not None and hub.broker.is_connected(terminal_id):
             log.info("terminal %s kicked by an admin at another node", terminal_id)
             hub.kick(terminal_id, "admin at another node")
+
+    def _tell_state(self, name: str, state: DesktopState) -> None:
+        """A desktop this node runs changed state: the nodes that show it follow."""
+        self._announce("state", f"{state.value}:{name}")
+
+    def _owner_state(self, subject: str) -> None:
+        """The node running a desktop shown here said its state changed."""
+        word, _, name = subject.partition(":")
+        try:
+            state = DesktopState(word)
+        except ValueError:
+            log.warning("a node told an unknown desktop state %r; ignored", word[:40])
+            return
+        if self.remote is not None:
+            self.remote.owner_state(name, state)
 
     def _announce(self, kind: str, subject: str) -> None:
         """Tell every node, in a worker thread; a failure is logged, never raised."""

@@ -266,6 +266,14 @@ class RemoteDesktops(service.Service):
             self._close(name, "its owner changed")
             self.want(name)
 
+    def owner_state(self, name: str, state: DesktopState) -> None:
+        """The node running ``name`` said its state changed: terminals here are shown
+        what they would be shown there (starting, failed, running)."""
+        broker = self.hub.broker
+        if isinstance(self.owners.get(name), Owner) and broker.is_registered(name):
+            failure = "it failed at the node that runs it" if state is DesktopState.CRASHED else ""
+            self.hub.apply(broker.desktop_state(name, state, failure=failure))
+
     def _unavailable(self, name: str, why: str) -> None:
         self.owners[name] = why
         log.warning("desktop %s is unavailable here: %s", name, why)

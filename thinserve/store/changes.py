@@ -7,7 +7,9 @@ the notice arrives only if the write was committed.  The kinds are
 (a desktop name); ``lease`` (a desktop name) is sent by a node taking or
 giving up control of a desktop (thinserve/cluster/claims.py), and ``kick``
 (a terminal id) by a node whose admin kicked a terminal connected to another
-node.  A store on SQLite has one node and sends nothing.
+node, and ``state`` (``STATE:DESKTOP``, e.g. ``running:d1``) by the node that
+runs a desktop when its state changes.  A store on SQLite has one node and
+sends nothing.
 
 ``resync`` is never sent by a store: a listener makes it up after its
 connection dropped, to say "re-read everything".
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 CHANNEL = "thinserve"
 
 # The kinds a store (or a node's control claims) sends; "resync" is made by a listener, not sent.
-KINDS = frozenset({"pairing", "user", "desktop", "lease", "kick"})
+KINDS = frozenset({"pairing", "user", "desktop", "lease", "kick", "state"})
 
 # PostgreSQL refuses payloads of 8000 bytes or more; ours stay far below.
 MAX_PAYLOAD = 1000

@@ -146,4 +146,3 @@ async def test_a_kick_at_one_node_closes_the_terminal_at_the_other(
         assert any(e["action"] == "kick" and e["subject"] == tid for e in audit), audit
     finally:
         term.close()
-

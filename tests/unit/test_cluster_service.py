@@ -11,7 +11,7 @@ from tests.support.cluster import execute, with_schema
 from tests.support.waiting import wait_until
 from thinserve.cluster.feed import RESYNC
 from thinserve.cluster.leases import Key
-from thinserve.cluster.nodes import NodeInfo, NodeNameInUse
+from thinserve.cluster.nodes import NodeInfo, NodeNameInUse, NodeRegistry
 from thinserve.cluster.service import ClusterService, check_timing
 from thinserve.store.changes import Change
 
@@ -135,6 +135,27 @@ async def test_a_second_node_under_a_live_name_does_not_start_nor_harm_the_first
         await second.service.stopService()
         assert rows(url)["same"].address == "10.0.0.4"
         assert execute(url, "SELECT subject, node FROM leases") == [("d1", "same")]
+    finally:
+        await a.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_restarted_after_a_crash_waits_for_its_old_row_then_joins(
+    postgres_url: str,
+) -> None:
+    """The crashed run's row stopped heartbeating: the new run waits for it to
+    expire (by the database clock) instead of failing, then joins."""
+    url = with_schema(postgres_url)
+    crashed = NodeRegistry(url, "node-a", "10.0.0.9", expiry=LEASE)
+    crashed.join()  # and never heartbeats again, like a process killed
+    crashed.close()
+    await wait_until(
+        lambda: rows(url)["node-a"].age >= 2 * HEARTBEAT, TIMEOUT, "the row to go silent"
+    )
+    a = await started(url, "node-a")  # waits until the old row expires, then joins
+    try:
+        row = rows(url)["node-a"]
+        assert row.alive and row.address == "10.0.0.6"  # the new run's row
     finally:
         await a.service.stopService()
 

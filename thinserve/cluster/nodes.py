@@ -29,7 +29,13 @@ MAX_EXPIRY = 3600.0
 
 
 class NodeNameInUse(ClusterError):
-    """Another live node has this name."""
+    """Another live node has this name.  ``silent``: seconds since its last
+    heartbeat; ``left``: seconds until its row expires (by the database clock)."""
+
+    def __init__(self, message: str, silent: float = 0.0, left: float = 0.0) -> None:
+        super().__init__(message)
+        self.silent = silent
+        self.left = left
 
 
 @dataclass(frozen=True)
@@ -187,5 +193,7 @@ class NodeRegistry:
         return NodeNameInUse(
             f"node name {self.name!r} is in use by a live node{at} (last heartbeat "
             f"{age:.1f} s ago); give this node another [cluster] node_name, or, if that "
-            f"node has stopped, wait {max(left, 0):.0f} s until it expires"
+            f"node has stopped, wait {max(left, 0):.0f} s until it expires",
+            silent=float(age),
+            left=max(float(left), 0.0),
         )

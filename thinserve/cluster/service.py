@@ -109,7 +109,7 @@ class ClusterService(service.Service):
         return defer.ensureDeferred(self._start())
 
     async def _start(self) -> None:
-        await self._in_thread(self._join)
+        await self._join_or_wait()
         try:
             await _from_asyncio(self.feed.start())
         except BaseException:
@@ -120,6 +120,27 @@ class ClusterService(service.Service):
         self._beats.clock = self.reactor
         self._beats.start(self.heartbeat, now=False)
         log.info("cluster: joined as node %r", self.node_name)
+
+    async def _join_or_wait(self) -> None:
+        """Join; when our name's row is a silent one (this node's own run that
+        crashed, most likely: it stopped heartbeating), wait for it to expire and
+        join then, rather than fail and be restarted again and again.  A row that
+        still heartbeats is another live node: refused at once."""
+        try:
+            await self._in_thread(self._join)
+            return
+        except NodeNameInUse as exc:
+            if exc.silent < 2 * self.heartbeat or exc.left > self.lease:
+                raise
+            log.warning(
+                "cluster: node name %r is held by a run that stopped %.1f s ago (a crash?); "
+                "joining once it expires, in %.1f s",
+                self.node_name,
+                exc.silent,
+                exc.left,
+            )
+            await task.deferLater(self.reactor, exc.left + 0.2, lambda: None)
+        await self._in_thread(self._join)
 
     def _join(self) -> None:
         self.registry.join()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from thinserve.admin.client import AdminClient, AdminError
+from thinserve.cluster.link import write_secret
 
 from .clusterlan import NODES_ENV, parse_hosts
 from .processes import RELAY_CORE
@@ -76,10 +76,10 @@ def node_hosts() -> list[NodeHost]:
 
 
 def secret_file(folder: Path) -> Path:
-    """The site's node secret, as ``thinserve nodes secret`` writes it."""
+    """A new site's node secret, written as ``thinserve nodes secret`` writes it."""
     path = folder / "site.key"
-    path.write_text(secrets.token_hex(32))
-    path.chmod(0o600)
+    path.unlink(missing_ok=True)  # the last site's
+    write_secret(path)
     return path
 
 

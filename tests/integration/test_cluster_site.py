@@ -41,6 +41,7 @@ from tests.support.terminal import Terminal
 from tests.support.waiting import wait_until_blocking
 from tests.unit.content import desktop_frame
 from thinserve import rfbclient
+from thinserve.cluster.link import write_secret
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +64,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
 @pytest.fixture
 def secret(tmp_path: Path) -> Path:
     path = tmp_path / "site.key"
-    path.write_text(secrets.token_hex(32))
-    path.chmod(0o600)
+    write_secret(path)
     return path
 
 

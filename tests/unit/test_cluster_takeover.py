@@ -27,7 +27,7 @@ from thinserve.cluster.leases import Leases
 from thinserve.cluster.nodes import NodeRegistry
 from thinserve.cluster.ownership import DESKTOP
 from thinserve.cluster.service import ClusterService
-from thinserve.cluster.takeover import Takeover, reachable
+from thinserve.cluster.takeover import Takeover
 from thinserve.desktops import DesktopManager
 from thinserve.hub import Hub
 from thinserve.relay.upstream import DesktopAddress
@@ -78,12 +78,12 @@ class Survivor:
         await self.cluster.startService()
         for name in desktops:
             self.manager.add_static(DesktopAddress(name, UNREACHABLE))
-        static = [name for name, is_reachable in desktops.items() if is_reachable]
+        self.takeover.static = frozenset(n for n, is_reachable in desktops.items() if is_reachable)
         for name in desktops:
             assert not await self.cluster.acquire(DESKTOP, name)  # the owner still runs it
             owner = await self.cluster.holder(DESKTOP, name)
             assert owner is not None
-            await self.takeover.let_go(name, owner, reachable(self.manager, name, static))
+            await self.takeover.let_go(name, owner)
         self.manager.start(self.hub, dict)
         self.takeover.hub = self.hub
         self.takeover.startService()

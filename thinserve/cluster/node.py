@@ -84,14 +84,14 @@ class SiteNode:
         """Run only the desktops this node holds the lease of; another node runs the rest,
         and those whose console any node reaches are taken over should it die."""
         from .ownership import claim_desktops
-        from .takeover import Takeover, reachable
+        from .takeover import Takeover
 
         cluster = self.cluster
-        self.takeover = Takeover(cluster, manager, self.reactor, cluster.heartbeat)
-        static = self._static()
+        static = [d.name for d in self.config.desktops]
+        self.takeover = Takeover(cluster, manager, self.reactor, cluster.heartbeat, static)
         elsewhere = await claim_desktops(cluster, list(manager.desktops))
         for name, holder in elsewhere.items():
-            await self.takeover.let_go(name, holder, reachable(manager, name, static))
+            await self.takeover.let_go(name, holder)
 
     def claims(self) -> ControlClaims:
         """Control of a desktop is granted here only while this node holds its control
@@ -185,7 +185,7 @@ class SiteNode:
                 name,
             )
             if self.takeover is not None:
-                self.takeover.lost_lease(name, self._static())
+                self.takeover.lost_lease(name)
             if self.links is not None:
                 self.links.drop(name, "this node no longer runs the desktop")
 
@@ -292,6 +292,3 @@ class SiteNode:
         urls = WebURLs(cluster, self.url, own, cluster.heartbeat, self.reactor)
         published: WebURLs = await self.run(urls)
         return published
-
-    def _static(self) -> list[str]:
-        return [d.name for d in self.config.desktops]

@@ -32,7 +32,7 @@ owner's mirror are given this node's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,12 +81,12 @@ class Dormant:
     boot_estimate: float
 
 
-def reachable(manager: DesktopManager, name: str, static: Iterable[str]) -> bool:
+def reachable(manager: DesktopManager, name: str, static: Collection[str]) -> bool:
     """Whether any node can reach ``name``'s console: one of the ``[[desktop]]``
     addresses ``static``, or a desktop of a backend such as libvirt."""
     md = manager.desktops[name]
     if md.backend is None:
-        return name in set(static)
+        return name in static
     return md.backend.name in REACHABLE_BACKENDS
 
 
@@ -106,10 +106,17 @@ class Takeover(service.Service):
     """
 
     def __init__(
-        self, claims: Claims, manager: DesktopManager, reactor: Any, interval: float
+        self,
+        claims: Claims,
+        manager: DesktopManager,
+        reactor: Any,
+        interval: float,
+        static: Collection[str] = (),
     ) -> None:
+        """``static``: the names of the ``[[desktop]]`` addresses, which any node reaches."""
         self.claims = claims
         self.manager = manager
+        self.static = frozenset(static)
         self.reactor = reactor
         self.interval = interval
         self.hub: Registrar | None = None
@@ -122,10 +129,10 @@ class Takeover(service.Service):
         self._round: defer.Deferred[None] | None = None  # the round under way
 
     # -- at start ------------------------------------------------------------------------------
-    async def let_go(self, name: str, holder: str, is_reachable: bool) -> None:
+    async def let_go(self, name: str, holder: str) -> None:
         """``holder`` runs ``name``: keep what it takes to adopt it later, and let it go."""
         md = self.manager.desktops[name]
-        if is_reachable:
+        if reachable(self.manager, name, self.static):
             self.dormant[name] = Dormant(name, md.address, md.backend, md.boot_estimate)
         else:
             self.bound[name] = holder
@@ -233,13 +240,11 @@ class Takeover(service.Service):
             )
 
     # -- a lease this node lost ----------------------------------------------------------------
-    def lost_lease(self, name: str, static: Iterable[str]) -> defer.Deferred[None]:
+    def lost_lease(self, name: str) -> defer.Deferred[None]:
         """This node no longer holds ``name``'s lease: let it go; dormant again if reachable."""
         if name not in self.manager.desktops:
             return defer.succeed(None)
-        letting = defer.ensureDeferred(
-            self.let_go(name, "another node", reachable(self.manager, name, static))
-        )
+        letting = defer.ensureDeferred(self.let_go(name, "another node"))
         return letting.addErrback(lambda failure: log.error("letting %s go: %s", name, failure))
 
 

@@ -44,6 +44,7 @@ from ..desktop_state import Event
 from ..desktops.bridge import bridge
 from ..desktops.manager import DesktopManager
 from ..relay.upstream import DesktopAddress
+from . import ownership
 from .nodes import NodeInfo
 from .ownership import DESKTOP
 
@@ -52,12 +53,8 @@ log = logging.getLogger(__name__)
 REACHABLE_BACKENDS = frozenset({"libvirt"})  # backends whose consoles every node reaches
 
 
-class Claims(Protocol):
+class Claims(ownership.Claims, Protocol):
     """What takeover asks of the cluster service (ClusterService has these)."""
-
-    def acquire(self, kind: str, subject: str) -> defer.Deferred[bool]: ...
-
-    def holder(self, kind: str, subject: str) -> defer.Deferred[str | None]: ...
 
     def nodes(self) -> defer.Deferred[list[NodeInfo]]: ...
 

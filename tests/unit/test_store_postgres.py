@@ -38,6 +38,7 @@ from thinserve.store import (
     open_store,
 )
 from thinserve.store.changes import CHANNEL, Change, parse_change, payload
+from thinserve.store.location import hide_password
 from thinserve.store.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from thinserve.store.postgres import PostgresStore, postgres_dialect
 
@@ -273,6 +274,17 @@ def test_an_unreachable_server_at_open_names_it_and_hides_the_password() -> None
     assert describe_location("/var/lib/thinserve/thinserve.db") == (
         "/var/lib/thinserve/thinserve.db"
     )
+
+
+def test_a_message_that_quotes_the_password_shows_it_hidden() -> None:
+    said = f"server said: password {SECRET} refused"
+    for url in (
+        f"postgresql://thinserve:{SECRET}@db:5432/site",
+        f"postgresql://thinserve@db/site?password={SECRET}",
+        f"postgresql://thinserve:{SECRET}@db:notaport/site",  # libpq cannot read it
+    ):
+        assert hide_password(said, url) == "server said: password *** refused", url
+    assert hide_password(said, "postgresql://thinserve@db/site") == said  # none to hide
 
 
 def test_a_wrong_user_or_database_cannot_open_and_says_what_to_do(

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, LiteralString
 
+from ..store.location import hide_password
+
 if TYPE_CHECKING:
     import psycopg
 
@@ -75,7 +77,7 @@ def failure(url: str, exc: Exception) -> ClusterDatabaseError:
     from psycopg import errors
 
     place = where(url)
-    reason = _scrub(url, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+    reason = hide_password(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc), url)
     if isinstance(exc, errors.UndefinedTable):
         return ClusterDatabaseError(
             f"the database at {place} has no cluster tables ({reason}); start `thinserve "
@@ -90,17 +92,6 @@ def failure(url: str, exc: Exception) -> ClusterDatabaseError:
         "that this machine may connect (pg_hba.conf, firewall) and the user and password "
         "in the database URL"
     )
-
-
-def _scrub(url: str, text: str) -> str:
-    """``text`` without the URL's password, should a message ever quote it."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        password = conninfo_to_dict(url).get("password")
-    except Exception:
-        return text
-    return text.replace(str(password), "***") if password else text
 
 
 class Database:

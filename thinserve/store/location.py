@@ -72,6 +72,25 @@ def describe_location(location: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def hide_password(text: str, location: str) -> str:
+    """``text`` (a database's error, say) with the password of ``location`` hidden,
+    should it ever quote it: from the URL's user part or its ``password=``."""
+    password = _password_of(location)
+    return text.replace(password, HIDDEN) if password else text
+
+
+def _password_of(location: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict  # only PostgreSQL URLs have passwords
+
+    try:
+        return str(conninfo_to_dict(location).get("password") or "")
+    except Exception:  # a URL libpq cannot read: its user part may still hold one
+        try:
+            return urlsplit(location).password or ""
+        except ValueError:
+            return ""
+
+
 def open_store(location: str, migrations: Sequence[Migration] = MIGRATIONS) -> Store:
     """The store at ``location`` (see the module's docstring), migrated and ready.
 

@@ -52,7 +52,7 @@ from .base import (
     UnreachableError,
 )
 from .changes import CHANNEL, Change, payload
-from .location import describe_location
+from .location import describe_location, hide_password
 from .migrations import MIGRATIONS, Migration
 from .sql import Result, SqlStore
 
@@ -103,7 +103,7 @@ class PostgresStore(SqlStore):
                 f"{self.location} is not a PostgreSQL URL PostgreSQL understands",
                 "write it as postgresql://user@host:port/database",
                 self.location,
-                _scrub(str(exc), self._password()),
+                hide_password(str(exc), url),
             ) from None
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._depth = 0
@@ -116,10 +116,6 @@ class PostgresStore(SqlStore):
             raise
 
     # Connection.
-
-    def _password(self) -> str:
-        params = getattr(self, "_params", None) or {}
-        return str(params.get("password") or "")
 
     @property
     def server(self) -> str:
@@ -320,7 +316,7 @@ class PostgresStore(SqlStore):
 
     def _fault(self, exc: psycopg.Error) -> StoreFault | psycopg.Error:
         """The StoreFault for ``exc``, or ``exc`` itself when it is not a fault."""
-        cause = _scrub(_first_line(exc), self._password())
+        cause = hide_password(_first_line(exc), self.connection_url)
         state = exc.sqlstate or ""
         where = f"the PostgreSQL database {self.database!r} at {self.server}"
         make = _FAULTS.get(state) or _FAULTS.get(state[:2])
@@ -423,13 +419,6 @@ def _first_line(exc: BaseException) -> str:
     """The error's own words, without libpq's multi-line details."""
     text = str(exc).strip().splitlines()
     return " ".join(text[0].split()) if text else type(exc).__name__
-
-
-def _scrub(text: str, password: str) -> str:
-    """``text`` with ``password`` hidden, should a message ever quote it."""
-    if len(password) >= 3:
-        text = text.replace(password, "***")
-    return text
 
 
 _WRITES = re.compile(r"^\s*(INSERT|UPDATE)\b", re.IGNORECASE)

@@ -53,13 +53,8 @@ class Connection:
     def info(self) -> TcpInfo:
         limits = self.times_limits
         return TcpInfo(
-            state=1,
             snd_mss=MSS,
-            unacked=0,
             sacked=self.sacked,
-            rtt=0.001,
-            snd_cwnd=10,
-            app_limited=False,
             bytes_acked=self.acked,
             busy=self.busy if limits else None,
             rwnd_limited=self.rwnd if limits else None,

@@ -22,30 +22,18 @@ import sys
 from typing import NamedTuple
 
 TCP_INFO = 11  # the socket option's number on Linux (include/uapi/linux/tcp.h)
-ASKED_BYTES = 256  # asked of the kernel: enough for every field read here
+ASKED_BYTES = 192  # asked of the kernel: enough for every field read here
 BASE_BYTES = 104  # struct tcp_info of Linux 2.6 (up to tcpi_total_retrans)
 MAX_HOPS = 8  # transports wrapped in transports (WebSocket over TLS over TCP) followed
 TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
-# The fields read, in host byte order: those of Linux 2.6 in one piece (pad
-# bytes skip the others), then the later ones by the kernel that added them,
-# each group at its offset.
-_BASE = struct.Struct(
-    "=B6xB"  # 0 state, 7 flags (bit 0: tcpi_delivery_rate_app_limited)
-    "8xI"  # 16 snd_mss
-    "4xII"  # 24 unacked (segments sent, not yet acknowledged), 28 sacked (SACK)
-    "36xI"  # 68 rtt (smoothed, microseconds)
-    "8xI"  # 80 snd_cwnd (segments)
-)
-_LATER = (  # (offset, struct, names)
-    (120, struct.Struct("=Q"), ("bytes_acked",)),  # Linux 4.1
-    (144, struct.Struct("=II"), ("notsent", "min_rtt")),  # 4.6: bytes not yet sent; microseconds
-    (160, struct.Struct("=Q"), ("delivery_rate",)),  # 4.9: bytes per second
-    # 4.10: microseconds with data to send or in flight, and of them limited
-    # by the receiver's window or by the sender's buffer
-    (168, struct.Struct("=QQQ"), ("busy", "rwnd_limited", "sndbuf_limited")),
-    (200, struct.Struct("=Q"), ("bytes_sent",)),  # 4.19
-)
+# The fields read, in host byte order, each group at its offset: those of
+# Linux 2.6, then the later ones by the kernel that added them.
+_BASE = struct.Struct("=16xI8xI")  # 16 snd_mss, 28 sacked (segments SACKed)
+_ACKED = (120, struct.Struct("=Q"))  # Linux 4.1: bytes_acked
+# 4.10: microseconds with data to send or in flight, and of them limited by
+# the receiver's window or by the sender's buffer
+_LIMITS = (168, struct.Struct("=QQQ"))
 
 
 class TcpInfoError(ValueError):
@@ -60,21 +48,12 @@ class TcpInfo(NamedTuple):
     happened between them.  ``None``: the kernel is too old to say.
     """
 
-    state: int
     snd_mss: int
-    unacked: int
     sacked: int
-    rtt: float
-    snd_cwnd: int
-    app_limited: bool  # the last delivery-rate sample had nothing more to send
     bytes_acked: int | None = None
-    notsent: int | None = None
-    min_rtt: float | None = None
-    delivery_rate: float | None = None  # bytes per second
     busy: float | None = None
     rwnd_limited: float | None = None
     sndbuf_limited: float | None = None
-    bytes_sent: int | None = None
 
     @property
     def delivered(self) -> int | None:
@@ -87,12 +66,7 @@ class TcpInfo(NamedTuple):
     @property
     def times_limits(self) -> bool:
         """Whether it says what held the sending back (Linux 4.10 and later)."""
-        return (
-            self.bytes_acked is not None
-            and self.busy is not None
-            and self.rwnd_limited is not None
-            and self.sndbuf_limited is not None
-        )
+        return self.bytes_acked is not None and self.busy is not None
 
 
 def parse(raw: bytes) -> TcpInfo:
@@ -102,33 +76,22 @@ def parse(raw: bytes) -> TcpInfo:
             f"TCP_INFO answer of {len(raw)} bytes, under the {BASE_BYTES} of any Linux "
             "since 2.6: not a Linux tcp_info; the link is timed by the terminal's answers instead"
         )
-    state, flags, snd_mss, unacked, sacked, rtt, snd_cwnd = _BASE.unpack_from(raw)
-    later: dict[str, int] = {}
-    for offset, layout, names in _LATER:
-        if offset + layout.size <= len(raw):  # else an older kernel's shorter struct
-            later.update(zip(names, layout.unpack_from(raw, offset), strict=True))
-    delivery_rate = later.get("delivery_rate")
-    return TcpInfo(
-        state=state,
-        snd_mss=snd_mss,
-        unacked=unacked,
-        sacked=sacked,
-        rtt=rtt / 1e6,
-        snd_cwnd=snd_cwnd,
-        app_limited=bool(flags & 1),
-        bytes_acked=later.get("bytes_acked"),
-        notsent=later.get("notsent"),
-        min_rtt=_seconds(later.get("min_rtt")),
-        delivery_rate=None if delivery_rate is None else float(delivery_rate),
-        busy=_seconds(later.get("busy")),
-        rwnd_limited=_seconds(later.get("rwnd_limited")),
-        sndbuf_limited=_seconds(later.get("sndbuf_limited")),
-        bytes_sent=later.get("bytes_sent"),
-    )
+    snd_mss, sacked = _BASE.unpack_from(raw)
+    acked = _field(raw, *_ACKED)
+    limits = _field(raw, *_LIMITS)
+    if acked is None:
+        return TcpInfo(snd_mss, sacked)
+    if limits is None:
+        return TcpInfo(snd_mss, sacked, acked[0])
+    busy, rwnd, sndbuf = limits
+    return TcpInfo(snd_mss, sacked, acked[0], busy / 1e6, rwnd / 1e6, sndbuf / 1e6)
 
 
-def _seconds(microseconds: int | None) -> float | None:
-    return None if microseconds is None else microseconds / 1e6
+def _field(raw: bytes, offset: int, layout: struct.Struct) -> tuple[int, ...] | None:
+    """The values at ``offset``, or None if an older kernel's struct ends before."""
+    if offset + layout.size > len(raw):
+        return None
+    return layout.unpack_from(raw, offset)
 
 
 def read(sock: socket.socket) -> TcpInfo | None:

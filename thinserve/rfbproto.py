@@ -8,7 +8,7 @@ its transport; every transport Twisted hands it provides these methods.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, Protocol, TypeGuard, TypeVar, cast
 
 from twisted.internet import protocol, tcp
 from twisted.internet.interfaces import IAddress
@@ -44,26 +44,56 @@ class TLSTransport(Transport, Protocol):
     def abortConnection(self) -> None: ...
 
 
-def send_now(transport: object) -> None:
-    """Hand what was just written on a plain TCP socket to the kernel now.
+def write_now(transport: Transport, data: bytes) -> None:
+    """Write ``data`` and hand it to the kernel now, where that is safe.
 
     Twisted sends written bytes on the reactor's next turn; an update
     written for each of fifty terminals watching one desktop would all
     wait for the last to be encoded, and a typed character for a turn of
-    the loop.  A TCP transport's ``doWrite`` sends what it can at once
-    (what does not fit stays for the reactor, as before).  TLS and
-    WebSocket transports, and one that is closing, are left to the reactor;
-    so is one whose producer is paused: its ``doWrite`` would resume the
-    producer (the session) from inside the session's own write.
+    the loop.  On a plain TCP socket with nothing waiting, the bytes go
+    straight to ``send``: no buffering, and no registering with the reactor
+    and unregistering again (two system calls) for a write the socket
+    takes whole.  What it does not take, and everything on a socket that
+    already has bytes waiting, goes through the transport as usual.
     """
-    if (
+    if _plain_tcp(transport) and _nothing_waiting(transport):
+        sent = transport.writeSomeData(data)
+        if not isinstance(sent, int):  # lost: the transport finds out and ends it
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+    send_now(transport)
+
+
+def send_now(transport: object) -> None:
+    """Hand what is written on a plain TCP socket to the kernel now.
+
+    A TCP transport's ``doWrite`` sends what it can at once (what does not
+    fit stays for the reactor, as before).  TLS and WebSocket transports,
+    and one that is closing, are left to the reactor; so is one whose
+    producer is paused: its ``doWrite`` would resume the producer (the
+    session) from inside the session's own write.
+    """
+    if _plain_tcp(transport):
+        transport.doWrite()
+
+
+def _plain_tcp(transport: object) -> TypeGuard[tcp.Connection]:
+    """An open TCP transport without TLS whose producer is not paused."""
+    return (
         isinstance(transport, tcp.Connection)
-        and transport.connected
+        and bool(transport.connected)
         and not transport.disconnecting
         and not transport.producerPaused
         and not getattr(transport, "TLS", False)
-    ):
-        transport.doWrite()
+    )
+
+
+def _nothing_waiting(transport: tcp.Connection) -> bool:
+    """No bytes of the transport's own wait to be sent (both its buffers empty)."""
+    return len(transport.dataBuffer) == transport.offset and transport._tempDataLen == 0
 
 
 class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
@@ -85,12 +115,11 @@ class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
         link = self.link
         if link is None:
             return
-        wrote = False
+        out = []
         while data := self.conn.data_to_send():
-            link.write(data)
-            wrote = True
-        if wrote:
-            send_now(self.transport)
+            out.append(data)
+        if out:
+            write_now(link, out[0] if len(out) == 1 else b"".join(out))
 
     def write_before_tls(self) -> None:
         """Write the last bytes that go out in clear, and only those."""

@@ -1,9 +1,9 @@
 """Updates leave at once: written bytes reach the kernel before the reactor turns.
 
 Twisted sends what a protocol writes on the reactor's next turn.  thinserve
-hands an update to the kernel as soon as it is written (``send_now``), so a
-terminal's update does not wait for the other terminals' updates encoded in
-the same turn, nor a typed character for a turn of the loop.
+hands an update to the kernel as soon as it is written (``write_now``), so
+a terminal's update does not wait for the other terminals' updates encoded
+in the same turn, nor a typed character for a turn of the loop.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 
 from tests.support.waiting import wait_until
-from thinserve.rfbproto import send_now
+from thinserve.rfbproto import send_now, write_now
 
 pytestmark = pytest.mark.integration
 
@@ -66,13 +66,52 @@ async def test_written_bytes_reach_the_peer_before_the_reactor_turns() -> None:
     async with connected() as (transport, peer):
         transport.write(b"left for the reactor")
         assert kernel_has(peer, 100) == b""  # Twisted holds it until its next turn
-        transport.write(b", sent now")
-        send_now(transport)
+        write_now(transport, b", sent now")  # behind the bytes already waiting
         assert kernel_has(peer, 100) == b"left for the reactor, sent now"
         peer.recv(100)  # there: does not block
         transport.loseConnection()
         send_now(transport)  # closing: left to the reactor, which ends the connection
         await wait_until(lambda: _closed(peer), 10, "the close")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_with_nothing_waiting_is_written_without_the_reactor() -> None:
+    """The bytes go straight to the socket: the transport never registers
+    with the reactor as a writer for them."""
+    async with connected() as (transport, peer):
+        registered: list[bool] = []
+        start_writing = transport.startWriting
+
+        def noted() -> None:
+            registered.append(True)
+            start_writing()
+
+        transport.startWriting = noted
+        write_now(transport, b"straight out")
+        assert kernel_has(peer, 100) == b"straight out"
+        assert not registered and transport.dataBuffer == b"" and not transport._tempDataBuffer
+        transport.write(b"!")  # the usual way does register
+        assert registered
+
+
+@pytest.mark.parametrize("size", [1 << 22])
+@pytest_twisted.ensureDeferred
+async def test_what_a_socket_with_nothing_waiting_does_not_take_follows_in_order(
+    size: int,
+) -> None:
+    async with connected() as (transport, peer):
+        data = bytes(range(256)) * (size // 256)
+        write_now(transport, data)
+        write_now(transport, b"after")  # waits behind the rest: never overtakes it
+        got = bytearray()
+
+        def read() -> bool:
+            with contextlib.suppress(BlockingIOError):
+                got.extend(peer.recv(1 << 20, socket.MSG_DONTWAIT))
+            return len(got) == size + 5
+
+        await wait_until(read, 20, "every byte")
+        assert bytes(got) == data + b"after"
 
 
 def test_other_transports_are_left_alone() -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -255,6 +256,7 @@ class ServerConnection(Connection[ServerHandshake]):
         if self._stream is not None:
             raise RuntimeError("the previous FramebufferUpdate is still being sent")
         ready = list(self._pending_pseudo)
+        pseudo = bool(ready)
         self._pending_pseudo.clear()
         parts: list[Part] = []
         for dest, sx, sy in copies:
@@ -269,21 +271,65 @@ class ServerConnection(Connection[ServerHandshake]):
         stats = UpdateStats()
         for header, payload in ready:
             stats.add(rect_kind(header.encoding, payload), RECT_HEADER + len(payload))
+        keep = None if pseudo else self._keeper(regions, copies, work)
         stream = self._stream = UpdateStream(
             self.rect_encoder,
             fb,
             parts,
             self.codec,
-            len(head),
+            head,
             out=self._stream_out,
             on_done=self._stream_done,
             stats=stats,
             work=work,
             pool=pool,
+            keep=keep,
         )
         if not parts:
             stream.send()  # nothing to encode: done at once
         return stream
+
+    def send_prepared(
+        self,
+        regions: Sequence[Rect],
+        copies: Sequence[tuple[Rect, int, int]],
+        work: SharedWork,
+    ) -> UpdateStats | None:
+        """Queue the update another connection sent for the same rectangles of
+        ``work``'s picture with the same settings, if one is kept; what it
+        carried, or None (then :meth:`begin_update` encodes it)."""
+        key = None if self._pending_pseudo else self._update_key(regions, copies, work)
+        found = None if key is None else work.update(key)
+        if found is None:
+            return None
+        data, stats = found
+        self._out += data
+        return stats
+
+    def _update_key(
+        self,
+        regions: Sequence[Rect],
+        copies: Sequence[tuple[Rect, int, int]],
+        work: SharedWork | None,
+    ) -> Hashable | None:
+        """What decides an update's bytes on ``work``'s picture, when it can be
+        shared at all: no update going out, nothing of this connection's own."""
+        if work is None or self._stream is not None:
+            return None
+        return (tuple(regions), tuple(copies), self.rect_encoder.update_key(), self.pixel_format)
+
+    def _keeper(
+        self,
+        regions: Sequence[Rect],
+        copies: Sequence[tuple[Rect, int, int]],
+        work: SharedWork | None,
+    ) -> Callable[[bytes | None, UpdateStats], None] | None:
+        """Where the update about to be encoded is kept for other connections
+        (``send_prepared``), if it may be."""
+        key = self._update_key(regions, copies, work)
+        if key is None or work is None or not work.record(key):
+            return None
+        return partial(work.keep_update, key)
 
     def _stream_out(self, data: bytes) -> None:
         self._out += data
@@ -398,13 +444,14 @@ class UpdateStream:
         fb: np.ndarray,
         parts: list[Part],
         codec: PixelCodec,
-        head: int,
+        head: bytes,
         *,
         out: Callable[[bytes], None],
         on_done: Callable[[], None],
         stats: UpdateStats | None = None,
         work: SharedWork | None = None,
         pool: Callable[[Job], None] | None = None,
+        keep: Callable[[bytes | None, UpdateStats], None] | None = None,
     ) -> None:
         self._encoder = encoder
         self._fb = fb
@@ -415,7 +462,11 @@ class UpdateStream:
         self._out = out
         self._on_done = on_done
         self._finished = False
-        self.bytes = head  # queued so far, the header included
+        # The update's bytes so far, while it may still be kept for other
+        # connections (every rectangle's finish shared so far).
+        self._keep = keep
+        self._recorded: list[bytes] | None = [head] if keep is not None else None
+        self.bytes = len(head)  # queued so far, the header included
         self.stats = stats if stats is not None else UpdateStats()
         if pool is not None:
             self._hand_out(pool)
@@ -458,8 +509,10 @@ class UpdateStream:
             prepared = job.result()
             header, payload = self._encoder.finish(part, prepared, self._codec)
             took = clock() - started + (0.0 if ran_here else job.seconds)
-            self._out(header.pack())
+            packed = header.pack()
+            self._out(packed)
             self._out(payload)
+            self._record(part, prepared, packed, payload)
             size = RECT_HEADER + len(payload)
             self.bytes += size
             self.stats.add_encoded(rect_kind(header.encoding, payload), size, took)
@@ -467,8 +520,25 @@ class UpdateStream:
                 budget -= part.rect.area
         if not self._parts and not self._finished:
             self._finished = True
+            self._kept()
             self._on_done()
         return bool(self._parts)
+
+    def _record(self, part: Part, prepared: object, header: bytes, payload: bytes) -> None:
+        if self._recorded is None:
+            return
+        if self._encoder.finish_is_shared(part, prepared):
+            self._recorded += (header, payload)
+        else:
+            self._recorded = None
+
+    def _kept(self) -> None:
+        """Hand the whole update to ``keep``: its bytes if other connections can
+        send them as they are, else None."""
+        if self._keep is not None:
+            data = None if self._recorded is None else b"".join(self._recorded)
+            self._keep(data, self.stats)
+            self._keep = self._recorded = None
 
     def blank(self) -> None:
         """Send the rest black: what it showed is no longer the client's to see.
@@ -482,6 +552,7 @@ class UpdateStream:
     def renew(self) -> None:
         """Prepare the rest anew, with the encoders' settings as they are now
         (a lower JPEG quality for a slow link takes effect mid-update)."""
+        self._recorded = None  # its rectangles no longer all come from one picture and settings
         encoder, fb, codec, work = self._encoder, self._fb, self._codec, self._work
         self._parts = deque((part, encoder.job(fb, part, codec, work)) for part, _ in self._parts)
         if self._pool is not None:

@@ -13,6 +13,12 @@ they cover (``KEPT_PIXELS``): terminals told of a change after their
 neighbours' updates went out whole, a terminal that connects or asks for a
 refresh while the picture is unchanged, all find the work done.  When the
 picture changes its owner calls ``release``: that work can serve nobody.
+
+Whole updates are shared too.  An update whose every rectangle gave the
+same bytes on any connection (``Encoder.finish_is_shared``) is kept, by
+its rectangles and the connection's settings, while the picture lasts:
+the next connection that would send the same update sends those bytes,
+with no planning and no encoding at all.
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable
 
+from .updatestats import UpdateStats
+
 MAX_PLANS = 1024  # rectangle plans kept per picture
+MAX_UPDATES = 64  # whole updates kept per picture ...
+UPDATE_BYTES = 16 << 20  # ... and their bytes in all (a few full screens)
 # The pixels of the most recent jobs kept in all, beyond those updates hold:
 # a few full screens (results take 0.1-4 bytes a pixel).
 KEPT_PIXELS = 8 << 20
@@ -129,6 +139,10 @@ class SharedWork:
     def __init__(self) -> None:
         self._jobs: weakref.WeakValueDictionary[Hashable, Job] = weakref.WeakValueDictionary()
         self._plans: dict[Hashable, object] = {}
+        self._updates: dict[Hashable, tuple[bytes, UpdateStats]] = {}
+        self._update_bytes = 0
+        self._recording: set[Hashable] = set()
+        self._released = False
 
     def job(self, key: Hashable, work: Callable[[], object], pixels: int) -> Job:
         """The job for ``key``, made from ``work`` (over ``pixels``) if none is kept."""
@@ -142,6 +156,32 @@ class SharedWork:
         """The picture changed: keep its jobs only while updates hold them."""
         KEPT.drop(list(self._jobs.values()))
         self._plans.clear()
+        self._updates.clear()
+        self._recording.clear()
+        self._released = True
+
+    def update(self, key: Hashable) -> tuple[bytes, UpdateStats] | None:
+        """A whole update kept for ``key``: its bytes and what it carried."""
+        return self._updates.get(key)
+
+    def record(self, key: Hashable) -> bool:
+        """Whether an update about to be encoded for ``key`` should be kept:
+        none is kept or being encoded for it already."""
+        if self._released or key in self._updates or key in self._recording:
+            return False
+        self._recording.add(key)
+        return True
+
+    def keep_update(self, key: Hashable, data: bytes | None, stats: UpdateStats) -> None:
+        """The update recorded for ``key`` is done; ``data`` None: it could not
+        be shared after all."""
+        self._recording.discard(key)
+        if data is None or self._released or len(self._updates) >= MAX_UPDATES:
+            return
+        if self._update_bytes + len(data) > UPDATE_BYTES:
+            return
+        self._updates[key] = (data, stats)
+        self._update_bytes += len(data)
 
     def plan(self, key: Hashable, make: Callable[[], object]) -> object:
         """A cheap result kept for the picture's life (at most MAX_PLANS)."""

@@ -8,7 +8,7 @@ encoders with size limits (Tight) get their rectangles split first.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import cast
@@ -81,16 +81,35 @@ class RectEncoder:
         self._encoders: dict[int, Encoder] = {}
         self._copy = CopyRectEncoder()
         self.settings = ClientSettings()
+        self.shared = False  # encoding so that updates can go to other connections as they are
 
     def configure(self, settings: ClientSettings) -> None:
         self.settings = settings
         for encoder in self._encoders.values():
             encoder.configure(settings.quality, settings.compression)
 
+    def share_streams(self, shared: bool) -> None:
+        """Encode for several connections at once, or for this one alone
+        (see ``Encoder.share_streams``)."""
+        if shared != self.shared:
+            self.shared = shared
+            for encoder in self._encoders.values():
+                encoder.share_streams(shared)
+
+    def update_key(self) -> Hashable:
+        """Besides the picture, the rectangles and the pixel format, all that
+        decides an update's bytes when every rectangle's finish is shared."""
+        settings = self.settings
+        return (settings.rect_encodings, settings.quality, settings.compression, self.shared)
+
+    def finish_is_shared(self, part: Part, prepared: object) -> bool:
+        return self.encoder(part.encoding).finish_is_shared(prepared)
+
     def encoder(self, encoding: int) -> Encoder:
         if encoding not in self._encoders:
             encoder = make_encoder(encoding)
             encoder.configure(self.settings.quality, self.settings.compression)
+            encoder.share_streams(self.shared)
             self._encoders[encoding] = encoder
         return self._encoders[encoding]
 

@@ -25,6 +25,7 @@ from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerEvent, UpdateStream
 from protocols.rfb.sharing import Job
 from protocols.rfb.updates import BAND_PIXELS
+from protocols.rfb.updatestats import UPDATE_HEADER, UpdateStats
 
 from .. import metrics
 from ..broker import TerminalInfo
@@ -401,9 +402,15 @@ class TerminalSession:
         copies, self.copies = self.copies, []
         self._adapt_quality()
         self.stream_started = time.monotonic()
+        work = self.view.work()
+        conn.rect_encoder.share_streams(len(self.view.listeners) > 1)
+        stats = conn.send_prepared(rects, copies, work)
+        if stats is not None:
+            proto.flush()
+            self._update_sent(UPDATE_HEADER + sum(stats.bytes.values()), stats)
+            return
         long = sum(r.area for r in rects) > SLICE_PIXELS
         picture, pool = self._picture(long)
-        work = self.view.work()
         self.stream = conn.begin_update(picture, rects, copies, work=work, pool=pool)
         # A long update's first rectangle goes out alone: the terminal draws it
         # while the rest is encoded.
@@ -434,10 +441,14 @@ class TerminalSession:
             self._next_turn(stream)
             return
         self.stream = None
-        self.bytes_sent += stream.bytes
+        self._update_sent(stream.bytes, stream.stats)
+
+    def _update_sent(self, size: int, stats: UpdateStats) -> None:
+        """An update of ``size`` bytes went out whole."""
+        self.bytes_sent += size
         self.updates_sent += 1
-        metrics.update_sent(stream.stats)
-        self._time_link(stream.bytes)
+        metrics.update_sent(stats)
+        self._time_link(size)
         self.try_send()  # asked for more meanwhile, or continuous updates
 
     def _time_link(self, size: int) -> None:

@@ -108,6 +108,18 @@ class Encoder(ABC):
         """Besides the pixels and the pixel format, what decides ``prepare``."""
         return ()
 
+    def finish_is_shared(self, prepared: object) -> bool:
+        """Whether ``finish`` gives the same bytes on every connection (and
+        changes nothing of this one's): a rectangle another connection can
+        send as it is.  True of what ``prepare`` made final."""
+        return isinstance(prepared, Ready)
+
+    def share_streams(self, shared: bool) -> None:
+        """Encode so that ``finish`` is shared wherever the encoding allows,
+        at some cost in bytes (``shared``), or for this connection alone.
+        Encoders without streams, or whose streams cannot restart, ignore it."""
+        return
+
     def configure(self, quality: int | None, compression: int | None) -> None:
         """Apply the peer's JPEG quality and compression level (0..9 or None).
 

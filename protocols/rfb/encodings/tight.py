@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Generator, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import simplejpeg
@@ -95,7 +95,26 @@ class TightEncoder(Encoder):
         self._streams = DeflateStreams()
 
     def configure(self, quality: int | None, compression: int | None) -> None:
-        self._settings = TightSettings.of(quality, compression)
+        self._settings = TightSettings.of(quality, compression, self._settings.shared)
+
+    def share_streams(self, shared: bool) -> None:
+        """Send every zlib chunk on a fresh stream (``shared``), or small ones
+        on the connection's streams again.
+
+        Shared, no rectangle's bytes depend on this connection's streams, so
+        an update encoded for one connection can go to others as it is.  The
+        streams are forgotten on the way in: updates sent as copies never
+        pass through them, and each is reset before its next use.
+        """
+        if shared != self._settings.shared:
+            self._settings = replace(self._settings, shared=shared)
+            if shared:
+                self._streams.forget()
+
+    def finish_is_shared(self, prepared: object) -> bool:
+        if isinstance(prepared, Basic):
+            return prepared.chunk is not None or len(prepared.data) < MIN_TO_COMPRESS
+        return isinstance(prepared, Ready)
 
     def settings_key(self) -> Hashable:
         return self._settings
@@ -162,9 +181,11 @@ class Basic:
     chunk: bytes | None = None
 
 
-def _basic(stream: int, header: bytes, data: bytes, level: int) -> Basic:
-    """Large data is compressed here, once for every connection."""
-    if len(data) < INDEPENDENT_BYTES:
+def _basic(stream: int, header: bytes, data: bytes, settings: TightSettings, level: int) -> Basic:
+    """Large data (any, when ``settings.shared``) is compressed here, once for
+    every connection."""
+    least = MIN_TO_COMPRESS if settings.shared else INDEPENDENT_BYTES
+    if len(data) < least:
         return Basic(stream, header, data, level)
     return Basic(stream, header, b"", level, independent_chunk(data, level))
 
@@ -178,8 +199,9 @@ def _palette(palette: Palette, codec: PixelCodec, settings: TightSettings) -> Ba
     header = bytes([FILTER_PALETTE, colours.size - 1]) + tpixels_from_words(colours, codec)
     if colours.size == 2:
         data = np.packbits(palette.indices(), axis=1).tobytes()
-        return _basic(STREAM_MONO, header, data, settings.palette_zlib)
-    return _basic(STREAM_INDEXED, header, palette.indices().tobytes(), settings.palette_zlib)
+        return _basic(STREAM_MONO, header, data, settings, settings.palette_zlib)
+    data = palette.indices().tobytes()
+    return _basic(STREAM_INDEXED, header, data, settings, settings.palette_zlib)
 
 
 def _full_colour(
@@ -189,12 +211,12 @@ def _full_colour(
         layout = ChannelLayout.of(codec)
         residuals = gradient_filter(pixel_channels(px, codec, layout), layout.maxes)
         data = channels_to_tpixels(residuals, codec, layout)
-        return _basic(STREAM_GRADIENT, bytes([FILTER_GRADIENT]), data, settings.full_zlib)
+        return _basic(STREAM_GRADIENT, bytes([FILTER_GRADIENT]), data, settings, settings.full_zlib)
     if codec.tight_pixel_bytes == 3:
         data = codec.pack_tpixels(px)
     else:
         data = tpixels_from_words(words, codec)
-    return _basic(STREAM_FULL, b"", data, settings.full_zlib)
+    return _basic(STREAM_FULL, b"", data, settings, settings.full_zlib)
 
 
 def _jpeg(px: np.ndarray, settings: TightSettings) -> Ready:

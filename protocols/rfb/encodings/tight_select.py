@@ -72,11 +72,16 @@ class TightSettings:
 
     quality: int | None = None
     compression: int = DEFAULT_COMPRESSION
+    # Every zlib chunk on a fresh stream, so a rectangle's bytes are the same
+    # on every connection that sends it (TightEncoder.share_streams).
+    shared: bool = False
 
     @classmethod
-    def of(cls, quality: int | None, compression: int | None) -> TightSettings:
+    def of(
+        cls, quality: int | None, compression: int | None, shared: bool = False
+    ) -> TightSettings:
         level = DEFAULT_COMPRESSION if compression is None else _level(compression)
-        return cls(None if quality is None else _level(quality), level)
+        return cls(None if quality is None else _level(quality), level, shared)
 
     @property
     def full_zlib(self) -> int:

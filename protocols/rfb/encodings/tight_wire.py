@@ -114,6 +114,11 @@ class DeflateStreams:
         chunk = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
         return chunk, resets
 
+    def forget(self) -> None:
+        """Hold none of the streams any more: each is reset before its next use."""
+        self._compressors = [None] * STREAM_COUNT
+        self._unknown = (1 << STREAM_COUNT) - 1
+
     def send_independent(self, stream: int) -> int:
         """A chunk of a fresh stream (``independent_chunk``) goes out on
         ``stream``: the peer resets the stream first (the reset bits returned),

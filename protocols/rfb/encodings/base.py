@@ -29,7 +29,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Hashable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
@@ -37,8 +37,10 @@ from ..errors import ProtocolError
 from ..pixelformat import PixelCodec
 
 
-@dataclass(frozen=True)
-class Rect:
+class Rect(NamedTuple):
+    """A rectangle of pixels: a tuple, so that making, comparing and hashing
+    one (every update has several, for every terminal) costs little."""
+
     x: int
     y: int
     w: int

@@ -23,6 +23,9 @@ class Damage:
         self.height = height
         rows, cols = -(-height // TILE), -(-width // TILE)
         self.grid = np.zeros((rows, cols), dtype=bool)
+        # Known to be empty: asked after every update of every terminal, and
+        # cheaper to remember than to find again.
+        self._clean = True
 
     def add(self, rect: Rect) -> None:
         x0, y0 = max(rect.x, 0), max(rect.y, 0)
@@ -30,15 +33,19 @@ class Damage:
         if x1 <= x0 or y1 <= y0:
             return
         self.grid[y0 // TILE : -(-y1 // TILE), x0 // TILE : -(-x1 // TILE)] = True
+        self._clean = False
 
     def add_all(self) -> None:
         self.grid[:] = True
+        self._clean = False
 
     def add_grid(self, grid: np.ndarray) -> None:
         self.grid |= grid
+        self._clean = False
 
     def clear(self) -> None:
         self.grid[:] = False
+        self._clean = True
 
     def intersects(self, rect: Rect) -> bool:
         """Whether any damaged tile overlaps ``rect``."""
@@ -53,7 +60,10 @@ class Damage:
         self._clear_inside(rect)
 
     def __bool__(self) -> bool:
-        return bool(self.grid.any())
+        if self._clean:
+            return False
+        self._clean = not self.grid.any()
+        return not self._clean
 
     def rects(self, clip: Rect | None = None) -> list[Rect]:
         """Rectangles covering the damage (clipped to ``clip`` if given)."""

@@ -55,6 +55,38 @@ def test_damage_take_forgets_what_was_taken() -> None:
     assert not damage and damage.take() == []
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(-20, 120), st.integers(-20, 120)),
+            st.tuples(st.just("take"), st.integers(0, 100), st.integers(0, 100)),
+            st.tuples(st.just("grid"), st.integers(0, 6), st.integers(0, 6)),
+            st.tuples(st.just("clear"), st.just(0), st.just(0)),
+        ),
+        max_size=20,
+    )
+)
+def test_damage_is_empty_exactly_when_no_tile_is_damaged(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Whether any damage is left, however it was added and taken (the answer
+    is remembered between changes)."""
+    damage = Damage(100, 100)
+    for kind, a, b in steps:
+        if kind == "add":
+            damage.add(Rect(a, b, 10, 10))
+        elif kind == "take":
+            damage.take(Rect(a, b, 40, 40))
+        elif kind == "grid":
+            grid = np.zeros_like(damage.grid)
+            grid[a, b] = a % 2 == 0  # sometimes a grid with nothing in it
+            damage.add_grid(grid)
+        else:
+            damage.clear()
+        assert bool(damage) == bool(damage.grid.any())
+
+
 def test_grid_rects_merges_rows_with_the_same_runs() -> None:
     grid = np.zeros((4, 6), dtype=bool)
     grid[1:3, 2:5] = True

@@ -512,7 +512,7 @@ class TerminalSession:
         exact = self.exact
         if exact and clip == Rect(0, 0, self.width, self.height):
             inside = [c for r in exact if (c := intersect(r, clip)) is not None]
-            tiles = int(self.damage.grid.sum()) * TILE * TILE
+            tiles = int(np.count_nonzero(self.damage.grid)) * TILE * TILE
             if sum(r.area for r in inside) <= tiles:
                 self.damage.clear()
                 self.exact = []

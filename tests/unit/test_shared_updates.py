@@ -20,7 +20,7 @@ from protocols.rfb.encodings import Rect
 from protocols.rfb.server import Cursor
 from protocols.rfb.sharing import SharedWork
 
-from .test_connection import H, Pair, W
+from .test_connection import Pair
 from .test_shared_work import PROFILES, WHOLE, picture, ready_pair
 
 SHARED = ["tight-jpeg", "tight", "hextile", "raw"]  # every rectangle's finish is shared
@@ -146,4 +146,3 @@ def test_small_rectangles_cost_more_bytes_shared_than_on_the_connections_streams
             pair.server.send_update(frame, rects)
             sizes[name] += len(pair.server.data_to_send())
     assert sizes["alone"] < sizes["shared"] < 3 * sizes["alone"]
-    assert (H, W) == frame.shape

@@ -38,6 +38,10 @@ _NOT_PRIMARY = (Encoding.COPYRECT,)
 # Encoders without size limits get large rectangles in bands of about this many pixels.
 BAND_PIXELS = 1 << 17
 BAND_ROWS = 64
+# A large rectangle starts with a piece of about this many pixels: a whole
+# screen's first pixels leave after a small piece's encoding, not a band's.
+FIRST_PIXELS = 1 << 14
+FIRST_WIDTH = FIRST_PIXELS // BAND_ROWS  # 4 of ZRLE's 64x64 tiles
 
 
 @dataclass(frozen=True)
@@ -172,9 +176,12 @@ class RectEncoder:
         return RectHeader(dest.x, dest.y, dest.w, dest.h, Encoding.COPYRECT), payload
 
     def _choose(self, pixels: np.ndarray) -> int:
+        preferred = self.settings.preferred
+        if preferred == Encoding.TIGHT:
+            return preferred  # its own fill is the cheapest solid form there is
         if pixels.size > 1 and _is_solid(pixels):
             return self._solid_encoding(*pixels.shape)
-        return self.settings.preferred
+        return preferred
 
     def _solid_encoding(self, height: int, width: int) -> int:
         """The cheapest solid form the client accepts for a height x width rectangle."""
@@ -205,6 +212,11 @@ def bands(rect: Rect, pixels: int = BAND_PIXELS) -> Iterator[Rect]:
     rows = max(BAND_ROWS, pixels // max(rect.w, 1) // BAND_ROWS * BAND_ROWS)
     y, end = rect.y, rect.y + rect.h
     first = BAND_ROWS if rect.h > rows else rows
+    if rect.h > rows and rect.w > 2 * FIRST_WIDTH:
+        # Narrower still: the first band's first few tiles.
+        yield Rect(rect.x, y, FIRST_WIDTH, BAND_ROWS)
+        yield Rect(rect.x + FIRST_WIDTH, y, rect.w - FIRST_WIDTH, BAND_ROWS)
+        y += BAND_ROWS
     while y < end:
         height = min(first if y == rect.y else rows, end - y)
         yield Rect(rect.x, y, rect.w, height)
@@ -212,13 +224,27 @@ def bands(rect: Rect, pixels: int = BAND_PIXELS) -> Iterator[Rect]:
 
 
 def split_rect(rect: Rect, max_width: int, max_area: int) -> Iterator[Rect]:
-    """Cover ``rect`` with pieces at most max_width wide and max_area big."""
+    """Cover ``rect`` with pieces at most max_width wide and max_area big.
+
+    When it takes several rows of pieces, the first row is only about
+    FIRST_PIXELS big, so that its pixels leave soon (see ``bands``).
+    """
     width = min(rect.w, max_width)
     rows = max(1, max_area // max(width, 1))
-    for y in range(rect.y, rect.y + rect.h, rows):
-        h = min(rows, rect.y + rect.h - y)
-        for x in range(rect.x, rect.x + rect.w, width):
-            yield Rect(x, y, min(width, rect.x + rect.w - x), h)
+    y, end = rect.y, rect.y + rect.h
+    if rect.h > rows:
+        first = max(1, FIRST_PIXELS // width)
+        if first < rows:
+            yield from _row_of_pieces(rect, y, first, width)
+            y += first
+    while y < end:
+        yield from _row_of_pieces(rect, y, min(rows, end - y), width)
+        y += rows
+
+
+def _row_of_pieces(rect: Rect, y: int, height: int, width: int) -> Iterator[Rect]:
+    for x in range(rect.x, rect.x + rect.w, width):
+        yield Rect(x, y, min(width, rect.x + rect.w - x), height)
 
 
 def _view(fb: np.ndarray, rect: Rect) -> np.ndarray:

@@ -9,7 +9,17 @@ from protocols.rfb import messages as m
 from protocols.rfb.client import UpdateDone
 from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
-from protocols.rfb.updates import BAND_PIXELS, BAND_ROWS, ClientSettings, Part, RectEncoder, bands
+from protocols.rfb.updates import (
+    BAND_PIXELS,
+    BAND_ROWS,
+    FIRST_PIXELS,
+    FIRST_WIDTH,
+    ClientSettings,
+    Part,
+    RectEncoder,
+    bands,
+    split_rect,
+)
 
 from .content import desktop_frame
 from .test_connection import H, Pair, W
@@ -131,11 +141,17 @@ def test_copies_without_copyrect_are_encoded_in_the_stream() -> None:
 
 @pytest.mark.parametrize("width", [1, 100, 1280, 1920, 5000])
 def test_large_rectangles_are_planned_as_full_width_bands(width: int) -> None:
+    """After the first band, which may start with a narrower piece of its own."""
     encoder = RectEncoder()
     encoder.configure(ClientSettings.from_encodings((Encoding.ZRLE,)))
     rect = Rect(3, 5, width, 1000)
     fb = desktop_frame(width + 3, 1005)
     parts = encoder.plan(fb, rect)
+    if parts[0].rect.w < width:
+        first, rest = parts[0].rect, parts[1].rect
+        assert first == Rect(3, 5, FIRST_WIDTH, BAND_ROWS)
+        assert rest == Rect(3 + FIRST_WIDTH, 5, width - FIRST_WIDTH, BAND_ROWS)
+        parts = [Part(Rect(3, 5, width, BAND_ROWS), parts[0].encoding), *parts[2:]]
     assert all(p.rect.x == 3 and p.rect.w == width for p in parts)
     assert [p.rect.y for p in parts] == sorted(p.rect.y for p in parts)
     assert sum(p.rect.h for p in parts) == 1000
@@ -229,9 +245,34 @@ def test_solid_rectangles_stay_hextile_without_zrle() -> None:
     assert {part.encoding for part in encoder.plan(fb, rect)} == {Encoding.HEXTILE}
 
 
+def covers_once(pieces: list[Rect], rect: Rect) -> bool:
+    covered = np.zeros((rect.y + rect.h, rect.x + rect.w), dtype=np.int32)
+    for p in pieces:
+        covered[p.y : p.y + p.h, p.x : p.x + p.w] += 1
+    return bool((covered[rect.y :, rect.x :] == 1).all()) and int(covered.sum()) == rect.area
+
+
 def test_the_first_band_of_a_large_rectangle_is_the_narrowest() -> None:
     rect = Rect(0, 0, 1920, 1080)
-    heights = [band.h for band in bands(rect, 1 << 18)]
-    assert heights[0] == BAND_ROWS  # its pixels leave first, soonest
-    assert set(heights[1:-1]) == {2 * BAND_ROWS} and sum(heights) == 1080
-    assert [band.h for band in bands(Rect(0, 0, 1920, 100), 1 << 18)] == [100]  # one band: whole
+    pieces = list(bands(rect, 1 << 18))
+    # Its first tiles leave first, soonest, then the rest of its 64 rows.
+    assert pieces[:2] == [
+        Rect(0, 0, FIRST_WIDTH, BAND_ROWS),
+        Rect(FIRST_WIDTH, 0, 1920 - FIRST_WIDTH, BAND_ROWS),
+    ]
+    assert {p.h for p in pieces[2:-1]} == {2 * BAND_ROWS} and covers_once(pieces, rect)
+    assert list(bands(Rect(0, 0, 1920, 100), 1 << 18)) == [Rect(0, 0, 1920, 100)]  # one band: whole
+    narrow = Rect(8, 8, 2 * FIRST_WIDTH, 1080)  # too narrow to split the first band
+    assert next(iter(bands(narrow, 1 << 18))) == Rect(8, 8, 2 * FIRST_WIDTH, BAND_ROWS)
+
+
+def test_a_large_rectangle_split_for_a_size_limit_starts_with_a_small_piece() -> None:
+    rect = Rect(10, 20, 1920, 1080)
+    pieces = list(split_rect(rect, 2048, 65536))
+    assert pieces[0].area <= FIRST_PIXELS < pieces[1].area <= 65536
+    assert all(p.w <= 2048 and p.area <= 65536 for p in pieces) and covers_once(pieces, rect)
+    small = Rect(0, 0, 1920, 30)  # one row of pieces: as it was
+    assert list(split_rect(small, 2048, 65536)) == [small]
+    wide = Rect(0, 0, 3000, 200)
+    pieces = list(split_rect(wide, 2048, 65536))
+    assert all(p.w <= 2048 and p.area <= 65536 for p in pieces) and covers_once(pieces, wide)

@@ -458,7 +458,9 @@ class UpdateStream:
         self._codec = codec
         self._work = work
         self._pool = pool
-        self._parts = deque((part, encoder.job(fb, part, codec, work)) for part in parts)
+        # Each rectangle with its job, made when first needed: a long update's
+        # first rectangle leaves without waiting for the rest's bookkeeping.
+        self._parts: deque[tuple[Part, Job | None]] = deque((part, None) for part in parts)
         self._out = out
         self._on_done = on_done
         self._finished = False
@@ -474,10 +476,21 @@ class UpdateStream:
     def _hand_out(self, pool: Callable[[Job], None]) -> None:
         """Queue the large rectangles' jobs, but the first: the caller is about
         to do that one itself, so it leaves without a trip through a worker."""
-        for index, (part, job) in enumerate(self._parts):
-            if index and part.rect.area >= POOL_MIN_PIXELS and not job.queued and not job.done:
+        for index, (part, _) in enumerate(self._parts):
+            if not index or part.rect.area < POOL_MIN_PIXELS:
+                continue
+            job = self._job(index)
+            if not job.queued and not job.done:
                 job.queued = True
                 pool(job)
+
+    def _job(self, index: int) -> Job:
+        """The job of the ``index``-th rectangle still to send (made now if need be)."""
+        part, job = self._parts[index]
+        if job is None:
+            job = self._encoder.job(self._fb, part, self._codec, self._work)
+            self._parts[index] = (part, job)
+        return job
 
     @property
     def done(self) -> bool:
@@ -486,8 +499,8 @@ class UpdateStream:
     @property
     def waiting_for(self) -> Job | None:
         """The job another thread runs now, which the next rectangle needs."""
-        if self._parts and self._parts[0][1].running_elsewhere:
-            return self._parts[0][1]
+        if self._parts and (job := self._job(0)).running_elsewhere:
+            return job
         return None
 
     def send(self, pixels: int | None = None) -> bool:
@@ -500,7 +513,8 @@ class UpdateStream:
         budget = pixels
         clock = time.perf_counter
         while self._parts and (budget is None or budget > 0):
-            part, job = self._parts[0]
+            job = self._job(0)
+            part = self._parts[0][0]
             if budget is not None and job.running_elsewhere:
                 break
             self._parts.popleft()
@@ -553,8 +567,7 @@ class UpdateStream:
         """Prepare the rest anew, with the encoders' settings as they are now
         (a lower JPEG quality for a slow link takes effect mid-update)."""
         self._recorded = None  # its rectangles no longer all come from one picture and settings
-        encoder, fb, codec, work = self._encoder, self._fb, self._codec, self._work
-        self._parts = deque((part, encoder.job(fb, part, codec, work)) for part, _ in self._parts)
+        self._parts = deque((part, None) for part, _ in self._parts)
         if self._pool is not None:
             self._hand_out(self._pool)
 

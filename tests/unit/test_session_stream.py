@@ -10,12 +10,14 @@ from protocols.rfb import messages as m
 from protocols.rfb.client import ClientConnection, UpdateDone
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
+from protocols.rfb.updates import BAND_ROWS, FIRST_WIDTH
 from tests.support.pump import End, pump
 from thinserve.relay.session import TerminalSession
 from thinserve.relay.source import Source
 from thinserve.rfbserver import RFBServerProtocol, ServerOptions
 
 from .content import desktop_frame
+from .test_shared_work import jobs_of
 
 W, H = 1280, 1024  # a full update is several bands
 
@@ -84,8 +86,9 @@ def test_full_update_goes_out_band_by_band_and_arrives_whole() -> None:
     assert wire.session.stream is not None  # one slice went; the rest waits for a turn
     assert not wire.take(UpdateDone)
     shown = wire.client.framebuffer
-    first_band = shown[:64]
-    np.testing.assert_array_equal(first_band, frame[:64])
+    first_piece = shown[:BAND_ROWS, :FIRST_WIDTH]  # the first band's first tiles, alone
+    np.testing.assert_array_equal(first_piece, frame[:BAND_ROWS, :FIRST_WIDTH])
+    assert not np.array_equal(shown[:BAND_ROWS, FIRST_WIDTH:], frame[:BAND_ROWS, FIRST_WIDTH:])
     assert not np.array_equal(shown[-64:], frame[-64:])
     turns = 0
     while wire.session.stream is not None:
@@ -205,7 +208,7 @@ def test_terminals_watching_one_desktop_share_its_encoding_work() -> None:
 
     for wire in wires:
         full_request(wire)
-    jobs = [[job for _, job in w.session.stream._parts] for w in wires]  # type: ignore[union-attr]
+    jobs = [jobs_of(w.session.stream) for w in wires]
     assert jobs[0] and all(a is b for a, b in zip(jobs[0], jobs[1], strict=True))
     until_sent()
     changed = desktop_frame(W, H, seed=13)
@@ -213,7 +216,7 @@ def test_terminals_watching_one_desktop_share_its_encoding_work() -> None:
     for wire in wires:
         wire.client.request_update(incremental=True)
         wire.pump()
-    fresh = [[job for _, job in w.session.stream._parts] for w in wires]  # type: ignore[union-attr]
+    fresh = [jobs_of(w.session.stream) for w in wires]
     assert fresh[0] and all(a is b for a, b in zip(fresh[0], fresh[1], strict=True))
     assert not set(map(id, fresh[0])) & set(map(id, jobs[0]))
     until_sent()

@@ -46,6 +46,13 @@ def ready_pair(encodings: list[int]) -> Pair:
     return pair
 
 
+def jobs_of(stream: server.UpdateStream | None) -> list[Job]:
+    """The jobs of every rectangle the stream has still to send (each made
+    when first needed: made now)."""
+    assert stream is not None
+    return [stream._job(index) for index in range(len(stream._parts))]
+
+
 def picture() -> np.ndarray:
     """Windows, text and a smooth patch, noise below: every Tight method is used."""
     frame = desktop_frame(W, H, seed=11)
@@ -80,7 +87,7 @@ def test_connections_with_equal_settings_share_one_job_per_rectangle() -> None:
     first, second = ready_pair(PROFILES["tight-jpeg"]), ready_pair(PROFILES["tight-jpeg"])
     other = ready_pair([Encoding.TIGHT, Encoding.JPEG_QUALITY_0 + 3])
     jobs = [
-        [job for _, job in pair.server.begin_update(frame, WHOLE, work=work)._parts]
+        jobs_of(pair.server.begin_update(frame, WHOLE, work=work))
         for pair in (first, second, other)
     ]
     assert len(jobs[0]) > 1
@@ -94,11 +101,11 @@ def test_jobs_outlive_finished_updates_until_the_picture_changes() -> None:
     first, second = ready_pair(PROFILES["tight"]), ready_pair(PROFILES["tight"])
     first.server.begin_update(frame, WHOLE, work=work).send()
     stream = second.server.begin_update(frame, WHOLE, work=work)
-    assert all(job.done for _, job in stream._parts)  # the first one's work, kept
+    assert all(job.done for job in jobs_of(stream))  # the first one's work, kept
     stream.send()
     work.release()
     third = ready_pair(PROFILES["tight"])
-    assert not any(job.done for _, job in third.server.begin_update(frame, WHOLE, work=work)._parts)
+    assert not any(job.done for job in jobs_of(third.server.begin_update(frame, WHOLE, work=work)))
 
 
 @pytest.mark.parametrize("profile", ["tight-jpeg", "zrle", "hextile"])

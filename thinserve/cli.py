@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from . import logs, operations
+from . import heap, logs, operations
 from .admin import commands
 from .cluster import command as cluster_command
 from .paths import ADMIN_SOCKET_NAME, SYSTEM_CONFIG, default_runtime_dir
@@ -266,6 +266,7 @@ class Lifecycle:
 
     def started(self, _: object = None) -> None:
         self.running = True
+        heap.settle()
         status = self.status()
         log.info("thinserve is ready: %s", status)
         self.notifier.ready(status)

@@ -8,6 +8,7 @@ are emptied and made afresh at every start.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import struct
 from pathlib import Path
@@ -65,6 +66,27 @@ def fresh_dir(path: Path, owner: Account | None) -> None:
     path.mkdir(mode=0o700)
     if owner is not None:
         give(path, owner)
+
+
+def describe_modes(path: Path, levels: int = 4) -> str:
+    """The mode and owner of ``path`` and the directories above it (``levels``
+    in all), for a refused socket or file: which of them said no."""
+    parts = []
+    for step in [path, *path.parents][:levels]:
+        try:
+            st = step.lstat()
+        except OSError as exc:
+            parts.append(f"{step} {exc.strerror}")
+            continue
+        parts.append(f"{step} {st.st_mode & 0o7777:04o} {_name(st.st_uid)}:{st.st_gid}")
+    return ", ".join(reversed(parts))
+
+
+def _name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -54,7 +54,15 @@ from .processes import (
     wrapper,
 )
 from .records import DesktopRecord, RecordedProcess, RecordStore
-from .rundirs import fresh_dir, give, make_base, sessions_dir, write_private, xauthority_entry
+from .rundirs import (
+    describe_modes,
+    fresh_dir,
+    give,
+    make_base,
+    sessions_dir,
+    write_private,
+    xauthority_entry,
+)
 from .xvnc_config import XvncDesktopConfig, XvncOptions
 
 log = logging.getLogger(__name__)
@@ -408,7 +416,10 @@ class XvncSession(DesktopLifecycle):
             await asyncio.sleep(PROBE_INTERVAL)
 
     async def _last_words(self, run: _Run) -> str:
-        return last_line(run.xvnc_log)
+        words = last_line(run.xvnc_log)
+        if "Permission denied" in words:  # its socket refused: say by which directory
+            words += f" (modes: {describe_modes(run.socket.parent)})"
+        return words
 
     def _output_files(self) -> list[Path]:
         return [self.log_dir / "xvnc.log", self.log_dir / "session.log"]

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import make_decoder, make_encoder, tight_gradient, tight_select
 from protocols.rfb.encodings.base import Rect, run_decoder
-from protocols.rfb.encodings.tight import INDEPENDENT_BYTES, TightDecoder, TightEncoder
+from protocols.rfb.encodings.tight import (
+    GRADIENT_MIN_AREA,
+    INDEPENDENT_BYTES,
+    TightDecoder,
+    TightEncoder,
+)
 from protocols.rfb.encodings.tight_gradient import gradient_filter, gradient_unfilter
 from protocols.rfb.encodings.tight_select import MAX_PALETTE, find_palette
 from protocols.rfb.encodings.tight_wire import pack_compact, read_compact
@@ -877,3 +882,16 @@ def test_random_images_roundtrip_exactly(
     codec = codec_of(name)
     decoded, _ = roundtrip(TightEncoder(), TightDecoder(), px, codec)
     np.testing.assert_array_equal(decoded, codec.quantize(px))
+
+
+def test_the_gradient_filter_is_judged_only_on_rectangles_large_enough_to_gain() -> None:
+    """A glyph-sized smooth rectangle goes out with the copy filter, unjudged;
+    a larger one of the same content gets the gradient filter.  Both exact."""
+    codec = PixelCodec(NATIVE)
+    encoder, decoder = TightEncoder(), TightDecoder()
+    side = int(GRADIENT_MIN_AREA**0.5)
+    for (h, w), expected in (((side - 1, side - 1), "copy"), ((side, side), "gradient")):
+        px = photo(h, w)
+        pixels, payload = roundtrip(encoder, decoder, px, codec)
+        assert method(payload) == expected, (h, w)
+        np.testing.assert_array_equal(pixels, px)

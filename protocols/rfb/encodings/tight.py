@@ -76,6 +76,10 @@ from .tight_wire import (
 # connection's stream, whose history pays on small rectangles (a glyph
 # repeats one typed before).
 INDEPENDENT_BYTES = 8 * 1024
+# The gradient filter is judged only on rectangles of at least this many
+# pixels: on a typed glyph the judging costs more time than the filter
+# ever saves bytes (none, on every many-colour glyph of the probe screen).
+GRADIENT_MIN_AREA = 1024
 
 
 def tpixels_from_words(words: np.ndarray, codec: PixelCodec) -> bytes:
@@ -142,7 +146,8 @@ class TightEncoder(Encoder):
             if palette.colours.size <= capped or not (jpeg_ok and palette.many_tones()):
                 return _palette(palette, codec, settings)
             return _jpeg(px, settings)
-        tones = content_tones(px) if jpeg_ok or gradient else ContentTones(False, False)
+        judge = jpeg_ok or (gradient and px.size >= GRADIENT_MIN_AREA)
+        tones = content_tones(px) if judge else ContentTones(False, False)
         if jpeg_ok and tones.many:
             return _jpeg(px, settings)
         return _full_colour(px, words, codec, settings, gradient and tones.smooth)
@@ -257,7 +262,8 @@ class TightDecoder(Decoder):
     def _basic(
         self, method: int, rect: Rect, codec: PixelCodec
     ) -> Generator[int, bytes, np.ndarray]:
-        require(rect.w <= MAX_WIDTH, f"Tight rectangle {rect.w} pixels wide exceeds {MAX_WIDTH}")
+        if rect.w > MAX_WIDTH:
+            raise ProtocolError(f"Tight rectangle {rect.w} pixels wide exceeds {MAX_WIDTH}")
         stream = method & STREAM_BITS
         filter_id = FILTER_COPY
         if method & READ_FILTER_BIT:
@@ -284,10 +290,8 @@ class TightDecoder(Decoder):
             return colours[np.unpackbits(packed, axis=1, count=rect.w)]
         data = yield from self._data(stream, rect.area)
         indices = np.frombuffer(data, dtype=np.uint8)
-        require(
-            indices.size == 0 or int(indices.max()) < count,
-            f"Tight palette index beyond the {count}-colour palette",
-        )
+        if indices.size and int(indices.max()) >= count:
+            raise ProtocolError(f"Tight palette index beyond the {count}-colour palette")
         return colours[indices]
 
     def _gradient(
@@ -330,10 +334,8 @@ def decode_jpeg(data: bytes, rect: Rect) -> np.ndarray:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except Exception as exc:  # the library raises several types
         raise ProtocolError(f"bad Tight JPEG data: {exc}") from None
-    require(
-        (height, width) == (rect.h, rect.w),
-        f"Tight JPEG is {width}x{height}, the rectangle {rect.w}x{rect.h}",
-    )
+    if (height, width) != (rect.h, rect.w):
+        raise ProtocolError(f"Tight JPEG is {width}x{height}, the rectangle {rect.w}x{rect.h}")
     out = np.empty((rect.h, rect.w, 3), dtype=np.uint8)
     try:
         rgb: np.ndarray = simplejpeg.decode_jpeg(data, "RGB", buffer=out)

@@ -240,14 +240,13 @@ class ClientConnection(Connection[ClientHandshake]):
         self._events.append(UpdateDone(tuple(changed), tuple(encodings), tuple(self._copies)))
 
     def _read_rect(self, rect: Rect, encoding: int) -> Generator[int, bytes, None]:
-        require(
-            rect.x + rect.w <= self.width and rect.y + rect.h <= self.height,
-            f"rectangle {rect} outside the {self.width}x{self.height} framebuffer",
-        )
-        require(
-            encoding in self.encodings or encoding == Encoding.RAW,
-            f"encoding {encoding} was not asked for",
-        )
+        # The reasons are formatted only when needed: this runs for every rectangle.
+        if rect.x + rect.w > self.width or rect.y + rect.h > self.height:
+            raise ProtocolError(
+                f"rectangle {rect} outside the {self.width}x{self.height} framebuffer"
+            )
+        if encoding not in self.encodings and encoding != Encoding.RAW:
+            raise ProtocolError(f"encoding {encoding} was not asked for")
         assert self.codec is not None
         result = yield from self._decoder(encoding).decode(rect, self.codec)
         target = self.framebuffer[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]
@@ -268,7 +267,8 @@ class ClientConnection(Connection[ClientHandshake]):
         return self._decoders[encoding]
 
     def _read_pseudo(self, rect: Rect, encoding: int) -> Generator[int, bytes, None]:
-        require(encoding in self.encodings, f"pseudo-encoding {encoding} was not asked for")
+        if encoding not in self.encodings:
+            raise ProtocolError(f"pseudo-encoding {encoding} was not asked for")
         if encoding == Encoding.CURSOR:
             yield from self._read_cursor(rect)
         elif encoding == Encoding.DESKTOP_SIZE:

@@ -546,7 +546,8 @@ def _read_tile(
         got.backgrounds.append(0)
         got.raw.append((i, (yield from read_exact(th * tw * bpp))))
         return _Carry()
-    require(not flags & ~_KNOWN_FLAGS, f"unknown hextile subencoding bits {flags:#04x}")
+    if flags & ~_KNOWN_FLAGS:  # the reason formatted only when needed: once per tile
+        raise ProtocolError(f"unknown hextile subencoding bits {flags:#04x}")
     require(
         not (flags & FOREGROUND and flags & COLOURED),
         "hextile tile sets both ForegroundSpecified and SubrectsColoured",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constants import Encoding
-from ..errors import require
+from ..errors import ProtocolError, require
 from ..pixelformat import PixelCodec
 from .base import DecodeGen, Decoder, Rect, StatelessEncoder, pixels_result, read_exact
 
@@ -351,7 +351,8 @@ class RREDecoder(Decoder):
         bpp = codec.bytes_per_pixel
         header = yield from read_exact(_COUNT.size + bpp)
         (count,) = _COUNT.unpack_from(header)
-        require(count <= rect.area, f"RRE announces {count} subrectangles for {rect.area} pixels")
+        if count > rect.area:
+            raise ProtocolError(f"RRE announces {count} subrectangles for {rect.area} pixels")
         background = np.frombuffer(header, dtype=codec.pf.wire_dtype, offset=_COUNT.size)
         out = np.full((rect.h, rect.w), background[0], dtype=np.uint32)
         records = yield from _read_subrects(count, codec, rect)

@@ -72,7 +72,8 @@ def read_compact(limit: int) -> Generator[int, bytes, int]:
         value |= (byte & 0x7F) << shift
         if not byte & 0x80:
             break
-    require(value <= limit, f"Tight data length {value} exceeds the bound {limit}")
+    if value > limit:  # the reason formatted only when needed: once per rectangle
+        raise ProtocolError(f"Tight data length {value} exceeds the bound {limit}")
     return value
 
 
@@ -161,10 +162,8 @@ class InflateStreams:
     def inflate(self, stream: int, data: bytes, size: int) -> bytes:
         """Exactly ``size`` (> 0) bytes inflated from ``data`` on ``stream``."""
         require(size > 0, "nothing to inflate")
-        require(
-            not self._broken[stream],
-            f"zlib stream {stream} used after an error without a reset",
-        )
+        if self._broken[stream]:
+            raise ProtocolError(f"zlib stream {stream} used after an error without a reset")
         inflater = self._inflaters[stream]
         if inflater is None:
             inflater = self._inflaters[stream] = zlib.decompressobj()

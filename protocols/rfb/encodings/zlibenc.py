@@ -186,10 +186,10 @@ class InflateStream:
         """
         header = yield from read_exact(_LENGTH.size)
         (length,) = _LENGTH.unpack(header)
-        require(
-            length <= max_length,
-            f"zlib data length {length} exceeds the bound {max_length} for this rectangle",
-        )
+        if length > max_length:
+            raise ProtocolError(
+                f"zlib data length {length} exceeds the bound {max_length} for this rectangle"
+            )
         pieces: list[bytes] = []
         room = max_output
         left = length

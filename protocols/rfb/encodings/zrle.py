@@ -237,7 +237,8 @@ class TileReader:
             return pixels
         if sub == PLAIN_RLE:
             return self.plain_rle(count).reshape(height, width)
-        require(sub > RLE_FLAG + 1, f"invalid ZRLE subencoding {sub}")
+        if sub <= RLE_FLAG + 1:  # the reason formatted only when needed: once per tile
+            raise ProtocolError(f"invalid ZRLE subencoding {sub}")
         return self.palette_rle(count, sub - RLE_FLAG).reshape(height, width)
 
     def packed_indexes(self, width: int, height: int, size: int) -> np.ndarray:

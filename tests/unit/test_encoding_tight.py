@@ -22,7 +22,7 @@ from protocols.rfb.encodings.tight import (
 )
 from protocols.rfb.encodings.tight_gradient import gradient_filter, gradient_unfilter
 from protocols.rfb.encodings.tight_select import MAX_PALETTE, find_palette
-from protocols.rfb.encodings.tight_wire import pack_compact, read_compact
+from protocols.rfb.encodings.tight_wire import independent_chunk, pack_compact, read_compact
 from protocols.rfb.errors import ProtocolError
 from protocols.rfb.limits import Limits
 from protocols.rfb.pixelformat import (
@@ -895,3 +895,16 @@ def test_the_gradient_filter_is_judged_only_on_rectangles_large_enough_to_gain()
         pixels, payload = roundtrip(encoder, decoder, px, codec)
         assert method(payload) == expected, (h, w)
         np.testing.assert_array_equal(pixels, px)
+
+
+@pytest.mark.parametrize("size", [12, 13, 511, 512, 513, 4000, 8191, 8192, 40000])
+def test_a_small_fresh_chunk_has_a_window_to_its_size_and_any_inflater_reads_it(
+    size: int,
+) -> None:
+    data = rng_for(size).integers(0, 6, size, dtype=np.uint8).tobytes()
+    chunk = independent_chunk(data, 3)
+    assert zlib.decompressobj().decompress(chunk) == data  # a default (32 KiB) inflater
+    window = 1 << ((chunk[0] >> 4) + 8)  # CINFO of the zlib header
+    assert window == (32768 if size >= 8192 else max(512, 1 << (size - 1).bit_length()))
+    default = zlib.compressobj(3)
+    assert len(chunk) <= len(default.compress(data) + default.flush(zlib.Z_SYNC_FLUSH)) + 8

@@ -23,6 +23,11 @@ from .base import read_exact
 MAX_WIDTH = 2048  # widest rectangle the spec allows for BasicCompression
 MAX_AREA = 65536  # largest rectangle thinserve's encoder accepts
 MIN_TO_COMPRESS = 12  # filtered data shorter than this is sent as is
+# A fresh stream's chunk of less data than this gets a window no larger
+# than the data and a small hash table (see ``independent_chunk``).
+INDEPENDENT_SMALL = 8 * 1024
+MIN_WINDOW_BITS = 9  # the smallest window zlib deflates with
+SMALL_MEM_LEVEL = 2
 STREAM_COUNT = 4
 # zlib-ng's stub declares ``error`` an instance; it is the exception class.
 ZLIB_ERROR = cast(type[Exception], zlib.error)
@@ -137,8 +142,18 @@ def independent_chunk(data: bytes, level: int) -> bytes:
     rectangle: each sends it after resetting the stream.  On large
     rectangles the history of the connection's stream saves almost nothing
     (whole screens of text, windows or photos: under 0.1%).
+
+    Small data gets a window and a hash table to its size: the same bytes,
+    and a compressor of a few KiB instead of about 256 KiB, which costs
+    mapping fresh pages on every chunk (thinserve hands buffers over 128 KiB
+    back to the system).  Every inflater reads a stream with a smaller
+    window than its own.
     """
-    compressor = zlib.compressobj(level)
+    if len(data) >= INDEPENDENT_SMALL:
+        compressor = zlib.compressobj(level)
+    else:
+        bits = max(MIN_WINDOW_BITS, (len(data) - 1).bit_length())
+        compressor = zlib.compressobj(level, zlib.DEFLATED, bits, SMALL_MEM_LEVEL)
     return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 

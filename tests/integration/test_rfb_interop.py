@@ -18,6 +18,7 @@ from twisted.internet import reactor, threads
 
 from protocols.rfb.constants import Encoding, SecurityType, VeNCryptSubtype
 from protocols.rfb.pixelformat import BGR233, RGB565, PixelCodec, PixelFormat
+from protocols.rfb.server import ServerConnection
 from tests.support.pixels import diff_summary
 from tests.support.viewer import tigervnc_viewer_capture
 from tests.support.vncdo import vncdo_capture
@@ -284,5 +285,88 @@ async def test_tigervnc_viewer_gets_exact_pixels_from_our_server(
             tmp_path,
         )
         assert_same(shown, frame)
+    finally:
+        await port.stopListening()
+
+
+# Tight without JPEG, chosen by hand (on a fast link the viewer would pick ZRLE,
+# whose one zlib stream per connection is never shared).
+TIGHT_LOSSLESS = ("-AutoSelect=0", "-PreferredEncoding=Tight", "-NoJPEG")
+
+
+def typed(frame: np.ndarray, step: int) -> np.ndarray:
+    """``frame`` with one more glyph-sized cell of text colours: an update
+    small enough for a connection's own zlib stream when it is alone."""
+    changed = frame.copy()
+    cells = np.random.default_rng(step).choice([0x000000, 0xFFFFFF, 0x204080], size=(16, 8))
+    changed[40:56, 24 + 8 * step : 32 + 8 * step] = cells
+    return changed
+
+
+def all_sent_since(sessions: list[TerminalSession], counts: list[int]) -> bool:
+    return all(s.updates_sent > n for s, n in zip(sessions, counts, strict=True))
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_tigervnc_viewers_watching_one_picture_share_updates_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two real viewers on one source: updates are encoded once, with every
+    zlib chunk on a fresh stream, and sent to both as they are.  Both show
+    every typed step exactly."""
+    shared: list[bool] = []
+    send_prepared = ServerConnection.send_prepared
+
+    def noted(self: ServerConnection, *args: object) -> object:
+        stats = send_prepared(self, *args)  # type: ignore[arg-type]
+        shared.append(stats is not None)
+        return stats
+
+    monkeypatch.setattr(ServerConnection, "send_prepared", noted)
+    frame = office_frame(640, 480)
+    source = Source(frame.copy())
+    sessions: list[TerminalSession] = []
+
+    def session() -> TerminalSession:
+        sessions.append(TerminalSession(lambda s: source))
+        return sessions[-1]
+
+    factory = RFBServerFactory(ServerOptions(methods=(SecurityType.NONE,)), session)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    number = port.getHost().port
+    final = frame
+    for step in range(8):
+        final = typed(final, step)
+    watching = [
+        threads.deferToThread(
+            tigervnc_viewer_capture,
+            "127.0.0.1",
+            number,
+            None,
+            lambda img: img.shape == final.shape and np.array_equal(img, final),
+            60.0,
+            tmp_path,
+            TIGHT_LOSSLESS,
+        )
+        for _ in range(2)
+    ]
+    try:
+        await wait_until(lambda: len(source.listeners) == 2, 60, "both viewers watching")
+        await wait_until(lambda: all(s.updates_sent for s in sessions), 60, "first updates")
+        for step in range(8):
+            sent = [s.updates_sent for s in sessions]
+            frame = typed(frame, step)
+            source.set_frame(frame)
+            await wait_until(
+                lambda sent=sent: all(
+                    s.updates_sent > n for s, n in zip(sessions, sent, strict=True)
+                ),
+                30,
+                f"step {step} sent to both viewers",
+            )
+        assert all(s.proto is not None and s.proto.conn.rect_encoder.shared for s in sessions)
+        for shown in [await w for w in watching]:
+            assert_same(shown, final)
+        assert shared.count(True) >= 8  # one viewer's update went to the other as it was
     finally:
         await port.stopListening()

@@ -144,15 +144,17 @@ def start_viewer(
     listen_port: int | None = None,
     password_file: Path | None = None,
     screen: tuple[int, int] = SCREEN,
+    options: tuple[str, ...] = (),
 ) -> TigerViewer:
     """Start Xvfb and vncviewer on it, connecting to ``server`` ("host::port") or
-    listening for a server to connect in on ``listen_port`` (reverse connection)."""
+    listening for a server to connect in on ``listen_port`` (reverse connection);
+    ``options``: more of vncviewer's options (``-PreferredEncoding=Tight``)."""
     if (server is None) == (listen_port is None):
         raise ValueError("give exactly one of server and listen_port")
     workdir.mkdir(parents=True, exist_ok=True)
     xvfb, display = start_xvfb(workdir, screen)
     env = {**os.environ, "DISPLAY": f":{display}", "HOME": str(workdir)}
-    argv = ["vncviewer", *VIEWER_OPTIONS]
+    argv = ["vncviewer", *VIEWER_OPTIONS, *options]
     if password_file is not None:
         argv += ["-PasswordFile", str(password_file)]
     argv += [server] if server is not None else ["-listen", str(listen_port)]
@@ -183,6 +185,7 @@ def tigervnc_viewer_capture(
     until: Callable[[np.ndarray], bool] | None = None,
     timeout: float = 30.0,
     workdir: Path | None = None,
+    options: tuple[str, ...] = (),
 ) -> np.ndarray:
     """What TigerVNC's vncviewer shows of the server at host:port, as uint32 0x00RRGGBB.
 
@@ -193,9 +196,9 @@ def tigervnc_viewer_capture(
     need_viewer()
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="viewer-") as tmp:
-            return _capture_in(Path(tmp), f"{host}::{port}", password, until, timeout)
+            return _capture_in(Path(tmp), f"{host}::{port}", password, until, timeout, options)
     directory = Path(tempfile.mkdtemp(prefix="viewer-", dir=workdir))
-    return _capture_in(directory, f"{host}::{port}", password, until, timeout)
+    return _capture_in(directory, f"{host}::{port}", password, until, timeout, options)
 
 
 def _capture_in(
@@ -204,9 +207,10 @@ def _capture_in(
     password: str | None,
     until: Callable[[np.ndarray], bool] | None,
     timeout: float,
+    options: tuple[str, ...] = (),
 ) -> np.ndarray:
     passwd = make_password_file(directory, password) if password is not None else None
-    viewer = start_viewer(directory, server, password_file=passwd)
+    viewer = start_viewer(directory, server, password_file=passwd, options=options)
     try:
         return viewer.wait_for_frame(until, timeout)
     finally:

@@ -22,7 +22,7 @@ from .accounts import local_desktop_account
 from .base import BackendError
 from .processes import global_reactor
 from .records import RecordStore
-from .rundirs import runtime_dir
+from .rundirs import make_passable, runtime_dir
 from .xvnc_config import XvncDesktopConfig, XvncOptions
 from .xvnc_session import XvncSession
 
@@ -58,7 +58,10 @@ class LocalXvncDesktop:
         desktop = XvncDesktopConfig(
             config.name, user=config.user, geometry=config.geometry, command=command
         )
-        options = XvncOptions(runtime_dir=(runtime or runtime_dir()) / "local")
+        # The session's user passes through thinserve's runtime directory to its
+        # socket: systemd or an earlier command may have made it 0700.
+        base = make_passable(runtime) if runtime is not None else runtime_dir()
+        options = XvncOptions(runtime_dir=base / "local")
         self.session = XvncSession(
             desktop, options, self._status, reactor or global_reactor(), records
         )

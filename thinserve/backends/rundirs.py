@@ -7,9 +7,11 @@ are emptied and made afresh at every start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import stat
 import struct
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from .accounts import Account, can_switch_users
 from .base import BackendError
 
 XAUTH_FAMILY_WILD = 0xFFFF
+PASS = stat.S_IXGRP | stat.S_IXOTH  # others may pass through, not list
 COOKIE = "MIT-MAGIC-COOKIE-1"
 
 
@@ -27,6 +30,20 @@ def runtime_dir() -> Path:
     mode = passable_mode()  # local desktops' users pass through to their sessions
     path.mkdir(mode=mode, parents=True, exist_ok=True)
     os.chmod(path, mode)
+    return path
+
+
+def make_passable(path: Path) -> Path:
+    """``path`` (made if missing), passable for sessions' users when sessions
+    run as other users: search bits a mode like 0700 lacks are added, none
+    taken away.  A directory thinserve does not own is left as it is (a
+    session refused its socket there names each directory's mode)."""
+    path.mkdir(mode=passable_mode(), parents=True, exist_ok=True)
+    if can_switch_users():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & PASS != PASS:
+            with contextlib.suppress(PermissionError):
+                os.chmod(path, mode | PASS)
     return path
 
 

@@ -313,8 +313,11 @@ class ServerConnection(Connection[ServerHandshake]):
         work: SharedWork | None,
     ) -> Hashable | None:
         """What decides an update's bytes on ``work``'s picture, when it can be
-        shared at all: no update going out, nothing of this connection's own."""
-        if work is None or self._stream is not None:
+        shared at all: the connection encodes for several
+        (``RectEncoder.share_streams``), no update is going out, nothing of
+        its own is queued.  A connection encoding for itself alone neither
+        keeps its updates nor looks for them."""
+        if work is None or self._stream is not None or not self.rect_encoder.shared:
             return None
         return (tuple(regions), tuple(copies), self.rect_encoder.update_key(), self.pixel_format)
 

@@ -14,8 +14,9 @@ neighbours' updates went out whole, a terminal that connects or asks for a
 refresh while the picture is unchanged, all find the work done.  When the
 picture changes its owner calls ``release``: that work can serve nobody.
 
-Whole updates are shared too.  An update whose every rectangle gave the
-same bytes on any connection (``Encoder.finish_is_shared``) is kept, by
+Whole updates are shared too.  An update encoded for several connections
+whose every rectangle gave the same bytes on any connection
+(``Encoder.finish_is_shared``) is kept, by
 its rectangles and the connection's settings, while the picture lasts:
 the next connection that would send the same update sends those bytes,
 with no planning and no encoding at all.

@@ -88,6 +88,16 @@ def test_nothing_is_kept_across_a_change_of_picture_or_of_settings() -> None:
     assert sharing_pair("tight-jpeg").server.send_prepared(WHOLE, (), work) is None
 
 
+@pytest.mark.parametrize("profile", ["hextile", "raw"])
+def test_a_connection_encoding_for_itself_alone_keeps_nothing(profile: str) -> None:
+    """Even where its bytes would do for any connection: nobody else watches."""
+    work = SharedWork()
+    alone = ready_pair(PROFILES[profile])
+    alone.server.begin_update(picture(), WHOLE, work=work).send()
+    assert not work._updates and not work._recording
+    assert sharing_pair(profile).server.send_prepared(WHOLE, (), work) is None
+
+
 def test_a_connection_with_its_own_rectangles_queued_encodes_its_update() -> None:
     work = SharedWork()
     frame = picture()

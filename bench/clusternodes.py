@@ -32,7 +32,7 @@ from thinserve.admin.client import AdminClient, AdminError
 from thinserve.cluster.link import write_secret
 
 from .clusterlan import NODES_ENV, parse_hosts
-from .processes import RELAY_CORE
+from .processes import RELAY_CORE, wait_started
 from .xvnc import XvncError
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "thinserve"
@@ -162,14 +162,14 @@ class BenchNode:
                 stderr=log,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (_answers(self.address, self.port) and self.socket.exists()):
-            if self.process.poll() is not None:
-                raise XvncError(f"node {self.name} exited: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise XvncError(f"node {self.name} did not answer within {START_TIMEOUT:.0f} s")
-            time.sleep(0.05)
+        wait_started(
+            self.process,
+            lambda: _answers(self.address, self.port) and self.socket.exists(),
+            f"node {self.name}",
+            self.log_tail,
+            self.stop,
+            timeout=START_TIMEOUT,
+        )
 
     def kill(self) -> float:
         """SIGKILL the node's process group (no clean leave: its leases stay until they

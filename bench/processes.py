@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,28 @@ def open_fds(pid: int) -> int:
         return 0
 
 
+def wait_started(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    what: str,
+    last_words: Callable[[], str],
+    stop: Callable[[], None],
+    *,
+    timeout: float = START_TIMEOUT,
+    late: str = "did not answer",
+) -> None:
+    """Until ``ready()``: XvncError if ``process`` exits first (with
+    ``last_words()``) or after ``timeout`` seconds (then ``stop()`` first)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            raise XvncError(f"{what} exited: {last_words()}")
+        if time.monotonic() > deadline:
+            stop()
+            raise XvncError(f"{what} {late} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 @dataclass
 class Meter:
     """CPU seconds of a process over an interval of wall time."""
@@ -102,14 +125,14 @@ class ServerProcess:
         if self.pinned:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(self.process.pid, {RELAY_CORE})
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _port_open(self.port):
-            if self.process.poll() is not None:
-                raise XvncError(f"{self.args[2]} exited: {self.errors()[-500:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise XvncError(f"{self.args[2]} did not listen within {START_TIMEOUT:.0f} s")
-            time.sleep(0.05)
+        wait_started(
+            self.process,
+            lambda: _port_open(self.port),
+            self.args[2],
+            lambda: self.errors()[-500:],
+            self.stop,
+            late="did not listen",
+        )
 
     def errors(self) -> str:
         """What the process wrote to standard error so far."""

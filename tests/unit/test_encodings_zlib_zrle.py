@@ -237,6 +237,26 @@ def test_chunks_deflated_alone_continue_one_stream() -> None:
     assert len(chunks[3]) > len(pieces[2])  # level 0: stored
 
 
+@pytest.mark.parametrize("winner", [0, 1])
+def test_stream_goes_on_from_the_alternative_that_won(winner: int) -> None:
+    """The last group is judged as the chunk ends, on the live compressor and a
+    copy: whichever wins, the stream goes on from it and one inflater reads on."""
+    rng = np.random.default_rng(14)
+    history = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    fresh = rng.integers(0, 256, 600, dtype=np.uint8).tobytes()
+    repeat = history[1000:1600]  # in the stream's history: a few references
+    alternatives = [repeat, fresh] if winner == 0 else [fresh, repeat]
+    stream = DeflateStream()
+    chunks = [stream.compress(history)]
+    chunks.append(stream.compress_smallest([[history[:50]], alternatives]))
+    chunks.append(stream.compress(repeat + fresh))
+    inflater = zlib.decompressobj()
+    inflated = [inflater.decompress(chunk) for chunk in chunks]
+    assert inflated == [history, history[:50] + repeat, repeat + fresh]
+    assert len(chunks[1]) < 100
+    assert chunks[1].count(b"\x00\x00\xff\xff") == 1
+
+
 def test_level_set_before_first_rectangle_applies() -> None:
     codec = CODECS["native"]
     pixels = solid(np.random.default_rng(5), 100, 100)

@@ -109,17 +109,41 @@ class DeflateStream:
         Alternatives are judged by what they add to *this* stream (its history
         and the input still pending in the compressor included), not by their
         length: each is compressed and sync-flushed on a copy of the live
-        compressor, and the live one then takes the cheapest unflushed, so the
-        whole chunk ends with a single sync flush.
+        compressor, and the live one then takes the cheapest unflushed.  The
+        last group's are judged with the chunk's own flush (``_last_of``), so
+        the whole chunk ends with a single sync flush.
         """
         compressor = self._current()
+        groups = list(choices)
         out = []
-        for alternatives in choices:
+        for alternatives in groups[:-1]:
             data = _cheapest(compressor, alternatives)
             out.append(compressor.compress(data))
             self._remember(data)
-        out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
+        if groups:
+            out.append(self._last_of(compressor, groups[-1]))
+        else:
+            out.append(compressor.flush(zlib.Z_SYNC_FLUSH))
         return b"".join(out)
+
+    def _last_of(self, compressor: zlib._Compress, alternatives: Sequence[bytes]) -> bytes:
+        """The rest of the chunk with the cheapest of the last group, flushed.
+
+        The first alternative goes on the live compressor and the others on
+        copies, each flushed as the chunk ends anyway: one copy fewer than
+        judging them all on copies, and nothing compressed twice.
+        """
+        first, *others = alternatives
+        trials = [compressor.copy() for _ in others]  # before the live one moves on
+        best_data, best = first, compressor.compress(first) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        best_compressor = compressor
+        for trial, data in zip(trials, others, strict=True):
+            tail = trial.compress(data) + trial.flush(zlib.Z_SYNC_FLUSH)
+            if len(tail) < len(best):
+                best_data, best, best_compressor = data, tail, trial
+        self._compressor = best_compressor
+        self._remember(best_data)
+        return best
 
     def splice(self, chunk: bytes, data: bytes) -> bytes:
         """The stream's next chunk: ``chunk``, from :func:`deflate_alone` of ``data``.

@@ -40,6 +40,7 @@ from .zlibenc import (
     deflate_bound,
     frame,
 )
+from .zrle_small import small_alternatives
 from .zrle_tiles import (
     MAX_PACKED,
     MAX_PALETTE,
@@ -176,6 +177,9 @@ class ZRLEEncoder(Encoder):
     def prepare(self, pixels: np.ndarray, codec: PixelCodec) -> TileData | Deflated:
         """Every tile's alternatives on small rectangles; else the chosen
         forms, deflated here already where they are mostly raw tiles."""
+        small = small_alternatives(pixels, codec)
+        if small is not None:
+            return TileData(small)
         if pixels.size <= TRIAL_AREA:
             return TileData(tile_alternatives(pixels, codec))
         data, raw = tile_bytes(pixels, codec)

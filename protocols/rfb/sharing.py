@@ -162,7 +162,8 @@ class SharedWork:
         self._released = True
 
     def update(self, key: Hashable) -> tuple[bytes, UpdateStats] | None:
-        """A whole update kept for ``key``: its bytes and what it carried."""
+        """A whole update kept for ``key``: its bytes and what they carry (with
+        no encoding time: sending them again encodes nothing)."""
         return self._updates.get(key)
 
     def record(self, key: Hashable) -> bool:
@@ -181,7 +182,7 @@ class SharedWork:
             return
         if self._update_bytes + len(data) > UPDATE_BYTES:
             return
-        self._updates[key] = (data, stats)
+        self._updates[key] = (data, stats.sent_again())
         self._update_bytes += len(data)
 
     def plan(self, key: Hashable, make: Callable[[], object]) -> object:

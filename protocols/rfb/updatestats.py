@@ -62,6 +62,11 @@ class UpdateStats:
         self.rects[kind] = self.rects.get(kind, 0) + 1
         self.bytes[kind] = self.bytes.get(kind, 0) + size
 
+    def sent_again(self) -> UpdateStats:
+        """What the same bytes carry when sent as they are to another
+        connection: the same rectangles and bytes, and no encoding time."""
+        return UpdateStats(dict(self.rects), dict(self.bytes))
+
     def add_encoded(self, kind: str, size: int, seconds: float) -> None:
         """One pixel rectangle of ``size`` bytes that took ``seconds`` to encode."""
         self.add(kind, size)

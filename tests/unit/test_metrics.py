@@ -163,6 +163,47 @@ def test_a_session_counts_what_it_sent() -> None:
     assert sent + UPDATE_HEADER * session.updates_sent == session.bytes_sent
 
 
+def test_an_update_sent_again_counts_its_bytes_but_not_its_encoding_again() -> None:
+    """Two terminals watching one picture: the second is sent the first's bytes
+    as they are; both count as sent, the encoding time only once."""
+    source = Source(desktop_frame(W, H, seed=5), "desk")
+    wires = [Wire(source), Wire(source)]
+    for wire in wires:
+        wire.client.set_encodings([Encoding.TIGHT])
+        full_request(wire)
+        while wire.session.stream is not None:
+            wire.turn()
+    for wire in wires:
+        wire.take(UpdateDone)
+        wire.client.request_update(incremental=True)
+        wire.pump()
+    sent_before = [wire.session.bytes_sent for wire in wires]
+    before = (
+        value("thinserve_updates_sent_total"),
+        value("thinserve_sent_bytes_total", encoding="tight"),
+        value("thinserve_encode_seconds_count", encoding="tight"),
+    )
+    frame = source.writable()
+    frame[40:60, 30:90] = noise_frame(60, 20, seed=6)
+    source.damaged([Rect(30, 40, 60, 20)])
+    for wire in wires:
+        wire.pump()
+    (first, second) = [wire.take(UpdateDone) for wire in wires]
+    assert len(first) == len(second) == 1
+    moved = (
+        value("thinserve_updates_sent_total") - before[0],
+        value("thinserve_sent_bytes_total", encoding="tight") - before[1],
+        value("thinserve_encode_seconds_count", encoding="tight") - before[2],
+    )
+    sent = [wire.session.bytes_sent - b for wire, b in zip(wires, sent_before, strict=True)]
+    assert moved[0] == 2
+    assert moved[2] == 1  # encoded once, for the first terminal
+    assert sent[0] == sent[1] > UPDATE_HEADER  # the same bytes to both
+    assert moved[1] == sum(sent) - 2 * UPDATE_HEADER
+    for wire in wires:
+        np.testing.assert_array_equal(wire.client.framebuffer, source.framebuffer)
+
+
 # -- desktops, audit --------------------------------------------------------------------------
 def test_desktop_starts_and_failures_count_changes_not_reports() -> None:
     name = "metrics-desk"

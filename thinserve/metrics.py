@@ -3,10 +3,11 @@
 Everything lives in one registry of this module's own (``REGISTRY``, not
 prometheus_client's global one), served as text by ``MetricsResource``
 (docs/metrics.md lists every metric).  Counters are bumped from the hot
-path, so they are bumped once per update, never per rectangle, through
-children bound to their labels once.  What terminals and desktops show now
-is not counted at all: ``HubCollector`` reads it from the hub bound with
-``bind`` when Prometheus scrapes.
+path, so they are bumped once per update, never per rectangle: the
+per-update counters are plain numbers read when scraped (``SentCounts``),
+the encoding histogram's children are bound to their labels once.  What
+terminals and desktops show now is not counted at all: ``HubCollector``
+reads it from the hub bound with ``bind`` when Prometheus scrapes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client import generate_latest as _generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.web import resource
 from twisted.web.server import Request
@@ -80,23 +81,6 @@ _SCREEN_STATES = {
     ScreenKind.FAILED: "failed",
 }
 
-UPDATES = Counter(
-    "thinserve_updates_sent",
-    "FramebufferUpdates sent to terminals.",
-    registry=REGISTRY,
-)
-RECTANGLES = Counter(
-    "thinserve_rectangles_sent",
-    "Rectangles sent to terminals, by encoding (pseudo-encodings such as cursor included).",
-    ["encoding"],
-    registry=REGISTRY,
-)
-BYTES = Counter(
-    "thinserve_sent_bytes",
-    "Bytes of rectangles (12-byte header and payload) sent to terminals, by encoding.",
-    ["encoding"],
-    registry=REGISTRY,
-)
 ENCODE_SECONDS = Histogram(
     "thinserve_encode_seconds",
     "Seconds spent encoding one update's pixel rectangles of one encoding.",
@@ -153,20 +137,71 @@ _AUDITED: dict[str, Counter] = {
 }
 
 
-# Children bound once per encoding label (every kind the core can name).
-_RECTS = {kind: RECTANGLES.labels(encoding=kind) for kind in KINDS}
-_BYTES = {kind: BYTES.labels(encoding=kind) for kind in KINDS}
+# Children bound once per encoding label (every pixel kind the core can name).
 _SECONDS = {kind: ENCODE_SECONDS.labels(encoding=kind) for kind in PIXEL_KINDS}
+
+
+class SentCounts(Collector):
+    """Updates, rectangles and bytes sent to terminals, by kind.
+
+    Bumped once per update and terminal (fifty times per desktop change
+    when fifty terminals watch it), so kept as plain numbers on the reactor
+    thread and read as counters when Prometheus scrapes.
+    """
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.rects = dict.fromkeys(KINDS, 0)
+        self.bytes = dict.fromkeys(KINDS, 0)
+
+    def add(self, stats: UpdateStats) -> None:
+        self.updates += 1
+        rects, sizes = self.rects, self.bytes
+        for kind, count in stats.rects.items():
+            rects[kind] = rects.get(kind, 0) + count
+            sizes[kind] = sizes.get(kind, 0) + stats.bytes[kind]
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        updates, rects, sizes = self._families()
+        updates.add_metric([], self.updates)
+        for kind in sorted(self.rects):
+            rects.add_metric([kind], self.rects[kind])
+            sizes.add_metric([kind], self.bytes[kind])
+        return [updates, rects, sizes]
+
+    def _families(self) -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily("thinserve_updates_sent", "FramebufferUpdates sent to terminals."),
+            CounterMetricFamily(
+                "thinserve_rectangles_sent",
+                "Rectangles sent to terminals, by encoding "
+                "(pseudo-encodings such as cursor included).",
+                labels=["encoding"],
+            ),
+            CounterMetricFamily(
+                "thinserve_sent_bytes",
+                "Bytes of rectangles (12-byte header and payload) sent to terminals, by encoding.",
+                labels=["encoding"],
+            ),
+        )
+
+
+SENT = SentCounts()
+REGISTRY.register(SENT)
 
 
 # -- the hot path: counted as things happen ---------------------------------------------------
 def update_sent(stats: UpdateStats) -> None:
-    """One update went out whole to a terminal (TerminalSession, when its stream is done)."""
-    UPDATES.inc()
-    sizes = stats.bytes
-    for kind, count in stats.rects.items():
-        _RECTS[kind].inc(count)
-        _BYTES[kind].inc(sizes[kind])
+    """One update went out whole to a terminal (TerminalSession, when its stream is done).
+
+    Its encoding time is observed only where it was spent: an update sent
+    again to another terminal as it was (see ``UpdateStats.sent_again``)
+    carries none.
+    """
+    SENT.add(stats)
     for kind, seconds in stats.seconds.items():
         child = _SECONDS.get(kind)
         if child is None:  # a kind of pixel rectangle new to this list

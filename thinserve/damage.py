@@ -18,11 +18,21 @@ TILE = 16
 
 
 class Damage:
+    """The damaged tiles of one terminal's picture.
+
+    A terminal that has sent everything takes the source's next grid as it
+    is (every terminal watching is handed the same one), and copies it only
+    to change it: fifty terminals watching one desktop do not each merge
+    and clear a grid of their own per update.
+    """
+
     def __init__(self, width: int, height: int) -> None:
         self.width = width
         self.height = height
         rows, cols = -(-height // TILE), -(-width // TILE)
-        self.grid = np.zeros((rows, cols), dtype=bool)
+        self._blank = np.zeros((rows, cols), dtype=bool)
+        self._blank.flags.writeable = False
+        self.grid = self._blank
         # Known to be empty: asked after every update of every terminal, and
         # cheaper to remember than to find again.
         self._clean = True
@@ -32,20 +42,32 @@ class Damage:
         x1, y1 = min(rect.x + rect.w, self.width), min(rect.y + rect.h, self.height)
         if x1 <= x0 or y1 <= y0:
             return
-        self.grid[y0 // TILE : -(-y1 // TILE), x0 // TILE : -(-x1 // TILE)] = True
+        self._own()[y0 // TILE : -(-y1 // TILE), x0 // TILE : -(-x1 // TILE)] = True
         self._clean = False
 
     def add_all(self) -> None:
-        self.grid[:] = True
+        self._own()[:] = True
         self._clean = False
 
     def add_grid(self, grid: np.ndarray) -> None:
-        self.grid |= grid
+        """Add a tile grid of the same shape; a clean one takes it as it is,
+        read-only from then on (whoever hands it out writes no more to it)."""
+        if self._clean:
+            grid.flags.writeable = False
+            self.grid = grid
+        else:
+            self._own()[...] |= grid
         self._clean = False
 
     def clear(self) -> None:
-        self.grid[:] = False
+        self.grid = self._blank
         self._clean = True
+
+    def _own(self) -> np.ndarray:
+        """The grid, copied first if it is borrowed, to change in place."""
+        if not self.grid.flags.writeable:
+            self.grid = self.grid.copy()
+        return self.grid
 
     def intersects(self, rect: Rect) -> bool:
         """Whether any damaged tile overlaps ``rect``."""
@@ -87,7 +109,8 @@ class Damage:
         c0, r0 = -(-rect.x // TILE), -(-rect.y // TILE)
         c1 = (rect.x + rect.w) // TILE if rect.x + rect.w < self.width else self.grid.shape[1]
         r1 = (rect.y + rect.h) // TILE if rect.y + rect.h < self.height else self.grid.shape[0]
-        self.grid[r0:r1, c0:c1] = False
+        if r0 < r1 and c0 < c1:
+            self._own()[r0:r1, c0:c1] = False
 
     def _to_pixels(self, cells: Rect) -> Rect:
         x, y = cells.x * TILE, cells.y * TILE
@@ -133,6 +156,18 @@ def _runs_by_row(grid: np.ndarray) -> dict[int, list[tuple[int, int]]]:
     out: dict[int, list[tuple[int, int]]] = {}
     for row, start, end in zip(rows.tolist(), starts.tolist(), ends.tolist(), strict=True):
         out.setdefault(row, []).append((start, end - start))
+    return out
+
+
+def clipped(rects: list[Rect], clip: Rect) -> list[Rect]:
+    """The parts of ``rects`` inside ``clip`` (those wholly inside as they are)."""
+    x0, y0, x1, y1 = clip.x, clip.y, clip.x + clip.w, clip.y + clip.h
+    out = []
+    for r in rects:
+        if x0 <= r.x and y0 <= r.y and r.x + r.w <= x1 and r.y + r.h <= y1:
+            out.append(r)
+        elif (c := intersect(r, clip)) is not None:
+            out.append(c)
     return out
 
 

@@ -87,6 +87,72 @@ def test_damage_is_empty_exactly_when_no_tile_is_damaged(
         assert bool(damage) == bool(damage.grid.any())
 
 
+def _tiles_of(mask: np.ndarray) -> np.ndarray:
+    """The 16x16 tiles of a 100x100 pixel mask that hold any set pixel."""
+    padded = np.zeros((112, 112), dtype=bool)
+    padded[:100, :100] = mask
+    return padded.reshape(7, 16, 7, 16).any(axis=(1, 3))
+
+
+def _inside(x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The tiles whose pixels (on the 100x100 screen) lie wholly inside a rectangle."""
+    spans = [(t * 16, min(t * 16 + 16, 100)) for t in range(7)]
+    cols = np.array([x <= a and b <= x + w for a, b in spans])
+    rows = np.array([y <= a and b <= y + h for a, b in spans])
+    inside: np.ndarray = rows[:, None] & cols[None, :]
+    return inside
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(-20, 120), st.integers(-20, 120)),
+            st.tuples(st.just("take"), st.integers(0, 100), st.integers(0, 100)),
+            st.tuples(st.just("grid"), st.integers(0, 6), st.integers(0, 6)),
+            st.tuples(st.just("clear"), st.just(0), st.just(0)),
+            st.tuples(st.just("all"), st.just(0), st.just(0)),
+        ),
+        max_size=20,
+    )
+)
+def test_damage_follows_a_model_and_never_writes_a_grid_it_was_handed(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """The tiles left damaged match a model kept from pixels, and every grid
+    handed to ``add_grid`` (the same one goes to every terminal watching)
+    keeps its content, whatever is added and taken after it."""
+    damage = Damage(100, 100)
+    model = np.zeros((7, 7), dtype=bool)
+    handed: list[tuple[np.ndarray, np.ndarray]] = []
+    for kind, a, b in steps:
+        if kind == "add":
+            damage.add(Rect(a, b, 10, 10))
+            mask = np.zeros((100, 100), dtype=bool)
+            mask[max(b, 0) : max(b + 10, 0), max(a, 0) : max(a + 10, 0)] = True
+            model |= _tiles_of(mask)
+        elif kind == "take":
+            damage.take(Rect(a, b, 40, 40))
+            model &= ~_inside(a, b, 40, 40)
+        elif kind == "grid":
+            grid = np.zeros((7, 7), dtype=bool)
+            grid[a, b] = True
+            grid[b, a] = a % 2 == 0
+            handed.append((grid, grid.copy()))
+            damage.add_grid(grid)
+            model |= grid
+        elif kind == "all":
+            damage.add_all()
+            model[:] = True
+        else:
+            damage.clear()
+            model[:] = False
+        np.testing.assert_array_equal(damage.grid, model)
+        assert bool(damage) == bool(model.any())
+        for grid, content in handed:
+            np.testing.assert_array_equal(grid, content)
+
+
 def test_grid_rects_merges_rows_with_the_same_runs() -> None:
     grid = np.zeros((4, 6), dtype=bool)
     grid[1:3, 2:5] = True

@@ -30,7 +30,7 @@ from protocols.rfb.updatestats import UPDATE_HEADER, UpdateStats
 from .. import metrics
 from ..broker import TerminalInfo
 from ..clock import Clock, Timer, reactor_clock
-from ..damage import TILE, Damage, intersect
+from ..damage import TILE, Damage, clipped, intersect
 from ..rfbserver import RFBServerProtocol
 from .bandwidth import LinkQuality
 from .encodepool import EncodeWorkers
@@ -510,10 +510,10 @@ class TerminalSession:
         """The rectangles to send inside ``clip``: the source's own when known
         and smaller than the tile-aligned ones."""
         exact = self.exact
-        if exact and clip == Rect(0, 0, self.width, self.height):
-            inside = [c for r in exact if (c := intersect(r, clip)) is not None]
+        if exact and clip == (0, 0, self.width, self.height):
+            inside = clipped(exact, clip)
             tiles = int(np.count_nonzero(self.damage.grid)) * TILE * TILE
-            if sum(r.area for r in inside) <= tiles:
+            if sum(r.w * r.h for r in inside) <= tiles:
                 self.damage.clear()
                 self.exact = []
                 return inside

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import Cursor
 from thinserve.config import ConfigError, address_to_endpoint, from_dict
-from thinserve.damage import Damage, changed_tiles, grid_rects
+from thinserve.damage import Damage, changed_tiles, clipped, grid_rects
 from thinserve.relay.scaling import ScaledSource
 from thinserve.relay.screens import ScreenText, render
 from thinserve.relay.source import Copy, Source
@@ -151,6 +151,13 @@ def test_damage_follows_a_model_and_never_writes_a_grid_it_was_handed(
         assert bool(damage) == bool(model.any())
         for grid, content in handed:
             np.testing.assert_array_equal(grid, content)
+
+
+def test_clipped_keeps_what_is_inside_and_cuts_the_rest() -> None:
+    inside, across, outside = Rect(0, 0, 100, 50), Rect(90, 40, 20, 20), Rect(100, 0, 5, 5)
+    kept = clipped([inside, across, outside], Rect(0, 0, 100, 50))
+    assert kept == [inside, Rect(90, 40, 10, 10)]
+    assert kept[0] is inside
 
 
 def test_grid_rects_merges_rows_with_the_same_runs() -> None:

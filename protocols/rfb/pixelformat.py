@@ -241,6 +241,12 @@ class PixelCodec:
 
     # -- helpers ------------------------------------------------------------
     @cached_property
+    def words_are_rgb24(self) -> bool:
+        """Wire values are the internal 0x00RRGGBB pixels and Tight's TPIXELs
+        their R, G, B bytes (32 bits, 24-bit depth, the usual layout)."""
+        return self._tight_rgb24 and (self.pf.is_native or self._same_layout_as_native)
+
+    @cached_property
     def _same_layout_as_native(self) -> bool:
         pf = self.pf
         return (

@@ -45,6 +45,7 @@ from .tight_select import (
     content_tones,
     find_palette,
 )
+from .tight_tiny import tiny_rectangle
 from .tight_wire import (
     FILL,
     FILTER_COPY,
@@ -130,8 +131,13 @@ class TightEncoder(Encoder):
             raise ValueError(f"Tight rectangle of shape {px.shape} is too large or not 2-D")
         if px.size == 0:
             return _fill(np.zeros(1, np.uint32), codec)
-        words = codec.to_words(px)
         settings = self._settings
+        tiny = tiny_rectangle(px, codec, settings)
+        if isinstance(tiny, bytes):
+            return Ready(self.encoding, tiny)
+        if tiny is not None:
+            return _basic(tiny.stream, tiny.header, tiny.data, settings, tiny.level)
+        words = codec.to_words(px)
         jpeg_ok = settings.jpeg_allowed(codec, px.size)
         gradient = gradient_allowed(codec)
         # The palette is capped only for rectangles that would otherwise go to

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 import numpy as np
 
@@ -245,6 +246,15 @@ class PixelCodec:
         """Wire values are the internal 0x00RRGGBB pixels and Tight's TPIXELs
         their R, G, B bytes (32 bits, 24-bit depth, the usual layout)."""
         return self._tight_rgb24 and (self.pf.is_native or self._same_layout_as_native)
+
+    @cached_property
+    def cpixel_byteorder(self) -> Literal["little", "big"] | None:
+        """Where wire values are the internal 0x00RRGGBB pixels and a ZRLE
+        CPIXEL is three bytes: the byte order that writes a pixel's CPIXEL
+        with ``int.to_bytes(3, ...)``; else None."""
+        if not self._same_layout_as_native or self._cpixel_skip_byte is None:
+            return None
+        return "big" if self.pf.big_endian else "little"
 
     @cached_property
     def _same_layout_as_native(self) -> bool:

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 from protocols.rfb.encodings.base import Rect
 from protocols.rfb.encodings.zrle import ZRLEDecoder, ZRLEEncoder
-from protocols.rfb.encodings.zrle_small import SMALL_AREA, SMALL_RUNS, small_alternatives
+from protocols.rfb.encodings.zrle_small import (
+    SMALL_AREA,
+    SMALL_RUNS,
+    TINY_AREA,
+    small_alternatives,
+    tiny_alternatives,
+)
 from protocols.rfb.encodings.zrle_write import tile_alternatives
 
 from .test_encodings_zlib_zrle import decode
@@ -123,3 +129,29 @@ def test_typed_glyphs_round_trip_through_one_stream() -> None:
         cell = np.ascontiguousarray(page[:, 12 * i : 12 * (i + 1)])
         payload = encoder.encode(cell, codec)
         np.testing.assert_array_equal(decode(decoder, Rect(0, 0, 12, 21), codec, payload), cell)
+
+
+@pytest.mark.parametrize("fmt", sorted(CODECS))
+def test_cpixel_byte_order_writes_the_spec_s_cpixels(fmt: str) -> None:
+    """Where a format has one, ``to_bytes`` in that order gives each pixel's CPIXEL."""
+    codec = CODECS[fmt]
+    order = codec.cpixel_byteorder
+    if order is None:
+        return
+    pixels = np.random.default_rng(9).integers(0, 1 << 24, size=(4, 50), dtype=np.uint32)
+    assert [p.to_bytes(3, order) for p in pixels.reshape(-1).tolist()] == spec_cpixels(
+        codec, pixels
+    )
+
+
+def test_tiny_rectangles_take_python_ints_and_give_the_reference_bytes() -> None:
+    """Glyph cells in both byte orders: the Python path, as the reference."""
+    rng = np.random.default_rng(10)
+    for fmt in ("native", "native-be"):
+        codec = CODECS[fmt]
+        assert codec.cpixel_byteorder is not None
+        for shape in [(21, 12), (11, 16), (1, 200), (3, 70)]:
+            assert shape[0] * shape[1] < TINY_AREA
+            for pixels in small_contents(rng, *shape):
+                tiny = tiny_alternatives(pixels, codec.cpixel_byteorder)
+                assert tiny == expected_alternatives(pixels, codec)

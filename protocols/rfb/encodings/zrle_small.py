@@ -7,12 +7,20 @@ hundred pixels, where that fixed cost is the whole encoding.  Here a tile's
 runs are found with a few numpy calls and everything else is done over its
 runs (a few dozen on a glyph) in Python.
 
+Rectangles under ``TINY_AREA`` pixels (a glyph cell, a clock's digit) in
+the usual pixel formats go without numpy altogether, over Python ints:
+each numpy call is cheap in a loop but costs tens of microseconds when a
+keystroke wakes an idle server (see :mod:`.tight_tiny`).
+
 The rules are those of :mod:`.zrle_tiles`: the smallest subencoding, the
 lowest number on ties, palettes in ascending wire value, so the bytes are
 the same; only the time differs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
@@ -24,6 +32,9 @@ from .zrle_tiles import MAX_PACKED, MAX_PALETTE, PLAIN_RLE, RAW, RLE_FLAG, SOLID
 # text, four-colour dither and noise from 252 to 12288 pixels).
 SMALL_AREA = 4096
 SMALL_RUNS = 1024
+TINY_AREA = 256
+
+Pack = Callable[[list[int]], bytes]  # CPIXELs of wire values
 
 
 def small_alternatives(pixels: np.ndarray, codec: PixelCodec) -> list[list[bytes]] | None:
@@ -32,6 +43,9 @@ def small_alternatives(pixels: np.ndarray, codec: PixelCodec) -> list[list[bytes
     rectangle is too large or has too many runs for this to be the quicker way."""
     if pixels.size > SMALL_AREA:
         return None
+    order = codec.cpixel_byteorder
+    if pixels.size < TINY_AREA and order is not None:
+        return tiny_alternatives(pixels, order)
     words = codec.to_words(pixels)
     height, width = words.shape
     tiles = []
@@ -60,16 +74,58 @@ def tile_alternatives(words: np.ndarray, change: np.ndarray, codec: PixelCodec) 
     flat = words.reshape(-1)
     if not change.size:
         return [bytes([SOLID]) + codec.pack_cpixel_words(flat[:1])]
-    raw = bytes([RAW]) + codec.pack_cpixel_words(flat)
     starts = np.empty(change.size + 1, dtype=np.intp)
     starts[0], starts[1:] = 0, change
     ends = np.empty_like(starts)
     ends[:-1], ends[-1] = change, flat.size
     runs = Runs(flat[starts].tolist(), (ends - starts).tolist())
-    sub = runs.choice(width, height, codec.zrle_cpixel_bytes)
-    if sub == RAW:
-        return [raw]
-    return [bytes([sub]) + runs.body(sub, width, height, codec), raw]
+    raw = bytes([RAW]) + codec.pack_cpixel_words(flat)
+    return runs.alternatives(width, height, codec.zrle_cpixel_bytes, raw, _numpy_pack(codec))
+
+
+def tiny_alternatives(pixels: np.ndarray, order: Literal["little", "big"]) -> list[list[bytes]]:
+    """:func:`small_alternatives` of a tiny rectangle whose wire values are its
+    pixels and whose CPIXELs are three bytes in ``order``: Python ints only."""
+
+    def pack(values: list[int]) -> bytes:
+        return b"".join([value.to_bytes(3, order) for value in values])
+
+    height, width = pixels.shape
+    tiles = []
+    for y in range(0, height, TILE):
+        for x in range(0, width, TILE):
+            tile = pixels[y : y + TILE, x : x + TILE]
+            values = tile.ravel().tolist()
+            runs = Runs(*python_runs(values))
+            if len(runs.values) == 1:
+                tiles.append([bytes([SOLID]) + pack(runs.values)])
+                continue
+            raw = bytes([RAW]) + pack(values)
+            tiles.append(runs.alternatives(tile.shape[1], tile.shape[0], 3, raw, pack))
+    return tiles
+
+
+def python_runs(values: list[int]) -> tuple[list[int], list[int]]:
+    """The value and length of each run of equal values."""
+    heads, lengths = [], []
+    previous, count = values[0], 0
+    for value in values:
+        if value == previous:
+            count += 1
+        else:
+            heads.append(previous)
+            lengths.append(count)
+            previous, count = value, 1
+    heads.append(previous)
+    lengths.append(count)
+    return heads, lengths
+
+
+def _numpy_pack(codec: PixelCodec) -> Pack:
+    def pack(values: list[int]) -> bytes:
+        return codec.pack_cpixel_words(np.array(values, dtype=np.uint32))
+
+    return pack
 
 
 class Runs:
@@ -102,19 +158,27 @@ class Runs:
             options.append((table + height * row, count))
         return min(options)[1]
 
-    def body(self, sub: int, width: int, height: int, codec: PixelCodec) -> bytes:
+    def alternatives(
+        self, width: int, height: int, cpixel: int, raw: bytes, pack: Pack
+    ) -> list[bytes]:
+        """The chosen form, then ``raw`` unless that is the choice."""
+        sub = self.choice(width, height, cpixel)
+        if sub == RAW:
+            return [raw]
+        return [bytes([sub]) + self.body(sub, width, height, pack, cpixel), raw]
+
+    def body(self, sub: int, width: int, height: int, pack: Pack, cpixel: int) -> bytes:
         """What follows the subencoding byte for a run or palette subencoding."""
         if sub == PLAIN_RLE:
-            return self._plain(codec)
-        table = codec.pack_cpixel_words(np.array(self.colours, dtype=np.uint32))
+            return self._plain(pack, cpixel)
+        table = pack(self.colours)
         place = {colour: i for i, colour in enumerate(self.colours)}
         if sub > RLE_FLAG:
             return table + self._palette_rle(place)
         return table + self._packed(place, width, height)
 
-    def _plain(self, codec: PixelCodec) -> bytes:
-        cpixel = codec.zrle_cpixel_bytes
-        heads = codec.pack_cpixel_words(np.array(self.values, dtype=np.uint32))
+    def _plain(self, pack: Pack, cpixel: int) -> bytes:
+        heads = pack(self.values)
         out = bytearray()
         for i, n in enumerate(self.lengths):
             out += heads[i * cpixel : (i + 1) * cpixel]
@@ -134,9 +198,14 @@ class Runs:
         return bytes(out)
 
     def _packed(self, place: dict[int, int], width: int, height: int) -> bytes:
-        indexes = np.array([place[value] for value in self.values], dtype=np.uint8)
-        rows = indexes.repeat(self.lengths).reshape(height, width)
-        return pack_rows(rows, index_bits(len(self.colours)))
+        bits = index_bits(len(self.colours))
+        if width * height < TINY_AREA:
+            runs = zip(self.values, self.lengths, strict=True)
+            indexes = [place[value] for value, n in runs for _ in range(n)]
+            return python_pack_rows(indexes, width, bits)
+        per_run = np.array([place[value] for value in self.values], dtype=np.uint8)
+        rows = per_run.repeat(self.lengths).reshape(height, width)
+        return pack_rows(rows, bits)
 
 
 def run_length(n: int) -> bytes:
@@ -145,6 +214,19 @@ def run_length(n: int) -> bytes:
     if past < 255:
         return bytes((past,))
     return b"\xff" * (past // 255) + bytes((past % 255,))
+
+
+def python_pack_rows(indexes: list[int], width: int, bits: int) -> bytes:
+    """:func:`pack_rows` of a tiny tile's indexes, row after row in one list."""
+    row_bytes = (width * bits + 7) // 8
+    pad = row_bytes * 8 - width * bits
+    out = bytearray()
+    for start in range(0, len(indexes), width):
+        packed = 0
+        for index in indexes[start : start + width]:
+            packed = (packed << bits) | index
+        out += (packed << pad).to_bytes(row_bytes, "big")
+    return bytes(out)
 
 
 def pack_rows(indexes: np.ndarray, bits: int) -> bytes:

@@ -171,6 +171,19 @@ def clipped(rects: list[Rect], clip: Rect) -> list[Rect]:
     return out
 
 
+def tiles_covered(rects: list[Rect], most: int = 64) -> int | None:
+    """How many tiles ``rects`` touch, counted only up to about ``most``
+    (None beyond: a grid counts large areas faster)."""
+    tiles: set[tuple[int, int]] = set()
+    for r in rects:
+        rows = range(r.y // TILE, -(-(r.y + r.h) // TILE))
+        cols = range(r.x // TILE, -(-(r.x + r.w) // TILE))
+        if len(tiles) + len(rows) * len(cols) > most:
+            return None
+        tiles.update((row, col) for row in rows for col in cols)
+    return len(tiles)
+
+
 def intersect(a: Rect, b: Rect) -> Rect | None:
     x0, y0 = max(a.x, b.x), max(a.y, b.y)
     x1, y1 = min(a.x + a.w, b.x + b.w), min(a.y + a.h, b.y + b.h)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import Cursor
 from thinserve.config import ConfigError, address_to_endpoint, from_dict
-from thinserve.damage import Damage, changed_tiles, clipped, grid_rects
+from thinserve.damage import Damage, changed_tiles, clipped, grid_rects, tiles_covered
 from thinserve.relay.scaling import ScaledSource
 from thinserve.relay.screens import ScreenText, render
 from thinserve.relay.source import Copy, Source
@@ -158,6 +158,30 @@ def test_clipped_keeps_what_is_inside_and_cuts_the_rest() -> None:
     kept = clipped([inside, across, outside], Rect(0, 0, 100, 50))
     assert kept == [inside, Rect(90, 40, 10, 10)]
     assert kept[0] is inside
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 250), st.integers(0, 150), st.integers(1, 50), st.integers(1, 50)),
+        max_size=5,
+    )
+)
+def test_tiles_covered_counts_the_tiles_rectangles_touch(
+    boxes: list[tuple[int, int, int, int]],
+) -> None:
+    rects = [Rect(*box) for box in boxes]
+    mask = np.zeros((208, 304), dtype=bool)  # whole 16x16 tiles
+    for r in rects:
+        mask[r.y : r.y + r.h, r.x : r.x + r.w] = True
+    touched = int(mask.reshape(13, 16, 19, 16).any(axis=(1, 3)).sum())
+    each = sum(
+        len(range(r.y // 16, -(-(r.y + r.h) // 16))) * len(range(r.x // 16, -(-(r.x + r.w) // 16)))
+        for r in rects
+    )
+    counted = tiles_covered(rects, most=64)
+    assert counted == touched or (counted is None and each > 64)
+    assert tiles_covered(rects, most=10_000) == touched
 
 
 def test_grid_rects_merges_rows_with_the_same_runs() -> None:

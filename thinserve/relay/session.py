@@ -30,7 +30,7 @@ from protocols.rfb.updatestats import UPDATE_HEADER, UpdateStats
 from .. import metrics
 from ..broker import TerminalInfo
 from ..clock import Clock, Timer, reactor_clock
-from ..damage import TILE, Damage, clipped, intersect
+from ..damage import TILE, Damage, clipped, intersect, tiles_covered
 from ..rfbserver import RFBServerProtocol
 from .bandwidth import LinkQuality
 from .encodepool import EncodeWorkers
@@ -390,7 +390,9 @@ class TerminalSession:
             return
         if not self.view.settled:
             return  # the rest of the source's update is on its way; it calls again
-        if not self.damage and not self.copies and not conn.has_pending_pseudo:
+        # The source's own rectangles come with their tiles' damage: while
+        # there are any, the damage grid need not be searched.
+        if not (self.exact or self.damage or self.copies or conn.has_pending_pseudo):
             return
         clip = Rect(0, 0, self.width, self.height)
         if not conn.continuous_updates and self.requested is not None:
@@ -512,14 +514,26 @@ class TerminalSession:
         exact = self.exact
         if exact and clip == (0, 0, self.width, self.height):
             inside = clipped(exact, clip)
-            tiles = int(np.count_nonzero(self.damage.grid)) * TILE * TILE
-            if sum(r.w * r.h for r in inside) <= tiles:
+            if self._exact_pays(inside):
                 self.damage.clear()
                 self.exact = []
                 return inside
         rects = self.damage.take(clip)
         self.exact = None if self.damage else []
         return rects
+
+    def _exact_pays(self, inside: list[Rect]) -> bool:
+        """Whether the source's rectangles cover no more pixels than the damaged tiles.
+
+        The tiles they cover themselves are damaged, so when those alone are
+        enough (a typed character's few tiles, counted here) the whole grid
+        is not counted.
+        """
+        area = sum(r.w * r.h for r in inside)
+        covered = tiles_covered(inside)
+        if covered is not None and area <= covered * TILE * TILE:
+            return True
+        return area <= int(np.count_nonzero(self.damage.grid)) * TILE * TILE
 
 
 def _no_delay(transport: object) -> None:

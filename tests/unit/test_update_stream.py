@@ -276,3 +276,15 @@ def test_a_large_rectangle_split_for_a_size_limit_starts_with_a_small_piece() ->
     wide = Rect(0, 0, 3000, 200)
     pieces = list(split_rect(wide, 2048, 65536))
     assert all(p.w <= 2048 and p.area <= 65536 for p in pieces) and covers_once(pieces, wide)
+
+
+def test_pieces_of_a_size_limit_come_in_whole_jpeg_blocks_of_rows() -> None:
+    """At 1920 wide, 65536 pixels allow 34 rows, which JPEG would code as 48:
+    the pieces after the first take 32, all but the last."""
+    rect = Rect(0, 0, 1920, 1080)
+    pieces = list(split_rect(rect, 2048, 65536))
+    assert {p.h for p in pieces[1:-1]} == {32} and pieces[-1].h <= 32
+    assert covers_once(pieces, rect)
+    for width in (1000, 1280, 1500, 2048):  # 65, 51, 43 and 32 rows allowed
+        pieces = list(split_rect(Rect(0, 0, width, 700), 2048, 65536))
+        assert all(p.h % 16 == 0 for p in pieces[1:-1]), width

@@ -97,3 +97,13 @@ def test_other_formats_and_larger_rectangles_take_the_general_path() -> None:
         assert tiny_rectangle(glyph, codec_of(name), TightSettings()) is None
     larger = two_colours(16, 16)  # TINY_AREA pixels: JPEG may apply
     assert tiny_rectangle(larger, codec_of("native"), TightSettings()) is None
+
+
+def test_pixels_with_a_high_byte_encode_as_their_low_three_bytes() -> None:
+    """The general path masks a stray top byte; tiny rectangles do the same by
+    handing such pixels to it, and never fail."""
+    codec = codec_of("native")
+    glyph = few_colours(21, 12)
+    stray = glyph | np.uint32(0x5A000000)
+    assert tiny_rectangle(stray, codec, TightSettings()) is None
+    assert general_encoder(8, 2).encode(stray, codec) == general_encoder(8, 2).encode(glyph, codec)

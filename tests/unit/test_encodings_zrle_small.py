@@ -155,3 +155,11 @@ def test_tiny_rectangles_take_python_ints_and_give_the_reference_bytes() -> None
             for pixels in small_contents(rng, *shape):
                 tiny = tiny_alternatives(pixels, codec.cpixel_byteorder)
                 assert tiny == expected_alternatives(pixels, codec)
+
+
+def test_pixels_with_a_high_byte_encode_as_their_low_three_bytes() -> None:
+    codec = CODECS["native"]
+    glyph = glyphs(np.random.default_rng(11), 21, 12)
+    stray = glyph | np.uint32(0x5A000000)
+    assert tiny_alternatives(stray, "little") is None
+    assert small_alternatives(stray, codec) == small_alternatives(glyph, codec)

@@ -49,6 +49,8 @@ def tiny_rectangle(
     width = pixels.shape[1]
     values = pixels.ravel().tolist()
     colours = sorted(set(values))
+    if colours[-1] > 0xFFFFFF:
+        return None  # not 0x00RRGGBB: the general path masks what is above
     if len(colours) == 1:
         return bytes([FILL << 4]) + tpixel(colours[0])
     if len(colours) > settings.palette_limit(pixels.size, codec, False):

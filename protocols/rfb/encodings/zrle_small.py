@@ -45,7 +45,9 @@ def small_alternatives(pixels: np.ndarray, codec: PixelCodec) -> list[list[bytes
         return None
     order = codec.cpixel_byteorder
     if pixels.size < TINY_AREA and order is not None:
-        return tiny_alternatives(pixels, order)
+        tiny = tiny_alternatives(pixels, order)
+        if tiny is not None:
+            return tiny
     words = codec.to_words(pixels)
     height, width = words.shape
     tiles = []
@@ -83,9 +85,12 @@ def tile_alternatives(words: np.ndarray, change: np.ndarray, codec: PixelCodec) 
     return runs.alternatives(width, height, codec.zrle_cpixel_bytes, raw, _numpy_pack(codec))
 
 
-def tiny_alternatives(pixels: np.ndarray, order: Literal["little", "big"]) -> list[list[bytes]]:
+def tiny_alternatives(
+    pixels: np.ndarray, order: Literal["little", "big"]
+) -> list[list[bytes]] | None:
     """:func:`small_alternatives` of a tiny rectangle whose wire values are its
-    pixels and whose CPIXELs are three bytes in ``order``: Python ints only."""
+    pixels and whose CPIXELs are three bytes in ``order``: Python ints only
+    (None for pixels that are not 0x00RRGGBB, which the general path masks)."""
 
     def pack(values: list[int]) -> bytes:
         return b"".join([value.to_bytes(3, order) for value in values])
@@ -97,6 +102,8 @@ def tiny_alternatives(pixels: np.ndarray, order: Literal["little", "big"]) -> li
             tile = pixels[y : y + TILE, x : x + TILE]
             values = tile.ravel().tolist()
             runs = Runs(*python_runs(values))
+            if runs.colours[-1] > 0xFFFFFF:
+                return None
             if len(runs.values) == 1:
                 tiles.append([bytes([SOLID]) + pack(runs.values)])
                 continue

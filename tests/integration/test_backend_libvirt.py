@@ -188,6 +188,35 @@ async def test_an_event_that_arrives_after_the_fact_replays_nothing(
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_event_that_overlaps_a_stop_replays_nothing(
+    admin_conn: libvirt.virConnect,
+) -> None:
+    """The domain runs on for a moment after the backend reports "stopping": a
+    late "started" event checked in that moment is left to the stop, which
+    reports how it ended (as a start does for events that overlap it)."""
+    name = unique("overlap")
+    xml = fake_domain_xml(name, "<graphics type='vnc' port='5907' autoport='no'/>")
+    log = StatusLog()
+    backend = LibvirtBackend(LibvirtConfig(uri=TEST_URI, domains=(name,)), log)
+    with defined(admin_conn, xml):
+        try:
+            await as_deferred(backend.list_desktops())
+            await as_deferred(backend.ensure_running(name))
+            stopping = asyncio.ensure_future(backend.stop(name))
+            backend._on_event(name, libvirt.VIR_DOMAIN_EVENT_STARTED, 0)  # late, mid-stop
+            await as_deferred(asyncio.gather(stopping, *backend._confirming))
+            assert log.statuses(name) == [
+                DesktopState.STOPPED,
+                DesktopState.STARTING,
+                DesktopState.RUNNING,
+                DesktopState.STOPPING,
+                DesktopState.STOPPED,
+            ]
+        finally:
+            await as_deferred(backend.close())
+
+
+@pytest_twisted.ensureDeferred
 async def test_unknown_and_consoleless_domains_are_clear_errors(
     admin_conn: libvirt.virConnect,
 ) -> None:

@@ -131,6 +131,8 @@ class LibvirtBackend:
         self._placing = asyncio.Lock()  # one measure-and-choose at a time
         self._starting: collections.Counter[str] = collections.Counter()  # host -> starts
         self._started: collections.Counter[str] = collections.Counter()  # desktop -> starts
+        self._stops: collections.Counter[str] = collections.Counter()  # desktop -> stops begun
+        self._stopping: collections.Counter[str] = collections.Counter()  # ... not yet ended
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.threads, thread_name_prefix="libvirt"
         )
@@ -189,12 +191,13 @@ class LibvirtBackend:
         already reported; taken as it comes it would replay the past.  While this
         backend starts the desktop itself (defining it from the template, then
         creating it, QEMU paused then resumed), the start reports the outcome and
-        events that overlap it are left out."""
-        starts = self._started[name]
-        if self._starting_now(name):
+        events that overlap it are left out; so do a stop's (the domain runs on
+        for a moment after "stopping" is reported)."""
+        starts, stops = self._started[name], self._stops[name]
+        if self._busy(name):
             return
         await self._find(name)
-        if self._starting_now(name) or self._started[name] != starts:
+        if self._busy(name) or self._started[name] != starts or self._stops[name] != stops:
             return
         if self._status(name)[0] is status:
             self._report(name, status, detail)
@@ -202,6 +205,10 @@ class LibvirtBackend:
     def _starting_now(self, name: str) -> bool:
         lock = self._starts.get(name)
         return lock is not None and lock.locked()
+
+    def _busy(self, name: str) -> bool:
+        """This backend is starting or stopping ``name``: it reports the outcome."""
+        return self._starting_now(name) or self._stopping[name] > 0
 
     def _wanted(self, name: str) -> bool:
         return not self.config.domains or name in self.config.domains
@@ -247,7 +254,7 @@ class LibvirtBackend:
 
     async def list_desktops(self) -> list[DesktopInfo]:
         self._watch()
-        starts = collections.Counter(self._started)
+        starts, stops = collections.Counter(self._started), collections.Counter(self._stops)
         results = await self._each(domain_states)
         for host, result in zip(self.hosts, results, strict=True):
             if not isinstance(result, BackendError):
@@ -259,8 +266,12 @@ class LibvirtBackend:
         desktops = []
         for name in sorted(names):
             status, detail = self._status(name)
-            if self._starting_now(name) or self._started[name] != starts[name]:
-                status, detail = self.known.get(name, (status, detail))  # the start reports
+            if (
+                self._busy(name)
+                or self._started[name] != starts[name]
+                or self._stops[name] != stops[name]
+            ):
+                status, detail = self.known.get(name, (status, detail))  # the start/stop reports
             else:
                 self._report(name, status, detail)
             desktops.append(DesktopInfo(name, self.name, status, detail))
@@ -465,15 +476,20 @@ class LibvirtBackend:
     async def stop(self, desktop: str, force: bool = False) -> None:
         self._check_wanted(desktop)
         self._watch()
+        self._stops[desktop] += 1
+        self._stopping[desktop] += 1
         self._report(desktop, DesktopState.STOPPING, "destroying" if force else "shutting down")
         how = ""
         try:
             await self._find(desktop)
             how = await self._stop_where_active(desktop, force)
         finally:
-            await self._find(desktop)
-            status, detail = self._status(desktop)
-            self._report(desktop, status, how if status is DesktopState.STOPPED else detail)
+            try:
+                await self._find(desktop)
+                status, detail = self._status(desktop)
+                self._report(desktop, status, how if status is DesktopState.STOPPED else detail)
+            finally:
+                self._stopping[desktop] -= 1
 
     async def _stop_where_active(self, desktop: str, force: bool) -> str:
         host = self._active_on(desktop)

@@ -192,3 +192,18 @@ def run_decoder(gen: DecodeGen, data: bytes) -> tuple[DecodeResult, int]:
 def pixels_result(pixels: np.ndarray, rect: Rect) -> np.ndarray:
     """Reshape decoded pixels to (h, w) uint32."""
     return np.asarray(pixels, dtype=np.uint32).reshape(rect.h, rect.w)
+
+
+def pack_index_rows(indexes: list[int], width: int, bits: int) -> bytes:
+    """Palette indexes, row after row in one list, packed ``bits`` to a pixel,
+    most significant first, each row padded to a whole byte (Tight's mono
+    rows, ZRLE's packed palettes), for the few pixels of a tiny rectangle."""
+    row_bytes = (width * bits + 7) // 8
+    pad = row_bytes * 8 - width * bits
+    out = bytearray()
+    for start in range(0, len(indexes), width):
+        packed = 0
+        for index in indexes[start : start + width]:
+            packed = (packed << bits) | index
+        out += (packed << pad).to_bytes(row_bytes, "big")
+    return bytes(out)

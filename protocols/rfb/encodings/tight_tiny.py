@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..pixelformat import PixelCodec
+from .base import pack_index_rows
 from .tight_select import JPEG_MIN_AREA, TightSettings
 from .tight_wire import FILL, FILTER_PALETTE, STREAM_FULL, STREAM_INDEXED, STREAM_MONO
 
@@ -59,7 +60,7 @@ def tiny_rectangle(
     table = b"".join([tpixel(colour) for colour in colours])
     header = bytes([FILTER_PALETTE, len(colours) - 1]) + table
     if len(colours) == 2:
-        data = mono_rows(values, colours[1], width)
+        data = pack_index_rows([int(value == colours[1]) for value in values], width, 1)
         return Filtered(STREAM_MONO, header, data, settings.palette_zlib)
     place = {colour: i for i, colour in enumerate(colours)}
     data = bytes([place[value] for value in values])
@@ -69,16 +70,3 @@ def tiny_rectangle(
 def tpixel(value: int) -> bytes:
     """A 0x00RRGGBB pixel's TPIXEL: its R, G and B bytes."""
     return value.to_bytes(3, "big")
-
-
-def mono_rows(values: list[int], high: int, width: int) -> bytes:
-    """A bit per pixel, set where it is ``high``, rows padded to whole bytes."""
-    out = bytearray()
-    row_bytes = (width + 7) // 8
-    pad = row_bytes * 8 - width
-    for start in range(0, len(values), width):
-        bits = 0
-        for value in values[start : start + width]:
-            bits = (bits << 1) | (value == high)
-        out += (bits << pad).to_bytes(row_bytes, "big")
-    return bytes(out)

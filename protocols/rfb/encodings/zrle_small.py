@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from ..pixelformat import PixelCodec
+from .base import pack_index_rows
 from .zrle_tiles import MAX_PACKED, MAX_PALETTE, PLAIN_RLE, RAW, RLE_FLAG, SOLID, TILE, index_bits
 
 # A rectangle goes tile by tile here up to this many pixels and runs in all:
@@ -209,7 +210,7 @@ class Runs:
         if width * height < TINY_AREA:
             runs = zip(self.values, self.lengths, strict=True)
             indexes = [place[value] for value, n in runs for _ in range(n)]
-            return python_pack_rows(indexes, width, bits)
+            return pack_index_rows(indexes, width, bits)
         per_run = np.array([place[value] for value in self.values], dtype=np.uint8)
         rows = per_run.repeat(self.lengths).reshape(height, width)
         return pack_rows(rows, bits)
@@ -221,19 +222,6 @@ def run_length(n: int) -> bytes:
     if past < 255:
         return bytes((past,))
     return b"\xff" * (past // 255) + bytes((past % 255,))
-
-
-def python_pack_rows(indexes: list[int], width: int, bits: int) -> bytes:
-    """:func:`pack_rows` of a tiny tile's indexes, row after row in one list."""
-    row_bytes = (width * bits + 7) // 8
-    pad = row_bytes * 8 - width * bits
-    out = bytearray()
-    for start in range(0, len(indexes), width):
-        packed = 0
-        for index in indexes[start : start + width]:
-            packed = (packed << bits) | index
-        out += (packed << pad).to_bytes(row_bytes, "big")
-    return bytes(out)
 
 
 def pack_rows(indexes: np.ndarray, bits: int) -> bytes:

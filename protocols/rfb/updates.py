@@ -92,6 +92,7 @@ class RectEncoder:
         self._copy = CopyRectEncoder()
         self.settings = ClientSettings()
         self.shared = False  # encoding so that updates can go to other connections as they are
+        self.quick = False  # the link is fast: fewer cycles for more bytes
 
     def configure(self, settings: ClientSettings) -> None:
         self.settings = settings
@@ -106,11 +107,24 @@ class RectEncoder:
             for encoder in self._encoders.values():
                 encoder.share_streams(shared)
 
+    def prefer_speed(self, quick: bool) -> None:
+        """Trade bytes for time where an encoding can (see ``Encoder.prefer_speed``)."""
+        if quick != self.quick:
+            self.quick = quick
+            for encoder in self._encoders.values():
+                encoder.prefer_speed(quick)
+
     def update_key(self) -> Hashable:
         """Besides the picture, the rectangles and the pixel format, all that
         decides an update's bytes when every rectangle's finish is shared."""
         settings = self.settings
-        return (settings.rect_encodings, settings.quality, settings.compression, self.shared)
+        return (
+            settings.rect_encodings,
+            settings.quality,
+            settings.compression,
+            self.shared,
+            self.quick,
+        )
 
     def finish_is_shared(self, part: Part, prepared: object) -> bool:
         return self.encoder(part.encoding).finish_is_shared(prepared)
@@ -120,6 +134,7 @@ class RectEncoder:
             encoder = make_encoder(encoding)
             encoder.configure(self.settings.quality, self.settings.compression)
             encoder.share_streams(self.shared)
+            encoder.prefer_speed(self.quick)
             self._encoders[encoding] = encoder
         return self._encoders[encoding]
 

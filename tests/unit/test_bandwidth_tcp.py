@@ -15,6 +15,7 @@ import pytest
 
 from thinserve.relay.bandwidth import (
     BUSY_FLOOR,
+    FAST_KBPS,
     KEEP_MARGIN,
     LEVEL_KBPS,
     MAX_LEVEL,
@@ -224,6 +225,36 @@ def test_too_few_bytes_say_nothing() -> None:
     kbit = MIN_ACKED * 8 / 1000 / WINDOW * 0.9  # under MIN_ACKED per window
     conn.run(10.0, kbit)
     assert conn.changes == [] and conn.level == MAX_LEVEL
+
+
+# -- fast links: time matters more than bytes ---------------------------------------------------
+def test_a_link_is_fast_until_shown_to_be_the_limit_below_fast_kbps() -> None:
+    conn = Connection()
+    assert conn.link.fast()  # not measured yet: taken to carry everything
+    conn.run(4.0, FAST_KBPS * 3, busy_share=0.05)  # a LAN, nothing waits
+    assert conn.link.fast() and conn.level == MAX_LEVEL
+    conn.run(4.0, FAST_KBPS * 2)  # the network is the limit, but a fast one
+    assert conn.link.fast() and conn.level == MAX_LEVEL
+    conn.run(4.0, FAST_KBPS / 3)  # a 50 Mbit/s link, full: bytes cost time
+    assert not conn.link.fast() and conn.level == MAX_LEVEL
+    conn.run(4.0, FAST_KBPS / 3, limit="receiver")  # a slow terminal is not a slow link
+    assert conn.link.fast()
+
+
+def test_a_link_that_lowered_the_quality_is_not_fast() -> None:
+    conn = Connection()
+    conn.run(4.0, 2_000)
+    assert conn.level < MAX_LEVEL and not conn.link.fast()
+    conn.idle(10.0)  # nothing new is measured: the level, and the verdict, stay
+    assert not conn.link.fast()
+
+
+def test_a_link_timed_by_the_terminals_answers_is_fast_at_the_highest_level() -> None:
+    link = LinkQuality(lambda: None)
+    link.timed = True
+    assert link.fast()
+    link.policy.levels.level = MAX_LEVEL - 1
+    assert not link.fast()
 
 
 # -- back up -------------------------------------------------------------------------------------

@@ -546,6 +546,43 @@ def test_compression_levels_all_roundtrip_and_trade_size() -> None:
     assert sizes[9] < sizes[0]
 
 
+def text_like(h: int, w: int) -> np.ndarray:
+    """Eight colours in runs, as anti-aliased text is: an indexed palette."""
+    return np.repeat(few_colours(h, w // 8), 8, axis=1)
+
+
+@pytest.mark.parametrize("compression", range(10))
+def test_on_a_fast_link_large_chunks_trade_bytes_for_time_up_to_level_2(compression: int) -> None:
+    codec = codec_of("native")
+    large, small = text_like(64, 512), text_like(8, 64)
+    assert large.size >= INDEPENDENT_BYTES > small.size
+    plain, quick, fastest = TightEncoder(), TightEncoder(), TightEncoder()
+    plain.configure(None, compression)
+    quick.prefer_speed(True)
+    quick.configure(None, compression)  # a SetEncodings keeps the link's choice
+    fastest.configure(None, 0)  # zlib level 1, and the same indexed palette here
+    payload = quick.encode(large, codec)
+    assert method(payload) == method(plain.encode(large, codec)) == "indexed"
+    if compression <= 2:
+        assert payload == fastest.encode(large, codec)
+        assert len(payload) >= len(plain.encode(large, codec))
+    else:  # the peer asked for small bytes
+        assert payload == plain.encode(large, codec)
+    np.testing.assert_array_equal(decode(TightDecoder(), payload, large.shape, codec), large)
+    # Small data rides on the connection's streams as before.
+    assert quick.encode(small, codec) == plain.encode(small, codec)
+
+
+def test_the_fast_choice_can_be_taken_back() -> None:
+    codec = codec_of("native")
+    px = text_like(64, 512)
+    encoder, plain = TightEncoder(), TightEncoder()
+    encoder.prefer_speed(True)
+    quick = encoder.encode(px, codec)
+    encoder.prefer_speed(False)
+    assert encoder.encode(px, codec) == plain.encode(px, codec) != quick
+
+
 # -- decoder: every wire variant ----------------------------------------------
 def test_explicit_copy_filter_on_any_stream() -> None:
     codec = codec_of("native")

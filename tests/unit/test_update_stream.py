@@ -9,6 +9,8 @@ from protocols.rfb import messages as m
 from protocols.rfb.client import UpdateDone
 from protocols.rfb.constants import Encoding, FenceFlag
 from protocols.rfb.encodings import Rect
+from protocols.rfb.encodings.tight import TightEncoder
+from protocols.rfb.pixelformat import PixelCodec, PixelFormat
 from protocols.rfb.updates import (
     BAND_PIXELS,
     BAND_ROWS,
@@ -288,3 +290,28 @@ def test_pieces_of_a_size_limit_come_in_whole_jpeg_blocks_of_rows() -> None:
     for width in (1000, 1280, 1500, 2048):  # 65, 51, 43 and 32 rows allowed
         pieces = list(split_rect(Rect(0, 0, width, 700), 2048, 65536))
         assert all(p.h % 16 == 0 for p in pieces[1:-1]), width
+
+
+def test_a_fast_links_choice_reaches_every_encoder_and_the_sharing_key() -> None:
+    """Updates encoded for a fast link are shared only with fast links, and an
+    encoder made after the choice follows it too."""
+    settings = ClientSettings.from_encodings((Encoding.TIGHT, Encoding.ZRLE))
+    codec = PixelCodec(PixelFormat())
+    frame = desktop_frame(512, 64, seed=7)
+    rect = Rect(0, 0, 512, 64)
+    fast, slow, alone = RectEncoder(), RectEncoder(), TightEncoder()
+    for encoder in (fast, slow):
+        encoder.configure(settings)
+    assert fast.update_key() == slow.update_key()
+    fast.prefer_speed(True)  # before the Tight encoder is made
+    assert fast.update_key() != slow.update_key()
+    alone.prefer_speed(True)
+    parts = fast.plan(frame, rect)
+    assert {part.encoding for part in parts} == {Encoding.TIGHT}
+    expected = [
+        alone.encode(frame[p.rect.y : p.rect.y + p.rect.h, p.rect.x : p.rect.x + p.rect.w], codec)
+        for p in parts
+    ]
+    sent_fast = [payload for _, payload in fast.encode(frame, rect, codec)]
+    assert sent_fast == expected
+    assert sent_fast != [payload for _, payload in slow.encode(frame, rect, codec)]

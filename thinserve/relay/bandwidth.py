@@ -61,6 +61,11 @@ MAX_LEVEL = 9
 # full 1280x1024 screen of photo-like content at that level takes to go out
 # in half a second; level 9 (JPEG quality 100) only on LAN-class links.
 LEVEL_KBPS = (0, 1_000, 1_200, 1_500, 1_800, 2_500, 3_000, 4_000, 6_000, 30_000)
+# A link shown to be the limit below this rate (kbit/s) carries bytes dearer
+# than the CPU time it takes to save them: about where the third more bytes
+# of a whole screen of text compressed at zlib level 1 take as long to go
+# out as the time level 3 costs more (1.3-4.8 ms here for 24-56 KB).
+FAST_KBPS = 150_000
 KEEP_MARGIN = 0.75  # a level stays while the rate is above this share of its need
 RAISE_MARGIN = 1.25  # a higher level needs this much more than its need ...
 RAISE_HOLD = 2.0  # ... and this many seconds since the last change
@@ -474,6 +479,17 @@ class LinkQuality:
     def quality(self, requested: int | None) -> int | None:
         """The quality level for a terminal that asked for ``requested``."""
         return effective_quality(requested, self.level)
+
+    def fast(self) -> bool:
+        """Whether the link is fast enough that time matters more than bytes:
+        at the highest level, and not shown to be the limit below FAST_KBPS."""
+        if self.level < MAX_LEVEL:
+            return False
+        last = None if self.tcp is None else self.tcp.last
+        if last is None or not last.link_limited:
+            return True
+        kbps = last.kbps
+        return kbps is None or kbps >= FAST_KBPS
 
     def _levels(self) -> Levels:
         return self.tcp.levels if self.tcp is not None else self.policy.levels

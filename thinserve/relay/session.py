@@ -406,6 +406,7 @@ class TerminalSession:
         self.stream_started = time.monotonic()
         work = self.view.work()
         conn.rect_encoder.share_streams(len(self.view.listeners) > 1)
+        conn.rect_encoder.prefer_speed(self.link.fast())
         stats = conn.send_prepared(rects, copies, work)
         if stats is not None:
             proto.flush()

@@ -122,6 +122,11 @@ class Encoder(ABC):
         Encoders without streams, or whose streams cannot restart, ignore it."""
         return
 
+    def prefer_speed(self, quick: bool) -> None:
+        """Spend fewer CPU cycles for some more bytes (``quick``: the link is
+        fast), where the encoding has such a choice.  By default it is ignored."""
+        return
+
     def configure(self, quality: int | None, compression: int | None) -> None:
         """Apply the peer's JPEG quality and compression level (0..9 or None).
 

@@ -44,6 +44,7 @@ from .tight_select import (
     TightSettings,
     content_tones,
     find_palette,
+    too_many_sampled,
 )
 from .tight_tiny import tiny_rectangle
 from .tight_wire import (
@@ -100,7 +101,15 @@ class TightEncoder(Encoder):
         self._streams = DeflateStreams()
 
     def configure(self, quality: int | None, compression: int | None) -> None:
-        self._settings = TightSettings.of(quality, compression, self._settings.shared)
+        old = self._settings
+        self._settings = TightSettings.of(quality, compression, old.shared, old.quick)
+
+    def prefer_speed(self, quick: bool) -> None:
+        """Compress large chunks for time rather than bytes (``quick``): the
+        link carries the extra bytes in less time than zlib saves (see
+        ``TightSettings.large_zlib``)."""
+        if quick != self._settings.quick:
+            self._settings = replace(self._settings, quick=quick)
 
     def share_streams(self, shared: bool) -> None:
         """Send every zlib chunk on a fresh stream (``shared``), or small ones
@@ -137,14 +146,16 @@ class TightEncoder(Encoder):
             return Ready(self.encoding, tiny)
         if tiny is not None:
             return _basic(tiny.stream, tiny.header, tiny.data, settings, tiny.level)
-        words = codec.to_words(px)
         jpeg_ok = settings.jpeg_allowed(codec, px.size)
         gradient = gradient_allowed(codec)
         # The palette is capped only for rectangles that would otherwise go to
         # JPEG; screen content keeps its lossless palette.  The uncapped palette
         # is tried first: within the cap, judging the content changes nothing,
         # and beyond it the palette's runs measure the tones exactly.
-        palette = find_palette(words, settings.palette_limit(px.size, codec, False))
+        limit = settings.palette_limit(px.size, codec, False)
+        palette = None
+        if not too_many_sampled(px, codec, limit):
+            palette = find_palette(codec.to_words(px), limit)
         if palette is not None and palette.colours.size == 1:
             return _fill(palette.colours, codec)
         capped = settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
@@ -156,7 +167,7 @@ class TightEncoder(Encoder):
         tones = content_tones(px) if judge else ContentTones(False, False)
         if jpeg_ok and tones.many:
             return _jpeg(px, settings)
-        return _full_colour(px, words, codec, settings, gradient and tones.smooth)
+        return _full_colour(px, codec, settings, gradient and tones.smooth)
 
     def finish(self, prepared: object, codec: PixelCodec) -> tuple[int, bytes]:
         """Final rectangles as they are; filtered data through this connection's streams."""
@@ -198,6 +209,8 @@ def _basic(stream: int, header: bytes, data: bytes, settings: TightSettings, lev
     least = MIN_TO_COMPRESS if settings.shared else INDEPENDENT_BYTES
     if len(data) < least:
         return Basic(stream, header, data, level)
+    if len(data) >= INDEPENDENT_BYTES:
+        level = settings.large_zlib(level)
     return Basic(stream, header, b"", level, independent_chunk(data, level))
 
 
@@ -216,7 +229,7 @@ def _palette(palette: Palette, codec: PixelCodec, settings: TightSettings) -> Ba
 
 
 def _full_colour(
-    px: np.ndarray, words: np.ndarray, codec: PixelCodec, settings: TightSettings, gradient: bool
+    px: np.ndarray, codec: PixelCodec, settings: TightSettings, gradient: bool
 ) -> Basic:
     if gradient:
         layout = ChannelLayout.of(codec)
@@ -226,7 +239,7 @@ def _full_colour(
     if codec.tight_pixel_bytes == 3:
         data = codec.pack_tpixels(px)
     else:
-        data = tpixels_from_words(words, codec)
+        data = tpixels_from_words(codec.to_words(px), codec)
     return _basic(STREAM_FULL, b"", data, settings, settings.full_zlib)
 
 

@@ -45,6 +45,12 @@ JPEG_LEVELS: tuple[tuple[int, str], ...] = (
 # zlib level per compression level 0..9, for full-colour and palette data.
 FULL_ZLIB = (1, 1, 2, 3, 4, 5, 6, 6, 7, 9)
 PALETTE_ZLIB = (1, 2, 3, 5, 6, 7, 8, 9, 9, 9)
+# On a link fast enough that time matters more than bytes (``quick``), large
+# zlib chunks of a peer that asked for compression up to QUICK_UP_TO use
+# level QUICK_ZLIB: on whole screens of text and windows zlib takes half the
+# time and the bytes grow by about a third.
+QUICK_ZLIB = 1
+QUICK_UP_TO = 2
 # An 8-bit palette is used for at most area / divisor colours (and 256).
 PALETTE_DIVISOR = (16, 12, 8, 8, 6, 6, 4, 4, 4, 4)
 MAX_PALETTE = 256
@@ -75,13 +81,21 @@ class TightSettings:
     # Every zlib chunk on a fresh stream, so a rectangle's bytes are the same
     # on every connection that sends it (TightEncoder.share_streams).
     shared: bool = False
+    # The link is fast: large chunks trade bytes for time (TightEncoder.prefer_speed).
+    quick: bool = False
 
     @classmethod
     def of(
-        cls, quality: int | None, compression: int | None, shared: bool = False
+        cls, quality: int | None, compression: int | None, shared: bool = False, quick: bool = False
     ) -> TightSettings:
         level = DEFAULT_COMPRESSION if compression is None else _level(compression)
-        return cls(None if quality is None else _level(quality), level, shared)
+        return cls(None if quality is None else _level(quality), level, shared, quick)
+
+    def large_zlib(self, level: int) -> int:
+        """The zlib level for a large chunk that would otherwise get ``level``."""
+        if self.quick and self.compression <= QUICK_UP_TO:
+            return min(level, QUICK_ZLIB)
+        return level
 
     @property
     def full_zlib(self) -> int:
@@ -159,7 +173,7 @@ class Palette:
 def find_palette(words: np.ndarray, limit: int) -> Palette | None:
     """The palette of a (h, w) block of wire values, or None beyond ``limit`` colours.
 
-    Sampled pixels reject many-colour content at once.  The colours of
+    (``too_many_sampled`` rejects most many-colour content before.)  The colours of
     sampled runs then make a lookup table; looking every run up in it
     gives each run's index, and the runs it misses add their colours (or
     show there are too many).  A sample only rejects when it alone has
@@ -168,8 +182,6 @@ def find_palette(words: np.ndarray, limit: int) -> Palette | None:
     flat = words.reshape(-1)
     if flat.size <= SMALL_PALETTE_PIXELS:
         return _small_palette(words, limit)
-    if _too_many(flat, limit, PALETTE_SAMPLE // 8):  # rejects most photos at once
-        return None
     starts = run_starts(flat)
     values = flat[starts]
     table = ColourTable.of(distinct(values[:: max(1, values.size // RUN_SAMPLE)]))
@@ -198,11 +210,20 @@ def _small_palette(words: np.ndarray, limit: int) -> Palette | None:
     return Palette(colours, shape, starts, pixel_index[starts], pixel_index.reshape(shape))
 
 
-def _too_many(values: np.ndarray, limit: int, size: int) -> bool:
-    """True if about ``size`` evenly spaced ``values`` hold more than ``limit`` colours."""
-    if values.size <= 2 * size:
+def too_many_sampled(pixels: np.ndarray, codec: PixelCodec, limit: int) -> bool:
+    """True if about PALETTE_SAMPLE / 8 evenly spaced pixels (in row-major
+    order) of a (h, w) block alone hold more than ``limit`` colours.
+
+    It rejects most photos at once, before any other pixel is converted
+    to its wire value: a sample only rejects when it alone has too many
+    colours, so what it lets through is decided exactly.
+    """
+    size = PALETTE_SAMPLE // 8
+    h, w = pixels.shape
+    if h * w <= 2 * size:
         return False  # as cheap to count them all
-    return distinct(values[:: values.size // size]).size > limit
+    at = np.arange(0, h * w, h * w // size)
+    return distinct(codec.to_words(pixels[at // w, at % w])).size > limit
 
 
 def distinct(values: np.ndarray) -> np.ndarray:

@@ -220,8 +220,8 @@ def too_many_sampled(pixels: np.ndarray, codec: PixelCodec, limit: int) -> bool:
     """
     size = PALETTE_SAMPLE // 8
     h, w = pixels.shape
-    if h * w <= 2 * size:
-        return False  # as cheap to count them all
+    if h * w <= max(2 * size, SMALL_PALETTE_PIXELS):
+        return False  # as cheap to count them all (``find_palette``)
     at = np.arange(0, h * w, h * w // size)
     return distinct(codec.to_words(pixels[at // w, at % w])).size > limit
 

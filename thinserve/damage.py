@@ -8,6 +8,7 @@ downwards when consecutive rows have the same runs.
 
 from __future__ import annotations
 
+import functools
 from typing import cast
 
 import numpy as np
@@ -172,16 +173,37 @@ def clipped(rects: list[Rect], clip: Rect) -> list[Rect]:
 
 
 def tiles_covered(rects: list[Rect], most: int = 64) -> int | None:
-    """How many tiles ``rects`` touch, counted only up to about ``most``
-    (None beyond: a grid counts large areas faster)."""
-    tiles: set[tuple[int, int]] = set()
+    """How many tiles ``rects`` touch, counted only while the rectangles'
+    own tiles, overlaps counted twice, are at most ``most`` (None beyond: a
+    grid counts large areas faster).
+
+    Every terminal watching a desktop asks this of the same rectangles
+    after each of its updates: the last few answers are kept.
+    """
+    return _tiles_covered(tuple(rects), most)
+
+
+@functools.lru_cache(maxsize=16)
+def _tiles_covered(rects: tuple[Rect, ...], most: int) -> int | None:
+    """``tiles_covered``: a row of tiles is a bitmask of the columns
+    touched, so the work grows with rows, not tiles."""
+    masks: dict[int, int] = {}  # tile row: a bit for each tile column touched
+    upper = 0  # tiles counted with overlaps: a bound on the true count
     for r in rects:
-        rows = range(r.y // TILE, -(-(r.y + r.h) // TILE))
-        cols = range(r.x // TILE, -(-(r.x + r.w) // TILE))
-        if len(tiles) + len(rows) * len(cols) > most:
+        first, last = r.y // TILE, -(-(r.y + r.h) // TILE)
+        col = r.x // TILE
+        cols = -(-(r.x + r.w) // TILE) - col
+        upper += (last - first) * cols
+        if upper > most:
             return None
-        tiles.update((row, col) for row in rows for col in cols)
-    return len(tiles)
+        span = ((1 << cols) - 1) << col
+        for row in range(first, last):
+            masks[row] = masks.get(row, 0) | span
+    return _count(masks)
+
+
+def _count(masks: dict[int, int]) -> int:
+    return sum(mask.bit_count() for mask in masks.values())
 
 
 def intersect(a: Rect, b: Rect) -> Rect | None:

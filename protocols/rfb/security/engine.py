@@ -144,6 +144,8 @@ class Engine:
     # -- output -----------------------------------------------------------
     def take_output(self) -> bytes:
         """Queued bytes up to the next TLS barrier (which is then passed)."""
+        if len(self._segments) == 1 and not self._segments[0]:
+            return b""  # nothing queued: the usual case once the handshake is over
         first = self._segments.pop(0)
         if not self._segments:
             self._segments.append(bytearray())

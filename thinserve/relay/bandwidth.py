@@ -62,9 +62,9 @@ MAX_LEVEL = 9
 # in half a second; level 9 (JPEG quality 100) only on LAN-class links.
 LEVEL_KBPS = (0, 1_000, 1_200, 1_500, 1_800, 2_500, 3_000, 4_000, 6_000, 30_000)
 # A link shown to be the limit below this rate (kbit/s) carries bytes dearer
-# than the CPU time it takes to save them: about where the third more bytes
-# of a whole screen of text compressed at zlib level 1 take as long to go
-# out as the time level 3 costs more (1.3-4.8 ms here for 24-56 KB).
+# than the CPU time it takes to save them.  Whole screens of text and
+# windows at zlib level 1 take 2.1-3.4 ms less and 29-56 KB more than at
+# levels 2 and 3 here: even at 110-130 Mbit/s; this errs towards bytes.
 FAST_KBPS = 150_000
 KEEP_MARGIN = 0.75  # a level stays while the rate is above this share of its need
 RAISE_MARGIN = 1.25  # a higher level needs this much more than its need ...

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
@@ -222,3 +224,39 @@ def test_terminals_watching_one_desktop_share_its_encoding_work() -> None:
     until_sent()
     for wire in wires:
         np.testing.assert_array_equal(wire.client.framebuffer, changed)
+
+
+def test_only_a_terminal_alone_on_a_fast_link_trades_bytes_for_time() -> None:
+    """Tight's quick zlib (``RectEncoder.prefer_speed``) is worth it for one
+    terminal; with two watching, each would be sent the extra bytes."""
+    source = Source(desktop_frame(W, H, seed=14), "desk")
+    alone = Wire(source)
+    alone.client.set_encodings([Encoding.TIGHT, Encoding.COPYRECT])
+    assert alone.session.proto is not None
+    encoder = alone.session.proto.conn.rect_encoder
+    full_request(alone)
+    assert encoder.quick  # the string transport's link: not measured, taken as fast
+    while alone.session.stream is not None:
+        alone.turn()
+    other = Wire(source)
+    other.clock = other.session.clock = alone.clock  # one reactor
+    for wire in (alone, other):
+        wire.client.set_encodings([Encoding.TIGHT, Encoding.COPYRECT])
+        full_request(wire)
+    assert not encoder.quick
+    assert other.session.proto is not None
+    assert not other.session.proto.conn.rect_encoder.quick
+    while any(w.session.stream is not None for w in (alone, other)):
+        alone.clock.turn()
+        alone.pump()
+        other.pump()
+    for wire in (alone, other):
+        np.testing.assert_array_equal(wire.client.framebuffer, source.framebuffer)
+    other.session.detach()
+    full_request(alone)
+    assert encoder.quick  # alone again
+    while alone.session.stream is not None:
+        alone.turn()
+    alone.session.link.policy.levels.lower(500, time.monotonic())  # the link is slow
+    full_request(alone)
+    assert not encoder.quick

@@ -405,8 +405,11 @@ class TerminalSession:
         self._adapt_quality()
         self.stream_started = time.monotonic()
         work = self.view.work()
-        conn.rect_encoder.share_streams(len(self.view.listeners) > 1)
-        conn.rect_encoder.prefer_speed(self.link.fast())
+        shared = len(self.view.listeners) > 1
+        conn.rect_encoder.share_streams(shared)
+        # zlib's time is spent once per picture, its bytes once per terminal:
+        # with several watchers the bytes cost more than the time saved.
+        conn.rect_encoder.prefer_speed(not shared and self.link.fast())
         stats = conn.send_prepared(rects, copies, work)
         if stats is not None:
             proto.flush()

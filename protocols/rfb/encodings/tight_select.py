@@ -173,11 +173,11 @@ class Palette:
 def find_palette(words: np.ndarray, limit: int) -> Palette | None:
     """The palette of a (h, w) block of wire values, or None beyond ``limit`` colours.
 
-    (``too_many_sampled`` rejects most many-colour content before.)  The colours of
-    sampled runs then make a lookup table; looking every run up in it
-    gives each run's index, and the runs it misses add their colours (or
-    show there are too many).  A sample only rejects when it alone has
-    too many colours, so the outcome is exact.
+    The colours of sampled runs make a lookup table; looking every run up
+    in it gives each run's index, and the runs it misses add their colours
+    (or show there are too many).  A sample only rejects when it alone has
+    too many colours, so the outcome is exact.  (Its caller rules most
+    many-colour blocks out first, with ``too_many_sampled``.)
     """
     flat = words.reshape(-1)
     if flat.size <= SMALL_PALETTE_PIXELS:

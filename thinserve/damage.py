@@ -199,10 +199,6 @@ def _tiles_covered(rects: tuple[Rect, ...], most: int) -> int | None:
         span = ((1 << cols) - 1) << col
         for row in range(first, last):
             masks[row] = masks.get(row, 0) | span
-    return _count(masks)
-
-
-def _count(masks: dict[int, int]) -> int:
     return sum(mask.bit_count() for mask in masks.values())
 
 

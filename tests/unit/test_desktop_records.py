@@ -75,8 +75,11 @@ def test_a_pid_used_again_by_another_process_is_not_the_recorded_one() -> None:
 
 
 def test_a_zombie_has_ended() -> None:
-    child = subprocess.Popen(["true"])
+    # The child waits for its input to close, so it is surely alive when first read.
+    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     started = start_time(child.pid)
+    assert child.stdin is not None
+    child.stdin.close()
     os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, not yet reaped
     assert started is not None and start_time(child.pid) is None
     child.wait()

@@ -5,7 +5,6 @@ commands (``thinserve terminals``, ``pair``, ``users`` ...) talk to it
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import signal
 import sys
@@ -188,22 +187,6 @@ def serve(args: argparse.Namespace) -> int:
         return run_server(config, lambda: config_from(args))
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD = 128 * 1024
-
-
-def return_large_buffers() -> None:
-    """Make glibc give large buffers (frames, drawn screens) back to the system
-    when they are freed.  Its threshold for that otherwise rises to 32 MiB
-    after the first large buffer is freed, and a server that draws many
-    screens keeps hundreds of MiB it no longer uses.  Elsewhere: nothing."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        pass
-
-
 class Reactor(Protocol):
     """What run_server asks of the reactor: IReactorCore, as mypy can read it."""
 
@@ -222,7 +205,7 @@ def run_server(config: Config, reread: Callable[[], Config] | None = None) -> in
     ``reread`` reads the configuration again, as at the start, for SIGHUP;
     without it SIGHUP is logged and ignored.
     """
-    return_large_buffers()
+    heap.tune_malloc()
     install_reactor()
     from twisted.internet import reactor
 

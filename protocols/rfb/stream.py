@@ -39,12 +39,18 @@ class StreamDriver:
         while len(self._buffer) - self._offset >= self._need:
             start = self._offset
             self._offset += self._need
-            chunk = bytes(self._buffer[start : self._offset])
             try:
-                self._need = self._checked(self._reader.send(chunk))
+                self._need = self._checked(self._reader.send(self._take(start)))
             except StopIteration:
                 raise ProtocolError("stream reader ended") from None
         self._compact()
+
+    def _take(self, start: int) -> bytes:
+        """The buffered bytes from ``start`` to the offset, copied once: a
+        slice of the bytearray would be a second copy (a full screen of raw
+        pixels is 8 MB, and each copy is its own pages to fault in)."""
+        with memoryview(self._buffer) as view:
+            return bytes(view[start : self._offset])
 
     def _compact(self) -> None:
         if self._offset and (self._offset > 65536 or self._offset == len(self._buffer)):

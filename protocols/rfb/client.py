@@ -26,7 +26,7 @@ from . import messages as m
 from .clipboard import ClipboardState
 from .connection import Connection
 from .constants import Encoding, FenceFlag, ServerMsg
-from .encodings import RECT_ENCODINGS, CopyFrom, Decoder, Rect, make_decoder
+from .encodings import RECT_ENCODINGS, Decoder, Rect, make_decoder
 from .errors import ProtocolError, require
 from .handshake import ClientHandshake, HandshakeEvent
 from .limits import DEFAULT_LIMITS, Limits
@@ -248,18 +248,16 @@ class ClientConnection(Connection[ClientHandshake]):
         if encoding not in self.encodings and encoding != Encoding.RAW:
             raise ProtocolError(f"encoding {encoding} was not asked for")
         assert self.codec is not None
-        result = yield from self._decoder(encoding).decode(rect, self.codec)
         target = self.framebuffer[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]
-        if isinstance(result, CopyFrom):
-            sx, sy = result.src_x, result.src_y
+        copy = yield from self._decoder(encoding).decode_into(rect, self.codec, target)
+        if copy is not None:
+            sx, sy = copy.src_x, copy.src_y
             require(
                 sx + rect.w <= self.width and sy + rect.h <= self.height,
                 "CopyRect source outside the framebuffer",
             )
             target[:] = self.framebuffer[sy : sy + rect.h, sx : sx + rect.w].copy()
             self._copies.append((rect, sx, sy))
-        else:
-            target[:] = result
 
     def _decoder(self, encoding: int) -> Decoder:
         if encoding not in self._decoders:

@@ -181,6 +181,22 @@ class PixelCodec:
         words = np.frombuffer(data, dtype=self.pf.wire_dtype, count=count)
         return self.from_words(words)
 
+    def wire_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
+        """Wire bytes straight into ``target``, a (h, w) view of a framebuffer.
+
+        In the native layout the pixels are masked into place, with no
+        whole-rectangle temporary: a full screen's would be 8 MB of fresh
+        pages to fault in.
+        """
+        count = target.size
+        if len(data) < count * self.bytes_per_pixel:
+            raise ProtocolError("pixel data shorter than announced")
+        words = np.frombuffer(data, dtype=self.pf.wire_dtype, count=count).reshape(target.shape)
+        if self.pf.true_colour and self._same_layout_as_native:
+            np.bitwise_and(words, np.uint32(0x00FFFFFF), out=target)
+        else:
+            target[:] = self.from_words(words)
+
     def quantize(self, pixels: np.ndarray) -> np.ndarray:
         """What internal pixels look like after a trip through this format."""
         return self.from_words(self.to_words(pixels)).reshape(np.shape(pixels))

@@ -744,3 +744,42 @@ def test_hextile_finds_the_subrects_rre_finds_in_each_tile(px: np.ndarray) -> No
             *(v.tolist() for v in (found.x, found.y, found.w, found.h, found.colour)), strict=True
         )
         assert hextile_table_rects(table, i) == set(expected)
+
+
+# -- decoding into a framebuffer -------------------------------------------
+
+
+def decode_into_framebuffer(
+    encoding: int, rect: Rect, codec: PixelCodec, data: bytes
+) -> np.ndarray:
+    """A 40x120 framebuffer of a marker colour with ``rect`` decoded into it."""
+    framebuffer = np.full((40, 120), 0xABCDEF, dtype=np.uint32)
+    target = framebuffer[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]
+    gen = checked(make_decoder(encoding).decode_into(rect, codec, target))
+    copy, used = run_decoder(gen, data)
+    assert copy is None and used == len(data)
+    return framebuffer
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_raw_decodes_into_the_framebuffer_as_decode_does(fmt: str) -> None:
+    """Raw writes wire pixels straight into the framebuffer: the same pixels
+    as ``decode``, padding and unused bits dropped, nothing outside touched."""
+    codec = PixelCodec(FORMATS[fmt])
+    rect = Rect(7, 3, 37, 17)
+    data = np.random.default_rng(5).bytes(rect.area * codec.bytes_per_pixel)  # any bits set
+    expected = np.full((40, 120), 0xABCDEF, dtype=np.uint32)
+    expected[3:20, 7:44] = decode_all(Encoding.RAW, rect, codec, data)
+    got = decode_into_framebuffer(Encoding.RAW, rect, codec, data)
+    np.testing.assert_array_equal(got, expected)
+    assert got[3:20, 7:44].max() <= 0xFFFFFF
+
+
+def test_other_decoders_decode_into_the_framebuffer_through_decode() -> None:
+    codec = PixelCodec(NATIVE)
+    px = text(17, 37, np.random.default_rng(6))
+    rect = Rect(7, 3, 37, 17)
+    data = make_encoder(Encoding.HEXTILE).encode(px, codec)
+    got = decode_into_framebuffer(Encoding.HEXTILE, rect, codec, data)
+    np.testing.assert_array_equal(got[3:20, 7:44], px)
+    assert np.all(got[:3] == 0xABCDEF) and np.all(got[:, :7] == 0xABCDEF)

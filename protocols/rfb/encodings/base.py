@@ -165,6 +165,18 @@ class Decoder(ABC):
     def decode(self, rect: Rect, codec: PixelCodec) -> DecodeGen:
         """Generator decoding one rectangle; see the module docstring."""
 
+    def decode_into(
+        self, rect: Rect, codec: PixelCodec, target: np.ndarray
+    ) -> Generator[int, bytes, CopyFrom | None]:
+        """``decode``, with the pixels written into ``target`` (the
+        rectangle's (h, w) view of a framebuffer); a CopyFrom is returned
+        for the caller to carry out."""
+        result = yield from self.decode(rect, codec)
+        if isinstance(result, CopyFrom):
+            return result
+        target[:] = result
+        return None
+
 
 def read_exact(need: int) -> Generator[int, bytes, bytes]:
     """Sub-generator: ``data = yield from read_exact(n)``."""

@@ -27,6 +27,7 @@ from .clipboard import ClipboardState
 from .connection import Connection
 from .constants import Encoding, FenceFlag, ServerMsg
 from .encodings import RECT_ENCODINGS, Decoder, Rect, make_decoder
+from .encodings.copyrect import copy_within
 from .errors import ProtocolError, require
 from .handshake import ClientHandshake, HandshakeEvent
 from .limits import DEFAULT_LIMITS, Limits
@@ -256,7 +257,7 @@ class ClientConnection(Connection[ClientHandshake]):
                 sx + rect.w <= self.width and sy + rect.h <= self.height,
                 "CopyRect source outside the framebuffer",
             )
-            target[:] = self.framebuffer[sy : sy + rect.h, sx : sx + rect.w].copy()
+            copy_within(self.framebuffer, rect, sx, sy)
             self._copies.append((rect, sx, sy))
 
     def _decoder(self, encoding: int) -> Decoder:

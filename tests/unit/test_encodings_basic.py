@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from protocols.rfb.constants import Encoding
-from protocols.rfb.encodings import hextile, make_decoder, make_encoder, rre
+from protocols.rfb.encodings import copyrect, hextile, make_decoder, make_encoder, rre
 from protocols.rfb.encodings.base import CopyFrom, DecodeGen, DecodeResult, Rect, run_decoder
 from protocols.rfb.encodings.copyrect import CopyRectDecoder, CopyRectEncoder
 from protocols.rfb.errors import ProtocolError
@@ -254,6 +254,26 @@ def test_copyrect_encoder_has_no_pixel_form() -> None:
 def test_copyrect_short_input_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError):
         decode_all(Encoding.COPYRECT, Rect(0, 0, 1, 1), PixelCodec(NATIVE), b"\x00\x01")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), band=st.integers(1, 9))
+def test_copy_within_gives_the_source_as_it_was(data: st.DataObject, band: int) -> None:
+    """Source and destination overlapping in every direction, any band size:
+    the destination must equal the source copied out whole first."""
+    fb = np.arange(30 * 40, dtype=np.uint32).reshape(30, 40) * 2654435761 % (1 << 24)
+    w, h = data.draw(st.integers(1, 40)), data.draw(st.integers(1, 30))
+    x, y = data.draw(st.integers(0, 40 - w)), data.draw(st.integers(0, 30 - h))
+    sx, sy = data.draw(st.integers(0, 40 - w)), data.draw(st.integers(0, 30 - h))
+    expected = fb.copy()
+    expected[y : y + h, x : x + w] = fb[sy : sy + h, sx : sx + w].copy()
+    old_band = copyrect.BAND_ROWS
+    copyrect.BAND_ROWS = band  # bands smaller than the rectangle, as on a full screen
+    try:
+        copyrect.copy_within(fb, Rect(x, y, w, h), sx, sy)
+    finally:
+        copyrect.BAND_ROWS = old_band
+    np.testing.assert_array_equal(fb, expected)
 
 
 # -- RRE choices -----------------------------------------------------------

@@ -175,11 +175,7 @@ class PixelCodec:
 
     def from_wire(self, data: bytes | memoryview, count: int) -> np.ndarray:
         """``count`` internal pixels from wire bytes (1-D array)."""
-        need = count * self.bytes_per_pixel
-        if len(data) < need:
-            raise ProtocolError("pixel data shorter than announced")
-        words = np.frombuffer(data, dtype=self.pf.wire_dtype, count=count)
-        return self.from_words(words)
+        return self.from_words(self._wire_words(data, count))
 
     def wire_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
         """Wire bytes straight into ``target``, a (h, w) view of a framebuffer.
@@ -188,14 +184,17 @@ class PixelCodec:
         whole-rectangle temporary: a full screen's would be 8 MB of fresh
         pages to fault in.
         """
-        count = target.size
-        if len(data) < count * self.bytes_per_pixel:
-            raise ProtocolError("pixel data shorter than announced")
-        words = np.frombuffer(data, dtype=self.pf.wire_dtype, count=count).reshape(target.shape)
+        words = self._wire_words(data, target.size).reshape(target.shape)
         if self.pf.true_colour and self._same_layout_as_native:
             np.bitwise_and(words, np.uint32(0x00FFFFFF), out=target)
         else:
             target[:] = self.from_words(words)
+
+    def _wire_words(self, data: bytes | memoryview, count: int) -> np.ndarray:
+        """The first ``count`` wire values of ``data``, which must hold them."""
+        if len(data) < count * self.bytes_per_pixel:
+            raise ProtocolError("pixel data shorter than announced")
+        return np.frombuffer(data, dtype=self.pf.wire_dtype, count=count)
 
     def quantize(self, pixels: np.ndarray) -> np.ndarray:
         """What internal pixels look like after a trip through this format."""

@@ -64,7 +64,8 @@ LEVEL_KBPS = (0, 1_000, 1_200, 1_500, 1_800, 2_500, 3_000, 4_000, 6_000, 30_000)
 # A link shown to be the limit below this rate (kbit/s) carries bytes dearer
 # than the CPU time it takes to save them.  Whole screens of text and
 # windows at zlib level 1 take 2.1-3.4 ms less and 29-56 KB more than at
-# levels 2 and 3 here: even at 110-130 Mbit/s; this errs towards bytes.
+# levels 2 and 3 here; those bytes take as long to send as the time saved
+# only at about 110-130 Mbit/s, so this threshold errs towards bytes.
 FAST_KBPS = 150_000
 KEEP_MARGIN = 0.75  # a level stays while the rate is above this share of its need
 RAISE_MARGIN = 1.25  # a higher level needs this much more than its need ...

@@ -207,6 +207,35 @@ def test_noise_goes_to_jpeg_when_the_peer_allows_loss(name: str) -> None:
     assert rgb_error(decoded, px).mean() < 0.75 * rgb_error(grey, px).mean()
 
 
+def rows_repeating(h: int, w: int, repeats: int) -> np.ndarray:
+    """(h, w) pixels whose every row has its pixels 1..``repeats`` equal to
+    their left neighbour and the rest new colours: every row alike, so any
+    sample of rows shows the same share of repeats."""
+    step = np.ones(w, dtype=np.uint32)
+    step[1 : repeats + 1] = 0
+    row = np.cumsum(step, dtype=np.uint32)
+    return row + (np.arange(h, dtype=np.uint32) * w * 97)[:, None]
+
+
+@pytest.mark.parametrize("shape", [(2, 600), (33, 200), (32, 1920), (100, 64), (1, 1000)])
+def test_jpeg_takes_content_where_at_most_half_the_pixels_repeat_their_left_one(
+    shape: tuple[int, int],
+) -> None:
+    """The photo threshold, at its edge: half of the neighbours equal is
+    still photo-like (JPEG), one more is not (exact full colour)."""
+    h, w = shape
+    encoder = TightEncoder()
+    encoder.configure(8, None)
+    codec = codec_of("native")
+    half = (w - 1) // 2
+    photo = rows_repeating(h, w, half)
+    flat = rows_repeating(h, w, half + 1)
+    assert tight_select.photo_like(photo) and not tight_select.photo_like(flat)
+    assert method(encoder.encode(photo, codec)) == "jpeg"
+    assert method(encoder.encode(flat, codec)) in ("copy", "gradient")
+    assert tight_select.content_tones(photo).many and not tight_select.content_tones(flat).many
+
+
 def palette_scene(colours: int, run: int) -> np.ndarray:
     """96x80 pixels of ``colours`` colours in horizontal runs of ``run`` pixels,
     never two equal neighbouring runs."""

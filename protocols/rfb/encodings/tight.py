@@ -39,11 +39,11 @@ from .tight_gradient import (
 )
 from .tight_select import (
     MAX_PALETTE,
-    ContentTones,
     Palette,
     TightSettings,
     content_tones,
     find_palette,
+    photo_like,
     too_many_sampled,
 )
 from .tight_tiny import tiny_rectangle
@@ -163,11 +163,14 @@ class TightEncoder(Encoder):
             if palette.colours.size <= capped or not (jpeg_ok and palette.many_tones()):
                 return _palette(palette, codec, settings)
             return _jpeg(px, settings)
-        judge = jpeg_ok or (gradient and px.size >= GRADIENT_MIN_AREA)
-        tones = content_tones(px) if judge else ContentTones(False, False)
-        if jpeg_ok and tones.many:
-            return _jpeg(px, settings)
-        return _full_colour(px, codec, settings, gradient and tones.smooth)
+        if jpeg_ok:
+            # Smooth content is also photo-like, so JPEG: the gradient
+            # filter is never the choice here.
+            if photo_like(px):
+                return _jpeg(px, settings)
+            return _full_colour(px, codec, settings, False)
+        smooth = gradient and px.size >= GRADIENT_MIN_AREA and content_tones(px).smooth
+        return _full_colour(px, codec, settings, smooth)
 
     def finish(self, prepared: object, codec: PixelCodec) -> tuple[int, bytes]:
         """Final rectangles as they are; filtered data through this connection's streams."""

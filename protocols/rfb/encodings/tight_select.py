@@ -22,6 +22,7 @@ as other Tight servers do.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -299,6 +300,16 @@ def content_tones(pixels: np.ndarray) -> ContentTones:
     return ContentTones(many, many and error <= PHOTO_MAX_ROUGHNESS)
 
 
+def photo_like(pixels: np.ndarray) -> bool:
+    """``content_tones(pixels).many``, without measuring the smoothness
+    (a third of a photo's analysis): all JPEG needs to know."""
+    h, w = pixels.shape
+    if h < 2 or w < 2:
+        return _line_statistics(pixels.reshape(-1))[0] <= PHOTO_MAX_REPEATS
+    here = pixels[sampled_rows(h, w)]
+    return _repeats(here) <= PHOTO_MAX_REPEATS
+
+
 def sample_statistics(pixels: np.ndarray) -> tuple[float, float]:
     """(share of left-neighbour repeats, mean squared gradient-prediction error).
 
@@ -309,17 +320,33 @@ def sample_statistics(pixels: np.ndarray) -> tuple[float, float]:
     h, w = pixels.shape
     if h < 2 or w < 2:
         return _line_statistics(pixels.reshape(-1))
-    count = min(h - 1, SAMPLE_ROWS, max(2, SAMPLE_PIXELS // w))
-    rows = np.unique(np.linspace(1, h - 1, num=count).astype(np.intp))
+    rows = sampled_rows(h, w)
     sampled = pixels[np.concatenate((rows - 1, rows))]
-    here = sampled[rows.size :]
-    repeats = np.count_nonzero(here[:, 1:] == here[:, :-1]) / (rows.size * (w - 1))
+    repeats = _repeats(sampled[rows.size :])
     rgb = words_to_rgb(sampled).astype(np.int16)  # predictions fit: -255..510
     rgb_above, rgb_here = rgb[: rows.size], rgb[rows.size :]
     prediction = rgb_here[:, :-1] + rgb_above[:, 1:] - rgb_above[:, :-1]
     np.clip(prediction, 0, 255, out=prediction)
     error = (rgb_here[:, 1:] - prediction).astype(np.int32)
     return repeats, float(np.mean(np.square(error, out=error)))
+
+
+@lru_cache(maxsize=64)
+def sampled_rows(h: int, w: int) -> np.ndarray:
+    """The rows (from 1 on) ``sample_statistics`` measures in an (h, w) block.
+
+    Kept per shape: a full screen's pieces mostly share one.
+    """
+    count = min(h - 1, SAMPLE_ROWS, max(2, SAMPLE_PIXELS // w))
+    rows = np.unique(np.linspace(1, h - 1, num=count).astype(np.intp))
+    rows.flags.writeable = False
+    return rows
+
+
+def _repeats(rows: np.ndarray) -> float:
+    """The share of pixels in these rows equal to their left neighbour."""
+    equal = np.count_nonzero(rows[:, 1:] == rows[:, :-1])
+    return float(equal / (rows.shape[0] * (rows.shape[1] - 1)))
 
 
 def _line_statistics(line: np.ndarray) -> tuple[float, float]:

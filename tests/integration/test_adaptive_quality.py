@@ -366,6 +366,10 @@ async def test_jpeg_quality_follows_each_terminals_link(
         assert quality(fast_session) == MAX_LEVEL
         assert sent[slow_name] * 4 < sent[FAST]
         log.info("a photo: %d bytes at level %s, %d at 9", sent[slow_name], low, sent[FAST])
+        # Two terminals watch this desktop: the fast one does not trade
+        # bytes for time (zlib level 1), each terminal would get the bytes.
+        for session in (fast_session, slow_session):
+            assert session.proto is not None and not session.proto.conn.rect_encoder.quick
 
         # The terminal's own level stays the ceiling, also after it changes.
         slow = desk.terms[slow_name]

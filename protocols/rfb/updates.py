@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 
@@ -50,9 +50,10 @@ FIRST_WIDTH = FIRST_PIXELS // BAND_ROWS  # 4 of ZRLE's 64x64 tiles
 JPEG_ROWS = 16
 
 
-@dataclass(frozen=True)
-class Part:
-    """One rectangle of an update and the encoding chosen for it."""
+class Part(NamedTuple):
+    """One rectangle of an update and the encoding chosen for it: a tuple,
+    so that making a full screen's (35 in Tight) costs little before its
+    first rectangle can leave."""
 
     rect: Rect
     encoding: int
@@ -158,8 +159,12 @@ class RectEncoder:
         return cast(list[Part], work.plan(key, lambda: self._plan(fb, rect)))
 
     def _plan(self, fb: np.ndarray, rect: Rect) -> list[Part]:
+        preferred = self.settings.preferred
+        if preferred == Encoding.TIGHT:
+            # No piece is looked at (see ``_choose``), and each already fits.
+            return [Part(piece, preferred) for piece in self._split(rect, preferred)]
         parts = []
-        for piece in self._split(rect, self.settings.preferred):
+        for piece in self._split(rect, preferred):
             encoding = self._choose(_view(fb, piece))
             # A solid piece may go to an encoder with tighter size limits
             # (Tight) than the preferred one: split again by its limits.

@@ -164,6 +164,32 @@ def test_large_rectangles_are_planned_as_full_width_bands(width: int) -> None:
         assert len(parts) > 1
 
 
+@pytest.mark.parametrize("size", [(1, 1), (100, 7), (1920, 1080), (5000, 300), (2048, 33)])
+@pytest.mark.parametrize("solid", [False, True])
+def test_a_tight_plan_tiles_the_rectangle_in_pieces_tight_can_carry(
+    size: tuple[int, int], solid: bool
+) -> None:
+    """Without looking at the pixels: solid or not, every piece is Tight's
+    (its fill is the cheapest solid form), within its limits, and the
+    pieces cover the rectangle once."""
+    width, height = size
+    encoder = RectEncoder()
+    encoder.configure(ClientSettings.from_encodings((Encoding.TIGHT, Encoding.RRE)))
+    fb = desktop_frame(width + 4, height + 2)
+    if solid:
+        fb[:] = 0x336699
+    rect = Rect(4, 2, width, height)
+    parts = encoder.plan(fb, rect)
+    assert {p.encoding for p in parts} == {Encoding.TIGHT}
+    assert all(
+        p.rect.w <= TightEncoder.max_width and p.rect.area <= TightEncoder.max_area for p in parts
+    )
+    covered = np.zeros(fb.shape, np.int32)
+    for p in parts:
+        covered[p.rect.y : p.rect.y + p.rect.h, p.rect.x : p.rect.x + p.rect.w] += 1
+    assert np.all(covered[2:, 4:] == 1) and covered.sum() == width * height
+
+
 def test_client_says_when_it_is_halfway_through_an_update() -> None:
     pair = ready_pair(Encoding.RAW)
     changed = desktop_frame(W, H, seed=9)

@@ -160,15 +160,15 @@ class RectEncoder:
 
     def _plan(self, fb: np.ndarray, rect: Rect) -> list[Part]:
         preferred = self.settings.preferred
-        if preferred == Encoding.TIGHT:
-            # No piece is looked at (see ``_choose``), and each already fits.
-            return [Part(piece, preferred) for piece in self._split(rect, preferred)]
         parts = []
         for piece in self._split(rect, preferred):
-            encoding = self._choose(_view(fb, piece))
-            # A solid piece may go to an encoder with tighter size limits
-            # (Tight) than the preferred one: split again by its limits.
-            parts += [Part(sub, encoding) for sub in self._split(piece, encoding)]
+            encoding = self._choose(fb, piece)
+            if encoding == preferred:
+                parts.append(Part(piece, encoding))  # split by its limits already
+            else:
+                # A solid piece may go to an encoder with tighter size limits
+                # (Tight) than the preferred one: split again by its limits.
+                parts += [Part(sub, encoding) for sub in self._split(piece, encoding)]
         return parts
 
     def job(self, fb: np.ndarray, part: Part, codec: PixelCodec, work: SharedWork | None) -> Job:
@@ -201,12 +201,13 @@ class RectEncoder:
         payload = self._copy.encode_copy(src_x, src_y)
         return RectHeader(dest.x, dest.y, dest.w, dest.h, Encoding.COPYRECT), payload
 
-    def _choose(self, pixels: np.ndarray) -> int:
+    def _choose(self, fb: np.ndarray, piece: Rect) -> int:
+        """The encoding of one piece: the preferred one, or a cheaper solid form."""
         preferred = self.settings.preferred
         if preferred == Encoding.TIGHT:
-            return preferred  # its own fill is the cheapest solid form there is
-        if pixels.size > 1 and _is_solid(pixels):
-            return self._solid_encoding(*pixels.shape)
+            return preferred  # its own fill is the cheapest solid form there is: no look
+        if piece.area > 1 and _is_solid(_view(fb, piece)):
+            return self._solid_encoding(piece.h, piece.w)
         return preferred
 
     def _solid_encoding(self, height: int, width: int) -> int:

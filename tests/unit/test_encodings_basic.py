@@ -100,12 +100,15 @@ CONTENT: dict[str, Callable[[int, int, np.random.Generator], np.ndarray]] = {
 # -- helpers ---------------------------------------------------------------
 
 
-def checked(gen: DecodeGen) -> DecodeGen:
-    """Pass a decoder through, asserting every request is a positive int."""
+def checked(gen: DecodeGen, needs: list[int] | None = None) -> DecodeGen:
+    """Pass a decoder through, asserting every request is a positive int
+    (and recording each in ``needs``, if given)."""
     try:
         need = next(gen)
         while True:
             assert isinstance(need, int) and need > 0
+            if needs is not None:
+                needs.append(need)
             chunk = yield need
             need = gen.send(chunk)
     except StopIteration as stop:
@@ -770,12 +773,13 @@ def test_hextile_finds_the_subrects_rre_finds_in_each_tile(px: np.ndarray) -> No
 
 
 def decode_into_framebuffer(
-    encoding: int, rect: Rect, codec: PixelCodec, data: bytes
+    encoding: int, rect: Rect, codec: PixelCodec, data: bytes, needs: list[int] | None = None
 ) -> np.ndarray:
-    """A 40x120 framebuffer of a marker colour with ``rect`` decoded into it."""
+    """A 40x120 framebuffer of a marker colour with ``rect`` decoded into it
+    (each read the decoder asked for recorded in ``needs``, if given)."""
     framebuffer = np.full((40, 120), 0xABCDEF, dtype=np.uint32)
     target = framebuffer[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]
-    gen = checked(make_decoder(encoding).decode_into(rect, codec, target))
+    gen = checked(make_decoder(encoding).decode_into(rect, codec, target), needs)
     copy, used = run_decoder(gen, data)
     assert copy is None and used == len(data)
     return framebuffer

@@ -12,31 +12,15 @@ import pytest
 
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect, make_decoder, raw
-from protocols.rfb.encodings.base import run_decoder
 from protocols.rfb.pixelformat import NATIVE, RGB565, PixelCodec
 
-from .test_encodings_basic import FORMATS, checked, decode_all
+from .test_encodings_basic import FORMATS, decode_all, decode_into_framebuffer
 
 
 def needs_of(rect: Rect, codec: PixelCodec, data: bytes) -> tuple[np.ndarray, list[int]]:
     """The framebuffer with ``rect`` decoded into it, and each read the decoder asked for."""
-    framebuffer = np.full((40, 120), 0xABCDEF, dtype=np.uint32)
-    target = framebuffer[rect.y : rect.y + rect.h, rect.x : rect.x + rect.w]
     needs: list[int] = []
-
-    def recording() -> object:
-        gen = checked(make_decoder(Encoding.RAW).decode_into(rect, codec, target))
-        try:
-            need = next(gen)
-            while True:
-                needs.append(need)
-                need = gen.send((yield need))
-        except StopIteration as stop:
-            return stop.value
-
-    copy, used = run_decoder(recording(), data)  # type: ignore[arg-type]
-    assert copy is None and used == len(data)
-    return framebuffer, needs
+    return decode_into_framebuffer(Encoding.RAW, rect, codec, data, needs), needs
 
 
 @pytest.mark.parametrize("fmt", ["native", "rgb565", "bgr233"])

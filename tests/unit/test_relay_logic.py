@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import Cursor
 from thinserve.config import ConfigError, address_to_endpoint, from_dict
-from thinserve.damage import Damage, changed_tiles, clipped, grid_rects, tiles_covered
+from thinserve.damage import Damage, changed_tiles, clipped, grid_rects, joined, tiles_covered
 from thinserve.relay.scaling import ScaledSource
 from thinserve.relay.screens import ScreenText, render
 from thinserve.relay.source import Copy, Source
@@ -151,6 +151,65 @@ def test_tiles_covered_counts_the_tiles_rectangles_touch(
     counted = tiles_covered(rects, most=64)
     assert counted == touched or (counted is None and each > 64)
     assert tiles_covered(rects, most=10_000) == touched
+
+
+def coverage(rects: list[Rect]) -> np.ndarray:
+    """How many of ``rects`` cover each pixel of a 200x150 picture."""
+    count = np.zeros((150, 200), dtype=int)
+    for r in rects:
+        count[r.y : r.y + r.h, r.x : r.x + r.w] += 1
+    return count
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(1, 40), min_size=1, max_size=4),
+    st.lists(st.integers(1, 30), min_size=1, max_size=4),
+    st.sets(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=16),
+    st.lists(
+        st.tuples(st.integers(0, 100), st.integers(0, 70), st.integers(1, 20), st.integers(1, 20)),
+        max_size=3,
+    ),
+)
+def test_joined_covers_the_same_pixels_in_fewer_rectangles(
+    widths: list[int],
+    heights: list[int],
+    picked: set[tuple[int, int]],
+    loose: list[tuple[int, int, int, int]],
+) -> None:
+    """Pieces of a grid (as a desktop's server cuts a change), some of them,
+    and loose rectangles that may overlap them: the joined rectangles cover
+    every pixel as often as before, never more, in no more rectangles, top
+    to bottom."""
+    xs = np.cumsum([0, *widths]).tolist()
+    ys = np.cumsum([0, *heights]).tolist()
+    rects = [
+        Rect(xs[col], ys[row], widths[col], heights[row])
+        for row, col in sorted(picked)
+        if row < len(heights) and col < len(widths)
+    ]
+    rects += [Rect(*box) for box in loose]
+    out = joined(rects)
+    np.testing.assert_array_equal(coverage(out), coverage(rects))
+    assert len(out) <= len(rects)
+    assert [(r.y, r.x) for r in out] == sorted((r.y, r.x) for r in out)
+
+
+def test_joined_makes_one_rectangle_of_a_change_cut_in_pieces() -> None:
+    """A whole screen as Xvnc sends it (64K-pixel pieces: 34 rows at 1920;
+    2048 columns at most): one rectangle, at either width."""
+    bands = [Rect(0, y, 1920, min(34, 1080 - y)) for y in range(0, 1080, 34)]
+    assert joined(bands) == [Rect(0, 0, 1920, 1080)]
+    wide = [
+        Rect(x, y, 3840 - x if x else 2048, min(32, 2160 - y))
+        for y in range(0, 2160, 32)
+        for x in (0, 2048)
+    ]
+    assert joined(wide) == [Rect(0, 0, 3840, 2160)]
+    apart = [Rect(0, 0, 10, 10), Rect(11, 0, 10, 10), Rect(0, 11, 10, 10)]
+    assert joined(apart) == apart  # not touching: nothing to join
+    ell = [Rect(0, 0, 20, 10), Rect(0, 10, 10, 10)]
+    assert joined(ell) == ell  # an L is two rectangles
 
 
 def test_grid_rects_merges_rows_with_the_same_runs() -> None:

@@ -16,6 +16,7 @@ from protocols.rfb.updates import BAND_ROWS, FIRST_WIDTH
 from tests.support.pump import End, pump
 from thinserve.relay.session import TerminalSession
 from thinserve.relay.source import Source
+from thinserve.relay.upstream import Mirror
 from thinserve.rfbserver import RFBServerProtocol, ServerOptions
 
 from .content import desktop_frame
@@ -260,3 +261,30 @@ def test_only_a_terminal_alone_on_a_fast_link_trades_bytes_for_time() -> None:
     alone.session.link.policy.levels.lower(500, time.monotonic())  # the link is slow
     full_request(alone)
     assert not encoder.quick
+
+
+def test_a_change_the_desktop_sent_in_pieces_goes_out_cut_once() -> None:
+    """A desktop's VNC server sends a large change in pieces of 64K pixels
+    (51 rows at 1280 wide).  The terminal gets the change cut where its own
+    encoding cuts it, not also at every edge of the desktop's pieces."""
+    mirror = Mirror("desk")
+    mirror.set_frame(desktop_frame(W, H, seed=11))
+    wire = Wire(mirror)
+    full_request(wire)
+    while wire.session.stream is not None:
+        wire.turn()
+    wire.take(UpdateDone)
+    changed = desktop_frame(W, H, seed=12)
+    mirror.writable()[:] = changed
+    rows = 65536 // W
+    pieces = [Rect(0, y, W, min(rows, H - y)) for y in range(0, H, rows)]
+    mirror.updated([], pieces)
+    wire.client.request_update(incremental=True)
+    wire.pump()
+    while wire.session.stream is not None:
+        wire.turn()
+    (done,) = wire.take(UpdateDone)
+    np.testing.assert_array_equal(wire.client.framebuffer, changed)
+    assert sum(r.w * r.h for r in done.rects) == W * H
+    assert len(done.rects) < len(pieces)
+    assert not {r.y + r.h for r in done.rects} & {p.y + p.h for p in pieces[:-1]}

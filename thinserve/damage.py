@@ -16,6 +16,11 @@ import numpy as np
 from protocols.rfb.encodings import Rect
 
 TILE = 16
+# A rectangle joined to its neighbours only from this many pixels on: a
+# piece of a large change (Xvnc's are 64K pixels).  Replaying a scrolling
+# page's updates, joining every neighbour cost ZRLE 0.8% more bytes and
+# saved Tight 3.7%; joining only these saved 0.2% and 3.0%.
+JOIN_PIXELS = 1 << 15
 
 
 class Damage:
@@ -173,13 +178,16 @@ def clipped(rects: list[Rect], clip: Rect) -> list[Rect]:
 
 
 def joined(rects: list[Rect]) -> list[Rect]:
-    """``rects`` with neighbours that make one rectangle joined: side by side
-    with the same rows, then stacked with the same columns; top to bottom.
+    """``rects`` with large neighbours that make one rectangle joined: side
+    by side with the same rows, then stacked with the same columns; top to
+    bottom.
 
     A desktop's VNC server sends a large change in pieces of its own (64K
     pixels: 34 rows at 1920 wide).  Encoded as they came, each would be cut
     again where the encoder's pieces end (JPEG's 8-row blocks), where the
-    whole change is cut once.
+    whole change is cut once.  Only where one of the two has at least
+    JOIN_PIXELS: small neighbours (a line of text each) keep their shapes,
+    whose small tiles ZRLE codes in fewer bits.
     """
     if len(rects) < 2:
         return rects
@@ -194,7 +202,9 @@ def _join(ordered: list[Rect], across: bool) -> list[Rect]:
     out = [ordered[0]]
     for r in ordered[1:]:
         last = out[-1]
-        if across and (r.y, r.h) == (last.y, last.h) and r.x == last.x + last.w:
+        if max(last.w * last.h, r.w * r.h) < JOIN_PIXELS:
+            out.append(r)
+        elif across and (r.y, r.h) == (last.y, last.h) and r.x == last.x + last.w:
             out[-1] = Rect(last.x, last.y, last.w + r.w, last.h)
         elif not across and (r.x, r.w) == (last.x, last.w) and r.y == last.y + last.h:
             out[-1] = Rect(last.x, last.y, last.w, last.h + r.h)

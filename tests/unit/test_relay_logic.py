@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import Cursor
 from thinserve.config import ConfigError, address_to_endpoint, from_dict
-from thinserve.damage import Damage, changed_tiles, clipped, grid_rects, joined, tiles_covered
+from thinserve.damage import (
+    JOIN_PIXELS,
+    Damage,
+    changed_tiles,
+    clipped,
+    grid_rects,
+    joined,
+    tiles_covered,
+)
 from thinserve.relay.scaling import ScaledSource
 from thinserve.relay.screens import ScreenText, render
 from thinserve.relay.source import Copy, Source
@@ -154,8 +162,8 @@ def test_tiles_covered_counts_the_tiles_rectangles_touch(
 
 
 def coverage(rects: list[Rect]) -> np.ndarray:
-    """How many of ``rects`` cover each pixel of a 200x150 picture."""
-    count = np.zeros((150, 200), dtype=int)
+    """How many of ``rects`` cover each pixel of a 1300x900 picture."""
+    count = np.zeros((900, 1300), dtype=np.int8)
     for r in rects:
         count[r.y : r.y + r.h, r.x : r.x + r.w] += 1
     return count
@@ -163,11 +171,13 @@ def coverage(rects: list[Rect]) -> np.ndarray:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    st.lists(st.integers(1, 40), min_size=1, max_size=4),
-    st.lists(st.integers(1, 30), min_size=1, max_size=4),
+    st.lists(st.integers(1, 300), min_size=1, max_size=4),
+    st.lists(st.integers(1, 200), min_size=1, max_size=4),
     st.sets(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=16),
     st.lists(
-        st.tuples(st.integers(0, 100), st.integers(0, 70), st.integers(1, 20), st.integers(1, 20)),
+        st.tuples(
+            st.integers(0, 1000), st.integers(0, 700), st.integers(1, 300), st.integers(1, 200)
+        ),
         max_size=3,
     ),
 )
@@ -192,12 +202,15 @@ def test_joined_covers_the_same_pixels_in_fewer_rectangles(
     out = joined(rects)
     np.testing.assert_array_equal(coverage(out), coverage(rects))
     assert len(out) <= len(rects)
+    if all(r.w * r.h < JOIN_PIXELS for r in rects):
+        assert sorted(out) == sorted(rects)  # small ones kept as they are
     assert [(r.y, r.x) for r in out] == sorted((r.y, r.x) for r in out)
 
 
 def test_joined_makes_one_rectangle_of_a_change_cut_in_pieces() -> None:
     """A whole screen as Xvnc sends it (64K-pixel pieces: 34 rows at 1920;
-    2048 columns at most): one rectangle, at either width."""
+    2048 columns at most): one rectangle, at either width.  Small
+    neighbours are left as they are."""
     bands = [Rect(0, y, 1920, min(34, 1080 - y)) for y in range(0, 1080, 34)]
     assert joined(bands) == [Rect(0, 0, 1920, 1080)]
     wide = [
@@ -206,10 +219,14 @@ def test_joined_makes_one_rectangle_of_a_change_cut_in_pieces() -> None:
         for x in (0, 2048)
     ]
     assert joined(wide) == [Rect(0, 0, 3840, 2160)]
-    apart = [Rect(0, 0, 10, 10), Rect(11, 0, 10, 10), Rect(0, 11, 10, 10)]
+    rest = [Rect(232, 987, 728, 90), Rect(232, 1077, 728, 3)]  # a piece and what was left
+    assert joined(rest) == [Rect(232, 987, 728, 93)]
+    apart = [Rect(0, 0, 400, 100), Rect(401, 0, 400, 100), Rect(0, 101, 400, 100)]
     assert joined(apart) == apart  # not touching: nothing to join
-    ell = [Rect(0, 0, 20, 10), Rect(0, 10, 10, 10)]
+    ell = [Rect(0, 0, 800, 100), Rect(0, 100, 400, 100)]
     assert joined(ell) == ell  # an L is two rectangles
+    lines = [Rect(232, y, 728, 16) for y in range(987, 1067, 16)]
+    assert joined(lines) == lines  # lines of text keep their own shapes
 
 
 def test_grid_rects_merges_rows_with_the_same_runs() -> None:

@@ -29,10 +29,15 @@ from .base import pack_index_rows
 from .zrle_tiles import MAX_PACKED, MAX_PALETTE, PLAIN_RLE, RAW, RLE_FLAG, SOLID, TILE, index_bits
 
 # A rectangle goes tile by tile here up to this many pixels and runs in all:
-# past either the whole-rectangle analysis is quicker (measured on glyphs,
-# text, four-colour dither and noise from 252 to 12288 pixels).
-SMALL_AREA = 4096
-SMALL_RUNS = 1024
+# past either the whole-rectangle analysis is quicker.  Measured warm from
+# 4096 to 12288 pixels: text (90-240 runs) 26-133 us here against 96-244;
+# content of 600-1000 runs in long runs of a few colours 160-340 us here
+# against 210-280, even at 8K-12K pixels near 768 runs.  After an idle
+# pause each numpy call of the whole-rectangle way costs tens of us: a
+# typed character's update with a 180x23 status field (4140 pixels) took
+# 1.33-1.36 ms to its first byte with the field here, 1.60-1.63 ms there.
+SMALL_AREA = 12288
+SMALL_RUNS = 768
 TINY_AREA = 256
 
 Pack = Callable[[list[int]], bytes]  # CPIXELs of wire values

@@ -180,7 +180,7 @@ def clipped(rects: list[Rect], clip: Rect) -> list[Rect]:
 def joined(rects: list[Rect]) -> list[Rect]:
     """``rects`` with large neighbours that make one rectangle joined: side
     by side with the same rows, then stacked with the same columns; top to
-    bottom.
+    bottom.  Where none is large, ``rects`` as they are.
 
     A desktop's VNC server sends a large change in pieces of its own (64K
     pixels: 34 rows at 1920 wide).  Encoded as they came, each would be cut
@@ -189,8 +189,8 @@ def joined(rects: list[Rect]) -> list[Rect]:
     JOIN_PIXELS: small neighbours (a line of text each) keep their shapes,
     whose small tiles ZRLE codes in fewer bits.
     """
-    if len(rects) < 2:
-        return rects
+    if len(rects) < 2 or all(r.w * r.h < JOIN_PIXELS for r in rects):
+        return rects  # a join needs a large one (a typed character: 0.4 us, not 3)
     rows = _join(sorted(rects, key=lambda r: (r.y, r.h, r.x)), across=True)
     columns = _join(sorted(rows, key=lambda r: (r.x, r.w, r.y)), across=False)
     return sorted(columns, key=lambda r: (r.y, r.x))

@@ -184,8 +184,8 @@ def joined(rects: list[Rect]) -> list[Rect]:
 
     A desktop's VNC server sends a large change in pieces of its own (64K
     pixels: 34 rows at 1920 wide).  Encoded as they came, each would be cut
-    again where the encoder's pieces end (JPEG's 8-row blocks), where the
-    whole change is cut once.  Only where one of the two has at least
+    again by the encoder (a first piece of 8 rows at 1920, then rows of
+    whole JPEG blocks), where the whole change is cut once.  Only where one of the two has at least
     JOIN_PIXELS: small neighbours (a line of text each) keep their shapes,
     whose small tiles ZRLE codes in fewer bits.
     """

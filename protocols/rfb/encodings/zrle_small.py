@@ -30,12 +30,13 @@ from .zrle_tiles import MAX_PACKED, MAX_PALETTE, PLAIN_RLE, RAW, RLE_FLAG, SOLID
 
 # A rectangle goes tile by tile here up to this many pixels and runs in all:
 # past either the whole-rectangle analysis is quicker.  Measured warm from
-# 4096 to 12288 pixels: text (90-240 runs) 26-133 us here against 96-244;
-# content of 600-1000 runs in long runs of a few colours 160-340 us here
-# against 210-280, even at 8K-12K pixels near 768 runs.  After an idle
-# pause each numpy call of the whole-rectangle way costs tens of us: a
-# typed character's update with a 180x23 status field (4140 pixels) took
-# 1.33-1.36 ms to its first byte with the field here, 1.60-1.63 ms there.
+# 4096 to 12288 pixels: text (90-240 runs) 26-133 us here against 96-244
+# there; 600-1000 runs of a few colours 160-210 us against 270 at 4096
+# pixels, but 240-340 against 230-275 at 8K-12K (hence 768 runs, not
+# 1024).  After an idle pause each numpy call of the whole-rectangle way
+# costs tens of us: a typed character's update with a 180x23 status field
+# (4140 pixels) took 1.33-1.36 ms to its first byte with the field here,
+# 1.58-1.62 ms there.
 SMALL_AREA = 12288
 SMALL_RUNS = 768
 TINY_AREA = 256

@@ -31,8 +31,8 @@ from .zrle_tiles import MAX_PACKED, MAX_PALETTE, PLAIN_RLE, RAW, RLE_FLAG, SOLID
 # A rectangle goes tile by tile here up to this many pixels and runs in all:
 # past either the whole-rectangle analysis is quicker.  Measured warm from
 # 4096 to 12288 pixels: text (90-240 runs) 26-133 us here against 96-244
-# there; 600-1000 runs of a few colours 160-210 us against 270 at 4096
-# pixels, but 240-340 against 230-275 at 8K-12K (hence 768 runs, not
+# there; 600-1000 runs of a few colours 158-223 us against 209-273 at 4096
+# pixels, but 239-340 against 231-274 at 8K-12K (hence 768 runs, not
 # 1024).  After an idle pause each numpy call of the whole-rectangle way
 # costs tens of us: a typed character's update with a 180x23 status field
 # (4140 pixels) took 1.33-1.36 ms to its first byte with the field here,

@@ -185,11 +185,11 @@ def joined(rects: list[Rect]) -> list[Rect]:
     A desktop's VNC server sends a large change in pieces of its own (64K
     pixels: 34 rows at 1920 wide).  Encoded as they came, each would be cut
     again by the encoder (a first piece of 8 rows at 1920, then rows of
-    whole JPEG blocks), where the whole change is cut once.  Only where one of the two has at least
-    JOIN_PIXELS: small neighbours (a line of text each) keep their shapes,
-    whose small tiles ZRLE codes in fewer bits.
+    whole JPEG blocks), where the whole change is cut once.  Only where one
+    of the two has at least JOIN_PIXELS: small neighbours (a line of text
+    each) keep their shapes, whose small tiles ZRLE codes in fewer bits.
     """
-    if len(rects) < 2 or all(r.w * r.h < JOIN_PIXELS for r in rects):
+    if len(rects) < 2 or all(r.area < JOIN_PIXELS for r in rects):
         return rects  # a join needs a large one (a typed character: 0.4 us, not 3)
     rows = _join(sorted(rects, key=lambda r: (r.y, r.h, r.x)), across=True)
     columns = _join(sorted(rows, key=lambda r: (r.x, r.w, r.y)), across=False)
@@ -202,7 +202,7 @@ def _join(ordered: list[Rect], across: bool) -> list[Rect]:
     out = [ordered[0]]
     for r in ordered[1:]:
         last = out[-1]
-        if max(last.w * last.h, r.w * r.h) < JOIN_PIXELS:
+        if max(last.area, r.area) < JOIN_PIXELS:
             out.append(r)
         elif across and (r.y, r.h) == (last.y, last.h) and r.x == last.x + last.w:
             out[-1] = Rect(last.x, last.y, last.w + r.w, last.h)

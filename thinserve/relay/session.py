@@ -30,7 +30,7 @@ from protocols.rfb.updatestats import UPDATE_HEADER, UpdateStats
 from .. import metrics
 from ..broker import TerminalInfo
 from ..clock import Clock, Timer, reactor_clock
-from ..damage import TILE, Damage, clipped, intersect, joined, tiles_covered
+from ..damage import TILE, Damage, clipped, intersect, tiles_covered
 from ..rfbserver import RFBServerProtocol
 from .bandwidth import LinkQuality
 from .encodepool import EncodeWorkers
@@ -521,7 +521,7 @@ class TerminalSession:
             if self._exact_pays(inside):
                 self.damage.clear()
                 self.exact = []
-                return joined(inside)
+                return inside
         rects = self.damage.take(clip)
         self.exact = None if self.damage else []
         return rects

@@ -51,6 +51,7 @@ from protocols.rfb.server import ClipboardText
 
 from .. import metrics, rfbclient
 from ..clock import Clock, reactor_clock
+from ..damage import joined
 from . import screens
 from .source import Copy, InputSink, Source, rects_grid, tile_grid_shape
 
@@ -163,11 +164,14 @@ class Mirror(Source):
     def updated(self, copies: list[Copy], others: list[Rect]) -> None:
         """One upstream update: ``copies`` (done first) and other changed rectangles.
 
-        Listeners get the copies and the rectangles with their tile damage
-        (``on_update``).  An update that changed nothing is passed on too:
-        listeners may have held back while it was half-applied.
+        Listeners get the copies and the rectangles, large neighbours joined
+        (``damage.joined``: the desktop cut a large change into pieces of its
+        own), with their tile damage (``on_update``).  An update that changed
+        nothing is passed on too: listeners may have held back while it was
+        half-applied.
         """
         self.changed()
+        others = joined(others)
         grid = rects_grid(others, self.width, self.height)
         for listener in list(self.listeners):
             listener.on_update(copies, others, grid)

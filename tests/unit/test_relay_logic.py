@@ -202,7 +202,7 @@ def test_joined_covers_the_same_pixels_in_fewer_rectangles(
     out = joined(rects)
     np.testing.assert_array_equal(coverage(out), coverage(rects))
     assert len(out) <= len(rects)
-    if all(r.w * r.h < JOIN_PIXELS for r in rects):
+    if all(r.area < JOIN_PIXELS for r in rects):
         assert out == rects  # small ones kept as they are
     else:
         assert [(r.y, r.x) for r in out] == sorted((r.y, r.x) for r in out)

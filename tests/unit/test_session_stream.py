@@ -285,6 +285,6 @@ def test_a_change_the_desktop_sent_in_pieces_goes_out_cut_once() -> None:
         wire.turn()
     (done,) = wire.take(UpdateDone)
     np.testing.assert_array_equal(wire.client.framebuffer, changed)
-    assert sum(r.w * r.h for r in done.rects) == W * H
+    assert sum(r.area for r in done.rects) == W * H
     assert len(done.rects) < len(pieces)
     assert not {r.y + r.h for r in done.rects} & {p.y + p.h for p in pieces[:-1]}

@@ -23,6 +23,7 @@ class Connection(Generic[HandshakeT]):
     def __init__(self, handshake: HandshakeT, limits: Limits) -> None:
         self.limits = limits
         self._handshake = handshake
+        self._handshake_output = True  # the handshake may still queue bytes
         self._out = bytearray()
         self._events: list[Any] = []
         self._driver: StreamDriver | None = None
@@ -42,11 +43,14 @@ class Connection(Generic[HandshakeT]):
 
     def data_to_send(self) -> bytes:
         """Bytes to write now; never spans a StartTLS (call again after it)."""
-        handshake = self._handshake.data_to_send()
-        if handshake:
-            # Handshake output comes first; it may be the last bytes before
-            # TLS starts, so nothing else goes with it in this call.
-            return handshake
+        if self._handshake_output:
+            handshake = self._handshake.data_to_send()
+            if handshake:
+                # Handshake output comes first; it may be the last bytes before
+                # TLS starts, so nothing else goes with it in this call.
+                return handshake
+            # A finished handshake queues nothing more: not asked again.
+            self._handshake_output = self._driver is None
         out = bytes(self._out)
         self._out.clear()
         return out

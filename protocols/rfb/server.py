@@ -171,6 +171,8 @@ class ServerConnection(Connection[ServerHandshake]):
             self.clipboard.extended = True
 
     def _clip_request(self, req: m.FramebufferUpdateRequest) -> m.FramebufferUpdateRequest:
+        if req.x + req.width <= self.width and req.y + req.height <= self.height:
+            return req  # inside the screen, as nearly every request is
         x, y = min(req.x, self.width), min(req.y, self.height)
         w = min(req.width, self.width - x)
         h = min(req.height, self.height - y)

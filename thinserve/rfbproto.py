@@ -112,7 +112,8 @@ class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
 
     def flush(self) -> None:
         """Write everything the connection has queued."""
-        link = self.link
+        # ``self.link`` without its call: flush runs for every update and request.
+        link: Transport | None = self.transport  # type: ignore[assignment]
         if link is None:
             return
         out = []

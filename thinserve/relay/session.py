@@ -533,7 +533,9 @@ class TerminalSession:
         enough (a typed character's few tiles, counted here) the whole grid
         is not counted.
         """
-        area = sum(r.w * r.h for r in inside)
+        area = 0
+        for r in inside:  # a loop, not a generator: run for every terminal and update
+            area += r.w * r.h
         covered = tiles_covered(inside)
         if covered is not None and area <= covered * TILE * TILE:
             return True

@@ -138,7 +138,9 @@ class RFBServerProtocol(RFBProtocolBase[ServerConnection]):
 
     # -- events ---------------------------------------------------------------------
     def _dispatch(self, event: ServerEvent) -> None:
-        if isinstance(event, StartTLS):
+        if self._attached:  # the handshake's events all come before
+            self.session.handle(event)
+        elif isinstance(event, StartTLS):
             self._start_tls(event)
         elif isinstance(event, VncAuthResponse | PlainCredentials):
             self._check(event)
@@ -147,8 +149,6 @@ class RFBServerProtocol(RFBProtocolBase[ServerConnection]):
             self._note_client_certificate()
             self._attached = True
             self.session.attach(self)
-        elif self._attached:
-            self.session.handle(event)
 
     def _start_tls(self, event: StartTLS) -> None:
         from thinserve.tls import server_context_factory

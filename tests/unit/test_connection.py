@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.rfb import messages as m
 from protocols.rfb.client import (
@@ -110,6 +112,27 @@ def test_incremental_update_sends_only_changes() -> None:
     (done,) = pair.take_client(UpdateDone)
     assert done.rects == (Rect(100, 50, 40, 10),)
     np.testing.assert_array_equal(pair.client.framebuffer, changed)
+
+
+_U16 = st.integers(0, 65535)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(_U16, _U16, _U16, _U16), st.booleans())
+def test_update_request_comes_out_clipped_to_the_screen(
+    area: tuple[int, int, int, int], incremental: bool
+) -> None:
+    """A request's area as the server reports it: its part inside the screen,
+    and a request wholly inside exactly as it was sent."""
+    x, y, w, h = area
+    pair = Pair()
+    pair.take_server(m.FramebufferUpdateRequest)
+    events = pair.server.receive_data(m.FramebufferUpdateRequest(incremental, x, y, w, h).pack())
+    (req,) = [e for e in events if isinstance(e, m.FramebufferUpdateRequest)]
+    left, top = min(x, W), min(y, H)
+    right, bottom = min(x + w, W), min(y + h, H)
+    assert (req.x, req.y, req.width, req.height) == (left, top, right - left, bottom - top)
+    assert req.incremental == incremental
 
 
 def test_copyrect_moves_pixels() -> None:

@@ -104,6 +104,7 @@ class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
     error: str | None = None
     registered = False  # registered with the transport as its producer
     closing = ""  # why this side closes the connection, once it does
+    written = 0  # bytes flushed to the transport so far
 
     @property
     def link(self) -> Transport | None:
@@ -120,7 +121,9 @@ class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
         while data := self.conn.data_to_send():
             out.append(data)
         if out:
-            write_now(link, out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.written += len(data)
+            write_now(link, data)
 
     def write_before_tls(self) -> None:
         """Write the last bytes that go out in clear, and only those."""

@@ -24,6 +24,8 @@ from thinserve.relay.bandwidth import (
     NETWORK_SHARE,
     RAISE_HOLD,
     RAISE_MARGIN,
+    READ_BYTES,
+    READ_SPACING,
     WINDOW,
     LinkQuality,
     Reading,
@@ -379,3 +381,38 @@ def test_nothing_is_decided_before_there_is_a_transport() -> None:
     transport.append(conn)
     link.observe(0.1)
     assert link.tcp is not None and not link.timed
+
+
+def test_the_link_is_read_again_once_enough_was_written_or_the_window_passed() -> None:
+    """Small updates (a typed character, a clock) leave the link unread for a
+    window; a large one has it read at the usual spacing."""
+    conn = Connection()
+    conn.now = 0.0
+    reads: list[float] = []
+
+    def counted(transport: object) -> TcpInfo:
+        reads.append(conn.now)
+        return conn.info()
+
+    link = LinkQuality(lambda: conn, counted)
+    written, now = 0, 0.0
+    link.observe(now, written)
+    assert reads == [0.0]
+    while now < WINDOW - 0.1:  # 300 bytes every 100 ms
+        now += 0.1
+        conn.now = now
+        written += 300
+        link.observe(now, written)
+    assert reads == [0.0]
+    now = conn.now = WINDOW
+    link.observe(now, written)
+    assert reads == [0.0, WINDOW]
+    now = conn.now = WINDOW + READ_SPACING / 2  # a large update, within the spacing
+    written += READ_BYTES
+    link.observe(now, written)
+    assert len(reads) == 2
+    now = conn.now = WINDOW + READ_SPACING
+    link.observe(now, written)
+    assert reads[-1] == WINDOW + READ_SPACING
+    link.observe(now + READ_SPACING, None)  # not counted: read at the spacing
+    assert len(reads) == 4

@@ -81,6 +81,11 @@ SNAPSHOT_SPACING = 0.05  # seconds between the TCP_INFO answers kept
 # request, and with many terminals at many updates a second the reads would
 # be a good part of its work; a drop still needs NETWORK_SHARE of WINDOW.
 READ_SPACING = 0.2
+# ... and a read waits for this many bytes written since the last one, or for
+# WINDOW to pass: a reading tells a rate only from MIN_ACKED bytes, and fifty
+# terminals watching a typed character and a clock were read five times a
+# second each for nothing (a tenth of the server's time).
+READ_BYTES = 16 * 1024
 MAX_SNAPSHOTS = 64  # at most this many kept (WINDOW / SNAPSHOT_SPACING fit)
 
 # The fallback: timing the terminal's answers.
@@ -418,17 +423,28 @@ class LinkQuality:
         self.policy = QualityPolicy()
         self.fences = FenceBatch()
         self._read_at = -math.inf
+        self._read_written = 0  # the bytes written when it was read
 
-    def observe(self, now: float) -> bool:
+    def observe(self, now: float, written: int | None = None) -> bool:
         """Read the link at ``now``, unless it was read less than the read
-        spacing ago; True if its level changed."""
-        if now - self._read_at < self._read_spacing:
+        spacing ago, or less than WINDOW ago with fewer than READ_BYTES
+        ``written`` since (the connection's total; None: not counted); True
+        if its level changed."""
+        if now - self._read_at < self._read_spacing or self._little_written(now, written):
             return False
         info = self._read()
         if info is None:
             return False
         self._read_at = now
+        self._read_written = written or 0
         return self.tcp is not None and self.tcp.observe(info, now)
+
+    def _little_written(self, now: float, written: int | None) -> bool:
+        return (
+            written is not None
+            and written - self._read_written < READ_BYTES
+            and now - self._read_at < WINDOW
+        )
 
     def _read(self) -> TcpInfo | None:
         if self.timed:
@@ -462,10 +478,11 @@ class LinkQuality:
         if self._timing_answers():
             self.meter.update_sent(size, now)
 
-    def request_arrived(self, now: float) -> bool:
-        """The terminal asked for more at ``now``; True if the link's level changed."""
+    def request_arrived(self, now: float, written: int | None = None) -> bool:
+        """The terminal asked for more at ``now`` (``written`` as for
+        :meth:`observe`); True if the link's level changed."""
         if not self._timing_answers():
-            return self.observe(now)
+            return self.observe(now, written)
         sample = self.meter.request_arrived(now)
         if sample is None or self.meter.kbps is None:
             return False

@@ -210,7 +210,8 @@ class TerminalSession:
             self.damage.add(rect)
             self._add_exact([rect])
         self.requested = rect
-        self.link.request_arrived(time.monotonic())
+        assert self.proto is not None
+        self.link.request_arrived(time.monotonic(), self.proto.written)
         self.try_send()
 
     def _encodings_changed(self) -> None:
@@ -233,7 +234,7 @@ class TerminalSession:
         assert self.proto is not None
         conn = self.proto.conn
         now = time.monotonic()
-        self.link.observe(now)
+        self.link.observe(now, self.proto.written)
         quality = self.link.quality(conn.settings.quality)
         if quality == conn.jpeg_quality:
             return False

@@ -114,7 +114,7 @@ class RFBProtocolBase(protocol.Protocol, Generic[ConnectionT]):
     def flush(self) -> None:
         """Write everything the connection has queued."""
         # ``self.link`` without its call: flush runs for every update and request.
-        link: Transport | None = self.transport  # type: ignore[assignment]
+        link: Transport | None = self.transport
         if link is None:
             return
         out = []

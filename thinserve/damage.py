@@ -59,7 +59,8 @@ class Damage:
         """Add a tile grid of the same shape; a clean one takes it as it is,
         read-only from then on (whoever hands it out writes no more to it)."""
         if self._clean:
-            grid.flags.writeable = False
+            if grid.flags.writeable:  # sources hand theirs out read-only already
+                grid.flags.writeable = False
             self.grid = grid
         else:
             self._own()[...] |= grid

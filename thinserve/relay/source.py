@@ -129,6 +129,7 @@ class Source:
 
     def damaged_grid(self, grid: np.ndarray) -> None:
         self.changed()
+        grid.flags.writeable = False  # once, not by each listener that keeps it
         for listener in list(self.listeners):
             listener.on_damage(grid)
 

@@ -173,6 +173,7 @@ class Mirror(Source):
         self.changed()
         others = joined(others)
         grid = rects_grid(others, self.width, self.height)
+        grid.flags.writeable = False  # once, not by each listener that keeps it
         for listener in list(self.listeners):
             listener.on_update(copies, others, grid)
 

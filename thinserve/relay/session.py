@@ -389,12 +389,12 @@ class TerminalSession:
         conn = proto.conn
         if self.requested is None and not conn.continuous_updates:
             return
-        if not self.view.settled:
-            return  # the rest of the source's update is on its way; it calls again
         # The source's own rectangles come with their tiles' damage: while
         # there are any, the damage grid need not be searched.
         if not (self.exact or self.damage or self.copies or conn.has_pending_pseudo):
             return
+        if not self.view.settled:
+            return  # the rest of the source's update is on its way; it calls again
         clip = Rect(0, 0, self.width, self.height)
         if not conn.continuous_updates and self.requested is not None:
             clip = self.requested

@@ -33,9 +33,9 @@ def install_reactor() -> None:
     """Twisted on the asyncio event loop, before anything imports a reactor."""
     if "twisted.internet.reactor" in sys.modules:
         return
-    from twisted.internet import asyncioreactor
+    from . import reactor
 
-    asyncioreactor.install()  # Twisted leaves it unannotated
+    reactor.install()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,11 @@ from .errors import ProtocolError
 
 Reader = Generator[int, bytes, None]
 
+# Pieces up to this many bytes (message headers, requests, events) are
+# sliced out of the buffer: copying a few bytes twice costs less than the
+# memoryview that saves the second copy of a large piece (150 ns against 640).
+SMALL_PIECE = 4096
+
 
 class StreamDriver:
     """Feeds a never-ending reader generator from an incoming byte stream."""
@@ -46,9 +51,11 @@ class StreamDriver:
         self._compact()
 
     def _take(self, start: int) -> bytes:
-        """The buffered bytes from ``start`` to the offset, copied once: a
-        slice of the bytearray would be a second copy (a full screen of raw
-        pixels is 8 MB, and each copy is its own pages to fault in)."""
+        """The buffered bytes from ``start`` to the offset, copied once if
+        large: a slice of the bytearray would be a second copy (a full screen
+        of raw pixels is 8 MB, and each copy is its own pages to fault in)."""
+        if self._offset - start <= SMALL_PIECE:
+            return bytes(self._buffer[start : self._offset])
         with memoryview(self._buffer) as view:
             return bytes(view[start : self._offset])
 

@@ -19,6 +19,9 @@ from .errors import ProtocolError, require
 
 _PF_STRUCT = struct.Struct(">BBBBHHHBBB3x")
 PIXEL_FORMAT_SIZE = _PF_STRUCT.size  # 16
+# The internal pixels' colour bits, made once: a numpy scalar made for each
+# rectangle costs a microsecond.
+_RGB_MASK = np.uint32(0x00FFFFFF)
 
 
 @dataclass(frozen=True)
@@ -186,7 +189,7 @@ class PixelCodec:
         """
         words = self._wire_words(data, target.size).reshape(target.shape)
         if self.pf.true_colour and self._same_layout_as_native:
-            np.bitwise_and(words, np.uint32(0x00FFFFFF), out=target)
+            np.bitwise_and(words, _RGB_MASK, out=target)
         else:
             target[:] = self.from_words(words)
 

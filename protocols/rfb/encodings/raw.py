@@ -40,6 +40,9 @@ class RawDecoder(Decoder):
         """
         row_bytes = rect.w * codec.bytes_per_pixel
         rows = max(1, BAND_BYTES // max(row_bytes, 1))
+        if rows >= rect.h:  # one band, as a typed character's: no view of a view
+            codec.wire_into((yield from read_exact(rect.h * row_bytes)), target)
+            return None
         for top in range(0, rect.h, rows):
             band = target[top : top + rows]
             codec.wire_into((yield from read_exact(band.shape[0] * row_bytes)), band)

@@ -22,6 +22,9 @@ from protocols.rfb.encodings.tight_tiny import TINY_AREA, tiny_rectangle
 from .test_encoding_tight import FORMATS, codec_of, decode, few_colours, noise, two_colours
 
 TINY_SHAPES = [(1, 1), (1, 255), (255, 1), (21, 12), (11, 16), (15, 17), (9, 13)]
+# From JPEG_MIN_AREA pixels on, fills and palettes only: a typed character's
+# cell with the cursor's beside it, and the largest shapes taken.
+PALETTE_SHAPES = [(16, 16), (20, 18), (21, 20), (1, 511), (511, 1), (22, 23)]
 
 
 def general_encoder(quality: int | None, compression: int | None) -> TightEncoder:
@@ -69,6 +72,28 @@ def test_tiny_payloads_equal_the_general_path(
         np.testing.assert_array_equal(decode(decoder, payload, px.shape, codec), codec.quantize(px))
 
 
+@pytest.mark.parametrize("name", ["native", "native-be", "bgr-32", "rgb565"])
+@pytest.mark.parametrize("level", [None, 0, 2, 6, 9])
+@pytest.mark.parametrize("quality", [None, 0, 8, 9])
+def test_larger_fills_and_palettes_equal_the_general_path(
+    monkeypatch: pytest.MonkeyPatch, name: str, level: int | None, quality: int | None
+) -> None:
+    """From JPEG_MIN_AREA pixels on, where the general path may choose JPEG
+    (lossy) or full colour for the many-coloured ones, the bytes are still
+    its own."""
+    pixels = [px for i, shape in enumerate(PALETTE_SHAPES) for px in contents(*shape, seed=i)]
+    codec = codec_of(name)
+    fast = [general_encoder(quality, level).encode(px, codec) for px in pixels]
+    with monkeypatch.context() as patch:
+        patch.setattr(tight, "tiny_rectangle", lambda *_: None)
+        slow = [general_encoder(quality, level).encode(px, codec) for px in pixels]
+    assert fast == slow
+    assert (
+        any(tiny_rectangle(px, codec, TightSettings()) is not None for px in pixels)
+        == codec.words_are_rgb24
+    )
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -95,8 +120,11 @@ def test_other_formats_and_larger_rectangles_take_the_general_path() -> None:
     assert tiny_rectangle(glyph, codec_of("native"), TightSettings()) is not None
     for name in sorted(set(FORMATS) - {"native", "native-be", "bgr-32"}):
         assert tiny_rectangle(glyph, codec_of(name), TightSettings()) is None
-    larger = two_colours(16, 16)  # TINY_AREA pixels: JPEG may apply
+    larger = two_colours(16, 32)  # TINY_AREA pixels
     assert tiny_rectangle(larger, codec_of("native"), TightSettings()) is None
+    many = noise(16, 16, 1)  # JPEG may apply: the general path judges
+    assert tiny_rectangle(many, codec_of("native"), TightSettings()) is None
+    assert tiny_rectangle(noise(9, 13, 1), codec_of("native"), TightSettings()) is not None
 
 
 def test_pixels_with_a_high_byte_encode_as_their_low_three_bytes() -> None:

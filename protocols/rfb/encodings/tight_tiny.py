@@ -5,9 +5,9 @@ applies, so a rectangle is a fill, a palette or full colour; up to
 ``TINY_AREA`` a fill or a palette the general path would also choose is
 made here, and the rest is left to it.  On a few hundred pixels, Python
 ints pick and write that without the dozen numpy calls of the general
-path.  Those are cheap in a loop, but a keystroke
-usually wakes an idle server whose caches hold nothing of them, and there
-each costs tens of microseconds: the two rectangles of a typed character
+path.  Those are cheap in a loop, but a keystroke usually wakes an idle
+server whose caches hold nothing of them, and there each costs tens of
+microseconds: the two rectangles of a typed character
 (its cell and the status bar's digits) took 0.60 ms after 50 ms idle, and
 take 0.38 ms here (0.09 and 0.10 ms when warm).
 

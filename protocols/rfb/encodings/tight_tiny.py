@@ -7,9 +7,9 @@ made here, and the rest is left to it.  On a few hundred pixels, Python
 ints pick and write that without the dozen numpy calls of the general
 path.  Those are cheap in a loop, but a keystroke usually wakes an idle
 server whose caches hold nothing of them, and there each costs tens of
-microseconds: the two rectangles of a typed character
-(its cell and the status bar's digits) took 0.60 ms after 50 ms idle, and
-take 0.38 ms here (0.09 and 0.10 ms when warm).
+microseconds: the two rectangles of a typed character (its cell and the
+status bar's digits) took 0.60 ms after 50 ms idle, and take 0.38 ms here
+(0.09 and 0.10 ms when warm).
 
 Only where wire values are the pixels themselves and TPIXELs are their
 R, G, B bytes (32 bits a pixel, 24-bit depth, red at bit 16: what viewers

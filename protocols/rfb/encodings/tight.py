@@ -38,7 +38,6 @@ from .tight_gradient import (
     tpixel_channels,
 )
 from .tight_select import (
-    MAX_PALETTE,
     Palette,
     TightSettings,
     content_tones,
@@ -158,7 +157,7 @@ class TightEncoder(Encoder):
             palette = find_palette(codec.to_words(px), limit)
         if palette is not None and palette.colours.size == 1:
             return _fill(palette.colours, codec)
-        capped = settings.palette_limit(px.size, codec, True) if jpeg_ok else MAX_PALETTE
+        capped = settings.palette_cap(px.size, codec)
         if palette is not None:
             if palette.colours.size <= capped or not (jpeg_ok and palette.many_tones()):
                 return _palette(palette, codec, settings)

@@ -121,6 +121,13 @@ class TightSettings:
             and area >= JPEG_MIN_AREA
         )
 
+    def palette_cap(self, area: int, codec: PixelCodec) -> int:
+        """Most colours a palette keeps whatever its tones: beyond them a
+        rectangle that may go to JPEG goes there if its tones are many."""
+        return (
+            self.palette_limit(area, codec, True) if self.jpeg_allowed(codec, area) else MAX_PALETTE
+        )
+
     def palette_limit(self, area: int, codec: PixelCodec, jpeg: bool) -> int:
         """Most colours worth an 8-bit palette (2 means: 1-bit palettes only)."""
         if codec.tight_pixel_bytes == 1:

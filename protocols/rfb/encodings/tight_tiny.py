@@ -81,10 +81,8 @@ def _judged(colours: int, area: int, codec: PixelCodec, settings: TightSettings)
     JPEG: more colours than a palette takes there, where JPEG, the gradient
     filter or full colour may follow (a typed character's cell and the
     cursor's beside it, 360-420 pixels, are a palette here)."""
-    if colours > settings.palette_limit(area, codec, False):
-        return True
-    return settings.jpeg_allowed(codec, area) and colours > settings.palette_limit(
-        area, codec, True
+    return colours > min(
+        settings.palette_limit(area, codec, False), settings.palette_cap(area, codec)
     )
 
 

@@ -29,6 +29,9 @@ _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _S32 = struct.Struct(">i")
+_UPDATE_REQUEST = struct.Struct(">BHHHH")
+_KEY_EVENT = struct.Struct(">BxxI")
+_POINTER_EVENT = struct.Struct(">BHH")
 
 
 def read(n: int) -> Generator[int, bytes, bytes]:
@@ -350,6 +353,11 @@ MsgReader = Generator[int, bytes, ClientMessage]
 def read_client_message(limits: Limits) -> MsgReader:
     """Read one client-to-server message (after ClientInit)."""
     (kind,) = yield 1
+    return (yield from read_client_body(kind, limits))
+
+
+def read_client_body(kind: int, limits: Limits) -> MsgReader:
+    """Read the rest of a client message whose type byte was ``kind``."""
     reader = _CLIENT_READERS.get(kind)
     if reader is None:
         raise ProtocolError(f"unknown client message type {kind}")
@@ -369,21 +377,41 @@ def _read_set_encodings(limits: Limits) -> MsgReader:
     return SetEncodings(struct.unpack(f">{count}i", body))
 
 
-def _read_update_request(limits: Limits) -> MsgReader:
-    data = yield 9
-    incremental, x, y, w, h = struct.unpack(">BHHHH", data)
+def update_request_of(body: bytes) -> FramebufferUpdateRequest:
+    incremental, x, y, w, h = _UPDATE_REQUEST.unpack(body)
     return FramebufferUpdateRequest(incremental != 0, x, y, w, h)
 
 
-def _read_key_event(limits: Limits) -> MsgReader:
-    data = yield 7
-    down, key = struct.unpack(">BxxI", data)
+def key_event_of(body: bytes) -> KeyEvent:
+    down, key = _KEY_EVENT.unpack(body)
     return KeyEvent(down != 0, key)
 
 
+def pointer_event_of(body: bytes) -> PointerEvent:
+    return PointerEvent(*_POINTER_EVENT.unpack(body))
+
+
+# The client messages of one size whose body any bytes make valid, by type:
+# the body's size and its parser.  They are what terminals send most (an
+# update request for every update, pointer motion, keys), and a server may
+# read them without the stream driver (``ServerConnection.receive_data``).
+FIXED_CLIENT_BODIES: dict[int, tuple[int, Callable[[bytes], ClientMessage]]] = {
+    ClientMsg.FRAMEBUFFER_UPDATE_REQUEST: (_UPDATE_REQUEST.size, update_request_of),
+    ClientMsg.KEY_EVENT: (_KEY_EVENT.size, key_event_of),
+    ClientMsg.POINTER_EVENT: (_POINTER_EVENT.size, pointer_event_of),
+}
+
+
+def _read_update_request(limits: Limits) -> MsgReader:
+    return update_request_of((yield _UPDATE_REQUEST.size))
+
+
+def _read_key_event(limits: Limits) -> MsgReader:
+    return key_event_of((yield _KEY_EVENT.size))
+
+
 def _read_pointer_event(limits: Limits) -> MsgReader:
-    data = yield 5
-    return PointerEvent(*struct.unpack(">BHH", data))
+    return pointer_event_of((yield _POINTER_EVENT.size))
 
 
 def _read_client_cut_text(limits: Limits) -> MsgReader:

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +103,7 @@ class ServerConnection(Connection[ServerHandshake]):
         self._announced: set[int] = set()
         self._stream: UpdateStream | None = None
         self._held = bytearray()  # messages queued while an update goes out
+        self._between_messages = False  # the reader waits for a message's type
 
     def _max_need(self) -> int:
         return self.limits.max_cut_text + 64
@@ -117,12 +119,39 @@ class ServerConnection(Connection[ServerHandshake]):
         self._handshake.reject_auth(reason)
 
     # -- reading client messages --------------------------------------------------
+    def receive_data(self, data: bytes) -> list[Any]:
+        """Feed received bytes; returns the events they complete.
+
+        While the reader waits for a message's type with nothing buffered,
+        whole messages of one size at the front of ``data`` are read here:
+        the same messages the reader would give, without its steps.  Every
+        terminal sends an update request for each update, so fifty watching
+        one desktop send fifty for each change.
+        """
+        if self._between_messages:  # then the driver holds no byte: it reads on while it can
+            data = self._read_fixed(data)
+        return super().receive_data(data)
+
+    def _read_fixed(self, data: bytes) -> bytes:
+        """Handle the whole fixed-size messages at the front of ``data``; the rest."""
+        start, size = 0, len(data)
+        while start < size and (fixed := m.FIXED_CLIENT_BODIES.get(data[start])) is not None:
+            body, parse = fixed
+            end = start + 1 + body
+            if end > size:
+                break
+            self._handle(parse(data[start + 1 : end]))
+            start = end
+        return data[start:] if start else data
+
     def _reader(self) -> Generator[int, bytes, None]:
         init = yield from m.read_client_init()
         self._events.append(init)
         while True:
-            msg = yield from m.read_client_message(self.limits)
-            self._handle(msg)
+            self._between_messages = True
+            (kind,) = yield 1
+            self._between_messages = False
+            self._handle((yield from m.read_client_body(kind, self.limits)))
 
     def _handle(self, msg: m.ClientMessage) -> None:
         if isinstance(msg, m.SetPixelFormat):

@@ -135,6 +135,60 @@ def test_update_request_comes_out_clipped_to_the_screen(
     assert req.incremental == incremental
 
 
+_CLIENT_MESSAGES = st.one_of(
+    st.builds(m.FramebufferUpdateRequest, st.booleans(), _U16, _U16, _U16, _U16),
+    st.builds(m.KeyEvent, st.booleans(), st.integers(0, 2**32 - 1)),
+    st.builds(m.PointerEvent, st.integers(0, 255), _U16, _U16),
+    st.builds(m.SetEncodings, st.lists(st.integers(-(2**31), 2**31 - 1), max_size=6).map(tuple)),
+    st.builds(m.CutText, st.text(st.characters(max_codepoint=255), max_size=20)),
+    st.builds(m.QemuKeyEvent, st.booleans(), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+)
+
+
+def _server_reading(chunks: list[bytes]) -> tuple[list[object], bytes]:
+    """The events and replies of a server fed ``chunks`` after the handshake."""
+    pair = Pair()
+    pair.server_events.clear()
+    pair.server.data_to_send()
+    events: list[object] = []
+    for chunk in chunks:
+        events += pair.server.receive_data(chunk)
+    return events, pair.server.data_to_send()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_CLIENT_MESSAGES, min_size=1, max_size=8), st.data())
+def test_client_messages_read_alike_in_any_chunking(messages: list, data: st.DataObject) -> None:
+    """Whole small messages may be read without the stream driver; the
+    events and replies are those of the same bytes fed one at a time, and
+    the requests, keys and pointer events are the ones sent."""
+    stream = b"".join(message.pack() for message in messages)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=6)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    whole = [message.pack() for message in messages]
+    bytewise = [stream[i : i + 1] for i in range(len(stream))]
+    expected = _server_reading(bytewise)
+    assert _server_reading(chunks) == expected
+    assert _server_reading(whole) == expected
+    kinds = (m.KeyEvent, m.PointerEvent, m.QemuKeyEvent)
+    sent = [x for x in messages if isinstance(x, kinds)]
+    assert [e for e in expected[0] if isinstance(e, kinds)] == sent
+    requests = [x for x in messages if isinstance(x, m.FramebufferUpdateRequest)]
+    got = [e for e in expected[0] if isinstance(e, m.FramebufferUpdateRequest)]
+    assert [(e.incremental, e.x, e.y) for e in got] == [
+        (r.incremental, min(r.x, W), min(r.y, H)) for r in requests
+    ]
+
+
+def test_a_message_split_after_its_type_is_not_read_as_another() -> None:
+    """A pointer event pressing buttons 1 and 2 has a body that starts like an
+    update request (3): split after its type byte, it stays a pointer event."""
+    pointer = m.PointerEvent(3, 0x0000, 0x0102).pack()
+    request = m.FramebufferUpdateRequest(True, 0, 0, 10, 10).pack()
+    events, _ = _server_reading([pointer[:1], pointer[1:] + request])
+    assert events == [m.PointerEvent(3, 0, 0x0102), m.FramebufferUpdateRequest(True, 0, 0, 10, 10)]
+
+
 def test_copyrect_moves_pixels() -> None:
     pair = Pair()
     pair.client.set_encodings([Encoding.COPYRECT, Encoding.RAW])

@@ -38,6 +38,9 @@ class Connection(Generic[HandshakeT]):
                     self._start_messages(event)
         else:
             self._driver.feed(data)
+        return self._take_events()
+
+    def _take_events(self) -> list[Any]:
         events, self._events = self._events, []
         return events
 

@@ -130,6 +130,8 @@ class ServerConnection(Connection[ServerHandshake]):
         """
         if self._between_messages:  # then the driver holds no byte: it reads on while it can
             data = self._read_fixed(data)
+            if not data:
+                return self._take_events()
         return super().receive_data(data)
 
     def _read_fixed(self, data: bytes) -> bytes:

@@ -514,12 +514,21 @@ async def main():
             names.put_nowait(name)
     browser = AsyncServiceBrowser(zc.zeroconf, [TYPE], handlers=[changed])
     print("ready", flush=True)
+    resolving = set()
     while True:
-        name = await names.get()
+        task = asyncio.create_task(resolve(zc, await names.get()))
+        resolving.add(task)
+        task.add_done_callback(resolving.discard)
+
+async def resolve(zc, name):
+    # Each name on its own, until it resolves: on a busy machine one try can
+    # time out, and a name tried only once would never be printed.
+    while True:
         info = AsyncServiceInfo(TYPE, name)
         if await info.async_request(zc.zeroconf, 3000):
             found = {"name": name, "port": info.port, "addresses": info.parsed_addresses()}
             print(json.dumps(found), flush=True)
+            return
 
 asyncio.run(main())
 """

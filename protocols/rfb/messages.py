@@ -350,14 +350,10 @@ MsgReader = Generator[int, bytes, ClientMessage]
 
 
 # -- readers -------------------------------------------------------------------
-def read_client_message(limits: Limits) -> MsgReader:
-    """Read one client-to-server message (after ClientInit)."""
-    (kind,) = yield 1
-    return (yield from read_client_body(kind, limits))
-
-
 def read_client_body(kind: int, limits: Limits) -> MsgReader:
-    """Read the rest of a client message whose type byte was ``kind``."""
+    """Read a client-to-server message (after ClientInit) past its type
+    byte, ``kind``: the server reads that byte itself (see
+    ``ServerConnection.receive_data``)."""
     reader = _CLIENT_READERS.get(kind)
     if reader is None:
         raise ProtocolError(f"unknown client message type {kind}")

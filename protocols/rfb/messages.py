@@ -352,8 +352,8 @@ MsgReader = Generator[int, bytes, ClientMessage]
 # -- readers -------------------------------------------------------------------
 def read_client_body(kind: int, limits: Limits) -> MsgReader:
     """Read a client-to-server message (after ClientInit) past its type
-    byte, ``kind``: the server reads that byte itself (see
-    ``ServerConnection.receive_data``)."""
+    byte, ``kind``, which the server's reader has read itself: that is where
+    it knows it is between messages (``ServerConnection._reader``)."""
     reader = _CLIENT_READERS.get(kind)
     if reader is None:
         raise ProtocolError(f"unknown client message type {kind}")

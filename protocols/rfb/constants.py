@@ -84,6 +84,14 @@ class Encoding(enum.IntEnum):
     EXTENDED_CLIPBOARD = 0xC0A1E5CE - (1 << 32)
 
 
+class ResizeReason(enum.IntEnum):
+    """Why an ExtendedDesktopSize rectangle came (its x field)."""
+
+    SERVER = 0  # the server changed the size on its own
+    THIS_CLIENT = 1  # the answer to this client's SetDesktopSize
+    OTHER_CLIENT = 2  # another client's SetDesktopSize
+
+
 def jpeg_quality_level(encoding: int) -> int | None:
     """Quality level 0..9 for a JPEG quality pseudo-encoding, else None."""
     if Encoding.JPEG_QUALITY_0 <= encoding <= Encoding.JPEG_QUALITY_9:

@@ -28,7 +28,7 @@ import numpy as np
 from . import messages as m
 from .clipboard import ClipboardState
 from .connection import Connection
-from .constants import ClipboardFlag, Encoding, FenceFlag
+from .constants import ClipboardFlag, Encoding, FenceFlag, ResizeReason
 from .encodings import Rect
 from .errors import ProtocolError
 from .handshake import HandshakeEvent, ServerHandshake
@@ -429,7 +429,7 @@ class ServerConnection(Connection[ServerHandshake]):
 
     def answer_set_desktop_size(self, status: ExtendedDesktopSizeStatus) -> None:
         """Tell the client how its SetDesktopSize request went (reason 1)."""
-        self._queue_desktop_size(reason=1, status=status)
+        self._queue_desktop_size(reason=ResizeReason.THIS_CLIENT, status=status)
 
     def _queue_desktop_size(self, reason: int, status: int) -> None:
         self._pending_pseudo = [

@@ -336,7 +336,7 @@ class _Picture:
     def on_bell(self) -> None:
         pass
 
-    def on_resize_refused(self) -> None:
+    def on_resize_answered(self, granted: bool) -> None:
         pass
 
 

@@ -72,8 +72,8 @@ class ScaledSource(Source):
     def on_bell(self) -> None:
         self.bell()
 
-    def on_resize_refused(self) -> None:
-        self.resize_refused()
+    def on_resize_answered(self, granted: bool) -> None:
+        self.resize_answered(granted)
 
     # -- drawing --------------------------------------------------------------------
     def _redraw_all(self) -> None:

@@ -167,6 +167,7 @@ class TerminalSession:
         self.try_send()
 
     def _unwatch(self) -> None:
+        self.pending_size = None  # asked of the desktop no longer shown: moot
         if self.stream is not None:
             self.stream.blank()  # the rest of its picture is no longer this terminal's
         self._drop_view()
@@ -350,14 +351,23 @@ class TerminalSession:
         self.exact = []
         self.damage = Damage(width, height)
 
-    def on_resize_refused(self) -> None:
-        if self.pending_size is not None and self.proto is not None:
-            width, height = self.pending_size
-            self.pending_size = None
-            self._scale_to(width, height)
+    def on_resize_answered(self, granted: bool) -> None:
+        """The desktop answered the size this terminal asked of it (if it did):
+        granted, the terminal already shows the new size and hears so as the
+        answer to its request; refused, it gets the desktop scaled instead."""
+        size, self.pending_size = self.pending_size, None
+        if size is None or self.proto is None:
+            return
+        if granted:
+            self.proto.conn.answer_set_desktop_size(RESIZE_OK)
+            self.try_send()
+        else:
+            self._scale_to(*size)
 
     def on_resize(self) -> None:
-        self.pending_size = None
+        """The desktop's size changed: on its own (a guest's mode switch) or
+        for a terminal.  A size this terminal asked for stays pending until
+        the desktop answers it."""
         if self.proto is None or self.source is None:
             return
         self._fit_view()

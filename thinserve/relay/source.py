@@ -31,7 +31,8 @@ class SourceListener(Protocol):
     def on_cursor(self, cursor: Cursor) -> None: ...
     def on_clipboard(self, text: str) -> None: ...
     def on_bell(self) -> None: ...
-    def on_resize_refused(self) -> None: ...
+    def on_resize_answered(self, granted: bool) -> None:
+        """The desktop answered a size change a terminal asked for."""
 
 
 class InputSink(Protocol):
@@ -162,10 +163,11 @@ class Source:
         for listener in list(self.listeners):
             listener.on_bell()
 
-    def resize_refused(self) -> None:
-        """The desktop turned down a size change a terminal asked for."""
+    def resize_answered(self, granted: bool) -> None:
+        """The desktop granted (after resizing) or turned down a size change a
+        terminal asked for; its own resizes in between answer nothing."""
         for listener in list(self.listeners):
-            listener.on_resize_refused()
+            listener.on_resize_answered(granted)
 
 
 def tile_grid_shape(width: int, height: int) -> tuple[int, int]:

@@ -44,7 +44,7 @@ from protocols.rfb.client import (
     SetDesktopSizeFailed,
     UpdateDone,
 )
-from protocols.rfb.constants import Encoding, VeNCryptSubtype
+from protocols.rfb.constants import Encoding, ResizeReason, VeNCryptSubtype
 from protocols.rfb.encodings import Rect
 from protocols.rfb.pixelformat import NATIVE
 from protocols.rfb.server import ClipboardText
@@ -325,12 +325,14 @@ class Upstream:
         elif isinstance(event, DesktopResized):
             self.can_set_size = self.can_set_size or event.screens != ()
             self.mirror.take_framebuffer(conn.framebuffer)
+            if event.reason == ResizeReason.THIS_CLIENT:
+                self.mirror.resize_answered(granted=True)
         elif isinstance(event, SetDesktopSizeFailed):
             log.info(
                 "desktop %s refused a size change (status %d)", self.address.name, event.status
             )
             self.can_set_size = False
-            self.mirror.resize_refused()
+            self.mirror.resize_answered(granted=False)
         elif isinstance(event, CursorShape):
             self.mirror.set_cursor(event.cursor)
         elif isinstance(event, ClipboardText):

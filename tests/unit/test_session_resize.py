@@ -115,3 +115,18 @@ def test_a_granted_request_is_answered_and_not_scaled() -> None:
     desktop.resize_answered(False)  # a later refusal answers nobody's request here
     finish(wire)
     assert wire.client.framebuffer.shape == (600, 800)
+
+
+def test_a_request_pending_when_the_terminal_moves_is_kept() -> None:
+    """Moved to another desktop before the first answered, the terminal keeps
+    the size it asked for: the new desktop is scaled to it."""
+    first, second = ResizableDesktop(640, 480), Source(desktop_frame(1024, 768, seed=9), "two")
+    wire = resizing_wire(first)
+    wire.client.set_desktop_size(360, 200)
+    wire.pump()
+    wire.session.show(second, control=True)
+    finish(wire)
+    np.testing.assert_array_equal(wire.client.framebuffer, scaled(second.framebuffer, 360, 200))
+    first.resize_answered(False)  # heard by nobody any more
+    finish(wire)
+    np.testing.assert_array_equal(wire.client.framebuffer, scaled(second.framebuffer, 360, 200))

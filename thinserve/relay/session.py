@@ -167,7 +167,10 @@ class TerminalSession:
         self.try_send()
 
     def _unwatch(self) -> None:
-        self.pending_size = None  # asked of the desktop no longer shown: moot
+        if self.pending_size is not None:
+            # Asked of a desktop no longer shown, which will not answer here:
+            # the next one is scaled to it.
+            self.wanted_size, self.pending_size = self.pending_size, None
         if self.stream is not None:
             self.stream.blank()  # the rest of its picture is no longer this terminal's
         self._drop_view()

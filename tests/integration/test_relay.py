@@ -390,21 +390,46 @@ async def test_terminal_size_scales_a_fixed_desktop(qemu_vm: Callable[..., QemuV
     try:
         await live(ts)
         term = await Terminal().connect(ts.port_numbers[0])
-        assert term.proto is not None
-        term.proto.conn.set_desktop_size(360, 200)
-        term.proto.flush()
-        await wait_until(lambda: term.framebuffer.shape == (200, 360), 20, "the scaled size")
-
-        def scaled(dump: np.ndarray) -> np.ndarray:
-            rows, cols = nearest(200, dump.shape[0]), nearest(360, dump.shape[1])
-            return dump[np.ix_(rows, cols)]
-
-        await wait_until(
-            lambda: np.array_equal(term.framebuffer, scaled(vm.screendump())), 20, "scaled pixels"
-        )
+        await ask_size_and_see_it_scaled(term, vm, 360, 200)
         term.close()
     finally:
         await ts.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_desktop_that_forwards_size_requests_is_scaled_and_asked_again(
+    qemu_vm: Callable[..., QemuVM],
+) -> None:
+    """QEMU passes a size request on to a display that takes hints (status 4,
+    "forwarded"); a guest without a driver for them keeps its size, so the
+    terminal is scaled, and its next request is passed on again."""
+    vm = qemu_vm(linux=False, extra_args=["-vga", "virtio"])
+    ts = await start_thinserve([desktop("vm", vm)])
+    try:
+        await live(ts)
+        term = await Terminal().connect(ts.port_numbers[0])
+        await wait_until(lambda: ts.upstreams[0].can_set_size, 10, "the desktop to offer resizing")
+        await ask_size_and_see_it_scaled(term, vm, 360, 200)
+        assert ts.upstreams[0].can_set_size
+        await ask_size_and_see_it_scaled(term, vm, 400, 300)
+        term.close()
+    finally:
+        await ts.stopService()
+
+
+async def ask_size_and_see_it_scaled(term: Terminal, vm: QemuVM, width: int, height: int) -> None:
+    assert term.proto is not None
+    term.proto.conn.set_desktop_size(width, height)
+    term.proto.flush()
+    await wait_until(lambda: term.framebuffer.shape == (height, width), 20, "the scaled size")
+
+    def scaled(dump: np.ndarray) -> np.ndarray:
+        rows, cols = nearest(height, dump.shape[0]), nearest(width, dump.shape[1])
+        return dump[np.ix_(rows, cols)]
+
+    await wait_until(
+        lambda: np.array_equal(term.framebuffer, scaled(vm.screendump())), 20, "scaled pixels"
+    )
 
 
 def nearest(out_size: int, in_size: int) -> np.ndarray:

@@ -78,6 +78,7 @@ REMOTE_ENCODINGS = (
     *PSEUDO,
 )
 DEFAULT_SIZE = (1024, 768)
+RESIZE_FORWARDED = 4  # ExtendedDesktopSize status: passed on to the guest, answered later
 
 
 @dataclass(frozen=True)
@@ -331,7 +332,9 @@ class Upstream:
             log.info(
                 "desktop %s refused a size change (status %d)", self.address.name, event.status
             )
-            self.can_set_size = False
+            # Forwarded: the guest may resize later (QEMU with a display that
+            # takes hints), and may take the next request too.
+            self.can_set_size = event.status == RESIZE_FORWARDED
             self.mirror.resize_answered(granted=False)
         elif isinstance(event, CursorShape):
             self.mirror.set_cursor(event.cursor)

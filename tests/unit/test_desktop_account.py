@@ -103,12 +103,15 @@ def test_a_local_desktop_as_root_is_refused_with_what_to_do() -> None:
 # --- the default session's script --------------------------------------------------------------
 
 STUBS = {
-    # icewm-session: says how it was started, then lasts until the terminal has started.
+    # icewm-session: says how it was started, takes the screen, then lasts
+    # until the terminal has started.
     "icewm-session": (
         'echo "icewm-session $* ICEWM_PRIVCFG=${ICEWM_PRIVCFG-unset}" >> "$LOG"\n'
+        'touch "$LOG.wm"\n'
         'n=0; while [ ! -e "$LOG.terminal" ] && [ $n -lt 200 ]; do n=$((n+1)); sleep 0.05; done\n'
     ),
-    "icesh": 'echo "Name: IceWM (stand-in)"\n',
+    # icesh check: names the window manager once it has taken the screen, as IceWM's does.
+    "icesh": '[ -e "$LOG.wm" ] && echo "Name: IceWM (stand-in)"\n',
     "x-terminal-emulator": 'echo "terminal $*" >> "$LOG"; touch "$LOG.terminal"\n',
     "xsetroot": 'echo "xsetroot $*" >> "$LOG"\n',
 }

@@ -20,6 +20,7 @@ from protocols.rfb.client import UpdateDone
 from protocols.rfb.constants import Encoding
 from protocols.rfb.encodings import Rect
 from protocols.rfb.sharing import Job, SharedWork
+from thinserve.relay.upstream import Mirror
 
 from .content import desktop_frame, noise_frame
 from .test_connection import H, Pair, W
@@ -182,3 +183,38 @@ def test_encode_workers_run_jobs_in_threads_and_report_back_through_the_reactor(
     workers.submit(job)
     assert reported.wait(10)
     assert ran[0].startswith("encode") and back == ran  # told from the worker, via the reactor
+
+
+class Recorder:
+    """A listener that notes whether the previous picture's work was still
+    held (not yet released) when the update reached it."""
+
+    def __init__(self, old: SharedWork, fail: bool = False) -> None:
+        self.old = old
+        self.fail = fail
+        self.old_held_at_update: bool | None = None
+
+    def on_update(self, copies: object, rects: object, grid: object) -> None:
+        self.old_held_at_update = self.old.record(("probe", id(self)))
+        if self.fail:
+            raise RuntimeError("a listener that fails")
+
+
+def test_the_previous_pictures_work_is_released_after_the_update_reached_the_listeners() -> None:
+    mirror = Mirror("desk")
+    old = mirror.work()
+    recorder = Recorder(old)
+    mirror.subscribe(recorder)  # type: ignore[arg-type]
+    mirror.updated([], [Rect(0, 0, 8, 8)])
+    assert recorder.old_held_at_update is True  # not released on the way to the terminal
+    assert not old.record(("after", 0))  # released once the update went round
+    assert mirror.work() is not old
+
+
+def test_the_previous_pictures_work_is_released_even_when_a_listener_fails() -> None:
+    mirror = Mirror("desk")
+    old = mirror.work()
+    mirror.subscribe(Recorder(old, fail=True))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        mirror.updated([], [Rect(0, 0, 8, 8)])
+    assert not old.record(("after", 0))

@@ -109,9 +109,15 @@ class Source:
 
     def changed(self) -> None:
         """The pixels changed: work done on the previous picture is not for this one."""
-        if self._work is not None:
-            self._work.release()
-            self._work = None
+        old = self.renewed()
+        if old is not None:
+            old.release()
+
+    def renewed(self) -> SharedWork | None:
+        """Start the shared work of a new picture; the previous picture's, for
+        the caller to release (``changed`` does both at once)."""
+        old, self._work = self._work, None
+        return old
 
     def subscribe(self, listener: SourceListener) -> None:
         if listener not in self.listeners:

@@ -48,7 +48,10 @@ class Job:
     def __init__(self, work: Callable[[], object]) -> None:
         self._work: Callable[[], object] | None = work
         self._lock = threading.Lock()
-        self._finished = threading.Event()
+        # Made only by a thread that must wait for another to finish: most
+        # jobs are run by whoever first needs them, and an Event (a Condition
+        # and a lock) for each would cost a typed character's update time.
+        self._finished: threading.Event | None = None
         self._state = NEW
         self._result: object = None
         self._error: BaseException | None = None
@@ -82,17 +85,29 @@ class Job:
         with self._lock:
             self._state = DONE
             callbacks, self._callbacks = self._callbacks, []
-        self._finished.set()
+            finished = self._finished
+        if finished is not None:
+            finished.set()
         for callback in callbacks:
             callback()
 
     def result(self) -> object:
         """The work's result: done here if nobody started it, else waited for."""
         self.run()
-        self._finished.wait()
+        self._wait()
         if self._error is not None:
             raise self._error
         return self._result
+
+    def _wait(self) -> None:
+        """Block until the thread running the work has finished it."""
+        with self._lock:
+            if self._state == DONE:
+                return
+            if self._finished is None:
+                self._finished = threading.Event()
+            finished = self._finished
+        finished.wait()
 
     def when_done(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the work is done (at once if it is; else in

@@ -165,6 +165,33 @@ def test_job_runs_once_and_hands_its_error_to_every_taker() -> None:
     assert told == [True, True]
 
 
+def test_a_taker_waits_for_the_thread_that_runs_the_job() -> None:
+    gate, started = threading.Event(), threading.Event()
+
+    def work() -> object:
+        started.set()
+        assert gate.wait(10)
+        return "pixels"
+
+    job = Job(work)
+    runner = threading.Thread(target=job.run)
+    runner.start()
+    assert started.wait(10) and job.running_elsewhere
+    with ThreadPoolExecutor(1) as pool:
+        taken = pool.submit(job.result)
+        waiting = threading.Event()
+        for _ in range(1000):  # until the taker is blocked on the job (it made the job's Event)
+            if job._finished is not None:
+                waiting.set()
+                break
+            waiting.wait(0.01)
+        assert waiting.is_set()
+        gate.set()
+        assert taken.result(timeout=10) == "pixels"
+    runner.join(10)
+    assert job.result() == "pixels"  # done: no waiting
+
+
 def test_encode_workers_run_jobs_in_threads_and_report_back_through_the_reactor() -> None:
     from thinserve.relay.encodepool import EncodeWorkers
 

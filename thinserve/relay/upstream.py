@@ -336,19 +336,26 @@ class Upstream:
             if event.reason == ResizeReason.THIS_CLIENT:
                 self.mirror.resize_answered(granted=True)
         elif isinstance(event, SetDesktopSizeFailed):
-            log.info(
-                "desktop %s refused a size change (status %d)", self.address.name, event.status
-            )
-            # Forwarded: the guest may resize later (QEMU with a display that
-            # takes hints), and may take the next request too.
-            self.can_set_size = event.status == RESIZE_FORWARDED
-            self.mirror.resize_answered(granted=False)
+            self._size_not_set(event.status)
         elif isinstance(event, CursorShape):
             self.mirror.set_cursor(event.cursor)
         elif isinstance(event, ClipboardText):
             self.mirror.clipboard(event.text)
         elif isinstance(event, m.Bell):
             self.mirror.bell()
+
+    def _size_not_set(self, status: int) -> None:
+        """The desktop did not take the size a terminal asked for: the
+        terminal is scaled to it.  Forwarded, the guest may still resize
+        later (QEMU with a display that takes hints), and the desktop may
+        take the next request too."""
+        name = self.address.name
+        if status == RESIZE_FORWARDED:
+            log.info("desktop %s passed a size change on to its guest; scaled meanwhile", name)
+        else:
+            log.info("desktop %s refused a size change (status %d); scaled instead", name, status)
+        self.can_set_size = status == RESIZE_FORWARDED
+        self.mirror.resize_answered(granted=False)
 
     def _before_update(self, conn: ClientConnection) -> None:
         """The desktop's next update is about to be written: into a copy, if

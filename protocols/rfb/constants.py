@@ -92,6 +92,16 @@ class ResizeReason(enum.IntEnum):
     OTHER_CLIENT = 2  # another client's SetDesktopSize
 
 
+class ResizeStatus(enum.IntEnum):
+    """How a SetDesktopSize went (an ExtendedDesktopSize rectangle's y field)."""
+
+    OK = 0
+    PROHIBITED = 1
+    OUT_OF_RESOURCES = 2
+    INVALID_LAYOUT = 3
+    FORWARDED = 4  # passed on to the guest (QEMU), which may resize later
+
+
 def jpeg_quality_level(encoding: int) -> int | None:
     """Quality level 0..9 for a JPEG quality pseudo-encoding, else None."""
     if Encoding.JPEG_QUALITY_0 <= encoding <= Encoding.JPEG_QUALITY_9:

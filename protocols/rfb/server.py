@@ -28,7 +28,7 @@ import numpy as np
 from . import messages as m
 from .clipboard import ClipboardState
 from .connection import Connection
-from .constants import ClipboardFlag, Encoding, FenceFlag, ResizeReason
+from .constants import ClipboardFlag, Encoding, FenceFlag, ResizeReason, ResizeStatus
 from .encodings import Rect
 from .errors import ProtocolError
 from .handshake import HandshakeEvent, ServerHandshake
@@ -82,8 +82,6 @@ ServerEvent = (
     | ClipboardText
     | ClipboardIgnored
 )
-
-ExtendedDesktopSizeStatus = int  # 0 ok, 1 prohibited, 2 out of resources, 3 invalid
 
 
 class ServerConnection(Connection[ServerHandshake]):
@@ -192,7 +190,7 @@ class ServerConnection(Connection[ServerHandshake]):
                 (m.RectHeader(0, 0, 0, 0, Encoding.QEMU_EXTENDED_KEY_EVENT), b"")
             )
         if Encoding.EXTENDED_DESKTOP_SIZE in fresh and self._initialised:
-            self._queue_desktop_size(reason=0, status=0)
+            self._queue_desktop_size(ResizeReason.SERVER, ResizeStatus.OK)
         if Encoding.CONTINUOUS_UPDATES in fresh:
             self._queue(m.EndOfContinuousUpdates().pack())
         if Encoding.FENCE in fresh:
@@ -418,18 +416,18 @@ class ServerConnection(Connection[ServerHandshake]):
             Encoding.DESKTOP_SIZE
         )
 
-    def resize(self, width: int, height: int, reason: int = 0) -> bool:
+    def resize(self, width: int, height: int, reason: int = ResizeReason.SERVER) -> bool:
         """Queue a framebuffer size change; False if the client cannot take it."""
         if not self.can_resize:
             return False
         self.width, self.height = width, height
         self.screens = (m.Screen(0, 0, 0, width, height),)
-        self._queue_desktop_size(reason=reason, status=0)
+        self._queue_desktop_size(reason, ResizeStatus.OK)
         return True
 
-    def answer_set_desktop_size(self, status: ExtendedDesktopSizeStatus) -> None:
+    def answer_set_desktop_size(self, status: ResizeStatus) -> None:
         """Tell the client how its SetDesktopSize request went (reason 1)."""
-        self._queue_desktop_size(reason=ResizeReason.THIS_CLIENT, status=status)
+        self._queue_desktop_size(ResizeReason.THIS_CLIENT, status)
 
     def _queue_desktop_size(self, reason: int, status: int) -> None:
         self._pending_pseudo = [

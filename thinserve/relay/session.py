@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from protocols.rfb import messages as m
-from protocols.rfb.constants import Encoding, FenceFlag
+from protocols.rfb.constants import Encoding, FenceFlag, ResizeStatus
 from protocols.rfb.encodings import Rect
 from protocols.rfb.server import ClipboardIgnored, ClipboardText, Cursor, ServerEvent, UpdateStream
 from protocols.rfb.sharing import Job
@@ -39,7 +39,6 @@ from .source import Source
 
 log = logging.getLogger(__name__)
 
-RESIZE_OK = 0  # ExtendedDesktopSize status: the terminal's size was set
 MAX_COPIES = 16  # CopyRects waiting for one update; more go out as damage
 MAX_EXACT = 64  # rectangles kept exactly as the source reported them
 # A large update goes out this many pixels (about one band) per turn of the
@@ -269,7 +268,7 @@ class TerminalSession:
         if self.source is not None:
             self._fit_view()
         # Answered after the resize, so the reply (reason 1) carries the new size.
-        self.proto.conn.answer_set_desktop_size(RESIZE_OK)
+        self.proto.conn.answer_set_desktop_size(ResizeStatus.OK)
         self._damage_all()
         self.try_send()
 
@@ -362,7 +361,7 @@ class TerminalSession:
         if size is None or self.proto is None:
             return
         if granted:
-            self.proto.conn.answer_set_desktop_size(RESIZE_OK)
+            self.proto.conn.answer_set_desktop_size(ResizeStatus.OK)
             self.try_send()
         else:
             self._scale_to(*size)

@@ -44,7 +44,7 @@ from protocols.rfb.client import (
     SetDesktopSizeFailed,
     UpdateDone,
 )
-from protocols.rfb.constants import Encoding, ResizeReason, VeNCryptSubtype
+from protocols.rfb.constants import Encoding, ResizeReason, ResizeStatus, VeNCryptSubtype
 from protocols.rfb.encodings import Rect
 from protocols.rfb.pixelformat import NATIVE
 from protocols.rfb.server import ClipboardText
@@ -78,7 +78,6 @@ REMOTE_ENCODINGS = (
     *PSEUDO,
 )
 DEFAULT_SIZE = (1024, 768)
-RESIZE_FORWARDED = 4  # ExtendedDesktopSize status: passed on to the guest, answered later
 
 
 @dataclass(frozen=True)
@@ -350,11 +349,11 @@ class Upstream:
         later (QEMU with a display that takes hints), and the desktop may
         take the next request too."""
         name = self.address.name
-        if status == RESIZE_FORWARDED:
+        if status == ResizeStatus.FORWARDED:
             log.info("desktop %s passed a size change on to its guest; scaled meanwhile", name)
         else:
             log.info("desktop %s refused a size change (status %d); scaled instead", name, status)
-        self.can_set_size = status == RESIZE_FORWARDED
+        self.can_set_size = status == ResizeStatus.FORWARDED
         self.mirror.resize_answered(granted=False)
 
     def _before_update(self, conn: ClientConnection) -> None:

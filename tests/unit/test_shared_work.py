@@ -214,7 +214,7 @@ def test_encode_workers_run_jobs_in_threads_and_report_back_through_the_reactor(
 
 class Recorder:
     """A listener that notes whether the previous picture's work was still
-    held (not yet released) when the update reached it."""
+    held (not yet released) when the change reached it."""
 
     def __init__(self, old: SharedWork, fail: bool = False) -> None:
         self.old = old
@@ -226,22 +226,36 @@ class Recorder:
         if self.fail:
             raise RuntimeError("a listener that fails")
 
+    def on_damage(self, grid: object) -> None:
+        self.on_update((), (), grid)
 
-def test_the_previous_pictures_work_is_released_after_the_update_reached_the_listeners() -> None:
+
+# A desktop's update, and damage as a scaled view or a screen announces it.
+CHANGES = {
+    "update": lambda mirror: mirror.updated([], [Rect(0, 0, 8, 8)]),
+    "damage": lambda mirror: mirror.damaged_grid(np.ones((48, 64), dtype=bool)),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_the_previous_pictures_work_is_released_after_the_change_reached_the_listeners(
+    change: str,
+) -> None:
     mirror = Mirror("desk")
     old = mirror.work()
     recorder = Recorder(old)
     mirror.subscribe(recorder)  # type: ignore[arg-type]
-    mirror.updated([], [Rect(0, 0, 8, 8)])
+    CHANGES[change](mirror)
     assert recorder.old_held_at_update is True  # not released on the way to the terminal
-    assert not old.record(("after", 0))  # released once the update went round
+    assert not old.record(("after", 0))  # released once the change went round
     assert mirror.work() is not old
 
 
-def test_the_previous_pictures_work_is_released_even_when_a_listener_fails() -> None:
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_the_previous_pictures_work_is_released_even_when_a_listener_fails(change: str) -> None:
     mirror = Mirror("desk")
     old = mirror.work()
     mirror.subscribe(Recorder(old, fail=True))  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
-        mirror.updated([], [Rect(0, 0, 8, 8)])
+        CHANGES[change](mirror)
     assert not old.record(("after", 0))

@@ -8,7 +8,9 @@ mirror forwards to the desktop).
 
 from __future__ import annotations
 
+import contextlib
 import weakref
+from collections.abc import Iterator
 from typing import Protocol
 
 import numpy as np
@@ -109,15 +111,21 @@ class Source:
 
     def changed(self) -> None:
         """The pixels changed: work done on the previous picture is not for this one."""
-        old = self.renewed()
-        if old is not None:
-            old.release()
+        with self.new_picture():
+            pass
 
-    def renewed(self) -> SharedWork | None:
-        """Start the shared work of a new picture; the previous picture's, for
-        the caller to release (``changed`` does both at once)."""
+    @contextlib.contextmanager
+    def new_picture(self) -> Iterator[None]:
+        """The pixels changed, and the listeners hear of it inside: work from
+        now on is the new picture's, and the previous picture's is released
+        once they have heard.  A typed character's update goes out first,
+        without waiting for that."""
         old, self._work = self._work, None
-        return old
+        try:
+            yield
+        finally:
+            if old is not None:
+                old.release()
 
     def subscribe(self, listener: SourceListener) -> None:
         if listener not in self.listeners:
@@ -135,10 +143,10 @@ class Source:
         self.damaged_grid(rects_grid(rects, self.width, self.height))
 
     def damaged_grid(self, grid: np.ndarray) -> None:
-        self.changed()
-        grid.flags.writeable = False  # once, not by each listener that keeps it
-        for listener in list(self.listeners):
-            listener.on_damage(grid)
+        with self.new_picture():
+            grid.flags.writeable = False  # once, not by each listener that keeps it
+            for listener in list(self.listeners):
+                listener.on_damage(grid)
 
     def set_frame(self, frame: np.ndarray) -> None:
         """Replace the picture; listeners hear only about tiles that differ."""

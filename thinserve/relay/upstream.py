@@ -170,19 +170,12 @@ class Mirror(Source):
         nothing is passed on too: listeners may have held back while it was
         half-applied.
         """
-        old = self.renewed()
-        try:
+        with self.new_picture():
             others = joined(others)
             grid = rects_grid(others, self.width, self.height)
             grid.flags.writeable = False  # once, not by each listener that keeps it
             for listener in list(self.listeners):
                 listener.on_update(copies, others, grid)
-        finally:
-            # Released once the terminals' updates are out: the previous
-            # picture's work is not theirs, and a typed character need not
-            # wait for it to be let go.
-            if old is not None:
-                old.release()
 
     def damaged(self, rects: list[Rect] | tuple[Rect, ...]) -> None:
         self.updated([], list(rects))
